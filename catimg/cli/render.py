@@ -1,0 +1,63 @@
+"""Shared Rich helpers for the CLI: consoles, tables, number formatting."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+
+
+def _width() -> int | None:
+    w = os.environ.get("CATIMG_WIDTH")
+    return int(w) if w and w.isdigit() else None
+
+
+def console() -> Console:
+    """Console for normal output; ``NO_COLOR`` and ``CATIMG_WIDTH`` pin rendering (used by tests)."""
+    return Console(width=_width(), no_color=bool(os.environ.get("NO_COLOR")), highlight=False, soft_wrap=False)
+
+
+def error_console() -> Console:
+    return Console(stderr=True, width=_width() or 200, no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
+
+
+def print_json(doc: Any) -> None:
+    """Print one JSON document to stdout and nothing else."""
+    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False, default=_default) + "\n")
+    sys.stdout.flush()
+
+
+def _default(o: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(o, "__fspath__"):
+        return os.fspath(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 1:
+        return f"{s * 1000:.0f} ms"
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def fmt_tflops(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return f"{t:.2f}" if t < 10 else f"{t:.0f}"

