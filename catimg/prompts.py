@@ -1,0 +1,81 @@
+"""Prompts: reading prompt files, validating single prompts, and the built-in reference prompt sets.
+
+A prompt file is UTF-8 text with one prompt a line; blank lines and lines starting with ``#`` are skipped.
+Reference sets ship as package data under ``catimg/data/prompts/<name>.txt`` (see ``ATTRIBUTION.md``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from catimg.errors import InputError, did_you_mean
+
+PROMPT_SETS_DIR = Path(__file__).parent / "data" / "prompts"
+
+
+def validate_prompt(text: str) -> str:
+    """Return the prompt stripped of surrounding whitespace; an empty prompt is an :class:`InputError`."""
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("empty prompt: give some text to draw, e.g. catimg gen \"a lighthouse at dusk\"")
+    return text.strip()
+
+
+def parse_prompt_lines(text: str) -> list[str]:
+    """Prompts from text: one a line, blank lines and ``#`` comment lines skipped, whitespace stripped."""
+    out = []
+    for line in text.splitlines():
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        out.append(s)
+    return out
+
+
+def read_prompt_file(path: str | Path) -> list[str]:
+    """Read a prompt file (UTF-8, one prompt a line; blank and ``#`` lines skipped).
+
+    Raises :class:`InputError` with one line for a missing file, a folder, unreadable or non-UTF-8 bytes
+    (with the byte offset) and a file with no prompts.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputError(f"{p}: prompt file not found; check the path or pass prompts as arguments")
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder, not a prompt file; pass a text file with one prompt a line")
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read prompt file ({exc.strerror}); check its permissions") from exc
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p}: not UTF-8 text (bad byte at offset {exc.start}); save the file as UTF-8") from exc
+    prompts = parse_prompt_lines(text)
+    if not prompts:
+        raise InputError(
+            f"{p}: no prompts in the file (blank lines and lines starting with # are skipped); add one prompt a line"
+        )
+    return prompts
+
+
+def list_reference_sets() -> list[str]:
+    """Names of the built-in reference prompt sets, sorted."""
+    if not PROMPT_SETS_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in PROMPT_SETS_DIR.glob("*.txt"))
+
+
+def reference_set_path(name: str) -> Path:
+    names = list_reference_sets()
+    if name not in names:
+        raise InputError(
+            f'unknown prompt set "{name}"{did_you_mean(name, names)}; built-in sets: {", ".join(names) or "none"}'
+        )
+    return PROMPT_SETS_DIR / f"{name}.txt"
+
+
+def reference_set(name: str) -> list[str]:
+    """The prompts of a built-in reference set, in file order."""
+    return parse_prompt_lines(reference_set_path(name).read_text(encoding="utf-8"))
