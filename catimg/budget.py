@@ -1,0 +1,198 @@
+"""Budgets and the routing rule.
+
+Rule (CATImage): for each prompt pick ``argmax_g ( q̂_g − λ · c_g )`` where q̂ is the predicted quality normalised
+to [0, 1] by the router's metric scale and c is the generator's cost divided by the cost of the most expensive
+routable generator on this device. λ is the price of compute:
+
+* a named level (``low``, ``medium``, ``high``, ``max``) is a λ calibrated on a reference prompt set and stored in
+  the router artifact; ``max`` is λ = 0 (best predicted quality, ties to the cheaper generator);
+* ``--budget 2.5s`` is a mean of 2.5 seconds per image on this device: λ is chosen over all the prompts given so
+  that their mean predicted cost fits (a cap for a single prompt);
+* ``--total-budget 10m`` is one budget for a whole prompt file: λ is found by bisection so that the total
+  predicted cost, including loading each model the plan uses, fits; a greedy fix-up then spends what is left on
+  the upgrades with the most predicted quality per second.
+
+Ties break deterministically: higher value, then lower cost, then catalog order.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from catimg.errors import InputError
+
+LEVELS = ("low", "medium", "high", "max")
+LEVEL_HELP = {
+    "low": "cheap: only pays for an expensive generator where the predicted gain is large",
+    "medium": "balanced: the default",
+    "high": "quality first: the expensive generator unless the gain is small",
+    "max": "best predicted quality whatever it costs (λ = 0)",
+}
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*(?:(\d+(?:\.\d+)?)\s*ms)?\s*$")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A per-image budget: a named level or a mean number of seconds per image."""
+
+    level: str | None = None
+    seconds: float | None = None
+
+    def describe(self) -> str:
+        return self.level if self.level is not None else f"{self.seconds:g}s per image"
+
+
+def parse_duration(text: str, option: str = "--total-budget") -> float:
+    """'90s', '10m', '1h30m', '2.5', '500ms' -> seconds. A bare number is seconds."""
+    t = text.strip().lower()
+    try:
+        value = float(t)
+    except ValueError:
+        m = _DURATION.match(t)
+        if not t or not m or not any(m.groups()):
+            raise InputError(
+                f'{option} "{text}" is not a duration; use seconds or minutes such as 90s, 10m, 1h30m'
+            ) from None
+        h, mi, s, ms = (float(g) if g else 0.0 for g in m.groups())
+        value = h * 3600 + mi * 60 + s + ms / 1000
+    if not value > 0 or value != value or value == float("inf"):
+        raise InputError(f'{option} "{text}" must be a positive duration such as 90s or 10m')
+    return value
+
+
+def parse_budget(text: str | None) -> Budget:
+    """'low' | 'medium' | 'high' | 'max' | '2.5s' | '500ms' | '2.5' -> Budget. None -> medium."""
+    if text is None:
+        return Budget(level="medium")
+    t = text.strip().lower()
+    if t in LEVELS:
+        return Budget(level=t)
+    if t and (t[0].isdigit() or t[0] == "."):
+        return Budget(seconds=parse_duration(t, "--budget"))
+    from catimg.errors import did_you_mean
+
+    raise InputError(
+        f'--budget "{text}" is not a level or a duration{did_you_mean(t, LEVELS)}; '
+        f"use one of {', '.join(LEVELS)} or seconds per image such as 2.5s"
+    )
+
+
+def choose(qn: np.ndarray, cn: np.ndarray, lam: float, allowed: np.ndarray | None = None) -> np.ndarray:
+    """Per row, the column maximising qn − λ·cn; ties go to the lower cost, then the lower column index.
+
+    qn: (n, g) normalised predicted quality; cn: (g,) normalised costs; allowed: (g,) bool mask of routable columns.
+    """
+    value = qn - lam * cn[None, :]
+    if allowed is not None:
+        value = np.where(allowed[None, :], value, -np.inf)
+    value = np.where(np.isnan(value), -np.inf, value)
+    # Rounding makes near-equal values true ties so the tie-break is stable across platforms.
+    value = np.round(value, 12)
+    best = value.max(axis=1, keepdims=True)
+    tied = value >= best
+    # among tied columns pick the cheapest, then the first
+    order = np.lexsort((np.arange(cn.size), cn))  # cheapest first
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    ranked = np.where(tied, rank[None, :], np.iinfo(np.int64).max)
+    return np.asarray(np.argmin(ranked, axis=1))
+
+
+def plan_cost(choice: np.ndarray, cost: np.ndarray, load: np.ndarray | None, models: list[str] | None) -> float:
+    """Total seconds of a plan: per-image costs plus, when given, one load per distinct model used."""
+    total = float(cost[choice].sum())
+    if load is not None and models is not None:
+        used = {}
+        for j in np.unique(choice):
+            used.setdefault(models[int(j)], float(load[int(j)]))
+        total += sum(used.values())
+    return total
+
+
+def solve_total(
+    qn: np.ndarray,
+    cost: np.ndarray,
+    budget_seconds: float,
+    allowed: np.ndarray,
+    load: np.ndarray | None = None,
+    models: list[str] | None = None,
+    option: str = "--total-budget",
+) -> tuple[float, np.ndarray]:
+    """Find λ and a plan whose total predicted cost (images, plus loads when given) fits ``budget_seconds``.
+
+    Bisection on λ (the plan's cost does not increase as λ grows), then a greedy fix-up that spends the slack on
+    the single-prompt upgrades with the most predicted quality per extra second.
+    Returns (λ, choice). Raises InputError when even the cheapest plan does not fit.
+    """
+    cmax = float(cost[allowed].max())
+    cn = cost / cmax
+    n = qn.shape[0]
+    lam_hi = 1.0
+    cheapest = choose(qn, cn, 1e9, allowed)
+    min_cost = plan_cost(cheapest, cost, load, models)
+    if min_cost > budget_seconds * (1 + 1e-9):
+        raise InputError(
+            f"{option} {_fmt(budget_seconds)} is below the cheapest plan for these {n} prompts "
+            f"({_fmt(min_cost)}); raise the budget or route fewer prompts"
+        )
+    top = choose(qn, cn, 0.0, allowed)
+    if plan_cost(top, cost, load, models) <= budget_seconds:
+        return 0.0, top
+    while plan_cost(choose(qn, cn, lam_hi, allowed), cost, load, models) > budget_seconds:
+        lam_hi *= 2
+        if lam_hi > 1e9:
+            break
+    lam_lo = 0.0
+    for _ in range(60):
+        mid = (lam_lo + lam_hi) / 2
+        if plan_cost(choose(qn, cn, mid, allowed), cost, load, models) <= budget_seconds:
+            lam_hi = mid
+        else:
+            lam_lo = mid
+    lam = lam_hi
+    choice = choose(qn, cn, lam, allowed).copy()
+    # Greedy fix-up: take upgrades (prompt i -> generator j) with the best Δq/Δcost while they fit.
+    spent = plan_cost(choice, cost, load, models)
+    while True:
+        slack = budget_seconds - spent
+        best: tuple[float, int, int, float] | None = None
+        for j in np.flatnonzero(allowed):
+            dq = qn[:, j] - qn[np.arange(n), choice]
+            dc = cost[j] - cost[choice]
+            ok = (dq > 1e-12) & ~np.isnan(dq)
+            if not ok.any():
+                continue
+            extra_load = 0.0
+            if load is not None and models is not None:
+                used_models = {models[int(k)] for k in np.unique(choice)}
+                if models[int(j)] not in used_models:
+                    extra_load = float(load[j])
+            need = dc + extra_load
+            fits = ok & (need <= slack + 1e-9)
+            if not fits.any():
+                continue
+            ratio = np.where(fits, dq / np.maximum(need, 1e-12), -np.inf)
+            i = int(np.argmax(ratio))
+            if best is None or ratio[i] > best[0]:
+                best = (float(ratio[i]), i, int(j), 0.0)
+        if best is None:
+            break
+        _, i, j, _ = best
+        choice[i] = j
+        new_spent = plan_cost(choice, cost, load, models)
+        if new_spent > budget_seconds + 1e-9:  # a downgrade elsewhere removed a model: be safe
+            break
+        spent = new_spent
+    return lam, choice
+
+
+def _fmt(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.2f}h"
