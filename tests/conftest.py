@@ -83,3 +83,29 @@ def fake_hub(hf_cache: Path, tiny_sd_dir: Path, tiny_sdxl_dir: Path) -> dict[str
         "runwayml/stable-diffusion-v1-5": tiny.install_fake_hub(hf_cache, "runwayml/stable-diffusion-v1-5", tiny_sd_dir),
         "stabilityai/sdxl-turbo": tiny.install_fake_hub(hf_cache, "stabilityai/sdxl-turbo", tiny_sdxl_dir),
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Calibration (calibration helper): a tiny real CLIP checkpoint for the scorers.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_tiny_clip(path: Path, seed: int = 0) -> Path:
+    """A tiny CLIPModel (random weights from configs) + byte-level tokenizer + image processor, save_pretrained."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    text = dict(vocab_size=514, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513)
+    vision = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=32, patch_size=8)
+    torch.manual_seed(seed)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval().save_pretrained(path)
+    tiny.tiny_tokenizer().save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CLIP checkpoint folder usable as --scorer-model (treat as read-only)."""
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny") / "tiny-clip")
