@@ -1,0 +1,279 @@
+"""Measure generators on this device (``catimg bench``) and keep the results in a cache.
+
+A measurement runs the real pipeline: load time, then ``warmup`` untimed images and ``repeats`` timed ones.
+Per image a step callback records when each denoising step ends, which splits the image time into seconds per
+denoising step (median of the step intervals) and fixed seconds (text encoding before the first step, VAE decode
+and image conversion after the last). Peak memory comes from ``torch.cuda.max_memory_allocated`` on CUDA; other
+devices leave it unmeasured.
+
+The cache is one JSON file, ``bench.json`` in the user cache dir (``$CATIMG_CACHE_DIR`` overrides), keyed by
+device class, dtype and the generator's settings hash: a changed generator (source, steps, size, scheduler …) or
+another device misses. A generator that differs from a measured one only by its step count reuses that
+measurement (same weights, same per-step time). A corrupt cache file is set aside and a one-line warning is
+queued (:func:`pop_warnings`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from catimg.config import Generator
+from catimg.device import DeviceInfo, default_dtype, device_class
+from catimg.errors import CatimgError, GenerationError
+
+CACHE_FORMAT = 1
+_warnings: list[str] = []
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One generator measured on one device class."""
+
+    generator: str
+    settings_hash: str
+    model_hash: str  # settings without the step count: step variants share it
+    device_class: str
+    dtype: str
+    load_seconds: float
+    step_seconds: float
+    fixed_seconds: float
+    peak_memory_gb: float | None
+    steps_run: int
+    repeats: int
+    warmup: int
+    image_seconds: list[float] = field(default_factory=list)  # each timed image
+    measured_at: str = ""
+    torch_version: str = ""
+    note: str = ""
+
+    def seconds_per_image(self, steps: int | None = None) -> float:
+        n = self.steps_run if steps is None else steps
+        return self.fixed_seconds + self.step_seconds * n
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> BenchResult:
+        return BenchResult(**d)
+
+
+# ------------------------------------------------------------------------------------------- cache
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("CATIMG_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("catimg"))
+
+
+def cache_path() -> Path:
+    return cache_dir() / "bench.json"
+
+
+def model_hash(gen: Generator) -> str:
+    import hashlib
+
+    settings = {k: v for k, v in gen.settings().items() if k != "steps"}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_key(device: DeviceInfo, dtype: str, settings_hash: str) -> str:
+    return f"{device_class(device)}|{dtype}|{settings_hash}"
+
+
+def pop_warnings() -> list[str]:
+    """Warnings queued by cache reads (e.g. a corrupt file was discarded); the CLI prints them once."""
+    out = list(_warnings)
+    _warnings.clear()
+    return out
+
+
+def load_cache(path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The cache entries; a corrupt or foreign file is renamed to ``bench.json.corrupt`` with a queued warning."""
+    path = path or cache_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        _warnings.append(f"bench cache {path} is unreadable ({exc.strerror}); ignoring it")
+        return {}
+    try:
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or doc.get("format") != CACHE_FORMAT or not isinstance(doc.get("entries"), dict):
+            raise ValueError("not a catimg bench cache of format 1")
+        entries: dict[str, dict[str, Any]] = doc["entries"]
+        for entry in entries.values():
+            BenchResult.from_dict(entry)  # validates every entry's fields
+        return entries
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        reason = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
+        try:
+            path.replace(path.with_name(path.name + ".corrupt"))
+        except OSError:
+            pass
+        _warnings.append(
+            f"bench cache {path} was corrupt ({reason}); discarded it, run `catimg bench` to measure again"
+        )
+        return {}
+
+
+def save_results(results: Iterable[BenchResult], device: DeviceInfo, path: Path | None = None) -> Path:
+    """Add (or replace) results in the cache file, atomically."""
+    path = path or cache_path()
+    entries = load_cache(path)
+    for r in results:
+        entries[cache_key(device, r.dtype, r.settings_hash)] = r.to_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"format": CACHE_FORMAT, "entries": entries}, indent=1), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def lookup(gen: Generator, device: DeviceInfo, dtype: str | None = None) -> BenchResult | None:
+    """The measurement for ``gen`` on this device class and dtype, or None.
+
+    An exact settings match wins; else a measurement of the same model with another step count is reused (the
+    per-step and fixed seconds carry over). Any other change of settings, device class or dtype misses.
+    """
+    dtype = dtype or default_dtype(device, gen.dtype)
+    entries = load_cache()
+    if not entries:
+        return None
+    exact = entries.get(cache_key(device, dtype, gen.settings_hash()))
+    if exact is not None:
+        return BenchResult.from_dict(exact)
+    dclass = device_class(device)
+    mh = model_hash(gen)
+    for entry in entries.values():
+        if entry.get("device_class") == dclass and entry.get("dtype") == dtype and entry.get("model_hash") == mh:
+            r = BenchResult.from_dict(entry)
+            return BenchResult.from_dict({**entry, "note": f"from the measurement of {r.generator} ({r.steps_run} steps)"})
+    return None
+
+
+# ------------------------------------------------------------------------------------------- measuring
+
+
+def _load(gen: Generator, device: DeviceInfo, dtype: str, allow_download: bool) -> Any:
+    """The pipeline of ``gen`` on ``device``: catimg.pipelines.load_pipeline when present, else a plain load."""
+    try:
+        from catimg.pipelines import load_pipeline
+    except ImportError:
+        return _load_plain(gen, device, dtype)
+    return load_pipeline(gen, device, dtype, allow_download)
+
+
+def _load_plain(gen: Generator, device: DeviceInfo, dtype: str) -> Any:  # pragma: no cover - until pipelines.py
+    if not gen.is_local_folder:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as dlog
+
+    from catimg.device import torch_dtype
+
+    dlog.disable_progress_bar()
+    try:
+        pipe = DiffusionPipeline.from_pretrained(gen.source, dtype=torch_dtype(dtype), variant=gen.variant)
+    except Exception as exc:
+        raise GenerationError(f"[generators.{gen.model}]: cannot load {gen.source} ({str(exc).splitlines()[0]})") from exc
+    if gen.scheduler:
+        import diffusers
+
+        pipe.scheduler = getattr(diffusers, gen.scheduler).from_config(pipe.scheduler.config)
+    if hasattr(pipe, "safety_checker") and not gen.safety_checker:
+        pipe.safety_checker = None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device.torch_device)
+
+
+def measure(gen: Generator, device: DeviceInfo, repeats: int = 3, warmup: int = 1, allow_download: bool = False,
+            prompt: str = "a photograph of a red bicycle leaning on a blue wall",
+            loader: Callable[[Generator, DeviceInfo, str, bool], Any] | None = None) -> BenchResult:
+    """Load ``gen``'s pipeline on ``device`` and time it (see the module doc for what is measured)."""
+    import torch
+
+    if repeats < 1 or warmup < 0:
+        raise CatimgError(f"--repeats {repeats} / --warmup {warmup}: need at least 1 repeat and 0 or more warm-ups")
+    dtype = default_dtype(device, gen.dtype)
+    cuda = device.kind == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device.torch_device)
+        elif device.kind == "mps":
+            torch.mps.synchronize()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device.torch_device)
+    t0 = time.perf_counter()
+    pipe = (loader or _load)(gen, device, dtype, allow_download)
+    sync()
+    load_seconds = time.perf_counter() - t0
+    pipe.set_progress_bar_config(disable=True)
+
+    steps = max(gen.steps, 3)  # at least two step intervals to split per-step from fixed time
+    stamps: list[float] = []
+
+    def on_step(_pipe: Any, _i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        sync()
+        stamps.append(time.perf_counter())
+        return kwargs
+
+    per_step: list[float] = []
+    fixed: list[float] = []
+    images: list[float] = []
+    for i in range(warmup + repeats):
+        stamps.clear()
+        generator = torch.Generator("cpu").manual_seed(i)
+        sync()
+        start = time.perf_counter()
+        call: dict[str, Any] = dict(prompt=prompt, num_inference_steps=steps, width=gen.width, height=gen.height,
+                                    guidance_scale=gen.guidance, generator=generator, callback_on_step_end=on_step)
+        if gen.negative_prompt and gen.uses_guidance:
+            call["negative_prompt"] = gen.negative_prompt
+        try:
+            with torch.inference_mode():
+                pipe(**call)
+        except CatimgError:
+            raise
+        except Exception as exc:
+            raise GenerationError(f"{gen.name}: the benchmark image failed ({str(exc).splitlines()[0]})") from exc
+        sync()
+        end = time.perf_counter()
+        if i < warmup:
+            continue
+        total = end - start
+        intervals = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+        step = statistics.median(intervals) if intervals else total / steps
+        per_step.append(step)
+        fixed.append(max(total - step * steps, 0.0))
+        images.append(total)
+
+    peak = torch.cuda.max_memory_allocated(device.torch_device) / 1024**3 if cuda else None
+    result = BenchResult(
+        generator=gen.name, settings_hash=gen.settings_hash(), model_hash=model_hash(gen),
+        device_class=device_class(device), dtype=dtype, load_seconds=round(load_seconds, 4),
+        step_seconds=statistics.median(per_step), fixed_seconds=statistics.median(fixed),
+        peak_memory_gb=None if peak is None else round(peak, 3), steps_run=steps, repeats=repeats, warmup=warmup,
+        image_seconds=[round(x, 5) for x in images],
+        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), torch_version=torch.__version__,
+        note="" if cuda else f"peak memory is measured on CUDA only (device: {device.kind})",
+    )
+    del pipe
+    if cuda:
+        torch.cuda.empty_cache()
+    return result
