@@ -1,0 +1,443 @@
+"""`catimg gen` (route, then generate and save images) and `catimg inspect` (what an image carries)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.table import Table
+
+from catimg.cli import app
+from catimg.cli.common import (
+    BUDGET_OPT,
+    DEVICE_OPT,
+    FILE_OPT,
+    GENERATOR_OPT,
+    JSON_OPT,
+    MODELS_OPT,
+    PROMPTS_ARG,
+    ROUTER_OPT,
+    TOTAL_BUDGET_OPT,
+    collect_prompts,
+    load_setup,
+    parse_budgets,
+)
+from catimg.cli.render import console, fmt_seconds, print_json
+from catimg.errors import InputError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from catimg.config import Catalog
+    from catimg.generate import PlanItem, RunResult
+    from catimg.routing import RoutingResult
+
+DEFAULT_OUT = "catimg-out"
+
+
+@app.command()
+def gen(
+    prompts: list[str] | None = PROMPTS_ARG,
+    file: Path | None = FILE_OPT,
+    budget: str | None = BUDGET_OPT,
+    total_budget: str | None = TOTAL_BUDGET_OPT,
+    models: Path | None = MODELS_OPT,
+    router: Path | None = ROUTER_OPT,
+    generator: str | None = GENERATOR_OPT,
+    out: Path = typer.Option(Path(DEFAULT_OUT), "--out", "-o", help="Folder for the images and manifest.jsonl."),
+    seed: int | None = typer.Option(
+        None, "--seed", "-s", help="Base seed (image k of prompt i gets seed + i*n + k). Default: random, recorded.",
+        show_default=False,
+    ),
+    images_per_prompt: int = typer.Option(1, "--images-per-prompt", "-n", help="Images per prompt."),
+    negative: str | None = typer.Option(None, "--negative", help="Negative prompt (overrides the catalog's).", show_default=False),
+    negative_file: Path | None = typer.Option(
+        None, "--negative-file", help="Read the negative prompt from this UTF-8 file.", show_default=False
+    ),
+    width: int | None = typer.Option(None, "--width", help="Image width, a multiple of 8 (default: the generator's).", show_default=False),
+    height: int | None = typer.Option(None, "--height", help="Image height, a multiple of 8 (default: the generator's).", show_default=False),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan only; load nothing, write nothing."),
+    resume: bool = typer.Option(False, "--resume", help="Skip images already recorded in OUT/manifest.jsonl and on disk."),
+    device: str | None = DEVICE_OPT,
+    dtype: str | None = typer.Option(None, "--dtype", help="auto, fp16, bf16 or fp32 (default: by device).", show_default=False),
+    no_metadata: bool = typer.Option(False, "--no-metadata", help="Write PNGs without catimg's text chunks."),
+    allow_download: bool = typer.Option(
+        False, "--allow-download",
+        help="Let diffusers download missing weights from the Hugging Face Hub (also CATIMG_ALLOW_DOWNLOAD=1). Default: off.",
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per pipeline call (default: by device memory).", show_default=False),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Route each prompt to a generator, then generate and save the images.
+
+    Each image is saved as OUT/{index}-{slug}-{generator}-{seed}.png with its settings and predictions in PNG text
+    chunks, and recorded in OUT/manifest.jsonl. Existing files are never overwritten.
+
+    Examples:
+
+      catimg gen "a lighthouse at dusk" --budget low
+
+      catimg gen -f prompts.txt --total-budget 10m --out shots/
+
+      catimg gen -f prompts.txt --out shots/ --resume
+    """
+    from catimg.generate import check_seed, check_size
+    from catimg.output import prepare_out_dir
+
+    # cheap checks first: a mistake costs nothing
+    if seed is not None:
+        check_seed(seed)
+    if images_per_prompt < 1:
+        raise InputError(f"--images-per-prompt {images_per_prompt}: must be 1 or more")
+    check_size(width, "--width")
+    check_size(height, "--height")
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: must be 1 or more")
+    if dtype is not None and dtype not in ("auto", "fp16", "bf16", "fp32"):
+        from catimg.errors import did_you_mean
+
+        raise InputError(f'--dtype "{dtype}" is unknown{did_you_mean(dtype, ["auto", "fp16", "bf16", "fp32"])}; use auto, fp16, bf16 or fp32')
+    if negative is not None and negative_file is not None:
+        raise InputError("--negative and --negative-file both given; use one")
+    if negative_file is not None:
+        negative = _read_negative(negative_file)
+    out = out.expanduser()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file, not a folder; pass a folder for the images")
+    if not dry_run:
+        prepare_out_dir(out)
+    if resume and not dry_run:
+        from catimg.output import read_manifest
+
+        records = read_manifest(out)  # a corrupt line fails here, before anything is loaded
+        if seed is None:
+            seed = next((int(r["base_seed"]) for r in records if r.get("base_seed") is not None), None)
+    if seed is None:
+        import secrets
+
+        seed = secrets.randbelow(2**31)
+
+    texts = collect_prompts(prompts, file)
+    bud, total = parse_budgets(budget, total_budget)
+    catalog, rt, dev = load_setup(models, router, device)
+    result, notes = _route(texts, catalog, rt, dev, bud, total, generator, allow_download)
+
+    from catimg.generate import RunOptions, plan_from_routing, run_plan
+
+    plan = plan_from_routing(result, seed=seed, images_per_prompt=images_per_prompt, negative=negative,
+                             size=(width, height))
+    con = console()
+    if dry_run:
+        if as_json:
+            print_json(_plan_doc(result, plan, out, seed, notes, dry_run=True))
+            return
+        for n in notes:
+            con.print(f"[yellow]note:[/] {n}")
+        _render_plan(con, result, plan, out, seed)
+        con.print("dry run: nothing loaded, nothing written")
+        return
+
+    if not as_json:
+        for n in notes:
+            con.print(f"[yellow]note:[/] {n}")
+        _render_plan(con, result, plan, out, seed)
+    progress = _Progress(con, enabled=not as_json, total=len(plan))
+    opts = RunOptions(
+        out_dir=out, device=dev, dtype=dtype, allow_download=allow_download, batch_size=batch_size,
+        metadata=not no_metadata, resume=resume, budget=result.budget, router_version=getattr(rt, "version", None),
+        base_seed=seed,
+    )
+    try:
+        with progress:
+            res = run_plan(plan, opts, progress.event)
+    except KeyboardInterrupt:  # pragma: no cover - the executor catches it; belt and braces
+        res = None
+    resume_cmd = _resume_command(seed)
+    if res is None or res.interrupted:
+        if as_json:
+            print_json({**_plan_doc(result, plan, out, seed, notes), **(_run_doc(result, res) if res else {}),
+                        "interrupted": True, "resume_command": resume_cmd})
+        else:
+            if res is not None:
+                _render_summary(con, result, res)
+            console_err = _stderr()
+            console_err.print(f"interrupted: images written so far are kept in {out}. Resume with:\n  {resume_cmd}")
+        raise typer.Exit(130)
+    if as_json:
+        print_json({**_plan_doc(result, plan, out, seed, notes), **_run_doc(result, res), "interrupted": False})
+    else:
+        _render_summary(con, result, res)
+    if res.failed and not res.made:
+        raise typer.Exit(7)
+
+
+# ------------------------------------------------------------------------------------------------- routing
+
+
+def _route(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, total: float | None,
+           forced: str | None, allow_download: bool) -> tuple[RoutingResult, list[str]]:
+    """Route; if a chosen generator's weights are missing, re-plan among those that are there (and say so)."""
+    from dataclasses import replace
+
+    from catimg.config import Catalog
+    from catimg.errors import WeightsMissingError
+    from catimg.pipelines import check_weights
+    from catimg.routing import route_prompts
+
+    result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=forced)
+    chosen = {r.choice for r in result.routes}
+    missing: dict[str, WeightsMissingError] = {}
+    for name in sorted(chosen):
+        try:
+            check_weights(catalog.get(name), allow_download)
+        except WeightsMissingError as exc:
+            missing[name] = exc
+    if not missing:
+        return result, []
+    if forced is not None:
+        raise next(iter(missing.values()))
+    # every generator that could be routed to and whose weights are absent is taken out
+    for g in catalog.enabled:
+        if g.name not in missing:
+            try:
+                check_weights(g, allow_download)
+            except WeightsMissingError as exc:
+                missing[g.name] = exc
+    keep = tuple(replace(g, enabled=False) if g.name in missing else g for g in catalog.generators)
+    if not any(g.enabled for g in keep):
+        raise next(iter(missing.values()))
+    reduced = Catalog(path=catalog.path, origin=catalog.origin, generators=keep)
+    try:
+        result = route_prompts(texts, reduced, rt, dev, budget=bud, total_budget=total)
+    except InputError:
+        raise next(iter(missing.values())) from None
+    note = (f"weights not found for {', '.join(sorted(missing))}; re-planned among the generators that are "
+            f"available ({', '.join(sorted(g.name for g in keep if g.enabled))}). "
+            f"{next(iter(missing.values())).message}")
+    return result, [note]
+
+
+def _read_negative(path: Path) -> str:
+    p = path.expanduser()
+    if not p.is_file():
+        raise InputError(f"--negative-file {p}: file not found; check the path")
+    try:
+        return p.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"--negative-file {p}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+    except OSError as exc:
+        raise InputError(f"--negative-file {p}: cannot read ({exc.strerror}); check its permissions") from exc
+
+
+def _resume_command(seed: int) -> str:
+    args = list(sys.argv[1:])
+    if "--resume" not in args:
+        args.append("--resume")
+    if not any(a == "--seed" or a == "-s" or a.startswith("--seed=") for a in args):
+        args += ["--seed", str(seed)]
+    return "catimg " + " ".join(shlex.quote(a) for a in args)
+
+
+# -------------------------------------------------------------------------------------------------- render
+
+
+def _render_plan(con: Console, result: RoutingResult, plan: list[PlanItem], out: Path, seed: int) -> None:
+    shares = result.shares()
+    lam = "-" if result.lam is None else f"{result.lam:.3g}"
+    con.print(
+        f"plan: {len(result.routes)} prompt(s), {len(plan)} image(s) -> {out}  budget {result.budget} (λ {lam})  "
+        f"device {result.device.torch_device}  seed {seed}"
+    )
+    t = Table(title=None, show_edge=False, pad_edge=False)
+    t.add_column("generator")
+    t.add_column("model")
+    t.add_column("images", justify="right")
+    t.add_column("predicted", justify="right")
+    t.add_column("mean q̂", justify="right")
+    per_gen: dict[str, list[PlanItem]] = {}
+    for it in plan:
+        per_gen.setdefault(it.generator.name, []).append(it)
+    for name, its in per_gen.items():
+        qs = [i.predicted_quality for i in its if i.predicted_quality is not None]
+        t.add_row(name, its[0].generator.model, str(len(its)),
+                  fmt_seconds(sum(i.predicted_seconds or 0.0 for i in its)),
+                  f"{sum(qs) / len(qs):.3f}" if qs else "-")
+    con.print(t)
+    del shares
+    est = sum(it.predicted_seconds or 0.0 for it in plan) + result.planned_load_seconds
+    line = f"estimate: {fmt_seconds(est)} (loading included)"
+    if result.best_single and result.best_single_seconds is not None:
+        per_img = len(plan) / max(1, len(result.routes))
+        line += f"; always {result.best_single}: {fmt_seconds(result.best_single_seconds * per_img)}"
+    con.print(line)
+
+
+def _render_summary(con: Console, result: RoutingResult, res: RunResult) -> None:
+    t = Table(title="summary", show_edge=False, pad_edge=False)
+    t.add_column("generator")
+    t.add_column("images", justify="right")
+    t.add_column("measured", justify="right")
+    t.add_column("predicted", justify="right")
+    t.add_column("mean q̂", justify="right")
+    for name, d in res.per_generator().items():
+        q = d["mean_predicted_quality"]
+        t.add_row(name, str(d["images"]), fmt_seconds(d["measured_seconds"]), fmt_seconds(d["predicted_seconds"]),
+                  "-" if q is None else f"{q:.3f}")
+    con.print(t)
+    loads = ", ".join(f"{m} {fmt_seconds(s)}" for m, s in res.load_seconds.items()) or "none"
+    con.print(f"loaded {len(res.loads)} model(s): {loads}")
+    line = f"total: {len(res.made)} image(s) in {fmt_seconds(res.wall_seconds)}"
+    if res.skipped:
+        line += f", {res.skipped} skipped (already done)"
+    if res.failed:
+        line += f", {len(res.failed)} failed (see manifest.jsonl)"
+    con.print(line)
+    if result.best_single and result.best_single_seconds is not None and result.routes:
+        per_img = (len(res.made) + len(res.failed)) / len(result.routes)
+        con.print(f"always the best single generator ({result.best_single}): estimated "
+                  f"{fmt_seconds(result.best_single_seconds * per_img)}")
+    for r in res.records:
+        if r.status != "ok":
+            con.print(f"{r.status}: #{r.item.index} {r.item.prompt[:50]!r}: {r.note or r.error}")
+
+
+def _plan_doc(result: RoutingResult, plan: list[PlanItem], out: Path, seed: int, notes: list[str],
+              dry_run: bool = False) -> dict[str, Any]:
+    return {
+        "out": str(out),
+        "seed": seed,
+        "dry_run": dry_run,
+        "notes": notes,
+        "routing": result.to_dict(),
+        "plan": [
+            {"index": it.index, "image": it.image, "prompt": it.prompt, "generator": it.generator.name,
+             "seed": it.seed, "predicted_quality": it.predicted_quality, "predicted_seconds": it.predicted_seconds,
+             "negative_prompt": it.negative}
+            for it in plan
+        ],
+    }
+
+
+def _run_doc(result: RoutingResult, res: RunResult) -> dict[str, Any]:
+    return {
+        "images": [
+            {"index": r.item.index, "image": r.item.image, "prompt": r.item.prompt, "generator": r.generator.name,
+             "routed_generator": r.item.generator.name, "seed": r.item.seed, "status": r.status,
+             "file": str(r.file) if r.file else None, "seconds": r.seconds, "error": r.error, "note": r.note}
+            for r in res.records
+        ],
+        "summary": {
+            "generators": res.per_generator(),
+            "loads": res.loads,
+            "wall_seconds": res.wall_seconds,
+            "made": len(res.made),
+            "failed": len(res.failed),
+            "skipped": res.skipped,
+            "best_single": result.best_single,
+            "best_single_seconds": result.best_single_seconds,
+        },
+    }
+
+
+def _stderr() -> Console:
+    from catimg.cli.render import error_console
+
+    return error_console()
+
+
+class _Progress:
+    """Rich progress (batch ETA + current image's steps) on a terminal; plain lines otherwise; nothing with --json."""
+
+    def __init__(self, con: Console, enabled: bool, total: int) -> None:
+        self.con = con
+        self.enabled = enabled
+        self.total = total
+        self.tty = enabled and sys.stdout.isatty() and not os.environ.get("CATIMG_PLAIN")
+        self.rich: Any = None
+        self.done = 0
+        self.t0 = time.perf_counter()
+
+    def __enter__(self) -> _Progress:
+        if self.tty:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.rich = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=self.con, transient=False)
+            self.rich.__enter__()
+            self.batch_task = self.rich.add_task("images", total=self.total)
+            self.step_task = self.rich.add_task("steps", total=1)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.rich is not None:
+            self.rich.__exit__(*exc)
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if kind == "start" and data.get("skipped"):
+            self._line(f"resume: {data['skipped']} image(s) already done, {data['images']} to make")
+            if self.rich is not None:
+                self.rich.update(self.batch_task, total=data["images"])
+        elif kind == "load":
+            self._line(f"loading {data['model']} ({data['source']})")
+        elif kind == "step" and self.rich is not None:
+            self.rich.update(self.step_task, total=data["steps"], completed=data["step"],
+                             description=f"{data['generator']} step")
+        elif kind == "retry":
+            self._line(f"retrying #{data['item'].index} ({data['error']})")
+        elif kind == "image":
+            self.done += 1
+            r = data["record"]
+            if self.rich is not None:
+                self.rich.update(self.batch_task, advance=1)
+            else:
+                where = r.file.name if r.file else r.error
+                self._line(f"[{self.done}/{self.total}] {r.status} {r.generator.name} {fmt_seconds(r.seconds)} {where}")
+
+    def _line(self, text: str) -> None:
+        if self.rich is not None:
+            self.rich.console.print(text, markup=False, highlight=False)
+        else:
+            self.con.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+# ------------------------------------------------------------------------------------------------- inspect
+
+
+@app.command()
+def inspect(
+    images: list[Path] = typer.Argument(..., help="PNG files written by catimg gen.", show_default=False),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Print what an image carries: prompt, seed, generator, settings, predictions, versions.
+
+    Example:
+
+      catimg inspect catimg-out/0000-a-lighthouse-at-dusk-sdxl-turbo-42.png
+    """
+    from catimg.output import read_image_metadata
+
+    docs = [read_image_metadata(p) for p in images]
+    if as_json:
+        print_json({"images": docs})
+        return
+    con = console()
+    for d in docs:
+        con.print(f"{d['path']}  ({d['format']} {d['size'][0]}x{d['size'][1]})")
+        rec = d["catimg"]
+        if rec is None:
+            con.print("  no catimg metadata" + (f"; parameters: {d['parameters']}" if d["parameters"] else ""))
+            continue
+        t = Table(show_header=False, show_edge=False, pad_edge=False, box=None)
+        t.add_column("key", style="bold")
+        t.add_column("value")
+        for k in sorted(rec):
+            v = rec[k]
+            t.add_row(k, "-" if v is None else str(v))
+        con.print(t)

@@ -1,0 +1,268 @@
+"""Where images go: predictable PNG names, metadata text chunks, the manifest, atomic writes and locking.
+
+* File names: ``{index:04d}-{slug}-{generator}-{seed}.png`` (``index`` is the prompt's 0-based position). An
+  existing file is never overwritten: a PNG is written to a temporary file in the same folder, fsynced, then
+  hard-linked to its final name (the link fails if the name exists, and another suffix ``-2``, ``-3`` … is tried).
+  A ``kill -9`` leaves at most a ``.tmp`` file behind, never a half-written PNG under a final name.
+* PNG text chunks: every field of the image's record (prompt, negative prompt, seed, generator, source, steps,
+  guidance, size, scheduler, dtype, device, predicted quality, predicted and measured cost, budget and λ,
+  catimg and router versions) as ``catimg:<key>``, the whole record as JSON in ``catimg``, and an A1111-style
+  ``parameters`` chunk that existing viewers read.
+* ``manifest.jsonl``: one JSON object a line, appended as each image is saved with a single ``write`` under an
+  exclusive file lock, then fsynced: two runs into one folder interleave whole lines, never clobber.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from catimg.errors import GenerationError, InputError
+
+MANIFEST = "manifest.jsonl"
+_SLUG_LEN = 40
+
+
+def slugify(text: str, max_len: int = _SLUG_LEN) -> str:
+    """A short, file-name-safe slug of a prompt: ascii, lower case, words joined by '-'."""
+    t = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
+    t = re.sub(r"[^a-z0-9]+", "-", t).strip("-")
+    if len(t) > max_len:
+        t = t[:max_len].rsplit("-", 1)[0] if "-" in t[:max_len] else t[:max_len]
+    return t or "prompt"
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9@._+-]+", "_", name)
+
+
+def image_filename(index: int, prompt: str, generator: str, seed: int) -> str:
+    return f"{index:04d}-{slugify(prompt)}-{safe_name(generator)}-{seed}.png"
+
+
+def prepare_out_dir(path: str | Path) -> Path:
+    """Create the output folder; InputError when it is a file or not writable."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise InputError(f"--out {p}: is a file, not a folder; pass a folder for the images")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {p}: cannot create the folder ({exc.strerror}); pick another --out") from exc
+    probe = p / f".catimg-write-test-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"--out {p}: folder is not writable ({exc.strerror}); fix its permissions or pick another --out") from exc
+    return p
+
+
+# --------------------------------------------------------------------------------------------------- writing
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte to fd (a seam: tests replace it to simulate a full disk)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _disk_error(path: Path, exc: OSError) -> GenerationError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return GenerationError(
+            f"{path}: disk full while saving; images saved so far are kept and recorded in {MANIFEST}: "
+            "free some space and rerun with --resume"
+        )
+    return GenerationError(f"{path}: cannot write ({exc.strerror or exc}); check the folder and rerun with --resume")
+
+
+def write_new_file(folder: Path, name: str, data: bytes) -> Path:
+    """Atomically create ``folder/name`` (or ``stem-2.ext`` … if taken) holding ``data``; never overwrite."""
+    stem, dot, ext = name.rpartition(".")
+    if not dot:
+        stem, ext = name, ""
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as exc:
+        raise _disk_error(folder / name, exc) from exc
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        for n in range(1, 10_000):
+            final = folder / (name if n == 1 else f"{stem}-{n}{dot}{ext}")
+            try:
+                os.link(tmp, final)
+                return final
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                    raise
+                # no hard links on this file system: claim the name, then atomically replace it
+                try:
+                    os.close(os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                except FileExistsError:
+                    continue
+                os.replace(tmp, final)
+                return final
+        raise GenerationError(f"{folder / name}: too many files with this name; pick another --out")
+    except OSError as exc:
+        raise _disk_error(folder / name, exc) from exc
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+def a1111_parameters(meta: dict[str, Any]) -> str:
+    """The ``parameters`` text that AUTOMATIC1111-style viewers show."""
+    lines = [str(meta.get("prompt", ""))]
+    if meta.get("negative_prompt"):
+        lines.append(f"Negative prompt: {meta['negative_prompt']}")
+    parts = [
+        f"Steps: {meta.get('steps')}",
+        f"Sampler: {meta.get('scheduler') or 'default'}",
+        f"CFG scale: {meta.get('guidance')}",
+        f"Seed: {meta.get('seed')}",
+        f"Size: {meta.get('width')}x{meta.get('height')}",
+        f"Model: {meta.get('generator')}",
+        f"Model source: {meta.get('source')}",
+        f"Version: catimg {meta.get('catimg_version')}",
+    ]
+    lines.append(", ".join(parts))
+    return "\n".join(lines)
+
+
+def png_bytes(image: Any, meta: dict[str, Any] | None) -> bytes:
+    """Encode a PIL image as PNG with catimg's text chunks (none when ``meta`` is None)."""
+    import io
+
+    from PIL.PngImagePlugin import PngInfo
+
+    info = None
+    if meta is not None:
+        info = PngInfo()
+        info.add_text("parameters", a1111_parameters(meta))
+        info.add_text("catimg", json.dumps(meta, ensure_ascii=False, sort_keys=True), zip=True)
+        for k, v in meta.items():
+            if v is None:
+                continue
+            info.add_itxt(f"catimg:{k}", v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def save_image(folder: Path, name: str, image: Any, meta: dict[str, Any] | None) -> Path:
+    return write_new_file(folder, name, png_bytes(image, meta))
+
+
+def read_image_metadata(path: str | Path) -> dict[str, Any]:
+    """What catimg (and A1111) wrote into a PNG: {'catimg': {...} or None, 'parameters': str|None, 'text': {...}}."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise InputError(f"{p}: no such image file; check the path")
+    try:
+        with Image.open(p) as im:
+            text = dict(getattr(im, "text", {}) or {})
+            size = im.size
+            fmt = im.format
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"{p}: not an image file ({exc.__class__.__name__}); pass a PNG written by catimg") from exc
+    record = None
+    if "catimg" in text:
+        try:
+            record = json.loads(text["catimg"])
+        except ValueError:
+            record = None
+    return {"path": str(p), "format": fmt, "size": list(size), "catimg": record,
+            "parameters": text.get("parameters"), "text": {k: v for k, v in text.items() if k not in ("catimg",)}}
+
+
+# -------------------------------------------------------------------------------------------------- manifest
+
+
+@contextmanager
+def _locked(fd: int) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: O_APPEND single writes only
+        yield
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def append_manifest(folder: Path, record: dict[str, Any]) -> None:
+    """Append one record as one line (single write under an exclusive lock, then fsync)."""
+    path = folder / MANIFEST
+    line = (json.dumps(record, ensure_ascii=False, sort_keys=True, default=str) + "\n").encode("utf-8")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as exc:
+        raise _disk_error(path, exc) from exc
+    try:
+        with _locked(fd):
+            _write_all(fd, line)
+            os.fsync(fd)
+    except OSError as exc:
+        raise _disk_error(path, exc) from exc
+    finally:
+        os.close(fd)
+
+
+def read_manifest(folder: str | Path) -> list[dict[str, Any]]:
+    """All records of ``folder/manifest.jsonl`` ([] when absent); InputError naming the first corrupt line."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return []
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the manifest ({exc.strerror}); check its permissions") from exc
+    out = []
+    for n, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line.decode("utf-8"))
+            if not isinstance(rec, dict):
+                raise ValueError("not an object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(
+                f"{path}: line {n} is corrupt ({exc.__class__.__name__}); delete or fix that line, then rerun with --resume"
+            ) from exc
+        out.append(rec)
+    return out
+
+
+def done_keys(folder: str | Path) -> set[tuple[int, int, str]]:
+    """(prompt index, image number, prompt) of images recorded as saved whose file is still on disk."""
+    folder = Path(folder)
+    keys = set()
+    for rec in read_manifest(folder):
+        if rec.get("status") not in ("ok", "retried", "fallback") or not rec.get("file"):
+            continue
+        if (folder / rec["file"]).is_file():
+            keys.add((int(rec.get("index", -1)), int(rec.get("image", 0)), str(rec.get("prompt", ""))))
+    return keys
