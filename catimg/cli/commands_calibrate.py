@@ -1,0 +1,293 @@
+"""`catimg calibrate` and `catimg measurements export|import`: measure your own generators into the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from catimg.cli import app
+from catimg.cli.render import console, fmt_seconds, print_json
+from catimg.errors import InputError
+
+DB_OPT = typer.Option(
+    None, "--db", help="Measurement database (default: measurements.sqlite in the catimg user data dir, or $CATIMG_DATA_DIR).",
+    show_default=False,
+)
+
+measurements_app = typer.Typer(
+    name="measurements", help="Move measurements between the calibration database and long-format CSV/JSONL files.",
+    no_args_is_help=True, add_completion=False,
+)
+app.add_typer(measurements_app, name="measurements")
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@app.command()
+def calibrate(
+    prompts: Path = typer.Option(None, "--prompts", "-f", help="Prompt file (UTF-8, one prompt a line).", show_default=False),
+    prompt_set: str = typer.Option(None, "--set", help="Built-in reference prompt set (default parti-geneval-200; see --list-sets).",
+                                   show_default=False),
+    list_sets: bool = typer.Option(False, "--list-sets", help="List the built-in prompt sets and exit."),
+    generators: str = typer.Option(None, "--generators", "-g", help="Comma-separated generators to measure (default: every enabled one).",
+                                   show_default=False),
+    seeds: int = typer.Option(1, "--seeds", help="Images per prompt and generator (seeds 0..N-1)."),
+    limit: int = typer.Option(None, "--limit", "-n", help="Measure only the first N prompts of the set.", show_default=False),
+    metric: str = typer.Option("clipscore", "--metric", help="Scorer / metric to record (clipscore, pickscore)."),
+    scorer_model: str = typer.Option(None, "--scorer-model", help="Scorer checkpoint: Hub id in the HF cache or a local folder.",
+                                     show_default=False),
+    db: Path = DB_OPT,
+    models: Path = typer.Option(None, "--models", "-m", help="models.toml to use.", show_default=False),
+    out: Path = typer.Option(None, "--out", "-o", help="Folder for the calibration images (default: images/ next to the database).",
+                             show_default=False),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: detected).", show_default=False),
+    dtype: str = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 (default: by device).", show_default=False),
+    batch_size: int = typer.Option(None, "--batch-size", help="Prompts per pipeline call (default: by device memory).", show_default=False),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show how many images and how long, then stop."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document and nothing else."),
+) -> None:
+    """Measure your generators: generate, score and store images for a prompt set (resumable, incremental).
+
+    Examples:
+
+      catimg calibrate --dry-run
+
+      catimg calibrate --set parti-geneval-50 --generators sdxl-turbo,sdxl@20
+
+      catimg calibrate --prompts my_prompts.txt --seeds 2 --db run.sqlite
+    """
+    from catimg import prompts as P
+
+    if list_sets:
+        names = P.list_reference_sets()
+        if json_out:
+            print_json({"sets": {n: len(P.reference_set(n)) for n in names}})
+        else:
+            for n in names:
+                console().print(f"{n}  ({len(P.reference_set(n))} prompts)")
+        return
+    if prompts is not None and prompt_set is not None:
+        raise InputError("--prompts and --set both given; choose a prompt file or a built-in set")
+    if seeds < 1:
+        raise InputError(f"--seeds {seeds}: must be 1 or more")
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: must be 1 or more")
+    if prompts is not None:
+        plist, origin = P.read_prompt_file(prompts), str(prompts)
+    else:
+        name = prompt_set or "parti-geneval-200"
+        plist, origin = P.reference_set(name), f"prompt set {name}"
+
+    from catimg.calibrate import plan_campaign, run_campaign, select_generators, select_prompts
+    from catimg.config import load_catalog
+    from catimg.device import detect_device
+    from catimg.scorer import get_spec
+    from catimg.store import Store
+
+    get_spec(metric)  # unknown metric: fail before anything else
+    plist, notes = select_prompts(plist, limit, origin)
+    catalog = load_catalog(models)
+    gens = select_generators(catalog, _split(generators))
+    dev = detect_device(device)
+    with Store.open(db) as store:
+        if not dry_run:
+            store.acquire_campaign()
+        plan = plan_campaign(plist, gens, store, metric, seeds=seeds, device=dev, check_weights=not dry_run,
+                             explicit_generators=bool(generators), notes=notes)
+        if dry_run:
+            _note_missing_weights(plan)
+        if not generators:
+            for g in catalog.generators:
+                if not g.enabled:
+                    plan.skipped_generators.setdefault(g.name, "disabled in models.toml; name it with --generators to measure it")
+        scorer_note = _scorer_status(metric, scorer_model)
+        if dry_run:
+            if json_out:
+                print_json({"dry_run": True, "db": str(store.path), "device": dev.name, "scorer": scorer_note, **plan.to_dict()})
+            else:
+                _render_plan(plan, store.path, dev.name, scorer_note, dry=True)
+            return
+        from catimg.scorer import load_scorer
+
+        scorer = load_scorer(metric, scorer_model, dev.torch_device) if plan.jobs else None
+        if not json_out:
+            _render_plan(plan, store.path, dev.name, scorer_note, dry=False)
+        out_dir = out if out is not None else store.path.parent / "images"
+        if scorer is None:
+            result = None
+        elif json_out:
+            result = run_campaign(plan, store, scorer, dev, out_dir, dtype=dtype, batch_size=batch_size)
+        else:
+            result = _run_with_progress(plan, store, scorer, dev, out_dir, dtype, batch_size)
+        summary = store.summary(metric, plan.generators)
+    doc: dict[str, Any] = {
+        "db": str(store.path), "metric": metric, "plan": plan.to_dict(),
+        "recorded": result.recorded if result else 0,
+        "failed": [{"generator": g, "prompt": p, "seed": s, "error": e} for g, p, s, e in (result.failed if result else [])],
+        "interrupted": bool(result and result.interrupted),
+        "wall_seconds": result.wall_seconds if result else 0.0,
+        "generators": [
+            {"name": s.name, "hash": s.hash, "images": s.images, "prompts": s.prompts, "mean_score": s.mean_score,
+             "seconds_this_run": (result.seconds_by_generator.get(s.name, 0.0) if result else 0.0),
+             "images_this_run": (result.images_by_generator.get(s.name, 0) if result else 0)}
+            for s in summary
+        ],
+    }
+    if json_out:
+        print_json(doc)
+    else:
+        _render_summary(doc, metric)
+    if result is not None and result.interrupted:
+        raise typer.Exit(130)
+
+
+def _note_missing_weights(plan: Any) -> None:
+    from catimg.errors import CatimgError
+    from catimg.pipelines import check_weights
+
+    for g in plan.generators:
+        try:
+            check_weights(g, False)
+        except CatimgError as exc:
+            from catimg.pipelines import fetch_hint
+
+            del exc
+            plan.notes.append(f"weights missing for {g.name} ({g.source}): a real run leaves it out; {fetch_hint(g.source)}")
+
+
+def _scorer_status(metric: str, model: str | None) -> str:
+    from catimg.errors import CatimgError
+    from catimg.scorer import check_scorer, get_spec
+
+    mid = model or get_spec(metric).default_model
+    try:
+        check_scorer(metric, model)
+    except CatimgError as exc:
+        return f"missing: {exc.message}"
+    return f"{metric} with {mid}"
+
+
+def _render_plan(plan: Any, db: Path, device: str, scorer_note: str, dry: bool) -> None:
+    from rich.table import Table
+
+    c = console()
+    for n in plan.notes:
+        c.print(f"note: {n}")
+    for name, why in plan.skipped_generators.items():
+        c.print(f"not measured: {name}: {why}")
+    t = Table(title=f"calibration plan: {len(plan.prompts)} prompts x {len(plan.seeds)} seed(s), metric {plan.metric}")
+    for col in ("generator", "to measure", "already stored", "per image", "estimate"):
+        t.add_column(col, justify="left" if col == "generator" else "right")
+    for g in plan.per_generator:
+        per = f"{fmt_seconds(g.seconds_per_image)} ({g.seconds_kind})" if g.seconds_per_image is not None else "unknown"
+        t.add_row(g.name, str(g.todo), str(g.done), per, fmt_seconds(g.estimated_seconds))
+    c.print(t)
+    est = plan.estimated_seconds
+    c.print(f"{plan.images} images to make on {device}, estimated {fmt_seconds(est) if est is not None else 'unknown'} "
+            f"(plus scoring); database {db}")
+    c.print(f"scorer: {scorer_note}")
+    if dry:
+        c.print("dry run: nothing was generated")
+
+
+def _run_with_progress(plan: Any, store: Any, scorer: Any, dev: Any, out_dir: Path, dtype: str | None,
+                       batch_size: int | None) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from catimg.calibrate import run_campaign
+
+    c = console()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), console=c, transient=False) as progress:
+        task = progress.add_task("calibrating", total=plan.images)
+
+        def on_event(kind: str, data: dict[str, Any]) -> None:
+            if kind == "load":
+                progress.update(task, description=f"loading {data.get('model')}")
+            elif kind in ("recorded", "failed"):
+                progress.update(task, advance=1, description=f"{data['generator']}")
+                if kind == "failed":
+                    progress.console.print(f"failed: {data['generator']} seed {data['seed']}: {data['prompt'][:60]}: {data['error']}")
+
+        return run_campaign(plan, store, scorer, dev, out_dir, on_event=on_event, dtype=dtype, batch_size=batch_size)
+
+
+def _render_summary(doc: dict[str, Any], metric: str) -> None:
+    from rich.table import Table
+
+    c = console()
+    t = Table(title=f"calibration summary ({metric}, database {doc['db']})")
+    for col in ("generator", "images this run", "time this run", "s/image", "prompts stored", f"mean {metric}"):
+        t.add_column(col, justify="left" if col == "generator" else "right")
+    for g in doc["generators"]:
+        n = g["images_this_run"]
+        per = fmt_seconds(g["seconds_this_run"] / n) if n else "-"
+        mean = f"{g['mean_score']:.3f}" if g["mean_score"] is not None else "-"
+        t.add_row(g["name"], str(n), fmt_seconds(g["seconds_this_run"]) if n else "-", per, str(g["prompts"]), mean)
+    c.print(t)
+    c.print(f"{doc['recorded']} images recorded in {fmt_seconds(doc['wall_seconds'])}"
+            + (f"; {len(doc['failed'])} failed (re-run to retry them)" if doc["failed"] else ""))
+    if doc["interrupted"]:
+        c.print("interrupted: everything recorded so far is kept; run the same command again to continue")
+
+
+@measurements_app.command("export")
+def export_cmd(
+    file: Path = typer.Argument(..., help="Output file: .csv, else JSON lines."),
+    db: Path = DB_OPT,
+    metric: str = typer.Option(None, "--metric", help="Only this metric (default: all).", show_default=False),
+    generators: str = typer.Option(None, "--generators", "-g", help="Only these generators (comma-separated).", show_default=False),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document and nothing else."),
+) -> None:
+    """Write the database's measurements in the long format that `catimg train --measurements` reads."""
+    from catimg.store import Store
+
+    with Store.open(db, create=False) as store:
+        n = store.export(file, metric=metric, generators=_split(generators))
+        path = store.path
+    if json_out:
+        print_json({"db": str(path), "file": str(file), "rows": n})
+    else:
+        console().print(f"wrote {n} rows from {path} to {file}")
+
+
+@measurements_app.command("import")
+def import_cmd(
+    file: Path = typer.Argument(..., help="Long-format CSV or JSONL (prompt, generator, score; metric, seconds, seed, source)."),
+    db: Path = DB_OPT,
+    models: Path = typer.Option(None, "--models", "-m", help="models.toml: its generators are keyed by their settings.",
+                                show_default=False),
+    metric: str = typer.Option("score", "--metric", help="Metric for rows that name none."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document and nothing else."),
+) -> None:
+    """Add measurements from a long-format file to the database (importing the same file twice adds nothing)."""
+    from catimg.config import load_catalog
+    from catimg.errors import ConfigError
+    from catimg.store import Store
+
+    try:
+        gens = list(load_catalog(models).generators)
+    except ConfigError:
+        if models is not None:
+            raise
+        gens = []
+    with Store.open(db) as store:
+        n = store.import_file(file, gens, default_metric=metric)
+        path = store.path
+    if json_out:
+        print_json({"db": str(path), "file": str(file), "scores": n})
+    else:
+        console().print(f"imported {n} scores from {file} into {path}")
