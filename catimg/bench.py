@@ -200,6 +200,33 @@ def _load_plain(gen: Generator, device: DeviceInfo, dtype: str) -> Any:  # pragm
     return pipe.to(device.torch_device)
 
 
+def _preimport(gen: Generator) -> None:
+    """Import the pipeline and component classes named in model_index.json so that load time excludes imports."""
+    import importlib
+
+    try:
+        from catimg.pipelines import weights_location
+
+        folder = weights_location(gen)
+    except ImportError:  # pragma: no cover
+        folder = Path(gen.source) if gen.is_local_folder else None
+    if folder is None:
+        return
+    try:
+        index = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    wanted = [("diffusers", index.get("_class_name"))]
+    wanted += [tuple(v) for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and len(v) == 2]
+    for lib, cls in wanted:
+        if not lib or not cls:
+            continue
+        try:
+            getattr(importlib.import_module(lib), cls)
+        except Exception:
+            continue
+
+
 def measure(gen: Generator, device: DeviceInfo, repeats: int = 3, warmup: int = 1, allow_download: bool = False,
             prompt: str = "a photograph of a red bicycle leaning on a blue wall",
             loader: Callable[[Generator, DeviceInfo, str, bool], Any] | None = None) -> BenchResult:
@@ -217,6 +244,7 @@ def measure(gen: Generator, device: DeviceInfo, repeats: int = 3, warmup: int = 
         elif device.kind == "mps":
             torch.mps.synchronize()
 
+    _preimport(gen)  # import time is not load time
     if cuda:
         torch.cuda.reset_peak_memory_stats(device.torch_device)
     t0 = time.perf_counter()
@@ -225,6 +253,15 @@ def measure(gen: Generator, device: DeviceInfo, repeats: int = 3, warmup: int = 
     load_seconds = time.perf_counter() - t0
     pipe.set_progress_bar_config(disable=True)
 
+    try:
+        from catimg.pipelines import apply_scheduler
+
+        apply_scheduler(pipe, gen)
+    except ImportError:  # pragma: no cover - the plain loader applies it
+        pass
+    import inspect
+
+    params = set(inspect.signature(pipe.__call__).parameters)
     steps = max(gen.steps, 3)  # at least two step intervals to split per-step from fixed time
     stamps: list[float] = []
 
@@ -232,6 +269,10 @@ def measure(gen: Generator, device: DeviceInfo, repeats: int = 3, warmup: int = 
         sync()
         stamps.append(time.perf_counter())
         return kwargs
+
+    def on_step_old(_i: int, _t: Any, _latents: Any) -> None:
+        sync()
+        stamps.append(time.perf_counter())
 
     per_step: list[float] = []
     fixed: list[float] = []
@@ -242,9 +283,15 @@ def measure(gen: Generator, device: DeviceInfo, repeats: int = 3, warmup: int = 
         sync()
         start = time.perf_counter()
         call: dict[str, Any] = dict(prompt=prompt, num_inference_steps=steps, width=gen.width, height=gen.height,
-                                    guidance_scale=gen.guidance, generator=generator, callback_on_step_end=on_step)
-        if gen.negative_prompt and gen.uses_guidance:
+                                    guidance_scale=gen.guidance, generator=generator, output_type="pil")
+        if gen.negative_prompt and "negative_prompt" in params:
             call["negative_prompt"] = gen.negative_prompt
+        if "clean_caption" in params:
+            call["clean_caption"] = False
+        if "callback_on_step_end" in params:
+            call["callback_on_step_end"] = on_step
+        elif "callback" in params:
+            call.update(callback=on_step_old, callback_steps=1)
         try:
             with torch.inference_mode():
                 pipe(**call)

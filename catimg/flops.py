@@ -156,8 +156,14 @@ def estimate_flops(gen: Generator) -> FlopEstimate:
             f'[generators.{gen.model}]: no FLOP estimate for source "{gen.source}" (family "{gen.family}" has no '
             "built-in numbers and the source is not a local folder)"
         )
-    count = scale_count(ref, gen.width, gen.height)
-    return _from_count(count, gen.steps, passes, source=f"built-in {gen.family} numbers")
+    width, height = gen.width, gen.height
+    note = ""
+    if gen.family == "pixart":  # resolution binning: computed at ~1024² whatever the requested size
+        width, height = binned_size(1024, width, height)
+        if (width, height) != (gen.width, gen.height):
+            note = f" (PixArt computes at its {width}×{height} bin)"
+    count = scale_count(ref, width, height)
+    return _from_count(count, gen.steps, passes, source=f"built-in {gen.family} numbers{note}")
 
 
 def _from_count(count: PipelineCount, steps: int, passes: int, source: str) -> FlopEstimate:
@@ -343,6 +349,7 @@ def count_from_configs(configs: dict[str, Any], width: int, height: int, where: 
     den_name = "unet" if "unet" in configs else "transformer" if "transformer" in configs else None
     if den_name is None or "vae" not in configs:
         raise ConfigError(f"{where}: no unet/ or transformer/ and vae/ configs; cannot count its FLOPs")
+    width, height = pipeline_size(configs, width, height)
     vae_lib, vae_cls, vae_cfg = configs["vae"]
     vae = _build(vae_lib, vae_cls, vae_cfg, where, "vae")
     scale = 2 ** (len(vae_cfg.get("block_out_channels", [1, 1, 1, 1])) - 1)
@@ -370,6 +377,38 @@ def count_from_configs(configs: dict[str, Any], width: int, height: int, where: 
     vae_count = _count_vae(vae, latent_ch, lat_h, lat_w)
     return PipelineCount(width=width, height=height, denoiser=den_count, text=tuple(text_counts),
                          vae_decode=vae_count, denoiser_kind=den_cls)
+
+
+def pipeline_size(configs: dict[str, Any], width: int, height: int) -> tuple[int, int]:
+    """The size the pipeline really computes at: PixArt pipelines snap the request to an aspect-ratio bin of
+    their native resolution (``use_resolution_binning``, on by default) and resize the image afterwards."""
+    cls = str(configs.get("model_index", {}).get("_class_name", ""))
+    den = configs.get("transformer")
+    if not cls.startswith("PixArt") or den is None:
+        return width, height
+    sample = int(den[2].get("sample_size") or 128)
+    try:
+        from diffusers.pipelines.pixart_alpha import pipeline_pixart_alpha as pa
+        from diffusers.pipelines.pixart_alpha import pipeline_pixart_sigma as ps
+
+        bins = {128: pa.ASPECT_RATIO_1024_BIN, 64: pa.ASPECT_RATIO_512_BIN, 32: pa.ASPECT_RATIO_256_BIN,
+                256: ps.ASPECT_RATIO_2048_BIN}.get(sample)
+    except (ImportError, AttributeError):  # pragma: no cover - other diffusers layouts
+        bins = None
+    if not bins:
+        return binned_size(sample * 8, width, height)
+    ratio = height / width
+    key = min(bins, key=lambda r: abs(float(r) - ratio))
+    h, w = bins[key]
+    return int(w), int(h)
+
+
+def binned_size(base: int, width: int, height: int) -> tuple[int, int]:
+    """``width``×``height`` scaled to the area base² at the same aspect ratio, in multiples of 32."""
+    ratio = height / width
+    w = max(32, round(base / ratio**0.5 / 32) * 32)
+    h = max(32, round(base * ratio**0.5 / 32) * 32)
+    return w, h
 
 
 def _build(lib: str, cls_name: str, cfg: dict[str, Any], where: str, component: str) -> Any:

@@ -1,0 +1,106 @@
+"""``catimg bench``: measure generators on this device and cache the results for the cost model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from catimg.cli import app
+from catimg.cli.common import DEVICE_OPT, JSON_OPT, MODELS_OPT
+from catimg.cli.render import console, error_console, fmt_seconds, print_json
+
+
+@app.command()
+def bench(
+    generators: list[str] | None = typer.Argument(
+        None, help="Generators to measure (default: every enabled generator of the catalog).", show_default=False
+    ),
+    models: Path | None = MODELS_OPT,
+    device: str | None = DEVICE_OPT,
+    repeats: int = typer.Option(3, "--repeats", "-n", min=1, max=100, help="Timed images per generator."),
+    warmup: int = typer.Option(1, "--warmup", min=0, max=20, help="Untimed images before timing."),
+    allow_download: bool = typer.Option(
+        False, "--allow-download", help="Download missing weights from the Hugging Face Hub."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Measure load time, seconds per step, fixed seconds per image and peak memory on this device.
+
+    Results are cached by device and generator settings; `explain`, `models` and budgets in seconds then use measured rather than estimated costs. Step variants of one model (sdxl@10, sdxl@20) are measured once.
+    """
+    from catimg.bench import cache_path, measure, pop_warnings, save_results
+    from catimg.config import load_catalog
+    from catimg.cost import generator_cost
+    from catimg.device import detect_device
+    from catimg.errors import CatimgError
+
+    catalog = load_catalog(models)
+    gens = [catalog.get(n) for n in generators] if generators else list(catalog.enabled)
+    dev = detect_device(device)
+    err = error_console()
+    con = console()
+    if not as_json:
+        con.print(f"device: {dev.describe()}   repeats: {repeats}   warm-up: {warmup}")
+
+    by_model: dict[str, list] = {}
+    for g in gens:
+        by_model.setdefault(g.model, []).append(g)
+    rows: list[dict] = []
+    failures: list[CatimgError] = []
+    for model, variants in by_model.items():
+        first = variants[0]
+        estimate = None
+        try:
+            estimate = generator_cost(first, dev, use_measured=False)
+        except CatimgError:
+            pass
+        if not as_json:
+            err.print(f"measuring {model} ({first.source}) …", highlight=False)
+        try:
+            result = measure(first, dev, repeats=repeats, warmup=warmup, allow_download=allow_download)
+        except CatimgError as exc:
+            failures.append(exc)
+            err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+            continue
+        from dataclasses import replace
+
+        from catimg.bench import model_hash
+
+        stored = [
+            replace(result, generator=g.name, settings_hash=g.settings_hash(), model_hash=model_hash(g))
+            for g in variants
+        ]
+        save_results(stored, dev)
+        for g, r in zip(variants, stored, strict=True):
+            est = generator_cost(g, dev, use_measured=False) if estimate is not None else None
+            rows.append({
+                "generator": g.name, "steps": g.steps, "load_seconds": r.load_seconds,
+                "step_seconds": r.step_seconds, "fixed_seconds": r.fixed_seconds,
+                "seconds_per_image": r.seconds_per_image(g.steps),
+                "estimated_seconds": est.seconds if est else None, "tflops": est.tflops if est else None,
+                "peak_memory_gb": r.peak_memory_gb, "estimated_peak_memory_gb": est.peak_memory_gb if est else None,
+                "dtype": r.dtype, "repeats": r.repeats, "warmup": r.warmup, "note": r.note,
+            })
+    warnings = pop_warnings()
+    if as_json:
+        print_json({"device": dev.to_dict(), "cache": str(cache_path()), "results": rows,
+                    "errors": [f.message for f in failures], "warnings": warnings})
+    else:
+        for w in warnings:
+            err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        if rows:
+            from rich.table import Table
+
+            t = Table(show_edge=False, pad_edge=False)
+            for col in ("generator", "steps", "load", "per step", "fixed", "per image", "estimated", "peak mem"):
+                t.add_column(col, justify="left" if col == "generator" else "right")
+            for r in rows:
+                mem = f"{r['peak_memory_gb']:.2f} GB" if r["peak_memory_gb"] is not None else "-"
+                t.add_row(r["generator"], str(r["steps"]), fmt_seconds(r["load_seconds"]),
+                          fmt_seconds(r["step_seconds"]), fmt_seconds(r["fixed_seconds"]),
+                          fmt_seconds(r["seconds_per_image"]), fmt_seconds(r["estimated_seconds"]), mem)
+            con.print(t)
+            con.print(f"saved to {cache_path()}; `catimg models` and `catimg explain` now use these costs")
+    if failures:
+        raise typer.Exit(failures[0].exit_code)
