@@ -49,7 +49,6 @@ def _root(
 from catimg.cli import commands_calibrate  # noqa: E402,F401
 from catimg.cli import commands_routing  # noqa: E402,F401
 from catimg.cli import commands_bench  # noqa: E402,F401
-from catimg.cli import commands_bench  # noqa: E402,F401
 from catimg.cli import commands_gen  # noqa: E402,F401
 
 
