@@ -273,25 +273,28 @@ class Executor:
         pipe = self._pipe(gen, items[0])
         bs = self.opt.batch_size or auto_batch_size(self.opt.device, items[0].peak_memory_gb)
         for start in range(0, len(items), bs):
-            batch = items[start:start + bs]
-            # images of one call must share the negative prompt handling; split on mixed negatives is not needed
-            self.on_event("batch", {"generator": gen.name, "images": len(batch)})
-            try:
-                images, secs = self._call(pipe, gen, batch)
-                errors: list[str | None] = ["black or NaN image" if _is_black(im) else None for im in images]
-                fault: BaseException | None = None
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # a pipeline error or out of memory: retry image by image
-                images, secs, errors, fault = [None] * len(batch), 0.0, [_msg(exc)] * len(batch), exc
-            for it, im, err in zip(batch, images, errors, strict=True):
-                if err is None:
-                    self._save(it, gen, im, secs / len(batch), "ok", 1, "", res)
-                else:
-                    self._retry(it, gen, err, fault, len(batch) > 1, res)
+            self._run_batch(pipe, gen, items[start:start + bs], res)
 
-    def _retry(self, it: PlanItem, gen: Generator, err: str, fault: BaseException | None, was_batched: bool,
-               res: RunResult) -> None:
+    def _run_batch(self, pipe: Any, gen: Generator, batch: list[PlanItem], res: RunResult) -> None:
+        self.on_event("batch", {"generator": gen.name, "images": len(batch)})
+        try:
+            images, secs = self._call(pipe, gen, batch)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # a pipeline error or out of memory
+            if len(batch) > 1:  # find the culprit: each image on its own (its batch-mates are not faults)
+                for it in batch:
+                    self._run_batch(pipe, gen, [it], res)
+                return
+            self._retry(batch[0], gen, _msg(exc), exc, res)
+            return
+        for it, im in zip(batch, images, strict=True):
+            if _is_black(im):
+                self._retry(it, gen, "black or NaN image", None, res)
+            else:
+                self._save(it, gen, im, secs / len(batch), "ok", 1, "", res)
+
+    def _retry(self, it: PlanItem, gen: Generator, err: str, fault: BaseException | None, res: RunResult) -> None:
         self.on_event("retry", {"item": it, "generator": gen.name, "error": err})
         target, status, note, saving = gen, "retried", f"first try failed ({err})", False
         if fault is not None and _is_oom(fault):
@@ -301,7 +304,7 @@ class Executor:
             target, status = it.fallbacks[0], "fallback"
             note += f"; retried with the cheaper generator {target.name}"
         else:
-            note += "; retried alone" if was_batched else "; retried once"
+            note += "; retried once"
         try:
             pipe = self._pipe(target, it)
             if saving:

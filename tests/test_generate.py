@@ -1,0 +1,164 @@
+"""Executing a routed plan with real tiny pipelines: loads, batching, seeds, faults, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from catimg import generate
+from catimg.config import Generator
+from catimg.device import cpu_device
+from catimg.errors import InputError
+from catimg.generate import RunOptions, build_plan, run_plan
+from catimg.pipelines import load_pipeline
+
+
+def gen(name: str, source: Path, steps: int = 2, model: str | None = None, family: str = "sd1") -> Generator:
+    return Generator(name=name, model=model or name, source=str(source), family=family, steps=steps, guidance=2.0,
+                     width=64, height=64)
+
+
+def opts(out: Path, **kw: Any) -> RunOptions:
+    return RunOptions(out_dir=out, device=cpu_device(), budget="low", router_version="test", **kw)
+
+
+def manifest(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def test_each_model_loads_once_and_images_are_recorded(tmp_path: Path, tiny_sd_dir: Path, tiny_sdxl_dir: Path) -> None:
+    g2, g3 = gen("sd@2", tiny_sd_dir, 2, "sd"), gen("sd@3", tiny_sd_dir, 3, "sd")
+    xl = gen("xl", tiny_sdxl_dir, family="sdxl")
+    routed = [(i, f"a cube number {i}", (g2, xl, g3)[i % 3], 0.4 + i / 100, 0.1, 0.5) for i in range(6)]
+    plan = build_plan(routed, seed=10)
+    events: list[str] = []
+    res = run_plan(plan, opts(tmp_path / "out", batch_size=2), lambda k, d: events.append(k))
+    assert sorted(res.loads) == ["sd", "xl"]  # loads == distinct models
+    assert len(res.made) == 6 and not res.failed
+    names = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+    assert "0000-a-cube-number-0-sd@2-10.png" in names and len(names) == 6
+    recs = manifest(tmp_path / "out")
+    assert len(recs) == 6 and {r["status"] for r in recs} == {"ok"}
+    assert {r["generator"] for r in recs} == {"sd@2", "sd@3", "xl"}
+    r0 = next(r for r in recs if r["index"] == 0)
+    assert r0["seed"] == 10 and r0["steps"] == 2 and r0["dtype"] == "fp32" and r0["budget"] == "low"
+    assert "step" in events and events.count("load") == 2
+    per = res.per_generator()
+    assert per["sd@2"]["images"] == 2 and per["xl"]["mean_predicted_quality"] == pytest.approx((0.41 + 0.44) / 2)
+
+
+def test_same_seed_same_image_and_batching_does_not_matter(tmp_path: Path, tiny_sd_dir: Path) -> None:
+    g = gen("sd", tiny_sd_dir)
+    routed = [(0, "a red cube", g, None, None, None), (1, "a blue ball", g, None, None, None)]
+    a = run_plan(build_plan(routed, seed=3), opts(tmp_path / "a", batch_size=2))
+    b = run_plan(build_plan(routed, seed=3), opts(tmp_path / "b", batch_size=1))
+    c = run_plan(build_plan(routed, seed=4), opts(tmp_path / "c"))
+    px = [[np.asarray(Image.open(r.file), dtype=np.int16) for r in res.records] for res in (a, b, c)]
+    assert np.abs(px[0][0] - px[1][0]).max() <= 1  # same prompt/seed/generator/device
+    assert np.array_equal(px[0][1], np.asarray(Image.open(a.records[1].file), dtype=np.int16))
+    assert np.abs(px[0][0] - px[2][0]).max() > 10  # another seed, another image
+
+
+def test_seed_and_count_validation(tiny_sd_dir: Path) -> None:
+    g = gen("sd", tiny_sd_dir)
+    with pytest.raises(InputError, match="--seed -1"):
+        build_plan([(0, "p", g, None, None, None)], seed=-1)
+    with pytest.raises(InputError, match="--images-per-prompt 0"):
+        build_plan([(0, "p", g, None, None, None)], images_per_prompt=0)
+    items = build_plan([(0, "p", g, None, None, None), (1, "q", g, None, None, None)], seed=5, images_per_prompt=2)
+    assert [i.seed for i in items] == [5, 6, 7, 8]
+
+
+class Flaky:
+    """Wraps a real pipeline: raises for prompts containing FAIL, returns black images for BLACK."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pipe, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "pipe":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.pipe, name, value)
+
+    def __call__(self, **kw: Any) -> Any:
+        if any("FAIL" in p for p in kw["prompt"]):
+            raise RuntimeError("pipeline exploded")
+        out = self.pipe(**kw)
+        out.images = [Image.new("RGB", im.size) if "BLACK" in p else im for p, im in zip(kw["prompt"], out.images, strict=True)]
+        return out
+
+
+def flaky_loader(only: str) -> Any:
+    def load(g: Generator, *a: Any) -> Any:
+        p = load_pipeline(g, *a)
+        if g.model == only:
+            p.__call__  # noqa: B018
+            return Flaky(p)
+        return p
+
+    return load
+
+
+def test_one_failing_prompt_does_not_stop_the_batch(tmp_path: Path, tiny_sd_dir: Path, tiny_sd2_dir: Path) -> None:
+    big, small = gen("big", tiny_sd_dir), gen("small", tiny_sd2_dir)
+    routed = [(0, "fine prompt", big, 0.9, 1.0, 0.1), (1, "FAIL here", big, 0.9, 1.0, 0.1),
+              (2, "BLACK here", big, 0.9, 1.0, 0.1), (3, "also fine", big, 0.9, 1.0, 0.1)]
+    plan = build_plan(routed, seed=1, fallbacks={1: (small,)})
+    res = run_plan(plan, opts(tmp_path / "o", batch_size=4, loader=flaky_loader("big")))
+    by = {r.item.index: r for r in res.records}
+    assert by[0].status == "ok" and by[3].status == "ok"
+    assert by[1].status == "fallback" and by[1].generator.name == "small" and by[1].file is not None
+    assert by[2].status == "failed" and "black" in (by[2].error or "")
+    recs = {r["index"]: r for r in manifest(tmp_path / "o")}
+    assert recs[1]["status"] == "fallback" and recs[1]["routed_generator"] == "big" and "exploded" in recs[1]["note"]
+    assert recs[2]["status"] == "failed" and recs[2]["file"] is None
+
+
+def test_interrupt_then_resume(tmp_path: Path, tiny_sd_dir: Path) -> None:
+    g = gen("sd", tiny_sd_dir)
+    plan = build_plan([(i, f"prompt {i}", g, None, None, None) for i in range(4)], seed=0)
+    seen = []
+
+    def stop_after_two(kind: str, data: dict[str, Any]) -> None:
+        if kind == "image":
+            seen.append(1)
+            if len(seen) == 2:
+                raise KeyboardInterrupt
+
+    res = run_plan(plan, opts(tmp_path / "o", batch_size=1), stop_after_two)
+    assert res.interrupted and len(res.made) == 2
+    assert len(manifest(tmp_path / "o")) == 2
+    again = run_plan(plan, opts(tmp_path / "o", batch_size=1, resume=True))
+    assert again.skipped == 2 and len(again.made) == 2 and not again.interrupted
+    assert sorted(r.item.index for r in again.made) == [2, 3]
+    assert len(list((tmp_path / "o").glob("*.png"))) == 4
+    # an image deleted from disk is made again
+    again.made[0].file.unlink()  # type: ignore[union-attr]
+    third = run_plan(plan, opts(tmp_path / "o", resume=True))
+    assert third.skipped == 3 and len(third.made) == 1
+
+
+def test_pixart_transformer_pipeline(tmp_path: Path, tiny_pixart_dir: Path) -> None:
+    g = gen("pixart", tiny_pixart_dir, family="pixart")
+    res = run_plan(build_plan([(0, "a small cat", g, None, None, None)], seed=2), opts(tmp_path / "o"))
+    assert len(res.made) == 1 and Image.open(res.made[0].file).size == (64, 64)  # type: ignore[arg-type]
+
+
+def test_auto_batch_size() -> None:
+    from dataclasses import replace
+
+    cpu = cpu_device()
+    gpu = replace(cpu, kind="cuda", total_memory_gb=80.0, free_memory_gb=70.0, torch_device="cuda:0")
+    assert generate.auto_batch_size(cpu, None) == 4
+    assert generate.auto_batch_size(gpu, None) == 1
+    assert generate.auto_batch_size(gpu, 10.0) == 8
+    assert generate.auto_batch_size(replace(gpu, free_memory_gb=12.0), 10.0) == 1
