@@ -1,0 +1,1 @@
+"""Benchmarks: commands that print numbers (run with `python -m catimg.benchmarks.<name>`)."""

@@ -1,0 +1,165 @@
+"""Few-shot generators: how routing quality grows with the number of prompts a new generator is measured on.
+
+    python -m catimg.benchmarks.fewshot [--data ../shared/data] [--generator sdxl] [--repeats 20] [--predictor gp]
+
+On GenAI-Bench (527 prompts, human 1-5 alignment ratings; the generators of the packaged catalog that it
+covers: sdxl-turbo, sd21, sdxl), each repeat holds out 30% of the prompts as a test set. On the training
+prompts every generator is fully measured except the *few-shot* one, which keeps only n measured prompts
+(n = 0, 10, 25, 50, 100, 200, all; the rest are NaN, as for a generator calibrated on a subset). The predictor
+is fitted on that partial table and the router is evaluated on the fully measured test prompts. n = 0 means
+the generator is not routed at all (what a user gets before calibrating it).
+
+Printed per n, averaged over the repeats (± standard error): the router's AUC (mean quality over the cost
+range), the quality it reaches at the best single generator's cost, the cost at which it first matches the
+best single generator (% of that cost; "-" when it never does), the share of test prompts routed to the
+few-shot generator at the medium-like λ of equal cost, and the mean predicted uncertainty (std) of that
+generator on the test prompts, which shrinks as it is measured on more prompts. Costs are the catalog's
+analytic TFLOPs per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_SIZES = (0, 10, 25, 50, 100, 200, -1)  # -1: all training prompts
+
+
+def load_genai_bench(data: Path) -> tuple[list[str], list[str], np.ndarray]:
+    """(prompts, generators, Y) for the packaged catalog's generators that GenAI-Bench covers."""
+    from catimg.config import load_catalog
+    from catimg.datasets import genai_bench
+
+    catalog = load_catalog(Path(__file__).resolve().parents[1] / "data" / "models.toml")
+    rows = genai_bench(data)
+    gens = [g for g in catalog.names if any(r["generator"] == g for r in rows)]
+    prompts = list(dict.fromkeys(r["prompt"] for r in rows))
+    pi = {p: i for i, p in enumerate(prompts)}
+    gi = {g: j for j, g in enumerate(gens)}
+    S = np.zeros((len(prompts), len(gens)))
+    C = np.zeros_like(S)
+    for r in rows:
+        if r["generator"] in gi:
+            S[pi[r["prompt"]], gi[r["generator"]]] += r["score"]
+            C[pi[r["prompt"]], gi[r["generator"]]] += 1
+    with np.errstate(invalid="ignore"):
+        Y = np.where(C > 0, S / np.maximum(C, 1), np.nan)
+    keep = ~np.isnan(Y).any(axis=1)
+    return [p for p, k in zip(prompts, keep, strict=True) if k], gens, Y[keep]
+
+
+def catalog_tflops(gens: list[str]) -> np.ndarray:
+    from catimg.config import load_catalog
+    from catimg.cost import generator_cost
+    from catimg.device import cpu_device
+
+    catalog = load_catalog(Path(__file__).resolve().parents[1] / "data" / "models.toml")
+    dev = cpu_device()
+    return np.array([generator_cost(catalog.get(g), dev, use_measured=False).tflops for g in gens])
+
+
+def run(data: Path, target: str, sizes: tuple[int, ...], repeats: int, predictor: str, test_share: float,
+        seed: int) -> dict[str, Any]:
+    from catimg.encoder import default_encoder
+    from catimg.evaluate import choose, evaluate_predictions
+    from catimg.predictor import make_predictor
+    from catimg.training import metric_scale
+
+    prompts, gens, Y = load_genai_bench(data)
+    if target not in gens:
+        raise SystemExit(f"--generator {target}: not in {gens}")
+    j = gens.index(target)
+    X = default_encoder().encode(prompts).astype(np.float64)
+    costs = catalog_tflops(gens)
+    scale = metric_scale("genai_bench_alignment", Y)
+    rng = np.random.default_rng(seed)
+    n = len(prompts)
+    n_test = int(round(n * test_share))
+    results: dict[int, list[dict[str, float]]] = {s: [] for s in sizes}
+    for _ in range(repeats):
+        perm = rng.permutation(n)
+        test, train = perm[:n_test], perm[n_test:]
+        order = rng.permutation(len(train))  # which training prompts the few-shot generator is measured on
+        for size in sizes:
+            k = len(train) if size < 0 else min(size, len(train))
+            Ytr = Y[train].copy()
+            hidden = order[k:]
+            if k == 0:
+                Ytr = np.delete(Ytr, j, axis=1)
+            else:
+                Ytr[hidden, j] = np.nan
+            model = make_predictor(predictor).fit(X[train], Ytr)
+            mean, std = model.predict(X[test])
+            if k == 0:
+                mean = np.insert(mean, j, -1e9, axis=1)
+                std = np.insert(std, j, np.nan, axis=1)
+            rep = evaluate_predictions(mean, Y[test], costs, scale, gens, name=predictor)
+            s = rep.summaries[0]
+            # share routed to the target at the λ whose mean cost is closest to the best single generator's
+            best = int(np.argmax(Y[test].mean(0)))
+            lams = np.geomspace(1e-6, 10.0, 200) / max(costs.max(), 1e-9)
+            picks = [choose(mean, costs, lam, scale) for lam in lams]
+            at = min(picks, key=lambda ch: abs(costs[ch].mean() - costs[best]))
+            results[size].append({
+                "auc": s.auc, "q_at_best": s.quality_at_best_cost,
+                "ctm_pct": s.cost_to_match_pct if s.cost_to_match_pct is not None else np.nan,
+                "share": float(np.mean(at == j)),
+                "std": float(np.nanmean(std[:, j])) if k else np.nan,
+                "measured": float(k),
+            })
+    oracle = rep.summaries[1]
+    single = {d["name"]: d["quality"] for d in rep.single}
+    return {"gens": gens, "target": target, "results": results, "n_train": n - n_test, "n_test": n_test,
+            "costs": dict(zip(gens, costs.tolist(), strict=True)), "oracle_auc_last": oracle.auc, "single_last": single}
+
+
+def _fmt(vals: list[float], digits: int = 3) -> str:
+    a = np.asarray(vals, float)
+    ok = a[~np.isnan(a)]
+    if len(ok) == 0:
+        return "-"
+    se = ok.std(ddof=1) / np.sqrt(len(ok)) if len(ok) > 1 else 0.0
+    miss = "" if len(ok) == len(a) else f" ({len(a) - len(ok)} never)"
+    return f"{ok.mean():.{digits}f} ± {se:.{digits}f}{miss}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from catimg.datasets import default_data_dir
+
+    ap = argparse.ArgumentParser(prog="python -m catimg.benchmarks.fewshot", description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=None, help="the shared data folder (holding genai_bench/)")
+    ap.add_argument("--generator", default="sdxl", help="the few-shot generator (default sdxl)")
+    ap.add_argument("--sizes", default=",".join(str(s) for s in DEFAULT_SIZES), help="measured prompts; -1 = all")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--predictor", default="gp", help="gp or knn")
+    ap.add_argument("--test-share", type=float, default=0.3)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    data = a.data or default_data_dir()
+    sizes = tuple(int(s) for s in a.sizes.split(","))
+    t0 = time.perf_counter()
+    out = run(data, a.generator, sizes, a.repeats, a.predictor, a.test_share, a.seed)
+    print(f"few-shot routing on GenAI-Bench: generators {', '.join(out['gens'])}; few-shot generator {out['target']}")
+    print("costs (TFLOPs/image): " + ", ".join(f"{g} {c:.1f}" for g, c in out["costs"].items()))
+    print(f"{a.repeats} repeats x ({out['n_train']} train / {out['n_test']} test prompts), predictor {a.predictor}, seed {a.seed}")
+    print("last split: single-generator quality " + ", ".join(f"{g} {q:.3f}" for g, q in out["single_last"].items())
+          + f"; oracle AUC {out['oracle_auc_last']:.3f}")
+    print()
+    head = f"{'measured':>9}  {'AUC':>16}  {'quality@best cost':>18}  {'cost to match %':>22}  {'share':>15}  {'pred. std':>15}"
+    print(head)
+    for size, rows in out["results"].items():
+        label = "all" if size < 0 else str(size)
+        print(f"{label:>9}  {_fmt([r['auc'] for r in rows]):>16}  {_fmt([r['q_at_best'] for r in rows]):>18}  "
+              f"{_fmt([r['ctm_pct'] for r in rows], 1):>22}  {_fmt([r['share'] for r in rows], 2):>15}  "
+              f"{_fmt([r['std'] for r in rows]):>15}")
+    print(f"\n({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
