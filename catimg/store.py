@@ -656,3 +656,34 @@ def read_long_file(path: str | Path) -> list[dict[str, Any]]:
     if not out:
         raise MeasurementsError(f"{p}: no measurement rows; add rows with prompt, generator and score")
     return out
+
+
+# --- a stable held-out split (shared by `train --db --holdout` and `eval --db --holdout`) ---------------------
+
+
+def is_holdout(prompt: str, frac: float) -> bool:
+    """True when ``prompt`` falls in the held-out share ``frac``: a hash of the text, the same on every run."""
+    import hashlib
+
+    h = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big")
+    return h / 2.0**64 < frac
+
+
+def split_holdout(table: Any, frac: float) -> tuple[Any, Any]:
+    """Split a :class:`~catimg.measurements.MeasurementTable` into (train, held-out) by :func:`is_holdout`.
+
+    The split depends only on the prompt texts and ``frac``, so training with ``--holdout 0.2`` and evaluating
+    with ``--holdout 0.2`` on the same database never mixes the two parts, and prompts added later keep the
+    side they fall on.
+    """
+    if not 0.0 < frac < 1.0:
+        raise InputError(f"--holdout {frac}: must be a share between 0 and 1, e.g. 0.2")
+    test = [i for i, p in enumerate(table.prompts) if is_holdout(p, frac)]
+    held = set(test)
+    train = [i for i in range(len(table.prompts)) if i not in held]
+    if not test or not train:
+        raise MeasurementsError(
+            f"{table.path or 'measurements'}: --holdout {frac} leaves {len(train)} training and {len(test)} held-out "
+            f"prompts of {len(table.prompts)}; measure more prompts or change --holdout"
+        )
+    return table.subset(train), table.subset(test)

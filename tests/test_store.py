@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from catimg.config import Generator
-from catimg.errors import MeasurementsError, StoreError
+from catimg.errors import InputError, MeasurementsError, StoreError
 from catimg.measurements import read_measurements
-from catimg.store import DB_FILENAME, SCHEMA_VERSION, Store, default_db_path
+from catimg.store import DB_FILENAME, SCHEMA_VERSION, Store, default_db_path, split_holdout
 
 
 def _gen(name: str = "a", steps: int = 4) -> Generator:
@@ -167,3 +167,21 @@ def test_write_lock_busy_is_one_line(tmp_path: Path) -> None:
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
+
+
+def test_holdout_split_is_stable_and_disjoint(tmp_path: Path) -> None:
+    a, b = _gen("a"), _gen("b")
+    prompts = [f"prompt number {i}" for i in range(60)]
+    with Store.open(tmp_path / "m.sqlite") as s:
+        ha, hb = s.register_generator(a), s.register_generator(b)
+        for i, p in enumerate(prompts):
+            s.record(p, ha, 0, {"m": float(i)})
+            s.record(p, hb, 0, {"m": float(-i)})
+        t = s.to_table("m", [a, b])
+    train, test = split_holdout(t, 0.25)
+    assert set(train.prompts).isdisjoint(test.prompts) and len(train.prompts) + len(test.prompts) == 60
+    assert 5 <= len(test.prompts) <= 25
+    again = split_holdout(t.subset(list(range(30, 60))), 0.25)[1]  # a prompt keeps its side in another table
+    assert set(again.prompts) == set(test.prompts) & set(prompts[30:])
+    with pytest.raises(InputError, match="--holdout 1.5"):
+        split_holdout(t, 1.5)
