@@ -33,6 +33,7 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("CATIMG_WIDTH", "200")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # subprocesses: tiny models run fastest (and stable) on one thread
     monkeypatch.delenv("CATIMG_MODELS", raising=False)
     monkeypatch.delenv("CATIMG_ALLOW_DOWNLOAD", raising=False)
     monkeypatch.delenv("CATIMG_DEBUG", raising=False)
@@ -52,27 +53,38 @@ def hf_cache() -> Path:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _one_thread() -> None:
+    """Tiny models are fastest on one torch thread; on a busy 2-core machine, 2 threads can be 30x slower."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny StableDiffusionPipeline folder (64 px)."""
+    _one_thread()
     return tiny.build_tiny_sd(tmp_path_factory.mktemp("tiny") / "tiny-sd", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_sd2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second tiny SD pipeline with other random weights (a different model)."""
+    _one_thread()
     return tiny.build_tiny_sd(tmp_path_factory.mktemp("tiny") / "tiny-sd-b", seed=1)
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny StableDiffusionXLPipeline folder (64 px)."""
+    _one_thread()
     return tiny.build_tiny_sdxl(tmp_path_factory.mktemp("tiny") / "tiny-sdxl", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_pixart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny PixArtAlphaPipeline folder (64 px)."""
+    _one_thread()
     return tiny.build_tiny_pixart(tmp_path_factory.mktemp("tiny") / "tiny-pixart", seed=0)
 
 
