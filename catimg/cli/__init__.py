@@ -48,6 +48,7 @@ def _root(
 # Command modules register themselves on `app` when imported.
 from catimg.cli import commands_calibrate  # noqa: E402,F401
 from catimg.cli import commands_routing  # noqa: E402,F401
+from catimg.cli import commands_train  # noqa: E402,F401
 from catimg.cli import commands_bench  # noqa: E402,F401
 from catimg.cli import commands_gen  # noqa: E402,F401
 

@@ -1,0 +1,169 @@
+"""`catimg train` and `catimg eval`: fit a router artifact from measurements and evaluate it on held-out ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from catimg.cli import app
+from catimg.cli.common import JSON_OPT, MODELS_OPT
+from catimg.errors import InputError, MeasurementsError
+
+
+def _load_table(measurements: Path | None, db: Path | None, catalog: Any, metric: str | None) -> Any:
+    if (measurements is None) == (db is None):
+        raise InputError("give exactly one of --measurements FILE (CSV or JSONL) or --db PATH (a calibration database)")
+    if measurements is not None:
+        from catimg.measurements import read_measurements
+
+        return read_measurements(measurements, known_generators=catalog.names, metric=metric, catalog_path=catalog.path)
+    from catimg.store import Store
+
+    store = Store.open(db, create=False)
+    try:
+        if metric is None:
+            have = store.metrics()
+            if len(have) != 1:
+                listing = ", ".join(have) or "none"
+                raise MeasurementsError(f"{store.path}: choose a metric with --metric (stored metrics: {listing})")
+            metric = next(iter(have))
+        table = store.to_table(metric, None)
+    finally:
+        store.close()
+    unknown = [g for g in table.generators if g not in catalog]
+    if unknown:
+        table = table.select([g for g in table.generators if g in catalog])
+    return table
+
+
+@app.command()
+def train(
+    measurements: Path = typer.Option(None, "--measurements", "-M", help="Long-format CSV or JSONL: prompt,generator,score[,metric,seconds,seed,source].", show_default=False),
+    db: Path = typer.Option(None, "--db", help="Train from a calibration database instead (see `catimg calibrate`).", show_default=False),
+    models: Path = MODELS_OPT,
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the router artifact to.", show_default=False),
+    predictor: str = typer.Option("auto", "--predictor", "-p", help="auto (the best on held-out data: gp), gp or knn."),
+    metric: str = typer.Option(None, "--metric", help="Use only rows of this metric (required when the file mixes metrics).", show_default=False),
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Train a router from measured quality (no generator weights needed).
+
+    Examples:
+
+      catimg train --measurements m.csv --models models.toml --out my-router
+
+      python -m catimg.datasets genai_bench --out genai.csv && catimg train -M genai.csv --out my-router
+    """
+    from catimg.cli.render import console, print_json
+    from catimg.config import load_catalog
+    from catimg.training import train_router
+
+    catalog = load_catalog(models)
+    table = _load_table(measurements, db, catalog, metric)
+    router = train_router(table, catalog, out, predictor=predictor, metric=metric)
+    cfg = router.config
+    if json_out:
+        print_json({"router": str(router.path), **{k: cfg[k] for k in ("generators", "cost_unit", "metric", "budget", "predictor", "data_card")}})
+        return
+    from rich.table import Table
+
+    con = console()
+    card = router.data_card
+    con.print(f"Trained a [bold]{router.predictor_name}[/] router on {card['n_prompts']} prompts "
+              f"(metric {router.metric}, scale {router.scale[0]:g}-{router.scale[1]:g}) -> {router.path}")
+    t = Table(title="Generators", title_justify="left")
+    for col in ("generator", "measured prompts", f"cost ({router.cost_unit})", "cost source"):
+        t.add_column(col, justify="right" if col != "generator" else "left")
+    for g in cfg["generators"]:
+        t.add_row(g["name"], str(g["n_measured"]), f"{g['cost']:.4g}", g["cost_kind"])
+    con.print(t)
+    lv = Table(title="Budget levels (calibrated on the training prompts)", title_justify="left")
+    for col in ("level", "lambda", f"mean cost ({router.cost_unit})"):
+        lv.add_column(col, justify="right" if col != "level" else "left")
+    for name, lam in router.levels.items():
+        lv.add_row(name, f"{lam:.4f}", f"{cfg['budget']['mean_cost_at_level'][name]:.4g}")
+    con.print(lv)
+    ho = card.get("held_out", {})
+    if "summaries" in ho:
+        con.print(_summary_table(ho["summaries"], ho["single"], ho["best_single"], router.cost_unit,
+                                 f"Held-out ({ho['n_test']} prompts)"))
+    else:
+        con.print(f"held-out: {ho.get('note', 'not computed')}")
+
+
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _summary_table(summaries: list[dict[str, Any]], single: list[dict[str, Any]], best: str, unit: str, title: str) -> Any:
+    from rich.table import Table
+
+    best_cost = next(s["cost"] for s in single if s["name"] == best)
+    best_q = next(s["quality"] for s in single if s["name"] == best)
+    t = Table(title=f"{title}: best single generator {best} (quality {best_q:.3f} at {best_cost:.4g} {unit})", title_justify="left")
+    for col in ("policy", "AUC", "quality at best single's cost", f"cost to match ({unit})", "cost to match (% of best single)"):
+        t.add_column(col, justify="right" if col != "policy" else "left")
+    for s in summaries:
+        t.add_row(s["name"], _fmt(s["auc"]), _fmt(s["quality_at_best_cost"]), _fmt(s["cost_to_match"], ".4g"),
+                  "never" if s["cost_to_match_pct"] is None else f"{s['cost_to_match_pct']:.1f}%")
+    return t
+
+
+@app.command(name="eval")
+def eval_(
+    router: Path = typer.Option(None, "--router", "-r", help="Router artifact folder (default: the bundled router).", show_default=False),
+    measurements: Path = typer.Option(..., "--measurements", "-M", help="Held-out long-format CSV or JSONL measured on the router's generators.", show_default=False),
+    metric: str = typer.Option(None, "--metric", help="Use only rows of this metric (default: the router's metric when the file has it).", show_default=False),
+    plot: Path = typer.Option(None, "--plot", help="Also draw the quality-cost curves to this PNG (needs matplotlib: pip install catimg[plot]).", show_default=False),
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Evaluate a router on held-out measurements: quality-cost curve against single generators, oracle, random.
+
+    AUC is the mean measured quality over the cost range of the single generators; "cost to match" is the least
+    mean cost at which the router reaches the best single generator's quality.
+
+    Example:
+
+      catimg eval --router my-router --measurements heldout.csv --plot curve.png
+    """
+    from catimg.cli.render import console, print_json
+    from catimg.evaluate import evaluate_router
+    from catimg.router import load_router
+
+    rt = load_router(router)
+    report = evaluate_router(rt, measurements, metric=metric)
+    if plot is not None:
+        from catimg.evaluate import plot_report
+
+        plot_report(report, plot)
+    if json_out:
+        print_json(report.to_json())
+        return
+    from rich.table import Table
+
+    con = console()
+    con.print(f"Router {rt.path} ({rt.predictor_name}) on {report.n_prompts} held-out prompts of {measurements}"
+              + (f" ({report.n_dropped} dropped: not measured on every generator)" if report.n_dropped else ""))
+    st = Table(title=f"Single generators ({report.metric})", title_justify="left")
+    for col in ("generator", f"cost ({report.cost_unit})", "mean quality"):
+        st.add_column(col, justify="right" if col != "generator" else "left")
+    for s in report.single:
+        st.add_row(s["name"] + (" (best)" if s["name"] == report.best_single else ""), f"{s['cost']:.4g}", f"{s['quality']:.3f}")
+    con.print(st)
+    con.print(_summary_table([s.__dict__ for s in report.summaries], report.single, report.best_single,
+                             report.cost_unit, "Routing"))
+    lv = Table(title="Budget levels on these prompts", title_justify="left")
+    lv.add_column("level")
+    lv.add_column("lambda", justify="right")
+    lv.add_column(f"mean cost ({report.cost_unit})", justify="right")
+    lv.add_column("mean quality", justify="right")
+    for g in report.generators:
+        lv.add_column(g, justify="right")
+    for row in report.levels:
+        lv.add_row(row["name"], f"{row['lambda']:.4f}", f"{row['cost']:.4g}", f"{row['quality']:.3f}",
+                   *[f"{100 * row['shares'][g]:.0f}%" for g in report.generators])
+    con.print(lv)
+    if plot is not None:
+        con.print(f"plot written to {plot}")

@@ -1,0 +1,216 @@
+"""Convert the public quality data sets in ``../shared/data`` into long-format measurements.
+
+    python -m catimg.datasets genai_bench --data ../shared/data --out genai.csv
+    python -m catimg.datasets agiqa3k --metric mos_align --out agiqa.csv
+    python -m catimg.datasets tifa --out tifa.csv
+    python -m catimg.datasets dsg --out dsg.csv
+
+Generator names follow catimg's catalog: GenAI-Bench ``SDXL_Turbo`` -> ``sdxl-turbo``, ``SDXL_Base`` -> ``sdxl``,
+``SDXL_2_1`` -> ``sd21`` (it is Stable Diffusion 2.1, not SDXL), ``DeepFloyd_I_XL_v1`` -> ``deepfloyd-if``. By
+default only generators that run locally with open weights are written; ``--all`` adds the closed ones.
+Each data set keeps its own metric name and scale: never mix raw scores across data sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from catimg.errors import InputError
+from catimg.measurements import write_measurements
+
+#: Known metric scales (lo, hi) by metric name, used to normalise quality for routing.
+METRIC_SCALES: dict[str, tuple[float, float]] = {
+    "genai_bench_alignment": (1.0, 5.0),
+    "tifa_faithfulness": (1.0, 5.0),
+    "dsg_consistency": (1.0, 5.0),
+    "agiqa3k_mos_align": (0.0, 5.0),
+    "agiqa3k_mos_quality": (0.0, 5.0),
+}
+
+GENAI_BENCH_NAMES = {
+    "SDXL_Turbo": "sdxl-turbo",
+    "SDXL_Base": "sdxl",
+    "SDXL_2_1": "sd21",
+    "DeepFloyd_I_XL_v1": "deepfloyd-if",
+    "Midjourney_6": "midjourney-6",
+    "DALLE_3": "dalle-3",
+}
+GENAI_BENCH_LOCAL = ("sdxl-turbo", "sdxl", "sd21", "deepfloyd-if")
+
+AGIQA_NAMES = {
+    "sd1.5_normal": "sd15",
+    "sd1.5_lowstep": "sd15-lowstep",
+    "sd1.5_lowcorr": "sd15-lowcfg",
+    "sd1.5_highcorr": "sd15-highcfg",
+    "xl2.2_normal": "sdxl-beta",
+    "midjourney_normal": "midjourney",
+    "midjourney_lowstep": "midjourney-lowstep",
+    "DALLE2_normal": "dalle-2",
+    "glide_normal": "glide",
+    "AttnGAN_normal": "attngan",
+}
+AGIQA_LOCAL = ("sd15", "sd15-lowstep", "sd15-lowcfg", "sd15-highcfg", "glide", "attngan")
+
+TIFA_NAMES = {
+    "stable_diffusion_v1_1": "sd11",
+    "stable_diffusion_v1_5": "sd15",
+    "stable_diffusion_v2_1": "sd21",
+    "vq_diffusion": "vq-diffusion",
+    "mini_dalle": "mini-dalle",
+}
+DSG_NAMES = {"sd1dot1": "sd11", "sd1dot5": "sd15", "sd2dot1": "sd21", "vq-diffusion": "vq-diffusion", "mini-dalle": "mini-dalle"}
+TIFA_LOCAL = ("sd11", "sd15", "sd21", "vq-diffusion", "mini-dalle")
+
+#: Attribution for every data set (used by the data card of a router trained on it).
+CARDS: dict[str, dict[str, Any]] = {
+    "genai_bench": {
+        "name": "GenAI-Bench (image), 527-prompt release",
+        "upstream": "https://github.com/linzhiqiu/t2v_metrics (commit 60ce07b144b9bff24b8dac5317cb28586b1b2509, genai_image.json)",
+        "license": "Apache-2.0",
+        "citations": [
+            "Lin et al., Evaluating Text-to-Visual Generation with Image-to-Text Generation (VQAScore), arXiv 2404.01291",
+            "Li et al., GenAI-Bench: Evaluating and Improving Compositional Text-to-Visual Generation, arXiv 2406.13743",
+        ],
+        "metric": "genai_bench_alignment",
+        "metric_description": "mean of 3 human 1-5 Likert ratings of text-image alignment per image (one image per prompt and generator)",
+    },
+    "agiqa3k": {
+        "name": "AGIQA-3K",
+        "upstream": "https://github.com/lcysyzxdxc/AGIQA-3k-Database (data.csv)",
+        "license": "MIT",
+        "citations": ["C. Li et al., AGIQA-3K: An Open Database for AI-Generated Image Quality Assessment, IEEE TCSVT 2023 (arXiv 2306.04717)"],
+        "metric": "agiqa3k_mos_align",
+        "metric_description": "lab mean opinion score (ITU-R BT.500), normalised",
+    },
+    "tifa": {
+        "name": "TIFA v1.0 human judgments (TIFA-160)",
+        "upstream": "https://github.com/Yushi-Hu/tifa (human_annotations_with_scores.json)",
+        "license": "Apache-2.0 (COCO captions CC-BY-4.0)",
+        "citations": ["Y. Hu et al., TIFA: Accurate and Interpretable Text-to-Image Faithfulness Evaluation with Question Answering, ICCV 2023"],
+        "metric": "tifa_faithfulness",
+        "metric_description": "mean of 2 human 1-5 faithfulness ratings per image",
+    },
+    "dsg": {
+        "name": "Davidsonian Scene Graph, TIFA-160 Likert annotations",
+        "upstream": "https://github.com/j-min/DSG (tifa160-likert-anns.csv)",
+        "license": "Apache-2.0",
+        "citations": ["J. Cho et al., Davidsonian Scene Graph: Improving Reliability in Fine-grained Evaluation for Text-to-Image Generation, ICLR 2024"],
+        "metric": "dsg_consistency",
+        "metric_description": "mean of 5 human 1-5 Likert consistency ratings per image",
+    },
+}
+
+
+def _need(path: Path) -> Path:
+    if not path.is_file():
+        raise InputError(f"{path}: data file not found; pass --data pointing at the shared data folder (holding genai_bench/, agiqa3k/ ...)")
+    return path
+
+
+def genai_bench(data: Path, include_all: bool = False) -> list[dict[str, Any]]:
+    """One row per image: the mean of its 3 human alignment ratings."""
+    doc = json.loads(_need(data / "genai_bench" / "genai_image.json").read_text(encoding="utf-8"))
+    rows = []
+    for item in doc.values():
+        for key, ratings in item["models"].items():
+            name = GENAI_BENCH_NAMES.get(key, key)
+            if not include_all and name not in GENAI_BENCH_LOCAL:
+                continue
+            rows.append({"prompt": item["prompt"], "generator": name, "score": round(sum(ratings) / len(ratings), 6),
+                         "metric": "genai_bench_alignment", "source": "genai_bench"})
+    return rows
+
+
+def agiqa3k(data: Path, include_all: bool = False, metric: str = "mos_align") -> list[dict[str, Any]]:
+    """One row per image: its MOS for alignment (``mos_align``) or perceptual quality (``mos_quality``)."""
+    if metric not in ("mos_align", "mos_quality"):
+        raise InputError(f"agiqa3k: metric \"{metric}\" is unknown; use mos_align or mos_quality")
+    rows = []
+    with _need(data / "agiqa3k" / "data.csv").open(encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            key = r["name"].rsplit("_", 1)[0]
+            name = AGIQA_NAMES.get(key, key)
+            if not include_all and name not in AGIQA_LOCAL[:4]:
+                continue
+            rows.append({"prompt": r["prompt"], "generator": name, "score": float(r[metric]),
+                         "metric": f"agiqa3k_{metric}", "source": "agiqa3k"})
+    return rows
+
+
+def tifa(data: Path, include_all: bool = False) -> list[dict[str, Any]]:
+    """One row per image: the mean of its 2 human faithfulness ratings (TIFA-160)."""
+    doc = json.loads(_need(data / "tifa" / "human_annotations_with_scores.json").read_text(encoding="utf-8"))
+    rows = []
+    for key, item in doc.items():
+        model = key[len(item["text_id"]) + 1 :]
+        name = TIFA_NAMES.get(model, model)
+        if not include_all and name not in TIFA_LOCAL[:3]:
+            continue
+        rows.append({"prompt": item["text"], "generator": name, "score": float(item["human_avg"]),
+                     "metric": "tifa_faithfulness", "source": "tifa"})
+    return rows
+
+
+def dsg(data: Path, include_all: bool = False) -> list[dict[str, Any]]:
+    """One row per image: the mean of its 5 Likert consistency ratings (prompt text from the TIFA file)."""
+    doc = json.loads(_need(data / "tifa" / "human_annotations_with_scores.json").read_text(encoding="utf-8"))
+    text = {item["text_id"]: item["text"] for item in doc.values()}
+    ratings: dict[tuple[str, str], list[float]] = defaultdict(list)
+    with _need(data / "dsg" / "tifa160-likert-anns.csv").open(encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            name = DSG_NAMES.get(r["t2i_model"], r["t2i_model"])
+            if not include_all and name not in TIFA_LOCAL[:3]:
+                continue
+            try:
+                ratings[(r["source_id"], name)].append(float(r["answer"]))
+            except ValueError:
+                continue
+    return [{"prompt": text[sid], "generator": g, "score": round(sum(v) / len(v), 6), "metric": "dsg_consistency",
+             "source": "dsg"} for (sid, g), v in ratings.items() if sid in text]
+
+
+DATASETS: dict[str, Callable[..., list[dict[str, Any]]]] = {
+    "genai_bench": genai_bench, "agiqa3k": agiqa3k, "tifa": tifa, "dsg": dsg,
+}
+
+
+def default_data_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("CATIMG_SHARED_DATA", "../shared/data"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m catimg.datasets", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dataset", choices=sorted(DATASETS))
+    ap.add_argument("--data", type=Path, default=None, help="shared data folder (default $CATIMG_SHARED_DATA or ../shared/data)")
+    ap.add_argument("--out", type=Path, required=True, help="output file (.csv or .jsonl)")
+    ap.add_argument("--all", action="store_true", help="also write generators that cannot run locally")
+    ap.add_argument("--metric", default="mos_align", help="agiqa3k only: mos_align or mos_quality")
+    args = ap.parse_args(argv)
+    data = args.data or default_data_dir()
+    try:
+        kwargs: dict[str, Any] = {"include_all": args.all}
+        if args.dataset == "agiqa3k":
+            kwargs["metric"] = args.metric
+        rows = DATASETS[args.dataset](data, **kwargs)
+    except InputError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    n = write_measurements(rows, args.out)
+    gens = sorted({r["generator"] for r in rows})
+    prompts = len({r["prompt"] for r in rows})
+    print(f"wrote {n} rows ({prompts} prompts x {', '.join(gens)}) to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

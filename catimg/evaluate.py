@@ -1,0 +1,286 @@
+"""Held-out evaluation of routing: quality-cost curves and the headline numbers.
+
+Definitions (costs in the router's cost unit, qualities in metric units, means over held-out prompts where
+every generator was measured):
+
+- **Routing rule**: for a price lambda, prompt i goes to argmax_g  q_norm(g, i) - lambda * c_norm(g) with
+  q_norm = (q - lo) / (hi - lo) on the metric scale and c_norm = cost / max cost; ties go to the cheaper generator.
+- **Curve**: sweeping lambda from 0 to "always the cheapest" gives points (mean cost, mean *measured* quality).
+  Between two points the curve is linear (randomising between the two policies reaches any cost in between);
+  beyond the last point it stays flat.
+- **AUC** (``auc``): the mean height of the curve over the cost range of the single generators,
+  1/(c_max - c_min) * integral from c_min to c_max of Q(c) dc, in metric units (higher is better).
+- **Quality at the best single generator's cost** (``quality_at_best_cost``): Q(c_best) where the best single
+  generator is the one with the highest mean measured quality.
+- **Cost to match** (``cost_to_match``): the least cost c with Q(c) >= the best single generator's quality, also
+  as a percentage of c_best (``cost_to_match_pct``); None when the curve never matches it.
+- **Oracle**: the same sweep with the measured qualities as predictions (an upper bound nobody can reach; part
+  of it is seed luck).
+- **Random**: a prompt-blind random mix of single generators; its expected curve is the upper convex hull of the
+  single generators' (cost, quality) points (the best any policy can do that does not look at the prompt).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+MAX_SWEEP_POINTS = 600
+
+
+def choose(q_pred: np.ndarray, costs: np.ndarray, lam: float, scale: tuple[float, float]) -> np.ndarray:
+    """Column index chosen per prompt at price ``lam``; ties go to the cheaper generator."""
+    lo, hi = scale
+    span = (hi - lo) or 1.0
+    cn = np.asarray(costs, float) / float(np.max(costs))
+    order = np.argsort(cn, kind="stable")  # cheapest first so argmax picks it on ties
+    value = (q_pred[:, order] - lo) / span - lam * cn[order][None, :]
+    return order[np.argmax(value, axis=1)]
+
+
+def breakpoints(q_pred: np.ndarray, costs: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
+    """The lambdas (>= 0) at which some prompt's choice can change, plus 0; at most MAX_SWEEP_POINTS of them."""
+    lo, hi = scale
+    span = (hi - lo) or 1.0
+    q = (q_pred - lo) / span
+    cn = np.asarray(costs, float) / float(np.max(costs))
+    lams = []
+    g = q.shape[1]
+    for a in range(g):
+        for b in range(a + 1, g):
+            dc = cn[b] - cn[a]
+            if abs(dc) < 1e-12:
+                continue
+            lam = (q[:, b] - q[:, a]) / dc
+            lams.append(lam[lam > 0])
+    allv = np.unique(np.concatenate(lams)) if lams else np.zeros(0)
+    if len(allv) > MAX_SWEEP_POINTS:
+        allv = np.quantile(allv, np.linspace(0, 1, MAX_SWEEP_POINTS))
+    mids = (allv[:-1] + allv[1:]) / 2 if len(allv) > 1 else np.zeros(0)
+    top = (allv[-1] * 1.01 + 1e-6) if len(allv) else 1.0
+    return np.unique(np.concatenate([[0.0], mids, [top]]))
+
+
+@dataclass
+class Curve:
+    lambdas: np.ndarray
+    costs: np.ndarray  # mean cost per lambda
+    qualities: np.ndarray  # mean measured quality per lambda
+
+    def sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        o = np.lexsort((-self.qualities, self.costs))
+        return self.costs[o], self.qualities[o]
+
+    def at(self, c: float) -> float:
+        x, y = self.sorted()
+        return float(np.interp(c, x, y))
+
+
+def sweep(q_pred: np.ndarray, q_true: np.ndarray, costs: np.ndarray, scale: tuple[float, float],
+          lambdas: np.ndarray | None = None) -> Curve:
+    costs = np.asarray(costs, float)
+    lams = breakpoints(q_pred, costs, scale) if lambdas is None else np.asarray(lambdas, float)
+    n = len(q_true)
+    cs, qs = [], []
+    for lam in lams:
+        ch = choose(q_pred, costs, float(lam), scale)
+        cs.append(costs[ch].mean())
+        qs.append(q_true[np.arange(n), ch].mean())
+    return Curve(lams, np.array(cs), np.array(qs))
+
+
+def hull_curve(single_costs: np.ndarray, single_q: np.ndarray) -> Curve:
+    """Upper concave hull of the single generators' points: the expected curve of random routing."""
+    o = np.lexsort((-single_q, single_costs))
+    pts = [(float(single_costs[i]), float(single_q[i])) for i in o]
+    hull: list[tuple[float, float]] = []
+    for p in pts:
+        if hull and p[1] <= hull[-1][1]:
+            continue  # costs more, no better
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            if (y2 - y1) * (p[0] - x1) <= (p[1] - y1) * (x2 - x1):
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    xs = np.array([h[0] for h in hull])
+    ys = np.array([h[1] for h in hull])
+    return Curve(np.full(len(xs), np.nan), xs, ys)
+
+
+def auc(curve: Curve, c_min: float, c_max: float, n: int = 2001) -> float:
+    """Mean height of the curve over [c_min, c_max] (metric units)."""
+    if c_max <= c_min:
+        return curve.at(c_min)
+    x, y = curve.sorted()
+    grid = np.linspace(c_min, c_max, n)
+    vals = np.interp(grid, x, y)
+    return float(np.sum((vals[1:] + vals[:-1]) / 2 * np.diff(grid)) / (c_max - c_min))
+
+
+def cost_to_match(curve: Curve, target: float) -> float | None:
+    """The least cost at which the (linearly interpolated) curve reaches ``target``; None if never."""
+    x, y = curve.sorted()
+    if y[0] >= target:
+        return float(x[0])
+    for i in range(1, len(x)):
+        if y[i] >= target:
+            if y[i] == y[i - 1]:
+                return float(x[i])
+            t = (target - y[i - 1]) / (y[i] - y[i - 1])
+            return float(x[i - 1] + t * (x[i] - x[i - 1]))
+    return None
+
+
+@dataclass
+class Summary:
+    """Headline numbers of one curve."""
+
+    name: str
+    auc: float
+    quality_at_best_cost: float
+    cost_to_match: float | None
+    cost_to_match_pct: float | None
+
+
+def summarise(name: str, curve: Curve, single_costs: np.ndarray, single_q: np.ndarray) -> Summary:
+    best = int(np.argmax(single_q))
+    c_best, q_best = float(single_costs[best]), float(single_q[best])
+    ctm = cost_to_match(curve, q_best - 1e-12)
+    return Summary(
+        name=name, auc=auc(curve, float(single_costs.min()), float(single_costs.max())),
+        quality_at_best_cost=curve.at(c_best), cost_to_match=ctm,
+        cost_to_match_pct=(100.0 * ctm / c_best) if ctm is not None else None,
+    )
+
+
+@dataclass
+class EvalReport:
+    """Everything ``catimg eval`` shows."""
+
+    metric: str
+    cost_unit: str
+    n_prompts: int
+    n_dropped: int
+    generators: list[str]
+    single: list[dict[str, Any]]  # name, cost, quality
+    best_single: str
+    summaries: list[Summary]
+    levels: list[dict[str, Any]]  # name, lambda, cost, quality, shares
+    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        return d
+
+
+def evaluate_predictions(
+    q_pred: np.ndarray, q_true: np.ndarray, costs: Sequence[float], scale: tuple[float, float],
+    generators: Sequence[str], metric: str = "score", cost_unit: str = "tflops",
+    levels: dict[str, float] | None = None, name: str = "router", n_dropped: int = 0,
+) -> EvalReport:
+    """Curves and numbers for predictions ``q_pred`` against measured ``q_true`` (both (n, g), no NaN)."""
+    c = np.asarray(costs, float)
+    single_q = q_true.mean(0)
+    router = sweep(q_pred, q_true, c, scale)
+    oracle = sweep(q_true, q_true, c, scale)
+    random = hull_curve(c, single_q)
+    sums = [summarise(name, router, c, single_q), summarise("oracle", oracle, c, single_q),
+            summarise("random", random, c, single_q)]
+    lv = []
+    for lname, lam in (levels or {}).items():
+        ch = choose(q_pred, c, lam, scale)
+        shares = {g: float(np.mean(ch == j)) for j, g in enumerate(generators)}
+        lv.append({"name": lname, "lambda": lam, "cost": float(c[ch].mean()),
+                   "quality": float(q_true[np.arange(len(ch)), ch].mean()), "shares": shares})
+    curves = {k: {"cost": cv.costs.tolist(), "quality": cv.qualities.tolist()}
+              for k, cv in ((name, router), ("oracle", oracle), ("random", random))}
+    return EvalReport(
+        metric=metric, cost_unit=cost_unit, n_prompts=len(q_true), n_dropped=n_dropped, generators=list(generators),
+        single=[{"name": g, "cost": float(c[j]), "quality": float(single_q[j])} for j, g in enumerate(generators)],
+        best_single=generators[int(np.argmax(single_q))], summaries=sums, levels=lv, curves=curves,
+    )
+
+
+def evaluate_router(router: Any, measurements: Any, metric: str | None = None, encoder: Any = None) -> EvalReport:
+    """Evaluate a loaded router on held-out measurements (a path or a MeasurementTable).
+
+    Only prompts measured on every router generator present in the file count; costs are the router's own
+    (those used in training, in its cost unit).
+    """
+    from catimg.errors import MeasurementsError
+    from catimg.measurements import MeasurementTable, read_measurements
+
+    if isinstance(measurements, MeasurementTable):
+        table = measurements
+    elif metric is not None:
+        table = read_measurements(measurements, metric=metric)
+    else:
+        try:
+            table = read_measurements(measurements, metric=router.metric)
+        except MeasurementsError as exc:
+            if "no rows with metric" not in exc.message:
+                raise
+            table = read_measurements(measurements)
+    where = table.path or "measurements"
+    cols = [g for g in router.generators if g in table.generators]
+    if len(cols) < 1:
+        raise MeasurementsError(
+            f"{where}: none of the router's generators ({', '.join(router.generators)}) is measured "
+            f"(the file has {', '.join(table.generators)}); evaluate on measurements of those generators"
+        )
+    sub = table.select(cols)
+    full = ~np.any(np.isnan(sub.Y), axis=1)
+    if full.sum() < 1:
+        raise MeasurementsError(f"{where}: no prompt is measured on every one of {', '.join(cols)}; eval needs full rows")
+    n_dropped = int((~full).sum())
+    sub = sub.subset(np.flatnonzero(full))
+    if encoder is None:
+        from catimg.encoder import default_encoder
+
+        encoder = default_encoder()
+    emb = encoder.encode(sub.prompts)
+    mean, _ = router.predict(emb)
+    idx = [router.generators.index(g) for g in cols]
+    costs = np.array([router.costs[g] for g in cols])
+    return evaluate_predictions(
+        mean[:, idx], sub.Y, costs, router.scale, cols, metric=router.metric, cost_unit=router.cost_unit,
+        levels=router.levels, name=f"router ({router.predictor_name})", n_dropped=n_dropped,
+    )
+
+
+def plot_report(report: EvalReport, path: Any) -> None:
+    """Draw the curves of ``report`` to a PNG (needs the optional matplotlib)."""
+    from pathlib import Path
+
+    from catimg.errors import InputError
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InputError(f"--plot {path}: matplotlib is not installed; pip install 'catimg[plot]' or drop --plot") from None
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name, cv in report.curves.items():
+        o = np.argsort(cv["cost"], kind="stable")
+        ax.plot(np.array(cv["cost"])[o], np.array(cv["quality"])[o], label=name,
+                linestyle="--" if name in ("oracle", "random") else "-")
+    for s in report.single:
+        ax.scatter([s["cost"]], [s["quality"]], marker="o", zorder=3)
+        ax.annotate(s["name"], (s["cost"], s["quality"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(f"mean cost per image ({report.cost_unit})")
+    ax.set_ylabel(f"mean measured quality ({report.metric})")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(path).expanduser()
+    if out.parent and not out.parent.exists():
+        raise InputError(f"--plot {out}: folder {out.parent} does not exist; create it first")
+    fig.savefig(out, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,282 @@
+"""Measurements: the long format ``prompt, generator, score`` read into a typed prompt x generator table.
+
+A measurements file is CSV (with a header row) or JSON Lines (one object per line; ``.jsonl``/``.ndjson``).
+Required columns: ``prompt``, ``generator``, ``score``. Optional: ``metric`` (which quality metric the score is
+in), ``seconds`` (measured seconds per image), ``seed``, ``source`` (where the row came from). Repeated rows of one
+(prompt, generator) pair, for example several seeds, are averaged. Every problem is a :class:`MeasurementsError`
+naming the file, the line and the column.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from catimg.errors import MeasurementsError, did_you_mean
+
+REQUIRED = ("prompt", "generator", "score")
+OPTIONAL = ("metric", "seconds", "seed", "source")
+DEFAULT_METRIC = "score"
+
+
+@dataclass
+class MeasurementTable:
+    """Measured quality of generators on prompts.
+
+    ``Y[i, j]`` is the mean score of generator ``generators[j]`` on prompt ``prompts[i]`` (NaN where not measured);
+    ``counts[i, j]`` how many rows were averaged into it. ``seconds[name]`` is the mean measured seconds per
+    image of a generator, or None when the file gave none.
+    """
+
+    prompts: list[str]
+    generators: list[str]
+    Y: np.ndarray
+    counts: np.ndarray
+    seconds: dict[str, float | None]
+    metric: str
+    sources: list[str] = field(default_factory=list)
+    path: Path | None = None
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def measured(self) -> np.ndarray:
+        """Boolean mask (n_prompts, n_generators): True where a score exists."""
+        return ~np.isnan(self.Y)
+
+    def n_measured(self) -> dict[str, int]:
+        return {g: int(self.measured[:, j].sum()) for j, g in enumerate(self.generators)}
+
+    def column(self, name: str) -> int:
+        try:
+            return self.generators.index(name)
+        except ValueError:
+            raise MeasurementsError(
+                f"{self.path or 'measurements'}: no generator \"{name}\"{did_you_mean(name, self.generators)}; "
+                f"measured: {', '.join(self.generators)}"
+            ) from None
+
+    def subset(self, rows: Sequence[int] | np.ndarray) -> MeasurementTable:
+        """The same table restricted to some prompts (by index)."""
+        idx = np.asarray(rows, dtype=int)
+        return MeasurementTable(
+            prompts=[self.prompts[i] for i in idx], generators=list(self.generators), Y=self.Y[idx].copy(),
+            counts=self.counts[idx].copy(), seconds=dict(self.seconds), metric=self.metric,
+            sources=list(self.sources), path=self.path,
+        )
+
+    def select(self, generators: Sequence[str]) -> MeasurementTable:
+        """The same table restricted to some generators (in the given order); prompts with no score are dropped."""
+        cols = [self.column(g) for g in generators]
+        Y = self.Y[:, cols]
+        keep = ~np.all(np.isnan(Y), axis=1)
+        return MeasurementTable(
+            prompts=[p for p, k in zip(self.prompts, keep, strict=True) if k], generators=list(generators),
+            Y=Y[keep].copy(), counts=self.counts[:, cols][keep].copy(),
+            seconds={g: self.seconds.get(g) for g in generators}, metric=self.metric,
+            sources=list(self.sources), path=self.path,
+        )
+
+    def rows(self) -> Iterable[dict[str, Any]]:
+        """Back to the long format (one averaged row per measured pair)."""
+        for i, p in enumerate(self.prompts):
+            for j, g in enumerate(self.generators):
+                if not math.isnan(self.Y[i, j]):
+                    row: dict[str, Any] = {"prompt": p, "generator": g, "score": float(self.Y[i, j]), "metric": self.metric}
+                    if self.seconds.get(g) is not None:
+                        row["seconds"] = self.seconds[g]
+                    yield row
+
+
+def _err(path: Path, msg: str) -> MeasurementsError:
+    return MeasurementsError(f"{path}: {msg}")
+
+
+def _iter_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+    """Yield (line number, row dict) from a CSV or JSONL file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise _err(path, f"cannot read measurements file ({exc.strerror}); check its permissions") from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _err(path, f"not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+    if not text.strip():
+        raise _err(path, "the measurements file is empty; it needs a header prompt,generator,score and one row per image")
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".json") or text.lstrip().startswith("{"):
+        seen_any = False
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise _err(path, f"line {n}: invalid JSON ({exc.msg} at column {exc.colno}); one JSON object per line") from exc
+            if not isinstance(obj, dict):
+                raise _err(path, f"line {n}: expected a JSON object like {{\"prompt\": ..., \"generator\": ..., \"score\": ...}}")
+            if not seen_any:
+                missing = [c for c in REQUIRED if c not in obj]
+                if missing:
+                    raise _err(path, f"line {n}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
+                                     f"each line needs {', '.join(REQUIRED)}")
+            seen_any = True
+            yield n, obj
+        return
+    reader = csv.reader(text.splitlines())
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:  # pragma: no cover - handled by the empty check
+        raise _err(path, "the measurements file is empty") from None
+    except csv.Error as exc:
+        raise _err(path, f"line 1: not valid CSV ({exc})") from exc
+    lowered = [h.lower() for h in header]
+    missing = [c for c in REQUIRED if c not in lowered]
+    if missing:
+        hints = "".join(did_you_mean(m, header) for m in missing)
+        raise _err(path, f"line 1: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}{hints}; "
+                         f"the header has {', '.join(header) or 'nothing'}; need {', '.join(REQUIRED)}")
+    try:
+        for values in reader:
+            n = reader.line_num
+            if not values or all(not v.strip() for v in values):
+                continue
+            if len(values) != len(header):
+                raise _err(path, f"line {n}: {len(values)} fields but the header has {len(header)}; quote fields that contain commas")
+            yield n, dict(zip(lowered, values, strict=True))
+    except csv.Error as exc:
+        raise _err(path, f"line {reader.line_num}: not valid CSV ({exc})") from exc
+
+
+def _number(path: Path, n: int, col: str, value: Any, required: bool) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise _err(path, f"line {n}, column {col}: empty; give a number")
+        return None
+    if isinstance(value, bool):
+        raise _err(path, f"line {n}, column {col}: {value!r} is not a number")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise _err(path, f"line {n}, column {col}: {str(value)!r} is not a number") from None
+    if not math.isfinite(x):
+        raise _err(path, f"line {n}, column {col}: {str(value)!r} is not a finite number")
+    return x
+
+
+def read_measurements(
+    path: str | Path,
+    known_generators: Iterable[str] | None = None,
+    metric: str | None = None,
+    catalog_path: str | Path | None = None,
+) -> MeasurementTable:
+    """Read a long-format measurements file into a :class:`MeasurementTable`.
+
+    ``known_generators`` (for example ``catalog.names``) makes every other generator name an error with a
+    "did you mean"; ``metric`` keeps only rows of that metric (required when the file mixes metrics).
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise _err(path, "measurements file not found; pass --measurements with an existing CSV or JSONL file")
+    if path.is_dir():
+        raise _err(path, "is a folder; pass --measurements with a CSV or JSONL file")
+    known = list(known_generators) if known_generators is not None else None
+    where = f" in {catalog_path}" if catalog_path else ""
+
+    sums: dict[tuple[str, str], float] = {}
+    counts: dict[tuple[str, str], int] = {}
+    secs: dict[str, list[float]] = {}
+    metrics: dict[str, int] = {}
+    sources: dict[str, None] = {}
+    prompts: dict[str, None] = {}
+    gens: dict[str, None] = {}
+    n_rows = 0
+    for n, row in _iter_rows(path):
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise _err(path, f"line {n}, column prompt: empty prompt; every row needs the prompt text")
+        gen = row.get("generator")
+        if not isinstance(gen, str) or not gen.strip():
+            raise _err(path, f"line {n}, column generator: empty; name a generator from models.toml")
+        gen = gen.strip()
+        if known is not None and gen not in known:
+            raise _err(
+                path,
+                f"line {n}, column generator: unknown generator \"{gen}\"{did_you_mean(gen, known)}; "
+                f"known{where}: {', '.join(known)}; add it to models.toml or fix the name",
+            )
+        row_metric = row.get("metric")
+        row_metric = str(row_metric).strip() if row_metric not in (None, "") else DEFAULT_METRIC
+        if metric is not None and row_metric != metric:
+            metrics[row_metric] = metrics.get(row_metric, 0) + 1
+            continue
+        score = _number(path, n, "score", row.get("score"), required=True)
+        assert score is not None
+        seconds = _number(path, n, "seconds", row.get("seconds"), required=False)
+        if seconds is not None and seconds <= 0:
+            raise _err(path, f"line {n}, column seconds: {seconds} must be a positive number of seconds")
+        metrics[row_metric] = metrics.get(row_metric, 0) + 1
+        key = (prompt, gen)
+        sums[key] = sums.get(key, 0.0) + score
+        counts[key] = counts.get(key, 0) + 1
+        if seconds is not None:
+            secs.setdefault(gen, []).append(seconds)
+        src = row.get("source")
+        if src not in (None, ""):
+            sources[str(src)] = None
+        prompts.setdefault(prompt, None)
+        gens.setdefault(gen, None)
+        n_rows += 1
+
+    if metric is not None and n_rows == 0:
+        found = ", ".join(sorted(metrics)) or "none"
+        raise _err(path, f"no rows with metric \"{metric}\"{did_you_mean(metric, metrics)}; metrics in the file: {found}")
+    if n_rows == 0:
+        raise _err(path, "no measurement rows after the header; add rows prompt,generator,score")
+    if metric is None:
+        if len(metrics) > 1:
+            listing = ", ".join(f"{m} ({c} rows)" for m, c in sorted(metrics.items()))
+            raise _err(path, f"column metric: the file mixes metrics {listing}; choose one with --metric")
+        metric = next(iter(metrics))
+
+    plist, glist = list(prompts), list(gens)
+    pi = {p: i for i, p in enumerate(plist)}
+    gi = {g: j for j, g in enumerate(glist)}
+    Y = np.full((len(plist), len(glist)), np.nan, dtype=np.float64)
+    C = np.zeros((len(plist), len(glist)), dtype=np.int64)
+    for (p, g), s in sums.items():
+        Y[pi[p], gi[g]] = s / counts[(p, g)]
+        C[pi[p], gi[g]] = counts[(p, g)]
+    seconds_mean = {g: (float(np.mean(secs[g])) if g in secs else None) for g in glist}
+    return MeasurementTable(
+        prompts=plist, generators=glist, Y=Y, counts=C, seconds=seconds_mean, metric=metric,
+        sources=list(sources), path=path,
+    )
+
+
+def write_measurements(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
+    """Write long-format rows to CSV (or JSONL when the name ends in .jsonl); return the number of rows."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = list(rows)
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        with path.open("w", encoding="utf-8") as fh:
+            for r in rows:
+                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+        return len(rows)
+    cols = list(REQUIRED) + [c for c in OPTIONAL if any(c in r for r in rows)]
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+    return len(rows)

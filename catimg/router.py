@@ -1,0 +1,238 @@
+"""The router artifact: a self-describing folder holding a trained quality predictor.
+
+Layout::
+
+    DIR/config.json          format, format_version, encoder (id, dim), generators in column order (name,
+                             settings hash and settings, cost used in training), cost unit, metric and its scale,
+                             budget levels (name -> lambda, with their definition), predictor name and params,
+                             training-data card (sources, licenses, citations, prompts, held-out results)
+    DIR/weights.safetensors  the predictor's arrays
+    DIR/prompts.json         the training prompts in row order (for "most similar training prompts")
+
+:func:`load_router` reads and validates it; :class:`Router` predicts quality per generator for prompt embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from catimg.config import Catalog, Generator
+from catimg.errors import RouterError, did_you_mean
+from catimg.predictor import Predictor, load_predictor
+
+FORMAT = "catimg-router"
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+WEIGHTS = "weights.safetensors"
+PROMPTS = "prompts.json"
+PACKAGED_ROUTER = Path(__file__).parent / "data" / "router"
+
+#: How the budget levels are defined (stored in every artifact's config.json).
+LEVEL_DEFINITION = (
+    "value = (q - lo)/(hi - lo) - lambda * cost/max_cost, the generator with the highest value is chosen per prompt. "
+    "lambda of low/medium/high is calibrated on the reference prompts so that the mean routed cost is about 25%/50%/75% "
+    "of the way from the cheapest generator's cost to the mean cost of max; max is lambda = 0 (best predicted quality). "
+    "Lambdas strictly decrease from low to max, so cost and predicted quality never decrease."
+)
+
+
+class Router:
+    """A loaded router artifact (see the module docstring for the files)."""
+
+    def __init__(self, path: Path, config: dict[str, Any], predictor: Predictor, prompts: list[str] | None) -> None:
+        self.path = path
+        self.config = config
+        self.predictor = predictor
+        self._prompts = prompts
+        self.generators: list[str] = [g["name"] for g in config["generators"]]
+        self.metric: str = config["metric"]["name"]
+        lo, hi = config["metric"]["scale"]
+        self.scale: tuple[float, float] = (float(lo), float(hi))
+        self.levels: dict[str, float] = {k: float(v) for k, v in config["budget"]["levels"].items()}
+        self.version: int = int(config["format_version"])
+        self.data_card: dict[str, Any] = dict(config.get("data_card", {}))
+        self.encoder_id: str = config["encoder"]["id"]
+        self.encoder_dim: int = int(config["encoder"]["dim"])
+        self.cost_unit: str = config.get("cost_unit", "tflops")
+        self._hashes = {g["name"]: g.get("settings_hash") for g in config["generators"]}
+
+    # -- what it knows ------------------------------------------------------------------------------------
+    @property
+    def predictor_name(self) -> str:
+        return str(self.config["predictor"]["name"])
+
+    def generator_info(self, name: str) -> dict[str, Any]:
+        for g in self.config["generators"]:
+            if g["name"] == name:
+                return dict(g)
+        raise KeyError(name)
+
+    @property
+    def costs(self) -> dict[str, float]:
+        """The cost of each generator used at training time (in :attr:`cost_unit`)."""
+        return {g["name"]: float(g["cost"]) for g in self.config["generators"]}
+
+    def knows(self, gen: Generator) -> bool:
+        """True when ``gen`` is one of the router's columns with the same settings (when a hash was recorded)."""
+        if gen.name not in self._hashes:
+            return False
+        h = self._hashes[gen.name]
+        return h is None or h == gen.settings_hash()
+
+    def mismatch(self, gen: Generator) -> str | None:
+        """Why the router does not know ``gen`` (None when it does)."""
+        if gen.name not in self._hashes:
+            return f"{gen.name}: not in the router (it knows {', '.join(self.generators)})"
+        if self.knows(gen):
+            return None
+        recorded = self.generator_info(gen.name).get("settings") or {}
+        now = gen.settings()
+        diffs = [f"{k} {recorded.get(k)!r} -> {now.get(k)!r}" for k in now if recorded.get(k) != now.get(k)]
+        return f"{gen.name}: settings changed since training ({'; '.join(diffs) or 'settings hash differs'})"
+
+    def check(self, catalog: Catalog, encoder_id: str) -> None:
+        """RouterError when the encoder differs or no enabled generator of the catalog is known to the router."""
+        if encoder_id != self.encoder_id:
+            raise RouterError(
+                f"{self.path}: trained on prompt encoder {self.encoder_id}, but catimg uses {encoder_id}; "
+                "retrain the router with `catimg train`"
+            )
+        enabled = catalog.enabled
+        if enabled and not any(self.knows(g) for g in enabled):
+            why = "; ".join(m for m in (self.mismatch(g) for g in enabled) if m)
+            raise RouterError(
+                f"{self.path}: knows none of the enabled generators in {catalog.path} ({why}); "
+                "train a router for this catalog (`catimg train`) or pass --router"
+            )
+
+    # -- predictions --------------------------------------------------------------------------------------
+    def _check_emb(self, emb: np.ndarray) -> np.ndarray:
+        emb = np.asarray(emb, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[1] != self.encoder_dim:
+            raise RouterError(
+                f"{self.path}: embeddings of shape {emb.shape} do not match the router's encoder dimension {self.encoder_dim}"
+            )
+        return emb
+
+    def predict(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted quality (n, g) and its uncertainty (n, g) in metric units, columns in :attr:`generators` order."""
+        mean, std = self.predictor.predict(self._check_emb(emb))
+        return mean.astype(np.float64), std.astype(np.float64)
+
+    def neighbours(self, emb: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
+        """The k most similar training prompts per query with their cosine similarity (KNN routers only)."""
+        emb = self._check_emb(emb)
+        if self.predictor_name != "knn" or self._prompts is None or k <= 0:
+            return [[] for _ in range(len(emb))]
+        idx, d2 = self.predictor.neighbour_index(emb, k)  # type: ignore[attr-defined]
+        return [[(self._prompts[int(j)], float(1.0 - dd / 2.0)) for j, dd in zip(row, drow, strict=True)]
+                for row, drow in zip(idx, d2, strict=True)]
+
+    def choose(self, mean: np.ndarray, lam: float, costs: np.ndarray | None = None) -> np.ndarray:
+        """Column chosen per prompt at price ``lam`` with the training costs (or ``costs``)."""
+        from catimg.evaluate import choose
+
+        c = np.array([self.costs[g] for g in self.generators]) if costs is None else np.asarray(costs, float)
+        return choose(mean, c, lam, self.scale)
+
+    def summary(self) -> dict[str, Any]:
+        card = self.data_card
+        return {
+            "path": str(self.path), "format_version": self.version, "predictor": self.predictor_name,
+            "generators": self.generators, "metric": self.metric, "scale": list(self.scale), "levels": self.levels,
+            "encoder": self.encoder_id, "n_prompts": card.get("n_prompts"), "sources": card.get("sources", []),
+        }
+
+
+def save_router(out_dir: str | Path, config: dict[str, Any], predictor: Predictor, prompts: list[str]) -> Path:
+    """Write the artifact folder (config.json, weights.safetensors, prompts.json)."""
+    from safetensors.numpy import save_file
+
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise RouterError(f"{out}: exists and is not a folder; pass --out with a folder path")
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {k: np.ascontiguousarray(v) for k, v in predictor.arrays().items()}
+    save_file(arrays, str(out / WEIGHTS))
+    (out / PROMPTS).write_text(json.dumps(prompts, ensure_ascii=False), encoding="utf-8")
+    cfg = dict(config)
+    cfg["weights"] = WEIGHTS
+    (out / CONFIG).write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return out
+
+
+def _require(cfg: dict[str, Any], where: Path, *keys: str) -> Any:
+    cur: Any = cfg
+    for k in keys:
+        if not isinstance(cur, dict) or k not in cur:
+            raise RouterError(f"{where}: missing key \"{'.'.join(keys)}\"; the artifact is incomplete, retrain it with `catimg train`")
+        cur = cur[k]
+    return cur
+
+
+def load_router(path: str | Path | None = None, encoder_id: str | None = None, encoder_dim: int | None = None) -> Router:
+    """Load and validate a router folder (None: the router bundled with catimg)."""
+    folder = PACKAGED_ROUTER if path is None else Path(path).expanduser()
+    if not folder.exists():
+        raise RouterError(f"{folder}: router folder not found; pass --router with a folder written by `catimg train`")
+    if not folder.is_dir():
+        if folder.name == CONFIG:
+            folder = folder.parent
+        else:
+            raise RouterError(f"{folder}: is a file, not a router folder; pass --router with the folder holding {CONFIG}")
+    cfg_path = folder / CONFIG
+    if not cfg_path.is_file():
+        raise RouterError(f"{folder}: no {CONFIG} in the router folder; pass a folder written by `catimg train`")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RouterError(f"{cfg_path}: cannot read ({exc}); retrain the router with `catimg train`") from exc
+    except json.JSONDecodeError as exc:
+        raise RouterError(f"{cfg_path}: corrupt JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); retrain the router with `catimg train`") from exc
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise RouterError(f"{cfg_path}: not a catimg router config (format is not \"{FORMAT}\"); pass a folder written by `catimg train`")
+    version = cfg.get("format_version")
+    if version != FORMAT_VERSION:
+        raise RouterError(
+            f"{cfg_path}: router format version {version!r}, but this catimg reads version {FORMAT_VERSION}; "
+            "retrain it with this catimg (`catimg train`) or use the matching catimg version"
+        )
+    for keys in (("encoder", "id"), ("encoder", "dim"), ("generators",), ("metric", "name"), ("metric", "scale"),
+                 ("budget", "levels"), ("predictor", "name"), ("predictor", "params")):
+        _require(cfg, cfg_path, *keys)
+    if not isinstance(cfg["generators"], list) or not cfg["generators"] or not all(
+            isinstance(g, dict) and "name" in g and "cost" in g for g in cfg["generators"]):
+        raise RouterError(f"{cfg_path}: \"generators\" must be a non-empty list of {{name, cost, ...}}; retrain the router")
+    if encoder_id is not None and cfg["encoder"]["id"] != encoder_id:
+        raise RouterError(
+            f"{cfg_path}: trained on prompt encoder {cfg['encoder']['id']}, but catimg uses {encoder_id}; retrain the router with `catimg train`"
+        )
+    if encoder_dim is not None and int(cfg["encoder"]["dim"]) != encoder_dim:
+        raise RouterError(f"{cfg_path}: encoder dimension {cfg['encoder']['dim']} differs from {encoder_dim}; retrain the router")
+    wpath = folder / str(cfg.get("weights", WEIGHTS))
+    if not wpath.is_file():
+        raise RouterError(f"{wpath}: router weights missing; copy the whole router folder or retrain it with `catimg train`")
+    try:
+        from safetensors.numpy import load_file
+
+        arrays = load_file(str(wpath))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise RouterError(f"{wpath}: corrupt router weights ({str(exc).splitlines()[0][:120]}); retrain the router with `catimg train`") from exc
+    pred = load_predictor(cfg["predictor"]["name"], cfg["predictor"]["params"], arrays, where=str(wpath))
+    prompts: list[str] | None = None
+    ppath = folder / PROMPTS
+    if ppath.is_file():
+        try:
+            prompts = json.loads(ppath.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RouterError(f"{ppath}: corrupt prompt list ({exc}); retrain the router with `catimg train`") from exc
+    return Router(folder, cfg, pred, prompts)
+
+
+def unknown_generators(router: Router, catalog: Catalog) -> list[str]:
+    """Router columns that are not in the catalog (with a did-you-mean each)."""
+    return [f"{g}{did_you_mean(g, catalog.names)}" for g in router.generators if g not in catalog]

@@ -1,0 +1,220 @@
+"""Train a router artifact from measurements: embeddings, predictor, costs, budget levels, data card.
+
+Training never needs generator weights: prompts are embedded with the fixed encoder, costs come from the
+measurements' ``seconds`` column (when every generator has it) or else from the catalog's cost model in TFLOPs
+(explicit ``cost_tflops`` or the analytic estimate from the generator's family, steps and size).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from catimg import __version__
+from catimg.config import Catalog
+from catimg.errors import MeasurementsError, did_you_mean
+from catimg.evaluate import breakpoints, choose, evaluate_predictions
+from catimg.measurements import MeasurementTable
+from catimg.predictor import AUTO, PREDICTORS, Predictor, make_predictor
+from catimg.router import FORMAT, FORMAT_VERSION, LEVEL_DEFINITION, Router, load_router, save_router
+
+#: Where the named levels put the mean routed cost: this share of the way from the cheapest generator's cost to
+#: the mean cost of the max level (lambda = 0, the best predicted quality per prompt).
+LEVEL_TARGETS = {"low": 0.25, "medium": 0.5, "high": 0.75}
+MIN_HOLDOUT = 20
+OOF_FOLDS = 5
+
+
+def metric_scale(metric: str, Y: np.ndarray) -> tuple[float, float]:
+    """The scale (lo, hi) of a metric: a known one, else the range of the measured scores."""
+    from catimg.datasets import METRIC_SCALES
+
+    if metric in METRIC_SCALES:
+        return METRIC_SCALES[metric]
+    lo, hi = float(np.nanmin(Y)), float(np.nanmax(Y))
+    if hi - lo < 1e-9:
+        hi = lo + 1.0
+    return lo, hi
+
+
+def generator_costs(table: MeasurementTable, catalog: Catalog) -> tuple[str, dict[str, dict[str, Any]]]:
+    """(cost unit, per generator {cost, cost_seconds, cost_tflops, cost_kind}).
+
+    Seconds are used when the measurements give them for every generator; otherwise TFLOPs from the catalog's
+    cost model (device independent), so that training on one machine does not bake in its speed.
+    """
+    from catimg.cost import generator_cost
+    from catimg.device import cpu_device
+
+    dev = cpu_device()
+    info: dict[str, dict[str, Any]] = {}
+    for g in table.generators:
+        c = generator_cost(catalog.get(g), dev, use_measured=False)
+        info[g] = {"cost_seconds": table.seconds.get(g), "cost_tflops": float(c.tflops),
+                   "cost_tflops_kind": "explicit" if catalog.get(g).cost_tflops is not None else "estimated"}
+    unit = "seconds" if all(table.seconds.get(g) is not None for g in table.generators) else "tflops"
+    for d in info.values():
+        d["cost"] = float(d["cost_seconds"] if unit == "seconds" else d["cost_tflops"])
+        d["cost_kind"] = "measured seconds" if unit == "seconds" else f"{d['cost_tflops_kind']} TFLOPs"
+    return unit, info
+
+
+def calibrate_levels(q_pred: np.ndarray, costs: np.ndarray, scale: tuple[float, float],
+                     targets: dict[str, float] | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    """Lambdas for the named levels on reference predictions; returns (levels, mean routed cost per level)."""
+    targets = targets or LEVEL_TARGETS
+    costs = np.asarray(costs, float)
+    lams = breakpoints(q_pred, costs, scale)
+    mean_cost = np.array([costs[choose(q_pred, costs, float(lam), scale)].mean() for lam in lams])
+    c_lo = float(costs.min())
+    c_hi = float(costs[choose(q_pred, costs, 0.0, scale)].mean())  # the max level (lambda = 0)
+    levels: dict[str, float] = {}
+    for name, f in sorted(targets.items(), key=lambda kv: kv[1]):
+        goal = c_lo + f * (c_hi - c_lo)
+        gap = np.abs(mean_cost - goal)
+        best = np.flatnonzero(gap <= gap.min() + 1e-12)
+        levels[name] = float(lams[best].mean())
+    # strictly decreasing from the cheapest level to max (lambda = 0)
+    ordered = sorted(targets, key=lambda n: -targets[n])  # high, medium, low
+    floor = 0.0
+    for name in ordered:
+        levels[name] = max(levels[name], floor + 1e-6)
+        floor = levels[name]
+    levels["max"] = 0.0
+    out = {n: levels[n] for n in [*sorted(targets, key=lambda n: targets[n]), "max"]}
+    achieved = {n: float(costs[choose(q_pred, costs, lam, scale)].mean()) for n, lam in out.items()}
+    return out, achieved
+
+
+def out_of_fold(name: str, X: np.ndarray, Y: np.ndarray, folds: int = OOF_FOLDS, seed: int = 0,
+                params: dict[str, Any] | None = None) -> np.ndarray:
+    """Out-of-fold predicted means for every row (each row predicted by a model that did not see it)."""
+    n = len(X)
+    pred = np.full(Y.shape, np.nan)
+    perm = np.random.default_rng(seed).permutation(n)
+    for f in np.array_split(perm, min(folds, n)):
+        tr = np.setdiff1d(perm, f)
+        ytr = Y[tr]
+        if np.any(np.all(np.isnan(ytr), axis=0)):
+            continue
+        p = make_predictor(name, **(params or {})).fit(X[tr], ytr)
+        pred[f] = p.predict(X[f])[0]
+    # rows that could not be predicted out of fold (tiny data): fall back to the column means
+    col = np.nanmean(Y, axis=0)
+    return np.where(np.isnan(pred), col[None, :], pred)
+
+
+def _data_card(table: MeasurementTable, extra: dict[str, Any] | None) -> dict[str, Any]:
+    from catimg.datasets import CARDS
+
+    sources = []
+    for s in table.sources or ([str(table.path)] if table.path else []):
+        card = CARDS.get(s)
+        sources.append({"id": s, **card} if card else {"id": s})
+    licenses = sorted({s["license"] for s in sources if "license" in s})
+    citations = [c for s in sources for c in s.get("citations", [])]
+    card: dict[str, Any] = {
+        "sources": sources,
+        "licenses": licenses,
+        "citations": citations,
+        "measurements_file": table.path.name if table.path else None,
+        "metric": table.metric,
+        "n_prompts": table.n_prompts,
+        "n_measured": table.n_measured(),
+        "trained_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "catimg_version": __version__,
+    }
+    if extra:
+        card.update(extra)
+    return card
+
+
+def train_router(
+    table: MeasurementTable,
+    catalog: Catalog,
+    out_dir: str | Path,
+    predictor: str = "auto",
+    metric: str | None = None,
+    encoder: Any = None,
+    seed: int = 0,
+    data_card: dict[str, Any] | None = None,
+    predictor_params: dict[str, Any] | None = None,
+) -> Router:
+    """Fit a predictor on ``table`` and write a router artifact to ``out_dir``; return it loaded.
+
+    Held-out numbers in the data card come from 5-fold cross-validation (out-of-fold predictions); the shipped
+    predictor is fitted on all prompts.
+    """
+    from catimg.encoder import default_encoder
+
+    name = AUTO if predictor == "auto" else predictor
+    if name not in PREDICTORS:
+        raise MeasurementsError(f"--predictor \"{predictor}\" is unknown{did_you_mean(predictor, [*PREDICTORS, 'auto'])}; use one of auto, {', '.join(PREDICTORS)}")
+    where = table.path or "measurements"
+    for g in table.generators:
+        if g not in catalog:
+            raise MeasurementsError(
+                f"{where}: generator \"{g}\" is not in {catalog.path}{did_you_mean(g, catalog.names)}; add it to models.toml or fix the name"
+            )
+    if table.n_prompts < 2:
+        raise MeasurementsError(f"{where}: only {table.n_prompts} prompt measured; training needs at least 2 prompts")
+    metric = metric or table.metric
+    enc = encoder or default_encoder()
+    X = enc.encode(table.prompts).astype(np.float64)
+    Y = table.Y
+    scale = metric_scale(metric, Y)
+    unit, cinfo = generator_costs(table, catalog)
+    costs = np.array([cinfo[g]["cost"] for g in table.generators])
+
+    # Out-of-fold predictions: every prompt predicted by a model that did not see it. They give the held-out
+    # numbers of the data card (on prompts measured on every generator) and the reference for the budget levels.
+    final: Predictor = make_predictor(name, **(predictor_params or {})).fit(X, Y)
+    folds = min(OOF_FOLDS, len(X))
+    ref = out_of_fold(name, X, Y, folds=folds, seed=seed, params=predictor_params) if len(X) >= 10 else final.predict(X)[0]
+    full = np.flatnonzero(~np.any(np.isnan(Y), axis=1))
+    heldout: dict[str, Any] = {"note": f"too few prompts measured on every generator (< {MIN_HOLDOUT}) for held-out numbers"}
+    if len(full) >= MIN_HOLDOUT and len(X) >= 10 and len(table.generators) >= 2:
+        rep = evaluate_predictions(ref[full], Y[full], costs, scale, table.generators, metric=metric, cost_unit=unit, name=name)
+        heldout = {
+            "split": f"{folds}-fold cross-validation (seed {seed}): each of the {len(full)} prompts measured on every "
+                     "generator is predicted by a model fitted without it; the shipped predictor is fitted on all prompts",
+            "n_test": len(full),
+            "single": rep.single,
+            "best_single": rep.best_single,
+            "summaries": [s.__dict__ for s in rep.summaries],
+        }
+    levels, achieved = calibrate_levels(ref, costs, scale)
+
+    gens = []
+    for g in table.generators:
+        gen = catalog.get(g)
+        gens.append({
+            "name": g, "settings_hash": gen.settings_hash(), "settings": gen.settings(), "source": gen.source,
+            "cost": cinfo[g]["cost"], "cost_kind": cinfo[g]["cost_kind"], "cost_seconds": cinfo[g]["cost_seconds"],
+            "cost_tflops": cinfo[g]["cost_tflops"], "n_measured": int((~np.isnan(Y[:, table.generators.index(g)])).sum()),
+        })
+    card = _data_card(table, data_card)
+    card["held_out"] = heldout
+    config: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "encoder": {"id": enc.encoder_id, "dim": int(X.shape[1])},
+        "generators": gens,
+        "cost_unit": unit,
+        "metric": {"name": metric, "scale": [scale[0], scale[1]], "higher_is_better": True},
+        "budget": {
+            "levels": levels,
+            "definition": LEVEL_DEFINITION,
+            "targets": LEVEL_TARGETS,
+            "reference": (f"out-of-fold predictions on the {len(X)} training prompts" if len(X) >= 10
+                          else "in-sample predictions on the training prompts"),
+            "mean_cost_at_level": achieved,
+        },
+        "predictor": {"name": name, "params": final.params()},
+        "data_card": card,
+    }
+    save_router(out_dir, config, final, table.prompts)
+    return load_router(out_dir)
