@@ -128,6 +128,18 @@ def test_campaign_interrupted_resumed_extended_and_changed(
     assert r.exit_code == 0, r.output
     assert "imported 10 scores" in r.output
 
+    # calibrate -> train --db -> eval: the router learns both generators, 'fast' from 2 prompts only
+    router_dir = setup["root"] / "router"
+    r = _run(["train", "--db", setup["db"], "--models", setup["models"], "--out", router_dir, "--metric", "clipscore",
+              "--predictor", "knn", "--json"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    gens = {g["name"]: g for g in json.loads(r.output)["generators"]}
+    assert gens["fast"]["n_measured"] == 2 and gens["other"]["n_measured"] == 4
+    r = _run(["eval", "--router", router_dir, "--measurements", out_csv, "--metric", "clipscore", "--json"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    r = _run(["train", "--db", setup["db"], "--models", setup["models"], "--out", router_dir, "--metric", "pickscore"])
+    assert isinstance(r.exception, MeasurementsError) and "pickscore" in str(r.exception)
+
     # the store as a training table for the current catalog: 'fast' (new settings) measured on 2 prompts only
     from catimg.config import load_catalog
 
