@@ -1,0 +1,132 @@
+"""`catimg train` and `catimg eval` through the real CLI, including the contract outside checks rely on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from catimg.cli import app
+from test_router import SUBJECTS, write_case
+
+runner = CliRunner()
+
+
+def run(*args: str) -> tuple[int, str]:
+    res = runner.invoke(app, list(args))
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        from catimg.errors import CatimgError
+
+        if isinstance(res.exception, CatimgError):
+            return res.exception.exit_code, res.exception.message
+        raise res.exception
+    return res.exit_code, res.output
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+def test_contract_train_then_explain(case: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    models, m = write_case(case)  # prompt,generator,score,seconds for Hub ids that are not downloaded
+    code, out = run("train", "--measurements", str(m), "--models", str(models), "--out", str(case / "r"))
+    assert code == 0, out
+    assert "Trained a gp router on 44 prompts" in out and "Budget levels" in out and "oracle" in out
+    from catimg.router import load_router
+
+    r = load_router(case / "r")
+    assert r.generators == ["cheap", "dear"]
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("# two prompts\na zebra on a white background\n\na zebra in a crowded street full of people\n", encoding="utf-8")
+    code, out = run("explain", "-f", str(prompts), "--router", str(case / "r"), "--models", str(models),
+                    "--budget", "low", "--json", "--device", "cpu")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert [p["prompt"] for p in doc["prompts"]] == ["a zebra on a white background", "a zebra in a crowded street full of people"]
+    for p in doc["prompts"]:
+        assert p["choice"] in ("cheap", "dear")
+        assert {g["name"] for g in p["generators"]} == {"cheap", "dear"}
+        assert all(isinstance(g["predicted_quality"], float) and g["cost_seconds"] > 0 for g in p["generators"])
+
+
+def test_train_json_and_knn(case: Path, tmp_path: Path) -> None:
+    models, m = write_case(tmp_path, seconds=False)
+    code, out = run("train", "-M", str(m), "--models", str(models), "--out", str(tmp_path / "k"), "--predictor", "knn", "--json")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["predictor"]["name"] == "knn" and doc["cost_unit"] == "tflops"
+    assert doc["budget"]["levels"]["max"] == 0.0
+
+
+def test_eval_table_json_and_plot(case: Path, tmp_path: Path) -> None:
+    if not (case / "r").is_dir():
+        pytest.skip("needs the router of the contract test")
+    m = case / "m.csv"
+    code, out = run("eval", "--router", str(case / "r"), "--measurements", str(m))
+    assert code == 0, out
+    for text in ("Single generators (score)", "dear (best)", "Routing: best single generator dear", "router (gp)",
+                 "oracle", "random", "Budget levels on these prompts", "low", "max"):
+        assert text in out
+    code, out = run("eval", "--router", str(case / "r"), "--measurements", str(m), "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["n_prompts"] == 2 * len(SUBJECTS) and doc["best_single"] == "dear"
+    names = [s["name"] for s in doc["summaries"]]
+    assert names == ["router (gp)", "oracle", "random"]
+    oracle = doc["summaries"][1]
+    assert oracle["cost_to_match_pct"] < 100 and oracle["auc"] >= doc["summaries"][2]["auc"]
+    assert [lv["name"] for lv in doc["levels"]] == ["low", "medium", "high", "max"]
+    costs = [lv["cost"] for lv in doc["levels"]]
+    assert costs == sorted(costs)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        code, msg = run("eval", "--router", str(case / "r"), "--measurements", str(m), "--plot", str(tmp_path / "c.png"))
+        assert code != 0 and "matplotlib is not installed" in msg
+    else:
+        code, _ = run("eval", "--router", str(case / "r"), "--measurements", str(m), "--plot", str(tmp_path / "c.png"))
+        assert code == 0 and (tmp_path / "c.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("csv_text", "message"),
+    [
+        ("prompt,generator\na,cheap\n", "m.csv: line 1: missing column score"),
+        ("prompt,generator,score\na,cheap,high\n", "m.csv: line 2, column score: 'high' is not a number"),
+        ("prompt,generator,score\na,chaep,1\n", 'line 2, column generator: unknown generator "chaep" (did you mean "cheap"?)'),
+        ("", "m.csv: the measurements file is empty"),
+    ],
+)
+def test_train_bad_measurements(tmp_path: Path, csv_text: str, message: str) -> None:
+    models, _ = write_case(tmp_path)
+    (tmp_path / "m.csv").write_text(csv_text, encoding="utf-8")
+    code, msg = run("train", "-M", str(tmp_path / "m.csv"), "--models", str(models), "--out", str(tmp_path / "o"))
+    assert code == 4 and message in msg and "\n" not in msg.strip()
+
+
+def test_bad_router_and_options(tmp_path: Path) -> None:
+    models, m = write_case(tmp_path)
+    code, msg = run("eval", "--router", str(tmp_path / "missing"), "--measurements", str(m))
+    assert code == 3 and "router folder not found" in msg
+    code, msg = run("train", "-M", str(m), "--models", str(models), "--out", str(tmp_path / "o"), "--predictor", "knm")
+    assert code != 0 and 'did you mean "knn"' in msg
+    code, msg = run("train", "--models", str(models), "--out", str(tmp_path / "o"))
+    assert code == 2 and "give exactly one of --measurements" in msg
+
+
+def test_main_prints_one_line_without_traceback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    models, _ = write_case(tmp_path)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompt,generator,score\na,cheap,x\n", encoding="utf-8")
+    p = subprocess.run([sys.executable, "-m", "catimg", "train", "-M", str(bad), "--models", str(models), "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 4
+    assert p.stderr.strip() == f"error: {bad}: line 2, column score: 'x' is not a number"
+    assert "Traceback" not in p.stderr
