@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="output file (.csv or .jsonl)")
     ap.add_argument("--all", action="store_true", help="also write generators that cannot run locally")
     ap.add_argument("--metric", default="mos_align", help="agiqa3k only: mos_align or mos_quality")
+    ap.add_argument("--generators", default=None, help="comma-separated generator names to keep (default: all written)")
     args = ap.parse_args(argv)
     data = args.data or default_data_dir()
     try:
@@ -205,6 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
+    if args.generators:
+        keep = [g.strip() for g in args.generators.split(",") if g.strip()]
+        have = {r["generator"] for r in rows}
+        missing = [g for g in keep if g not in have]
+        if missing:
+            print(f"error: {args.dataset}: no generator {', '.join(missing)}; it has {', '.join(sorted(have))}", file=sys.stderr)
+            return 2
+        rows = [r for r in rows if r["generator"] in keep]
     n = write_measurements(rows, args.out)
     gens = sorted({r["generator"] for r in rows})
     prompts = len({r["prompt"] for r in rows})

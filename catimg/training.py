@@ -159,6 +159,9 @@ def train_router(
             raise MeasurementsError(
                 f"{where}: generator \"{g}\" is not in {catalog.path}{did_you_mean(g, catalog.names)}; add it to models.toml or fix the name"
             )
+    for j, g in enumerate(table.generators):
+        if not np.any(~np.isnan(table.Y[:, j])):
+            raise MeasurementsError(f"{where}: generator \"{g}\" has no measurements; measure it or leave it out")
     if table.n_prompts < 2:
         raise MeasurementsError(f"{where}: only {table.n_prompts} prompt measured; training needs at least 2 prompts")
     metric = metric or table.metric

@@ -18,6 +18,8 @@ def _load_table(measurements: Path | None, db: Path | None, catalog: Any, metric
     if measurements is not None:
         from catimg.measurements import read_measurements
 
+        if catalog is None:
+            return read_measurements(measurements, metric=metric)
         return read_measurements(measurements, known_generators=catalog.names, metric=metric, catalog_path=catalog.path)
     from catimg.store import Store
 
@@ -32,7 +34,7 @@ def _load_table(measurements: Path | None, db: Path | None, catalog: Any, metric
         table = store.to_table(metric, None)
     finally:
         store.close()
-    unknown = [g for g in table.generators if g not in catalog]
+    unknown = [g for g in table.generators if catalog is not None and g not in catalog]
     if unknown:
         table = table.select([g for g in table.generators if g in catalog])
     return table
@@ -46,6 +48,7 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the router artifact to.", show_default=False),
     predictor: str = typer.Option("auto", "--predictor", "-p", help="auto (the best on held-out data: gp), gp or knn."),
     metric: str = typer.Option(None, "--metric", help="Use only rows of this metric (required when the file mixes metrics).", show_default=False),
+    holdout: float = typer.Option(None, "--holdout", help="Keep this share of prompts out (a stable split by prompt text; `catimg eval --holdout` uses the same).", show_default=False),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Train a router from measured quality (no generator weights needed).
@@ -62,6 +65,10 @@ def train(
 
     catalog = load_catalog(models)
     table = _load_table(measurements, db, catalog, metric)
+    if holdout is not None:
+        from catimg.store import split_holdout
+
+        table, _ = split_holdout(table, holdout)
     router = train_router(table, catalog, out, predictor=predictor, metric=metric)
     cfg = router.config
     if json_out:
@@ -114,7 +121,9 @@ def _summary_table(summaries: list[dict[str, Any]], single: list[dict[str, Any]]
 @app.command(name="eval")
 def eval_(
     router: Path = typer.Option(None, "--router", "-r", help="Router artifact folder (default: the bundled router).", show_default=False),
-    measurements: Path = typer.Option(..., "--measurements", "-M", help="Held-out long-format CSV or JSONL measured on the router's generators.", show_default=False),
+    measurements: Path = typer.Option(None, "--measurements", "-M", help="Held-out long-format CSV or JSONL measured on the router's generators.", show_default=False),
+    db: Path = typer.Option(None, "--db", help="Evaluate on a calibration database instead (with --holdout: its held-out part).", show_default=False),
+    holdout: float = typer.Option(None, "--holdout", help="Evaluate only on this held-out share (the same stable split as `train --holdout`).", show_default=False),
     metric: str = typer.Option(None, "--metric", help="Use only rows of this metric (default: the router's metric when the file has it).", show_default=False),
     plot: Path = typer.Option(None, "--plot", help="Also draw the quality-cost curves to this PNG (needs matplotlib: pip install catimg[plot]).", show_default=False),
     json_out: bool = JSON_OPT,
@@ -133,7 +142,14 @@ def eval_(
     from catimg.router import load_router
 
     rt = load_router(router)
-    report = evaluate_router(rt, measurements, metric=metric)
+    source: Any = measurements
+    if db is not None or holdout is not None:
+        source = _load_table(measurements, db, None, metric or (rt.metric if db is not None else None))
+        if holdout is not None:
+            from catimg.store import split_holdout
+
+            _, source = split_holdout(source, holdout)
+    report = evaluate_router(rt, source, metric=metric)
     if plot is not None:
         from catimg.evaluate import plot_report
 
@@ -144,7 +160,7 @@ def eval_(
     from rich.table import Table
 
     con = console()
-    con.print(f"Router {rt.path} ({rt.predictor_name}) on {report.n_prompts} held-out prompts of {measurements}"
+    con.print(f"Router {rt.path} ({rt.predictor_name}) on {report.n_prompts} held-out prompts of {measurements or db}"
               + (f" ({report.n_dropped} dropped: not measured on every generator)" if report.n_dropped else ""))
     st = Table(title=f"Single generators ({report.metric})", title_justify="left")
     for col in ("generator", f"cost ({report.cost_unit})", "mean quality"):
