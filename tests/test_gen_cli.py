@@ -1,0 +1,142 @@
+"""`catimg gen` and `catimg inspect` through the real CLI (CliRunner on catimg.cli.app), tiny real pipelines."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tiny
+from typer.testing import CliRunner
+
+from catimg.cli import app
+from catimg.errors import CatimgError, InputError
+
+runner = CliRunner()
+WORDS = ["cat", "dog", "house", "tree", "car", "park", "crowd", "wall", "sky", "sea", "city", "forest"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path, tiny_sdxl_dir: Path) -> dict[str, Path]:
+    """models.toml (sd@2, sd@4 sharing weights from a folder; turbo from a Hub id) and a router trained on it."""
+    root = tmp_path_factory.mktemp("gencli")
+    hub = root / "hub"
+    tiny.install_fake_hub(hub, "stabilityai/sdxl-turbo", tiny_sdxl_dir)
+    models = root / "models.toml"
+    models.write_text(
+        f'[generators.sd]\nsource = "{tiny_sd_dir}"\nsteps = [2, 4]\nguidance = 2.0\nwidth = 64\nheight = 64\n'
+        '[generators.turbo]\nsource = "stabilityai/sdxl-turbo"\nsteps = 2\nguidance = 0.0\nwidth = 64\nheight = 64\n'
+    )
+    m = root / "m.csv"
+    with m.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["prompt", "generator", "score", "seconds"])
+        for i in range(40):
+            p = f"a {WORDS[i % 12]} and a {WORDS[(i * 5) % 12]} number {i}"
+            hard = "crowd" in p or "city" in p
+            w.writerows([[p, "sd@2", 0.3 if hard else 0.6, 0.05], [p, "sd@4", 0.5 if hard else 0.62, 0.1],
+                         [p, "turbo", 0.8 if hard else 0.63, 0.2]])
+    prompts = root / "prompts.txt"
+    prompts.write_text("# a comment\n" + "".join(f"a {WORDS[i]} in the {WORDS[-i - 1]}\n" for i in range(6)))
+    res = runner.invoke(app, ["train", "--measurements", str(m), "--models", str(models), "--out", str(root / "router")])
+    if res.exit_code != 0:
+        pytest.skip(f"catimg train not usable yet: {res.output[-300:]} {res.exception!r}")
+    return {"root": root, "models": models, "router": root / "router", "prompts": prompts, "hub": hub}
+
+
+def gen_args(s: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return ["gen", "-f", str(s["prompts"]), "--models", str(s["models"]), "--router", str(s["router"]),
+            "--out", str(out), *extra]
+
+
+def test_gen_file_end_to_end_then_inspect(setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(setup["hub"]))
+    out = tmp_path / "out"
+    res = runner.invoke(app, gen_args(setup, out, "--seed", "3", "--budget", "max", "--json"))
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)  # nothing but JSON
+    assert doc["summary"]["made"] == 6 and doc["interrupted"] is False
+    used = {i["generator"] for i in doc["images"]}
+    models_used = {"sd" if g.startswith("sd@") else g for g in used}
+    assert sorted(doc["summary"]["loads"]) == sorted(models_used)  # one load per distinct model
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 6 and len((out / "manifest.jsonl").read_text().splitlines()) == 6
+    # metadata round trip through inspect
+    ins = runner.invoke(app, ["inspect", str(pngs[0]), "--json"])
+    meta = json.loads(ins.output)["images"][0]["catimg"]
+    first = next(i for i in doc["images"] if Path(i["file"]).name == pngs[0].name)
+    assert meta["prompt"] == first["prompt"] and meta["seed"] == first["seed"] and meta["generator"] == first["generator"]
+    assert meta["budget"] == "max" and meta["router_version"] is not None and meta["predicted_quality"] is not None
+    text = runner.invoke(app, ["inspect", str(pngs[0])])
+    assert text.exit_code == 0 and "prompt" in text.output and first["prompt"] in text.output
+    # a second run into the same folder never overwrites, and --resume makes nothing new
+    again = runner.invoke(app, gen_args(setup, out, "--seed", "3", "--budget", "max", "--resume"))
+    assert again.exit_code == 0, again.output
+    assert "6 skipped" in again.output and len(list(out.glob("*.png"))) == 6
+
+
+def test_dry_run_loads_and_writes_nothing(setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(setup["hub"]))
+    res = runner.invoke(app, gen_args(setup, tmp_path / "o", "--dry-run", "--seed", "1"))
+    assert res.exit_code == 0, res.output
+    assert "plan: 6 prompt(s), 6 image(s)" in res.output and "dry run" in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_weights_replan(setup: dict[str, Path], tmp_path: Path) -> None:
+    # HF_HUB_CACHE is the empty per-test cache: turbo is absent, so the plan uses the folder generators only
+    res = runner.invoke(app, gen_args(setup, tmp_path / "o", "--dry-run", "--budget", "max", "--seed", "1"))
+    assert res.exit_code == 0, res.output
+    assert "weights not found for turbo; re-planned" in res.output and "hf download stabilityai/sdxl-turbo" in res.output
+    forced = runner.invoke(app, gen_args(setup, tmp_path / "o", "--dry-run", "--generator", "turbo"))
+    assert isinstance(forced.exception, CatimgError) and "hf download stabilityai/sdxl-turbo" in str(forced.exception)
+
+
+def test_forced_generator_that_does_not_exist(setup: dict[str, Path], tmp_path: Path) -> None:
+    res = runner.invoke(app, gen_args(setup, tmp_path / "o", "--dry-run", "--generator", "turb"))
+    assert isinstance(res.exception, CatimgError) and 'did you mean "turbo"' in str(res.exception)
+
+
+def test_corrupt_manifest_on_resume(setup: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "manifest.jsonl").write_text('{"index": 0}\nnot json\n')
+    res = runner.invoke(app, gen_args(setup, out, "--resume"))
+    assert isinstance(res.exception, InputError) and "line 2 is corrupt" in str(res.exception)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--seed", "-1"], "--seed -1"),
+        (["--width", "30"], "--width 30: must be a positive multiple of 8"),
+        (["--images-per-prompt", "0"], "--images-per-prompt 0"),
+        (["--negative-file", "/nonexistent/neg.txt"], "--negative-file /nonexistent/neg.txt: file not found"),
+        (["--dtype", "fp17"], '--dtype "fp17"'),
+    ],
+)
+def test_bad_input_is_one_line(args: list[str], needle: str, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["gen", "a cat", "--out", str(tmp_path / "o"), *args])
+    assert isinstance(res.exception, InputError), res.output
+    assert needle in str(res.exception) and "\n" not in str(res.exception)
+
+
+def test_out_is_a_file_through_the_entry_point(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("")
+    proc = subprocess.run([sys.executable, "-m", "catimg", "gen", "a cat", "--out", str(f)], capture_output=True,
+                          text=True, env=os.environ.copy(), timeout=60)
+    assert proc.returncode != 0
+    assert "is a file, not a folder" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_inspect_non_image(tmp_path: Path) -> None:
+    p = tmp_path / "x.png"
+    p.write_text("text")
+    res = runner.invoke(app, ["inspect", str(p)])
+    assert isinstance(res.exception, InputError) and "not an image" in str(res.exception)
