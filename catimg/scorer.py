@@ -197,7 +197,7 @@ class CLIPFamilyScorer(Scorer):
             proc = resolve_checkpoint(processor_source, name, need_weights=False)
         try:
             dtype = torch.float16 if device.startswith("cuda") else torch.float32
-            self.model = CLIPModel.from_pretrained(str(folder), dtype=dtype).to(device).eval()
+            self.model = CLIPModel.from_pretrained(str(folder), dtype=dtype).to(device).eval()  # type: ignore[arg-type]
             self.tokenizer = AutoTokenizer.from_pretrained(str(proc))
             self.processor = _image_processor(proc)
         except (OSError, ValueError) as exc:

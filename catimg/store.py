@@ -130,7 +130,7 @@ class _Lock:
                 import msvcrt
 
                 self._fh.seek(0)
-                msvcrt.locking(self._fh.fileno(), msvcrt.LK_NBLCK, 1)
+                msvcrt.locking(self._fh.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
             else:
                 import fcntl
 
@@ -149,7 +149,7 @@ class _Lock:
                 import msvcrt
 
                 self._fh.seek(0)
-                msvcrt.locking(self._fh.fileno(), msvcrt.LK_UNLCK, 1)
+                msvcrt.locking(self._fh.fileno(), msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
             else:
                 import fcntl
 
@@ -398,7 +398,7 @@ class Store:
         if generators is not None:
             gens = list(generators)
             if gens and isinstance(gens[0], Generator):
-                rename = {g.settings_hash(): g.name for g in gens}  # type: ignore[union-attr]
+                rename = {g.settings_hash(): g.name for g in gens if isinstance(g, Generator)}
                 where.append(f"i.generator_hash IN ({','.join('?' * len(rename))})")
                 args.extend(rename)
             else:

@@ -50,7 +50,7 @@ def load_genai_bench(data: Path) -> tuple[list[str], list[str], np.ndarray]:
     with np.errstate(invalid="ignore"):
         Y = np.where(C > 0, S / np.maximum(C, 1), np.nan)
     keep = ~np.isnan(Y).any(axis=1)
-    return [p for p, k in zip(prompts, keep, strict=True) if k], gens, Y[keep]
+    return [prompts[i] for i in np.flatnonzero(keep)], gens, Y[keep]
 
 
 def catalog_tflops(gens: list[str]) -> np.ndarray:
@@ -98,7 +98,7 @@ def run(data: Path, target: str, sizes: tuple[int, ...], repeats: int, predictor
             if k == 0:
                 mean = np.insert(mean, j, -1e9, axis=1)
                 std = np.insert(std, j, np.nan, axis=1)
-            rep = evaluate_predictions(mean, Y[test], costs, scale, gens, name=predictor)
+            rep = evaluate_predictions(mean, Y[test], costs.tolist(), scale, gens, name=predictor)
             s = rep.summaries[0]
             # share routed to the target at the λ whose mean cost is closest to the best single generator's
             best = int(np.argmax(Y[test].mean(0)))
