@@ -8,9 +8,9 @@ Precedence, per generator:
    :data:`DEVICE_THROUGHPUT`), plus a per-kernel launch overhead; marked ``kind="estimated"``.
 
 Memory feasibility: the peak memory is estimated as the weights at the chosen dtype plus the activations of the
-largest step (denoiser pass or VAE decode). A generator whose peak does not fit the GPU is planned with sequential
-CPU offload when its largest single component fits (cost raised by the time to move weights over PCIe every
-step), otherwise it is infeasible (``feasible=False``) and the note says why.
+largest step (denoiser pass or VAE decode). A generator whose peak does not fit the GPU is planned with model CPU
+offload when its largest single component plus activations fits (cost raised by the time to move every
+component's weights over PCIe once per image); otherwise it is infeasible (``feasible=False``). The note says why.
 """
 
 from __future__ import annotations
@@ -167,8 +167,9 @@ def generator_cost(gen: Generator, device: DeviceInfo, use_measured: bool = True
             largest = est.largest_component_gb(dtype) + est.activation_gb(dtype)
             if largest <= budget:
                 offload = True
-                # every step moves the denoiser's weights over the bus; text encoders and VAE once per image
-                extra = (est.denoiser_gb(dtype) * gen.steps + (weights_gb - est.denoiser_gb(dtype))) / tp.bandwidth_gbs
+                # model CPU offload (diffusers enable_model_cpu_offload, as catimg.pipelines loads it): each
+                # component moves to the GPU when it runs, so every image moves all the weights over the bus once
+                extra = weights_gb / tp.bandwidth_gbs
                 seconds += extra
                 notes.append(
                     f"needs {peak:.1f} GB > {budget:.1f} GB usable on {device.name}: planned with CPU offload "

@@ -1,0 +1,148 @@
+"""Device detection through the torch seam: a fake mimicking torch.cuda's real functions, and the real CPU torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import pytest
+
+from catimg.device import DeviceInfo, default_dtype, detect_device, device_class
+from catimg.errors import DeviceError
+
+GIB = 1024**3
+
+
+@dataclass
+class _Props:  # like torch.cuda.get_device_properties(i): _CudaDeviceProperties
+    name: str
+    total_memory: int
+    major: int
+    minor: int
+    multi_processor_count: int = 132
+
+
+class FakeCuda:
+    """Mimics the torch.cuda functions catimg calls, with their real signatures."""
+
+    def __init__(self, gpus: list[tuple[str, float, tuple[int, int], float]]) -> None:
+        self.gpus = gpus  # (name, total GiB, capability, free GiB)
+
+    def is_available(self) -> bool:
+        return bool(self.gpus)
+
+    def device_count(self) -> int:
+        return len(self.gpus)
+
+    def get_device_name(self, device: int | None = None) -> str:
+        return self.gpus[device or 0][0]
+
+    def get_device_properties(self, device: int) -> _Props:
+        name, total, cap, _free = self.gpus[device]
+        return _Props(name, int(total * GIB), cap[0], cap[1])
+
+    def mem_get_info(self, device: int | None = None) -> tuple[int, int]:
+        _name, total, _cap, free = self.gpus[device or 0]
+        return int(free * GIB), int(total * GIB)
+
+    def is_bf16_supported(self, including_emulation: bool = True) -> bool:
+        return self.gpus[0][2] >= (8, 0)
+
+
+def fake_torch(gpus=(), mps: bool = False) -> SimpleNamespace:
+    backends = SimpleNamespace(mps=SimpleNamespace(is_available=lambda: mps, is_built=lambda: mps))
+    return SimpleNamespace(cuda=FakeCuda(list(gpus)), backends=backends, __version__="2.13.0+cu128",
+                           version=SimpleNamespace(cuda="12.8"))
+
+
+H100 = ("NVIDIA H100 80GB HBM3", 79.19, (9, 0), 78.5)
+T4 = ("Tesla T4", 14.75, (7, 5), 14.2)
+
+
+def test_cuda_detected_with_memory_capability_and_bf16() -> None:
+    d = detect_device(None, torch_module=fake_torch([H100]))
+    assert d.kind == "cuda" and d.index == 0 and d.torch_device == "cuda:0"
+    assert d.name == "NVIDIA H100 80GB HBM3"
+    assert d.total_memory_gb == pytest.approx(79.19, abs=0.01)
+    assert d.free_memory_gb == pytest.approx(78.5, abs=0.01)
+    assert d.capability == (9, 0) and d.bf16
+    assert default_dtype(d) == "bf16"
+    assert "cuda:0 NVIDIA H100" in d.describe() and "sm 9.0" in d.describe()
+
+
+def test_cuda_index_override_and_fp16_without_bf16() -> None:
+    d = detect_device("cuda:1", torch_module=fake_torch([H100, T4]))
+    assert d.index == 1 and d.name == "Tesla T4" and d.torch_device == "cuda:1"
+    t = detect_device("cuda", torch_module=fake_torch([T4]))
+    assert not t.bf16 and default_dtype(t) == "fp16" and default_dtype(t, "bf16") == "fp16"
+
+
+def test_missing_gpu_index_is_one_line() -> None:
+    with pytest.raises(DeviceError) as err:
+        detect_device("cuda:3", torch_module=fake_torch([H100, T4]))
+    assert "2 CUDA device(s)" in str(err.value) and "cuda:0 to cuda:1" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_cuda_requested_but_absent() -> None:
+    with pytest.raises(DeviceError, match="no CUDA GPU.*--device cpu"):
+        detect_device("cuda", torch_module=fake_torch([]))
+
+
+def test_mps_and_fallbacks() -> None:
+    d = detect_device(None, torch_module=fake_torch([], mps=True))
+    assert d.kind == "mps" and d.torch_device == "mps" and default_dtype(d) == "fp16"
+    assert detect_device(None, torch_module=fake_torch([])).kind == "cpu"
+    with pytest.raises(DeviceError, match="MPS is not available"):
+        detect_device("mps", torch_module=fake_torch([]))
+
+
+@pytest.mark.parametrize("bad", ["tpu", "cuda:x", "cpu:1", ""])
+def test_bad_override(bad: str) -> None:
+    with pytest.raises(DeviceError, match="not a device"):
+        detect_device(bad or " ", torch_module=fake_torch([]))
+
+
+def test_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CATIMG_DEVICE", "cpu")
+    assert detect_device(None, torch_module=fake_torch([H100])).kind == "cpu"
+
+
+def test_real_torch_on_this_machine() -> None:
+    import torch
+
+    d = detect_device()
+    assert d.kind == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert default_dtype(detect_device("cpu")) == "fp32"
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="CPU-only build"):
+            detect_device("cuda")
+
+
+def test_device_class_ignores_index_and_separates_models() -> None:
+    a = detect_device("cuda:0", torch_module=fake_torch([H100, H100]))
+    b = detect_device("cuda:1", torch_module=fake_torch([H100, H100]))
+    t = detect_device("cuda", torch_module=fake_torch([T4]))
+    assert device_class(a) == device_class(b) == "cuda/nvidia-h100-80gb-hbm3"
+    assert device_class(t) != device_class(a)
+    assert device_class(detect_device("cpu")).startswith("cpu/")
+
+
+def test_dtype_requests() -> None:
+    cpu = DeviceInfo("cpu", None, "x", None, None, None, True, "cpu")
+    assert default_dtype(cpu, "fp16") == "fp16"
+    with pytest.raises(DeviceError):
+        default_dtype(cpu, "int8")
+
+
+def test_cli_device_error_is_one_line(tmp_path, tiny_sd_dir) -> None:
+    import subprocess
+    import sys
+
+    toml = tmp_path / "models.toml"
+    toml.write_text(f'[generators.t]\nsource = "{tiny_sd_dir}"\nwidth = 64\nheight = 64\n', encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "catimg", "bench", "--models", str(toml), "--device", "quantum"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 5
+    assert r.stderr.strip().count("\n") == 0 and '--device "quantum" is not a device' in r.stderr
+    assert "Traceback" not in r.stderr
