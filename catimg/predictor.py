@@ -243,7 +243,67 @@ class GPPredictor:
         return p
 
 
-PREDICTORS: dict[str, type] = {"knn": KNNPredictor, "gp": GPPredictor}
+class RelativeGPPredictor:
+    """GPs on what routing needs: an anchor (the prompt's mean quality over the well-measured generators) plus,
+    per generator, its deviation from that anchor. The choice argmax q_g - lambda c_g depends only on the
+    deviations, which are smoother and better shared than the raw scores; a generator measured on few prompts
+    learns its deviation (mostly a constant offset) from those few while the anchor comes from all prompts.
+    Prediction: anchor + deviation; uncertainty: sqrt(var_anchor + var_deviation)."""
+
+    name = "gp-rel"
+
+    def __init__(self, core_share: float = 0.5) -> None:
+        self.core_share = core_share
+        self.gp = GPPredictor()
+        self.core: np.ndarray | None = None
+
+    def fit(self, X: np.ndarray, Y: np.ndarray) -> RelativeGPPredictor:
+        X, Y = _check_fit(X, Y)
+        cover = (~np.isnan(Y)).mean(0)
+        core = cover >= self.core_share * cover.max()
+        with np.errstate(invalid="ignore"), _quiet():
+            anchor = np.nanmean(Y[:, core], axis=1)
+        D = Y - anchor[:, None]  # NaN where the generator or the anchor is missing
+        for j in range(Y.shape[1]):  # a generator never measured together with the anchor: raw deviation from the mean anchor
+            if np.all(np.isnan(D[:, j])):
+                D[:, j] = Y[:, j] - np.nanmean(anchor)
+        self.core = core
+        self.gp.fit(X, np.c_[anchor, D])
+        return self
+
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m, s = self.gp.predict(X)
+        return m[:, :1] + m[:, 1:], np.sqrt(s[:, :1] ** 2 + s[:, 1:] ** 2)
+
+    def params(self) -> dict[str, Any]:
+        assert self.core is not None
+        return {"core_share": self.core_share, "core": self.core.astype(int).tolist(), **self.gp.params(),
+                "columns": "anchor, then the deviation of each generator"}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return self.gp.arrays()
+
+    @classmethod
+    def from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> RelativeGPPredictor:
+        p = cls(core_share=float(params["core_share"]))
+        p.core = np.array(params["core"], dtype=bool)
+        p.gp = GPPredictor.from_saved(params, arrays)
+        return p
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc: object) -> None:
+        self._w.__exit__(*exc)
+
+
+PREDICTORS: dict[str, type] = {"knn": KNNPredictor, "gp": GPPredictor, "gp-rel": RelativeGPPredictor}
 #: What ``--predictor auto`` picks (decided by ``python -m catimg.benchmarks.routing``).
 AUTO = "gp"
 
