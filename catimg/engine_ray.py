@@ -66,6 +66,15 @@ def import_ray() -> Any:
     return ray
 
 
+def preflight(address: str | None, workers: int | None = None) -> None:
+    """The checks to run before routing when ``--engine ray`` is asked for: Ray installed, address reachable."""
+    import_ray()
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers {workers}: must be 1 or more")
+    if address is not None:
+        check_address(address)
+
+
 def check_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
     """Fail within ``timeout`` seconds when nothing listens at ``address`` (``host:port`` or ``ray://host:port``).
 
@@ -167,6 +176,33 @@ def connect(address: str | None, num_cpus: int | None = None) -> tuple[Any, bool
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def describe_event(kind: str, data: dict[str, Any]) -> str | None:
+    """A line for people about the Ray-only events (None for the events the local engine also sends)."""
+    if kind == "workers":
+        ws = data["workers"]
+        where = sorted({f"{w['host']} ({w['device']})" for w in ws})
+        mode = "write PNGs directly" if all(w["shared"] for w in ws) else "send PNGs to the driver"
+        return f"ray: {len(ws)} worker(s) on {', '.join(where)}; workers {mode}"
+    if kind == "replan":
+        return (f"note: {data['model']} failed to load on a Ray worker ({data['reason']}); its images are "
+                "re-planned to the next cheaper generator each prompt allows")
+    if kind == "worker-lost":
+        return f"ray: worker {data['worker']} died; {data['images']} unfinished image(s) re-queued"
+    return None
+
+
+def cli_events(on_event: Event, line: Callable[[str], None]) -> Event:
+    """Wrap the CLI's progress callback so that the Ray-only events are said as one line each."""
+
+    def handle(kind: str, data: dict[str, Any]) -> None:
+        text = describe_event(kind, data)
+        if text is not None:
+            line(text)
+        on_event(kind, data)
+
+    return handle
 
 
 # ------------------------------------------------------------------------------------------------ the actor

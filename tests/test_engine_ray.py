@@ -215,3 +215,108 @@ def test_generator_failing_to_load_is_replanned(ray_instance: Any, tmp_path: Pat
     assert len(rm) == 4 and {r["generator"] for r in rm} == {"good"}
     assert all("re-planned from bad" in r["note"] for r in rm if r["index"] < 3)
     assert len(res.made) == 4
+
+
+# ------------------------------------------------------------------------------------------------ through the CLI
+
+WORDS = ["cat", "dog", "house", "tree", "car", "park", "crowd", "wall", "sky", "sea", "city", "forest"]
+
+
+@pytest.fixture(scope="module")
+def cli_setup(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path, tiny_sd2_dir: Path) -> dict[str, Path]:
+    """models.toml with two tiny local generators and a router trained on made-up measurements."""
+    import csv
+
+    from typer.testing import CliRunner
+
+    from catimg.cli import app
+
+    root = tmp_path_factory.mktemp("raycli")
+    models = root / "models.toml"
+    models.write_text(
+        f'[generators.a]\nsource = "{tiny_sd_dir}"\nsteps = 2\nguidance = 2.0\nwidth = 64\nheight = 64\n'
+        f'[generators.b]\nsource = "{tiny_sd2_dir}"\nsteps = 2\nguidance = 2.0\nwidth = 64\nheight = 64\n'
+    )
+    m = root / "m.csv"
+    with m.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["prompt", "generator", "score", "seconds"])
+        for i in range(40):
+            p = f"a {WORDS[i % 12]} and a {WORDS[(i * 5) % 12]} number {i}"
+            hard = "crowd" in p or "city" in p
+            w.writerows([[p, "a", 0.3 if hard else 0.6, 0.05], [p, "b", 0.8 if hard else 0.62, 0.1]])
+    prompts = root / "prompts.txt"
+    prompts.write_text("".join(f"a {WORDS[i % 12]} in the {WORDS[-(i % 12) - 1]} {i}\n" for i in range(16)))
+    res = CliRunner().invoke(app, ["train", "--measurements", str(m), "--models", str(models), "--out", str(root / "router")])
+    if res.exit_code != 0:
+        pytest.skip(f"catimg train not usable: {res.output[-300:]}")
+    return {"models": models, "router": root / "router", "prompts": prompts}
+
+
+def cli_args(s: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return ["gen", "-f", str(s["prompts"]), "--models", str(s["models"]), "--router", str(s["router"]),
+            "--out", str(out), "--seed", "3", "--budget", "max", "--batch-size", "1", *extra]
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Processes of the session ``sid`` (the driver we started and the Ray processes it started)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            pids.append(int(d.name))
+    return pids
+
+
+def test_gen_engine_ray_unreachable_address_is_one_line(cli_setup: dict[str, Path], tmp_path: Path) -> None:
+    if not HAVE_RAY:
+        pytest.skip("Ray is not installed")
+    r = subprocess.run([sys.executable, "-m", "catimg", *cli_args(cli_setup, tmp_path / "o", "--engine", "ray",
+                                                                  "--ray-address", "127.0.0.1:1")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 5
+    assert len(r.stderr.strip().splitlines()) == 1 and "--ray-address 127.0.0.1:1" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@needs_ray
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the processes to clean up")
+def test_driver_killed_then_resume_records_each_image_once(cli_setup: dict[str, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from catimg.cli import app
+
+    out = tmp_path / "out"
+    args = cli_args(cli_setup, out, "--images-per-prompt", "2", "--engine", "ray", "--workers", "2")
+    p = subprocess.Popen([sys.executable, "-m", "catimg", *args], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and p.poll() is None:
+            man = out / "manifest.jsonl"
+            if man.exists() and len(man.read_bytes().splitlines()) >= 3:
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, "the run ended before it could be killed"
+        os.kill(p.pid, signal.SIGKILL)  # kill -9 the driver
+        p.wait()
+    finally:
+        for pid in _session_pids(p.pid):  # the local Ray instance that driver started
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    before = read_manifest(out)
+    assert 3 <= len(before) < 32
+    res = CliRunner().invoke(app, cli_args(cli_setup, out, "--images-per-prompt", "2", "--resume"))
+    assert res.exit_code == 0, res.output
+    assert f"{len(before)} skipped" in res.output
+    after = read_manifest(out)
+    assert len(after) == 32 and len({key(r) for r in after}) == 32  # every image recorded exactly once
+    assert after[: len(before)] == before  # nothing recorded was redone
+    assert all((out / r["file"]).is_file() for r in after)

@@ -71,6 +71,12 @@ def gen(
         help="Let diffusers download missing weights from the Hugging Face Hub (also CATIMG_ALLOW_DOWNLOAD=1). Default: off.",
     ),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per pipeline call (default: by device memory).", show_default=False),
+    engine: str = typer.Option("local", "--engine", help='local (this process) or ray (a Ray cluster; pip install "catimg[ray]").'),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="With --engine ray: the cluster head (host:port, ray://host:10001 or auto). Default: a local Ray instance.",
+        show_default=False,
+    ),
+    workers: int | None = typer.Option(None, "--workers", help="With --engine ray: workers (default: one per GPU, else per CPU).", show_default=False),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Route each prompt to a generator, then generate and save the images.
@@ -98,6 +104,14 @@ def gen(
     check_size(height, "--height")
     if batch_size is not None and batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be 1 or more")
+    if engine not in ("local", "ray"):
+        from catimg.errors import did_you_mean
+
+        raise InputError(f'--engine "{engine}" is unknown{did_you_mean(engine, ["local", "ray"])}; use local or ray')
+    if engine == "ray" and not dry_run:
+        from catimg.engine_ray import preflight
+
+        preflight(ray_address, workers)
     if dtype is not None and dtype not in ("auto", "fp16", "bf16", "fp32"):
         from catimg.errors import did_you_mean
 
@@ -154,7 +168,13 @@ def gen(
     )
     try:
         with progress:
-            res = run_plan(plan, opts, progress.event)
+            if engine == "ray":
+                from catimg.engine_ray import cli_events, run_plan_ray
+
+                events = progress.event if as_json else cli_events(progress.event, progress._line)
+                res = run_plan_ray(plan, opts, events, address=ray_address, workers=workers, device=device)
+            else:
+                res = run_plan(plan, opts, progress.event)
     except KeyboardInterrupt:  # pragma: no cover - the executor catches it; belt and braces
         res = None
     resume_cmd = _resume_command(seed)
