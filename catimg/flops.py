@@ -152,6 +152,10 @@ def estimate_flops(gen: Generator) -> FlopEstimate:
         return _from_count(count, gen.steps, passes, source=f"counted from {folder}")
     ref = FAMILY_TABLE.get(gen.family)
     if ref is None:
+        snapshot = _cached_snapshot(gen.source)
+        if snapshot is not None:  # an unknown family whose pipeline is in the Hugging Face cache: count it
+            count = count_pipeline_cached(snapshot, gen.width, gen.height)
+            return _from_count(count, gen.steps, passes, source=f"counted from {snapshot}")
         raise ConfigError(
             f'[generators.{gen.model}]: no FLOP estimate for source "{gen.source}" (family "{gen.family}" has no '
             "built-in numbers and the source is not a local folder)"
@@ -164,6 +168,15 @@ def estimate_flops(gen: Generator) -> FlopEstimate:
             note = f" (PixArt computes at its {width}×{height} bin)"
     count = scale_count(ref, width, height)
     return _from_count(count, gen.steps, passes, source=f"built-in {gen.family} numbers{note}")
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    try:
+        from catimg.pipelines import hub_snapshot
+    except ImportError:  # pragma: no cover
+        return None
+    snap = hub_snapshot(repo_id)
+    return snap if snap is not None and (snap / "model_index.json").is_file() else None
 
 
 def _from_count(count: PipelineCount, steps: int, passes: int, source: str) -> FlopEstimate:
@@ -452,21 +465,11 @@ def _count_vae(vae: Any, latent_ch: int, h: int, w: int) -> ComponentCount:
     return count_forward(lambda: vae.decode(z), decoder_params)
 
 
-def _text_hidden(model: Any) -> int:
-    cfg = model.config
-    return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", 0))
-
-
-def _pooled_dim(model: Any) -> int:
-    cfg = model.config
-    return int(getattr(cfg, "projection_dim", None) or _text_hidden(model))
-
-
 def _count_denoiser(den: Any, cls: str, cfg: dict[str, Any], h: int, w: int, texts: list[tuple[Any, int]],
                     configs: dict[str, Any], where: str) -> ComponentCount:
     import torch
 
-    meta = {"device": "meta"}
+    meta: dict[str, Any] = {"device": "meta"}
     t = torch.zeros(1, **meta)
     tokens = texts[0][1] if texts else 77
     params = _params(den)
@@ -483,7 +486,7 @@ def _count_denoiser(den: Any, cls: str, cfg: dict[str, Any], h: int, w: int, tex
     if cls in ("PixArtTransformer2DModel", "Transformer2DModel"):
         x = torch.empty(1, int(cfg.get("in_channels", 4)), h, w, **meta)
         ctx = torch.empty(1, tokens, int(cfg.get("caption_channels") or cfg.get("cross_attention_dim") or 4096), **meta)
-        added = None
+        added: dict[str, Any]
         if cfg.get("use_additional_conditions", cfg.get("sample_size") == 128):
             added = {"resolution": torch.empty(1, 2, **meta), "aspect_ratio": torch.empty(1, 1, **meta)}
         else:
@@ -493,9 +496,9 @@ def _count_denoiser(den: Any, cls: str, cfg: dict[str, Any], h: int, w: int, tex
         x = torch.empty(1, int(cfg.get("in_channels", 16)), h, w, **meta)
         seq = sum(n for _m, n in texts[:1]) + (texts[2][1] if len(texts) > 2 else 0)
         ctx = torch.empty(1, seq or 333, int(cfg.get("joint_attention_dim") or 4096), **meta)
-        pooled = torch.empty(1, int(cfg.get("pooled_projection_dim") or 2048), **meta)
+        pooled_t = torch.empty(1, int(cfg.get("pooled_projection_dim") or 2048), **meta)
         return count_forward(
-            lambda: den(hidden_states=x, encoder_hidden_states=ctx, pooled_projections=pooled, timestep=t), params)
+            lambda: den(hidden_states=x, encoder_hidden_states=ctx, pooled_projections=pooled_t, timestep=t), params)
     raise ConfigError(f"{where}: denoiser class {cls} is not supported for FLOP counting; give cost_tflops/cost_seconds")
 
 

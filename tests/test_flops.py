@@ -145,3 +145,13 @@ def test_counts_are_cached_on_disk(tiny_sd_dir: Path, tmp_path: Path) -> None:
     doc = json.loads(cache.read_text())
     assert len(doc) == 1
     assert estimate_flops(cat.get("a")) == first
+
+
+def test_unknown_family_counted_from_the_hub_cache(tmp_path: Path, tiny_sd_dir: Path, hf_cache: Path) -> None:
+    import tiny
+
+    tiny.install_fake_hub(hf_cache, "someone/mystery-model", tiny_sd_dir)
+    cat = parse_catalog('[generators.x]\nsource = "someone/mystery-model"\nwidth = 64\nheight = 64\n',
+                        tmp_path / "models.toml")
+    est = estimate_flops(cat.get("x"))
+    assert est.denoiser_tflops == pytest.approx(count_pipeline(tiny_sd_dir, 64, 64).denoiser.tflops)

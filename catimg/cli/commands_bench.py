@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -43,10 +44,10 @@ def bench(
     if not as_json:
         con.print(f"device: {dev.describe()}   repeats: {repeats}   warm-up: {warmup}")
 
-    by_model: dict[str, list] = {}
+    by_model: dict[str, list[Any]] = {}
     for g in gens:
         by_model.setdefault(g.model, []).append(g)
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     failures: list[CatimgError] = []
     for model, variants in by_model.items():
         first = variants[0]
@@ -95,11 +96,11 @@ def bench(
             t = Table(show_edge=False, pad_edge=False)
             for col in ("generator", "steps", "load", "per step", "fixed", "per image", "estimated", "peak mem"):
                 t.add_column(col, justify="left" if col == "generator" else "right")
-            for r in rows:
-                mem = f"{r['peak_memory_gb']:.2f} GB" if r["peak_memory_gb"] is not None else "-"
-                t.add_row(r["generator"], str(r["steps"]), fmt_seconds(r["load_seconds"]),
-                          fmt_seconds(r["step_seconds"]), fmt_seconds(r["fixed_seconds"]),
-                          fmt_seconds(r["seconds_per_image"]), fmt_seconds(r["estimated_seconds"]), mem)
+            for row in rows:
+                mem = f"{row['peak_memory_gb']:.2f} GB" if row["peak_memory_gb"] is not None else "-"
+                t.add_row(row["generator"], str(row["steps"]), fmt_seconds(row["load_seconds"]),
+                          fmt_seconds(row["step_seconds"]), fmt_seconds(row["fixed_seconds"]),
+                          fmt_seconds(row["seconds_per_image"]), fmt_seconds(row["estimated_seconds"]), mem)
             con.print(t)
             con.print(f"saved to {cache_path()}; `catimg models` and `catimg explain` now use these costs")
     if failures:
