@@ -365,3 +365,67 @@ def work_from_plan(plan: Sequence[Any]) -> tuple[list[Work], dict[str, list[int]
         secs[g.name] = float(it.predicted_seconds or 0.0) or secs.get(g.name, 0.0)
     work = [Work(n, gens[n].model, len(ix), secs.get(n, 0.0), 0.0) for n, ix in items.items()]
     return work, items
+
+
+# ------------------------------------------------------------------------------------------------ cluster plan
+
+#: GPU memory (GB) of the cards a user may size a cluster with (``catimg plan --gpu NAME``).
+GPU_MEMORY_GB: dict[str, float] = {
+    "h200": 141.0, "h100": 80.0, "gh200": 96.0, "a100": 80.0, "l40s": 48.0, "l40": 48.0, "l4": 24.0,
+    "a10g": 24.0, "a10": 24.0, "a6000": 48.0, "4090": 24.0, "4080": 16.0, "3090": 24.0, "v100": 32.0, "t4": 16.0,
+}
+
+
+def hypothetical_gpu(name: str) -> Any:
+    """A :class:`catimg.device.DeviceInfo` for a GPU the user does not have here (costs are estimated for it)."""
+    import re
+
+    from catimg.device import DeviceInfo
+    from catimg.errors import did_you_mean
+
+    key = name.strip().lower().replace("nvidia", "").strip()
+    match = next((k for k in sorted(GPU_MEMORY_GB, key=len, reverse=True) if re.search(rf"(^|\W){k}(\W|$)", key)), None)
+    if match is None:
+        raise InputError(f'--gpu "{name}" is not a GPU catimg knows{did_you_mean(key, list(GPU_MEMORY_GB))}; '
+                         f"use one of {', '.join(sorted(GPU_MEMORY_GB))}")
+    mem = GPU_MEMORY_GB[match]
+    return DeviceInfo(kind="cuda", index=0, name=f"NVIDIA {name.strip().upper()}", total_memory_gb=mem,
+                      free_memory_gb=mem, capability=None, bf16=True, torch_device="cuda:0")
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """A routed plan sized for clusters: per-generator work and predictions for each K under both policies."""
+
+    work: tuple[Work, ...]
+    prompts: int  # prompts the prediction is for
+    routed_prompts: int  # prompts actually routed (the shares come from these)
+    device: str
+    chunk_size: int
+    predictions: dict[int, tuple[Prediction, Prediction]]  # K -> (cost policy, round-robin)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompts": self.prompts, "routed_prompts": self.routed_prompts, "device": self.device,
+            "chunk_size": self.chunk_size,
+            "generators": [{"generator": w.generator, "model": w.model, "images": w.images,
+                            "seconds_per_image": w.seconds, "load_seconds": w.load_seconds,
+                            "gpu_hours": w.total_seconds / 3600.0} for w in self.work],
+            "predictions": [{"gpus": k, "cost": c.to_dict(), "round_robin": r.to_dict(),
+                             "speedup": (r.makespan / c.makespan) if c.makespan else None}
+                            for k, (c, r) in sorted(self.predictions.items())],
+        }
+
+
+def cluster_plan(shares: dict[str, int], costs: dict[str, Any], models: dict[str, str], gpus: Sequence[int],
+                 scale_to: int | None = None, chunk_size: int = 16, device: str = "",
+                 images_per_prompt: int = 1) -> ClusterPlan:
+    """Predict makespan and utilisation on each K in ``gpus`` for the routed ``shares`` (prompts per generator)."""
+    routed = sum(shares.values())
+    target = scale_to if scale_to is not None else routed
+    imgs = {g: n * images_per_prompt for g, n in shares.items()}
+    work = work_from_shares(imgs, costs, models, scale_to=target * images_per_prompt)
+    preds = {}
+    for k in gpus:
+        preds[int(k)] = (simulate_cost(work, int(k), chunk_size), simulate_round_robin(work, int(k), chunk_size))
+    return ClusterPlan(tuple(work), target, routed, device, chunk_size, preds)

@@ -116,3 +116,33 @@ def test_bad_worker_count() -> None:
         simulate_cost(three_models(), 0)
     with pytest.raises(InputError, match="--gpus 0"):
         simulate_round_robin(three_models(), 0)
+
+
+def test_hypothetical_gpu() -> None:
+    from catimg.schedule import hypothetical_gpu
+
+    d = hypothetical_gpu("H100")
+    assert d.kind == "cuda" and d.total_memory_gb == 80.0 and "H100" in d.name
+    with pytest.raises(InputError, match='--gpu "H1000"'):
+        hypothetical_gpu("H1000")
+
+
+def test_plan_command_predicts_for_k_gpus() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from catimg.cli import app
+
+    r = CliRunner().invoke(app, ["plan", "a red apple", "a crowd in a colourful park", "an empty wall",
+                                 "--gpu", "H100", "--scale-to", "1000000", "--gpus", "8,64", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["prompts"] == 1_000_000 and doc["routed_prompts"] == 3
+    assert sum(g["images"] for g in doc["generators"]) == 1_000_000
+    assert [p["gpus"] for p in doc["predictions"]] == [8, 64]
+    for p in doc["predictions"]:
+        assert p["cost"]["makespan_seconds"] <= p["round_robin"]["makespan_seconds"]
+        assert p["cost"]["makespan_seconds"] >= p["cost"]["ideal_seconds"]
+    bad = CliRunner().invoke(app, ["plan", "x", "--gpus", "0"])
+    assert isinstance(bad.exception, InputError) and "--gpus 0" in str(bad.exception)

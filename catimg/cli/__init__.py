@@ -51,6 +51,7 @@ from catimg.cli import commands_routing  # noqa: E402,F401
 from catimg.cli import commands_train  # noqa: E402,F401
 from catimg.cli import commands_bench  # noqa: E402,F401
 from catimg.cli import commands_gen  # noqa: E402,F401
+from catimg.cli import commands_plan  # noqa: E402,F401
 
 
 def main() -> None:
