@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from test_router import SUBJECTS, write_case
 from typer.testing import CliRunner
 
 from catimg.cli import app
-from test_router import SUBJECTS, write_case
 
 runner = CliRunner()
 
