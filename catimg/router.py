@@ -124,13 +124,23 @@ class Router:
         return mean.astype(np.float64), std.astype(np.float64)
 
     def neighbours(self, emb: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
-        """The k most similar training prompts per query with their cosine similarity (KNN routers only)."""
+        """The k most similar training prompts per query with their cosine similarity.
+
+        Every predictor that keeps its training embeddings (KNN and GP) can show them: for KNN they are the
+        prompts behind the prediction, for GP the prompts with the most weight in it.
+        """
         emb = self._check_emb(emb)
-        if self.predictor_name != "knn" or self._prompts is None or k <= 0:
+        train = getattr(self.predictor, "X", None)
+        if train is None or self._prompts is None or k <= 0 or len(self._prompts) != len(train):
             return [[] for _ in range(len(emb))]
-        idx, d2 = self.predictor.neighbour_index(emb, k)  # type: ignore[attr-defined]
-        return [[(self._prompts[int(j)], float(1.0 - dd / 2.0)) for j, dd in zip(row, drow, strict=True)]
-                for row, drow in zip(idx, d2, strict=True)]
+        sim = np.asarray(emb, np.float32) @ np.asarray(train, np.float32).T  # unit vectors: cosine similarity
+        k = min(k, sim.shape[1])
+        top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        out = []
+        for row, srow in zip(top, sim, strict=True):
+            order = sorted(row, key=lambda j: (-srow[j], j))
+            out.append([(self._prompts[int(j)], float(srow[j])) for j in order])
+        return out
 
     def choose(self, mean: np.ndarray, lam: float, costs: np.ndarray | None = None) -> np.ndarray:
         """Column chosen per prompt at price ``lam`` with the training costs (or ``costs``)."""

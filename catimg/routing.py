@@ -119,9 +119,9 @@ class RoutingResult:
         below = [n for n, v in lv if v < lam]
         if above and below:
             return f"between {above[-1]} and {below[0]}"
-        if above:
-            return f"below {above[-1]}"
-        return f"above {below[0]}" if below else "-"
+        if above:  # λ below every level's but max's: only max is more generous
+            return f"more generous than {above[-1]}"
+        return f"tighter than {below[0]}" if below else "-"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,6 +141,7 @@ class RoutingResult:
             },
             "shares": self.shares(),
             "statuses": self.statuses,
+            "costs": {name: c.to_dict() for name, c in self.costs.items()},
             "prompts": [r.to_dict() for r in self.routes],
         }
 

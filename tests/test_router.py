@@ -102,7 +102,9 @@ def test_loaded_router_predicts_and_routes(trained: Path) -> None:
     assert mean[0, 0] > mean[1, 0] + 0.5  # the cheap generator is predicted worse on the crowded scene
     ch = [r.choose(mean, lam) for lam in (lv["low"], lv["max"])]
     assert ch[0][0] == 0 and ch[1][1] == 1
-    assert r.neighbours(emb, k=2) == [[], []]  # the GP keeps no neighbour list
+    nb = r.neighbours(emb, k=2)  # the GP keeps its training prompts: explain can show the closest
+    assert [len(x) for x in nb] == [2, 2] and all(-1.0 <= s <= 1.0 for row in nb for _, s in row)
+    assert nb[0][0][1] >= nb[0][1][1]
 
 
 def test_knn_router_shows_neighbours(tmp_path: Path) -> None:

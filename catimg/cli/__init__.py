@@ -46,12 +46,36 @@ def _root(
 
 
 # Command modules register themselves on `app` when imported.
-from catimg.cli import commands_calibrate  # noqa: E402,F401
-from catimg.cli import commands_routing  # noqa: E402,F401
-from catimg.cli import commands_train  # noqa: E402,F401
-from catimg.cli import commands_bench  # noqa: E402,F401
-from catimg.cli import commands_gen  # noqa: E402,F401
-from catimg.cli import commands_plan  # noqa: E402,F401
+from catimg.cli import (  # noqa: E402,F401
+    commands_bench,
+    commands_calibrate,
+    commands_gen,
+    commands_plan,
+    commands_routing,
+    commands_train,
+)
+
+# How `catimg --help` groups and orders the commands.
+PANELS = {
+    "Make images": ["gen", "explain", "inspect"],
+    "Your generators": ["models", "bench", "calibrate", "measurements", "doctor"],
+    "Routers": ["train", "eval", "plan"],
+}
+
+
+def _arrange() -> None:
+    order = [name for names in PANELS.values() for name in names]
+    panel_of = {name: panel for panel, names in PANELS.items() for name in names}
+
+    def name_of(info: typer.models.CommandInfo | typer.models.TyperInfo) -> str:
+        return info.name or (info.callback.__name__ if info.callback else "")
+
+    for info in [*app.registered_commands, *app.registered_groups]:
+        info.rich_help_panel = panel_of.get(name_of(info), "Other")
+    app.registered_commands.sort(key=lambda c: order.index(name_of(c)) if name_of(c) in order else len(order))
+
+
+_arrange()
 
 
 def main() -> None:

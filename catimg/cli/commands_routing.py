@@ -70,6 +70,7 @@ def explain(
     bud, total = parse_budgets(budget, total_budget)
     catalog, rt, dev = load_setup(models, router, device)
     result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator, neighbours=neighbours)
+    print_warnings()
     if as_json:
         doc = result.to_dict()
         doc["catalog"] = str(catalog.path)
@@ -78,6 +79,7 @@ def explain(
         return
     con = console()
     render_header(con, result, str(catalog.path), str(rt.path))
+    render_cost_notes(con, result)
     show_detail = detail if detail is not None else len(texts) <= DETAIL_LIMIT
     if show_detail:
         for route in result.routes:
@@ -92,6 +94,22 @@ def render_header(con: Console, result: RoutingResult, catalog: str, router: str
     lam = "-" if result.lam is None else f"{result.lam:.4g} ({result.level_for(result.lam)})"
     con.print(f"device: {result.device.describe()}   budget: {result.budget}   λ: {lam}")
     con.print(f"catalog: {catalog}   router: {router}   metric: {result.metric} [{result.scale[0]:g}..{result.scale[1]:g}]")
+
+
+def print_warnings() -> None:
+    """Warnings the core queued (a corrupt bench cache that was discarded): one yellow line each, on stderr."""
+    from catimg.bench import pop_warnings
+    from catimg.cli.render import error_console
+
+    for w in pop_warnings():
+        error_console().print(f"[yellow]warning:[/] {w}", highlight=False)
+
+
+def render_cost_notes(con: Console, result: RoutingResult) -> None:
+    """Say which generators run with CPU offload or cannot run on this device, and why."""
+    for name, cost in result.costs.items():
+        if cost.offload or not cost.feasible:
+            con.print(f"  {name}: {cost.note}", highlight=False)
 
 
 def _q(v: float | None, u: float | None = None) -> str:
@@ -189,6 +207,7 @@ def models(
 
     catalog, rt, dev = load_setup(models, router, device)
     costs = catalog_costs(list(catalog.generators), dev)
+    print_warnings()
     rows = []
     for g in catalog.generators:
         c = costs[g.name]
@@ -224,6 +243,9 @@ def models(
                   fmt_tflops(r["cost_tflops"]), "local" if r["weights_local"] else "missing", r["router"])
     con.print(t)
     con.print("* estimated cost; `catimg bench` measures it on this device")
+    for r in rows:
+        if r["offload"] or not r["feasible"]:
+            con.print(f"  {r['name']}: {r['cost_note']}", highlight=False)
 
 
 def _weights_local(g: Any) -> bool:
