@@ -12,7 +12,8 @@ from catimg.cli.common import JSON_OPT, MODELS_OPT
 from catimg.errors import InputError, MeasurementsError
 
 
-def _load_table(measurements: Path | None, db: Path | None, catalog: Any, metric: str | None) -> Any:
+def _load_table(measurements: Path | None, db: Path | None, catalog: Any, metric: str | None,
+                generators: list[str] | None = None) -> Any:
     if (measurements is None) == (db is None):
         raise InputError("give exactly one of --measurements FILE (CSV or JSONL) or --db PATH (a calibration database)")
     if measurements is not None:
@@ -31,7 +32,17 @@ def _load_table(measurements: Path | None, db: Path | None, catalog: Any, metric
                 listing = ", ".join(have) or "none"
                 raise MeasurementsError(f"{store.path}: choose a metric with --metric (stored metrics: {listing})")
             metric = next(iter(have))
-        table = store.to_table(metric, None)
+        if catalog is not None:
+            # the catalog's current settings only: a generator changed since it was measured is not trained on
+            # its old measurements (those stay in the store under the old settings hash)
+            for name in generators or []:
+                catalog.get(name)
+            chosen = [g for g in catalog.generators if not generators or g.name in generators]
+            table = store.to_table(metric, chosen)
+            measured = table.n_measured()
+            table = table.select([g for g in table.generators if measured[g] > 0])
+        else:
+            table = store.to_table(metric, generators)
     finally:
         store.close()
     unknown = [g for g in table.generators if catalog is not None and g not in catalog]
@@ -49,6 +60,7 @@ def train(
     predictor: str = typer.Option("auto", "--predictor", "-p", help="auto (the best on held-out data: gp), gp or knn."),
     metric: str = typer.Option(None, "--metric", help="Use only rows of this metric (required when the file mixes metrics).", show_default=False),
     holdout: float = typer.Option(None, "--holdout", help="Keep this share of prompts out (a stable split by prompt text; `catimg eval --holdout` uses the same).", show_default=False),
+    generators: str = typer.Option(None, "--generators", "-g", help="With --db: comma-separated generators to train on (default: every catalog generator with measurements).", show_default=False),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Train a router from measured quality (no generator weights needed).
@@ -64,7 +76,8 @@ def train(
     from catimg.training import train_router
 
     catalog = load_catalog(models)
-    table = _load_table(measurements, db, catalog, metric)
+    names = [n.strip() for n in generators.split(",") if n.strip()] if generators else None
+    table = _load_table(measurements, db, catalog, metric, names)
     if holdout is not None:
         from catimg.store import split_holdout
 
