@@ -242,12 +242,12 @@ class RayWorker:
     """One Ray actor: holds one loaded pipeline (one model) at a time and makes batches of its images."""
 
     def __init__(self, label: str, device: str | None, options: RunOptions, env: dict[str, str],
-                 marker: str | None, cpus: float) -> None:
+                 marker: str | None, threads: int) -> None:
         os.environ.update(env)
         from catimg.device import detect_device
 
         self.label = label
-        self.cpus = cpus
+        self.threads = threads
         self.device = detect_device(device)
         self.out_dir = Path(options.out_dir)
         self.shared = False
@@ -276,7 +276,7 @@ class RayWorker:
         if not self._threads_set and self.device.kind == "cpu":
             import torch
 
-            torch.set_num_threads(max(1, int(self.cpus)))
+            torch.set_num_threads(max(1, self.threads))
             self._threads_set = True
         ex = self.exec
         gen = items[0].generator
@@ -343,6 +343,13 @@ def cluster_workers(resources: dict[str, float], device: str | None, workers: in
     return n, cpus_per_worker, 0.0
 
 
+def _local_threads() -> int:
+    """torch's intra-op thread count in this process: what the local engine computes with."""
+    import torch
+
+    return int(torch.get_num_threads())
+
+
 def _worker_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)}
 
@@ -359,6 +366,7 @@ def run_plan_ray(
     cpus_per_worker: float = 1.0,
     shared_output: bool | None = None,
     load_seconds: dict[str, float] | None = None,
+    threads: int | None = None,
     stats: RayRun | None = None,
 ) -> RunResult:
     """Make every image of ``plan`` on Ray; same contract as :func:`catimg.generate.run_plan`.
@@ -367,7 +375,10 @@ def run_plan_ray(
     (or uses the one this process already initialised). ``workers``: actors (default: one per GPU, else one per
     ``cpus_per_worker`` CPUs). ``device``: the --device option, applied on each worker. ``shared_output``: None
     detects whether workers see the output folder (else they send PNG bytes); False forces bytes.
-    ``load_seconds``: predicted load time per model for the scheduler. ``stats`` is filled with what happened.
+    ``load_seconds``: predicted load time per model for the scheduler. ``threads``: torch threads of each CPU
+    worker; None uses the local engine's count (torch's default here), because CPU results depend on the thread
+    count: the same count gives the local engine's pixels exactly, one thread per worker is faster on a busy
+    node. ``stats`` is filled with what happened.
     """
     emit = on_event or (lambda kind, data: None)
     st = stats if stats is not None else RayRun()
@@ -397,10 +408,11 @@ def run_plan_ray(
         Remote = ray.remote(RayWorker).options(num_cpus=cpus_each, num_gpus=gpus_each, max_restarts=0,
                                                 max_task_retries=0)
         env = _worker_env()
+        n_threads = threads if threads is not None else (_local_threads() if not gpus_each else 1)
         use_marker = None if shared_output is False else marker
 
         def start_actor(i: int) -> dict[str, Any]:
-            actors[i] = Remote.remote(f"ray-{i}", worker_dev, options, env, use_marker, cpus_each or 1.0)
+            actors[i] = Remote.remote(f"ray-{i}", worker_dev, options, env, use_marker, n_threads)
             return {"i": i}
 
         for i in range(n):
