@@ -244,8 +244,14 @@ def run_campaign(
     allow_download: bool = False,
     batch_size: int | None = None,
     loader: Any = None,
+    engine: Any = None,
 ) -> CampaignResult:
-    """Generate, score and record every job of ``plan``. Ctrl-C stops after the image in flight."""
+    """Generate, score and record every job of ``plan``. Ctrl-C stops after the image in flight.
+
+    ``engine``: a function with :func:`catimg.generate.run_plan`'s signature that makes the images (default: the
+    local engine; e.g. ``functools.partial(catimg.engine_ray.run_plan_ray, address=...)``). Scoring and the store
+    stay in this process either way.
+    """
     from catimg.device import device_class
     from catimg.generate import PlanItem, RunOptions, run_plan
 
@@ -288,7 +294,7 @@ def run_campaign(
     options = RunOptions(out_dir=Path(out_dir), device=device, dtype=dtype, allow_download=allow_download,
                          batch_size=batch_size, metadata=True, resume=False, budget="calibrate", loader=loader)
     try:
-        run = run_plan(items, options, on_gen_event)
+        run = (engine or run_plan)(items, options, on_gen_event)
         res.interrupted = run.interrupted
         res.loads = list(run.loads)
     except KeyboardInterrupt:

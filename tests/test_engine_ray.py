@@ -320,3 +320,30 @@ def test_driver_killed_then_resume_records_each_image_once(cli_setup: dict[str, 
     assert len(after) == 32 and len({key(r) for r in after}) == 32  # every image recorded exactly once
     assert after[: len(before)] == before  # nothing recorded was redone
     assert all((out / r["file"]).is_file() for r in after)
+
+
+@needs_ray
+def test_calibrate_on_ray_records_the_same_scores_as_local(ray_instance: Any, tmp_path: Path, tiny_sd_dir: Path,
+                                                           tiny_sd2_dir: Path, tiny_clip_dir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from catimg.cli import app
+    from catimg.store import Store
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\na blue sphere on grass\ntwo cats\n", encoding="utf-8")
+    models = tmp_path / "models.toml"
+    models.write_text("".join(
+        f'[generators.{n}]\nsource = "{d}"\nsteps = 2\nguidance = 1.0\nwidth = 64\nheight = 64\ncost_seconds = {c}\n'
+        for n, d, c in (("fast", tiny_sd_dir, 0.05), ("slow", tiny_sd2_dir, 0.1))))
+    scores = {}
+    for engine in ("local", "ray"):
+        db = tmp_path / f"{engine}.sqlite"
+        r = CliRunner().invoke(app, ["calibrate", "--prompts", str(prompts), "--models", str(models), "--db", str(db),
+                                     "--scorer-model", str(tiny_clip_dir), "--out", str(tmp_path / f"img-{engine}"),
+                                     "--device", "cpu", "--engine", engine, "--json"])
+        assert r.exit_code == 0, r.output
+        with Store.open(db) as st:
+            scores[engine] = sorted((m.prompt, m.generator, m.seed, m.score) for m in st.measurements("clipscore"))
+    assert len(scores["local"]) == 6
+    assert scores["ray"] == scores["local"]  # same pixels, so the same scores, each recorded once

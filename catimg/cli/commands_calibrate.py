@@ -50,6 +50,12 @@ def calibrate(
     dtype: str = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 (default: by device).", show_default=False),
     batch_size: int = typer.Option(None, "--batch-size", help="Prompts per pipeline call (default: by device memory).", show_default=False),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show how many images and how long, then stop."),
+    engine: str = typer.Option("local", "--engine", help='local (this process) or ray (a Ray cluster; pip install "catimg[ray]").'),
+    ray_address: str = typer.Option(
+        None, "--ray-address", help="With --engine ray: the cluster head (host:port, ray://host:10001 or auto). Default: a local Ray instance.",
+        show_default=False,
+    ),
+    workers: int = typer.Option(None, "--workers", help="With --engine ray: workers (default: one per GPU, else per CPU).", show_default=False),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document and nothing else."),
 ) -> None:
     """Measure your generators: generate, score and store images for a prompt set (resumable, incremental).
@@ -78,6 +84,18 @@ def calibrate(
         raise InputError(f"--seeds {seeds}: must be 1 or more")
     if batch_size is not None and batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be 1 or more")
+    run_engine: Any = None
+    if engine not in ("local", "ray"):
+        from catimg.errors import did_you_mean
+
+        raise InputError(f'--engine "{engine}" is unknown{did_you_mean(engine, ["local", "ray"])}; use local or ray')
+    if engine == "ray" and not dry_run:
+        from functools import partial
+
+        from catimg.engine_ray import preflight, run_plan_ray
+
+        preflight(ray_address, workers)
+        run_engine = partial(run_plan_ray, address=ray_address, workers=workers, device=device)
     if prompts is not None:
         plist, origin = P.read_prompt_file(prompts), str(prompts)
     else:
@@ -122,9 +140,9 @@ def calibrate(
         if scorer is None:
             result = None
         elif json_out:
-            result = run_campaign(plan, store, scorer, dev, out_dir, dtype=dtype, batch_size=batch_size)
+            result = run_campaign(plan, store, scorer, dev, out_dir, dtype=dtype, batch_size=batch_size, engine=run_engine)
         else:
-            result = _run_with_progress(plan, store, scorer, dev, out_dir, dtype, batch_size)
+            result = _run_with_progress(plan, store, scorer, dev, out_dir, dtype, batch_size, engine=run_engine)
         summary = store.summary(metric, plan.generators)
     doc: dict[str, Any] = {
         "db": str(store.path), "metric": metric, "plan": plan.to_dict(),
@@ -197,7 +215,7 @@ def _render_plan(plan: Any, db: Path, device: str, scorer_note: str, dry: bool) 
 
 
 def _run_with_progress(plan: Any, store: Any, scorer: Any, dev: Any, out_dir: Path, dtype: str | None,
-                       batch_size: int | None) -> Any:
+                       batch_size: int | None, engine: Any = None) -> Any:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -222,7 +240,8 @@ def _run_with_progress(plan: Any, store: Any, scorer: Any, dev: Any, out_dir: Pa
                 if kind == "failed":
                     progress.console.print(f"failed: {data['generator']} seed {data['seed']}: {data['prompt'][:60]}: {data['error']}")
 
-        return run_campaign(plan, store, scorer, dev, out_dir, on_event=on_event, dtype=dtype, batch_size=batch_size)
+        return run_campaign(plan, store, scorer, dev, out_dir, on_event=on_event, dtype=dtype, batch_size=batch_size,
+                            engine=engine)
 
 
 def _render_summary(doc: dict[str, Any], metric: str) -> None:
