@@ -172,7 +172,9 @@ def gen(
                 from catimg.engine_ray import cli_events, run_plan_ray
 
                 events = progress.event if as_json else cli_events(progress.event, progress._line)
-                res = run_plan_ray(plan, opts, events, address=ray_address, workers=workers, device=device)
+                loads = {result.generator(n).model: c.load_seconds for n, c in result.costs.items()}
+                res = run_plan_ray(plan, opts, events, address=ray_address, workers=workers, device=device,
+                                   load_seconds=loads)
             else:
                 res = run_plan(plan, opts, progress.event)
     except KeyboardInterrupt:  # pragma: no cover - the executor catches it; belt and braces
