@@ -201,7 +201,12 @@ def parse_catalog(text: str, path: Path, origin: str = "--models") -> Catalog:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}; fix the file at that line and column") from exc
+        msg = str(exc)
+        if "(at end of document)" in msg:  # tomllib names no line there: give the last one
+            lines = text.splitlines() or [""]
+            msg = msg.replace("(at end of document)",
+                              f"(at the end of the file: line {len(lines)}, column {len(lines[-1]) + 1})")
+        raise ConfigError(f"{path}: invalid TOML: {msg}; fix the file at that line and column") from exc
     for key in data:
         if key not in TOP_KEYS:
             raise ConfigError(

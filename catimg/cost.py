@@ -205,9 +205,29 @@ def estimated_seconds(est: Any, tp: Throughput, tflops_override: float | None = 
     return compute + launches
 
 
-def catalog_costs(gens: Iterable[Generator], device: DeviceInfo, use_measured: bool = True) -> dict[str, Cost]:
-    """Costs of every generator, by name. Generators sharing a model share the FLOP count (computed once)."""
-    return {g.name: generator_cost(g, device, use_measured=use_measured) for g in gens}
+def catalog_costs(gens: Iterable[Generator], device: DeviceInfo, use_measured: bool = True,
+                  fallback_seconds: dict[str, float] | None = None) -> dict[str, Cost]:
+    """Costs of every generator, by name. Generators sharing a model share the FLOP count (computed once).
+
+    ``fallback_seconds`` (the seconds a router was trained with, by generator name) is used only for a generator
+    that has neither an explicit ``cost_seconds`` nor a FLOP estimate (an unknown family from a Hub id that is not
+    downloaded): routing then still works, on the measured seconds the user gave at training time.
+    """
+    out: dict[str, Cost] = {}
+    for g in gens:
+        try:
+            out[g.name] = generator_cost(g, device, use_measured=use_measured)
+        except ConfigError:
+            secs = (fallback_seconds or {}).get(g.name)
+            if secs is None or not secs > 0:
+                raise
+            tflops = g.cost_tflops if g.cost_tflops is not None else 0.0
+            out[g.name] = Cost(seconds=float(secs), tflops=float(tflops), kind="measured", load_seconds=0.0,
+                               peak_memory_gb=None,
+                               note=f"seconds per image from the router's training measurements; no FLOP estimate "
+                                    f"for source \"{g.source}\" (family \"{g.family}\"), so TFLOPs are unknown "
+                                    f"(give cost_tflops in models.toml)")
+    return out
 
 
 def with_note(cost: Cost, note: str) -> Cost:

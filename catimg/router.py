@@ -15,6 +15,7 @@ Layout::
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,17 @@ class Router:
     def costs(self) -> dict[str, float]:
         """The cost of each generator used at training time (in :attr:`cost_unit`)."""
         return {g["name"]: float(g["cost"]) for g in self.config["generators"]}
+
+    def trained_seconds(self, gen: Generator) -> float | None:
+        """Seconds per image the router was trained with for ``gen`` (from the measurements), when it knows it."""
+        if not self.knows(gen):
+            return None
+        s = self.generator_info(gen.name).get("cost_seconds")
+        return float(s) if isinstance(s, (int, float)) and s > 0 else None
+
+    def fallback_seconds(self, gens: Iterable[Generator]) -> dict[str, float]:
+        """{name: trained seconds} for the generators of ``gens`` the router knows with measured seconds."""
+        return {g.name: s for g in gens if (s := self.trained_seconds(g)) is not None}
 
     def knows(self, gen: Generator) -> bool:
         """True when ``gen`` is one of the router's columns with the same settings (when a hash was recorded)."""

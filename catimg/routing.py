@@ -172,7 +172,8 @@ def route_prompts(
     names = [g.name for g in gens]
     forced_gen = catalog.get(forced) if forced else None
     router.check(catalog, (encoder or default_encoder()).encoder_id)
-    costs = costs if costs is not None else catalog_costs(list(gens), device)
+    costs = costs if costs is not None else catalog_costs(list(gens), device,
+                                                          fallback_seconds=router.fallback_seconds(gens))
 
     statuses: dict[str, str] = {}
     for g in gens:

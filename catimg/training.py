@@ -15,7 +15,7 @@ import numpy as np
 
 from catimg import __version__
 from catimg.config import Catalog
-from catimg.errors import MeasurementsError, did_you_mean
+from catimg.errors import ConfigError, MeasurementsError, did_you_mean
 from catimg.evaluate import breakpoints, choose, evaluate_predictions
 from catimg.measurements import MeasurementTable
 from catimg.predictor import AUTO, PREDICTORS, Predictor, make_predictor
@@ -51,11 +51,17 @@ def generator_costs(table: MeasurementTable, catalog: Catalog) -> tuple[str, dic
 
     dev = cpu_device()
     info: dict[str, dict[str, Any]] = {}
-    for g in table.generators:
-        c = generator_cost(catalog.get(g), dev, use_measured=False)
-        info[g] = {"cost_seconds": table.seconds.get(g), "cost_tflops": float(c.tflops),
-                   "cost_tflops_kind": "explicit" if catalog.get(g).cost_tflops is not None else "estimated"}
     unit = "seconds" if all(table.seconds.get(g) is not None for g in table.generators) else "tflops"
+    for g in table.generators:
+        gen = catalog.get(g)
+        try:
+            tflops: float | None = float(generator_cost(gen, dev, use_measured=False).tflops)
+        except ConfigError as exc:
+            if unit == "tflops":
+                raise ConfigError(f"{exc}; or give a seconds column in the measurements") from exc
+            tflops = float(gen.cost_tflops) if gen.cost_tflops is not None else None  # seconds are enough
+        info[g] = {"cost_seconds": table.seconds.get(g), "cost_tflops": tflops,
+                   "cost_tflops_kind": "explicit" if gen.cost_tflops is not None else "estimated"}
     for d in info.values():
         d["cost"] = float(d["cost_seconds"] if unit == "seconds" else d["cost_tflops"])
         d["cost_kind"] = "measured seconds" if unit == "seconds" else f"{d['cost_tflops_kind']} TFLOPs"

@@ -131,6 +131,12 @@ def test_invalid_toml_names_line_and_column(tmp_path: Path) -> None:
         load_catalog(path)
 
 
+def test_invalid_toml_at_end_of_file_still_names_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, '[generators.a]\nsource = "x/y"\nsteps = [\n')
+    with pytest.raises(ConfigError, match=r"line 3, column 10"):
+        load_catalog(path)
+
+
 def test_missing_unreadable_and_not_utf8(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="models file not found"):
         load_catalog(tmp_path / "nope.toml")

@@ -85,9 +85,9 @@ def main() -> None:
     except CatimgError as exc:
         if os.environ.get("CATIMG_DEBUG"):
             raise
-        from catimg.cli.render import error_console
+        from catimg.cli.render import error_console, label
 
-        error_console().print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False, soft_wrap=True)
+        error_console().print(label("error:", "bold red", exc.message), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         if os.environ.get("CATIMG_DEBUG"):

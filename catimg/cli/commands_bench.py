@@ -9,7 +9,7 @@ import typer
 
 from catimg.cli import app
 from catimg.cli.common import DEVICE_OPT, JSON_OPT, MODELS_OPT
-from catimg.cli.render import console, error_console, fmt_seconds, print_json
+from catimg.cli.render import console, error_console, fmt_seconds, label, print_json
 
 
 @app.command()
@@ -62,7 +62,7 @@ def bench(
             result = measure(first, dev, repeats=repeats, warmup=warmup, allow_download=allow_download)
         except CatimgError as exc:
             failures.append(exc)
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+            err.print(label("error:", "bold red", exc.message), highlight=False, soft_wrap=True)
             continue
         from dataclasses import replace
 
@@ -89,7 +89,7 @@ def bench(
                     "errors": [f.message for f in failures], "warnings": warnings})
     else:
         for w in warnings:
-            err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+            err.print(label("warning:", "yellow", w), highlight=False, soft_wrap=True)
         if rows:
             from rich.table import Table
 

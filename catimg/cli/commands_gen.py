@@ -27,8 +27,8 @@ from catimg.cli.common import (
     load_setup,
     parse_budgets,
 )
-from catimg.cli.render import console, fmt_seconds, print_json
-from catimg.errors import InputError
+from catimg.cli.render import console, fmt_seconds, label, print_json
+from catimg.errors import InputError, WeightsMissingError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -139,7 +139,16 @@ def gen(
     texts = collect_prompts(prompts, file)
     bud, total = parse_budgets(budget, total_budget)
     catalog, rt, dev = load_setup(models, router, device)
-    result, notes = _route(texts, catalog, rt, dev, bud, total, generator, allow_download)
+    try:
+        result, notes = _route(texts, catalog, rt, dev, bud, total, generator, allow_download)
+    except WeightsMissingError as exc:
+        if not dry_run:
+            raise
+        # a dry run still shows the plan; the real run would stop here, so say why
+        from catimg.routing import route_prompts
+
+        result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator)
+        notes = [f"a real run stops here: {exc.message}"]
 
     from catimg.generate import RunOptions, plan_from_routing, run_plan
 
@@ -151,14 +160,14 @@ def gen(
             print_json(_plan_doc(result, plan, out, seed, notes, dry_run=True))
             return
         for n in notes:
-            con.print(f"[yellow]note:[/] {n}")
+            con.print(label("note:", "yellow", n))
         _render_plan(con, result, plan, out, seed)
         con.print("dry run: nothing loaded, nothing written")
         return
 
     if not as_json:
         for n in notes:
-            con.print(f"[yellow]note:[/] {n}")
+            con.print(label("note:", "yellow", n))
         _render_plan(con, result, plan, out, seed)
     progress = _Progress(con, enabled=not as_json, total=len(plan))
     opts = RunOptions(

@@ -25,7 +25,7 @@ from catimg.cli.common import (
     load_setup,
     parse_budgets,
 )
-from catimg.cli.render import console, fmt_seconds, fmt_tflops, print_json
+from catimg.cli.render import console, fmt_seconds, fmt_tflops, label, print_json
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -102,7 +102,7 @@ def print_warnings() -> None:
     from catimg.cli.render import error_console
 
     for w in pop_warnings():
-        error_console().print(f"[yellow]warning:[/] {w}", highlight=False)
+        error_console().print(label("warning:", "yellow", w), highlight=False)
 
 
 def render_cost_notes(con: Console, result: RoutingResult) -> None:
@@ -206,7 +206,7 @@ def models(
     from catimg.cost import catalog_costs
 
     catalog, rt, dev = load_setup(models, router, device)
-    costs = catalog_costs(list(catalog.generators), dev)
+    costs = catalog_costs(list(catalog.generators), dev, fallback_seconds=rt.fallback_seconds(catalog.generators))
     print_warnings()
     rows = []
     for g in catalog.generators:
@@ -242,7 +242,8 @@ def models(
         t.add_row(r["name"], r["source"], str(r["steps"]), f"{r['width']}×{r['height']}", f"{r['guidance']:g}", secs,
                   fmt_tflops(r["cost_tflops"]), "local" if r["weights_local"] else "missing", r["router"])
     con.print(t)
-    con.print("* estimated cost; `catimg bench` measures it on this device")
+    if any(r["cost_kind"] == "estimated" for r in rows):
+        con.print("* estimated cost; `catimg bench` measures it on this device")
     for r in rows:
         if r["offload"] or not r["feasible"]:
             con.print(f"  {r['name']}: {r['cost_note']}", highlight=False)
@@ -350,7 +351,7 @@ def doctor(
                       "knows" if g["router_knows"] else "needs calibration")
         con.print(t)
         for p in problems:
-            con.print(f"[red]problem:[/] {p}")
+            con.print(label("problem:", "red", p))
         if not problems:
             con.print("ok: routing works offline; generators marked missing need their weights before `catimg gen`")
     if problems:

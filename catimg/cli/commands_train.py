@@ -91,7 +91,7 @@ def train(
 
     con = console()
     card = router.data_card
-    con.print(f"Trained a [bold]{router.predictor_name}[/] router on {card['n_prompts']} prompts "
+    con.print(f"Trained a {router.predictor_name} router on {card['n_prompts']} prompts "
               f"(metric {router.metric}, scale {router.scale[0]:g}-{router.scale[1]:g}) -> {router.path}")
     t = Table(title="Generators", title_justify="left")
     for col in ("generator", "measured prompts", f"cost ({router.cost_unit})", "cost source"):

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 
 def _width() -> int | None:
@@ -16,12 +17,23 @@ def _width() -> int | None:
 
 
 def console() -> Console:
-    """Console for normal output; ``NO_COLOR`` and ``CATIMG_WIDTH`` pin rendering (used by tests)."""
-    return Console(width=_width(), no_color=bool(os.environ.get("NO_COLOR")), highlight=False, soft_wrap=False)
+    """Console for normal output; ``NO_COLOR`` and ``CATIMG_WIDTH`` pin rendering (used by tests).
+
+    Markup is off: prompts, paths and messages ("[generators.x]", "a sign reading [bold]") print as they are.
+    Style a label with :func:`label` instead.
+    """
+    return Console(width=_width(), no_color=bool(os.environ.get("NO_COLOR")), highlight=False, soft_wrap=False,
+                   markup=False)
 
 
 def error_console() -> Console:
-    return Console(stderr=True, width=_width() or 200, no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
+    return Console(stderr=True, width=_width() or 200, no_color=bool(os.environ.get("NO_COLOR")), highlight=False,
+                   markup=False)
+
+
+def label(name: str, style: str, text: str) -> Text:
+    """``name`` in ``style``, then ``text`` verbatim (no markup is parsed in ``text``)."""
+    return Text.assemble((name, style), " ", text)
 
 
 def print_json(doc: Any) -> None:
@@ -58,6 +70,6 @@ def fmt_seconds(s: float | None) -> str:
 
 
 def fmt_tflops(t: float | None) -> str:
-    if t is None:
+    if t is None or t <= 0:  # 0: unknown (no FLOP estimate and no explicit cost_tflops)
         return "-"
     return f"{t:.2f}" if t < 10 else f"{t:.0f}"
