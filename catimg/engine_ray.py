@@ -121,7 +121,7 @@ def _gcs_problem(address: str, timeout: float) -> str | None:
     import threading
 
     try:
-        from ray._raylet import GcsClient
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]
     except Exception:  # pragma: no cover - internal API moved
         return None
     outcome: list[str | None] = []

@@ -69,7 +69,7 @@ def ray_instance() -> Iterator[Any]:
         pytest.skip("Ray is not installed")
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=40)
     yield ray
     ray.shutdown()
 

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             assert len(res.made) == len(plan)
 
             t0 = time.perf_counter()
-            ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, logging_level=40)
             stats = RayRun()
             t1 = time.perf_counter()
             res = run_plan_ray(plan, RunOptions(out_dir=root / f"ray{rep}", device=cpu_device()), on_event,
