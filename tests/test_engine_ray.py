@@ -347,3 +347,19 @@ def test_calibrate_on_ray_records_the_same_scores_as_local(ray_instance: Any, tm
             scores[engine] = sorted((m.prompt, m.generator, m.seed, m.score) for m in st.measurements("clipscore"))
     assert len(scores["local"]) == 6
     assert scores["ray"] == scores["local"]  # same pixels, so the same scores, each recorded once
+
+
+@needs_ray
+def test_no_resources_for_the_plan_is_one_line(ray_instance: Any, tmp_path: Path, tiny_sd_dir: Path,
+                                               tiny_sd2_dir: Path) -> None:
+    from catimg.engine_ray import run_plan_ray
+    from catimg.errors import DeviceError
+
+    plan = two_generator_plan(tiny_sd_dir, tiny_sd2_dir, n=2)
+    with pytest.raises(DeviceError, match="no resources for any generator of the plan"):
+        run_plan_ray(plan, opts(tmp_path / "o"), cpus_per_worker=4.0)
+    with pytest.raises(DeviceError, match="--workers 5: the Ray cluster has only 2 CPU"):
+        run_plan_ray(plan, opts(tmp_path / "o"), workers=5)
+    with pytest.raises(DeviceError, match="--device cuda: the Ray cluster has no GPU"):
+        run_plan_ray(plan, opts(tmp_path / "o"), device="cuda")
+    assert read_manifest(tmp_path / "o") == [] and not list((tmp_path / "o").iterdir())
