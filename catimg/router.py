@@ -78,14 +78,18 @@ class Router:
         return {g["name"]: float(g["cost"]) for g in self.config["generators"]}
 
     def trained_seconds(self, gen: Generator) -> float | None:
-        """Seconds per image the router was trained with for ``gen`` (from the measurements), when it knows it."""
-        if not self.knows(gen):
+        """Seconds per image the router was trained with for a generator of ``gen``'s name (from the measurements).
+
+        Only a fallback for showing a cost where catimg has no other (see ``catalog_costs``): a generator whose
+        settings changed since training is not routed anyway.
+        """
+        if gen.name not in self._hashes:
             return None
         s = self.generator_info(gen.name).get("cost_seconds")
         return float(s) if isinstance(s, (int, float)) and s > 0 else None
 
     def fallback_seconds(self, gens: Iterable[Generator]) -> dict[str, float]:
-        """{name: trained seconds} for the generators of ``gens`` the router knows with measured seconds."""
+        """{name: trained seconds} for the generators of ``gens`` the router was trained on with measured seconds."""
         return {g.name: s for g in gens if (s := self.trained_seconds(g)) is not None}
 
     def knows(self, gen: Generator) -> bool:
@@ -126,7 +130,8 @@ class Router:
         emb = np.asarray(emb, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.encoder_dim:
             raise RouterError(
-                f"{self.path}: embeddings of shape {emb.shape} do not match the router's encoder dimension {self.encoder_dim}"
+                f"{self.path}: embeddings of shape {emb.shape} do not match the router's encoder dimension "
+                f"{self.encoder_dim}; retrain the router with `catimg train`"
             )
         return emb
 
@@ -245,6 +250,17 @@ def load_router(path: str | Path | None = None, encoder_id: str | None = None, e
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise RouterError(f"{wpath}: corrupt router weights ({str(exc).splitlines()[0][:120]}); retrain the router with `catimg train`") from exc
     pred = load_predictor(cfg["predictor"]["name"], cfg["predictor"]["params"], arrays, where=str(wpath))
+    # one prediction on a zero embedding: weights that do not fit the config fail here, as one line
+    n_gen = len(cfg["generators"])
+    try:
+        mean, std = pred.predict(np.zeros((1, int(cfg["encoder"]["dim"])), dtype=np.float32))
+        ok = np.shape(mean) == (1, n_gen) and np.shape(std) == (1, n_gen)
+    except (ValueError, IndexError, KeyError, TypeError) as exc:
+        raise RouterError(f"{wpath}: the weights do not fit {CONFIG} ({str(exc).splitlines()[0][:120]}); "
+                          "copy the whole router folder or retrain it with `catimg train`") from exc
+    if not ok:
+        raise RouterError(f"{wpath}: the weights predict {np.shape(mean)[-1]} generator(s) but {CONFIG} lists {n_gen}; "
+                          "copy the whole router folder or retrain it with `catimg train`")
     prompts: list[str] | None = None
     ppath = folder / PROMPTS
     if ppath.is_file():

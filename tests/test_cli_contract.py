@@ -120,3 +120,23 @@ def test_dry_run_shows_the_plan_when_weights_are_missing(tmp_path: Path) -> None
     assert "a real run stops here" in r.output and "hf download" in r.output
     assert "dry run: nothing loaded, nothing written" in r.output
     assert not out.exists()
+
+
+def test_router_weights_that_do_not_fit_the_config_fail_as_one_line(tmp_path: Path) -> None:
+    import shutil
+
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    from catimg.errors import RouterError
+    from catimg.router import PACKAGED_ROUTER, load_router
+
+    bad = tmp_path / "router"
+    shutil.copytree(PACKAGED_ROUTER, bad)
+    arrays = load_file(str(bad / "weights.safetensors"))
+    key = next(k for k, v in arrays.items() if v.ndim >= 1 and v.shape[0] > 3)
+    arrays[key] = np.ascontiguousarray(arrays[key][:3])
+    save_file(arrays, str(bad / "weights.safetensors"))
+    with pytest.raises(RouterError, match="weights") as exc:
+        load_router(bad)
+    assert "\n" not in exc.value.message and "catimg train" in exc.value.message

@@ -50,7 +50,7 @@ def calibrate(
     dtype: str = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 (default: by device).", show_default=False),
     batch_size: int = typer.Option(None, "--batch-size", help="Prompts per pipeline call (default: by device memory).", show_default=False),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show how many images and how long, then stop."),
-    engine: str = typer.Option("local", "--engine", help='local (this process) or ray (a Ray cluster; pip install "catimg[ray]").'),
+    engine: str = typer.Option("local", "--engine", help='local (this process) or ray (a Ray cluster; pip install "catimg\\[ray]").'),
     ray_address: str = typer.Option(
         None, "--ray-address", help="With --engine ray: the cluster head (host:port, ray://host:10001 or auto). Default: a local Ray instance.",
         show_default=False,

@@ -71,7 +71,7 @@ def gen(
         help="Let diffusers download missing weights from the Hugging Face Hub (also CATIMG_ALLOW_DOWNLOAD=1). Default: off.",
     ),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per pipeline call (default: by device memory).", show_default=False),
-    engine: str = typer.Option("local", "--engine", help='local (this process) or ray (a Ray cluster; pip install "catimg[ray]").'),
+    engine: str = typer.Option("local", "--engine", help='local (this process) or ray (a Ray cluster; pip install "catimg\\[ray]").'),
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="With --engine ray: the cluster head (host:port, ray://host:10001 or auto). Default: a local Ray instance.",
         show_default=False,

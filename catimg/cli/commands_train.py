@@ -138,7 +138,7 @@ def eval_(
     db: Path = typer.Option(None, "--db", help="Evaluate on a calibration database instead (with --holdout: its held-out part).", show_default=False),
     holdout: float = typer.Option(None, "--holdout", help="Evaluate only on this held-out share (the same stable split as `train --holdout`).", show_default=False),
     metric: str = typer.Option(None, "--metric", help="Use only rows of this metric (default: the router's metric when the file has it).", show_default=False),
-    plot: Path = typer.Option(None, "--plot", help="Also draw the quality-cost curves to this PNG (needs matplotlib: pip install catimg[plot]).", show_default=False),
+    plot: Path = typer.Option(None, "--plot", help="Also draw the quality-cost curves to this PNG (needs matplotlib: pip install 'catimg\\[plot]').", show_default=False),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Evaluate a router on held-out measurements: quality-cost curve against single generators, oracle, random.
