@@ -66,7 +66,7 @@ class PromptEncoder:
         self._model = model.eval()
         tok = Tokenizer.from_file(str(path / "tokenizer.json"))
         tok.enable_truncation(max_length=MAX_TOKENS)
-        tok.enable_padding(pad_id=0, pad_token="[PAD]")
+        tok.no_padding()  # padding is done per length-sorted batch in _embed
         self._tokenizer = tok
         torch.set_grad_enabled(False)
 
@@ -74,19 +74,27 @@ class PromptEncoder:
         self._load()
         import torch
 
-        out = []
+        # Tokenise everything once, then batch prompts of similar length together: padding is wasted compute,
+        # and a file mixes short and long prompts. Rows go back to input order at the end.
+        encs = self._tokenizer.encode_batch(list(prompts))
+        order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))
+        out = np.empty((len(encs), self.dim), np.float32)
         with torch.inference_mode():
-            for i in range(0, len(prompts), BATCH_SIZE):
-                batch = list(prompts[i : i + BATCH_SIZE])
-                enc = self._tokenizer.encode_batch(batch)
-                ids = torch.tensor([e.ids for e in enc], dtype=torch.long)
-                attn = torch.tensor([e.attention_mask for e in enc], dtype=torch.long)
+            for start in range(0, len(order), BATCH_SIZE):
+                rows = order[start : start + BATCH_SIZE]
+                width = max(len(encs[i].ids) for i in rows)
+                ids = torch.zeros((len(rows), width), dtype=torch.long)
+                attn = torch.zeros((len(rows), width), dtype=torch.long)
+                for r, i in enumerate(rows):
+                    n = len(encs[i].ids)
+                    ids[r, :n] = torch.tensor(encs[i].ids[:n])
+                    attn[r, :n] = 1
                 hidden = self._model(input_ids=ids, attention_mask=attn, token_type_ids=torch.zeros_like(ids)).last_hidden_state
                 mask = attn.unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                out.append(pooled.cpu().numpy().astype(np.float32))
-        return np.concatenate(out, axis=0) if out else np.zeros((0, self.dim), np.float32)
+                out[rows] = pooled.cpu().numpy().astype(np.float32)
+        return out
 
     def encode(self, prompts: Sequence[str]) -> np.ndarray:
         """Return an (n, 384) float32 array of unit vectors, one row per prompt, in order."""
