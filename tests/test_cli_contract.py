@@ -140,3 +140,13 @@ def test_router_weights_that_do_not_fit_the_config_fail_as_one_line(tmp_path: Pa
     with pytest.raises(RouterError, match="weights") as exc:
         load_router(bad)
     assert "\n" not in exc.value.message and "catimg train" in exc.value.message
+
+
+def test_exit_codes_of_the_console_entry(tmp_path: Path) -> None:
+    """`raise typer.Exit(n)` inside a command must reach the shell (click returns it without standalone mode)."""
+    p = _cli("doctor", "--router", str(tmp_path / "no-router"))
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "router folder not found" in p.stdout
+    p = _cli("doctor")  # offline, no weights anywhere: a report, not a failure
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "missing" in p.stdout

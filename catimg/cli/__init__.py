@@ -81,7 +81,8 @@ _arrange()
 def main() -> None:
     """Console entry point: run the app, turning catimg errors into one line and an exit code."""
     try:
-        app(standalone_mode=False)
+        # without standalone mode click returns (not raises) the code of `raise typer.Exit(code)`
+        code = app(standalone_mode=False)
     except CatimgError as exc:
         if os.environ.get("CATIMG_DEBUG"):
             raise
@@ -108,3 +109,5 @@ def main() -> None:
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
