@@ -666,8 +666,8 @@ def _drive(ray: Any, plan: list[PlanItem], positions: list[int], options: RunOpt
                               seconds=r["seconds"], attempts=r["attempts"], error=r["error"], note=meta["note"])
             res.records.append(rec)
             emit("image", {"record": rec})
-        if i in actors and inflight(i) == 0:
-            dispatch(i)
+        if i in actors and inflight(i) <= 1 and i not in idle:
+            dispatch(i)  # keep one batch queued at the actor so that it never waits for the driver
     left = [p for p in positions if p not in recorded]
     if left:
         raise GenerationError(f"{len(left)} image(s) could not be scheduled on the Ray cluster; rerun with --resume")
