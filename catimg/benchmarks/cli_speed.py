@@ -68,10 +68,10 @@ def main() -> None:
             (f"catimg explain -f <{args.prompts} prompts> --json (cold)", exe + ["explain", "-f", str(pfile), "--json"]),
             (f"catimg explain -f <{args.prompts} prompts> (cold, table)", exe + ["explain", "-f", str(pfile)]),
         ]
-        for label, cmd in cases:
+        for c, (label, cmd) in enumerate(cases):
             times = []
             for r in range(args.repeat):
-                env = dict(os.environ, CATIMG_CACHE_DIR=str(Path(tmp) / f"cache-{label[:12]}-{r}"), NO_COLOR="1")
+                env = dict(os.environ, CATIMG_CACHE_DIR=str(Path(tmp) / f"cache-{c}-{r}"), NO_COLOR="1")
                 times.append(timed(cmd, env))
             rows.append((label, statistics.median(times), min(times)))
     print(f"{'command':55s} {'median s':>9s} {'min s':>7s}")
