@@ -150,3 +150,17 @@ def test_exit_codes_of_the_console_entry(tmp_path: Path) -> None:
     p = _cli("doctor")  # offline, no weights anywhere: a report, not a failure
     assert p.returncode == 0, p.stdout + p.stderr
     assert "missing" in p.stdout
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (["gen", "a cat", "--seed", "abc"], ["--seed", "'abc'", "catimg gen --help"]),
+    (["explain", "a cat", "--neighbours", "99"], ["--neighbours", "'99'"]),
+    (["gen", "a cat", "--sed", "3"], ["No such option: --sed", "--seed"]),
+])
+def test_usage_errors_are_one_line_without_traceback(args: list[str], needles: list[str]) -> None:
+    p = _cli(*args)
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    for n in needles:
+        assert n in p.stderr

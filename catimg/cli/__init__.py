@@ -97,17 +97,55 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
+    except Exception as exc:  # usage errors (bad option value, unknown option) and the like
+        if os.environ.get("CATIMG_DEBUG"):
+            raise
+        if isinstance(exc, typer.Abort) or _is_click(exc, "Abort"):
             print("aborted", file=sys.stderr)
             sys.exit(130)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
+        if isinstance(exc, typer.Exit) or _is_click(exc, "Exit"):
+            sys.exit(int(getattr(exc, "exit_code", 1)))
+        if _is_click(exc, "NoArgsIsHelpError"):  # plain `catimg`: the help
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(int(getattr(exc, "exit_code", 2)))
+        if _is_click(exc, "ClickException"):
+            sys.exit(_usage_error(exc))
         raise
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _is_click(exc: BaseException, name: str) -> bool:
+    """``exc`` is click's ``name`` exception: typer >= 0.20 raises its vendored copy (typer._click), older ones click's."""
+    for mod in ("typer._click.exceptions", "click.exceptions"):
+        module = sys.modules.get(mod)
+        if module is None:
+            try:
+                import importlib
+
+                module = importlib.import_module(mod)
+            except ImportError:
+                continue
+        cls = getattr(module, name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return False
+
+
+def _usage_error(exc: Exception) -> int:
+    """Print a usage error as one line (the option, what is wrong, where help is) and return its exit code."""
+    from catimg.cli.render import error_console, label
+
+    message = " ".join(str(getattr(exc, "format_message", lambda: str(exc))()).split()).rstrip(".")
+    cause = exc.__cause__
+    try:  # typer checks values with pydantic: name the value that failed
+        got = cause.errors()[0]["input"] if cause is not None and hasattr(cause, "errors") else None
+    except (TypeError, LookupError, ValueError):
+        got = None
+    if got is not None:
+        message += f" (got {got!r})"
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "catimg"
+    error_console().print(label("error:", "bold red", f"{message}; see `{path} --help`"), highlight=False,
+                          soft_wrap=True)
+    return int(getattr(exc, "exit_code", 2))
