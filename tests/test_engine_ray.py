@@ -153,6 +153,10 @@ def test_same_images_and_manifest_as_local_each_once(ray_instance: Any, tmp_path
     assert events.count("image") == len(plan)
     # two models, two actors: each loads its own model once (cost-proportional, no switch dearer than it saves)
     assert sorted(res.loads) == ["tiny-a", "tiny-b"]
+    # --resume reads either engine's manifest: nothing left to do in either folder
+    for folder in ("local", "ray"):
+        again = run_plan_ray(plan, opts(tmp_path / folder, batch_size=2, resume=True), workers=2)
+        assert again.skipped == len(plan) and not again.records
 
 
 @needs_ray
