@@ -114,11 +114,14 @@ def test_prompts_with_brackets_render_verbatim() -> None:
 
 
 def test_dry_run_shows_the_plan_when_weights_are_missing(tmp_path: Path) -> None:
+    from catimg.errors import WeightsMissingError
+
     out = tmp_path / "out"
     r = runner.invoke(app, ["gen", "a lighthouse at dusk", "--dry-run", "--out", str(out), "--seed", "1"])
-    assert r.exit_code == 0, r.output
-    assert "a real run stops here" in r.output and "hf download" in r.output
+    # the plan is shown, then the run fails as a real one would: same message, same exit code
+    assert "plan: 1 prompt(s)" in r.output and "a real run stops before loading anything" in r.output
     assert "dry run: nothing loaded, nothing written" in r.output
+    assert isinstance(r.exception, WeightsMissingError) and "hf download" in r.exception.message
     assert not out.exists()
 
 

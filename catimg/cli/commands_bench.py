@@ -29,6 +29,12 @@ def bench(
     """Measure load time, seconds per step, fixed seconds per image and peak memory on this device.
 
     Results are cached by device and generator settings; `explain`, `models` and budgets in seconds then use measured rather than estimated costs. Step variants of one model (sdxl@10, sdxl@20) are measured once.
+
+    Examples:
+
+      catimg bench
+
+      catimg bench sdxl-turbo sd21 --repeats 5
     """
     from catimg.bench import cache_path, measure, pop_warnings, save_results
     from catimg.config import load_catalog

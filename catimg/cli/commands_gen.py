@@ -139,16 +139,18 @@ def gen(
     texts = collect_prompts(prompts, file)
     bud, total = parse_budgets(budget, total_budget)
     catalog, rt, dev = load_setup(models, router, device)
+    stop: WeightsMissingError | None = None
     try:
         result, notes = _route(texts, catalog, rt, dev, bud, total, generator, allow_download)
     except WeightsMissingError as exc:
         if not dry_run:
             raise
-        # a dry run still shows the plan; the real run would stop here, so say why
+        # a dry run still shows the plan, then fails as the real run would (same message and exit code)
         from catimg.routing import route_prompts
 
+        stop = exc
         result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator)
-        notes = [f"a real run stops here: {exc.message}"]
+        notes = ["a real run stops before loading anything: the weights are missing (see the error below)"]
 
     from catimg.generate import RunOptions, plan_from_routing, run_plan
 
@@ -158,11 +160,15 @@ def gen(
     if dry_run:
         if as_json:
             print_json(_plan_doc(result, plan, out, seed, notes, dry_run=True))
+            if stop is not None:
+                raise stop
             return
         for n in notes:
             con.print(label("note:", "yellow", n))
         _render_plan(con, result, plan, out, seed)
         con.print("dry run: nothing loaded, nothing written")
+        if stop is not None:
+            raise stop
         return
 
     if not as_json:
@@ -328,7 +334,7 @@ def _render_summary(con: Console, result: RoutingResult, res: RunResult) -> None
     if res.failed:
         line += f", {len(res.failed)} failed (see manifest.jsonl)"
     con.print(line)
-    if result.best_single and result.best_single_seconds is not None and result.routes:
+    if result.best_single and result.best_single_seconds is not None and result.routes and (res.made or res.failed):
         per_img = (len(res.made) + len(res.failed)) / len(result.routes)
         con.print(f"always the best single generator ({result.best_single}): estimated "
                   f"{fmt_seconds(result.best_single_seconds * per_img)}")

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from catimg.routing import PromptRoute, RoutingResult
 
 DETAIL_LIMIT = 10  # per-prompt tables up to this many prompts unless --detail
+COMPACT_LIMIT = 200  # rows of the one-line-per-prompt table; the plan summary always covers every prompt
 
 
 @app.command()
@@ -156,15 +157,18 @@ def render_route(con: Console, result: RoutingResult, route: PromptRoute) -> Non
 
 def render_compact(con: Console, result: RoutingResult) -> None:
     t = Table(show_edge=False, pad_edge=False)
-    t.add_column("#", justify="right")
-    t.add_column("prompt", overflow="ellipsis", max_width=60, no_wrap=True)
-    t.add_column("generator")
-    t.add_column("predicted quality", justify="right")
-    t.add_column("seconds", justify="right")
-    for route in result.routes:
+    t.add_column("#", justify="right", no_wrap=True)
+    t.add_column("prompt", overflow="ellipsis", no_wrap=True, ratio=1)
+    t.add_column("generator", no_wrap=True)
+    t.add_column("predicted quality", justify="right", no_wrap=True)
+    t.add_column("seconds", justify="right", no_wrap=True)
+    for route in result.routes[:COMPACT_LIMIT]:
         r = route.row(route.choice)
         t.add_row(str(route.index + 1), route.prompt, route.choice, _q(r.predicted_quality, r.uncertainty), fmt_seconds(r.cost_seconds))
     con.print(t)
+    rest = len(result.routes) - COMPACT_LIMIT
+    if rest > 0:
+        con.print(f"… and {rest:,} more prompts (every prompt is in --json; the plan below covers them all)")
 
 
 def render_summary(con: Console, result: RoutingResult) -> None:
@@ -202,7 +206,14 @@ def models(
     device: str | None = DEVICE_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """List the generators of the catalog: source, settings, cost on this device, weights present, router status."""
+    """List the generators of the catalog: source, settings, cost on this device, weights present, router status.
+
+    Examples:
+
+      catimg models
+
+      catimg models --models my-models.toml --router my-router --json
+    """
     from catimg.cost import catalog_costs
 
     catalog, rt, dev = load_setup(models, router, device)
@@ -264,7 +275,16 @@ def doctor(
     device: str | None = DEVICE_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Check the installation: versions, device, Hub cache and offline readiness, router and catalog in use."""
+    """Check the installation: versions, device, Hub cache and offline readiness, router and catalog in use.
+
+    Missing generator weights are reported, not failed: routing works without them. The exit code is 1 only for real problems (a broken catalog or router, an absent device or prompt encoder).
+
+    Examples:
+
+      catimg doctor
+
+      catimg doctor --models my-models.toml --router my-router
+    """
     from importlib import metadata
 
     from catimg import __version__
