@@ -157,11 +157,13 @@ def render_route(con: Console, result: RoutingResult, route: PromptRoute) -> Non
 
 def render_compact(con: Console, result: RoutingResult) -> None:
     t = Table(show_edge=False, pad_edge=False)
-    t.add_column("#", justify="right", no_wrap=True)
-    t.add_column("prompt", overflow="ellipsis", no_wrap=True, ratio=1)
-    t.add_column("generator", no_wrap=True)
-    t.add_column("predicted quality", justify="right", no_wrap=True)
-    t.add_column("seconds", justify="right", no_wrap=True)
+    num_w, gen_w = len(str(len(result.routes))), max(len(g.name) for g in result.generators)
+    prompt_w = max(12, con.width - (num_w + gen_w + 11 + 9) - 4 * 3)  # what is left after the other columns
+    t.add_column("#", justify="right", no_wrap=True, width=num_w)
+    t.add_column("prompt", overflow="ellipsis", no_wrap=True, width=prompt_w)
+    t.add_column("generator", no_wrap=True, width=gen_w)
+    t.add_column("quality", justify="right", no_wrap=True, width=11)
+    t.add_column("seconds", justify="right", no_wrap=True, width=9)
     for route in result.routes[:COMPACT_LIMIT]:
         r = route.row(route.choice)
         t.add_row(str(route.index + 1), route.prompt, route.choice, _q(r.predicted_quality, r.uncertainty), fmt_seconds(r.cost_seconds))

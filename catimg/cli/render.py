@@ -37,8 +37,9 @@ def label(name: str, style: str, text: str) -> Text:
 
 
 def print_json(doc: Any) -> None:
-    """Print one JSON document to stdout and nothing else."""
-    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False, default=_default) + "\n")
+    """Print one JSON document to stdout and nothing else (indented for a terminal, compact for a pipe)."""
+    indent = 2 if sys.stdout.isatty() else None
+    sys.stdout.write(json.dumps(doc, indent=indent, ensure_ascii=False, default=_default) + "\n")
     sys.stdout.flush()
 
 
