@@ -106,7 +106,7 @@ def plan_cost(choice: np.ndarray, cost: np.ndarray, load: np.ndarray | None, mod
     """Total seconds of a plan: per-image costs plus, when given, one load per distinct model used."""
     total = float(cost[choice].sum())
     if load is not None and models is not None:
-        used = {}
+        used: dict[str, float] = {}
         for j in np.unique(choice):
             used.setdefault(models[int(j)], float(load[int(j)]))
         total += sum(used.values())
@@ -181,8 +181,8 @@ def solve_total(
                 best = (float(ratio[i]), i, int(j), 0.0)
         if best is None:
             break
-        _, i, j, _ = best
-        choice[i] = j
+        _, i, best_j, _ = best
+        choice[i] = best_j
         new_spent = plan_cost(choice, cost, load, models)
         if new_spent > budget_seconds + 1e-9:  # a downgrade elsewhere removed a model: be safe
             break

@@ -313,13 +313,14 @@ def _expand(path: Path, where: str, model: str, t: dict[str, Any]) -> list[Gener
     negative = _typed(path, where, "negative_prompt", t.get("negative_prompt", ""), str, "a string")
     costs: dict[str, float | None] = {}
     for key in ("cost_seconds", "cost_tflops"):
-        v = t.get(key)
-        if v is not None:
-            _typed(path, where, key, v, (int, float), "a positive number")
-            if not v > 0:
-                raise ConfigError(f"{path}: {where}: {key} = {v} must be a positive number")
-            v = float(v)
-        costs[key] = v
+        raw = t.get(key)
+        value: float | None = None
+        if raw is not None:
+            _typed(path, where, key, raw, (int, float), "a positive number")
+            if not raw > 0:
+                raise ConfigError(f"{path}: {where}: {key} = {raw} must be a positive number")
+            value = float(raw)
+        costs[key] = value
     enabled = _typed(path, where, "enabled", t.get("enabled", True), bool, "true or false")
     safety = _typed(path, where, "safety_checker", t.get("safety_checker", False), bool, "true or false")
     note = _typed(path, where, "note", t.get("note", ""), str, "a string")

@@ -18,6 +18,7 @@ Held-out numbers (``python -m catimg.benchmarks.routing``) decide which predicto
 from __future__ import annotations
 
 import math
+from types import TracebackType
 from typing import Any, Protocol
 
 import numpy as np
@@ -299,11 +300,13 @@ class _quiet:
         self._w.__enter__()
         warnings.simplefilter("ignore", RuntimeWarning)
 
-    def __exit__(self, *exc: object) -> None:
-        self._w.__exit__(*exc)
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._w.__exit__(exc_type, exc, tb)
 
 
-PREDICTORS: dict[str, type] = {"knn": KNNPredictor, "gp": GPPredictor, "gp-rel": RelativeGPPredictor}
+PREDICTORS: dict[str, type[KNNPredictor] | type[GPPredictor] | type[RelativeGPPredictor]] = {"knn": KNNPredictor, "gp": GPPredictor, "gp-rel": RelativeGPPredictor}
 #: What ``--predictor auto`` picks (decided by ``python -m catimg.benchmarks.routing``).
 AUTO = "gp"
 
@@ -312,13 +315,13 @@ def make_predictor(name: str, **kwargs: Any) -> Predictor:
     if name == "auto":
         name = AUTO
     cls = PREDICTORS[name]
-    return cls(**kwargs)  # type: ignore[no-any-return]
+    return cls(**kwargs)
 
 
 def load_predictor(name: str, params: dict[str, Any], arrays: dict[str, np.ndarray], where: str = "router") -> Predictor:
     if name not in PREDICTORS:
         raise RouterError(f"{where}: unknown predictor \"{name}\"; this catimg knows {', '.join(PREDICTORS)}; upgrade catimg or retrain")
     try:
-        return PREDICTORS[name].from_saved(params, arrays)  # type: ignore[no-any-return]
+        return PREDICTORS[name].from_saved(params, arrays)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise RouterError(f"{where}: predictor weights are incomplete ({exc}); retrain the router with `catimg train`") from exc
