@@ -179,7 +179,7 @@ class EvalReport:
 
 
 def evaluate_predictions(
-    q_pred: np.ndarray, q_true: np.ndarray, costs: Sequence[float], scale: tuple[float, float],
+    q_pred: np.ndarray, q_true: np.ndarray, costs: Sequence[float] | np.ndarray, scale: tuple[float, float],
     generators: Sequence[str], metric: str = "score", cost_unit: str = "tflops",
     levels: dict[str, float] | None = None, name: str = "router", n_dropped: int = 0,
 ) -> EvalReport:

@@ -118,8 +118,8 @@ def _data_card(table: MeasurementTable, extra: dict[str, Any] | None) -> dict[st
 
     sources = []
     for s in table.sources or ([str(table.path)] if table.path else []):
-        card = CARDS.get(s)
-        sources.append({"id": s, **card} if card else {"id": s})
+        known = CARDS.get(s)
+        sources.append({"id": s, **known} if known else {"id": s})
     licenses = sorted({s["license"] for s in sources if "license" in s})
     citations = [c for s in sources for c in s.get("citations", [])]
     card: dict[str, Any] = {

@@ -120,11 +120,11 @@ def main() -> None:
     shares: dict[str, int] = {}
     for x in recs:
         shares[x["generator"]] = shares.get(x["generator"], 0) + 1
-    c, p = statistics.median(cat_times), statistics.median(plain_times)
+    c, plain = statistics.median(cat_times), statistics.median(plain_times)
     print(f"prompts: {args.prompts}, images: {len(recs)}, generators used: {shares}, threads: {args.threads}")
     print(f"catimg gen -f (routing included): median {c:.2f} s  runs {[round(t, 2) for t in cat_times]}")
-    print(f"plain diffusers script:           median {p:.2f} s  runs {[round(t, 2) for t in plain_times]}")
-    print(f"ratio catimg / plain: {c / p:.3f} (target <= 1.15)")
+    print(f"plain diffusers script:           median {plain:.2f} s  runs {[round(t, 2) for t in plain_times]}")
+    print(f"ratio catimg / plain: {c / plain:.3f} (target <= 1.15)")
 
 
 if __name__ == "__main__":
