@@ -196,9 +196,9 @@ def route_prompts(
     enc = encoder or default_encoder()
     emb = enc.encode(prompts)
     mean_r, std_r = router.predict(emb)
-    n, g = len(prompts), len(gens)
-    q = np.full((n, g), np.nan)
-    s = np.full((n, g), np.nan)
+    n, n_gens = len(prompts), len(gens)
+    q = np.full((n, n_gens), np.nan)
+    s = np.full((n, n_gens), np.nan)
     col = {name: i for i, name in enumerate(router.generators)}
     for j, gen in enumerate(gens):
         if router.knows(gen) and gen.name in col:
@@ -254,7 +254,7 @@ def route_prompts(
         runner_up = margin = None
         switch_down = switch_up = None
         if forced_gen is None:
-            others = [j for j in np.flatnonzero(allowed) if j != cj]
+            others = [int(j) for j in np.flatnonzero(allowed) if j != cj]
             if others:
                 k = max(others, key=lambda j: (value[i, j], -cost_s[j], -j))
                 runner_up, margin = names[k], float(value[i, cj] - value[i, k])
