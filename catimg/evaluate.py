@@ -172,6 +172,8 @@ class EvalReport:
     summaries: list[Summary]
     levels: list[dict[str, Any]]  # name, lambda, cost, quality, shares
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    #: Generators measured in the file that the router does not know (left out of the evaluation).
+    ignored: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -210,7 +212,8 @@ def evaluate_router(router: Any, measurements: Any, metric: str | None = None, e
     """Evaluate a loaded router on held-out measurements (a path or a MeasurementTable).
 
     Only prompts measured on every router generator present in the file count; costs are the router's own
-    (those used in training, in its cost unit).
+    (those used in training, in its cost unit). Generators of the file the router does not know are left out
+    and listed in ``report.ignored`` (the CLI warns about them).
     """
     from catimg.errors import MeasurementsError
     from catimg.measurements import MeasurementTable, read_measurements
@@ -228,6 +231,7 @@ def evaluate_router(router: Any, measurements: Any, metric: str | None = None, e
             table = read_measurements(measurements)
     where = table.path or "measurements"
     cols = [g for g in router.generators if g in table.generators]
+    ignored = [g for g in table.generators if g not in router.generators]
     if len(cols) < 1:
         raise MeasurementsError(
             f"{where}: none of the router's generators ({', '.join(router.generators)}) is measured "
@@ -247,10 +251,12 @@ def evaluate_router(router: Any, measurements: Any, metric: str | None = None, e
     mean, _ = router.predict(emb)
     idx = [router.generators.index(g) for g in cols]
     costs = np.array([router.costs[g] for g in cols])
-    return evaluate_predictions(
+    report = evaluate_predictions(
         mean[:, idx], sub.Y, costs, router.scale, cols, metric=router.metric, cost_unit=router.cost_unit,
         levels=router.levels, name=f"router ({router.predictor_name})", n_dropped=n_dropped,
     )
+    report.ignored = ignored
+    return report
 
 
 def plot_report(report: EvalReport, path: Any) -> None:

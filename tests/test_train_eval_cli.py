@@ -92,6 +92,25 @@ def test_eval_table_json_and_plot(case: Path, tmp_path: Path) -> None:
         assert code == 0 and (tmp_path / "c.png").stat().st_size > 1000
 
 
+def test_eval_warns_unknown_generators(case: Path, tmp_path: Path) -> None:
+    if not (case / "r").is_dir():
+        pytest.skip("needs the router of the contract test")
+    clean = runner.invoke(app, ["eval", "--router", str(case / "r"), "--measurements", str(case / "m.csv"), "--json"])
+    assert clean.exit_code == 0 and clean.stderr == ""
+    m = tmp_path / "typo.csv"
+    lines = (case / "m.csv").read_text(encoding="utf-8").splitlines()
+    extra = [line.replace(",cheap,", ",chep,") for line in lines[1:] if ",cheap," in line][:5]
+    m.write_text("\n".join(lines + extra + ['"a lone prompt",zzz,0.5,1.0']) + "\n", encoding="utf-8")
+    res = runner.invoke(app, ["eval", "--router", str(case / "r"), "--measurements", str(m), "--json"])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.count("warning:") == 1  # one line (compared unwrapped: a long tmp path may wrap at 200 columns)
+    assert " ".join(res.stderr.split()) == f'warning: {m}: generators not in the router, ignored: chep (did you mean "cheap"?), zzz'
+
+    doc = json.loads(res.stdout)
+    assert doc["ignored"] == ["chep", "zzz"] and doc["generators"] == ["cheap", "dear"]
+    assert doc["n_prompts"] == json.loads(clean.stdout)["n_prompts"]
+
+
 @pytest.mark.parametrize(
     ("csv_text", "message"),
     [

@@ -163,6 +163,13 @@ def eval_(
 
             _, source = split_holdout(source, holdout)
     report = evaluate_router(rt, source, metric=metric)
+    if report.ignored:
+        from catimg.cli.render import error_console, label
+        from catimg.errors import did_you_mean
+
+        names = ", ".join(g + did_you_mean(g, rt.generators) for g in report.ignored)
+        error_console().print(label("warning:", "yellow", f"{measurements or db}: generators not in the router, ignored: {names}"),
+                              highlight=False)
     if plot is not None:
         from catimg.evaluate import plot_report
 
