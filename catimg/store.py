@@ -162,16 +162,23 @@ class _Lock:
 class Store:
     """An open measurement store. Use :meth:`open` (or ``with Store.open(path) as store``)."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection, dry_run: bool = False) -> None:
         self.path = path
         self._conn = conn
         self._lock: _Lock | None = None
+        #: A dry-run store reads the database but never writes it (see :meth:`open`).
+        self.dry_run = dry_run
 
     # --- opening -------------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | Path | None = None, *, create: bool = True, busy_timeout: float = 5.0) -> Store:
+    def open(
+        cls, path: str | Path | None = None, *, create: bool = True, busy_timeout: float = 5.0, dry_run: bool = False
+    ) -> Store:
         """Open (and with ``create`` make) the store at ``path`` (default :func:`default_db_path`).
+
+        With ``dry_run`` nothing is written: a missing (or empty) database is not created (an empty store in
+        memory stands in for it, still named ``path``) and writing methods must not be called.
 
         Raises :class:`StoreError` for a file that is not catimg's, of a newer schema, or locked.
         """
@@ -181,18 +188,23 @@ class Store:
         exists = p.exists() and p.stat().st_size > 0
         if not exists and not create:
             raise StoreError(f"{p}: no measurement database here; run `catimg calibrate` first or pass --db PATH")
+        if exists and not _looks_like_sqlite(p):
+            raise StoreError(f"{p}: not a catimg measurement database (not SQLite); pass another --db PATH")
+        if dry_run and (not exists or not _has_tables(p, busy_timeout)):
+            # nothing to read, and nothing may be written: plan against an empty store in memory
+            store = cls(p, sqlite3.connect(":memory:", isolation_level=None), dry_run=True)
+            store._init(False)
+            return store
         if not exists:
             try:
                 p.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"{p.parent}: cannot create the data folder ({exc.strerror}); pass --db PATH") from exc
-        elif not _looks_like_sqlite(p):
-            raise StoreError(f"{p}: not a catimg measurement database (not SQLite); pass another --db PATH")
         try:
             conn = sqlite3.connect(str(p), timeout=busy_timeout, isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreError(f"{p}: cannot open database ({exc}); pass another --db PATH") from exc
-        store = cls(p, conn)
+        store = cls(p, conn, dry_run=dry_run)
         try:
             store._init(exists)
         except sqlite3.OperationalError as exc:
@@ -252,6 +264,8 @@ class Store:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        if self.dry_run:
+            raise RuntimeError(f"{self.path}: a dry-run store must not be written")
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -295,6 +309,8 @@ class Store:
     def register_generator(self, gen: Generator) -> str:
         """Record a generator under its settings hash (its current name wins) and return the hash."""
         h = gen.settings_hash()
+        if self.dry_run:  # planning only: the hash is all a plan needs
+            return h
         settings = json.dumps(gen.settings(), sort_keys=True)
         with self._tx() as c:
             c.execute(
@@ -578,6 +594,22 @@ class Store:
                 )
                 n += 1
         return n
+
+
+def _has_tables(p: Path, busy_timeout: float) -> bool:
+    """Whether the SQLite file ``p`` has any table (it only reads; an unreadable file counts as having some, so
+    that the normal open reports the problem). A plain connection, not ``mode=ro``: a read-only one would leave
+    the -wal/-shm files of a WAL database behind."""
+    try:
+        conn = sqlite3.connect(str(p), timeout=busy_timeout)
+    except sqlite3.Error:
+        return True
+    try:
+        return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' LIMIT 1").fetchone() is not None
+    except sqlite3.Error:
+        return True
+    finally:
+        conn.close()
 
 
 def _looks_like_sqlite(p: Path) -> bool:

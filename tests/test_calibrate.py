@@ -63,6 +63,29 @@ def test_dry_run_counts_and_estimates_without_generating(setup: dict[str, Path])
     assert "fewer than --limit 10" in r.output and "4 images to make" in r.output and "dry run" in r.output
 
 
+def test_dry_run_writes_nothing(setup: dict[str, Path]) -> None:
+    new = setup["root"] / "new" / "cal.sqlite"
+    r = _run(["calibrate", "--prompts", setup["prompts"], "--models", setup["models"], "--db", new, "--device", "cpu",
+              "--dry-run", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["images"] == 4 and json.loads(r.output)["db"] == str(new)
+    assert not new.parent.exists()
+    empty = setup["root"] / "empty.sqlite"
+    empty.touch()
+    r = _run(["calibrate", "--prompts", setup["prompts"], "--models", setup["models"], "--db", empty, "--device", "cpu",
+              "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert empty.stat().st_size == 0
+    with Store.open(setup["db"]):  # an existing store: the plan reads it and leaves it byte for byte
+        pass
+    before = {f.name: f.read_bytes() for f in setup["root"].iterdir() if f.is_file()}
+    r = _run(_base(setup, "--dry-run"))
+    assert r.exit_code == 0, r.output
+    assert {f.name: f.read_bytes() for f in setup["root"].iterdir() if f.is_file()} == before
+    with Store.open(setup["db"]) as store:
+        assert store.generators() == []
+
+
 def test_campaign_interrupted_resumed_extended_and_changed(
     setup: dict[str, Path], tiny_sd2_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -113,7 +113,7 @@ def calibrate(
     catalog = load_catalog(models)
     gens = select_generators(catalog, _split(generators))
     dev = detect_device(device)
-    with Store.open(db) as store:
+    with Store.open(db, dry_run=dry_run) as store:
         if not dry_run:
             store.acquire_campaign()
         plan = plan_campaign(plist, gens, store, metric, seeds=seeds, device=dev, check_weights=not dry_run,
