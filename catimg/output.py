@@ -66,6 +66,29 @@ def prepare_out_dir(path: str | Path) -> Path:
     return p
 
 
+@contextmanager
+def removed_if_left_empty(path: str | Path) -> Iterator[None]:
+    """Folders of ``path`` that do not exist before the block and are empty after it are removed again.
+
+    A run that stops before its first image (missing weights, a bad option found late, Ctrl-C) leaves no empty
+    output folder behind; a folder that existed before, or holds anything, is kept.
+    """
+    p = Path(path).expanduser().absolute()
+    new: list[Path] = []
+    for d in (p, *p.parents):
+        if d.exists():
+            break
+        new.append(d)
+    try:
+        yield
+    finally:
+        for d in new:  # deepest first; stop at the first that is missing or not empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
+
 # --------------------------------------------------------------------------------------------------- writing
 
 

@@ -96,6 +96,19 @@ def test_missing_weights_replan(setup: dict[str, Path], tmp_path: Path) -> None:
     assert isinstance(forced.exception, CatimgError) and "hf download stabilityai/sdxl-turbo" in str(forced.exception)
 
 
+def test_stop_for_missing_weights_leaves_no_empty_out_folder(setup: dict[str, Path], tmp_path: Path) -> None:
+    # HF_HUB_CACHE is the empty per-test cache: forcing turbo stops (exit 6) before any image is made
+    out = tmp_path / "new" / "o"
+    res = runner.invoke(app, gen_args(setup, out, "--generator", "turbo", "--seed", "1"))
+    assert isinstance(res.exception, CatimgError) and res.exception.exit_code == 6
+    assert "hf download stabilityai/sdxl-turbo" in str(res.exception)
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"  # a folder that was there before the run stays, even empty
+    kept.mkdir()
+    res = runner.invoke(app, gen_args(setup, kept, "--generator", "turbo", "--seed", "1"))
+    assert isinstance(res.exception, CatimgError) and kept.is_dir()
+
+
 def test_forced_generator_that_does_not_exist(setup: dict[str, Path], tmp_path: Path) -> None:
     res = runner.invoke(app, gen_args(setup, tmp_path / "o", "--dry-run", "--generator", "turb"))
     assert isinstance(res.exception, CatimgError) and 'did you mean "turbo"' in str(res.exception)

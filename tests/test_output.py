@@ -99,3 +99,22 @@ def test_prepare_out_dir(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cannot create"):
         output.prepare_out_dir(f / "sub")
     assert output.prepare_out_dir(tmp_path / "new" / "dir").is_dir()
+
+
+def test_new_out_folders_left_empty_are_removed(tmp_path: Path) -> None:
+    out = tmp_path / "a" / "b"
+    with output.removed_if_left_empty(out):
+        output.prepare_out_dir(out)
+        assert out.is_dir()
+    assert not (tmp_path / "a").exists()
+    with output.removed_if_left_empty(out):  # an image was written: everything stays
+        output.write_new_file(output.prepare_out_dir(out), "x.png", b"png")
+    assert (out / "x.png").is_file()
+    (out / "x.png").unlink()
+    with pytest.raises(KeyboardInterrupt), output.removed_if_left_empty(out):  # existed before: kept, even empty
+        raise KeyboardInterrupt
+    assert out.is_dir()
+    with pytest.raises(InputError), output.removed_if_left_empty(tmp_path / "c" / "d"):  # removed on errors too
+        output.prepare_out_dir(tmp_path / "c" / "d")
+        raise InputError("stop")
+    assert not (tmp_path / "c").exists()

@@ -93,7 +93,7 @@ def gen(
       catimg gen -f prompts.txt --out shots/ --resume
     """
     from catimg.generate import check_seed, check_size
-    from catimg.output import prepare_out_dir
+    from catimg.output import prepare_out_dir, removed_if_left_empty
 
     # cheap checks first: a mistake costs nothing
     if seed is not None:
@@ -123,94 +123,96 @@ def gen(
     out = out.expanduser()
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file, not a folder; pass a folder for the images")
-    if not dry_run:
-        prepare_out_dir(out)
-    if resume and not dry_run:
-        from catimg.output import read_manifest
-
-        records = read_manifest(out)  # a corrupt line fails here, before anything is loaded
-        if seed is None:
-            seed = next((int(r["base_seed"]) for r in records if r.get("base_seed") is not None), None)
-    if seed is None:
-        import secrets
-
-        seed = secrets.randbelow(2**31)
-
-    texts = collect_prompts(prompts, file)
-    bud, total = parse_budgets(budget, total_budget)
-    catalog, rt, dev = load_setup(models, router, device)
-    stop: WeightsMissingError | None = None
-    try:
-        result, notes = _route(texts, catalog, rt, dev, bud, total, generator, allow_download)
-    except WeightsMissingError as exc:
+    # a run that stops before its first image leaves no new, empty --out folder behind
+    with removed_if_left_empty(out):
         if not dry_run:
-            raise
-        # a dry run still shows the plan, then fails as the real run would (same message and exit code)
-        from catimg.routing import route_prompts
+            prepare_out_dir(out)
+        if resume and not dry_run:
+            from catimg.output import read_manifest
 
-        stop = exc
-        result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator)
-        notes = ["a real run stops before loading anything: the weights are missing (see the error below)"]
+            records = read_manifest(out)  # a corrupt line fails here, before anything is loaded
+            if seed is None:
+                seed = next((int(r["base_seed"]) for r in records if r.get("base_seed") is not None), None)
+        if seed is None:
+            import secrets
 
-    from catimg.generate import RunOptions, plan_from_routing, run_plan
+            seed = secrets.randbelow(2**31)
 
-    plan = plan_from_routing(result, seed=seed, images_per_prompt=images_per_prompt, negative=negative,
-                             size=(width, height))
-    con = console()
-    if dry_run:
-        if as_json:
-            print_json(_plan_doc(result, plan, out, seed, notes, dry_run=True))
+        texts = collect_prompts(prompts, file)
+        bud, total = parse_budgets(budget, total_budget)
+        catalog, rt, dev = load_setup(models, router, device)
+        stop: WeightsMissingError | None = None
+        try:
+            result, notes = _route(texts, catalog, rt, dev, bud, total, generator, allow_download)
+        except WeightsMissingError as exc:
+            if not dry_run:
+                raise
+            # a dry run still shows the plan, then fails as the real run would (same message and exit code)
+            from catimg.routing import route_prompts
+
+            stop = exc
+            result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator)
+            notes = ["a real run stops before loading anything: the weights are missing (see the error below)"]
+
+        from catimg.generate import RunOptions, plan_from_routing, run_plan
+
+        plan = plan_from_routing(result, seed=seed, images_per_prompt=images_per_prompt, negative=negative,
+                                 size=(width, height))
+        con = console()
+        if dry_run:
+            if as_json:
+                print_json(_plan_doc(result, plan, out, seed, notes, dry_run=True))
+                if stop is not None:
+                    raise stop
+                return
+            for n in notes:
+                con.print(label("note:", "yellow", n))
+            _render_plan(con, result, plan, out, seed)
+            con.print("dry run: nothing loaded, nothing written")
             if stop is not None:
                 raise stop
             return
-        for n in notes:
-            con.print(label("note:", "yellow", n))
-        _render_plan(con, result, plan, out, seed)
-        con.print("dry run: nothing loaded, nothing written")
-        if stop is not None:
-            raise stop
-        return
 
-    if not as_json:
-        for n in notes:
-            con.print(label("note:", "yellow", n))
-        _render_plan(con, result, plan, out, seed)
-    progress = _Progress(con, enabled=not as_json, total=len(plan))
-    opts = RunOptions(
-        out_dir=out, device=dev, dtype=dtype, allow_download=allow_download, batch_size=batch_size,
-        metadata=not no_metadata, resume=resume, budget=result.budget, router_version=getattr(rt, "version", None),
-        base_seed=seed,
-    )
-    try:
-        with progress:
-            if engine == "ray":
-                from catimg.engine_ray import cli_events, run_plan_ray
+        if not as_json:
+            for n in notes:
+                con.print(label("note:", "yellow", n))
+            _render_plan(con, result, plan, out, seed)
+        progress = _Progress(con, enabled=not as_json, total=len(plan))
+        opts = RunOptions(
+            out_dir=out, device=dev, dtype=dtype, allow_download=allow_download, batch_size=batch_size,
+            metadata=not no_metadata, resume=resume, budget=result.budget, router_version=getattr(rt, "version", None),
+            base_seed=seed,
+        )
+        try:
+            with progress:
+                if engine == "ray":
+                    from catimg.engine_ray import cli_events, run_plan_ray
 
-                events = progress.event if as_json else cli_events(progress.event, progress._line)
-                loads = {result.generator(n).model: c.load_seconds for n, c in result.costs.items()}
-                res = run_plan_ray(plan, opts, events, address=ray_address, workers=workers, device=device,
-                                   load_seconds=loads)
+                    events = progress.event if as_json else cli_events(progress.event, progress._line)
+                    loads = {result.generator(n).model: c.load_seconds for n, c in result.costs.items()}
+                    res = run_plan_ray(plan, opts, events, address=ray_address, workers=workers, device=device,
+                                       load_seconds=loads)
+                else:
+                    res = run_plan(plan, opts, progress.event)
+        except KeyboardInterrupt:  # pragma: no cover - the executor catches it; belt and braces
+            res = None
+        resume_cmd = _resume_command(seed)
+        if res is None or res.interrupted:
+            if as_json:
+                print_json({**_plan_doc(result, plan, out, seed, notes), **(_run_doc(result, res) if res else {}),
+                            "interrupted": True, "resume_command": resume_cmd})
             else:
-                res = run_plan(plan, opts, progress.event)
-    except KeyboardInterrupt:  # pragma: no cover - the executor catches it; belt and braces
-        res = None
-    resume_cmd = _resume_command(seed)
-    if res is None or res.interrupted:
+                if res is not None:
+                    _render_summary(con, result, res)
+                console_err = _stderr()
+                console_err.print(f"interrupted: images written so far are kept in {out}. Resume with:\n  {resume_cmd}")
+            raise typer.Exit(130)
         if as_json:
-            print_json({**_plan_doc(result, plan, out, seed, notes), **(_run_doc(result, res) if res else {}),
-                        "interrupted": True, "resume_command": resume_cmd})
+            print_json({**_plan_doc(result, plan, out, seed, notes), **_run_doc(result, res), "interrupted": False})
         else:
-            if res is not None:
-                _render_summary(con, result, res)
-            console_err = _stderr()
-            console_err.print(f"interrupted: images written so far are kept in {out}. Resume with:\n  {resume_cmd}")
-        raise typer.Exit(130)
-    if as_json:
-        print_json({**_plan_doc(result, plan, out, seed, notes), **_run_doc(result, res), "interrupted": False})
-    else:
-        _render_summary(con, result, res)
-    if res.failed and not res.made:
-        raise typer.Exit(7)
+            _render_summary(con, result, res)
+        if res.failed and not res.made:
+            raise typer.Exit(7)
 
 
 # ------------------------------------------------------------------------------------------------- routing
