@@ -8,7 +8,7 @@ one, 1/3 to the other, interleaved as routed prompts are), then makes them
 * with the local engine (``catimg.generate.run_plan``: this process, torch on all cores), and
 * with the Ray engine (``catimg.engine_ray.run_plan_ray``: a local Ray instance, ``--workers`` actors of one CPU),
 
-and prints for each: wall seconds (Ray: including starting Ray and its workers, and separately without),
+and prints for each (medians over ``--repeat`` runs, and the best run): wall seconds (Ray: including starting Ray and its workers, and separately without),
 images per second, the steady-state rate (first to last image), and model loads. The PNGs of both runs are compared pixel for pixel.
 """
 
@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ray engine, Ray running: {rr:7.2f} s  {n / rr:6.2f} images/s  (workers' start and imports included)")
         print(f"steady state (first to last image, loads and starts excluded): local "
               f"{statistics.median(local_rate):.2f} images/s, ray {statistics.median(ray_rate):.2f} images/s")
+        if args.repeat > 1:
+            print(f"best of {args.repeat} (least disturbed by other load): local {min(local_t):.2f} s, "
+                  f"ray {min(ray_t):.2f} s with Ray start, {min(ray_run_t):.2f} s with Ray running")
         print(f"ray / local wall time: {rt / lt:.2f} (with Ray start), {rr / lt:.2f} (Ray already running)")
         print(f"identical pixels: {same}/{n}")
 
