@@ -404,7 +404,11 @@ def run_plan_ray(
     try:
         marker_path.write_bytes(b"")
         n, cpus_each, gpus_each = cluster_workers(ray.cluster_resources(), device, workers, cpus_per_worker)
-        worker_dev = device if device is not None else (None if gpus_each else "cpu")
+        if workers is None:
+            n = min(n, len(positions))  # no more actors than images
+        # each GPU actor sees only its own GPU (Ray sets CUDA_VISIBLE_DEVICES): cuda:N becomes cuda there
+        worker_dev = ("cuda" if device.startswith(("cuda", "gpu")) else device) if device is not None else \
+            (None if gpus_each else "cpu")
         Remote = ray.remote(RayWorker).options(num_cpus=cpus_each, num_gpus=gpus_each, max_restarts=0,
                                                 max_task_retries=0)
         env = _worker_env()
