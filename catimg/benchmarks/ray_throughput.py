@@ -6,7 +6,8 @@ Builds two tiny real diffusers pipelines (two models, random weights), plans ``-
 one, 1/3 to the other, interleaved as routed prompts are), then makes them
 
 * with the local engine (``catimg.generate.run_plan``: this process, torch on all cores), and
-* with the Ray engine (``catimg.engine_ray.run_plan_ray``: a local Ray instance, ``--workers`` actors of one CPU),
+* with the Ray engine (``catimg.engine_ray.run_plan_ray``: a local Ray instance, ``--workers`` actors of one CPU;
+  the scheduler is given the load times the local run measured),
 
 and prints for each (medians over ``--repeat`` runs, and the best run): wall seconds (Ray: including starting Ray and its workers, and separately without),
 images per second, the steady-state rate (first to last image), and model loads. The PNGs of both runs are compared pixel for pixel.
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
             local_t.append(time.perf_counter() - t0)
             local_rate.append(steady())
             loads["local"] = len(res.loads)
+            measured_loads = dict(res.load_seconds)  # what `catimg bench` would give the scheduler
             assert len(res.made) == len(plan)
 
             t0 = time.perf_counter()
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
             t1 = time.perf_counter()
             res = run_plan_ray(plan, RunOptions(out_dir=root / f"ray{rep}", device=cpu_device()), on_event,
                                workers=args.workers,
-                               threads=args.threads, stats=stats)
+                               threads=args.threads, load_seconds=measured_loads, stats=stats)
             t2 = time.perf_counter()
             ray.shutdown()
             ray_t.append(t2 - t0)
