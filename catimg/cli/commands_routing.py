@@ -247,9 +247,12 @@ def models(
     con = console()
     con.print(f"catalog: {catalog.path} ({catalog.origin})   device: {dev.describe()}")
     t = Table(show_edge=False, pad_edge=False)
+    # Cells keep their full text; on a narrow terminal the sources (long Hub ids) go below the table instead.
+    wide = con.width >= 110
     for col, just in (("name", "left"), ("source", "left"), ("steps", "right"), ("size", "right"), ("cfg", "right"),
                       ("seconds", "right"), ("TFLOPs", "right"), ("weights", "left"), ("router", "left")):
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
+        if col != "source" or wide:
+            t.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
     for g in catalog.generators:
         c = costs[g.name]
         secs = fmt_seconds(c.seconds) + ("*" if c.kind == "estimated" else "")
@@ -257,9 +260,13 @@ def models(
             secs += " (does not fit)"
         elif c.offload:
             secs += " (offload)"
-        t.add_row(g.name, g.source, str(g.steps), f"{g.width}×{g.height}", f"{g.guidance:g}", secs,
-                  fmt_tflops(c.tflops), "local" if local[g.name] else "missing", statuses[g.name])
+        cells = [g.name, g.source, str(g.steps), f"{g.width}×{g.height}", f"{g.guidance:g}", secs,
+                 fmt_tflops(c.tflops), "local" if local[g.name] else "missing", statuses[g.name]]
+        t.add_row(*(cells if wide else cells[:1] + cells[2:]))
     con.print(t)
+    if not wide:
+        for g in catalog.generators:
+            con.print(f"  {g.name}: {g.source}", highlight=False)
     if any(costs[g.name].kind == "estimated" for g in catalog.generators):
         con.print("* estimated cost; `catimg bench` measures it on this device")
     for g in catalog.generators:
