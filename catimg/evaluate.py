@@ -174,6 +174,8 @@ class EvalReport:
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     #: Generators measured in the file that the router does not know (left out of the evaluation).
     ignored: list[str] = field(default_factory=list)
+    #: How many evaluated prompts the router was trained on: those numbers are not held-out (the CLI warns).
+    seen_in_training: int = 0
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -256,6 +258,8 @@ def evaluate_router(router: Any, measurements: Any, metric: str | None = None, e
         levels=router.levels, name=f"router ({router.predictor_name})", n_dropped=n_dropped,
     )
     report.ignored = ignored
+    trained_on = set(getattr(router, "_prompts", None) or [])
+    report.seen_in_training = sum(p in trained_on for p in sub.prompts)
     return report
 
 

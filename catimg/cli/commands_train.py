@@ -170,6 +170,14 @@ def eval_(
         names = ", ".join(g + did_you_mean(g, rt.generators) for g in report.ignored)
         error_console().print(label("warning:", "yellow", f"{measurements or db}: generators not in the router, ignored: {names}"),
                               highlight=False)
+    if report.seen_in_training:
+        from catimg.cli.render import error_console, label
+
+        error_console().print(label(
+            "warning:", "yellow",
+            f"{report.seen_in_training} of the {report.n_prompts} prompts are in the router's training data, so these "
+            "numbers are not held-out; evaluate on prompts it was not trained on (train --holdout / eval --holdout)"),
+            highlight=False)
     if plot is not None:
         from catimg.evaluate import plot_report
 
