@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from catimg.errors import ConfigError, did_you_mean
+from catimg.textfiles import read_user_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -182,18 +183,7 @@ def find_catalog(explicit: str | Path | None = None) -> tuple[Path, str]:
 def load_catalog(explicit: str | Path | None = None) -> Catalog:
     """Find, read and validate the catalog (see :func:`find_catalog` for the lookup order)."""
     path, origin = find_catalog(explicit)
-    if not path.exists():
-        raise ConfigError(f"{path}: models file not found (from {origin}); create it or pass --models PATH")
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a folder, not a models.toml file; pass --models PATH/models.toml")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read models file ({exc.strerror}); check its permissions") from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+    text = read_user_text(path, "models file", ConfigError, hint=f"create it or pass --models PATH (found through {origin})")
     return parse_catalog(text, path, origin)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from catimg.errors import MeasurementsError, did_you_mean
+from catimg.textfiles import read_user_text
 
 REQUIRED = ("prompt", "generator", "score")
 OPTIONAL = ("metric", "seconds", "seed", "source")
@@ -103,14 +104,8 @@ def _err(path: Path, msg: str) -> MeasurementsError:
 
 def _iter_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
     """Yield (line number, row dict) from a CSV or JSONL file."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise _err(path, f"cannot read measurements file ({exc.strerror}); check its permissions") from exc
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise _err(path, f"not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+    text = read_user_text(path, "measurements file", MeasurementsError,
+                          hint="pass --measurements with an existing CSV or JSONL file")
     if not text.strip():
         raise _err(path, "the measurements file is empty; it needs a header prompt,generator,score and one row per image")
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json") or text.lstrip().startswith("{"):
@@ -185,10 +180,6 @@ def read_measurements(
     "did you mean"; ``metric`` keeps only rows of that metric (required when the file mixes metrics).
     """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise _err(path, "measurements file not found; pass --measurements with an existing CSV or JSONL file")
-    if path.is_dir():
-        raise _err(path, "is a folder; pass --measurements with a CSV or JSONL file")
     known = list(known_generators) if known_generators is not None else None
     where = f" in {catalog_path}" if catalog_path else ""
 

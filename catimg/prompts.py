@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from catimg.errors import InputError, did_you_mean
+from catimg.textfiles import read_user_text
 
 PROMPT_SETS_DIR = Path(__file__).parent / "data" / "prompts"
 
@@ -38,20 +39,7 @@ def read_prompt_file(path: str | Path) -> list[str]:
     (with the byte offset) and a file with no prompts.
     """
     p = Path(path).expanduser()
-    if not p.exists():
-        raise InputError(f"{p}: prompt file not found; check the path or pass prompts as arguments")
-    if p.is_dir():
-        raise InputError(f"{p}: is a folder, not a prompt file; pass a text file with one prompt a line")
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{p}: cannot read prompt file ({exc.strerror}); check its permissions") from exc
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{p}: not UTF-8 text (bad byte at offset {exc.start}); save the file as UTF-8") from exc
+    text = read_user_text(p, "prompt file", InputError, hint="check the path or pass prompts as arguments")
     prompts = parse_prompt_lines(text)
     if not prompts:
         raise InputError(

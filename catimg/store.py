@@ -31,6 +31,7 @@ from typing import Any
 
 from catimg.config import Generator
 from catimg.errors import InputError, MeasurementsError, StoreError
+from catimg.textfiles import read_user_text
 
 APPLICATION_ID = "catimg"
 SCHEMA_VERSION = 1
@@ -641,12 +642,7 @@ def _num(path: Path, where: str, col: str, value: Any, *, required: bool, intege
 def read_long_file(path: str | Path) -> list[dict[str, Any]]:
     """Read a long-format CSV (``.csv``) or JSON-lines file into validated dicts (prompt, generator, score, …)."""
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise MeasurementsError(f"{p}: measurements file not found; check the path")
-    try:
-        text = p.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise MeasurementsError(f"{p}: not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8") from exc
+    text = read_user_text(p, "measurements file", MeasurementsError)
     raw: list[tuple[str, dict[str, Any]]] = []
     if p.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines())

@@ -1,1 +1,19 @@
 """Benchmarks: commands that print numbers (run with `python -m catimg.benchmarks.<name>`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def tiny_module() -> Any:
+    """``tests/tiny.py`` (real tiny diffusers pipelines from configs), loaded from a source checkout."""
+    import importlib.util
+
+    here = Path(__file__).resolve().parents[2] / "tests" / "tiny.py"
+    spec = importlib.util.spec_from_file_location("catimg_tiny", here)
+    if spec is None or spec.loader is None or not here.is_file():
+        raise SystemExit(f"{here}: tests/tiny.py not found; run the benchmarks from a source checkout")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

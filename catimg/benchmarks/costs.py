@@ -15,14 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from catimg.benchmarks import tiny_module
+
 
 def _tiny_pipelines(root: Path) -> dict[str, Path]:
-    here = Path(__file__).resolve().parents[2] / "tests"
-    sys.path.insert(0, str(here))
-    try:
-        import tiny  # tests/tiny.py: the project's tiny pipeline builders
-    finally:
-        sys.path.remove(str(here))
+    tiny = tiny_module()
     return {"sd": tiny.build_tiny_sd(root / "sd"), "sdxl": tiny.build_tiny_sdxl(root / "sdxl")}
 
 

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from catimg.benchmarks import tiny_module
+
 WORDS = ["cat", "dog", "house", "tree", "car", "park", "crowd", "wall", "sky", "sea", "city", "forest"]
 
 PLAIN = r'''
@@ -46,16 +48,6 @@ for j in jobs:
 '''
 
 
-def _tiny_module() -> object:
-    import importlib.util
-
-    here = Path(__file__).resolve().parents[2] / "tests" / "tiny.py"
-    spec = importlib.util.spec_from_file_location("catimg_tiny", here)
-    if spec is None or spec.loader is None or not here.is_file():
-        raise SystemExit(f"{here}: tests/tiny.py not found; run from a source checkout")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> float:
@@ -75,7 +67,7 @@ def main() -> None:
     ap.add_argument("--budget", default="medium")
     args = ap.parse_args()
 
-    tiny = _tiny_module()
+    tiny = tiny_module()
     root = Path(tempfile.mkdtemp(prefix="catimg-overhead-"))
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(root / "hub"), CATIMG_CACHE_DIR=str(root / "cache"),
                CATIMG_DATA_DIR=str(root / "data"), OMP_NUM_THREADS=str(args.threads), NO_COLOR="1",

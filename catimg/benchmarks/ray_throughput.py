@@ -22,24 +22,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def _tiny_module() -> Any:
-    import importlib.util
-
-    here = Path(__file__).resolve().parents[2] / "tests" / "tiny.py"
-    spec = importlib.util.spec_from_file_location("catimg_tiny", here)
-    if spec is None or spec.loader is None or not here.is_file():
-        raise SystemExit(f"{here}: tests/tiny.py not found; run from a source checkout")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from catimg.benchmarks import tiny_module
 
 
 def _plan(root: Path, images: int, steps: int, size: int) -> list[Any]:
     from catimg.config import Generator
     from catimg.generate import build_plan
 
-    tiny = _tiny_module()
+    tiny = tiny_module()
     a = tiny.build_tiny_sd(root / "tiny-a", seed=0)
     b = tiny.build_tiny_sd(root / "tiny-b", seed=1)
     ga = Generator(name="tiny-a", model="tiny-a", source=str(a), family="sd1", steps=steps, guidance=2.0,  # type: ignore[call-arg]

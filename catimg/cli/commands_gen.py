@@ -262,15 +262,9 @@ def _route(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, tota
 
 
 def _read_negative(path: Path) -> str:
-    p = path.expanduser()
-    if not p.is_file():
-        raise InputError(f"--negative-file {p}: file not found; check the path")
-    try:
-        return p.read_text(encoding="utf-8").strip()
-    except UnicodeDecodeError as exc:
-        raise InputError(f"--negative-file {p}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
-    except OSError as exc:
-        raise InputError(f"--negative-file {p}: cannot read ({exc.strerror}); check its permissions") from exc
+    from catimg.textfiles import read_user_text
+
+    return read_user_text(path, "file", InputError, prefix="--negative-file").strip()
 
 
 def _resume_command(seed: int) -> str:
