@@ -168,6 +168,39 @@ def _number(path: Path, n: int, col: str, value: Any, required: bool) -> float |
     return x
 
 
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The validated rows of a long-format CSV or JSONL file, in file order.
+
+    Each row: ``line``, ``prompt``, ``generator``, ``score`` (float), ``metric``, ``seconds`` (positive float),
+    ``seed`` (int) and ``source``, the optional ones None when absent. Raises a one-line MeasurementsError naming
+    the file, line and column of the first bad value.
+    """
+    path = Path(path).expanduser()
+    out = []
+    for n, row in _iter_rows(path):
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise _err(path, f"line {n}, column prompt: empty prompt; every row needs the prompt text")
+        gen = row.get("generator")
+        if not isinstance(gen, str) or not gen.strip():
+            raise _err(path, f"line {n}, column generator: empty; name a generator from models.toml")
+        score = _number(path, n, "score", row.get("score"), required=True)
+        seconds = _number(path, n, "seconds", row.get("seconds"), required=False)
+        if seconds is not None and seconds <= 0:
+            raise _err(path, f"line {n}, column seconds: {seconds} must be a positive number of seconds")
+        seed = _number(path, n, "seed", row.get("seed"), required=False)
+        if seed is not None and seed != int(seed):
+            raise _err(path, f"line {n}, column seed: {seed} is not a whole number")
+        metric, source = row.get("metric"), row.get("source")
+        out.append({
+            "line": n, "prompt": prompt, "generator": gen.strip(), "score": score,
+            "metric": str(metric).strip() or None if metric not in (None, "") else None,
+            "seconds": seconds, "seed": None if seed is None else int(seed),
+            "source": str(source).strip() or None if source not in (None, "") else None,
+        })
+    return out
+
+
 def read_measurements(
     path: str | Path,
     known_generators: Iterable[str] | None = None,
@@ -191,39 +224,25 @@ def read_measurements(
     prompts: dict[str, None] = {}
     gens: dict[str, None] = {}
     n_rows = 0
-    for n, row in _iter_rows(path):
-        prompt = row.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise _err(path, f"line {n}, column prompt: empty prompt; every row needs the prompt text")
-        gen = row.get("generator")
-        if not isinstance(gen, str) or not gen.strip():
-            raise _err(path, f"line {n}, column generator: empty; name a generator from models.toml")
-        gen = gen.strip()
+    for row in read_rows(path):
+        n, prompt, gen = row["line"], row["prompt"], row["generator"]
         if known is not None and gen not in known:
             raise _err(
                 path,
                 f"line {n}, column generator: unknown generator \"{gen}\"{did_you_mean(gen, known)}; "
                 f"known{where}: {', '.join(known)}; add it to models.toml or fix the name",
             )
-        row_metric = row.get("metric")
-        row_metric = str(row_metric).strip() if row_metric not in (None, "") else DEFAULT_METRIC
-        if metric is not None and row_metric != metric:
-            metrics[row_metric] = metrics.get(row_metric, 0) + 1
-            continue
-        score = _number(path, n, "score", row.get("score"), required=True)
-        assert score is not None
-        seconds = _number(path, n, "seconds", row.get("seconds"), required=False)
-        if seconds is not None and seconds <= 0:
-            raise _err(path, f"line {n}, column seconds: {seconds} must be a positive number of seconds")
+        row_metric = row["metric"] or DEFAULT_METRIC
         metrics[row_metric] = metrics.get(row_metric, 0) + 1
+        if metric is not None and row_metric != metric:
+            continue
         key = (prompt, gen)
-        sums[key] = sums.get(key, 0.0) + score
+        sums[key] = sums.get(key, 0.0) + row["score"]
         counts[key] = counts.get(key, 0) + 1
-        if seconds is not None:
-            secs.setdefault(gen, []).append(seconds)
-        src = row.get("source")
-        if src not in (None, ""):
-            sources[str(src)] = None
+        if row["seconds"] is not None:
+            secs.setdefault(gen, []).append(row["seconds"])
+        if row["source"] is not None:
+            sources[row["source"]] = None
         prompts.setdefault(prompt, None)
         gens.setdefault(gen, None)
         n_rows += 1

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import math
 import os
 import sqlite3
 import time
@@ -31,7 +30,6 @@ from typing import Any
 
 from catimg.config import Generator
 from catimg.errors import InputError, MeasurementsError, StoreError
-from catimg.textfiles import read_user_text
 
 APPLICATION_ID = "catimg"
 SCHEMA_VERSION = 1
@@ -555,7 +553,9 @@ class Store:
         hash of its name alone (``source`` settings unknown). Rows without a seed are numbered per (prompt,
         generator, metric) in file order, so importing a file twice does not double it.
         """
-        rows = read_long_file(path)
+        from catimg.measurements import read_rows
+
+        rows = read_rows(path)
         by_name = {g.name: g for g in generators}
         counters: dict[tuple[str, str, str], int] = {}
         n = 0
@@ -619,71 +619,6 @@ def _looks_like_sqlite(p: Path) -> bool:
             return fh.read(16) == b"SQLite format 3\x00"
     except OSError as exc:
         raise StoreError(f"{p}: cannot read ({exc.strerror}); check its permissions or pass --db PATH") from exc
-
-
-def _num(path: Path, where: str, col: str, value: Any, *, required: bool, integer: bool = False) -> Any:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        if required:
-            raise MeasurementsError(f"{path}: {where}: column \"{col}\" is empty; give a number")
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise MeasurementsError(f"{path}: {where}: {col} = {value!r} is not a number") from None
-    if not math.isfinite(v):
-        raise MeasurementsError(f"{path}: {where}: {col} = {value!r} is not a finite number")
-    if integer:
-        if v != int(v):
-            raise MeasurementsError(f"{path}: {where}: {col} = {value!r} is not a whole number")
-        return int(v)
-    return v
-
-
-def read_long_file(path: str | Path) -> list[dict[str, Any]]:
-    """Read a long-format CSV (``.csv``) or JSON-lines file into validated dicts (prompt, generator, score, …)."""
-    p = Path(path).expanduser()
-    text = read_user_text(p, "measurements file", MeasurementsError)
-    raw: list[tuple[str, dict[str, Any]]] = []
-    if p.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        cols = reader.fieldnames or []
-        missing = [c for c in ("prompt", "generator", "score") if c not in cols]
-        if missing:
-            raise MeasurementsError(f"{p}: missing column(s) {', '.join(missing)}; the header needs prompt,generator,score")
-        for i, row in enumerate(reader, start=2):
-            raw.append((f"line {i}", row))
-    else:
-        for i, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise MeasurementsError(f"{p}: line {i}: invalid JSON ({exc.msg}); one JSON object a line") from exc
-            if not isinstance(obj, dict):
-                raise MeasurementsError(f"{p}: line {i}: expected a JSON object with prompt, generator, score")
-            for c in ("prompt", "generator", "score"):
-                if c not in obj:
-                    raise MeasurementsError(f"{p}: line {i}: missing key \"{c}\"")
-            raw.append((f"line {i}", obj))
-    out = []
-    for where, row in raw:
-        prompt = str(row.get("prompt") or "").strip()
-        gen = str(row.get("generator") or "").strip()
-        if not prompt or not gen:
-            raise MeasurementsError(f"{p}: {where}: empty prompt or generator")
-        out.append({
-            "prompt": prompt,
-            "generator": gen,
-            "score": _num(p, where, "score", row.get("score"), required=True),
-            "metric": (str(row.get("metric")).strip() or None) if row.get("metric") not in (None, "") else None,
-            "seconds": _num(p, where, "seconds", row.get("seconds"), required=False),
-            "seed": _num(p, where, "seed", row.get("seed"), required=False, integer=True),
-            "source": (str(row.get("source")).strip() or None) if row.get("source") not in (None, "") else None,
-        })
-    if not out:
-        raise MeasurementsError(f"{p}: no measurement rows; add rows with prompt, generator and score")
-    return out
 
 
 # --- a stable held-out split (shared by `train --db --holdout` and `eval --db --holdout`) ---------------------
