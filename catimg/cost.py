@@ -15,8 +15,9 @@ component's weights over PCIe once per image); otherwise it is infeasible (``fea
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -24,7 +25,7 @@ from catimg.config import Generator
 from catimg.device import DeviceInfo, default_dtype, device_class, dtype_bytes
 from catimg.errors import ConfigError
 
-CostKind = Literal["explicit", "measured", "estimated"]
+CostKind = Literal["explicit", "measured", "estimated", "unknown"]
 
 
 @dataclass(frozen=True)
@@ -206,12 +207,17 @@ def estimated_seconds(est: Any, tp: Throughput, tflops_override: float | None = 
 
 
 def catalog_costs(gens: Iterable[Generator], device: DeviceInfo, use_measured: bool = True,
-                  fallback_seconds: dict[str, float] | None = None) -> dict[str, Cost]:
+                  fallback_seconds: dict[str, float] | None = None,
+                  unknown_ok: Callable[[Generator], bool] | None = None) -> dict[str, Cost]:
     """Costs of every generator, by name. Generators sharing a model share the FLOP count (computed once).
 
     ``fallback_seconds`` (the seconds a router was trained with, by generator name) is used only for a generator
     that has neither an explicit ``cost_seconds`` nor a FLOP estimate (an unknown family from a Hub id that is not
     downloaded): routing then still works, on the measured seconds the user gave at training time.
+
+    A generator with no cost at all raises the ConfigError that says which cost to give, unless
+    ``unknown_ok(gen)`` is true (it will not be routed to, e.g. it still needs calibration): it then gets a cost of
+    kind ``"unknown"`` with NaN seconds and TFLOPs, so the rest of the catalog can still be routed and shown.
     """
     out: dict[str, Cost] = {}
     for g in gens:
@@ -220,7 +226,13 @@ def catalog_costs(gens: Iterable[Generator], device: DeviceInfo, use_measured: b
         except ConfigError:
             secs = (fallback_seconds or {}).get(g.name)
             if secs is None or not secs > 0:
-                raise
+                if unknown_ok is None or not unknown_ok(g):
+                    raise
+                out[g.name] = Cost(seconds=math.nan, tflops=math.nan, kind="unknown", load_seconds=0.0,
+                                   peak_memory_gb=None,
+                                   note=f"no cost known: family \"{g.family}\" has no FLOP estimate; give cost_seconds "
+                                        f"for [generators.{g.model}] in models.toml or run catimg bench")
+                continue
             tflops = g.cost_tflops if g.cost_tflops is not None else 0.0
             out[g.name] = Cost(seconds=float(secs), tflops=float(tflops), kind="measured", load_seconds=0.0,
                                peak_memory_gb=None,

@@ -172,8 +172,10 @@ def route_prompts(
     names = [g.name for g in gens]
     forced_gen = catalog.get(forced) if forced else None
     router.check(catalog, (encoder or default_encoder()).encoder_id)
-    costs = costs if costs is not None else catalog_costs(list(gens), device,
-                                                          fallback_seconds=router.fallback_seconds(gens))
+    if costs is None:
+        # a generator that will not be routed to may lack a cost; one that can be chosen may not
+        costs = catalog_costs(list(gens), device, fallback_seconds=router.fallback_seconds(gens),
+                              unknown_ok=lambda g: not (g.enabled and router.knows(g)) and g.name != forced)
 
     statuses: dict[str, str] = {}
     for g in gens:

@@ -163,3 +163,20 @@ def test_doctor_reports_offline_readiness(timed_models: Path) -> None:
     assert gens["sdxl"]["router_knows"] and not gens["newcomer"]["router_knows"]
     code, out = run("doctor", "--router", "/nonexistent/router")
     assert code == 1 and "problem" in out
+
+
+def test_generator_without_any_cost_does_not_block_the_others(tmp_path: Path) -> None:
+    """A newly added generator of an unknown family (no FLOP estimate, no cost_seconds, not in the router) is
+    listed as needing calibration with an unknown cost; only forcing it asks for its cost."""
+    models = tmp_path / "models.toml"
+    models.write_text(PACKAGED_MODELS.read_text(encoding="utf-8")
+                      + '\n[generators.mystery]\nsource = "org/mystery"\nsteps = 8\n', encoding="utf-8")
+    doc = explain_json("a red cube", "--models", str(models))
+    row = next(g for g in doc["prompts"][0]["generators"] if g["name"] == "mystery")
+    assert row["cost_seconds"] is None and row["cost_tflops"] is None and row["status"] == "needs calibration"
+    assert doc["prompts"][0]["choice"] in {"sdxl-turbo", "sd21", "sdxl"}
+    code, out = run("models", "--models", str(models), "--json")
+    mystery = next(r for r in json.loads(out)["generators"] if r["name"] == "mystery")
+    assert code == 0 and mystery["cost_kind"] == "unknown" and mystery["cost_seconds"] is None
+    code, msg = run("explain", "a red cube", "--models", str(models), "--generator", "mystery")
+    assert code == 2 and "give cost_seconds" in msg and "[generators.mystery]" in msg

@@ -219,7 +219,8 @@ def models(
     from catimg.cost import catalog_costs
 
     catalog, rt, dev = load_setup(models, router, device)
-    costs = catalog_costs(list(catalog.generators), dev, fallback_seconds=rt.fallback_seconds(catalog.generators))
+    costs = catalog_costs(list(catalog.generators), dev, fallback_seconds=rt.fallback_seconds(catalog.generators),
+                          unknown_ok=lambda g: True)
     print_warnings()
     rows = []
     statuses: dict[str, str] = {}
@@ -252,7 +253,8 @@ def models(
     for col, just in (("name", "left"), ("source", "left"), ("steps", "right"), ("size", "right"), ("cfg", "right"),
                       ("seconds", "right"), ("TFLOPs", "right"), ("weights", "left"), ("router", "left")):
         if col != "source" or wide:
-            t.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
+            t.add_column(col, justify=just, no_wrap=col != "router",  # type: ignore[arg-type]
+                         min_width=len("calibration") if col == "router" else None)
     for g in catalog.generators:
         c = costs[g.name]
         secs = fmt_seconds(c.seconds) + ("*" if c.kind == "estimated" else "")
@@ -260,7 +262,7 @@ def models(
             secs += " (does not fit)"
         elif c.offload:
             secs += " (offload)"
-        cells = [g.name, g.source, str(g.steps), f"{g.width}×{g.height}", f"{g.guidance:g}", secs,
+        cells = [g.name, g.source, str(g.steps), (f"{g.width}²" if g.width == g.height else f"{g.width}×{g.height}"), f"{g.guidance:g}", secs,
                  fmt_tflops(c.tflops), "local" if local[g.name] else "missing", statuses[g.name]]
         t.add_row(*(cells if wide else cells[:1] + cells[2:]))
     con.print(t)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -39,8 +40,19 @@ def label(name: str, style: str, text: str) -> Text:
 def print_json(doc: Any) -> None:
     """Print one JSON document to stdout and nothing else (indented for a terminal, compact for a pipe)."""
     indent = 2 if sys.stdout.isatty() else None
-    sys.stdout.write(json.dumps(doc, indent=indent, ensure_ascii=False, default=_default) + "\n")
+    sys.stdout.write(json.dumps(_finite(doc), indent=indent, ensure_ascii=False, default=_default) + "\n")
     sys.stdout.flush()
+
+
+def _finite(o: Any) -> Any:
+    """NaN and infinities (an unknown cost) become null: JSON has no such numbers."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
 
 
 def _default(o: Any) -> Any:
@@ -59,7 +71,7 @@ def _default(o: Any) -> Any:
 
 
 def fmt_seconds(s: float | None) -> str:
-    if s is None:
+    if s is None or s != s:  # None or NaN: unknown
         return "-"
     if s < 1:
         return f"{s * 1000:.0f} ms"
@@ -71,6 +83,6 @@ def fmt_seconds(s: float | None) -> str:
 
 
 def fmt_tflops(t: float | None) -> str:
-    if t is None or t <= 0:  # 0: unknown (no FLOP estimate and no explicit cost_tflops)
+    if t is None or not t > 0:  # NaN fails the test too  # 0: unknown (no FLOP estimate and no explicit cost_tflops)
         return "-"
     return f"{t:.2f}" if t < 10 else f"{t:.0f}"
