@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tiny
 
 from catimg.config import Generator
 from catimg.device import cpu_device
@@ -225,14 +226,10 @@ def test_generator_failing_to_load_is_replanned(ray_instance: Any, tmp_path: Pat
 
 # ------------------------------------------------------------------------------------------------ through the CLI
 
-WORDS = ["cat", "dog", "house", "tree", "car", "park", "crowd", "wall", "sky", "sea", "city", "forest"]
-
 
 @pytest.fixture(scope="module")
 def cli_setup(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path, tiny_sd2_dir: Path) -> dict[str, Path]:
     """models.toml with two tiny local generators and a router trained on made-up measurements."""
-    import csv
-
     from typer.testing import CliRunner
 
     from catimg.cli import app
@@ -243,16 +240,9 @@ def cli_setup(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path, tiny_
         f'[generators.a]\nsource = "{tiny_sd_dir}"\nsteps = 2\nguidance = 2.0\nwidth = 64\nheight = 64\n'
         f'[generators.b]\nsource = "{tiny_sd2_dir}"\nsteps = 2\nguidance = 2.0\nwidth = 64\nheight = 64\n'
     )
-    m = root / "m.csv"
-    with m.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["prompt", "generator", "score", "seconds"])
-        for i in range(40):
-            p = f"a {WORDS[i % 12]} and a {WORDS[(i * 5) % 12]} number {i}"
-            hard = "crowd" in p or "city" in p
-            w.writerows([[p, "a", 0.3 if hard else 0.6, 0.05], [p, "b", 0.8 if hard else 0.62, 0.1]])
+    m = tiny.write_measurements(root / "m.csv", {"a": (0.6, 0.3, 0.05), "b": (0.62, 0.8, 0.1)})
     prompts = root / "prompts.txt"
-    prompts.write_text("".join(f"a {WORDS[i % 12]} in the {WORDS[-(i % 12) - 1]} {i}\n" for i in range(16)))
+    prompts.write_text("".join(f"a {tiny.WORDS[i % 12]} in the {tiny.WORDS[-(i % 12) - 1]} {i}\n" for i in range(16)))
     res = CliRunner().invoke(app, ["train", "--measurements", str(m), "--models", str(models), "--out", str(root / "router")])
     if res.exit_code != 0:
         pytest.skip(f"catimg train not usable: {res.output[-300:]}")

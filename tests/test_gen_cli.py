@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -17,7 +16,6 @@ from catimg.cli import app
 from catimg.errors import CatimgError, InputError
 
 runner = CliRunner()
-WORDS = ["cat", "dog", "house", "tree", "car", "park", "crowd", "wall", "sky", "sea", "city", "forest"]
 
 
 @pytest.fixture(scope="module")
@@ -31,17 +29,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path, tiny_sdxl
         f'[generators.sd]\nsource = "{tiny_sd_dir}"\nsteps = [2, 4]\nguidance = 2.0\nwidth = 64\nheight = 64\n'
         '[generators.turbo]\nsource = "stabilityai/sdxl-turbo"\nsteps = 2\nguidance = 0.0\nwidth = 64\nheight = 64\n'
     )
-    m = root / "m.csv"
-    with m.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["prompt", "generator", "score", "seconds"])
-        for i in range(40):
-            p = f"a {WORDS[i % 12]} and a {WORDS[(i * 5) % 12]} number {i}"
-            hard = "crowd" in p or "city" in p
-            w.writerows([[p, "sd@2", 0.3 if hard else 0.6, 0.05], [p, "sd@4", 0.5 if hard else 0.62, 0.1],
-                         [p, "turbo", 0.8 if hard else 0.63, 0.2]])
+    m = tiny.write_measurements(root / "m.csv", {"sd@2": (0.6, 0.3, 0.05), "sd@4": (0.62, 0.5, 0.1),
+                                                 "turbo": (0.63, 0.8, 0.2)})
     prompts = root / "prompts.txt"
-    prompts.write_text("# a comment\n" + "".join(f"a {WORDS[i]} in the {WORDS[-i - 1]}\n" for i in range(6)))
+    prompts.write_text("# a comment\n" + "".join(f"a {tiny.WORDS[i]} in the {tiny.WORDS[-i - 1]}\n" for i in range(6)))
     res = runner.invoke(app, ["train", "--measurements", str(m), "--models", str(models), "--out", str(root / "router")])
     if res.exit_code != 0:
         pytest.skip(f"catimg train not usable yet: {res.output[-300:]} {res.exception!r}")

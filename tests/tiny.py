@@ -237,3 +237,27 @@ def install_fake_hub(cache_root: str | Path, repo_id: str, folder: str | Path) -
     (repo_dir / "blobs").mkdir(exist_ok=True)
     os.utime(snapshot)
     return snapshot
+
+
+WORDS = ["cat", "dog", "house", "tree", "car", "park", "crowd", "wall", "sky", "sea", "city", "forest"]
+HARD_WORDS = ("crowd", "city")
+
+
+def write_measurements(path: str | Path, scores: dict[str, tuple[float, float, float]], n: int = 40,
+                       hard_words: tuple[str, ...] = HARD_WORDS) -> Path:
+    """A synthetic long-format CSV (prompt,generator,score,seconds) for routers over tiny generators.
+
+    ``scores`` maps a generator name to (score on easy prompts, score on hard prompts, seconds); a prompt is hard
+    when it mentions one of ``hard_words``, so a trained router has something real to learn.
+    """
+    import csv
+
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["prompt", "generator", "score", "seconds"])
+        for i in range(n):
+            p = f"a {WORDS[i % 12]} and a {WORDS[(i * 5) % 12]} number {i}"
+            hard = any(x in p for x in hard_words)
+            w.writerows([[p, g, h if hard else e, s] for g, (e, h, s) in scores.items()])
+    return path

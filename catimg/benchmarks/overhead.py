@@ -16,7 +16,6 @@ Prints the medians over ``--repeat`` runs and the ratio (target: catimg ≤ 1.15
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -27,8 +26,6 @@ import time
 from pathlib import Path
 
 from catimg.benchmarks import tiny_module
-
-WORDS = ["cat", "dog", "house", "tree", "car", "park", "crowd", "wall", "sky", "sea", "city", "forest"]
 
 PLAIN = r'''
 import json, sys, torch
@@ -81,16 +78,10 @@ def main() -> None:
         f'[generators.sd]\nsource = "{sd}"\nsteps = [2, 4]\nguidance = 2.0\nwidth = 64\nheight = 64\n'
         '[generators.turbo]\nsource = "stabilityai/sdxl-turbo"\nsteps = 2\nguidance = 0.0\nwidth = 64\nheight = 64\n'
     )
-    with (root / "m.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["prompt", "generator", "score", "seconds"])
-        for i in range(60):
-            p = f"a {WORDS[i % 12]} and a {WORDS[(i * 5) % 12]} number {i}"
-            hard = any(x in p for x in ("crowd", "city", "park"))
-            w.writerows([[p, "sd@2", 0.3 if hard else 0.6, 0.05], [p, "sd@4", 0.5 if hard else 0.62, 0.1],
-                         [p, "turbo", 0.8 if hard else 0.63, 0.2]])
+    tiny.write_measurements(root / "m.csv", {"sd@2": (0.6, 0.3, 0.05), "sd@4": (0.62, 0.5, 0.1),
+                                             "turbo": (0.63, 0.8, 0.2)}, n=60, hard_words=("crowd", "city", "park"))
     prompts = root / "prompts.txt"
-    prompts.write_text("".join(f"a {WORDS[i % 12]} in the {WORDS[(i * 7 + 3) % 12]}, view {i}\n" for i in range(args.prompts)))
+    prompts.write_text("".join(f"a {tiny.WORDS[i % 12]} in the {tiny.WORDS[(i * 7 + 3) % 12]}, view {i}\n" for i in range(args.prompts)))
     cat = [sys.executable, "-m", "catimg"]
     _run(cat + ["train", "--measurements", str(root / "m.csv"), "--models", str(models), "--out", str(root / "router")], env)
 
