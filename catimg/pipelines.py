@@ -71,6 +71,26 @@ def hub_snapshot(repo_id: str, revision: str = "main") -> Path | None:
     return None
 
 
+def hub_unreachable(timeout: float = 1.0) -> str | None:
+    """None when the Hub's host answers a TCP connection within ``timeout`` seconds, else why not.
+
+    Downloads are only tried when this passes, so an offline machine fails in about a second instead of
+    huggingface_hub's retry loop (about 25 s). Behind an HTTPS proxy the host is not reached directly: no probe.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or exc}"
+    return None
+
+
 def fetch_hint(source: str) -> str:
     return f"fetch it with `hf download {source}` (or `huggingface-cli download {source}`), or rerun with --allow-download"
 
@@ -139,6 +159,13 @@ def check_weights(gen: Generator, allow_download: bool = False) -> Path | None:
     if weights_available(gen):
         return hub_snapshot(gen.source)
     if downloads_allowed(allow_download):
+        problem = hub_unreachable()
+        if problem is not None:
+            raise WeightsMissingError(
+                f'generator "{gen.name}": weights for {gen.source} are not in the Hugging Face cache and the Hub is '
+                f"unreachable ({problem}); connect to the network, or fetch them on another machine with "
+                f"`hf download {gen.source}` and copy the cache ({hub_cache_dir()})"
+            )
         return None
     raise WeightsMissingError(
         f'generator "{gen.name}": weights for {gen.source} are not in the Hugging Face cache ({hub_cache_dir()}) '

@@ -35,7 +35,7 @@ def test_download_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pipelines.downloads_allowed(True)
     monkeypatch.setenv("CATIMG_ALLOW_DOWNLOAD", "1")
     assert pipelines.downloads_allowed()
-    assert pipelines.check_weights(gen("t", "org/absent")) is None  # would download
+    # what check_weights then does with an absent model depends on the Hub answering: see the test below
 
 
 def test_local_folder_that_is_not_a_pipeline(tmp_path: Path) -> None:
@@ -85,3 +85,31 @@ def test_safety_checker_off_by_default(tiny_sd_dir: Path) -> None:
     assert kw["safety_checker"] is None and kw["requires_safety_checker"] is False
     kw = pipelines._load_kwargs(tiny_sd_dir, gen("a", tiny_sd_dir, safety_checker=True), "fp32")
     assert "safety_checker" not in kw
+
+
+def test_downloads_allowed_but_hub_unreachable_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--allow-download on an offline machine: one line within about a second, not the Hub's retry loop."""
+    import socket
+    import time
+
+    from catimg.config import Generator
+    from catimg.errors import WeightsMissingError
+    from catimg.pipelines import check_weights
+
+    for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    with socket.socket() as s:  # a local port that nothing listens on: connection refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    gen = Generator(name="far", model="far", source="org/not-cached", family="sd1", steps=2, guidance=2.0,
+                    width=64, height=64)
+    t = time.monotonic()
+    with pytest.raises(WeightsMissingError, match=r'generator "far".*Hub is unreachable \(127\.0\.0\.1:\d+'):
+        check_weights(gen, allow_download=True)
+    assert time.monotonic() - t < 2.0
+    with socket.socket() as srv:  # a Hub host that answers: the download is left to diffusers
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{srv.getsockname()[1]}")
+        assert check_weights(gen, allow_download=True) is None
