@@ -25,12 +25,6 @@ import numpy as np
 from catimg.errors import InputError
 
 LEVELS = ("low", "medium", "high", "max")
-LEVEL_HELP = {
-    "low": "cheap: only pays for an expensive generator where the predicted gain is large",
-    "medium": "balanced: the default",
-    "high": "quality first: the expensive generator unless the gain is small",
-    "max": "best predicted quality whatever it costs (λ = 0)",
-}
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*(?:(\d+(?:\.\d+)?)\s*ms)?\s*$")
 

@@ -32,13 +32,14 @@ MAX_SWEEP_POINTS = 600
 
 
 def choose(q_pred: np.ndarray, costs: np.ndarray, lam: float, scale: tuple[float, float]) -> np.ndarray:
-    """Column index chosen per prompt at price ``lam``; ties go to the cheaper generator."""
+    """Column index chosen per prompt at price ``lam``, in metric units: the product's routing rule
+    (:func:`catimg.budget.choose`, ties to the cheaper generator) after normalising quality and cost."""
+    from catimg.budget import choose as route
+
     lo, hi = scale
     span = (hi - lo) or 1.0
     cn = np.asarray(costs, float) / float(np.max(costs))
-    order = np.argsort(cn, kind="stable")  # cheapest first so argmax picks it on ties
-    value = (q_pred[:, order] - lo) / span - lam * cn[order][None, :]
-    return order[np.argmax(value, axis=1)]
+    return route((np.asarray(q_pred, float) - lo) / span, cn, lam)
 
 
 def breakpoints(q_pred: np.ndarray, costs: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
