@@ -9,7 +9,7 @@ import numpy as np
 
 from catimg.budget import Budget, choose, solve_total
 from catimg.config import Catalog, Generator
-from catimg.errors import InputError
+from catimg.errors import InputError, RouterError
 
 if TYPE_CHECKING:
     from catimg.cost import Cost
@@ -171,18 +171,26 @@ def route_prompts(
     gens = catalog.generators
     names = [g.name for g in gens]
     forced_gen = catalog.get(forced) if forced else None
-    router.check(catalog, (encoder or default_encoder()).encoder_id)
+    # forcing a generator skips routing: it needs the catalog entry (and, to generate, the weights), not a router
+    # that knows the catalog; the router's predictions are still shown when it can give them
+    use_router = True
+    try:
+        router.check(catalog, (encoder or default_encoder()).encoder_id)
+    except RouterError:
+        if forced_gen is None:
+            raise
+        use_router = False
     if costs is None:
         # a generator that will not be routed to may lack a cost; one that can be chosen may not
         costs = catalog_costs(list(gens), device, fallback_seconds=router.fallback_seconds(gens),
-                              unknown_ok=lambda g: not (g.enabled and router.knows(g)) and g.name != forced)
+                              unknown_ok=lambda g: forced_gen is not None or not (g.enabled and router.knows(g)))
 
     statuses: dict[str, str] = {}
     for g in gens:
         c = costs[g.name]
         if not g.enabled:
             statuses[g.name] = DISABLED
-        elif not router.knows(g):
+        elif not (use_router and router.knows(g)):
             statuses[g.name] = NEEDS_CALIBRATION
         elif not c.feasible:
             statuses[g.name] = INFEASIBLE
@@ -195,24 +203,27 @@ def route_prompts(
             f"{catalog.path}: no generator can be routed ({why}); calibrate one, enable one, or force one with --generator"
         )
 
-    enc = encoder or default_encoder()
-    emb = enc.encode(prompts)
-    mean_r, std_r = router.predict(emb)
     n, n_gens = len(prompts), len(gens)
     q = np.full((n, n_gens), np.nan)
     s = np.full((n, n_gens), np.nan)
-    col = {name: i for i, name in enumerate(router.generators)}
-    for j, gen in enumerate(gens):
-        if router.knows(gen) and gen.name in col:
-            q[:, j] = mean_r[:, col[gen.name]]
-            s[:, j] = std_r[:, col[gen.name]]
+    emb = None
+    if use_router:
+        emb = (encoder or default_encoder()).encode(prompts)
+        mean_r, std_r = router.predict(emb)
+        col = {name: i for i, name in enumerate(router.generators)}
+        for j, gen in enumerate(gens):
+            if router.knows(gen) and gen.name in col:
+                q[:, j] = mean_r[:, col[gen.name]]
+                s[:, j] = std_r[:, col[gen.name]]
     lo, hi = router.scale
     qn = (q - lo) / (hi - lo)
     cost_s = np.array([costs[nm].seconds for nm in names], dtype=float)
     tflops = np.array([costs[nm].tflops for nm in names], dtype=float)
     load_s = np.array([costs[nm].load_seconds for nm in names], dtype=float)
     models = [gg.model for gg in gens]
-    cmax = float(cost_s[allowed].max()) if allowed.any() else float(cost_s.max())
+    known_costs = cost_s[allowed] if allowed.any() else cost_s
+    known_costs = known_costs[np.isfinite(known_costs)]
+    cmax = float(known_costs.max()) if known_costs.size and known_costs.max() > 0 else 1.0
     cn = cost_s / cmax
 
     lam: float | None
@@ -229,7 +240,7 @@ def route_prompts(
         lam = float(router.levels[budget.level])
         choice = choose(qn, cn, lam, allowed)
 
-    nb = router.neighbours(emb, k=neighbours) if neighbours else [[] for _ in prompts]
+    nb = router.neighbours(emb, k=neighbours) if neighbours and emb is not None else [[] for _ in prompts]
     routes = []
     lam_v = 0.0 if lam is None else lam
     value = qn - lam_v * cn[None, :]

@@ -186,3 +186,27 @@ def test_kill_9_loses_at_most_the_image_in_flight(setup: dict[str, Path], tmp_pa
     assert len(after) == 24 and len(keys) == 24
     pngs = list(out.glob("*.png"))
     assert len(pngs) - 24 <= 1  # at most the image in flight was written but not recorded
+
+
+# ------------------------------------------------------------------------------------ issue 10: a user's first hour
+
+
+def test_forced_generator_needs_no_router_for_it(setup: dict[str, Path], tmp_path: Path, tiny_sd_dir: Path) -> None:
+    """--generator with a catalog no router knows (the bundled one, or one trained under other settings)."""
+    own = tmp_path / "my.toml"  # the name of the setup router's generator, other settings (width/height)
+    own.write_text(f'[generators.sd]\nsource = "{tiny_sd_dir}"\nsteps = 2\nguidance = 2.0\nwidth = 32\nheight = 32\n')
+    for router in ([], ["--router", str(setup["router"])]):
+        routed = runner.invoke(app, ["explain", "a cat", "--models", str(own), *router])
+        assert isinstance(routed.exception, CatimgError) and routed.exception.exit_code == 3  # routing needs one
+        ex = runner.invoke(app, ["explain", "a cat", "--models", str(own), "--generator", "sd", "--json", *router])
+        assert ex.exit_code == 0, ex.output
+        doc = json.loads(ex.output)
+        assert doc["prompts"][0]["choice"] == "sd" and doc["statuses"]["sd"] == "forced"
+        out = tmp_path / f"o{len(router)}"
+        res = runner.invoke(app, ["gen", "a cat", "--models", str(own), "--generator", "sd", "--seed", "1",
+                                  "--out", str(out), "--json", *router])
+        assert res.exit_code == 0, res.output
+        made = json.loads(res.output)["images"]
+        assert [i["status"] for i in made] == ["ok"] and Path(made[0]["file"]).is_file()
+        text = runner.invoke(app, ["explain", "a cat", "--models", str(own), "--generator", "sd", *router])
+        assert text.exit_code == 0 and "forced" in text.output
