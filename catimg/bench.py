@@ -27,7 +27,7 @@ from typing import Any
 
 from catimg.config import Generator
 from catimg.device import DeviceInfo, default_dtype, device_class
-from catimg.errors import CatimgError, GenerationError
+from catimg.errors import CatimgError, GenerationError, first_line
 
 CACHE_FORMAT = 1
 _warnings: list[str] = []
@@ -119,7 +119,7 @@ def load_cache(path: Path | None = None) -> dict[str, dict[str, Any]]:
             BenchResult.from_dict(entry)  # validates every entry's fields
         return entries
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
-        reason = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
+        reason = first_line(exc, limit=80)
         try:
             path.replace(path.with_name(path.name + ".corrupt"))
         except OSError:
@@ -189,7 +189,7 @@ def _load_plain(gen: Generator, device: DeviceInfo, dtype: str) -> Any:  # pragm
     try:
         pipe = DiffusionPipeline.from_pretrained(gen.source, dtype=torch_dtype(dtype), variant=gen.variant)
     except Exception as exc:
-        raise GenerationError(f"[generators.{gen.model}]: cannot load {gen.source} ({str(exc).splitlines()[0]})") from exc
+        raise GenerationError(f"[generators.{gen.model}]: cannot load {gen.source} ({first_line(exc)})") from exc
     if gen.scheduler:
         import diffusers
 
@@ -298,7 +298,7 @@ def measure(gen: Generator, device: DeviceInfo, repeats: int = 3, warmup: int = 
         except CatimgError:
             raise
         except Exception as exc:
-            raise GenerationError(f"{gen.name}: the benchmark image failed ({str(exc).splitlines()[0]})") from exc
+            raise GenerationError(f"{gen.name}: the benchmark image failed ({first_line(exc)})") from exc
         sync()
         end = time.perf_counter()
         if i < warmup:

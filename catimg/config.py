@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from catimg.device import DTYPES
 from catimg.errors import ConfigError, did_you_mean
 from catimg.textfiles import read_user_text
 
@@ -39,7 +40,7 @@ GENERATOR_KEYS = {
     "width": "image width in pixels, a multiple of 8",
     "height": "image height in pixels, a multiple of 8",
     "scheduler": "diffusers scheduler class name, e.g. EulerDiscreteScheduler (default: the pipeline's own)",
-    "dtype": "auto, fp16, bf16 or fp32 (auto: fp16/bf16 on CUDA, fp16 on MPS, fp32 on CPU)",
+    "dtype": f"{', '.join(DTYPES[:-1])} or {DTYPES[-1]} (auto: fp16/bf16 on CUDA, fp16 on MPS, fp32 on CPU)",
     "variant": "weights variant to load, e.g. fp16",
     "negative_prompt": "default negative prompt",
     "cost_seconds": "explicit cost: seconds per image on your device (overrides the estimate)",
@@ -49,7 +50,6 @@ GENERATOR_KEYS = {
     "note": "free text shown by `catimg models`",
 }
 TOP_KEYS = {"generators", "defaults"}
-DTYPES = ("auto", "fp16", "bf16", "fp32")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ from catimg.errors import DeviceError
 
 DeviceKind = Literal["cuda", "mps", "cpu"]
 GIB = 1024**3
+#: The dtypes weights can be loaded in ("auto": by device, see :func:`default_dtype`); the one list of them.
+DTYPES = ("auto", "fp16", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -179,8 +181,8 @@ def default_dtype(device: DeviceInfo, requested: str = "auto") -> str:
 
     An explicit bf16 request on a GPU without bf16 falls back to fp16; fp16 on the CPU is honoured (slow but valid).
     """
-    if requested not in ("auto", "fp16", "bf16", "fp32"):
-        raise DeviceError(f'dtype "{requested}" is unknown; use auto, fp16, bf16 or fp32')
+    if requested not in DTYPES:
+        raise DeviceError(f'dtype "{requested}" is unknown; use {", ".join(DTYPES[:-1])} or {DTYPES[-1]}')
     if requested == "bf16" and device.kind == "cuda" and not device.bf16:
         return "fp16"
     if requested == "bf16" and device.kind == "mps":

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from catimg.errors import CatimgError, DeviceError, GenerationError, InputError
+from catimg.errors import CatimgError, DeviceError, GenerationError, InputError, first_line
 from catimg.generate import Executor, ImageRecord, PlanItem, RunOptions, RunResult, auto_batch_size
 from catimg.output import (
     append_manifest,
@@ -131,7 +131,7 @@ def _gcs_problem(address: str, timeout: float) -> str | None:
             GcsClient(address=address)
             outcome.append(None)
         except Exception as exc:
-            outcome.append(_first_line(exc))
+            outcome.append(first_line(exc, typed=True, limit=200))
 
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -164,18 +164,13 @@ def connect(address: str | None, num_cpus: int | None = None) -> tuple[Any, bool
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         except Exception as exc:
-            raise DeviceError(f"--ray-address {address}: cannot connect ({_first_line(exc)}); check the address") from None
+            raise DeviceError(f"--ray-address {address}: cannot connect ({first_line(exc, typed=True, limit=200)}); check the address") from None
         return ray, True
     try:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     except Exception as exc:
-        raise DeviceError(f"--engine ray: could not start a local Ray instance ({_first_line(exc)})") from None
+        raise DeviceError(f"--engine ray: could not start a local Ray instance ({first_line(exc, typed=True, limit=200)})") from None
     return ray, True
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 def describe_event(kind: str, data: dict[str, Any]) -> str | None:
@@ -288,7 +283,7 @@ class RayWorker:
         try:
             ex._pipe(gen, items[0])
         except Exception as exc:
-            return {"load_error": exc.args[0] if isinstance(exc, CatimgError) and exc.args else _first_line(exc),
+            return {"load_error": exc.args[0] if isinstance(exc, CatimgError) and exc.args else first_line(exc, typed=True, limit=200),
                     "model": gen.model, "results": [], "loads": []}
         ex.opt.batch_size = len(items)  # the driver cut this batch exactly as the local engine would
         res = RunResult()
@@ -468,7 +463,7 @@ def _ready(ray: Any, actors: dict[int, Any], n: int, which: list[int]) -> list[d
             "no resources for the plan's generators: add nodes or lower --workers"
         ) from None
     except ray.exceptions.RayError as exc:
-        raise DeviceError(f"a Ray worker failed to start ({_first_line(exc)}); is catimg installed on every node?") from None
+        raise DeviceError(f"a Ray worker failed to start ({first_line(exc, typed=True, limit=200)}); is catimg installed on every node?") from None
 
 
 def _drive(ray: Any, plan: list[PlanItem], positions: list[int], options: RunOptions, emit: Event, res: RunResult,
@@ -614,7 +609,7 @@ def _drive(ray: Any, plan: list[PlanItem], positions: list[int], options: RunOpt
             actors.pop(i, None)
             sched.retire(i)
             st.lost_workers += 1
-            emit("worker-lost", {"worker": info_by[i]["label"], "images": len(lost), "error": _first_line(exc)})
+            emit("worker-lost", {"worker": info_by[i]["label"], "images": len(lost), "error": first_line(exc, typed=True, limit=200)})
             requeue(lost)
             if replacements > 0:
                 replacements -= 1
@@ -633,7 +628,7 @@ def _drive(ray: Any, plan: list[PlanItem], positions: list[int], options: RunOpt
         except ray.exceptions.RayTaskError as exc:  # an unexpected error in the worker: record the batch as failed
             for p in b:
                 if p not in recorded:
-                    _write_failed(plan[p], _first_line(exc), p)
+                    _write_failed(plan[p], first_line(exc, typed=True, limit=200), p)
             if i in actors and inflight(i) == 0:
                 dispatch(i)
             continue

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catimg import __version__
-from catimg.errors import InputError
+from catimg.errors import InputError, first_line
 from catimg.output import append_manifest, done_keys, image_filename, prepare_out_dir, save_image
 from catimg.pipelines import PipelineCache, apply_scheduler, resolve_dtype
 
@@ -286,7 +286,7 @@ class Executor:
                 for it in batch:
                     self._run_batch(pipe, gen, [it], res)
                 return
-            self._retry(batch[0], gen, _msg(exc), exc, res)
+            self._retry(batch[0], gen, first_line(exc, typed=True, limit=200), exc, res)
             return
         for it, im in zip(batch, images, strict=True):
             if _is_black(im):
@@ -320,7 +320,7 @@ class Executor:
             raise
         except Exception as exc:
             rec = ImageRecord(item=it, status="failed", generator=target, attempts=2,
-                              error=f"{err}; retry: {_msg(exc)}", note=note)
+                              error=f"{err}; retry: {first_line(exc, typed=True, limit=200)}", note=note)
             res.records.append(rec)
             self._record(rec)
             self.on_event("image", {"record": rec})
@@ -449,11 +449,6 @@ def _memory_saving(pipe: Any, on: bool) -> None:
                 fn()
             except Exception:
                 pass
-
-
-def _msg(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 def run_plan(plan: list[PlanItem], options: RunOptions, on_event: Event | None = None) -> RunResult:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from catimg.errors import ConfigError, GenerationError, WeightsMissingError, did_you_mean
+from catimg.errors import ConfigError, GenerationError, WeightsMissingError, did_you_mean, first_line
 
 if TYPE_CHECKING:
     from catimg.config import Generator
@@ -296,15 +296,15 @@ def load_pipeline(
     except OSError as exc:
         if folder is None:
             raise WeightsMissingError(
-                f'generator "{gen.name}": could not download {gen.source} ({str(exc).splitlines()[0]}); '
+                f'generator "{gen.name}": could not download {gen.source} ({first_line(exc)}); '
                 f"{fetch_hint(gen.source)}"
             ) from exc
         raise GenerationError(
-            f'generator "{gen.name}": loading {where} failed: {str(exc).splitlines()[0]}; re-save or re-download it'
+            f'generator "{gen.name}": loading {where} failed: {first_line(exc)}; re-save or re-download it'
         ) from exc
     except Exception as exc:
         raise GenerationError(
-            f'generator "{gen.name}": loading {where} failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ""}); '
+            f'generator "{gen.name}": loading {where} failed ({first_line(exc, typed=True)}); '
             "check that the folder holds a complete diffusers text-to-image pipeline"
         ) from exc
     if offload and device.kind == "cuda":

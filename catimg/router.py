@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from catimg.config import Catalog, Generator
-from catimg.errors import RouterError, did_you_mean
+from catimg.errors import RouterError, did_you_mean, first_line
 from catimg.predictor import Predictor, load_predictor
 
 FORMAT = "catimg-router"
@@ -248,7 +248,7 @@ def load_router(path: str | Path | None = None, encoder_id: str | None = None, e
 
         arrays = load_file(str(wpath))
     except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise RouterError(f"{wpath}: corrupt router weights ({str(exc).splitlines()[0][:120]}); retrain the router with `catimg train`") from exc
+        raise RouterError(f"{wpath}: corrupt router weights ({first_line(exc, limit=120)}); retrain the router with `catimg train`") from exc
     pred = load_predictor(cfg["predictor"]["name"], cfg["predictor"]["params"], arrays, where=str(wpath))
     # one prediction on a zero embedding: weights that do not fit the config fail here, as one line
     n_gen = len(cfg["generators"])
@@ -256,7 +256,7 @@ def load_router(path: str | Path | None = None, encoder_id: str | None = None, e
         mean, std = pred.predict(np.zeros((1, int(cfg["encoder"]["dim"])), dtype=np.float32))
         ok = np.shape(mean) == (1, n_gen) and np.shape(std) == (1, n_gen)
     except (ValueError, IndexError, KeyError, TypeError) as exc:
-        raise RouterError(f"{wpath}: the weights do not fit {CONFIG} ({str(exc).splitlines()[0][:120]}); "
+        raise RouterError(f"{wpath}: the weights do not fit {CONFIG} ({first_line(exc, limit=120)}); "
                           "copy the whole router folder or retrain it with `catimg train`") from exc
     if not ok:
         raise RouterError(f"{wpath}: the weights predict {np.shape(mean)[-1]} generator(s) but {CONFIG} lists {n_gen}; "

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from catimg.errors import InputError, WeightsMissingError, did_you_mean
+from catimg.errors import InputError, WeightsMissingError, did_you_mean, first_line
 
 DEFAULT_METRIC = "clipscore"
 
@@ -202,7 +202,7 @@ class CLIPFamilyScorer(Scorer):
             self.processor = _image_processor(proc)
         except (OSError, ValueError) as exc:
             raise WeightsMissingError(
-                f"{folder}: cannot load scorer checkpoint {model_id} for metric {name} ({str(exc).splitlines()[0]}); "
+                f"{folder}: cannot load scorer checkpoint {model_id} for metric {name} ({first_line(exc)}); "
                 "pass --scorer-model with a complete CLIP folder"
             ) from exc
         self.max_length = int(getattr(self.model.config.text_config, "max_position_embeddings", 77))

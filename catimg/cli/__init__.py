@@ -13,7 +13,7 @@ import sys
 import typer
 
 from catimg import __version__
-from catimg.errors import CatimgError
+from catimg.errors import CatimgError, ExitStatus
 
 app = typer.Typer(
     name="catimg",
@@ -90,12 +90,12 @@ def main() -> None:
         from catimg.cli.render import error_console, label
 
         error_console().print(label("error:", "bold red", exc.message), highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        sys.exit(int(exc.exit_code))
     except KeyboardInterrupt:
         if os.environ.get("CATIMG_DEBUG"):
             raise
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(ExitStatus.INTERRUPTED)
     except SystemExit:
         raise
     except Exception as exc:  # usage errors (bad option value, unknown option) and the like
@@ -103,12 +103,12 @@ def main() -> None:
             raise
         if isinstance(exc, typer.Abort) or _is_click(exc, "Abort"):
             print("aborted", file=sys.stderr)
-            sys.exit(130)
+            sys.exit(ExitStatus.INTERRUPTED)
         if isinstance(exc, typer.Exit) or _is_click(exc, "Exit"):
-            sys.exit(int(getattr(exc, "exit_code", 1)))
+            sys.exit(int(getattr(exc, "exit_code", ExitStatus.ERROR)))
         if _is_click(exc, "NoArgsIsHelpError"):  # plain `catimg`: the help
             exc.show()  # type: ignore[attr-defined]
-            sys.exit(int(getattr(exc, "exit_code", 2)))
+            sys.exit(int(getattr(exc, "exit_code", ExitStatus.BAD_INPUT)))
         if _is_click(exc, "ClickException"):
             sys.exit(_usage_error(exc))
         raise
@@ -149,4 +149,4 @@ def _usage_error(exc: Exception) -> int:
     path = getattr(ctx, "command_path", None) or "catimg"
     error_console().print(label("error:", "bold red", f"{message}; see `{path} --help`"), highlight=False,
                           soft_wrap=True)
-    return int(getattr(exc, "exit_code", 2))
+    return int(getattr(exc, "exit_code", ExitStatus.BAD_INPUT))

@@ -8,8 +8,10 @@ from typing import Any
 import typer
 
 from catimg.cli import app
+from catimg.cli.common import DEVICE_OPT, DTYPE_OPT, ENGINE_OPT, ENGINES, JSON_OPT, MODELS_OPT, check_choice
 from catimg.cli.render import console, fmt_seconds, print_json
-from catimg.errors import InputError
+from catimg.device import DTYPES
+from catimg.errors import ExitStatus, InputError
 
 DB_OPT = typer.Option(
     None, "--db", help="Measurement database (default: measurements.sqlite in the catimg user data dir, or $CATIMG_DATA_DIR).",
@@ -43,20 +45,20 @@ def calibrate(
     scorer_model: str = typer.Option(None, "--scorer-model", help="Scorer checkpoint: Hub id in the HF cache or a local folder.",
                                      show_default=False),
     db: Path = DB_OPT,
-    models: Path = typer.Option(None, "--models", "-m", help="models.toml to use.", show_default=False),
+    models: Path = MODELS_OPT,
     out: Path = typer.Option(None, "--out", "-o", help="Folder for the calibration images (default: images/ next to the database).",
                              show_default=False),
-    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: detected).", show_default=False),
-    dtype: str = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 (default: by device).", show_default=False),
+    device: str = DEVICE_OPT,
+    dtype: str = DTYPE_OPT,
     batch_size: int = typer.Option(None, "--batch-size", help="Prompts per pipeline call (default: by device memory).", show_default=False),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show how many images and how long, then stop."),
-    engine: str = typer.Option("local", "--engine", help='local (this process) or ray (a Ray cluster; pip install "catimg\\[ray]").'),
+    engine: str = ENGINE_OPT,
     ray_address: str = typer.Option(
         None, "--ray-address", help="With --engine ray: the cluster head (host:port, ray://host:10001 or auto). Default: a local Ray instance.",
         show_default=False,
     ),
     workers: int = typer.Option(None, "--workers", help="With --engine ray: workers (default: one per GPU, else per CPU).", show_default=False),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON document and nothing else."),
+    json_out: bool = JSON_OPT,
 ) -> None:
     """Measure your generators: generate, score and store images for a prompt set (resumable, incremental).
 
@@ -85,10 +87,8 @@ def calibrate(
     if batch_size is not None and batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be 1 or more")
     run_engine: Any = None
-    if engine not in ("local", "ray"):
-        from catimg.errors import did_you_mean
-
-        raise InputError(f'--engine "{engine}" is unknown{did_you_mean(engine, ["local", "ray"])}; use local or ray')
+    check_choice("--engine", engine, ENGINES)
+    check_choice("--dtype", dtype, DTYPES)
     if engine == "ray" and not dry_run:
         from functools import partial
 
@@ -162,7 +162,7 @@ def calibrate(
     else:
         _render_summary(doc, metric)
     if result is not None and result.interrupted:
-        raise typer.Exit(130)
+        raise typer.Exit(ExitStatus.INTERRUPTED)
 
 
 def _note_missing_weights(plan: Any) -> None:
@@ -269,7 +269,7 @@ def export_cmd(
     db: Path = DB_OPT,
     metric: str = typer.Option(None, "--metric", help="Only this metric (default: all).", show_default=False),
     generators: str = typer.Option(None, "--generators", "-g", help="Only these generators (comma-separated).", show_default=False),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON document and nothing else."),
+    json_out: bool = JSON_OPT,
 ) -> None:
     """Write the database's measurements in the long format that `catimg train --measurements` reads."""
     from catimg.store import Store
@@ -287,12 +287,15 @@ def export_cmd(
 def import_cmd(
     file: Path = typer.Argument(..., help="Long-format CSV or JSONL (prompt, generator, score; metric, seconds, seed, source)."),
     db: Path = DB_OPT,
-    models: Path = typer.Option(None, "--models", "-m", help="models.toml: its generators are keyed by their settings.",
-                                show_default=False),
+    models: Path = MODELS_OPT,
     metric: str = typer.Option("score", "--metric", help="Metric for rows that name none."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON document and nothing else."),
+    json_out: bool = JSON_OPT,
 ) -> None:
-    """Add measurements from a long-format file to the database (importing the same file twice adds nothing)."""
+    """Add measurements from a long-format file to the database (importing the same file twice adds nothing).
+
+    Rows are keyed by the settings of the generators of models.toml (--models), so later changes to a generator
+    do not mix with these scores.
+    """
     from catimg.config import load_catalog
     from catimg.errors import ConfigError
     from catimg.store import Store

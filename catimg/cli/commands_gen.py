@@ -16,6 +16,9 @@ from catimg.cli import app
 from catimg.cli.common import (
     BUDGET_OPT,
     DEVICE_OPT,
+    DTYPE_OPT,
+    ENGINE_OPT,
+    ENGINES,
     FILE_OPT,
     GENERATOR_OPT,
     JSON_OPT,
@@ -23,12 +26,14 @@ from catimg.cli.common import (
     PROMPTS_ARG,
     ROUTER_OPT,
     TOTAL_BUDGET_OPT,
+    check_choice,
     collect_prompts,
     load_setup,
     parse_budgets,
 )
 from catimg.cli.render import console, fmt_seconds, label, print_json
-from catimg.errors import InputError, WeightsMissingError
+from catimg.device import DTYPES
+from catimg.errors import ExitStatus, InputError, WeightsMissingError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -64,14 +69,14 @@ def gen(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan only; load nothing, write nothing."),
     resume: bool = typer.Option(False, "--resume", help="Skip images already recorded in OUT/manifest.jsonl and on disk."),
     device: str | None = DEVICE_OPT,
-    dtype: str | None = typer.Option(None, "--dtype", help="auto, fp16, bf16 or fp32 (default: by device).", show_default=False),
+    dtype: str | None = DTYPE_OPT,
     no_metadata: bool = typer.Option(False, "--no-metadata", help="Write PNGs without catimg's text chunks."),
     allow_download: bool = typer.Option(
         False, "--allow-download",
         help="Let diffusers download missing weights from the Hugging Face Hub (also CATIMG_ALLOW_DOWNLOAD=1). Default: off.",
     ),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per pipeline call (default: by device memory).", show_default=False),
-    engine: str = typer.Option("local", "--engine", help='local (this process) or ray (a Ray cluster; pip install "catimg\\[ray]").'),
+    engine: str = ENGINE_OPT,
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="With --engine ray: the cluster head (host:port, ray://host:10001 or auto). Default: a local Ray instance.",
         show_default=False,
@@ -104,18 +109,12 @@ def gen(
     check_size(height, "--height")
     if batch_size is not None and batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be 1 or more")
-    if engine not in ("local", "ray"):
-        from catimg.errors import did_you_mean
-
-        raise InputError(f'--engine "{engine}" is unknown{did_you_mean(engine, ["local", "ray"])}; use local or ray')
+    check_choice("--engine", engine, ENGINES)
     if engine == "ray" and not dry_run:
         from catimg.engine_ray import preflight
 
         preflight(ray_address, workers)
-    if dtype is not None and dtype not in ("auto", "fp16", "bf16", "fp32"):
-        from catimg.errors import did_you_mean
-
-        raise InputError(f'--dtype "{dtype}" is unknown{did_you_mean(dtype, ["auto", "fp16", "bf16", "fp32"])}; use auto, fp16, bf16 or fp32')
+    check_choice("--dtype", dtype, DTYPES)
     if negative is not None and negative_file is not None:
         raise InputError("--negative and --negative-file both given; use one")
     if negative_file is not None:
@@ -206,13 +205,13 @@ def gen(
                     _render_summary(con, result, res)
                 console_err = _stderr()
                 console_err.print(f"interrupted: images written so far are kept in {out}. Resume with:\n  {resume_cmd}")
-            raise typer.Exit(130)
+            raise typer.Exit(ExitStatus.INTERRUPTED)
         if as_json:
             print_json({**_plan_doc(result, plan, out, seed, notes), **_run_doc(result, res), "interrupted": False})
         else:
             _render_summary(con, result, res)
         if res.failed and not res.made:
-            raise typer.Exit(7)
+            raise typer.Exit(ExitStatus.GENERATION)
 
 
 # ------------------------------------------------------------------------------------------------- routing

@@ -10,6 +10,7 @@ from rich.table import Table
 from catimg.cli import app
 from catimg.cli.common import (
     BUDGET_OPT,
+    DEVICE_OPT,
     FILE_OPT,
     GENERATOR_OPT,
     JSON_OPT,
@@ -46,7 +47,7 @@ def plan(
     generator: str | None = GENERATOR_OPT,
     gpus: str = typer.Option("1,8,64", "--gpus", help="GPU counts to predict for, comma-separated."),
     gpu: str | None = typer.Option(None, "--gpu", help="Cost the plan for this GPU (H100, A100, L4 ...) instead of this machine's device.", show_default=False),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: detected).", show_default=False),
+    device: str | None = DEVICE_OPT,
     scale_to: int | None = typer.Option(None, "--scale-to", help="Predict for this many prompts with the routed shares (e.g. 1000000).", show_default=False),
     images_per_prompt: int = typer.Option(1, "--images-per-prompt", "-n", help="Images per prompt."),
     chunk_size: int = typer.Option(16, "--chunk-size", help="Images a worker takes at a time."),

@@ -26,6 +26,7 @@ from catimg.cli.common import (
     parse_budgets,
 )
 from catimg.cli.render import console, fmt_seconds, fmt_tflops, label, print_json
+from catimg.errors import ExitStatus
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -392,4 +393,4 @@ def doctor(
         if not problems:
             con.print("ok: routing works offline; generators marked missing need their weights before `catimg gen`")
     if problems:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.ERROR)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
-from catimg.errors import InputError
+from catimg.device import DTYPES
+from catimg.errors import InputError, did_you_mean
 
 if TYPE_CHECKING:
     from catimg.budget import Budget
@@ -41,7 +43,22 @@ GENERATOR_OPT = typer.Option(
     None, "--generator", "-g", help="Force this generator for every prompt (skips routing).", show_default=False
 )
 DEVICE_OPT = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: detected).", show_default=False)
+DTYPE_OPT = typer.Option(
+    None, "--dtype", help=f"{', '.join(DTYPES[:-1])} or {DTYPES[-1]} (default: the generator's dtype, else by device).",
+    show_default=False,
+)
+ENGINES = ("local", "ray")
+ENGINE_OPT = typer.Option(
+    "local", "--engine", help='local (this process) or ray (a Ray cluster; pip install "catimg\\[ray]").'
+)
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON document and nothing else.")
+
+
+def check_choice(option: str, value: str | None, choices: Sequence[str]) -> None:
+    """An InputError naming ``option``, the value and the closest choice unless ``value`` is None or a choice."""
+    if value is not None and value not in choices:
+        raise InputError(f'{option} "{value}" is unknown{did_you_mean(value, choices)}; '
+                         f"use {', '.join(choices[:-1])} or {choices[-1]}")
 
 
 def collect_prompts(prompts: list[str] | None, file: Path | None) -> list[str]:
