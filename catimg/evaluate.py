@@ -14,6 +14,9 @@ every generator was measured):
   generator is the one with the highest mean measured quality.
 - **Cost to match** (``cost_to_match``): the least cost c with Q(c) >= the best single generator's quality, also
   as a percentage of c_best (``cost_to_match_pct``); None when the curve never matches it.
+- **APGR** (``apgr``, average performance gap recovered): the mean gain of the curve over random mixing of the
+  cheapest and the best single generator (the straight line between their points), over the cost range between
+  them, as a share of the same gain of the oracle's curve (1 = the oracle, 0 = no better than that mix).
 - **Oracle**: the same sweep with the measured qualities as predictions (an upper bound nobody can reach; part
   of it is seed luck).
 - **Random**: a prompt-blind random mix of single generators; its expected curve is the upper convex hull of the
@@ -146,6 +149,7 @@ class Summary:
     quality_at_best_cost: float
     cost_to_match: float | None
     cost_to_match_pct: float | None
+    apgr: float | None = None
 
 
 def summarise(name: str, curve: Curve, single_costs: np.ndarray, single_q: np.ndarray) -> Summary:
@@ -157,6 +161,24 @@ def summarise(name: str, curve: Curve, single_costs: np.ndarray, single_q: np.nd
         quality_at_best_cost=curve.at(c_best), cost_to_match=ctm,
         cost_to_match_pct=(100.0 * ctm / c_best) if ctm is not None else None,
     )
+
+
+def mean_gain(curve: Curve, single_costs: np.ndarray, single_q: np.ndarray, n: int = 401) -> float:
+    """Mean of curve - (the line from the cheapest to the best single generator) over the cost range between them."""
+    cheap, best = int(np.argmin(single_costs)), int(np.argmax(single_q))
+    c0, c1 = float(single_costs[cheap]), float(single_costs[best])
+    q0, q1 = float(single_q[cheap]), float(single_q[best])
+    if c1 <= c0:  # the cheapest generator is the best: nothing to gain
+        return 0.0
+    grid = np.linspace(c0, c1, n)
+    x, y = curve.sorted()
+    return float(np.mean(np.interp(grid, x, y) - (q0 + (grid - c0) / (c1 - c0) * (q1 - q0))))
+
+
+def apgr(curve: Curve, oracle: Curve, single_costs: np.ndarray, single_q: np.ndarray) -> float | None:
+    """The share of the oracle's mean gain (:func:`mean_gain`) that ``curve`` recovers; None when the oracle has none."""
+    top = mean_gain(oracle, single_costs, single_q)
+    return mean_gain(curve, single_costs, single_q) / top if top > 1e-12 else None
 
 
 @dataclass
@@ -196,6 +218,8 @@ def evaluate_predictions(
     random = hull_curve(c, single_q)
     sums = [summarise(name, router, c, single_q), summarise("oracle", oracle, c, single_q),
             summarise("random", random, c, single_q)]
+    for s, cv in zip(sums, (router, oracle, random), strict=True):
+        s.apgr = apgr(cv, oracle, c, single_q)
     lv = []
     for lname, lam in (levels or {}).items():
         ch = choose(q_pred, c, lam, scale)
@@ -259,7 +283,7 @@ def evaluate_router(router: Any, measurements: Any, metric: str | None = None, e
         levels=router.levels, name=f"router ({router.predictor_name})", n_dropped=n_dropped,
     )
     report.ignored = ignored
-    trained_on = set(getattr(router, "_prompts", None) or [])
+    trained_on = set(router.training_prompts)
     report.seen_in_training = sum(p in trained_on for p in sub.prompts)
     return report
 

@@ -3,7 +3,9 @@
 A measurements file is CSV (with a header row) or JSON Lines (one object per line; ``.jsonl``/``.ndjson``).
 Required columns: ``prompt``, ``generator``, ``score``. Optional: ``metric`` (which quality metric the score is
 in), ``seconds`` (measured seconds per image), ``seed``, ``source`` (where the row came from). Repeated rows of one
-(prompt, generator) pair, for example several seeds, are averaged. Every problem is a :class:`MeasurementsError`
+(prompt, generator) pair, for example several seeds, are averaged; so are prompts that differ only in letter case or
+white space (the prompt encoder is uncased and ignores spacing, so they are one prompt to the router; the first
+spelling is kept). Every problem is a :class:`MeasurementsError`
 naming the file, the line and the column.
 """
 
@@ -96,6 +98,11 @@ class MeasurementTable:
                     if self.seconds.get(g) is not None:
                         row["seconds"] = self.seconds[g]
                     yield row
+
+
+def prompt_key(prompt: str) -> str:
+    """What makes two prompts the same prompt: the text with case folded and runs of white space collapsed."""
+    return " ".join(prompt.split()).casefold()
 
 
 def _err(path: Path, msg: str) -> MeasurementsError:
@@ -224,8 +231,10 @@ def read_measurements(
     prompts: dict[str, None] = {}
     gens: dict[str, None] = {}
     n_rows = 0
+    spelling: dict[str, str] = {}
     for row in read_rows(path):
-        n, prompt, gen = row["line"], row["prompt"], row["generator"]
+        n, gen = row["line"], row["generator"]
+        prompt = spelling.setdefault(prompt_key(row["prompt"]), row["prompt"].strip())
         if known is not None and gen not in known:
             raise _err(
                 path,

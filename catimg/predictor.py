@@ -1,29 +1,51 @@
-"""Quality predictors: prompt embedding -> predicted quality of every generator, with an uncertainty.
+"""Quality predictors: prompt embedding -> predicted quality of every generator, with an epistemic uncertainty.
 
-Two predictors, both numpy only, both trained per generator on the prompts where that generator was measured
-(NaN elsewhere), so a generator measured on only a few prompts still gets predictions whose uncertainty says so:
+All predictors are numpy only, train on a prompt x generator table ``Y`` with NaN where a generator was not
+measured, and cost about linearly in the number of prompts n and generators g (see each class). Predictions are
+in metric units; the uncertainty is the standard deviation of the *expected* quality (what more measurements
+would remove), not of one image's score.
 
-``knn``  The paper's reference (CATImage, arXiv 2506.14753): the mean measured quality of the k nearest training
-         prompts (Euclidean distance between unit embeddings), per generator; k = 100 in the paper, here
-         ``min(100, max(5, n // 5))`` by default for smaller data. Uncertainty: the standard error of that mean.
-``gp``   Gaussian-process regression (kernel ridge with closed-form predictive variance) per generator with an
-         RBF kernel on the unit embeddings, k(x, x') = s^2 exp(-|x - x'|^2 / (2 l^2)), a constant mean, and the
-         length scale l, signal s^2 and noise sigma^2 chosen by maximising the marginal likelihood on the training
-         data. Uncertainty: the posterior standard deviation of the expected quality (without the per-image
-         noise sigma), which grows for prompts far from the measured ones and for generators with few measurements.
+``knn``    The paper's reference (CATImage, arXiv 2506.14753): per generator the mean measured quality of the k
+           nearest training prompts (Euclidean distance between unit embeddings); k = 100 in the paper, here
+           ``min(100, max(5, n // 5))`` by default for smaller data. Uncertainty: the standard error of that mean.
+           Cost: fit O(1); prediction O(m n d) in chunks; the artifact keeps every training embedding (float16).
+``ridge``  What routing needs, modelled directly. The rule argmax_g q_g - lambda c_g depends only on the
+           *differences* between generators on a prompt, while most of the variance of measured quality is how
+           hard the prompt is for every generator. So the table is split into a per-prompt *anchor* a_i (the
+           prompt's quality level, from the additive model y_ig = a_i + b_g by alternating means, which handles
+           missing cells) and per-generator *deviations* r_ig = y_ig - a_i. The anchor and each deviation get a
+           Bayesian linear regression on the unit embedding (unpenalised mean, Gaussian prior on the weights);
+           the prior-to-noise ratio and the noise are chosen per model by maximising the marginal likelihood on
+           the training data (closed form through one d x d eigendecomposition). Prediction: anchor + deviation;
+           uncertainty: the posterior standard deviation of both, summed in variance. It shrinks as a generator
+           gets more measurements (posterior covariance ~ 1/n) and grows for prompts in directions of the
+           embedding space the measured prompts do not cover. A deviation model with fewer than
+           ``MIN_OWN_HYPER`` prompts borrows the median hyperparameters of the well-measured ones, so a generator
+           calibrated on ten prompts gets its offset from those ten and an honest, wide uncertainty.
+           Cost: fit O(n d^2 g), prediction O(m d g); the weights are (g + 1) x (d + 1) means and d x d
+           covariances, independent of n.
+``blend``  The mean of ``ridge`` and a relative KNN (k nearest prompts' deviations added to the ridge anchor):
+           the linear model's global trends plus the neighbours' local ones. Uncertainty: the ridge posterior.
+           Cost: as ``knn`` plus ``ridge``.
 
-Held-out numbers (``python -m catimg.benchmarks.routing``) decide which predictor ``auto`` picks.
+Held-out routing numbers (``python -m catimg.benchmarks.routing``) decide which predictor ``auto`` picks; within a
+training run ``catimg train --predictor auto`` also compares them by cross-validated routing AUC on the user's data.
 """
 
 from __future__ import annotations
 
-import math
-from types import TracebackType
 from typing import Any, Protocol
 
 import numpy as np
 
 from catimg.errors import RouterError
+
+#: Deviation models with fewer measured prompts than this borrow the hyperparameters of the well-measured ones.
+MIN_OWN_HYPER = 30
+#: Prior-to-noise variance ratios searched by the marginal likelihood (per unit of squared embedding norm).
+RHO_GRID = tuple(float(x) for x in np.geomspace(1e-3, 1e3, 49))
+#: Query rows per block in nearest-neighbour search (bounds memory to CHUNK x n floats).
+CHUNK = 512
 
 
 class Predictor(Protocol):
@@ -48,19 +70,35 @@ def _check_fit(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Y = np.asarray(Y, dtype=np.float64)
     if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
         raise ValueError(f"X {X.shape} and Y {Y.shape} must be (n, d) and (n, g)")
+    if np.isinf(Y).any():
+        raise ValueError("Y holds infinite scores")
     empty = np.all(np.isnan(Y), axis=0)
     if empty.any():
         raise ValueError(f"generator columns {np.flatnonzero(empty).tolist()} have no measurements")
     return X, Y
 
 
-def _sqdist(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    d = (A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * (A @ B.T)
-    return np.maximum(d, 0.0)
+def nearest(Q: np.ndarray, T: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """Indices (m, k) into ``T`` (or into ``T[rows]``) of the k nearest rows for every query, nearest first.
+
+    Euclidean distance; computed in blocks of CHUNK queries, so memory stays CHUNK x n whatever m is.
+    """
+    T = T if rows is None else T[rows]
+    n = T.shape[0]
+    k = min(k, n)
+    Tn = (T.astype(np.float32) ** 2).sum(1)
+    out = np.empty((Q.shape[0], k), dtype=np.int64)
+    for s in range(0, Q.shape[0], CHUNK):
+        q = np.asarray(Q[s : s + CHUNK], np.float32)
+        D = Tn[None, :] - 2.0 * (q @ T.T.astype(np.float32, copy=False))  # |q|^2 is the same for every column
+        idx = np.argpartition(D, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(q), 1))
+        order = np.take_along_axis(D, idx, 1).argsort(1, kind="stable")
+        out[s : s + CHUNK] = np.take_along_axis(idx, order, 1)
+    return out
 
 
 class KNNPredictor:
-    """Mean measured quality of the k nearest training prompts, per generator."""
+    """Mean measured quality of the k nearest training prompts, per generator (the paper's reference)."""
 
     name = "knn"
 
@@ -76,41 +114,19 @@ class KNNPredictor:
         self.X, self.Y = X.astype(np.float32), Y
         return self
 
-    def _col_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        assert self.Y is not None
-        var = np.array([np.nanvar(c) if np.sum(~np.isnan(c)) > 1 else 0.0 for c in self.Y.T])
-        return np.nanmean(self.Y, axis=0), var
-
-    def neighbour_index(self, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Indices (m, k) of the k nearest training prompts (any generator) and their squared distances."""
-        assert self.X is not None
-        D = _sqdist(np.asarray(X, np.float32), self.X)
-        k = min(k, D.shape[1])
-        idx = np.argpartition(D, k - 1, axis=1)[:, :k] if k < D.shape[1] else np.tile(np.arange(D.shape[1]), (len(D), 1))
-        order = np.take_along_axis(D, idx, 1).argsort(1, kind="stable")
-        idx = np.take_along_axis(idx, order, 1)
-        return idx, np.take_along_axis(D, idx, 1)
-
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert self.X is not None and self.Y is not None and self.k is not None
-        X = np.asarray(X, np.float32)
         m, g = X.shape[0], self.Y.shape[1]
-        mean = np.empty((m, g))
-        std = np.empty((m, g))
-        if m == 0:
-            return mean, std
-        D = _sqdist(X, self.X)
-        _, col_var = self._col_stats()
+        mean, std = np.empty((m, g)), np.empty((m, g))
         for j in range(g):
             rows = np.flatnonzero(~np.isnan(self.Y[:, j]))
-            k = min(self.k, len(rows))
-            Dj = D[:, rows]
-            nb = np.argpartition(Dj, k - 1, axis=1)[:, :k] if k < len(rows) else np.tile(np.arange(len(rows)), (m, 1))
-            vals = self.Y[rows[nb], j]
+            col = self.Y[rows, j]
+            col_var = float(col.var()) if len(col) > 1 else 0.0
+            vals = col[nearest(X, self.X, self.k, rows)] if m else np.zeros((0, 1))
+            k = vals.shape[1]
             mean[:, j] = vals.mean(1)
             # standard error of the neighbour mean, with the column variance as a one-sample prior
-            var = (vals.var(1) * k + col_var[j]) / (k + 1)
-            std[:, j] = np.sqrt(var / k)
+            std[:, j] = np.sqrt((vals.var(1) * k + col_var) / (k + 1) / k)
         return mean, std
 
     def params(self) -> dict[str, Any]:
@@ -118,7 +134,7 @@ class KNNPredictor:
 
     def arrays(self) -> dict[str, np.ndarray]:
         assert self.X is not None and self.Y is not None
-        return {"X": self.X.astype(np.float32), "Y": self.Y.astype(np.float32)}
+        return {"X": self.X.astype(np.float16), "Y": self.Y.astype(np.float32)}
 
     @classmethod
     def from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> KNNPredictor:
@@ -128,187 +144,221 @@ class KNNPredictor:
         return p
 
 
-#: Length scales tried by the GP (in units of Euclidean distance between unit vectors, which lies in [0, 2]).
-GP_LENGTH_SCALES = (0.35, 0.5, 0.7, 1.0, 1.4)
-#: Signal-to-noise variance ratios tried by the GP.
-GP_SNR = tuple(float(x) for x in np.geomspace(1e-3, 10.0, 25))
+def split_anchor(Y: np.ndarray, iters: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """(anchor a (n,), deviations R (n, g)) of the additive model y_ig = a_i + b_g fitted by alternating means.
+
+    ``R = Y - a`` (NaN where Y is); the b_g end up in the deviations' means. Rows with no score get a NaN anchor.
+    """
+    M = ~np.isnan(Y)
+    Z = np.where(M, Y, 0.0)
+    cnt_row = M.sum(1)
+    cnt_col = np.maximum(M.sum(0), 1)
+    b = np.zeros(Y.shape[1])
+    a = np.zeros(Y.shape[0])
+    for _ in range(iters):
+        a = np.where(cnt_row > 0, ((Z - b[None, :]) * M).sum(1) / np.maximum(cnt_row, 1), np.nan)
+        a0 = np.where(cnt_row > 0, a, 0.0)
+        b_new = ((Z - a0[:, None]) * M).sum(0) / cnt_col
+        b_new -= b_new.mean()  # identifiability: the generator effects average to zero
+        if np.max(np.abs(b_new - b)) < 1e-10:
+            b = b_new
+            break
+        b = b_new
+    return a, Y - a[:, None]
 
 
-class GPPredictor:
-    """Per-generator Gaussian-process regression with an RBF kernel; hyperparameters by marginal likelihood."""
+class BayesLinear:
+    """One Bayesian linear regression t = mu + w . (x - xbar) + noise, w ~ N(0, rho * noise * I).
 
-    name = "gp"
+    rho and the noise variance maximise the marginal likelihood (or are given). Fields are the posterior:
+    ``mu`` (with variance noise / n), ``w`` and ``cov`` (d x d posterior covariance of w).
+    """
 
-    def __init__(self, length_scales: tuple[float, ...] = GP_LENGTH_SCALES, snr: tuple[float, ...] = GP_SNR) -> None:
-        self.length_scales = tuple(length_scales)
-        self.snr = tuple(snr)
-        self.X: np.ndarray | None = None  # (n, d) all training prompts
-        self.cols: list[dict[str, Any]] = []  # per generator: rows, mu, ell, s2, noise, alpha, Kinv
-
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> GPPredictor:
-        X, Y = _check_fit(X, Y)
-        self.X = X.astype(np.float32)
-        D = _sqdist(X, X)
-        self.cols = []
-        eig_cache: dict[bytes, dict[float, tuple[np.ndarray, np.ndarray]]] = {}
-        for j in range(Y.shape[1]):
-            rows = np.flatnonzero(~np.isnan(Y[:, j]))
-            key = rows.tobytes()
-            if key not in eig_cache:  # generators measured on the same prompts share the eigendecompositions
-                Dj = D[np.ix_(rows, rows)]
-                eig_cache = {key: {ell: self._eig(Dj, ell) for ell in self.length_scales}}
-            self.cols.append(self._fit_one(eig_cache[key], Y[rows, j], rows))
-        return self
+    def __init__(self) -> None:
+        self.n = 0
+        self.mu = 0.0
+        self.xbar: np.ndarray = np.zeros(0)
+        self.w: np.ndarray = np.zeros(0)
+        self.cov: np.ndarray = np.zeros((0, 0))
+        self.noise = 1.0
+        self.rho = 1.0
 
     @staticmethod
-    def _eig(D: np.ndarray, ell: float) -> tuple[np.ndarray, np.ndarray]:
-        lam, U = np.linalg.eigh(np.exp(-D / (2 * ell * ell)))
-        return np.maximum(lam, 0.0), U
+    def moments(X: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+        """(xbar, centred X'X, centred X't, mean t, centred t't): all a fit needs, one pass over the rows."""
+        xbar = X.mean(0)
+        tbar = float(t.mean())
+        Xc = X - xbar
+        tc = t - tbar
+        return xbar, Xc.T @ Xc, Xc.T @ tc, tbar, float(tc @ tc)
 
-    def _fit_one(self, eigs: dict[float, tuple[np.ndarray, np.ndarray]], y: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
-        n = len(y)
-        mu = float(y.mean())
-        r = y - mu
-        total = max(float(r.var()) if n > 1 else 1.0, 1e-6)
-        best: tuple[float, float, float, float] | None = None  # (lml, ell, s2, noise)
-        if n >= 3:
-            for ell, (lam, U) in eigs.items():
-                z2 = (U.T @ r) ** 2
-                for snr in self.snr:
-                    # signal and noise split the observed variance
-                    noise = total / (1.0 + snr)
-                    s2 = total * snr / (1.0 + snr)
-                    ev = s2 * lam + noise
-                    lml = -0.5 * float(np.sum(z2 / ev)) - 0.5 * float(np.sum(np.log(ev))) - 0.5 * n * math.log(2 * math.pi)
-                    if best is None or lml > best[0]:
-                        best = (lml, ell, s2, noise)
-        if best is None:  # too few points to choose: a smooth, uncertain prior
-            ell = self.length_scales[len(self.length_scales) // 2]
-            best = (0.0, ell, total, total)
-        _, ell, s2, noise = best
-        lam, U = eigs[ell]
-        Kinv = (U / (s2 * lam + noise)) @ U.T
-        Kinv = (Kinv + Kinv.T) / 2
-        return {"rows": rows, "mu": mu, "ell": ell, "s2": s2, "noise": noise, "alpha": Kinv @ r, "Kinv": Kinv}
+    def fit(self, X: np.ndarray, t: np.ndarray, rho: float | None = None, noise: float | None = None) -> BayesLinear:
+        n, d = X.shape
+        xbar, S, u, tbar, tt = self.moments(X, t)
+        lam, V = np.linalg.eigh(S)
+        lam = np.maximum(lam, 0.0)
+        z = V.T @ u
+        dof = max(n - 1, 1)
+        if rho is None:  # profile out the noise: for each rho, noise = Q(rho) / dof in closed form
+            best = (-np.inf, 1.0, 1.0)
+            for r in RHO_GRID:
+                q = max(tt - float(np.sum(z * z * r / (1.0 + r * lam))), 1e-12)
+                ll = -0.5 * (dof * np.log(q / dof) + float(np.sum(np.log1p(r * lam))))
+                if ll > best[0]:
+                    best = (ll, r, q / dof)
+            _, rho, noise_hat = best
+            noise = noise if noise is not None else noise_hat
+        elif noise is None:
+            q = max(tt - float(np.sum(z * z * rho / (1.0 + rho * lam))), 1e-12)
+            noise = q / dof
+        assert rho is not None and noise is not None
+        noise = max(float(noise), 1e-9)
+        # posterior: cov = noise * (S + I/rho)^-1, w = (S + I/rho)^-1 u
+        inv = 1.0 / (lam + 1.0 / rho)
+        self.n, self.mu, self.xbar, self.noise, self.rho = n, tbar, xbar, noise, float(rho)
+        self.w = V @ (inv * z)
+        self.cov = (V * (noise * inv)) @ V.T
+        return self
 
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        assert self.X is not None
+        """Posterior mean and variance of the expected target at X."""
+        Xc = X - self.xbar
+        mean = self.mu + Xc @ self.w
+        var = np.einsum("ij,jk,ik->i", Xc, self.cov, Xc, optimize=True) + self.noise / max(self.n, 1)
+        return mean, np.maximum(var, 0.0)
+
+    def state(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        return ({"n": self.n, "mu": self.mu, "noise": self.noise, "rho": self.rho},
+                {"xbar": self.xbar.astype(np.float32), "w": self.w.astype(np.float64), "cov": self.cov.astype(np.float32)})
+
+    @classmethod
+    def from_state(cls, p: dict[str, Any], a: dict[str, np.ndarray], prefix: str) -> BayesLinear:
+        m = cls()
+        m.n, m.mu, m.noise, m.rho = int(p["n"]), float(p["mu"]), float(p["noise"]), float(p["rho"])
+        m.xbar = a[prefix + "xbar"].astype(np.float64)
+        m.w = a[prefix + "w"].astype(np.float64)
+        m.cov = a[prefix + "cov"].astype(np.float64)
+        if m.w.shape != m.xbar.shape or m.cov.shape != (len(m.w), len(m.w)):
+            raise ValueError(f"{prefix} weights have inconsistent shapes")
+        return m
+
+
+class RidgePredictor:
+    """Anchor + per-generator deviation, each a Bayesian linear regression on the embedding (module docstring)."""
+
+    name = "ridge"
+
+    def __init__(self) -> None:
+        self.anchor = BayesLinear()
+        self.devs: list[BayesLinear] = []
+
+    def fit(self, X: np.ndarray, Y: np.ndarray) -> RidgePredictor:
+        X, Y = _check_fit(X, Y)
+        a, R = split_anchor(Y)
+        has = ~np.isnan(a)
+        self.anchor = BayesLinear().fit(X[has], a[has])
+        multi = (~np.isnan(Y)).sum(1) >= 2  # a deviation from a one-score anchor is the generator offset alone
+        sets = []
+        for j in range(Y.shape[1]):
+            rows = np.flatnonzero(~np.isnan(R[:, j]) & multi)
+            sets.append(rows if len(rows) else np.flatnonzero(~np.isnan(R[:, j])))
+        own = [j for j, r in enumerate(sets) if len(r) >= MIN_OWN_HYPER]
+        self.devs = [BayesLinear() for _ in sets]
+        for j in own:
+            self.devs[j].fit(X[sets[j]], R[sets[j], j])
+        rho = float(np.median([self.devs[j].rho for j in own])) if own else self.anchor.rho
+        noise = (float(np.median([self.devs[j].noise for j in own])) if own
+                 else max(self.anchor.noise, float(np.nanvar(R)) if np.sum(~np.isnan(R)) > 1 else 1e-2))
+        for j, rows in enumerate(sets):
+            if j not in own:
+                self.devs[j].fit(X[rows], R[rows, j], rho=rho, noise=noise)
+        return self
+
+    def predict_parts(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(anchor mean, anchor var, deviation means (m, g), deviation vars (m, g))."""
         X = np.asarray(X, np.float64)
-        m = X.shape[0]
-        g = len(self.cols)
-        mean = np.empty((m, g))
-        std = np.empty((m, g))
-        if m == 0:
-            return mean, std
-        D = _sqdist(X, self.X.astype(np.float64))
-        for j, c in enumerate(self.cols):
-            Ks = c["s2"] * np.exp(-D[:, c["rows"]] / (2 * c["ell"] ** 2))
-            mean[:, j] = c["mu"] + Ks @ c["alpha"]
-            var = c["s2"] - np.sum((Ks @ c["Kinv"]) * Ks, axis=1)
-            # uncertainty of the constant mean itself (noise / n) keeps few-shot generators honest
-            var = np.maximum(var, 0.0) + c["noise"] / max(len(c["rows"]), 1)
-            std[:, j] = np.sqrt(var)
-        return mean, std
+        am, av = self.anchor.predict(X)
+        parts = [d.predict(X) for d in self.devs]
+        return am, av, np.stack([p[0] for p in parts], 1), np.stack([p[1] for p in parts], 1)
+
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        am, av, dm, dv = self.predict_parts(X)
+        return am[:, None] + dm, np.sqrt(av[:, None] + dv)
 
     def params(self) -> dict[str, Any]:
         return {
-            "kernel": "rbf on unit embeddings",
-            "length_scale": [c["ell"] for c in self.cols],
-            "signal_variance": [c["s2"] for c in self.cols],
-            "noise_variance": [c["noise"] for c in self.cols],
-            "mean": [c["mu"] for c in self.cols],
-            "n_measured": [len(c["rows"]) for c in self.cols],
+            "model": "anchor + per-generator deviation, Bayesian linear regression on the unit embedding",
+            "anchor": self.anchor.state()[0],
+            "deviations": [d.state()[0] for d in self.devs],
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
-        assert self.X is not None
-        out: dict[str, np.ndarray] = {"X": self.X.astype(np.float32)}
-        for j, c in enumerate(self.cols):
-            out[f"rows_{j}"] = c["rows"].astype(np.int64)
-            out[f"alpha_{j}"] = c["alpha"].astype(np.float64)
-            out[f"Kinv_{j}"] = c["Kinv"].astype(np.float32)
+        out = {f"anchor.{k}": v for k, v in self.anchor.state()[1].items()}
+        for j, d in enumerate(self.devs):
+            out.update({f"dev{j}.{k}": v for k, v in d.state()[1].items()})
         return out
 
     @classmethod
-    def from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> GPPredictor:
+    def from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> RidgePredictor:
         p = cls()
-        p.X = arrays["X"].astype(np.float32)
-        p.cols = []
-        for j in range(len(params["length_scale"])):
-            p.cols.append({
-                "rows": arrays[f"rows_{j}"].astype(np.int64), "mu": float(params["mean"][j]),
-                "ell": float(params["length_scale"][j]), "s2": float(params["signal_variance"][j]),
-                "noise": float(params["noise_variance"][j]), "alpha": arrays[f"alpha_{j}"].astype(np.float64),
-                "Kinv": arrays[f"Kinv_{j}"].astype(np.float64),
-            })
+        p.anchor = BayesLinear.from_state(params["anchor"], arrays, "anchor.")
+        p.devs = [BayesLinear.from_state(s, arrays, f"dev{j}.") for j, s in enumerate(params["deviations"])]
         return p
 
 
-class RelativeGPPredictor:
-    """GPs on what routing needs: an anchor (the prompt's mean quality over the well-measured generators) plus,
-    per generator, its deviation from that anchor. The choice argmax q_g - lambda c_g depends only on the
-    deviations, which are smoother and better shared than the raw scores; a generator measured on few prompts
-    learns its deviation (mostly a constant offset) from those few while the anchor comes from all prompts.
-    Prediction: anchor + deviation; uncertainty: sqrt(var_anchor + var_deviation)."""
+class BlendPredictor:
+    """Mean of the ridge prediction and a relative KNN (ridge anchor + the k nearest prompts' mean deviations)."""
 
-    name = "gp-rel"
+    name = "blend"
 
-    def __init__(self, core_share: float = 0.5) -> None:
-        self.core_share = core_share
-        self.gp = GPPredictor()
-        self.core: np.ndarray | None = None
+    def __init__(self, k: int | None = None, weight: float = 0.5) -> None:
+        self.k = k
+        self.weight = weight
+        self.ridge = RidgePredictor()
+        self.X: np.ndarray | None = None
+        self.R: np.ndarray | None = None
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> RelativeGPPredictor:
+    def fit(self, X: np.ndarray, Y: np.ndarray) -> BlendPredictor:
         X, Y = _check_fit(X, Y)
-        cover = (~np.isnan(Y)).mean(0)
-        core = cover >= self.core_share * cover.max()
-        with np.errstate(invalid="ignore"), _quiet():
-            anchor = np.nanmean(Y[:, core], axis=1)
-        D = Y - anchor[:, None]  # NaN where the generator or the anchor is missing
-        for j in range(Y.shape[1]):  # a generator never measured together with the anchor: raw deviation from the mean anchor
-            if np.all(np.isnan(D[:, j])):
-                D[:, j] = Y[:, j] - np.nanmean(anchor)
-        self.core = core
-        self.gp.fit(X, np.c_[anchor, D])
+        self.ridge.fit(X, Y)
+        if self.k is None:
+            self.k = default_k(X.shape[0])
+        self.X = X.astype(np.float32)
+        self.R = split_anchor(Y)[1]
         return self
 
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        m, s = self.gp.predict(X)
-        return m[:, :1] + m[:, 1:], np.sqrt(s[:, :1] ** 2 + s[:, 1:] ** 2)
+        assert self.X is not None and self.R is not None and self.k is not None
+        am, av, dm, dv = self.ridge.predict_parts(X)
+        knn = np.empty_like(dm)
+        for j in range(self.R.shape[1]):
+            rows = np.flatnonzero(~np.isnan(self.R[:, j]))
+            col = self.R[rows, j]
+            knn[:, j] = col[nearest(X, self.X, self.k, rows)].mean(1) if len(X) else 0.0
+        dev = self.weight * knn + (1.0 - self.weight) * dm
+        return am[:, None] + dev, np.sqrt(av[:, None] + dv)
 
     def params(self) -> dict[str, Any]:
-        assert self.core is not None
-        return {"core_share": self.core_share, "core": self.core.astype(int).tolist(), **self.gp.params(),
-                "columns": "anchor, then the deviation of each generator"}
+        return {"k": self.k, "weight": self.weight, **self.ridge.params()}
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return self.gp.arrays()
+        assert self.X is not None and self.R is not None
+        return {"X": self.X.astype(np.float16), "R": self.R.astype(np.float32), **self.ridge.arrays()}
 
     @classmethod
-    def from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> RelativeGPPredictor:
-        p = cls(core_share=float(params["core_share"]))
-        p.core = np.array(params["core"], dtype=bool)
-        p.gp = GPPredictor.from_saved(params, arrays)
+    def from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> BlendPredictor:
+        p = cls(k=int(params["k"]), weight=float(params["weight"]))
+        p.ridge = RidgePredictor.from_saved(params, arrays)
+        p.X = arrays["X"].astype(np.float32)
+        p.R = arrays["R"].astype(np.float64)
         return p
 
 
-class _quiet:
-    def __enter__(self) -> None:
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._w.__exit__(exc_type, exc, tb)
-
-
-PREDICTORS: dict[str, type[KNNPredictor] | type[GPPredictor] | type[RelativeGPPredictor]] = {"knn": KNNPredictor, "gp": GPPredictor, "gp-rel": RelativeGPPredictor}
-#: What ``--predictor auto`` picks (decided by ``python -m catimg.benchmarks.routing``).
-AUTO = "gp"
+PREDICTORS: dict[str, type[KNNPredictor] | type[RidgePredictor] | type[BlendPredictor]] = {
+    "knn": KNNPredictor, "ridge": RidgePredictor, "blend": BlendPredictor,
+}
+#: What ``--predictor auto`` uses (decided by ``python -m catimg.benchmarks.routing``).
+AUTO = "ridge"
 
 
 def make_predictor(name: str, **kwargs: Any) -> Predictor:
@@ -320,7 +370,8 @@ def make_predictor(name: str, **kwargs: Any) -> Predictor:
 
 def load_predictor(name: str, params: dict[str, Any], arrays: dict[str, np.ndarray], where: str = "router") -> Predictor:
     if name not in PREDICTORS:
-        raise RouterError(f"{where}: unknown predictor \"{name}\"; this catimg knows {', '.join(PREDICTORS)}; upgrade catimg or retrain")
+        raise RouterError(f"{where}: unknown predictor \"{name}\"; this catimg knows {', '.join(PREDICTORS)}; "
+                          "retrain the router with `catimg train`")
     try:
         return PREDICTORS[name].from_saved(params, arrays)
     except (KeyError, IndexError, TypeError, ValueError) as exc:

@@ -6,8 +6,10 @@ Layout::
                              settings hash and settings, cost used in training), cost unit, metric and its scale,
                              budget levels (name -> lambda, with their definition), predictor name and params,
                              training-data card (sources, licenses, citations, prompts, held-out results)
-    DIR/weights.safetensors  the predictor's arrays
-    DIR/prompts.json         the training prompts in row order (for "most similar training prompts")
+    DIR/weights.safetensors  the predictor's arrays, plus the neighbour index: ``index.rows`` (int64, rows of
+                             prompts.json) and ``index.X`` (float16 unit embeddings) of at most INDEX_MAX training
+                             prompts (a seeded sample beyond that), for "most similar training prompts"
+    DIR/prompts.json         every training prompt in row order (for the index and "was this prompt trained on")
 
 :func:`load_router` reads and validates it; :class:`Router` predicts quality per generator for prompt embeddings.
 """
@@ -26,7 +28,12 @@ from catimg.errors import RouterError, did_you_mean, first_line
 from catimg.predictor import Predictor, load_predictor
 
 FORMAT = "catimg-router"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Format versions that this catimg can no longer read, with what changed (for the one-line error).
+OLD_FORMATS = {1: "version 1 (catimg 0.1.0) held an exact Gaussian process whose weights grow with the square of the prompts"}
+#: At most this many training prompts are kept in the neighbour index (float16 embeddings).
+INDEX_MAX = 32768
+INDEX_PREFIX = "index."
 CONFIG = "config.json"
 WEIGHTS = "weights.safetensors"
 PROMPTS = "prompts.json"
@@ -44,11 +51,13 @@ LEVEL_DEFINITION = (
 class Router:
     """A loaded router artifact (see the module docstring for the files)."""
 
-    def __init__(self, path: Path, config: dict[str, Any], predictor: Predictor, prompts: list[str] | None) -> None:
+    def __init__(self, path: Path, config: dict[str, Any], predictor: Predictor, prompts: list[str] | None,
+                 index: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.path = path
         self.config = config
         self.predictor = predictor
         self._prompts = prompts
+        self._index = index  # (rows into prompts, float16 embeddings)
         self.generators: list[str] = [g["name"] for g in config["generators"]]
         self.metric: str = config["metric"]["name"]
         lo, hi = config["metric"]["scale"]
@@ -140,24 +149,24 @@ class Router:
         mean, std = self.predictor.predict(self._check_emb(emb))
         return mean.astype(np.float64), std.astype(np.float64)
 
-    def neighbours(self, emb: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
-        """The k most similar training prompts per query with their cosine similarity.
+    @property
+    def training_prompts(self) -> list[str]:
+        """Every prompt the router was trained on (empty when the artifact has no prompt list)."""
+        return list(self._prompts or [])
 
-        Every predictor that keeps its training embeddings (KNN and GP) can show them: for KNN they are the
-        prompts behind the prediction, for GP the prompts with the most weight in it.
-        """
+    def neighbours(self, emb: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
+        """The k most similar training prompts per query with their cosine similarity, from the neighbour index
+        (every training prompt up to INDEX_MAX of them, a seeded sample beyond)."""
         emb = self._check_emb(emb)
-        train = getattr(self.predictor, "X", None)
-        if train is None or self._prompts is None or k <= 0 or len(self._prompts) != len(train):
+        if self._index is None or self._prompts is None or k <= 0:
             return [[] for _ in range(len(emb))]
-        sim = np.asarray(emb, np.float32) @ np.asarray(train, np.float32).T  # unit vectors: cosine similarity
-        k = min(k, sim.shape[1])
-        top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        out = []
-        for row, srow in zip(top, sim, strict=True):
-            order = sorted(row, key=lambda j: (-srow[j], j))
-            out.append([(self._prompts[int(j)], float(srow[j])) for j in order])
-        return out
+        rows, train = self._index
+        from catimg.predictor import nearest
+
+        top = nearest(emb, train, k)
+        sims = [np.asarray(train[t], np.float32) @ e for t, e in zip(top, emb, strict=True)]  # unit vectors: cosine
+        return [[(self._prompts[int(rows[j])], float(s)) for j, s in zip(t, srow, strict=True)]
+                for t, srow in zip(top, sims, strict=True)]
 
     def choose(self, mean: np.ndarray, lam: float, costs: np.ndarray | None = None) -> np.ndarray:
         """Column chosen per prompt at price ``lam`` with the training costs (or ``costs``)."""
@@ -175,8 +184,16 @@ class Router:
         }
 
 
-def save_router(out_dir: str | Path, config: dict[str, Any], predictor: Predictor, prompts: list[str]) -> Path:
-    """Write the artifact folder (config.json, weights.safetensors, prompts.json)."""
+def neighbour_index(X: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, float16 embeddings) of the neighbour index: every row up to INDEX_MAX, else a seeded sample."""
+    n = len(X)
+    rows = np.arange(n) if n <= INDEX_MAX else np.sort(np.random.default_rng(seed).choice(n, INDEX_MAX, replace=False))
+    return rows.astype(np.int64), np.asarray(X, np.float32)[rows].astype(np.float16)
+
+
+def save_router(out_dir: str | Path, config: dict[str, Any], predictor: Predictor, prompts: list[str],
+                index: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
+    """Write the artifact folder (config.json, weights.safetensors with the neighbour index, prompts.json)."""
     from safetensors.numpy import save_file
 
     out = Path(out_dir).expanduser()
@@ -184,6 +201,9 @@ def save_router(out_dir: str | Path, config: dict[str, Any], predictor: Predicto
         raise RouterError(f"{out}: exists and is not a folder; pass --out with a folder path")
     out.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.ascontiguousarray(v) for k, v in predictor.arrays().items()}
+    if index is not None:
+        arrays[INDEX_PREFIX + "rows"] = np.ascontiguousarray(index[0], dtype=np.int64)
+        arrays[INDEX_PREFIX + "X"] = np.ascontiguousarray(index[1], dtype=np.float16)
     save_file(arrays, str(out / WEIGHTS))
     (out / PROMPTS).write_text(json.dumps(prompts, ensure_ascii=False), encoding="utf-8")
     cfg = dict(config)
@@ -223,6 +243,11 @@ def load_router(path: str | Path | None = None, encoder_id: str | None = None, e
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise RouterError(f"{cfg_path}: not a catimg router config (format is not \"{FORMAT}\"); pass a folder written by `catimg train`")
     version = cfg.get("format_version")
+    if version in OLD_FORMATS:
+        raise RouterError(
+            f"{cfg_path}: router format {OLD_FORMATS[version]}; this catimg reads version {FORMAT_VERSION}; "
+            "retrain it from the same measurements with `catimg train` (or use catimg 0.1.0)"
+        )
     if version != FORMAT_VERSION:
         raise RouterError(
             f"{cfg_path}: router format version {version!r}, but this catimg reads version {FORMAT_VERSION}; "
@@ -249,6 +274,8 @@ def load_router(path: str | Path | None = None, encoder_id: str | None = None, e
         arrays = load_file(str(wpath))
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise RouterError(f"{wpath}: corrupt router weights ({first_line(exc, limit=120)}); retrain the router with `catimg train`") from exc
+    index_rows = arrays.pop(INDEX_PREFIX + "rows", None)
+    index_X = arrays.pop(INDEX_PREFIX + "X", None)
     pred = load_predictor(cfg["predictor"]["name"], cfg["predictor"]["params"], arrays, where=str(wpath))
     # one prediction on a zero embedding: weights that do not fit the config fail here, as one line
     n_gen = len(cfg["generators"])
@@ -268,7 +295,14 @@ def load_router(path: str | Path | None = None, encoder_id: str | None = None, e
             prompts = json.loads(ppath.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise RouterError(f"{ppath}: corrupt prompt list ({exc}); retrain the router with `catimg train`") from exc
-    return Router(folder, cfg, pred, prompts)
+    index = None
+    if index_rows is not None and index_X is not None and prompts is not None:
+        if index_X.shape != (len(index_rows), int(cfg["encoder"]["dim"])) or (
+                len(index_rows) and (index_rows.min() < 0 or index_rows.max() >= len(prompts))):
+            raise RouterError(f"{wpath}: the neighbour index does not fit {PROMPTS}; copy the whole router folder or "
+                              "retrain it with `catimg train`")
+        index = (index_rows.astype(np.int64), index_X)
+    return Router(folder, cfg, pred, prompts, index)
 
 
 def unknown_generators(router: Router, catalog: Catalog) -> list[str]:

@@ -8,6 +8,8 @@ measurements' ``seconds`` column (when every generator has it) or else from the 
 from __future__ import annotations
 
 import datetime as _dt
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +21,23 @@ from catimg.errors import ConfigError, MeasurementsError, did_you_mean
 from catimg.evaluate import breakpoints, choose, evaluate_predictions
 from catimg.measurements import MeasurementTable
 from catimg.predictor import AUTO, PREDICTORS, Predictor, make_predictor
-from catimg.router import FORMAT, FORMAT_VERSION, LEVEL_DEFINITION, Router, load_router, save_router
+from catimg.router import (
+    FORMAT,
+    FORMAT_VERSION,
+    LEVEL_DEFINITION,
+    Router,
+    load_router,
+    neighbour_index,
+    save_router,
+)
 
 #: Where the named levels put the mean routed cost: this share of the way from the cheapest generator's cost to
 #: the mean cost of the max level (lambda = 0, the best predicted quality per prompt).
 LEVEL_TARGETS = {"low": 0.25, "medium": 0.5, "high": 0.75}
 MIN_HOLDOUT = 20
 OOF_FOLDS = 5
+#: Cross-validation (held-out numbers, budget levels) runs on at most this many prompts (a seeded sample).
+MAX_CV_PROMPTS = 20000
 
 
 def metric_scale(metric: str, Y: np.ndarray) -> tuple[float, float]:
@@ -138,6 +150,88 @@ def _data_card(table: MeasurementTable, extra: dict[str, Any] | None) -> dict[st
     return card
 
 
+def check_table(table: MeasurementTable, catalog: Catalog) -> list[str]:
+    """MeasurementsError for a table no router can be trained on; returns warnings (one line each) otherwise."""
+    where = table.path or "measurements"
+    for g in table.generators:
+        if g not in catalog:
+            raise MeasurementsError(
+                f"{where}: generator \"{g}\" is not in {catalog.path}{did_you_mean(g, catalog.names)}; add it to models.toml or fix the name"
+            )
+    warnings = []
+    for j, g in enumerate(table.generators):
+        col = table.Y[:, j]
+        ok = col[~np.isnan(col)]
+        if len(ok) == 0:
+            raise MeasurementsError(f"{where}: generator \"{g}\" has no measurements; measure it or leave it out")
+        if not np.all(np.isfinite(ok)):
+            raise MeasurementsError(f"{where}: generator \"{g}\" has non-finite scores; fix or drop those rows")
+        if len(ok) == 1:
+            warnings.append(f"{g}: measured on 1 prompt only; its prediction is that score everywhere, with a wide "
+                            "uncertainty (measure more prompts)")
+        elif float(np.ptp(ok)) == 0.0:
+            warnings.append(f"{g}: every score is {ok[0]:g}; the router predicts that constant for it (is the metric right?)")
+    if table.n_prompts < 2:
+        raise MeasurementsError(f"{where}: only {table.n_prompts} prompt measured; training needs at least 2 prompts")
+    return warnings
+
+
+def cv_rows(n: int, seed: int) -> np.ndarray:
+    """The rows cross-validation runs on: all of them up to MAX_CV_PROMPTS, else a seeded sample."""
+    if n <= MAX_CV_PROMPTS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, MAX_CV_PROMPTS, replace=False))
+
+
+def held_out_numbers(name: str, X: np.ndarray, Y: np.ndarray, costs: np.ndarray, scale: tuple[float, float],
+                     table: MeasurementTable, metric: str, unit: str, seed: int,
+                     params: dict[str, Any] | None) -> tuple[np.ndarray, dict[str, Any], list[str]]:
+    """(reference predictions for the budget levels, the data card's held-out section, warnings).
+
+    Out-of-fold predictions on at most MAX_CV_PROMPTS prompts: each predicted by a model fitted without it.
+    """
+    rows = cv_rows(len(X), seed)
+    Xc, Yc = X[rows], Y[rows]
+    folds = min(OOF_FOLDS, len(Xc))
+    if len(Xc) < 10:
+        inside = make_predictor(name, **(params or {})).fit(Xc, Yc).predict(Xc)[0]
+        return inside, {"note": "too few prompts (< 10) for cross-validation; budget levels from in-sample predictions"}, []
+    ref = out_of_fold(name, Xc, Yc, folds=folds, seed=seed, params=params)
+    full = np.flatnonzero(~np.any(np.isnan(Yc), axis=1))
+    if len(full) < MIN_HOLDOUT or len(table.generators) < 2:
+        return ref, {"note": f"too few prompts measured on every generator (< {MIN_HOLDOUT}) for held-out numbers"}, []
+    rep = evaluate_predictions(ref[full], Yc[full], costs, scale, table.generators, metric=metric, cost_unit=unit, name=name)
+    sample = f" of a seeded sample of {len(rows)} prompts" if len(rows) < len(X) else ""
+    heldout = {
+        "split": f"{folds}-fold cross-validation (seed {seed}){sample}: each of the {len(full)} prompts measured on "
+                 "every generator is predicted by a model fitted without it; the shipped predictor is fitted on all prompts",
+        "n_test": len(full),
+        "single": rep.single,
+        "best_single": rep.best_single,
+        "summaries": [s.__dict__ for s in rep.summaries],
+    }
+    router_s, _, random_s = rep.summaries
+    warnings = []
+    if router_s.auc < random_s.auc - 1e-9:
+        warnings.append(f"held-out routing AUC {router_s.auc:.4g} is below prompt-blind random routing ({random_s.auc:.4g}): "
+                        "the prompts do not predict which generator wins here; routing by budget still works, "
+                        "but `--budget` mixes generators no better than chance")
+    return ref, heldout, warnings
+
+
+def _generator_entries(table: MeasurementTable, catalog: Catalog, cinfo: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    counts = table.n_measured()
+    gens = []
+    for g in table.generators:
+        gen = catalog.get(g)
+        gens.append({
+            "name": g, "settings_hash": gen.settings_hash(), "settings": gen.settings(), "source": gen.source,
+            "cost": cinfo[g]["cost"], "cost_kind": cinfo[g]["cost_kind"], "cost_seconds": cinfo[g]["cost_seconds"],
+            "cost_tflops": cinfo[g]["cost_tflops"], "n_measured": counts[g],
+        })
+    return gens
+
+
 def train_router(
     table: MeasurementTable,
     catalog: Catalog,
@@ -148,82 +242,65 @@ def train_router(
     seed: int = 0,
     data_card: dict[str, Any] | None = None,
     predictor_params: dict[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Router:
     """Fit a predictor on ``table`` and write a router artifact to ``out_dir``; return it loaded.
 
-    Held-out numbers in the data card come from 5-fold cross-validation (out-of-fold predictions); the shipped
-    predictor is fitted on all prompts.
+    Held-out numbers in the data card and the budget levels come from 5-fold cross-validation (out-of-fold
+    predictions) on at most MAX_CV_PROMPTS prompts; the shipped predictor is fitted on all prompts. ``progress``
+    gets one short line per stage. Warnings (one line each) are in ``router.data_card["warnings"]``.
     """
     from catimg.encoder import default_encoder
 
+    say = progress or (lambda _msg: None)
     name = AUTO if predictor == "auto" else predictor
     if name not in PREDICTORS:
         raise MeasurementsError(f"--predictor \"{predictor}\" is unknown{did_you_mean(predictor, [*PREDICTORS, 'auto'])}; use one of auto, {', '.join(PREDICTORS)}")
-    where = table.path or "measurements"
-    for g in table.generators:
-        if g not in catalog:
-            raise MeasurementsError(
-                f"{where}: generator \"{g}\" is not in {catalog.path}{did_you_mean(g, catalog.names)}; add it to models.toml or fix the name"
-            )
-    for j, g in enumerate(table.generators):
-        if not np.any(~np.isnan(table.Y[:, j])):
-            raise MeasurementsError(f"{where}: generator \"{g}\" has no measurements; measure it or leave it out")
-    if table.n_prompts < 2:
-        raise MeasurementsError(f"{where}: only {table.n_prompts} prompt measured; training needs at least 2 prompts")
+    warnings = check_table(table, catalog)
     metric = metric or table.metric
     enc = encoder or default_encoder()
+    t0 = time.perf_counter()
+    say(f"embedding {table.n_prompts} prompts")
     X = enc.encode(table.prompts).astype(np.float64)
+    t_embed = time.perf_counter() - t0
     Y = table.Y
     scale = metric_scale(metric, Y)
     unit, cinfo = generator_costs(table, catalog)
     costs = np.array([cinfo[g]["cost"] for g in table.generators])
 
-    # Out-of-fold predictions: every prompt predicted by a model that did not see it. They give the held-out
-    # numbers of the data card (on prompts measured on every generator) and the reference for the budget levels.
+    say(f"fitting {name} on {table.n_prompts} prompts x {len(table.generators)} generators")
+    t1 = time.perf_counter()
     final: Predictor = make_predictor(name, **(predictor_params or {})).fit(X, Y)
-    folds = min(OOF_FOLDS, len(X))
-    ref = out_of_fold(name, X, Y, folds=folds, seed=seed, params=predictor_params) if len(X) >= 10 else final.predict(X)[0]
-    full = np.flatnonzero(~np.any(np.isnan(Y), axis=1))
-    heldout: dict[str, Any] = {"note": f"too few prompts measured on every generator (< {MIN_HOLDOUT}) for held-out numbers"}
-    if len(full) >= MIN_HOLDOUT and len(X) >= 10 and len(table.generators) >= 2:
-        rep = evaluate_predictions(ref[full], Y[full], costs, scale, table.generators, metric=metric, cost_unit=unit, name=name)
-        heldout = {
-            "split": f"{folds}-fold cross-validation (seed {seed}): each of the {len(full)} prompts measured on every "
-                     "generator is predicted by a model fitted without it; the shipped predictor is fitted on all prompts",
-            "n_test": len(full),
-            "single": rep.single,
-            "best_single": rep.best_single,
-            "summaries": [s.__dict__ for s in rep.summaries],
-        }
+    t_fit = time.perf_counter() - t1
+    say("cross-validating for the held-out numbers and the budget levels")
+    ref, heldout, more = held_out_numbers(name, X, Y, costs, scale, table, metric, unit, seed, predictor_params)
+    warnings += more
     levels, achieved = calibrate_levels(ref, costs, scale)
 
-    gens = []
-    for g in table.generators:
-        gen = catalog.get(g)
-        gens.append({
-            "name": g, "settings_hash": gen.settings_hash(), "settings": gen.settings(), "source": gen.source,
-            "cost": cinfo[g]["cost"], "cost_kind": cinfo[g]["cost_kind"], "cost_seconds": cinfo[g]["cost_seconds"],
-            "cost_tflops": cinfo[g]["cost_tflops"], "n_measured": int((~np.isnan(Y[:, table.generators.index(g)])).sum()),
-        })
     card = _data_card(table, data_card)
     card["held_out"] = heldout
+    card["warnings"] = warnings
+    card["training_seconds"] = {"embed": round(t_embed, 2), "fit": round(t_fit, 2),
+                                "total": round(time.perf_counter() - t0, 2)}
+    n_ref = min(len(X), MAX_CV_PROMPTS)
     config: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "encoder": {"id": enc.encoder_id, "dim": int(X.shape[1])},
-        "generators": gens,
+        "generators": _generator_entries(table, catalog, cinfo),
         "cost_unit": unit,
         "metric": {"name": metric, "scale": [scale[0], scale[1]], "higher_is_better": True},
         "budget": {
             "levels": levels,
             "definition": LEVEL_DEFINITION,
             "targets": LEVEL_TARGETS,
-            "reference": (f"out-of-fold predictions on the {len(X)} training prompts" if len(X) >= 10
+            "reference": (f"out-of-fold predictions on {n_ref} training prompts" if len(X) >= 10
                           else "in-sample predictions on the training prompts"),
             "mean_cost_at_level": achieved,
         },
         "predictor": {"name": name, "params": final.params()},
         "data_card": card,
     }
-    save_router(out_dir, config, final, table.prompts)
+    say(f"writing {out_dir}")
+    save_router(out_dir, config, final, table.prompts, neighbour_index(X, seed))
     return load_router(out_dir)

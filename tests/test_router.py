@@ -81,7 +81,7 @@ def test_artifact_describes_itself(trained: Path) -> None:
     assert [g["name"] for g in cfg["generators"]] == ["cheap", "dear"]
     assert cfg["cost_unit"] == "seconds" and [g["cost"] for g in cfg["generators"]] == [0.5, 8.0]
     assert cfg["metric"]["name"] == "score"
-    assert cfg["predictor"]["name"] == "gp"
+    assert cfg["predictor"]["name"] == "ridge"
     assert "definition" in cfg["budget"] and cfg["data_card"]["n_prompts"] == 2 * len(SUBJECTS)
     assert "summaries" in cfg["data_card"]["held_out"]
     assert (trained / "r" / "weights.safetensors").is_file()
@@ -102,7 +102,7 @@ def test_loaded_router_predicts_and_routes(trained: Path) -> None:
     assert mean[0, 0] > mean[1, 0] + 0.5  # the cheap generator is predicted worse on the crowded scene
     ch = [r.choose(mean, lam) for lam in (lv["low"], lv["max"])]
     assert ch[0][0] == 0 and ch[1][1] == 1
-    nb = r.neighbours(emb, k=2)  # the GP keeps its training prompts: explain can show the closest
+    nb = r.neighbours(emb, k=2)  # the neighbour index keeps the training prompts: explain can show the closest
     assert [len(x) for x in nb] == [2, 2] and all(-1.0 <= s <= 1.0 for row in nb for _, s in row)
     assert nb[0][0][1] >= nb[0][1][1]
 
@@ -151,7 +151,9 @@ def test_bad_artifacts(trained: Path, tmp_path: Path) -> None:
     with pytest.raises(RouterError, match=r"config.json: corrupt JSON .* line 1, column 2"):
         load_router(d)
     cfg = json.loads((trained / "r" / "config.json").read_text())
-    for change, msg in ((dict(format_version=99), r"router format version 99, but this catimg reads version 1"),
+    for change, msg in ((dict(format_version=99), r"router format version 99, but this catimg reads version 2"),
+                        (dict(format_version=1), r"router format version 1 \(catimg 0.1.0\).*retrain it from the same "
+                                                 r"measurements with `catimg train`"),
                         (dict(format="other"), r"not a catimg router config"),
                         (dict(encoder={"id": "x"}), r'missing key "encoder.dim"'),
                         (dict(generators=[]), r'"generators" must be a non-empty list')):
@@ -160,6 +162,9 @@ def test_bad_artifacts(trained: Path, tmp_path: Path) -> None:
             load_router(d)
     (d / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
     load_router(d)
+    (d / "prompts.json").write_text(json.dumps(["only one"]), encoding="utf-8")
+    with pytest.raises(RouterError, match=r"the neighbour index does not fit prompts.json"):
+        load_router(d)
     (d / "weights.safetensors").write_bytes(b"garbage")
     with pytest.raises(RouterError, match=r"weights.safetensors: corrupt router weights"):
         load_router(d)

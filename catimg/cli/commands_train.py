@@ -57,7 +57,7 @@ def train(
     db: Path = typer.Option(None, "--db", help="Train from a calibration database instead (see `catimg calibrate`).", show_default=False),
     models: Path = MODELS_OPT,
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the router artifact to.", show_default=False),
-    predictor: str = typer.Option("auto", "--predictor", "-p", help="auto (the best on held-out data: gp), gp or knn."),
+    predictor: str = typer.Option("auto", "--predictor", "-p", help="auto (the best on held-out data: ridge), ridge, blend or knn (the paper's reference)."),
     metric: str = typer.Option(None, "--metric", help="Use only rows of this metric (required when the file mixes metrics).", show_default=False),
     holdout: float = typer.Option(None, "--holdout", help="Keep this share of prompts out (a stable split by prompt text; `catimg eval --holdout` uses the same).", show_default=False),
     generators: str = typer.Option(None, "--generators", "-g", help="With --db: comma-separated generators to train on (default: every catalog generator with measurements).", show_default=False),
@@ -82,8 +82,12 @@ def train(
         from catimg.store import split_holdout
 
         table, _ = split_holdout(table, holdout)
-    router = train_router(table, catalog, out, predictor=predictor, metric=metric)
+    router = train_router(table, catalog, out, predictor=predictor, metric=metric, progress=_progress_line(json_out))
     cfg = router.config
+    from catimg.cli.render import error_console, label
+
+    for w in router.data_card.get("warnings", []):
+        error_console().print(label("warning:", "yellow", w), highlight=False, soft_wrap=True)
     if json_out:
         print_json({"router": str(router.path), **{k: cfg[k] for k in ("generators", "cost_unit", "metric", "budget", "predictor", "data_card")}})
         return
@@ -113,6 +117,20 @@ def train(
         con.print(f"held-out: {ho.get('note', 'not computed')}")
 
 
+def _progress_line(json_out: bool) -> Any:
+    """One line per training stage on stderr (nothing with --json, whose stdout stays one document)."""
+    import sys
+    import time
+
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        if not json_out:
+            print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    return say
+
+
 def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -123,11 +141,13 @@ def _summary_table(summaries: list[dict[str, Any]], single: list[dict[str, Any]]
     best_cost = next(s["cost"] for s in single if s["name"] == best)
     best_q = next(s["quality"] for s in single if s["name"] == best)
     t = Table(title=f"{title}: best single generator {best} (quality {best_q:.3f} at {best_cost:.4g} {unit})", title_justify="left")
-    for col in ("policy", "AUC", "quality at best single's cost", f"cost to match ({unit})", "cost to match (% of best single)"):
+    for col in ("policy", "AUC", "quality at best single's cost", f"cost to match ({unit})", "cost to match (% of best single)",
+                "APGR (share of the oracle's gain)"):
         t.add_column(col, justify="right" if col != "policy" else "left")
     for s in summaries:
         t.add_row(s["name"], _fmt(s["auc"]), _fmt(s["quality_at_best_cost"]), _fmt(s["cost_to_match"], ".4g"),
-                  "never" if s["cost_to_match_pct"] is None else f"{s['cost_to_match_pct']:.1f}%")
+                  "never" if s["cost_to_match_pct"] is None else f"{s['cost_to_match_pct']:.1f}%",
+                  "-" if s.get("apgr") is None else f"{100 * s['apgr']:.1f}%")
     return t
 
 
