@@ -10,6 +10,9 @@
   ``parameters`` chunk that existing viewers read.
 * ``manifest.jsonl``: one JSON object a line, appended as each image is saved with a single ``write`` under an
   exclusive file lock, then fsynced: two runs into one folder interleave whole lines, never clobber.
+* Test-only: ``CATIMG_TEST_PAUSE_AFTER=N`` makes the process that appends to manifests (the local run, the Ray
+  driver) sleep until it is killed right after its N-th record, so that the kill -9 tests stop a run at a known
+  point instead of racing it. Never set it outside the test suite.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from typing import Any
 from catimg.errors import GenerationError, InputError
 
 MANIFEST = "manifest.jsonl"
+TEST_PAUSE_ENV = "CATIMG_TEST_PAUSE_AFTER"  # test-only, see the module docstring
+_records_appended = 0  # by this process, for TEST_PAUSE_ENV
 _SLUG_LEN = 40
 
 
@@ -252,6 +257,21 @@ def append_manifest(folder: Path, record: dict[str, Any]) -> None:
         raise _disk_error(path, exc) from exc
     finally:
         os.close(fd)
+    _pause_for_tests()
+
+
+def _pause_for_tests() -> None:
+    """Test-only: with ``CATIMG_TEST_PAUSE_AFTER=N``, sleep until killed once this process has appended N records."""
+    global _records_appended
+    limit = os.environ.get(TEST_PAUSE_ENV)
+    if not limit:
+        return
+    _records_appended += 1
+    if _records_appended >= int(limit):
+        import time
+
+        while True:
+            time.sleep(3600)
 
 
 def read_manifest(folder: str | Path) -> list[dict[str, Any]]:

@@ -2,20 +2,32 @@
 
 Every test runs with its user dirs and Hugging Face cache pointed at a temporary folder, offline, without colour
 and at a fixed console width (autouse ``_isolated_env``). Tiny real diffusers pipelines are built once per session.
+Tests marked ``gpu`` need a CUDA device and are skipped without one.
 Helpers: add your fixtures below in a section of their own, keep this file tidy.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tiny  # tests/tiny.py (pyproject's pytest `pythonpath` puts tests/ on sys.path)
 
-sys.path.insert(0, str(Path(__file__).parent))
 
-import tiny  # noqa: E402  (tests/tiny.py)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the ``gpu`` tests where torch sees no CUDA device (torch is imported only when there are some)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in gpu_items:
+        item.add_marker(skip)
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Environment: never touch the real home dirs, never reach the Hub, pin rendering.

@@ -160,7 +160,8 @@ def test_campaign_interrupted_resumed_extended_and_changed(
     assert gens["fast"]["n_measured"] == 2 and gens["other"]["n_measured"] == 4
     r = _run(["eval", "--router", router_dir, "--measurements", out_csv, "--metric", "clipscore", "--json"])
     assert r.exit_code == 0, (r.output, r.exception)
-    r = _run(["train", "--db", setup["db"], "--models", setup["models"], "--out", router_dir, "--metric", "pickscore"])
+    r = _run(["train", "--db", setup["db"], "--models", setup["models"], "--out", router_dir, "--metric", "pickscore",
+              "--force"])
     assert isinstance(r.exception, MeasurementsError) and "pickscore" in str(r.exception)
 
     # the store as a training table for the current catalog: 'fast' (new settings) measured on 2 prompts only
@@ -201,26 +202,23 @@ def test_bad_inputs_are_one_line(setup: dict[str, Path], tmp_path: Path) -> None
     assert "\n" not in str(r.exception)
 
 
-def test_main_prints_one_line_for_locked_campaign(setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_prints_one_line_for_locked_campaign(setup: dict[str, Path]) -> None:
     import subprocess
     import sys
 
+    from harness import run_cli
+
     Store.open(setup["db"]).close()
     code = "import sys; from catimg.store import Store; s = Store.open(sys.argv[1]); s.acquire_campaign(); print('ok', flush=True); sys.stdin.readline()"
-    p = subprocess.Popen([sys.executable, "-c", code, str(setup["db"])], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ok"
-        from catimg.cli import main
-
-        monkeypatch.setattr(sys, "argv", ["catimg", *[str(a) for a in _base(setup)]])
-        with pytest.raises(SystemExit) as e:
-            main()
-        assert e.value.code == StoreError.exit_code
-        err = capsys.readouterr().err.strip()
-        assert err.count("\n") == 0 and "another catimg calibrate is running" in err
-    finally:
-        assert p.stdin is not None
-        p.stdin.write("\n")
-        p.stdin.flush()
-        p.wait(timeout=30)
+    with subprocess.Popen([sys.executable, "-c", code, str(setup["db"])], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as p:
+        try:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ok"
+            exit_code, out, err = run_cli(*_base(setup))
+            assert exit_code == StoreError.exit_code and out == ""
+            assert err.strip().count("\n") == 0 and "another catimg calibrate is running" in err
+        finally:
+            assert p.stdin is not None
+            p.stdin.write("\n")
+            p.stdin.flush()
+            p.wait(timeout=30)

@@ -88,3 +88,26 @@ def test_unknown_dtype_is_bad_input_in_every_command(command: str, tmp_path: Pat
     assert isinstance(res.exception, InputError), res.output
     assert res.exception.exit_code == ExitStatus.BAD_INPUT
     assert str(res.exception).startswith('--dtype "fp61" is unknown (did you mean "fp16"?)')
+
+
+def test_run_cli_is_the_console_entry_point() -> None:
+    """tests/harness.run_cli gives what the installed `catimg` script gives: exit code, stdout, stderr."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from harness import run_cli
+
+    script = shutil.which("catimg", path=os.path.dirname(sys.executable)) or shutil.which("catimg")
+    if script is None:
+        pytest.skip("the catimg console script is not installed (pip install -e .)")
+
+    for args in (["explain"], ["gen", "a cat", "--engine", "rya"], ["explain", "x", "--budget", "cheap"],
+                 ["models", "--bogus-option"], ["--version"]):
+        code, out, err = run_cli(*args)
+        proc = subprocess.run([script, *args], capture_output=True, text=True,
+                              env=os.environ.copy(), timeout=120)
+        assert (code, out, err) == (proc.returncode, proc.stdout, proc.stderr), args
+    assert run_cli("explain")[0] == ExitStatus.BAD_INPUT
+    assert run_cli("--version")[0] == ExitStatus.OK

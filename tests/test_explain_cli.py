@@ -6,13 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from harness import run_cli
 
-from catimg.cli import app
 from catimg.config import PACKAGED_MODELS
-from catimg.errors import CatimgError
-
-runner = CliRunner()
 
 PROMPTS = [
     "a white and empty wall",
@@ -22,15 +18,6 @@ PROMPTS = [
     "a lighthouse at dusk",
     "an astronaut reading a newspaper in a crowded Tokyo subway car",
 ]
-
-
-def run(*args: str) -> tuple[int, str]:
-    res = runner.invoke(app, list(args))
-    if isinstance(res.exception, CatimgError):
-        return res.exception.exit_code, res.exception.message
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    return res.exit_code, res.output
 
 
 @pytest.fixture
@@ -54,13 +41,13 @@ def prompt_file(tmp_path: Path) -> Path:
 
 
 def explain_json(*args: str) -> dict:
-    code, out = run("explain", *args, "--json")
+    code, out, _ = run_cli("explain", *args, "--json")
     assert code == 0, out
     return json.loads(out)
 
 
 def test_single_prompt_table_says_why(timed_models: Path) -> None:
-    code, out = run("explain", "a colourful park with a crowd", "--models", str(timed_models))
+    code, out, _ = run_cli("explain", "a colourful park with a crowd", "--models", str(timed_models))
     assert code == 0, out
     for needle in ("sdxl-turbo", "sd21", "sdxl", "predicted quality", "➜", "runner-up", "would switch to",
                    "most similar training prompts", "needs calibration", "disabled"):
@@ -111,7 +98,7 @@ def test_seconds_and_total_budgets_fit(timed_models: Path, prompt_file: Path) ->
 def test_forced_generator_and_summary(timed_models: Path, prompt_file: Path) -> None:
     doc = explain_json("-f", str(prompt_file), "--models", str(timed_models), "--generator", "newcomer")
     assert {p["choice"] for p in doc["prompts"]} == {"newcomer"}
-    code, out = run("explain", "-f", str(prompt_file), "--models", str(timed_models))
+    code, out, _ = run_cli("explain", "-f", str(prompt_file), "--models", str(timed_models))
     assert code == 0 and "plan for 6 prompts" in out and "best single generator" in out
     assert "mean predicted quality" in out
 
@@ -131,17 +118,18 @@ def test_forced_generator_and_summary(timed_models: Path, prompt_file: Path) -> 
     ],
 )
 def test_bad_input_is_one_line(args: list[str], needle: str, exit_code: int) -> None:
-    code, msg = run(*args)
-    assert code == exit_code and needle in msg and "\n" not in msg.strip()
+    code, out, err = run_cli(*args)
+    assert code == exit_code and out == ""
+    assert err.startswith("error: ") and needle in err and "\n" not in err.strip()
 
 
 def test_total_budget_below_cheapest_plan(timed_models: Path, prompt_file: Path) -> None:
-    code, msg = run("explain", "-f", str(prompt_file), "--models", str(timed_models), "--total-budget", "1s")
-    assert code == 2 and "below the cheapest plan" in msg
+    code, _, err = run_cli("explain", "-f", str(prompt_file), "--models", str(timed_models), "--total-budget", "1s")
+    assert code == 2 and "below the cheapest plan" in err
 
 
 def test_models_json_lists_status_and_costs(timed_models: Path) -> None:
-    code, out = run("models", "--models", str(timed_models), "--json")
+    code, out, _ = run_cli("models", "--models", str(timed_models), "--json")
     assert code == 0, out
     doc = json.loads(out)
     rows = {r["name"]: r for r in doc["generators"]}
@@ -149,19 +137,19 @@ def test_models_json_lists_status_and_costs(timed_models: Path) -> None:
     assert rows["sd15"]["router"] == "disabled"
     assert rows["sdxl"]["cost_kind"] == "explicit" and rows["sdxl"]["cost_seconds"] == 12.0
     assert rows["sdxl"]["weights_local"] is False  # nothing downloaded in tests
-    code, out = run("models", "--models", str(timed_models))
+    code, out, _ = run_cli("models", "--models", str(timed_models))
     assert code == 0 and "needs calibration" in out and "missing" in out
 
 
 def test_doctor_reports_offline_readiness(timed_models: Path) -> None:
-    code, out = run("doctor", "--models", str(timed_models), "--json")
+    code, out, _ = run_cli("doctor", "--models", str(timed_models), "--json")
     doc = json.loads(out)
     assert code == 0, doc["problems"]
     assert doc["catalog"]["origin"] == "--models" and doc["router"]["generators"] == ["sdxl-turbo", "sd21", "sdxl"]
     assert doc["hub"]["downloads_allowed"] is False
     gens = {g["name"]: g for g in doc["generators"]}
     assert gens["sdxl"]["router_knows"] and not gens["newcomer"]["router_knows"]
-    code, out = run("doctor", "--router", "/nonexistent/router")
+    code, out, _ = run_cli("doctor", "--router", "/nonexistent/router")
     assert code == 1 and "problem" in out
 
 
@@ -175,7 +163,7 @@ def test_generator_without_any_cost_does_not_block_the_others(tmp_path: Path) ->
     row = next(g for g in doc["prompts"][0]["generators"] if g["name"] == "mystery")
     assert row["cost_seconds"] is None and row["cost_tflops"] is None and row["status"] == "needs calibration"
     assert doc["prompts"][0]["choice"] in {"sdxl-turbo", "sd21", "sdxl"}
-    code, out = run("models", "--models", str(models), "--json")
+    code, out, _ = run_cli("models", "--models", str(models), "--json")
     mystery = next(r for r in json.loads(out)["generators"] if r["name"] == "mystery")
     assert code == 0 and mystery["cost_kind"] == "unknown" and mystery["cost_seconds"] is None
     # forcing it needs no cost (issue 10): the plan shows the cost as unknown

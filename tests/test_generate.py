@@ -9,22 +9,19 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from tiny import generator, run_options
 
 from catimg import generate
 from catimg.config import Generator
 from catimg.device import cpu_device
 from catimg.errors import InputError
-from catimg.generate import RunOptions, build_plan, run_plan
+from catimg.generate import build_plan, run_plan
 from catimg.pipelines import load_pipeline
 
 
-def gen(name: str, source: Path, steps: int = 2, model: str | None = None, family: str = "sd1") -> Generator:
-    return Generator(name=name, model=model or name, source=str(source), family=family, steps=steps, guidance=2.0,
-                     width=64, height=64)
-
-
-def opts(out: Path, **kw: Any) -> RunOptions:
-    return RunOptions(out_dir=out, device=cpu_device(), budget="low", router_version="test", **kw)
+def _pixels(path: Any) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im, dtype=np.int16)
 
 
 def manifest(out: Path) -> list[dict[str, Any]]:
@@ -32,12 +29,12 @@ def manifest(out: Path) -> list[dict[str, Any]]:
 
 
 def test_each_model_loads_once_and_images_are_recorded(tmp_path: Path, tiny_sd_dir: Path, tiny_sdxl_dir: Path) -> None:
-    g2, g3 = gen("sd@2", tiny_sd_dir, 2, "sd"), gen("sd@3", tiny_sd_dir, 3, "sd")
-    xl = gen("xl", tiny_sdxl_dir, family="sdxl")
+    g2, g3 = generator("sd@2", tiny_sd_dir, 2, "sd"), generator("sd@3", tiny_sd_dir, 3, "sd")
+    xl = generator("xl", tiny_sdxl_dir, family="sdxl")
     routed = [(i, f"a cube number {i}", (g2, xl, g3)[i % 3], 0.4 + i / 100, 0.1, 0.5) for i in range(6)]
     plan = build_plan(routed, seed=10)
     events: list[str] = []
-    res = run_plan(plan, opts(tmp_path / "out", batch_size=2), lambda k, d: events.append(k))
+    res = run_plan(plan, run_options(tmp_path / "out", batch_size=2), lambda k, d: events.append(k))
     assert sorted(res.loads) == ["sd", "xl"]  # loads == distinct models
     assert len(res.made) == 6 and not res.failed
     names = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
@@ -53,19 +50,19 @@ def test_each_model_loads_once_and_images_are_recorded(tmp_path: Path, tiny_sd_d
 
 
 def test_same_seed_same_image_and_batching_does_not_matter(tmp_path: Path, tiny_sd_dir: Path) -> None:
-    g = gen("sd", tiny_sd_dir)
+    g = generator("sd", tiny_sd_dir)
     routed = [(0, "a red cube", g, None, None, None), (1, "a blue ball", g, None, None, None)]
-    a = run_plan(build_plan(routed, seed=3), opts(tmp_path / "a", batch_size=2))
-    b = run_plan(build_plan(routed, seed=3), opts(tmp_path / "b", batch_size=1))
-    c = run_plan(build_plan(routed, seed=4), opts(tmp_path / "c"))
-    px = [[np.asarray(Image.open(r.file), dtype=np.int16) for r in res.records] for res in (a, b, c)]
+    a = run_plan(build_plan(routed, seed=3), run_options(tmp_path / "a", batch_size=2))
+    b = run_plan(build_plan(routed, seed=3), run_options(tmp_path / "b", batch_size=1))
+    c = run_plan(build_plan(routed, seed=4), run_options(tmp_path / "c"))
+    px = [[_pixels(r.file) for r in res.records] for res in (a, b, c)]
     assert np.abs(px[0][0] - px[1][0]).max() <= 1  # same prompt/seed/generator/device
-    assert np.array_equal(px[0][1], np.asarray(Image.open(a.records[1].file), dtype=np.int16))
+    assert np.array_equal(px[0][1], _pixels(a.records[1].file))
     assert np.abs(px[0][0] - px[2][0]).max() > 10  # another seed, another image
 
 
 def test_seed_and_count_validation(tiny_sd_dir: Path) -> None:
-    g = gen("sd", tiny_sd_dir)
+    g = generator("sd", tiny_sd_dir)
     with pytest.raises(InputError, match="--seed -1"):
         build_plan([(0, "p", g, None, None, None)], seed=-1)
     with pytest.raises(InputError, match="--images-per-prompt 0"):
@@ -109,11 +106,11 @@ def flaky_loader(only: str) -> Any:
 
 
 def test_one_failing_prompt_does_not_stop_the_batch(tmp_path: Path, tiny_sd_dir: Path, tiny_sd2_dir: Path) -> None:
-    big, small = gen("big", tiny_sd_dir), gen("small", tiny_sd2_dir)
+    big, small = generator("big", tiny_sd_dir), generator("small", tiny_sd2_dir)
     routed = [(0, "fine prompt", big, 0.9, 1.0, 0.1), (1, "FAIL here", big, 0.9, 1.0, 0.1),
               (2, "BLACK here", big, 0.9, 1.0, 0.1), (3, "also fine", big, 0.9, 1.0, 0.1)]
     plan = build_plan(routed, seed=1, fallbacks={1: (small,)})
-    res = run_plan(plan, opts(tmp_path / "o", batch_size=4, loader=flaky_loader("big")))
+    res = run_plan(plan, run_options(tmp_path / "o", batch_size=4, loader=flaky_loader("big")))
     by = {r.item.index: r for r in res.records}
     assert by[0].status == "ok" and by[3].status == "ok"
     assert by[1].status == "fallback" and by[1].generator.name == "small" and by[1].file is not None
@@ -124,7 +121,7 @@ def test_one_failing_prompt_does_not_stop_the_batch(tmp_path: Path, tiny_sd_dir:
 
 
 def test_interrupt_then_resume(tmp_path: Path, tiny_sd_dir: Path) -> None:
-    g = gen("sd", tiny_sd_dir)
+    g = generator("sd", tiny_sd_dir)
     plan = build_plan([(i, f"prompt {i}", g, None, None, None) for i in range(4)], seed=0)
     seen = []
 
@@ -134,23 +131,41 @@ def test_interrupt_then_resume(tmp_path: Path, tiny_sd_dir: Path) -> None:
             if len(seen) == 2:
                 raise KeyboardInterrupt
 
-    res = run_plan(plan, opts(tmp_path / "o", batch_size=1), stop_after_two)
+    res = run_plan(plan, run_options(tmp_path / "o", batch_size=1), stop_after_two)
     assert res.interrupted and len(res.made) == 2
     assert len(manifest(tmp_path / "o")) == 2
-    again = run_plan(plan, opts(tmp_path / "o", batch_size=1, resume=True))
+    again = run_plan(plan, run_options(tmp_path / "o", batch_size=1, resume=True))
     assert again.skipped == 2 and len(again.made) == 2 and not again.interrupted
     assert sorted(r.item.index for r in again.made) == [2, 3]
     assert len(list((tmp_path / "o").glob("*.png"))) == 4
     # an image deleted from disk is made again
     again.made[0].file.unlink()  # type: ignore[union-attr]
-    third = run_plan(plan, opts(tmp_path / "o", resume=True))
+    third = run_plan(plan, run_options(tmp_path / "o", resume=True))
     assert third.skipped == 3 and len(third.made) == 1
 
 
 def test_pixart_transformer_pipeline(tmp_path: Path, tiny_pixart_dir: Path) -> None:
-    g = gen("pixart", tiny_pixart_dir, family="pixart")
-    res = run_plan(build_plan([(0, "a small cat", g, None, None, None)], seed=2), opts(tmp_path / "o"))
-    assert len(res.made) == 1 and Image.open(res.made[0].file).size == (64, 64)  # type: ignore[arg-type]
+    g = generator("pixart", tiny_pixart_dir, family="pixart")
+    res = run_plan(build_plan([(0, "a small cat", g, None, None, None)], seed=2), run_options(tmp_path / "o"))
+    assert len(res.made) == 1
+    with Image.open(res.made[0].file) as im:  # type: ignore[arg-type]
+        assert im.size == (64, 64)
+
+
+@pytest.mark.gpu
+def test_cuda_run_uses_half_precision(tmp_path: Path, tiny_sd_dir: Path) -> None:
+    """On a CUDA device: the dtype by device (bf16/fp16), the device in the record, a real (not NaN-black) image."""
+    from catimg.device import detect_device
+
+    g = generator("sd", tiny_sd_dir)
+    plan = build_plan([(0, "a small cat", g, None, None, None)], seed=2)
+    res = run_plan(plan, run_options(tmp_path / "gpu", device=detect_device("cuda")))
+    assert len(res.made) == 1 and not res.failed
+    rec = manifest(tmp_path / "gpu")[0]
+    assert rec["device"].startswith("cuda") and rec["dtype"] in ("fp16", "bf16")
+    with Image.open(res.made[0].file) as im:  # type: ignore[arg-type]
+        pixels = np.asarray(im.convert("RGB"), dtype=float)
+    assert pixels.shape == (64, 64, 3) and pixels.std() > 0
 
 
 def test_auto_batch_size() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -32,19 +31,42 @@ def test_tiny_clip_scores_images(tiny_clip_dir: Path) -> None:
     assert s.score([red, red], ["a red square", "zzzz qqqq"])[0] != pytest.approx(s.score([red], ["zzzz qqqq"])[0])
 
 
-def test_pickscore_mode_uses_logit_scale(tiny_clip_dir: Path) -> None:
-    s = load_scorer("pickscore", str(tiny_clip_dir))  # folder has its own processor: no LAION repo needed
-    v = s.score([Image.new("RGB", (32, 32), (0, 255, 0))], ["green"])[0]
+def _with_logit_scale(src: Path, dest: Path, scale: float) -> Path:
+    """A copy of the CLIP folder ``src`` whose only change is ``logit_scale = ln(scale)``."""
     import math
+    import shutil
 
-    assert abs(v) <= math.exp(2.6593) + 1e-3  # |cos| <= 1 times the initial logit scale
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dest)
+    weights = load_file(str(dest / "model.safetensors"))
+    weights["logit_scale"] = torch.tensor(math.log(scale), dtype=weights["logit_scale"].dtype)
+    save_file(weights, str(dest / "model.safetensors"), metadata={"format": "pt"})
+    return dest
 
 
-def test_missing_hub_checkpoint_fails_fast_and_names_it() -> None:
-    t = time.perf_counter()
+def test_pickscore_mode_uses_logit_scale(tiny_clip_dir: Path, tmp_path: Path) -> None:
+    """PickScore is exp(logit_scale) x cosine: two checkpoints that differ only in logit_scale (ln 2, ln 10) score
+    every pair exactly 5x apart (a raw cosine would not change; logit_scale itself would give ln 10 / ln 2)."""
+    images = [Image.new("RGB", (32, 32), c) for c in ((0, 255, 0), (200, 30, 90), (10, 10, 240))]
+    prompts = ["green", "a pink square", "deep blue sea"]
+    low, high = (load_scorer("pickscore", str(_with_logit_scale(tiny_clip_dir, tmp_path / f"s{k}", k)))
+                 for k in (2.0, 10.0))  # the folder has its own processor: no LAION repo needed
+    a, b = low.score(images, prompts), high.score(images, prompts)
+    assert all(abs(x) > 1e-4 for x in a)
+    assert b == pytest.approx([5.0 * x for x in a], rel=1e-4)
+    assert all(abs(x) <= 2.0 + 1e-5 for x in a)  # |cos| <= 1 times exp(ln 2)
+
+
+def test_missing_hub_checkpoint_fails_fast_and_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    tried: list[object] = []  # fail fast: no connection, no download attempt
+    monkeypatch.setattr(socket.socket, "connect", lambda self, addr: tried.append(addr))
     with pytest.raises(WeightsMissingError) as e:
         check_scorer("clipscore")
-    assert time.perf_counter() - t < 2.0
+    assert tried == []
     msg = str(e.value)
     assert "openai/clip-vit-large-patch14" in msg and "hf download" in msg and "--scorer-model" in msg and "\n" not in msg
 

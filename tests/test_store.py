@@ -10,15 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import generator
 
-from catimg.config import Generator
 from catimg.errors import InputError, MeasurementsError, StoreError
 from catimg.measurements import read_measurements
 from catimg.store import DB_FILENAME, SCHEMA_VERSION, Store, default_db_path, split_holdout
-
-
-def _gen(name: str = "a", steps: int = 4) -> Generator:
-    return Generator(name=name, model=name, source="/models/" + name, family="sd1", steps=steps, guidance=7.5, width=64, height=64)
 
 
 def test_default_path_honours_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,7 +29,7 @@ def test_default_path_honours_data_dir(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_record_done_and_changed_generator_is_new(tmp_path: Path) -> None:
     db = tmp_path / "m.sqlite"
-    a = _gen("a")
+    a = generator("a")
     with Store.open(db) as s:
         h = s.register_generator(a)
         s.record("a cat", h, 0, {"clipscore": 25.0}, seconds=0.5, path=tmp_path / "x.png", device="cpu")
@@ -59,7 +55,7 @@ def test_record_done_and_changed_generator_is_new(tmp_path: Path) -> None:
 
 
 def test_to_table_averages_seeds_and_keeps_unmeasured_as_nan(tmp_path: Path) -> None:
-    a, b = _gen("a"), _gen("b")
+    a, b = generator("a"), generator("b")
     with Store.open(tmp_path / "m.sqlite") as s:
         ha, hb = s.register_generator(a), s.register_generator(b)
         s.record("p1", ha, 0, {"clipscore": 20.0}, seconds=1.0)
@@ -76,7 +72,7 @@ def test_to_table_averages_seeds_and_keeps_unmeasured_as_nan(tmp_path: Path) -> 
 
 
 def test_export_import_round_trip_matches_measurements_reader(tmp_path: Path) -> None:
-    a, b = _gen("a"), _gen("b")
+    a, b = generator("a"), generator("b")
     with Store.open(tmp_path / "one.sqlite") as s:
         ha, hb = s.register_generator(a), s.register_generator(b)
         for i, p in enumerate(["x, with comma", "y \"quoted\"", "z ☕"]):
@@ -139,17 +135,18 @@ def test_campaign_lock_held_by_another_process(tmp_path: Path) -> None:
         "import sys, time; from catimg.store import Store; s = Store.open(sys.argv[1]); s.acquire_campaign();"
         "print('locked', flush=True); sys.stdin.readline()"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
-        with Store.open(db) as s:
-            with pytest.raises(StoreError, match=f"another catimg calibrate is running on {db}; wait .* --db"):
-                s.acquire_campaign()
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        proc.wait(timeout=30)
+    with subprocess.Popen([sys.executable, "-c", code, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as proc:  # closes the pipes
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+            with Store.open(db) as s:
+                with pytest.raises(StoreError, match=f"another catimg calibrate is running on {db}; wait .* --db"):
+                    s.acquire_campaign()
+        finally:
+            assert proc.stdin is not None
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            proc.wait(timeout=30)
     with Store.open(db) as s:  # released when the other process ends
         s.acquire_campaign()
         s.release_campaign()
@@ -163,14 +160,14 @@ def test_write_lock_busy_is_one_line(tmp_path: Path) -> None:
     try:
         with Store.open(db, busy_timeout=0.1) as s:
             with pytest.raises(StoreError, match="locked by another catimg process; wait or pass --db"):
-                s.register_generator(_gen())
+                s.register_generator(generator("a"))
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
 
 
 def test_holdout_split_is_stable_and_disjoint(tmp_path: Path) -> None:
-    a, b = _gen("a"), _gen("b")
+    a, b = generator("a"), generator("b")
     prompts = [f"prompt number {i}" for i in range(60)]
     with Store.open(tmp_path / "m.sqlite") as s:
         ha, hb = s.register_generator(a), s.register_generator(b)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from harness import run_cli
 from test_router import SUBJECTS, write_case
 from typer.testing import CliRunner
 
@@ -15,14 +16,9 @@ runner = CliRunner()
 
 
 def run(*args: str) -> tuple[int, str]:
-    res = runner.invoke(app, list(args))
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        from catimg.errors import CatimgError
-
-        if isinstance(res.exception, CatimgError):
-            return res.exception.exit_code, res.exception.message
-        raise res.exception
-    return res.exit_code, res.output
+    """(exit code, stdout + stderr) of the real entry point (tests/harness.py)."""
+    code, out, err = run_cli(*args)
+    return code, out + err
 
 
 @pytest.fixture(scope="module")

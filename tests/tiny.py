@@ -4,7 +4,8 @@
 ``save_pretrained``; ``build_tiny_pixart(path)`` does the same for a transformer-based (PixArt-α) pipeline.
 ``install_fake_hub(cache_root, repo_id, folder)`` lays such a folder out as a Hugging Face cache entry
 (``models--org--name/snapshots/<40 hex>/`` + ``refs/main``) so that product code loads the Hub id offline with
-``HF_HUB_CACHE=cache_root``.
+``HF_HUB_CACHE=cache_root``. ``generator(name, source)`` and ``run_options(out)`` are the one factory each for
+catalog entries and run options over these pipelines; ``write_measurements`` writes a synthetic long-format CSV.
 
 Everything is 32-64 px with a handful of channels: a pipeline builds in well under a second and makes an image in
 a few tens of milliseconds per step on a CPU.
@@ -16,7 +17,11 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from catimg.config import Generator
+    from catimg.generate import RunOptions
 
 TINY_SIZE = 64  # pixels; the VAE below downsamples by 2, so latents are 32x32
 
@@ -261,3 +266,23 @@ def write_measurements(path: str | Path, scores: dict[str, tuple[float, float, f
             hard = any(x in p for x in hard_words)
             w.writerows([[p, g, h if hard else e, s] for g, (e, h, s) in scores.items()])
     return path
+
+
+def generator(name: str, source: str | Path | None = None, steps: int = 2, model: str | None = None, *,
+              family: str = "sd1", guidance: float = 2.0, **kw: Any) -> Generator:
+    """A 64-px catalog entry for the tiny pipelines. ``model`` defaults to the part of ``name`` before "@" (step
+    variants share weights), ``source`` to ``/models/<model>``; other Generator fields go through ``kw``."""
+    from catimg.config import Generator
+
+    model = model or name.split("@")[0]
+    return Generator(name=name, model=model, source=str(source if source is not None else f"/models/{model}"),
+                     family=family, steps=steps, guidance=guidance, width=TINY_SIZE, height=TINY_SIZE, **kw)
+
+
+def run_options(out: str | Path, **kw: Any) -> RunOptions:
+    """Run options for a CPU run into ``out`` (budget "low", router version "test"); ``kw`` overrides any field."""
+    from catimg.device import cpu_device
+    from catimg.generate import RunOptions
+
+    fields: dict[str, Any] = {"device": cpu_device(), "budget": "low", "router_version": "test", **kw}
+    return RunOptions(out_dir=Path(out), **fields)
