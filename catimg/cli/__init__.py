@@ -2,7 +2,8 @@
 
 Each command lives in its own module under ``catimg.cli`` and registers itself on :data:`app`. The core never
 prints and never imports Typer. Errors from :mod:`catimg.errors` become one red line and a non-zero exit code
-here, in one place; ``CATIMG_DEBUG=1`` shows the traceback instead.
+here, in one place (with ``--json`` also one ``{"error": {"code", "message"}}`` object on stdout, so that
+stdout is JSON whatever happens); ``CATIMG_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -90,11 +91,13 @@ def main() -> None:
         from catimg.cli.render import error_console, label
 
         error_console().print(label("error:", "bold red", exc.message), highlight=False, soft_wrap=True)
+        _json_error(int(exc.exit_code), exc.message, exc)
         sys.exit(int(exc.exit_code))
     except KeyboardInterrupt:
         if os.environ.get("CATIMG_DEBUG"):
             raise
         print("interrupted", file=sys.stderr)
+        _json_error(int(ExitStatus.INTERRUPTED), "interrupted")
         sys.exit(ExitStatus.INTERRUPTED)
     except SystemExit:
         raise
@@ -114,6 +117,22 @@ def main() -> None:
         raise
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _json_error(code: int, message: str, exc: BaseException | None = None) -> None:
+    """With ``--json``, a failed command also prints ``{"error": {"code": N, "message": "..."}}`` on stdout.
+
+    Nothing when the command already put the error into its own JSON document (``exc.json_reported``).
+    """
+    args = sys.argv[1:]
+    if "--" in args:
+        args = args[: args.index("--")]
+    if "--json" not in args or getattr(exc, "json_reported", False):
+        return
+    import json
+
+    sys.stdout.write(json.dumps({"error": {"code": code, "message": message}}, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
 
 
 def _is_click(exc: BaseException, name: str) -> bool:
@@ -149,4 +168,6 @@ def _usage_error(exc: Exception) -> int:
     path = getattr(ctx, "command_path", None) or "catimg"
     error_console().print(label("error:", "bold red", f"{message}; see `{path} --help`"), highlight=False,
                           soft_wrap=True)
-    return int(getattr(exc, "exit_code", ExitStatus.BAD_INPUT))
+    code = int(getattr(exc, "exit_code", ExitStatus.BAD_INPUT))
+    _json_error(code, f"{message}; see `{path} --help`")
+    return code

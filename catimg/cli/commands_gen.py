@@ -160,7 +160,11 @@ def gen(
         con = console()
         if dry_run:
             if as_json:
-                print_json(_plan_doc(result, plan, out, seed, notes, dry_run=True))
+                doc = _plan_doc(result, plan, out, seed, notes, dry_run=True)
+                if stop is not None:  # one JSON document: the plan carries the error the real run would stop with
+                    doc["error"] = {"code": int(stop.exit_code), "message": stop.message}
+                    stop.json_reported = True  # type: ignore[attr-defined]
+                print_json(doc)
                 if stop is not None:
                     raise stop
                 return
