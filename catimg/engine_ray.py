@@ -32,10 +32,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catimg.errors import CatimgError, DeviceError, GenerationError, InputError, first_line
-from catimg.generate import Executor, ImageRecord, PlanItem, RunOptions, RunResult, auto_batch_size
+from catimg.generate import (
+    Executor,
+    ImageRecord,
+    PlanItem,
+    RunOptions,
+    RunResult,
+    auto_batch_size,
+    resume_todo,
+)
 from catimg.output import (
     append_manifest,
-    done_keys,
     image_filename,
     png_bytes,
     prepare_out_dir,
@@ -383,11 +390,10 @@ def run_plan_ray(
     options = replace(options, out_dir=out)
     positions = list(range(len(plan)))
     if options.resume:
-        done = done_keys(out)
-        positions = [p for p in positions if (plan[p].index, plan[p].image, plan[p].prompt) not in done]
+        positions, res.differences = resume_todo(plan, options)
         res.skipped = len(plan) - len(positions)
     if not positions:
-        emit("start", {"images": 0, "skipped": res.skipped})
+        emit("start", {"images": 0, "skipped": res.skipped, "differences": res.differences})
         emit("end", {"interrupted": False})
         res.wall_seconds = time.perf_counter() - t0
         return res
@@ -429,7 +435,7 @@ def run_plan_ray(
         st.workers = [{k: v for k, v in inf.items() if k != "device"} | {"device": inf["device"].name} for inf in infos]
         info_by = {int(inf["label"].split("-")[1]): inf for inf in infos}
         emit("workers", {"workers": st.workers})
-        emit("start", {"images": len(positions), "skipped": res.skipped})
+        emit("start", {"images": len(positions), "skipped": res.skipped, "differences": res.differences})
         _drive(ray, plan, positions, options, emit, res, st, actors, info_by, start_actor, n, chunk_size,
                load_seconds or {})
     except KeyboardInterrupt:

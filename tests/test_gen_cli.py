@@ -210,3 +210,37 @@ def test_forced_generator_needs_no_router_for_it(setup: dict[str, Path], tmp_pat
         assert [i["status"] for i in made] == ["ok"] and Path(made[0]["file"]).is_file()
         text = runner.invoke(app, ["explain", "a cat", "--models", str(own), "--generator", "sd", *router])
         assert text.exit_code == 0 and "forced" in text.output
+
+
+def test_resume_matches_images_by_what_they_are(setup: dict[str, Path], tmp_path: Path) -> None:
+    """--resume after changing --seed, inserting a prompt, or changing -n: differences named, only the rest made."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cube\na blue ball\n")
+    out = tmp_path / "o"
+
+    def run(*extra: str) -> dict:
+        res = runner.invoke(app, ["gen", "-f", str(prompts), "--models", str(setup["models"]), "--router",
+                                  str(setup["router"]), "--generator", "sd@2", "--out", str(out), "--json", *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.output)["summary"]
+
+    first = run("--seed", "7", "-n", "2")
+    assert first["made"] == 4 and first["resume_differences"] == []
+    same = run("--seed", "7", "-n", "2", "--resume")
+    assert same["made"] == 0 and same["skipped"] == 4 and same["resume_differences"] == []
+    other_seed = run("--seed", "99", "-n", "2", "--resume")  # other images: all made, and said why
+    assert other_seed["made"] == 4 and other_seed["skipped"] == 0
+    assert other_seed["resume_differences"] == ["--seed 99 (manifest: 7)"]
+    prompts.write_text("a green tree\na red cube\na blue ball\n")  # a prompt inserted at the top
+    inserted = run("--seed", "7", "-n", "2", "--resume")
+    assert inserted["made"] == 2 and inserted["skipped"] == 4
+    assert "1 prompt(s) not in the manifest" in inserted["resume_differences"]
+    more = run("--seed", "7", "-n", "3", "--resume")  # one more image per prompt
+    assert more["made"] == 3 and more["skipped"] == 6
+    assert any(d.startswith("--images-per-prompt 3 (manifest: ") for d in more["resume_differences"])
+    text = runner.invoke(app, ["gen", "-f", str(prompts), "--models", str(setup["models"]), "--router",
+                               str(setup["router"]), "--generator", "sd@2", "--out", str(out), "--seed", "7",
+                               "-n", "3", "--resume", "--width", "32", "--height", "32"])
+    assert text.exit_code == 0, text.output
+    line = next(ln for ln in text.output.splitlines() if ln.startswith("resume:"))
+    assert "0 image(s) already done, 9 to make" in line and "size 32x32 (manifest: 64x64)" in line

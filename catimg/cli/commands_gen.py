@@ -67,7 +67,12 @@ def gen(
     width: int | None = typer.Option(None, "--width", help="Image width, a multiple of 8 (default: the generator's).", show_default=False),
     height: int | None = typer.Option(None, "--height", help="Image height, a multiple of 8 (default: the generator's).", show_default=False),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan only; load nothing, write nothing."),
-    resume: bool = typer.Option(False, "--resume", help="Skip images already recorded in OUT/manifest.jsonl and on disk."),
+    resume: bool = typer.Option(
+        False, "--resume",
+        help="Make only the images not yet in OUT/manifest.jsonl and on disk. Images are matched by what they are "
+             "(prompt, image number, seed, generator settings, size), not by position; what differs from the "
+             "manifest is named in one line and the run goes on with what is still to do.",
+    ),
     device: str | None = DEVICE_OPT,
     dtype: str | None = DTYPE_OPT,
     no_metadata: bool = typer.Option(False, "--no-metadata", help="Write PNGs without catimg's text chunks."),
@@ -184,7 +189,7 @@ def gen(
         opts = RunOptions(
             out_dir=out, device=dev, dtype=dtype, allow_download=allow_download, batch_size=batch_size,
             metadata=not no_metadata, resume=resume, budget=result.budget, router_version=getattr(rt, "version", None),
-            base_seed=seed,
+            base_seed=seed, images_per_prompt=images_per_prompt,
         )
         try:
             with progress:
@@ -374,6 +379,7 @@ def _run_doc(result: RoutingResult, res: RunResult) -> dict[str, Any]:
             "made": len(res.made),
             "failed": len(res.failed),
             "skipped": res.skipped,
+            "resume_differences": res.differences,
             "best_single": result.best_single,
             "best_single_seconds": result.best_single_seconds,
         },
@@ -416,8 +422,12 @@ class _Progress:
     def event(self, kind: str, data: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        if kind == "start" and data.get("skipped"):
-            self._line(f"resume: {data['skipped']} image(s) already done, {data['images']} to make")
+        if kind == "start" and (data.get("skipped") or data.get("differences")):
+            line = f"resume: {data['skipped']} image(s) already done, {data['images']} to make"
+            if data.get("differences"):  # one line, matched by what the images are, not by position
+                line += (f"; differs from the manifest: {'; '.join(data['differences'])} (images are matched by "
+                         "prompt, image number, seed, generator settings and size)")
+            self._line(line)
             if self.rich is not None:
                 self.rich.update(self.batch_task, total=data["images"])
         elif kind == "load":
