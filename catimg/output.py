@@ -9,7 +9,10 @@
   catimg and router versions) as ``catimg:<key>``, the whole record as JSON in ``catimg``, and an A1111-style
   ``parameters`` chunk that existing viewers read.
 * ``manifest.jsonl``: one JSON object a line, appended as each image is saved with a single ``write`` under an
-  exclusive file lock, then fsynced: two runs into one folder interleave whole lines, never clobber.
+  exclusive file lock, then fsynced: two runs into one folder interleave whole lines, never clobber. A line cut
+  short by a crash is never extended (the next record starts on a new line); reading names every corrupt line at
+  once, and :func:`repair_out_dir` (``gen --resume``) sets them aside, adopts PNGs that have no record from their
+  own metadata and removes the ``.tmp`` files of dead processes.
 * Test-only: ``CATIMG_TEST_PAUSE_AFTER=N`` makes the process that appends to manifests (the local run, the Ray
   driver) sleep until it is killed right after its N-th record, so that the kill -9 tests stop a run at a known
   point instead of racing it. Never set it outside the test suite.
@@ -246,11 +249,14 @@ def append_manifest(folder: Path, record: dict[str, Any]) -> None:
     path = folder / MANIFEST
     line = (json.dumps(record, ensure_ascii=False, sort_keys=True, default=str) + "\n").encode("utf-8")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
     except OSError as exc:
         raise _disk_error(path, exc) from exc
     try:
         with _locked(fd):
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":  # a line cut short by a crash: never extend it
+                line = b"\n" + line
             _write_all(fd, line)
             os.fsync(fd)
     except OSError as exc:
@@ -274,16 +280,15 @@ def _pause_for_tests() -> None:
             time.sleep(3600)
 
 
-def read_manifest(folder: str | Path) -> list[dict[str, Any]]:
-    """All records of ``folder/manifest.jsonl`` ([] when absent); InputError naming the first corrupt line."""
-    path = Path(folder) / MANIFEST
+def _parse_manifest(path: Path) -> tuple[list[dict[str, Any]], list[tuple[int, bytes]]]:
+    """(good records, [(line number, raw line)] of the corrupt ones) of a manifest file ([] when absent)."""
     if not path.exists():
-        return []
+        return [], []
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise InputError(f"{path}: cannot read the manifest ({exc.strerror}); check its permissions") from exc
-    out = []
+    out, bad = [], []
     for n, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
@@ -291,12 +296,132 @@ def read_manifest(folder: str | Path) -> list[dict[str, Any]]:
             rec = json.loads(line.decode("utf-8"))
             if not isinstance(rec, dict):
                 raise ValueError("not an object")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InputError(
-                f"{path}: line {n} is corrupt ({exc.__class__.__name__}); delete or fix that line, then rerun with --resume"
-            ) from exc
+        except (ValueError, UnicodeDecodeError):
+            bad.append((n, line))
+            continue
         out.append(rec)
+    return out, bad
+
+
+def _line_list(numbers: list[int]) -> str:
+    shown = ", ".join(str(n) for n in numbers[:20]) + (f" and {len(numbers) - 20} more" if len(numbers) > 20 else "")
+    return f"line {shown} is" if len(numbers) == 1 else f"lines {shown} are"
+
+
+def read_manifest(folder: str | Path) -> list[dict[str, Any]]:
+    """All records of ``folder/manifest.jsonl`` ([] when absent); one InputError naming every corrupt line."""
+    path = Path(folder) / MANIFEST
+    out, bad = _parse_manifest(path)
+    if bad:
+        raise InputError(
+            f"{path}: {_line_list([n for n, _ in bad])} corrupt (cut short or not JSON); rerun with --resume to set "
+            f"them aside in {MANIFEST}.corrupt and recover their images from the PNGs' metadata"
+        )
     return out
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+_TMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$")
+
+
+def repair_out_dir(folder: str | Path) -> list[str]:
+    """Before a ``--resume``: make ``folder`` consistent again after a crash, and say what was done.
+
+    * corrupt manifest lines (cut short by a crash, or garbage) are moved, all at once, to ``manifest.jsonl.corrupt``;
+    * a PNG with catimg metadata but no manifest record (a run killed between saving the image and recording it,
+      or whose record was corrupt) is adopted: its record is rebuilt from the PNG's own metadata, so the image is
+      not made a second time;
+    * hidden ``.NAME.PID.tmp`` files of a process that is no longer running are removed.
+
+    A PNG without catimg metadata is left as it is (and named). Returns one phrase per kind of repair.
+    """
+    folder = Path(folder)
+    path = folder / MANIFEST
+    notes: list[str] = []
+    records, bad = _parse_manifest(path)
+    if bad:
+        keep = b"".join(json.dumps(r, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8") + b"\n"
+                        for r in records)
+        try:
+            fd = os.open(path, os.O_RDWR)
+            try:
+                with _locked(fd):
+                    with open(folder / f"{MANIFEST}.corrupt", "ab") as side:
+                        side.write(b"".join(line + b"\n" for _, line in bad))
+                    tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
+                    tmp.write_bytes(keep)
+                    os.replace(tmp, path)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise _disk_error(path, exc) from exc
+        notes.append(f"{path}: {_line_list([n for n, _ in bad])} corrupt (cut short or not JSON); set aside in "
+                     f"{MANIFEST}.corrupt")
+    removed = []
+    for p in sorted(folder.iterdir()):
+        m = _TMP_RE.match(p.name)
+        if m and p.is_file() and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            try:
+                p.unlink()
+                removed.append(p.name)
+            except OSError:
+                pass
+    if removed:
+        notes.append(f"removed {len(removed)} temporary file(s) of a killed run ({', '.join(removed[:3])}"
+                     f"{', ...' if len(removed) > 3 else ''})")
+    known = {str(r.get("file")) for r in records if r.get("file")}
+    adopted, foreign = [], []
+    for p in sorted(folder.glob("*.png")):
+        if p.name in known:
+            continue
+        rec = _record_from_png(p)
+        if rec is None:
+            foreign.append(p.name)
+            continue
+        rec.update({"file": p.name, "note": (str(rec.get("note") or "") + "; " if rec.get("note") else "")
+                    + "record recovered from the PNG's metadata"})
+        append_manifest(folder, rec)
+        adopted.append(p.name)
+    if adopted:
+        notes.append(f"recovered the record of {len(adopted)} image(s) from their PNG metadata "
+                     f"({', '.join(adopted[:3])}{', ...' if len(adopted) > 3 else ''})")
+    if foreign:
+        notes.append(f"{len(foreign)} PNG(s) without catimg metadata have no record and are left as they are "
+                     f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})")
+    return notes
+
+
+def _record_from_png(path: Path) -> dict[str, Any] | None:
+    """catimg's record from a complete PNG it wrote, or None (no metadata, not a PNG, or cut short)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()  # decodes every pixel: a PNG cut short fails here
+            text = dict(getattr(im, "text", {}) or {})
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+    try:
+        rec = json.loads(text["catimg"])
+    except (KeyError, ValueError):
+        return None
+    if not isinstance(rec, dict) or "prompt" not in rec:
+        return None
+    rec.setdefault("status", "ok")
+    return rec
 
 
 def done_keys(folder: str | Path) -> set[tuple[int, int, str]]:

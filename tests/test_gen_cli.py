@@ -105,12 +105,38 @@ def test_forced_generator_that_does_not_exist(setup: dict[str, Path], tmp_path: 
     assert isinstance(res.exception, CatimgError) and 'did you mean "turbo"' in str(res.exception)
 
 
-def test_corrupt_manifest_on_resume(setup: dict[str, Path], tmp_path: Path) -> None:
+def test_corrupt_manifest_is_reported_at_once_and_resume_loses_no_work(setup: dict[str, Path], tmp_path: Path) -> None:
+    """Every bad line in one message; --resume sets them aside, adopts the PNG whose record was cut short (no -2
+    twin) and the PNG that has no record, and removes the .tmp file of a killed process, saying so."""
+    from catimg.output import MANIFEST, read_manifest
+
     out = tmp_path / "o"
-    out.mkdir()
-    (out / "manifest.jsonl").write_text('{"index": 0}\nnot json\n')
-    res = runner.invoke(app, gen_args(setup, out, "--resume"))
-    assert isinstance(res.exception, InputError) and "line 2 is corrupt" in str(res.exception)
+    args = ["gen", "a red cube", "a blue ball", "a green tree", "--models", str(setup["models"]), "--router",
+            str(setup["router"]), "--generator", "sd@2", "--seed", "4", "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    man = out / MANIFEST
+    lines = man.read_text().splitlines()
+    assert len(lines) == 3
+    # line 2 garbage, the third record's line lost (killed before it was written), a last line cut short
+    man.write_text(lines[0] + "\nnot json\n" + lines[2][:40])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / f".0009-x-sd@2-1.png.{dead.pid}.tmp").write_bytes(b"half")
+    with pytest.raises(InputError) as err:
+        read_manifest(out)
+    assert "lines 2, 3 are corrupt" in str(err.value) and "\n" not in str(err.value)
+    res = runner.invoke(app, [*args, "--resume", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["summary"]["made"] == 0 and doc["summary"]["skipped"] == 3
+    notes = " ".join(doc["notes"])
+    assert "lines 2, 3 are corrupt" in notes and "set aside" in notes
+    assert "recovered the record of 2 image(s) from their PNG metadata" in notes
+    assert "removed 1 temporary file(s)" in notes
+    assert len(list(out.glob("*.png"))) == 3 and not list(out.glob("*-2.png")) and not list(out.glob(".*.tmp"))
+    assert len(read_manifest(out)) == 3 and (out / f"{MANIFEST}.corrupt").read_text().count("\n") == 2
+    again = runner.invoke(app, [*args, "--resume"])  # repaired for good: nothing more to say or do
+    assert again.exit_code == 0 and "note:" not in again.output and "3 skipped" in again.output
 
 
 @pytest.mark.parametrize(

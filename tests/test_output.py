@@ -118,3 +118,13 @@ def test_new_out_folders_left_empty_are_removed(tmp_path: Path) -> None:
         output.prepare_out_dir(tmp_path / "c" / "d")
         raise InputError("stop")
     assert not (tmp_path / "c").exists()
+
+
+def test_a_line_cut_short_is_never_extended_and_every_bad_line_is_named(tmp_path: Path) -> None:
+    (tmp_path / output.MANIFEST).write_text('{"index": 0}\ngarbage\n{"index": 2, "tru')  # a crash mid-line
+    output.append_manifest(tmp_path, {"index": 3})
+    with pytest.raises(InputError) as err:
+        output.read_manifest(tmp_path)
+    assert "lines 2, 3 are corrupt" in str(err.value)  # both at once; the new record stayed whole
+    notes = output.repair_out_dir(tmp_path)
+    assert [r["index"] for r in output.read_manifest(tmp_path)] == [0, 3] and "set aside" in notes[0]

@@ -131,10 +131,15 @@ def gen(
     with removed_if_left_empty(out):
         if not dry_run:
             prepare_out_dir(out)
+        texts = collect_prompts(prompts, file)
+        bud, total = parse_budgets(budget, total_budget)
+        repaired: list[str] = []
         if resume and not dry_run:
-            from catimg.output import read_manifest
+            from catimg.output import read_manifest, repair_out_dir
 
-            records = read_manifest(out)  # a corrupt line fails here, before anything is loaded
+            # after a crash: corrupt lines set aside (all at once), orphan PNGs adopted, stale .tmp files removed
+            repaired = repair_out_dir(out)
+            records = read_manifest(out)
             if seed is None:
                 seed = next((int(r["base_seed"]) for r in records if r.get("base_seed") is not None), None)
         if seed is None:
@@ -142,8 +147,6 @@ def gen(
 
             seed = secrets.randbelow(2**31)
 
-        texts = collect_prompts(prompts, file)
-        bud, total = parse_budgets(budget, total_budget)
         catalog, rt, dev = load_setup(models, router, device)
         stop: WeightsMissingError | None = None
         try:
@@ -158,6 +161,7 @@ def gen(
             result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator)
             notes = ["a real run stops before loading anything: the weights are missing (see the error below)"]
 
+        notes = [*repaired, *notes]
         from catimg.generate import RunOptions, plan_from_routing, run_plan
 
         plan = plan_from_routing(result, seed=seed, images_per_prompt=images_per_prompt, negative=negative,
