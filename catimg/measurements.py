@@ -7,26 +7,54 @@ in), ``seconds`` (measured seconds per image), ``seed``, ``source`` (where the r
 white space (the prompt encoder is uncased and ignores spacing, so they are one prompt to the router; the first
 spelling is kept). Every problem is a :class:`MeasurementsError`
 naming the file, the line and the column.
+
+This module is the one home of the long format: the row type (:class:`Measurement`), reading (:func:`read_rows`,
+:func:`read_measurements`), writing (:func:`write_measurements`), the pivot into a prompt x generator table
+(:func:`pivot`, also used by :meth:`catimg.store.Store.to_table`) and the stable held-out split
+(:func:`split_holdout`). The calibration store only moves rows in and out of SQLite.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import json
 import math
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from catimg.errors import MeasurementsError, did_you_mean
+from catimg.errors import InputError, MeasurementsError, did_you_mean
 from catimg.textfiles import read_user_text
 
 REQUIRED = ("prompt", "generator", "score")
 OPTIONAL = ("metric", "seconds", "seed", "source")
 DEFAULT_METRIC = "score"
+LONG_COLUMNS = REQUIRED + OPTIONAL
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")  # read and written as JSON lines; anything else is CSV
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One row of the long format: the score of one image (``line``: where a file gave it, not part of the row)."""
+
+    prompt: str
+    generator: str
+    score: float
+    metric: str | None = None
+    seconds: float | None = None
+    seed: int | None = None
+    source: str | None = None
+    line: int | None = field(default=None, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as a dict with the :data:`LONG_COLUMNS` keys (absent values None)."""
+        return {c: getattr(self, c) for c in LONG_COLUMNS}
 
 
 @dataclass
@@ -115,7 +143,7 @@ def _iter_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
                           hint="pass --measurements with an existing CSV or JSONL file")
     if not text.strip():
         raise _err(path, "the measurements file is empty; it needs a header prompt,generator,score and one row per image")
-    if path.suffix.lower() in (".jsonl", ".ndjson", ".json") or text.lstrip().startswith("{"):
+    if path.suffix.lower() in JSONL_SUFFIXES or text.lstrip().startswith("{"):
         seen_any = False
         for n, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -175,12 +203,12 @@ def _number(path: Path, n: int, col: str, value: Any, required: bool) -> float |
     return x
 
 
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
+def read_rows(path: str | Path) -> list[Measurement]:
     """The validated rows of a long-format CSV or JSONL file, in file order.
 
-    Each row: ``line``, ``prompt``, ``generator``, ``score`` (float), ``metric``, ``seconds`` (positive float),
-    ``seed`` (int) and ``source``, the optional ones None when absent. Raises a one-line MeasurementsError naming
-    the file, line and column of the first bad value.
+    Each row has its ``line``, ``score`` a float, ``seconds`` a positive float, ``seed`` an int, the optional
+    fields None when absent. Raises a one-line MeasurementsError naming the file, line and column of the first
+    bad value.
     """
     path = Path(path).expanduser()
     out = []
@@ -199,12 +227,12 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         if seed is not None and seed != int(seed):
             raise _err(path, f"line {n}, column seed: {seed} is not a whole number")
         metric, source = row.get("metric"), row.get("source")
-        out.append({
-            "line": n, "prompt": prompt, "generator": gen.strip(), "score": score,
-            "metric": str(metric).strip() or None if metric not in (None, "") else None,
-            "seconds": seconds, "seed": None if seed is None else int(seed),
-            "source": str(source).strip() or None if source not in (None, "") else None,
-        })
+        out.append(Measurement(
+            prompt=prompt, generator=gen.strip(), score=cast(float, score),  # required: never None
+            metric=str(metric).strip() or None if metric not in (None, "") else None,
+            seconds=seconds, seed=None if seed is None else int(seed),
+            source=str(source).strip() or None if source not in (None, "") else None, line=n,
+        ))
     return out
 
 
@@ -222,52 +250,58 @@ def read_measurements(
     path = Path(path).expanduser()
     known = list(known_generators) if known_generators is not None else None
     where = f" in {catalog_path}" if catalog_path else ""
-
-    sums: dict[tuple[str, str], float] = {}
-    counts: dict[tuple[str, str], int] = {}
-    secs: dict[str, list[float]] = {}
+    rows = read_rows(path)
     metrics: dict[str, int] = {}
-    sources: dict[str, None] = {}
-    prompts: dict[str, None] = {}
-    gens: dict[str, None] = {}
-    n_rows = 0
-    spelling: dict[str, str] = {}
-    for row in read_rows(path):
-        n, gen = row["line"], row["generator"]
-        prompt = spelling.setdefault(prompt_key(row["prompt"]), row["prompt"].strip())
-        if known is not None and gen not in known:
+    for row in rows:
+        if known is not None and row.generator not in known:
             raise _err(
                 path,
-                f"line {n}, column generator: unknown generator \"{gen}\"{did_you_mean(gen, known)}; "
+                f"line {row.line}, column generator: unknown generator \"{row.generator}\"{did_you_mean(row.generator, known)}; "
                 f"known{where}: {', '.join(known)}; add it to models.toml or fix the name",
             )
-        row_metric = row["metric"] or DEFAULT_METRIC
+        row_metric = row.metric or DEFAULT_METRIC
         metrics[row_metric] = metrics.get(row_metric, 0) + 1
-        if metric is not None and row_metric != metric:
-            continue
-        key = (prompt, gen)
-        sums[key] = sums.get(key, 0.0) + row["score"]
-        counts[key] = counts.get(key, 0) + 1
-        if row["seconds"] is not None:
-            secs.setdefault(gen, []).append(row["seconds"])
-        if row["source"] is not None:
-            sources[row["source"]] = None
-        prompts.setdefault(prompt, None)
-        gens.setdefault(gen, None)
-        n_rows += 1
-
-    if metric is not None and n_rows == 0:
+    if metric is not None and metric not in metrics:
         found = ", ".join(sorted(metrics)) or "none"
         raise _err(path, f"no rows with metric \"{metric}\"{did_you_mean(metric, metrics)}; metrics in the file: {found}")
-    if n_rows == 0:
+    if not rows:
         raise _err(path, "no measurement rows after the header; add rows prompt,generator,score")
     if metric is None:
         if len(metrics) > 1:
             listing = ", ".join(f"{m} ({c} rows)" for m, c in sorted(metrics.items()))
             raise _err(path, f"column metric: the file mixes metrics {listing}; choose one with --metric")
         metric = next(iter(metrics))
+    return pivot([r for r in rows if (r.metric or DEFAULT_METRIC) == metric], metric, path=path)
 
-    plist, glist = list(prompts), list(gens)
+
+def pivot(rows: Iterable[Measurement], metric: str, columns: Sequence[str] = (),
+          path: Path | None = None) -> MeasurementTable:
+    """Long-format rows (all of ``metric``) as a prompt x generator :class:`MeasurementTable`.
+
+    Scores of one (prompt, generator) pair are averaged, and so are prompts with the same :func:`prompt_key` (the
+    first spelling, stripped, is kept); seconds are averaged per generator. Generators come in the order of
+    ``columns`` (a catalog's, say), then of first appearance; a generator without any row gets no column.
+    """
+    sums: dict[tuple[str, str], float] = {}
+    counts: dict[tuple[str, str], int] = {}
+    secs: dict[str, list[float]] = {}
+    sources: dict[str, None] = {}
+    spelling: dict[str, str] = {}
+    prompts: dict[str, None] = {}
+    order = {g: None for g in columns}
+    for row in rows:
+        prompt = spelling.setdefault(prompt_key(row.prompt), row.prompt.strip())
+        key = (prompt, row.generator)
+        sums[key] = sums.get(key, 0.0) + row.score
+        counts[key] = counts.get(key, 0) + 1
+        if row.seconds is not None and row.seconds > 0:
+            secs.setdefault(row.generator, []).append(float(row.seconds))
+        if row.source:
+            sources[str(row.source)] = None
+        prompts.setdefault(prompt, None)
+        order.setdefault(row.generator, None)
+    measured = {g for _, g in counts}
+    plist, glist = list(prompts), [g for g in order if g in measured]
     pi = {p: i for i, p in enumerate(plist)}
     gi = {g: j for j, g in enumerate(glist)}
     Y = np.full((len(plist), len(glist)), np.nan, dtype=np.float64)
@@ -282,20 +316,60 @@ def read_measurements(
     )
 
 
-def write_measurements(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
-    """Write long-format rows to CSV (or JSONL when the name ends in .jsonl); return the number of rows."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = list(rows)
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        with path.open("w", encoding="utf-8") as fh:
-            for r in rows:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-        return len(rows)
-    cols = list(REQUIRED) + [c for c in OPTIONAL if any(c in r for r in rows)]
-    with path.open("w", encoding="utf-8", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
-    return len(rows)
+def write_measurements(rows: Iterable[Measurement | Mapping[str, Any]], path: str | Path) -> int:
+    """Write long-format rows to ``path``: JSON lines for .jsonl/.ndjson/.json, else CSV; return the row count.
+
+    The file appears whole or not at all (written to ``path.tmp``, then renamed). A folder or an unwritable path
+    is an InputError naming it.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name ending in .csv or .jsonl")
+    dicts = [r.as_dict() if isinstance(r, Measurement) else dict(r) for r in rows]
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
+            if path.suffix.lower() in JSONL_SUFFIXES:
+                for r in dicts:
+                    fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+            else:
+                cols = list(REQUIRED) + [c for c in OPTIONAL if any(c in r for r in dicts)]
+                w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(dicts)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise InputError(f"{path}: cannot write ({exc.strerror}); choose another file") from exc
+    return len(dicts)
+
+
+# --- a stable held-out split (shared by `train --db --holdout` and `eval --db --holdout`) ---------------------
+
+
+def is_holdout(prompt: str, frac: float) -> bool:
+    """True when ``prompt`` falls in the held-out share ``frac``: a hash of the text, the same on every run."""
+    h = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big")
+    return h / 2.0**64 < frac
+
+
+def split_holdout(table: MeasurementTable, frac: float) -> tuple[MeasurementTable, MeasurementTable]:
+    """Split ``table`` into (train, held-out) by :func:`is_holdout`.
+
+    The split depends only on the prompt texts and ``frac``, so training with ``--holdout 0.2`` and evaluating
+    with ``--holdout 0.2`` on the same database never mixes the two parts, and prompts added later keep the
+    side they fall on.
+    """
+    if not 0.0 < frac < 1.0:
+        raise InputError(f"--holdout {frac}: must be a share between 0 and 1, e.g. 0.2")
+    test = [i for i, p in enumerate(table.prompts) if is_holdout(p, frac)]
+    held = set(test)
+    train = [i for i in range(len(table.prompts)) if i not in held]
+    if not test or not train:
+        raise MeasurementsError(
+            f"{table.path or 'measurements'}: --holdout {frac} leaves {len(train)} training and {len(test)} held-out "
+            f"prompts of {len(table.prompts)}; measure more prompts or change --holdout"
+        )
+    return table.subset(train), table.subset(test)

@@ -12,13 +12,14 @@ Tables
     scores      one value per (image, metric), with the scorer that produced it
 
 The long format that ``catimg train --measurements`` reads (``prompt, generator, score, metric, seconds, seed,
-source``) moves in and out with :meth:`Store.export` and :meth:`Store.import_file`.
+source``) moves in and out with :meth:`Store.export` and :meth:`Store.import_file`. This module keeps only the
+SQL: the row type, reading and writing files, the pivot into a table and the held-out split belong to
+:mod:`catimg.measurements`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import sqlite3
@@ -29,14 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from catimg.config import Generator
-from catimg.errors import InputError, MeasurementsError, StoreError
+from catimg.errors import MeasurementsError, StoreError
+from catimg.measurements import Measurement, MeasurementTable, pivot, read_rows, write_measurements
 
 APPLICATION_ID = "catimg"
 SCHEMA_VERSION = 1
 #: SQLite header field ``PRAGMA application_id`` (ASCII "CATI"), set next to the meta table.
 SQLITE_APPLICATION_ID = 0x43415449
 DB_FILENAME = "measurements.sqlite"
-LONG_COLUMNS = ("prompt", "generator", "score", "metric", "seconds", "seed", "source")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -82,25 +83,6 @@ def default_db_path() -> Path:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """One row of the long format."""
-
-    prompt: str
-    generator: str
-    score: float
-    metric: str
-    seconds: float | None
-    seed: int | None
-    source: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "prompt": self.prompt, "generator": self.generator, "score": self.score, "metric": self.metric,
-            "seconds": self.seconds, "seed": self.seed, "source": self.source,
-        }
 
 
 @dataclass(frozen=True)
@@ -470,7 +452,10 @@ class Store:
 
     def to_rows(self, metric: str, generators: Sequence[Generator] | Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Long-format dicts for ``metric``; :class:`MeasurementsError` when the metric has no measurements."""
-        rows = [m.as_dict() for m in self.measurements(metric, generators)]
+        return [m.as_dict() for m in self._of_metric(metric, generators)]
+
+    def _of_metric(self, metric: str, generators: Sequence[Generator] | Sequence[str] | None) -> list[Measurement]:
+        rows = self.measurements(metric, generators)
         if not rows:
             have = self.metrics()
             what = ", ".join(f"{k} ({v} images)" for k, v in have.items()) or "none"
@@ -480,71 +465,18 @@ class Store:
             )
         return rows
 
-    def to_table(self, metric: str, generators: Sequence[Generator] | Sequence[str] | None = None) -> Any:
-        """The store's ``metric`` measurements as the typed table that :mod:`catimg.measurements` returns."""
-        rows = self.to_rows(metric, generators)
-        import numpy as np
-
-        from catimg.measurements import MeasurementTable
-
-        prompts: dict[str, int] = {}
-        gens: dict[str, int] = {}
-        if generators is not None:
-            for g in generators:
-                gens.setdefault(g.name if isinstance(g, Generator) else str(g), len(gens))
-        for r in rows:
-            prompts.setdefault(r["prompt"], len(prompts))
-            gens.setdefault(r["generator"], len(gens))
-        sums = np.zeros((len(prompts), len(gens)))
-        counts = np.zeros((len(prompts), len(gens)), dtype=np.int64)
-        secs: dict[str, list[float]] = {}
-        sources: dict[str, None] = {}
-        for r in rows:
-            i, j = prompts[r["prompt"]], gens[r["generator"]]
-            sums[i, j] += r["score"]
-            counts[i, j] += 1
-            if r["seconds"] is not None and r["seconds"] > 0:
-                secs.setdefault(r["generator"], []).append(float(r["seconds"]))
-            if r["source"]:
-                sources[str(r["source"])] = None
-        keep = [j for j in range(len(gens)) if counts[:, j].sum() > 0]  # a generator with no data: no column
-        names = [g for g, j in gens.items() if counts[:, j].sum() > 0]
-        sums, counts = sums[:, keep], counts[:, keep]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            Y = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-        return MeasurementTable(
-            prompts=list(prompts), generators=names, Y=Y, counts=counts,
-            seconds={g: (float(np.mean(secs[g])) if g in secs else None) for g in names},
-            metric=metric, sources=list(sources), path=self.path,
-        )
+    def to_table(self, metric: str, generators: Sequence[Generator] | Sequence[str] | None = None) -> MeasurementTable:
+        """The store's ``metric`` measurements as a table (:func:`catimg.measurements.pivot`; catalog order first)."""
+        columns = [g.name if isinstance(g, Generator) else str(g) for g in generators or ()]
+        return pivot(self._of_metric(metric, generators), metric, columns=columns, path=self.path)
 
     # --- export / import ------------------------------------------------------------------------------------
 
     def export(
         self, path: str | Path, metric: str | None = None, generators: Sequence[Generator] | Sequence[str] | None = None
     ) -> int:
-        """Write the long format to ``path`` (``.csv``, else JSON lines); returns the number of rows."""
-        rows = self.measurements(metric, generators)
-        p = Path(path).expanduser()
-        if p.is_dir():
-            raise InputError(f"{p}: is a folder; give a file name ending in .csv or .jsonl")
-        tmp = p.with_name(p.name + ".tmp")
-        try:
-            with open(tmp, "w", encoding="utf-8", newline="") as fh:
-                if p.suffix.lower() == ".csv":
-                    w = csv.writer(fh)
-                    w.writerow(LONG_COLUMNS)
-                    for r in rows:
-                        w.writerow(["" if v is None else v for v in r.as_dict().values()])
-                else:
-                    for r in rows:
-                        fh.write(json.dumps(r.as_dict(), ensure_ascii=False) + "\n")
-            os.replace(tmp, p)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise InputError(f"{p}: cannot write ({exc.strerror}); choose another file") from exc
-        return len(rows)
+        """Write the long format to ``path`` (:func:`catimg.measurements.write_measurements`); returns the row count."""
+        return write_measurements(self.measurements(metric, generators), path)
 
     def import_file(self, path: str | Path, generators: Sequence[Generator] = (), default_metric: str = "score") -> int:
         """Read a long-format CSV/JSONL file into the store; returns the number of scores stored.
@@ -553,8 +485,6 @@ class Store:
         hash of its name alone (``source`` settings unknown). Rows without a seed are numbered per (prompt,
         generator, metric) in file order, so importing a file twice does not double it.
         """
-        from catimg.measurements import read_rows
-
         rows = read_rows(path)
         by_name = {g.name: g for g in generators}
         counters: dict[tuple[str, str, str], int] = {}
@@ -562,36 +492,36 @@ class Store:
         with self._tx() as c:
             known: set[str] = set()
             for r in rows:
-                name = r["generator"]
+                name = r.generator
                 gen = by_name.get(name)
                 h = gen.settings_hash() if gen is not None else "name:" + name
                 if h not in known:
                     settings = gen.settings() if gen is not None else {"name": name, "imported": True}
                     self._register_raw(c, h, name, settings)
                     known.add(h)
-                metric = r.get("metric") or default_metric
-                seed = r.get("seed")
+                metric = r.metric or default_metric
+                seed = r.seed
                 if seed is None:
-                    k = (r["prompt"], h, metric)
+                    k = (r.prompt, h, metric)
                     counters[k] = counters.get(k, 0) + 1
                     seed = -counters[k]
-                pid = self._prompt_id(c, r["prompt"])
+                pid = self._prompt_id(c, r.prompt)
                 c.execute(
                     "INSERT OR IGNORE INTO images (prompt_id, generator_hash, seed, path, seconds, device, source, created) "
                     "VALUES (?, ?, ?, NULL, ?, NULL, ?, ?)",
-                    (pid, h, seed, r.get("seconds"), r.get("source") or f"import:{Path(path).name}", _now()),
+                    (pid, h, seed, r.seconds, r.source or f"import:{Path(path).name}", _now()),
                 )
-                if r.get("seconds") is not None:
+                if r.seconds is not None:
                     c.execute(
                         "UPDATE images SET seconds = ? WHERE prompt_id = ? AND generator_hash = ? AND seed = ?",
-                        (r["seconds"], pid, h, seed),
+                        (r.seconds, pid, h, seed),
                     )
                 image_id = c.execute(
                     "SELECT id FROM images WHERE prompt_id = ? AND generator_hash = ? AND seed = ?", (pid, h, seed)
                 ).fetchone()[0]
                 c.execute(
                     "INSERT OR REPLACE INTO scores (image_id, metric, value, scorer) VALUES (?, ?, ?, ?)",
-                    (image_id, metric, r["score"], "import"),
+                    (image_id, metric, r.score, "import"),
                 )
                 n += 1
         return n
@@ -619,34 +549,3 @@ def _looks_like_sqlite(p: Path) -> bool:
             return fh.read(16) == b"SQLite format 3\x00"
     except OSError as exc:
         raise StoreError(f"{p}: cannot read ({exc.strerror}); check its permissions or pass --db PATH") from exc
-
-
-# --- a stable held-out split (shared by `train --db --holdout` and `eval --db --holdout`) ---------------------
-
-
-def is_holdout(prompt: str, frac: float) -> bool:
-    """True when ``prompt`` falls in the held-out share ``frac``: a hash of the text, the same on every run."""
-    import hashlib
-
-    h = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big")
-    return h / 2.0**64 < frac
-
-
-def split_holdout(table: Any, frac: float) -> tuple[Any, Any]:
-    """Split a :class:`~catimg.measurements.MeasurementTable` into (train, held-out) by :func:`is_holdout`.
-
-    The split depends only on the prompt texts and ``frac``, so training with ``--holdout 0.2`` and evaluating
-    with ``--holdout 0.2`` on the same database never mixes the two parts, and prompts added later keep the
-    side they fall on.
-    """
-    if not 0.0 < frac < 1.0:
-        raise InputError(f"--holdout {frac}: must be a share between 0 and 1, e.g. 0.2")
-    test = [i for i, p in enumerate(table.prompts) if is_holdout(p, frac)]
-    held = set(test)
-    train = [i for i in range(len(table.prompts)) if i not in held]
-    if not test or not train:
-        raise MeasurementsError(
-            f"{table.path or 'measurements'}: --holdout {frac} leaves {len(train)} training and {len(test)} held-out "
-            f"prompts of {len(table.prompts)}; measure more prompts or change --holdout"
-        )
-    return table.subset(train), table.subset(test)

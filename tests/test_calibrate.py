@@ -53,7 +53,7 @@ def _base(s: dict[str, Path], *extra: Any) -> list[Any]:
 def test_dry_run_counts_and_estimates_without_generating(setup: dict[str, Path]) -> None:
     r = _run(_base(setup, "--seeds", "2", "--dry-run", "--json"))
     assert r.exit_code == 0, r.output
-    doc = json.loads(r.output)
+    doc = json.loads(r.stdout)
     assert doc["dry_run"] and doc["images"] == 8 and doc["already_measured"] == 0
     assert doc["generators"][0]["seconds_per_image"] == pytest.approx(0.05)
     assert doc["estimated_seconds"] == pytest.approx(8 * 0.05 + doc["generators"][0]["estimated_seconds"] - 0.4)
@@ -68,7 +68,7 @@ def test_dry_run_writes_nothing(setup: dict[str, Path]) -> None:
     r = _run(["calibrate", "--prompts", setup["prompts"], "--models", setup["models"], "--db", new, "--device", "cpu",
               "--dry-run", "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["images"] == 4 and json.loads(r.output)["db"] == str(new)
+    assert json.loads(r.stdout)["images"] == 4 and json.loads(r.stdout)["db"] == str(new)
     assert not new.parent.exists()
     empty = setup["root"] / "empty.sqlite"
     empty.touch()
@@ -111,7 +111,7 @@ def test_campaign_interrupted_resumed_extended_and_changed(
     # resumed: only the two missing images are made
     r = _run(_base(setup, "--json"))
     assert r.exit_code == 0, r.output
-    doc = json.loads(r.output)
+    doc = json.loads(r.stdout)
     assert doc["plan"]["images"] == 2 and doc["plan"]["already_measured"] == 2 and doc["recorded"] == 2
     g = doc["generators"][0]
     assert g["name"] == "fast" and g["images"] == 4 and g["prompts"] == 4 and 0 <= g["mean_score"] <= 100
@@ -119,20 +119,20 @@ def test_campaign_interrupted_resumed_extended_and_changed(
 
     # nothing left to do
     r = _run(_base(setup, "--json"))
-    assert json.loads(r.output)["plan"]["images"] == 0
+    assert json.loads(r.stdout)["plan"]["images"] == 0
 
     # a generator added to the catalog: only it is measured (a step variant of another model)
     _catalog(setup["models"], {"fast": (_src(setup), 2), "other": (tiny_sd2_dir, 3)})
     r = _run(_base(setup, "--json"))
     assert r.exit_code == 0, r.output
-    doc = json.loads(r.output)
+    doc = json.loads(r.stdout)
     per = {g["name"]: g for g in doc["plan"]["generators"]}
     assert per["fast"]["images"] == 0 and per["other"]["images"] == 4 and doc["recorded"] == 4
 
     # a changed generator (steps 2 -> 4) is new for the store; the old measurements stay
     _catalog(setup["models"], {"fast": (_src(setup), 4), "other": (tiny_sd2_dir, 3)})
     r = _run(_base(setup, "--generators", "fast", "--limit", "2", "--json"))
-    doc = json.loads(r.output)
+    doc = json.loads(r.stdout)
     assert doc["recorded"] == 2
     with Store.open(setup["db"]) as st:
         assert st.metrics() == {"clipscore": 10}
@@ -156,7 +156,7 @@ def test_campaign_interrupted_resumed_extended_and_changed(
     r = _run(["train", "--db", setup["db"], "--models", setup["models"], "--out", router_dir, "--metric", "clipscore",
               "--predictor", "knn", "--json"])
     assert r.exit_code == 0, (r.output, r.exception)
-    gens = {g["name"]: g for g in json.loads(r.output)["generators"]}
+    gens = {g["name"]: g for g in json.loads(r.stdout)["generators"]}
     assert gens["fast"]["n_measured"] == 2 and gens["other"]["n_measured"] == 4
     r = _run(["eval", "--router", router_dir, "--measurements", out_csv, "--metric", "clipscore", "--json"])
     assert r.exit_code == 0, (r.output, r.exception)

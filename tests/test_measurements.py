@@ -125,3 +125,37 @@ def test_shared_data_sets_convert(tmp_path: Path) -> None:
         t = read_measurements(tmp_path / f"{name}.csv")
         assert set(t.generators) == gens and t.n_prompts >= 150
     assert datasets.main(["tifa", "--data", str(tmp_path), "--out", str(tmp_path / "x.csv")]) == 2
+
+
+def test_rows_round_trip_through_both_formats(tmp_path: Path) -> None:
+    from catimg.measurements import Measurement, read_rows
+
+    rows = [Measurement("a cat, \"quoted\"", "g@2", 1.25, "clip", 0.5, 3, "mine"),
+            Measurement("z ☕", "h", -2.0)]
+    for name in ("r.csv", "r.jsonl", "r.ndjson", "r.txt"):
+        assert write_measurements(rows, tmp_path / name) == 2
+        assert read_rows(tmp_path / name) == rows  # `line` is where the row was read, not part of the row
+        assert not list(tmp_path.glob("*.tmp"))
+    assert (tmp_path / "r.txt").read_text(encoding="utf-8").startswith("prompt,generator,score,")  # CSV
+    assert (tmp_path / "r.jsonl").read_text(encoding="utf-8").startswith("{")
+
+
+def test_write_to_a_folder_or_unwritable_place_is_one_line(tmp_path: Path) -> None:
+    from catimg.errors import InputError
+
+    with pytest.raises(InputError, match="is a folder; give a file name ending in .csv or .jsonl"):
+        write_measurements([], tmp_path)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match=r"out.csv: cannot write \(.*\); choose another file"):
+        write_measurements([{"prompt": "p", "generator": "g", "score": 1.0}], tmp_path / "file" / "out.csv")
+
+
+def test_pivot_orders_columns_merges_spellings_and_drops_empty_generators() -> None:
+    from catimg.measurements import Measurement, pivot
+
+    rows = [Measurement("A  cat", "b", 1.0, seconds=2.0), Measurement("a cat", "b", 3.0, seconds=4.0),
+            Measurement("a dog", "a", 5.0, source="s1")]
+    t = pivot(rows, "m", columns=["a", "unused", "b"])
+    assert t.generators == ["a", "b"] and t.prompts == ["A  cat", "a dog"]  # first spelling kept
+    assert t.Y[0, 1] == 2.0 and t.counts[0, 1] == 2 and np.isnan(t.Y[0, 0])
+    assert t.seconds == {"a": None, "b": 3.0} and t.sources == ["s1"] and t.metric == "m"

@@ -13,8 +13,8 @@ import pytest
 from tiny import generator
 
 from catimg.errors import InputError, MeasurementsError, StoreError
-from catimg.measurements import read_measurements
-from catimg.store import DB_FILENAME, SCHEMA_VERSION, Store, default_db_path, split_holdout
+from catimg.measurements import read_measurements, split_holdout
+from catimg.store import DB_FILENAME, SCHEMA_VERSION, Store, default_db_path
 
 
 def test_default_path_honours_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -182,3 +182,20 @@ def test_holdout_split_is_stable_and_disjoint(tmp_path: Path) -> None:
     assert set(again.prompts) == set(test.prompts) & set(prompts[30:])
     with pytest.raises(InputError, match="--holdout 1.5"):
         split_holdout(t, 1.5)
+
+
+def test_to_table_is_the_table_of_the_exported_file(tmp_path: Path) -> None:
+    """One pivot: the store's table and the table read back from its export agree, spellings merged in both."""
+    a, b = generator("a"), generator("b")
+    with Store.open(tmp_path / "m.sqlite") as s:
+        ha, hb = s.register_generator(a), s.register_generator(b)
+        for i, p in enumerate(["A red cube", "a red  cube", "two cats", "Two cats "]):
+            s.record(p, ha, 0, {"clipscore": 10.0 + i}, seconds=1.0 + i)
+            s.record(p, hb, i, {"clipscore": 30.0 - i})
+        t = s.to_table("clipscore", [b, a])
+        assert s.export(tmp_path / "out.txt", metric="clipscore") == 8
+    f = read_measurements(tmp_path / "out.txt")
+    assert t.generators == ["b", "a"] and t.prompts == f.prompts == ["A red cube", "two cats"]
+    np.testing.assert_allclose(t.Y[:, [1, 0]], f.Y)
+    assert t.Y[:, 1].tolist() == [10.5, 12.5] and t.counts.tolist() == [[2, 2], [2, 2]]
+    assert t.seconds == {"b": None, "a": 2.5} and f.seconds == {"a": 2.5, "b": None}

@@ -265,7 +265,7 @@ def _render_summary(doc: dict[str, Any], metric: str) -> None:
 
 @measurements_app.command("export")
 def export_cmd(
-    file: Path = typer.Argument(..., help="Output file: .csv, else JSON lines."),
+    file: Path = typer.Argument(..., help="Output file: JSON lines for .jsonl, .ndjson or .json, else CSV."),
     db: Path = DB_OPT,
     metric: str = typer.Option(None, "--metric", help="Only this metric (default: all).", show_default=False),
     generators: str = typer.Option(None, "--generators", "-g", help="Only these generators (comma-separated).", show_default=False),

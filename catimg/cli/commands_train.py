@@ -79,7 +79,7 @@ def train(
     names = [n.strip() for n in generators.split(",") if n.strip()] if generators else None
     table = _load_table(measurements, db, catalog, metric, names)
     if holdout is not None:
-        from catimg.store import split_holdout
+        from catimg.measurements import split_holdout
 
         table, _ = split_holdout(table, holdout)
     router = train_router(table, catalog, out, predictor=predictor, metric=metric, progress=_progress_line(json_out))
@@ -179,7 +179,7 @@ def eval_(
     if db is not None or holdout is not None:
         source = _load_table(measurements, db, None, metric or (rt.metric if db is not None else None))
         if holdout is not None:
-            from catimg.store import split_holdout
+            from catimg.measurements import split_holdout
 
             _, source = split_holdout(source, holdout)
     report = evaluate_router(rt, source, metric=metric)
