@@ -13,6 +13,7 @@
   short by a crash is never extended (the next record starts on a new line); reading names every corrupt line at
   once, and :func:`repair_out_dir` (``gen --resume``) sets them aside, adopts PNGs that have no record from their
   own metadata and removes the ``.tmp`` files of dead processes.
+* ``.catimg.lock``: :func:`out_dir_lock` keeps a second live run out of a folder (naming the process that holds it).
 * Test-only: ``CATIMG_TEST_PAUSE_AFTER=N`` makes the process that appends to manifests (the local run, the Ray
   driver) sleep until it is killed right after its N-th record, so that the kill -9 tests stop a run at a known
   point instead of racing it. Never set it outside the test suite.
@@ -318,6 +319,82 @@ def read_manifest(folder: str | Path) -> list[dict[str, Any]]:
             f"them aside in {MANIFEST}.corrupt and recover their images from the PNGs' metadata"
         )
     return out
+
+
+LOCK = ".catimg.lock"
+
+
+def _describe_process(pid: int, recorded: str) -> str:
+    """``PID 123: catimg gen ...`` from /proc when it can be read, else from what the lock recorded."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except OSError:
+        cmd = ""
+    cmd = cmd or recorded
+    return f"PID {pid}" + (f": {cmd[:160]}" if cmd else "")
+
+
+@contextmanager
+def out_dir_lock(folder: str | Path, command: str = "") -> Iterator[list[str]]:
+    """Hold ``folder/.catimg.lock`` for a run: one live run per output folder.
+
+    The lock is an exclusive ``flock`` on the file, which also records the holder's PID and command line. A second
+    run into the folder gets an InputError naming the process that holds it; the lock of a run that died (``kill
+    -9``, power loss) is released by the operating system and taken over, with a note (the phrases yielded). The
+    file is removed when the run ends.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks; runs are not kept apart
+        yield []
+        return
+    folder = Path(folder)
+    path = folder / LOCK
+    notes: list[str] = []
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise InputError(f"--out {folder}: cannot create {LOCK} ({exc.strerror}); check the folder's permissions") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            held = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+            os.close(fd)
+            try:
+                info = json.loads(held)
+            except ValueError:
+                info = {}
+            who = _describe_process(int(info.get("pid") or 0), str(info.get("command") or "")) if info else "another process"
+            raise InputError(
+                f"--out {folder}: another catimg run ({who}) is writing into this folder; wait for it to finish "
+                f"(then add --resume), stop it, or pick another --out"
+            ) from None
+        try:  # the holder may have removed the file between our open and our lock: lock the file that is there
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        old = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+        try:
+            prev = json.loads(old) if old.strip() else None
+        except ValueError:
+            prev = None
+        if isinstance(prev, dict) and prev.get("pid") and int(prev["pid"]) != os.getpid():
+            notes.append(f"{path}: took over the lock of a run that is no longer running (PID {prev['pid']})")
+        data = json.dumps({"pid": os.getpid(), "command": command}).encode("utf-8")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+        yield notes
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -270,3 +270,40 @@ def test_resume_matches_images_by_what_they_are(setup: dict[str, Path], tmp_path
     assert text.exit_code == 0, text.output
     line = next(ln for ln in text.output.splitlines() if ln.startswith("resume:"))
     assert "0 image(s) already done, 9 to make" in line and "size 32x32 (manifest: 64x64)" in line
+
+
+def test_second_run_into_a_busy_folder_is_refused_and_a_dead_runs_lock_taken_over(setup: dict[str, Path],
+                                                                                   tmp_path: Path) -> None:
+    """Two runs into one folder: the second is refused, naming the live one; after a kill -9 the lock is taken over."""
+    import signal
+    import time
+
+    from catimg.output import LOCK, TEST_PAUSE_ENV, read_manifest
+
+    out = tmp_path / "out"
+    args = ["gen", "a red cube", "a blue ball", "a green tree", "--models", str(setup["models"]), "--router",
+            str(setup["router"]), "--generator", "sd@2", "--seed", "2", "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{TEST_PAUSE_ENV: "1"})
+    p = subprocess.Popen([sys.executable, "-m", "catimg", *args], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        man, hang_guard = out / "manifest.jsonl", time.monotonic() + 600
+        while p.poll() is None and not (man.exists() and man.read_bytes().count(b"\n") >= 1):
+            assert time.monotonic() < hang_guard, "no first record after 10 minutes"
+            time.sleep(0.02)  # the run pauses for good (holding the folder) after its first record
+        assert p.poll() is None, "the run ended instead of pausing after its first image"
+        busy = runner.invoke(app, args)
+        assert isinstance(busy.exception, InputError), busy.output
+        msg = str(busy.exception)
+        assert f"another catimg run (PID {p.pid}: " in msg and "catimg" in msg.split(f"PID {p.pid}:")[1]
+        assert len(read_manifest(out)) == 1 and len(list(out.glob("*.png"))) == 1  # the second run made nothing
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert (out / LOCK).is_file()  # left behind by the killed run
+    res = runner.invoke(app, [*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    assert f"took over the lock of a run that is no longer running (PID {p.pid})" in res.output
+    assert len(read_manifest(out)) == 3 and len(list(out.glob("*.png"))) == 3 and not (out / LOCK).exists()

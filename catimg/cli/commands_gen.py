@@ -102,8 +102,10 @@ def gen(
 
       catimg gen -f prompts.txt --out shots/ --resume
     """
+    from contextlib import ExitStack
+
     from catimg.generate import check_seed, check_size
-    from catimg.output import prepare_out_dir, removed_if_left_empty
+    from catimg.output import out_dir_lock, prepare_out_dir, removed_if_left_empty
 
     # cheap checks first: a mistake costs nothing
     if seed is not None:
@@ -128,9 +130,12 @@ def gen(
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file, not a folder; pass a folder for the images")
     # a run that stops before its first image leaves no new, empty --out folder behind
-    with removed_if_left_empty(out):
+    with removed_if_left_empty(out), ExitStack() as held:
+        locked: list[str] = []
         if not dry_run:
             prepare_out_dir(out)
+            # one live run per folder: a second one is refused (naming the process), a dead run's lock taken over
+            locked = held.enter_context(out_dir_lock(out, "catimg " + shlex.join(sys.argv[1:])))
         texts = collect_prompts(prompts, file)
         bud, total = parse_budgets(budget, total_budget)
         repaired: list[str] = []
@@ -161,7 +166,7 @@ def gen(
             result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator)
             notes = ["a real run stops before loading anything: the weights are missing (see the error below)"]
 
-        notes = [*repaired, *notes]
+        notes = [*locked, *repaired, *notes]
         from catimg.generate import RunOptions, plan_from_routing, run_plan
 
         plan = plan_from_routing(result, seed=seed, images_per_prompt=images_per_prompt, negative=negative,
