@@ -278,6 +278,9 @@ class Executor:
             self._run_batch(pipe, gen, items[start:start + bs], res)
 
     def _run_batch(self, pipe: Any, gen: Generator, batch: list[PlanItem], res: RunResult) -> None:
+        from catimg import interrupts
+
+        interrupts.check()  # a Ctrl-C that something swallowed stops the run here, between images
         self.on_event("batch", {"generator": gen.name, "images": len(batch)})
         try:
             images, secs = self._call(pipe, gen, batch)

@@ -47,3 +47,76 @@ def test_dry_run_json_with_missing_weights_is_still_one_document(tmp_path: Path)
     assert proc.returncode == 6, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["plan"][0]["generator"] == "x" and doc["error"]["code"] == 6 and "org/not-downloaded" in doc["error"]["message"]
+
+
+def _interrupt_models(tmp_path: Path, tiny_sd_dir: Path) -> Path:
+    models = tmp_path / "models.toml"
+    models.write_text(f'[generators.sd]\nsource = "{tiny_sd_dir}"\nsteps = 2\nguidance = 2.0\nwidth = 64\nheight = 64\n')
+    return models
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.0])
+def test_ctrl_c_at_start_up_ends_with_130_and_one_line(delay: float, tmp_path: Path, tiny_sd_dir: Path) -> None:
+    """SIGINT while the command is still importing, loading or routing: exit 130, one line, no traceback."""
+    import signal
+    import time
+
+    models = _interrupt_models(tmp_path, tiny_sd_dir)
+    p = subprocess.Popen([sys.executable, "-m", "catimg", "gen", "a cat", "--models", str(models), "--generator",
+                          "sd", "-n", "400", "--out", str(tmp_path / "o")], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    assert p.poll() is None, "the run ended before the interrupt"  # 400 images take far longer than 2 s
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted"), err
+    assert "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_ctrl_c_mid_run_says_what_was_made_and_how_to_resume(tmp_path: Path, tiny_sd_dir: Path) -> None:
+    import signal
+    import time
+
+    from catimg.output import TEST_PAUSE_ENV
+
+    models = _interrupt_models(tmp_path, tiny_sd_dir)
+    out = tmp_path / "o"
+    env = dict(__import__("os").environ, **{TEST_PAUSE_ENV: "2"})
+    p = subprocess.Popen([sys.executable, "-m", "catimg", "gen", "a cat", "--models", str(models), "--generator",
+                          "sd", "-n", "5", "--batch-size", "1", "--seed", "3", "--out", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    man, hang_guard = out / "manifest.jsonl", time.monotonic() + 600
+    while p.poll() is None and not (man.exists() and man.read_bytes().count(b"\n") >= 2):
+        assert time.monotonic() < hang_guard
+        time.sleep(0.02)  # paused for good after its second record
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"interrupted: 2 image(s) made by this run are kept in {out}")
+    assert lines[0].split("resume with: ")[1].startswith("catimg gen") and "--resume" in lines[0]
+
+
+def test_an_interrupt_swallowed_inside_del_is_not_lost(tmp_path: Path) -> None:
+    """A KeyboardInterrupt raised inside __del__ is dropped by Python ("Exception ignored ..."): catimg keeps it."""
+    script = tmp_path / "s.py"
+    script.write_text(
+        "import gc, os, signal, sys\n"
+        "from catimg import interrupts\n"
+        "interrupts.install(); interrupts.arm()\n"
+        "class A:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        for _ in range(1000): pass  # the handler runs here, inside __del__\n"
+        "A(); gc.collect()\n"
+        "print('still running', interrupts.requested())\n"
+        "try:\n"
+        "    interrupts.check()\n"
+        "except KeyboardInterrupt:\n"
+        "    print('raised again')\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split("\n")[:2] == ["still running True", "raised again"], proc.stdout + proc.stderr
+    assert "Exception ignored" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
-import typer
+from catimg import interrupts
 
-from catimg import __version__
-from catimg.errors import CatimgError, ExitStatus
+if Path(sys.argv[0]).name == "catimg" or sys.argv[0].endswith(os.path.join("catimg", "__main__.py")):
+    interrupts.install()  # the command line: a Ctrl-C during the imports below is recorded, not a traceback
+
+import typer  # noqa: E402
+
+from catimg import __version__  # noqa: E402
+from catimg.errors import CatimgError, ExitStatus  # noqa: E402
 
 app = typer.Typer(
     name="catimg",
@@ -82,9 +88,15 @@ _arrange()
 
 def main() -> None:
     """Console entry point: run the app, turning catimg errors into one line and an exit code."""
+    interrupts.install()
     try:
+        interrupts.arm()  # a Ctrl-C that came during start-up raises here
         # without standalone mode click returns (not raises) the code of `raise typer.Exit(code)`
         code = app(standalone_mode=False)
+        if not (isinstance(code, int) and code):
+            interrupts.check()  # a Ctrl-C swallowed on the way ("Exception ignored ...") still ends with 130
+        elif code == ExitStatus.INTERRUPTED and not interrupts.reported():
+            raise KeyboardInterrupt  # typer turned it into a silent exit 130: say it in one line below
     except CatimgError as exc:
         if os.environ.get("CATIMG_DEBUG"):
             raise
@@ -96,8 +108,9 @@ def main() -> None:
     except KeyboardInterrupt:
         if os.environ.get("CATIMG_DEBUG"):
             raise
-        print("interrupted", file=sys.stderr)
-        _json_error(int(ExitStatus.INTERRUPTED), "interrupted")
+        line = "interrupted: the command stopped before it saved anything; run it again"
+        print(line, file=sys.stderr)
+        _json_error(int(ExitStatus.INTERRUPTED), line)
         sys.exit(ExitStatus.INTERRUPTED)
     except SystemExit:
         raise

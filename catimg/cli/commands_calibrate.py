@@ -162,6 +162,9 @@ def calibrate(
     else:
         _render_summary(doc, metric)
     if result is not None and result.interrupted:
+        from catimg import interrupts
+
+        interrupts.mark_reported()  # the summary said what is kept and how to continue
         raise typer.Exit(ExitStatus.INTERRUPTED)
 
 

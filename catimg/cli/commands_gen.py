@@ -218,11 +218,14 @@ def gen(
             if as_json:
                 print_json({**_plan_doc(result, plan, out, seed, notes), **(_run_doc(result, res) if res else {}),
                             "interrupted": True, "resume_command": resume_cmd})
-            else:
-                if res is not None:
-                    _render_summary(con, result, res)
-                console_err = _stderr()
-                console_err.print(f"interrupted: images written so far are kept in {out}. Resume with:\n  {resume_cmd}")
+            elif res is not None:
+                _render_summary(con, result, res)
+            from catimg import interrupts
+
+            interrupts.mark_reported()
+            made = len(res.made) if res is not None else 0  # one line on stderr, with --json too
+            _stderr().print(f"interrupted: {made} image(s) made by this run are kept in {out}; resume with: "
+                            f"{resume_cmd}", soft_wrap=True)
             raise typer.Exit(ExitStatus.INTERRUPTED)
         if as_json:
             print_json({**_plan_doc(result, plan, out, seed, notes), **_run_doc(result, res), "interrupted": False})

@@ -1,0 +1,80 @@
+"""Ctrl-C handled the same way at every moment of a ``catimg`` command.
+
+:func:`install` runs first thing in the command-line entry point, before typer, rich or any command module is
+imported. Until :func:`arm` (called by ``catimg.cli.main``), a SIGINT is only recorded: no ``KeyboardInterrupt``
+escapes from half-finished imports as a traceback. From :func:`arm` on, SIGINT raises ``KeyboardInterrupt`` as
+usual and is also recorded, so that an interrupt that some code swallows (one raised inside a ``__del__`` or a
+weakref callback, which Python reports as "Exception ignored ..." and drops) is not lost: :func:`check` raises it
+again at the next safe point (the executor between images) and ``main`` ends with exit 130 instead of 0. Such
+swallowed interrupts are not printed.
+
+Only the command-line entry point installs anything; importing catimg as a library changes no signal handling.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any
+
+_requested = False
+_armed = False
+_installed = False
+_reported = False
+
+
+def _handler(signum: int, frame: Any) -> None:
+    global _requested
+    _requested = True
+    if _armed:
+        raise KeyboardInterrupt
+
+
+def _unraisable(args: Any, _previous: Any = sys.unraisablehook) -> None:
+    """An interrupt raised where Python cannot propagate it is kept (as requested), not printed."""
+    if args.exc_type is not None and issubclass(args.exc_type, KeyboardInterrupt):
+        global _requested
+        _requested = True
+        return
+    _previous(args)
+
+
+def install() -> None:
+    """Record SIGINT from now on (no KeyboardInterrupt until :func:`arm`)."""
+    global _installed
+    if _installed:
+        return
+    try:
+        signal.signal(signal.SIGINT, _handler)
+    except ValueError:  # not the main thread (an embedding application): leave its handling alone
+        return
+    sys.unraisablehook = _unraisable
+    _installed = True
+
+
+def arm() -> None:
+    """From now on SIGINT raises KeyboardInterrupt; one received before raises it at once."""
+    global _armed
+    _armed = True
+    check()
+
+
+def requested() -> bool:
+    """True once a SIGINT arrived (also when the KeyboardInterrupt it raised was swallowed)."""
+    return _requested
+
+
+def mark_reported() -> None:
+    """A command said itself what its interrupt left behind (and how to resume): ``main`` adds no line."""
+    global _reported
+    _reported = True
+
+
+def reported() -> bool:
+    return _reported
+
+
+def check() -> None:
+    """Raise KeyboardInterrupt when a SIGINT arrived that nobody acted on yet."""
+    if _requested:
+        raise KeyboardInterrupt
