@@ -92,7 +92,71 @@ def hub_unreachable(timeout: float = 1.0) -> str | None:
 
 
 def fetch_hint(source: str) -> str:
-    return f"fetch it with `hf download {source}` (or `huggingface-cli download {source}`), or rerun with --allow-download"
+    """How to get a Hub model's weights: `hf download` (the command huggingface_hub ships), or --allow-download."""
+    return f"fetch it with `hf download {source}`, or rerun with --allow-download"
+
+
+def download_gb(gen: Generator) -> float | None:
+    """About how many GB of weights a Hub generator needs (from the built-in family numbers; None when unknown)."""
+    if gen.is_local_folder:
+        return None
+    from catimg.flops import estimate_flops
+
+    try:
+        est = estimate_flops(gen)
+    except (ConfigError, OSError, ValueError):
+        return None
+    gb = est.weights_gb("fp16" if gen.variant == "fp16" else "fp32")
+    return gb if gb > 0 else None
+
+
+def missing_weights(gens: list[Generator], allow_download: bool = False) -> WeightsMissingError | None:
+    """One error naming every model of ``gens`` whose weights are missing, with sizes where known; None if none.
+
+    Looks only at the disk (and, with downloads allowed, at whether the Hub answers): fast, and without torch.
+    Generators that share a model are named once.
+    """
+    cache_missing: list[Generator] = []
+    other: list[str] = []
+    seen: set[str] = set()
+    for g in gens:
+        if g.model in seen:
+            continue
+        seen.add(g.model)
+        try:
+            check_weights(g, allow_download)
+        except WeightsMissingError as exc:
+            if not g.is_local_folder and not downloads_allowed(allow_download):
+                cache_missing.append(g)
+            else:
+                other.append(exc.message)
+    if not cache_missing and not other:
+        return None
+    if len(cache_missing) == 1 and not other:
+        g = cache_missing[0]
+        size = download_gb(g)
+        about = f", about {size:.1f} GB" if size else ""
+        return WeightsMissingError(
+            f'generator "{g.name}": weights for {g.source}{about} are not in the Hugging Face cache '
+            f"({hub_cache_dir()}) and downloads are off; {fetch_hint(g.source)}"
+        )
+    parts = []
+    if cache_missing:
+        names = []
+        for g in cache_missing:
+            size = download_gb(g)
+            names.append(f"{g.model} ({g.source}" + (f", about {size:.1f} GB)" if size else ")"))
+        total = [download_gb(g) for g in cache_missing]
+        known = sum(t for t in total if t)
+        parts.append(
+            f"weights of {len(cache_missing)} models are not in the Hugging Face cache ({hub_cache_dir()}) and "
+            f"downloads are off: {', '.join(names)}"
+            + (f"; about {known:.1f} GB in all" if known and len(cache_missing) > 1 else "")
+            + "; fetch them with " + " and ".join(f"`hf download {g.source}`" for g in cache_missing)
+            + ", or rerun with --allow-download"
+        )
+    parts.extend(other)
+    return WeightsMissingError("; ".join(parts))
 
 
 def _read_model_index(folder: Path) -> dict[str, Any] | None:

@@ -120,3 +120,30 @@ def test_an_interrupt_swallowed_inside_del_is_not_lost(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert proc.stdout.split("\n")[:2] == ["still running True", "raised again"], proc.stdout + proc.stderr
     assert "Exception ignored" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
+
+
+def test_missing_weights_named_at_once_before_torch_is_imported(tmp_path: Path) -> None:
+    """The packaged catalog with an empty cache: every model in one line, with its size and `hf download`."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\na crowded market street\n")
+    script = ("import sys\nfrom catimg.cli import main\n"
+              f"sys.argv = ['catimg', 'gen', '-f', {str(prompts)!r}, '--out', {str(tmp_path / 'o')!r}]\n"
+              "try:\n    main()\nexcept SystemExit as e:\n"
+              "    print(e.code, 'torch' in sys.modules, 'diffusers' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["6", "False", "False"], proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    for model in ("stabilityai/sdxl-turbo", "stabilityai/stable-diffusion-xl-base-1.0"):
+        assert f"`hf download {model}`" in lines[0]
+    assert "weights of 3 models" in lines[0] and " GB" in lines[0] and "huggingface-cli" not in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_forced_generator_with_missing_weights_stops_before_torch(tmp_path: Path) -> None:
+    script = ("import sys\nfrom catimg.cli import main\n"
+              f"sys.argv = ['catimg', 'gen', 'a cat', '--generator', 'sdxl', '--out', {str(tmp_path / 'o')!r}]\n"
+              "try:\n    main()\nexcept SystemExit as e:\n    print(e.code, 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["6", "False"], proc.stdout + proc.stderr
+    assert "`hf download stabilityai/stable-diffusion-xl-base-1.0`" in proc.stderr and "GB" in proc.stderr

@@ -152,6 +152,8 @@ def gen(
 
             seed = secrets.randbelow(2**31)
 
+        if not dry_run:  # weights first: a missing model stops the run within a second, before torch is imported
+            _check_weights_early(models, generator, allow_download)
         catalog, rt, dev = load_setup(models, router, device)
         stop: WeightsMissingError | None = None
         try:
@@ -245,7 +247,7 @@ def _route(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, tota
 
     from catimg.config import Catalog
     from catimg.errors import WeightsMissingError
-    from catimg.pipelines import check_weights
+    from catimg.pipelines import check_weights, missing_weights
     from catimg.routing import route_prompts
 
     result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=forced)
@@ -268,17 +270,40 @@ def _route(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, tota
             except WeightsMissingError as exc:
                 missing[g.name] = exc
     keep = tuple(replace(g, enabled=False) if g.name in missing else g for g in catalog.generators)
+    # one message for every missing model (with sizes), not one per run
+    every = missing_weights([g for g in catalog.generators if g.name in missing], allow_download) or \
+        next(iter(missing.values()))
     if not any(g.enabled for g in keep):
-        raise next(iter(missing.values()))
+        raise every
     reduced = Catalog(path=catalog.path, origin=catalog.origin, generators=keep)
     try:
         result = route_prompts(texts, reduced, rt, dev, budget=bud, total_budget=total)
     except InputError:
-        raise next(iter(missing.values())) from None
+        raise every from None
     note = (f"weights not found for {', '.join(sorted(missing))}; re-planned among the generators that are "
-            f"available ({', '.join(sorted(g.name for g in keep if g.enabled))}). "
-            f"{next(iter(missing.values())).message}")
+            f"available ({', '.join(sorted(g.name for g in keep if g.enabled))}). {every.message}")
     return result, [note]
+
+
+def _check_weights_early(models: Path | None, forced: str | None, allow_download: bool) -> None:
+    """Raise one WeightsMissingError naming every missing model when nothing could be generated anyway.
+
+    With --generator: that generator's model. Otherwise every enabled generator's: if none of them is on disk
+    the run could not make a single image. (When only some are missing, routing re-plans among the others.)
+    Reads the catalog and the disk only; no torch.
+    """
+    from catimg.config import load_catalog
+    from catimg.pipelines import missing_weights
+
+    catalog = load_catalog(models)
+    gens = [catalog.get(forced)] if forced else list(catalog.enabled)
+    if not gens:
+        return
+    err = missing_weights(gens, allow_download)
+    if err is None:
+        return
+    if forced or all(missing_weights([g], allow_download) is not None for g in gens):
+        raise err
 
 
 def _read_negative(path: Path) -> str:
