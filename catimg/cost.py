@@ -124,8 +124,12 @@ def device_throughput(device: DeviceInfo) -> Throughput:
 # ------------------------------------------------------------------------------------------ costs
 
 
-def generator_cost(gen: Generator, device: DeviceInfo, use_measured: bool = True) -> Cost:
-    """The cost of one image from ``gen`` on ``device`` (explicit > measured > estimated; see module doc)."""
+def generator_cost(gen: Generator, device: DeviceInfo, use_measured: bool = True, batch: int = 1) -> Cost:
+    """The cost of one image from ``gen`` on ``device`` (explicit > measured > estimated; see module doc).
+
+    ``gen`` carries the settings the run will use (size and dtype overrides applied); ``batch`` images per
+    pipeline call share the per-op launch overhead of an estimate.
+    """
     from catimg.flops import estimate_flops
 
     dtype = default_dtype(device, gen.dtype)
@@ -142,7 +146,7 @@ def generator_cost(gen: Generator, device: DeviceInfo, use_measured: bool = True
 
     tflops = gen.cost_tflops if gen.cost_tflops is not None else est.total_tflops
     tp = device_throughput(device)
-    seconds = estimated_seconds(est, tp, tflops_override=gen.cost_tflops, device=device, dtype=dtype)
+    seconds = estimated_seconds(est, tp, tflops_override=gen.cost_tflops, device=device, dtype=dtype, batch=batch)
     weights_gb = est.weights_gb(dtype)
     load_seconds = weights_gb / tp.disk_gbs + 1.0  # + pipeline construction
     peak = est.peak_memory_gb(dtype)
@@ -195,20 +199,21 @@ def generator_cost(gen: Generator, device: DeviceInfo, use_measured: bool = True
 
 
 def estimated_seconds(est: Any, tp: Throughput, tflops_override: float | None = None,
-                      device: DeviceInfo | None = None, dtype: str = "fp16") -> float:
-    """Seconds per image from a FLOP estimate and a throughput row: compute time + op launch overhead."""
+                      device: DeviceInfo | None = None, dtype: str = "fp16", batch: int = 1) -> float:
+    """Seconds per image from a FLOP estimate and a throughput row: compute time + op launch overhead (shared by
+    the ``batch`` images of one pipeline call)."""
     eff = tp.effective_tflops
     if device is not None and device.kind != "cpu" and dtype == "fp32":
         eff /= 4.0  # no fp16 tensor cores (TF32 at best)
     total = tflops_override if tflops_override is not None else est.total_tflops
     compute = total / eff
-    launches = est.kernels_per_image * tp.launch_ms / 1000.0
+    launches = est.kernels_per_image * tp.launch_ms / 1000.0 / max(1, batch)
     return compute + launches
 
 
 def catalog_costs(gens: Iterable[Generator], device: DeviceInfo, use_measured: bool = True,
                   fallback_seconds: dict[str, float] | None = None,
-                  unknown_ok: Callable[[Generator], bool] | None = None) -> dict[str, Cost]:
+                  unknown_ok: Callable[[Generator], bool] | None = None, batch: int = 1) -> dict[str, Cost]:
     """Costs of every generator, by name. Generators sharing a model share the FLOP count (computed once).
 
     ``fallback_seconds`` (the seconds a router was trained with, by generator name) is used only for a generator
@@ -222,7 +227,7 @@ def catalog_costs(gens: Iterable[Generator], device: DeviceInfo, use_measured: b
     out: dict[str, Cost] = {}
     for g in gens:
         try:
-            out[g.name] = generator_cost(g, device, use_measured=use_measured)
+            out[g.name] = generator_cost(g, device, use_measured=use_measured, batch=batch)
         except ConfigError:
             secs = (fallback_seconds or {}).get(g.name)
             if secs is None or not secs > 0:

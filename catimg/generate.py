@@ -171,6 +171,15 @@ def plan_from_routing(
     return build_plan(routed, seed, images_per_prompt, negative, fallbacks, result.costs)
 
 
+def run_settings(gen: Generator, width: int | None = None, height: int | None = None,
+                 dtype: str | None = None) -> Generator:
+    """``gen`` as a run will use it: the --width/--height/--dtype overrides applied (for costs and plans)."""
+    out = _resize(gen, width, height)
+    if dtype is not None and dtype != "auto" and dtype != out.dtype:
+        out = replace(out, dtype=dtype)
+    return out
+
+
 def _resize(gen: Generator, width: int | None, height: int | None) -> Generator:
     if width is None and height is None:
         return gen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -157,8 +158,15 @@ def route_prompts(
     encoder: Any = None,
     neighbours: int = 0,
     costs: dict[str, Cost] | None = None,
+    run_as: Callable[[Generator], Generator] | None = None,
+    batch: int = 1,
 ) -> RoutingResult:
-    """Predict, cost and route every prompt. Never loads generator weights."""
+    """Predict, cost and route every prompt. Never loads generator weights.
+
+    ``run_as`` maps a catalog generator to the settings the run will use (``gen --width/--height/--dtype``) and
+    ``batch`` is the images per pipeline call: costs (and so routing, plans and summaries) follow them, while the
+    router still recognises each generator by its catalog settings.
+    """
     from catimg.cost import catalog_costs
     from catimg.encoder import default_encoder
 
@@ -182,8 +190,10 @@ def route_prompts(
         use_router = False
     if costs is None:
         # a generator that will not be routed to may lack a cost; one that can be chosen may not
-        costs = catalog_costs(list(gens), device, fallback_seconds=router.fallback_seconds(gens),
-                              unknown_ok=lambda g: forced_gen is not None or not (g.enabled and router.knows(g)))
+        knowable = {g.name for g in gens if g.enabled and router.knows(g)}
+        costs = catalog_costs([run_as(g) if run_as else g for g in gens], device,
+                              fallback_seconds=router.fallback_seconds(gens),
+                              unknown_ok=lambda g: forced_gen is not None or g.name not in knowable, batch=batch)
 
     statuses: dict[str, str] = {}
     for g in gens:

@@ -147,3 +147,22 @@ def test_forced_generator_with_missing_weights_stops_before_torch(tmp_path: Path
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["6", "False"], proc.stdout + proc.stderr
     assert "`hf download stabilityai/stable-diffusion-xl-base-1.0`" in proc.stderr and "GB" in proc.stderr
+
+
+def _dry_run_seconds(tmp_path: Path, *extra: str) -> tuple[float, float]:
+    proc = _cli("gen", "a cat", "--generator", "sdxl-turbo", "--dry-run", "--json", "--device", "cpu",
+                "--out", str(tmp_path / "o"), *extra)
+    doc = json.loads(proc.stdout)  # the plan, with the missing-weights error in it (exit 6)
+    assert proc.returncode == 6 and doc["error"]["code"] == 6
+    cost = doc["routing"]["costs"]["sdxl-turbo"]
+    assert doc["plan"][0]["predicted_seconds"] == cost["seconds"]  # the plan uses the cost routing used
+    return cost["seconds"], cost["tflops"]
+
+
+def test_costs_follow_the_size_and_batch_actually_used(tmp_path: Path) -> None:
+    s512, t512 = _dry_run_seconds(tmp_path, "--width", "512")
+    s1024, t1024 = _dry_run_seconds(tmp_path, "--width", "1024")
+    square, _ = _dry_run_seconds(tmp_path, "--width", "1024", "--height", "1024")
+    assert s1024 > s512 and t1024 > t512 and square > s1024
+    batched, tb = _dry_run_seconds(tmp_path, "--width", "512", "--batch-size", "4")
+    assert batched < s512 and tb == t512  # 4 images a call share the launch overhead, not the FLOPs

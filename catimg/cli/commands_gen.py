@@ -6,6 +6,7 @@ import os
 import shlex
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -156,8 +157,13 @@ def gen(
             _check_weights_early(models, generator, allow_download)
         catalog, rt, dev = load_setup(models, router, device)
         stop: WeightsMissingError | None = None
+        from catimg.generate import run_settings
+
+        # costs follow the settings the run will use: size, dtype, device and batch overrides
+        run_as = partial(run_settings, width=width, height=height, dtype=dtype)
+        cost_batch = batch_size or 1
         try:
-            result, notes = _route(texts, catalog, rt, dev, bud, total, generator, allow_download)
+            result, notes = _route(texts, catalog, rt, dev, bud, total, generator, allow_download, run_as, cost_batch)
         except WeightsMissingError as exc:
             if not dry_run:
                 raise
@@ -165,7 +171,8 @@ def gen(
             from catimg.routing import route_prompts
 
             stop = exc
-            result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator)
+            result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator,
+                                   run_as=run_as, batch=cost_batch)
             notes = ["a real run stops before loading anything: the weights are missing (see the error below)"]
 
         notes = [*locked, *repaired, *notes]
@@ -241,7 +248,8 @@ def gen(
 
 
 def _route(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, total: float | None,
-           forced: str | None, allow_download: bool) -> tuple[RoutingResult, list[str]]:
+           forced: str | None, allow_download: bool, run_as: Any = None,
+           batch: int = 1) -> tuple[RoutingResult, list[str]]:
     """Route; if a chosen generator's weights are missing, re-plan among those that are there (and say so)."""
     from dataclasses import replace
 
@@ -250,7 +258,8 @@ def _route(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, tota
     from catimg.pipelines import check_weights, missing_weights
     from catimg.routing import route_prompts
 
-    result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=forced)
+    result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=forced, run_as=run_as,
+                           batch=batch)
     chosen = {r.choice for r in result.routes}
     missing: dict[str, WeightsMissingError] = {}
     for name in sorted(chosen):
@@ -277,7 +286,7 @@ def _route(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, tota
         raise every
     reduced = Catalog(path=catalog.path, origin=catalog.origin, generators=keep)
     try:
-        result = route_prompts(texts, reduced, rt, dev, budget=bud, total_budget=total)
+        result = route_prompts(texts, reduced, rt, dev, budget=bud, total_budget=total, run_as=run_as, batch=batch)
     except InputError:
         raise every from None
     note = (f"weights not found for {', '.join(sorted(missing))}; re-planned among the generators that are "
