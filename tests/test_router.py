@@ -183,6 +183,22 @@ def test_training_rejects_generators_outside_the_catalog(trained: Path, tmp_path
         train_router(table, load_catalog(trained / "models.toml"), tmp_path / "x", encoder=PromptEncoder(use_cache=False))
 
 
+def test_training_warns_about_one_shot_and_constant_generators(trained: Path, tmp_path: Path) -> None:
+    models, m = write_case(tmp_path)
+    table = read_measurements(m)
+    j_cheap, j_dear = table.column("cheap"), table.column("dear")
+    table.Y[:, j_cheap] = 3.0  # every score the same
+    table.Y[1:, j_dear] = np.nan  # one measurement only
+    r = train_router(table, load_catalog(models), tmp_path / "x", encoder=PromptEncoder(use_cache=False))
+    warnings = " | ".join(r.data_card["warnings"])
+    assert "cheap: every score is 3" in warnings and "dear: measured on 1 prompt only" in warnings
+    emb = PromptEncoder(use_cache=False).encode(["a cat", "a crowded street"])
+    mean, std = r.predict(emb)
+    np.testing.assert_allclose(mean[:, j_cheap], 3.0, atol=1e-6)
+    assert np.isfinite(mean).all()
+    assert (std > 0).all()
+
+
 def test_bundled_router_matches_default_catalog() -> None:
     from catimg.router import PACKAGED_ROUTER
 

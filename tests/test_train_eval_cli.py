@@ -58,6 +58,31 @@ def test_train_json_and_knn(case: Path, tmp_path: Path) -> None:
     assert doc["budget"]["levels"]["max"] == 0.0
 
 
+def test_train_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    models, m = write_case(tmp_path, seconds=False)
+    args = ("train", "-M", str(m), "--models", str(models), "--out", str(tmp_path / "k"), "--predictor", "knn")
+    assert run(*args)[0] == 0
+    code, out = run(*args)
+    assert code == 2 and "holds a router; pass --force to overwrite it" in out
+    assert run(*args, "--force")[0] == 0
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    code, out = run("train", "-M", str(m), "--models", str(models), "--out", str(tmp_path / "file"))
+    assert code == 2 and "is a file; pass a folder path" in out
+
+
+def test_train_handles_messy_measurements(tmp_path: Path) -> None:
+    """Rows whose prompt differs only in case or white space are the same prompt (averaged), not new ones."""
+    models, m = write_case(tmp_path, seconds=False)
+    rows = m.read_text(encoding="utf-8").splitlines()
+    first = rows[1].split(",")
+    extra = [f"{first[0].upper()},{first[1]},{first[2]}", f"  {first[0]}  ,{first[1]},{first[2]}"]
+    m.write_text("\n".join([*rows, *extra]) + "\n", encoding="utf-8")
+    code, out = run("train", "-M", str(m), "--models", str(models), "--out", str(tmp_path / "r"), "--json")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["data_card"]["n_prompts"] == len({r.split(",")[0] for r in rows[1:]})
+
+
 def test_eval_table_json_and_plot(case: Path, tmp_path: Path) -> None:
     if not (case / "r").is_dir():
         pytest.skip("needs the router of the contract test")

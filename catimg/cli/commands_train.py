@@ -61,6 +61,7 @@ def train(
     metric: str = typer.Option(None, "--metric", help="Use only rows of this metric (required when the file mixes metrics).", show_default=False),
     holdout: float = typer.Option(None, "--holdout", help="Keep this share of prompts out (a stable split by prompt text; `catimg eval --holdout` uses the same).", show_default=False),
     generators: str = typer.Option(None, "--generators", "-g", help="With --db: comma-separated generators to train on (default: every catalog generator with measurements).", show_default=False),
+    force: bool = typer.Option(False, "--force", help="Overwrite a router already in --out."),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Train a router from measured quality (no generator weights needed).
@@ -75,6 +76,7 @@ def train(
     from catimg.config import load_catalog
     from catimg.training import train_router
 
+    _check_out(out, force)
     catalog = load_catalog(models)
     names = [n.strip() for n in generators.split(",") if n.strip()] if generators else None
     table = _load_table(measurements, db, catalog, metric, names)
@@ -82,7 +84,7 @@ def train(
         from catimg.measurements import split_holdout
 
         table, _ = split_holdout(table, holdout)
-    router = train_router(table, catalog, out, predictor=predictor, metric=metric, progress=_progress_line(json_out))
+    router = train_router(table, catalog, out, predictor=predictor, metric=metric, progress=_progress_line(json_out or table.n_prompts < PROGRESS_FROM))
     cfg = router.config
     from catimg.cli.render import error_console, label
 
@@ -117,15 +119,29 @@ def train(
         con.print(f"held-out: {ho.get('note', 'not computed')}")
 
 
-def _progress_line(json_out: bool) -> Any:
-    """One line per training stage on stderr (nothing with --json, whose stdout stays one document)."""
+#: Training on this many prompts or more prints one line per stage on stderr (smaller runs take seconds).
+PROGRESS_FROM = 1000
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """--out must be a folder to create, an empty folder, or (with --force) a router to replace."""
+    out = out.expanduser()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file; pass a folder path for the router")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        what = "holds a router" if (out / "config.json").is_file() else "is a folder that is not empty"
+        raise InputError(f"--out {out}: {what}; pass --force to overwrite it or choose another folder")
+
+
+def _progress_line(quiet: bool) -> Any:
+    """One line per training stage on stderr (off when ``quiet``: --json or a small table)."""
     import sys
     import time
 
     t0 = time.perf_counter()
 
     def say(msg: str) -> None:
-        if not json_out:
+        if not quiet:
             print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     return say
