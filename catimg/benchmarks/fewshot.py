@@ -1,6 +1,6 @@
 """Few-shot generators: how routing quality grows with the number of prompts a new generator is measured on.
 
-    python -m catimg.benchmarks.fewshot [--data ../shared/data] [--generator sdxl] [--repeats 20] [--predictor gp]
+    python -m catimg.benchmarks.fewshot [--data ../shared/data] [--generator sdxl] [--repeats 20] [--predictor ridge]
 
 On GenAI-Bench (527 prompts, human 1-5 alignment ratings; the generators of the packaged catalog that it
 covers: sdxl-turbo, sd21, sdxl), each repeat holds out 30% of the prompts as a test set. On the training
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--generator", default="sdxl", help="the few-shot generator (default sdxl)")
     ap.add_argument("--sizes", default=",".join(str(s) for s in DEFAULT_SIZES), help="measured prompts; -1 = all")
     ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--predictor", default="gp", help="gp or knn")
+    ap.add_argument("--predictor", default="ridge", help="ridge, blend or knn")
     ap.add_argument("--test-share", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)

@@ -170,8 +170,8 @@ def render(res: dict[str, Any], repeats: int, folds: int) -> str:
 PREDICTORS: list[tuple[str, str, dict[str, Any]]] = [
     ("knn (paper, k=100)", "knn", {"k": 100}),
     ("knn (k=n/5)", "knn", {}),
-    ("gp", "gp", {}),
-    ("gp-rel", "gp-rel", {}),
+    ("ridge (default)", "ridge", {}),
+    ("blend", "blend", {}),
 ]
 
 
