@@ -83,17 +83,27 @@ def nearest(Q: np.ndarray, T: np.ndarray, k: int, rows: np.ndarray | None = None
 
     Euclidean distance; computed in blocks of CHUNK queries, so memory stays CHUNK x n whatever m is.
     """
-    T = T if rows is None else T[rows]
+    T = np.asarray(T if rows is None else T[rows], np.float32)  # one conversion (the index is float16), not per block
     n = T.shape[0]
     k = min(k, n)
-    Tn = (T.astype(np.float32) ** 2).sum(1)
+    Tn = (T**2).sum(1)
     out = np.empty((Q.shape[0], k), dtype=np.int64)
     for s in range(0, Q.shape[0], CHUNK):
         q = np.asarray(Q[s : s + CHUNK], np.float32)
-        D = Tn[None, :] - 2.0 * (q @ T.T.astype(np.float32, copy=False))  # |q|^2 is the same for every column
+        D = Tn[None, :] - 2.0 * (q @ T.T)  # |q|^2 is the same for every column
         idx = np.argpartition(D, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(q), 1))
         order = np.take_along_axis(D, idx, 1).argsort(1, kind="stable")
         out[s : s + CHUNK] = np.take_along_axis(idx, order, 1)
+    return out
+
+
+def column_neighbours(Q: np.ndarray, T: np.ndarray, Y: np.ndarray, k: int) -> list[np.ndarray]:
+    """Per column j of ``Y`` (NaN = not measured): the (m, k') values of Y[:, j] at the k nearest measured rows."""
+    out = []
+    for j in range(Y.shape[1]):
+        rows = np.flatnonzero(~np.isnan(Y[:, j]))
+        col = Y[rows, j]
+        out.append(col[nearest(Q, T, k, rows)] if len(Q) else np.zeros((0, 1)))
     return out
 
 
@@ -118,11 +128,9 @@ class KNNPredictor:
         assert self.X is not None and self.Y is not None and self.k is not None
         m, g = X.shape[0], self.Y.shape[1]
         mean, std = np.empty((m, g)), np.empty((m, g))
-        for j in range(g):
-            rows = np.flatnonzero(~np.isnan(self.Y[:, j]))
-            col = self.Y[rows, j]
+        for j, vals in enumerate(column_neighbours(X, self.X, self.Y, self.k)):
+            col = self.Y[~np.isnan(self.Y[:, j]), j]
             col_var = float(col.var()) if len(col) > 1 else 0.0
-            vals = col[nearest(X, self.X, self.k, rows)] if m else np.zeros((0, 1))
             k = vals.shape[1]
             mean[:, j] = vals.mean(1)
             # standard error of the neighbour mean, with the column variance as a one-sample prior
@@ -330,11 +338,7 @@ class BlendPredictor:
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert self.X is not None and self.R is not None and self.k is not None
         am, av, dm, dv = self.ridge.predict_parts(X)
-        knn = np.empty_like(dm)
-        for j in range(self.R.shape[1]):
-            rows = np.flatnonzero(~np.isnan(self.R[:, j]))
-            col = self.R[rows, j]
-            knn[:, j] = col[nearest(X, self.X, self.k, rows)].mean(1) if len(X) else 0.0
+        knn = np.stack([v.mean(1) for v in column_neighbours(X, self.X, self.R, self.k)], 1) if len(X) else dm
         dev = self.weight * knn + (1.0 - self.weight) * dm
         return am[:, None] + dev, np.sqrt(av[:, None] + dv)
 
