@@ -4,6 +4,7 @@
     python -m catimg.datasets agiqa3k --metric mos_align --out agiqa.csv
     python -m catimg.datasets tifa --out tifa.csv
     python -m catimg.datasets dsg --out dsg.csv
+    python -m catimg.datasets pqpp --split train --out pqpp-train.csv
 
 Generator names follow catimg's catalog: GenAI-Bench ``SDXL_Turbo`` -> ``sdxl-turbo``, ``SDXL_Base`` -> ``sdxl``,
 ``SDXL_2_1`` -> ``sd21`` (it is Stable Diffusion 2.1, not SDXL), ``DeepFloyd_I_XL_v1`` -> ``deepfloyd-if``. By
@@ -32,6 +33,7 @@ METRIC_SCALES: dict[str, tuple[float, float]] = {
     "dsg_consistency": (1.0, 5.0),
     "agiqa3k_mos_align": (0.0, 5.0),
     "agiqa3k_mos_quality": (0.0, 5.0),
+    "pqpp_score": (-1.0, 2.0),
 }
 
 GENAI_BENCH_NAMES = {
@@ -105,6 +107,14 @@ CARDS: dict[str, dict[str, Any]] = {
         "metric": "dsg_consistency",
         "metric_description": "mean of 5 human 1-5 Likert consistency ratings per image",
     },
+    "pqpp": {
+        "name": "PQPP: prompt performance prediction benchmark (generative scores, train + validation splits)",
+        "upstream": "https://github.com/Eduard6421/PQPP (commit f88432154431d30c3aef2ef331db19ab03c30515, dataset/train.csv, dataset/validation.csv)",
+        "license": "CC BY 4.0 (attribution required)",
+        "citations": ["E. Poesina, A. V. Costache, A.-G. Chifu, J. Mothe, R. T. Ionescu, PQPP: A Joint Benchmark for Text-to-Image Prompt and Query Performance Prediction, CVPR 2025"],
+        "metric": "pqpp_score",
+        "metric_description": "human ratings on {-1, 0, 1, 2} aggregated per prompt over annotators and images",
+    },
 }
 
 
@@ -176,8 +186,31 @@ def dsg(data: Path, include_all: bool = False) -> list[dict[str, Any]]:
              "source": "dsg"} for (sid, g), v in ratings.items() if sid in text]
 
 
+PQPP_NAMES = {"sdxl_score": "sdxl", "glide_score": "glide"}
+PQPP_SPLITS = ("train", "validation")
+
+
+def pqpp(data: Path, include_all: bool = False, split: str = "both") -> list[dict[str, Any]]:
+    """One row per prompt and generator (SDXL 1.0 base, GLIDE): PQPP's per-prompt aggregate human score.
+
+    ``split`` is ``train``, ``validation`` or ``both`` (the repository's own split; its test split is not in the
+    shared data). GLIDE does not run in catimg, but it is written even without ``include_all``: without it the set
+    has one generator and nothing to route.
+    """
+    if split not in (*PQPP_SPLITS, "both"):
+        raise InputError(f"pqpp: split \"{split}\" is unknown; use train, validation or both")
+    rows = []
+    for part in PQPP_SPLITS if split == "both" else (split,):
+        with _need(data / "pqpp" / f"{part}.csv").open(encoding="utf-8") as fh:
+            for r in csv.DictReader(fh):
+                for column, name in PQPP_NAMES.items():
+                    rows.append({"prompt": r["best_caption"], "generator": name, "score": float(r[column]),
+                                 "metric": "pqpp_score", "source": "pqpp"})
+    return rows
+
+
 DATASETS: dict[str, Callable[..., list[dict[str, Any]]]] = {
-    "genai_bench": genai_bench, "agiqa3k": agiqa3k, "tifa": tifa, "dsg": dsg,
+    "genai_bench": genai_bench, "agiqa3k": agiqa3k, "tifa": tifa, "dsg": dsg, "pqpp": pqpp,
 }
 
 
@@ -195,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="output file (.csv or .jsonl)")
     ap.add_argument("--all", action="store_true", help="also write generators that cannot run locally")
     ap.add_argument("--metric", default="mos_align", help="agiqa3k only: mos_align or mos_quality")
+    ap.add_argument("--split", default="both", help="pqpp only: train, validation or both")
     ap.add_argument("--generators", default=None, help="comma-separated generator names to keep (default: all written)")
     args = ap.parse_args(argv)
     data = args.data or default_data_dir()
@@ -202,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         kwargs: dict[str, Any] = {"include_all": args.all}
         if args.dataset == "agiqa3k":
             kwargs["metric"] = args.metric
+        if args.dataset == "pqpp":
+            kwargs["split"] = args.split
         rows = DATASETS[args.dataset](data, **kwargs)
     except InputError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

@@ -1,23 +1,39 @@
 """Routing quality on held-out public data: the paper's KNN, catimg's predictors, the oracle and random routing.
 
-    python -m catimg.benchmarks.routing [--data ../shared/data] [--repeats 5] [--folds 5]
+    python -m catimg.benchmarks.routing [--data ../shared/data] [--sets pqpp,genai_bench,...] [--repeats 5]
+                                        [--folds 5] [--bootstrap 200]
 
-Protocol: repeated K-fold cross-validation. In each repeat every prompt is predicted by a model fitted on the other
-folds (out-of-fold predictions); the quality-cost curve of the lambda sweep is then measured on all prompts with
-their *measured* scores. Numbers are the mean (and standard deviation) over repeats. Definitions of AUC, quality
-at the best single generator's cost and cost to match are in :mod:`catimg.evaluate`.
+Protocols:
+
+- ``pqpp`` has its own split: every predictor is fitted on the 6,000 ``train`` prompts and scored on the 2,000
+  ``validation`` prompts it never saw (hyperparameters are chosen inside the training prompts by the predictors
+  themselves: marginal likelihood for ridge, fixed k for KNN).
+- The small sets (``genai_bench``, ``agiqa3k``, ``tifa``, ``dsg``) use repeated K-fold cross-validation: in each
+  repeat every prompt is predicted by a model fitted on the other folds (out-of-fold predictions); the numbers are
+  means over repeats.
+
+The quality-cost curve of the lambda sweep is measured with the *measured* scores. Definitions of AUC, quality at
+the best single generator's cost, cost to match and APGR (the share of the oracle's gain over the straight line from
+the cheapest to the best single generator that a policy recovers) are in :mod:`catimg.evaluate`. Standard errors
+(``±``) come from a bootstrap over the evaluated prompts (``--bootstrap`` resamples of the first repeat's
+predictions): they measure how much the number depends on which prompts were sampled, the error that matters when
+comparing two predictors on the same prompts. ``Δ APGR`` is the paired difference to the paper's KNN (k = 100) on
+the same resamples.
 
 Costs are TFLOPs per image from catimg's cost model (``catimg.cost``, analytic counts from the pipeline configs,
-including text encoders and the VAE decode) for the generator settings below; for scale, CATImage counts SDXL at
-11.97 TFLOPs per denoising step at 1024x1024 with guidance.
+including text encoders and the VAE decode) for the generator settings below. Data sets and assumed settings:
 
-Data sets:
-
+- ``pqpp``: 8,000 MS-COCO captions, human score in [-1, 2], SDXL 1.0 base (50 steps, 1024 px, CFG 5) vs GLIDE
+  (not a catimg generator: its cost is *assumed* to be one tenth of SDXL's). With two generators APGR, AUC ranks
+  and the cost to match in percent do not depend on that ratio: every policy moves along the same line.
 - ``genai_bench``: 527 prompts, human 1-5 alignment (mean of 3 ratings), for the generators of catimg's default
   catalog (sdxl-turbo 1 step 512 px; sd21 50 steps 768 px CFG 7.5; sdxl 50 steps 1024 px CFG 5).
 - ``agiqa3k``: 300 prompts, MOS alignment, SD 1.5 at four settings (the only per-prompt data on fewer steps).
-  Assumed settings (AGIQA-3K Sec. III gives them only qualitatively here): normal 50 steps CFG 7.5, lowstep 10
-  steps, lowcfg CFG 3, highcfg CFG 15; so lowcfg/highcfg cost the same as normal.
+  Assumed settings (AGIQA-3K gives them only qualitatively): normal 50 steps CFG 7.5, lowstep 10 steps, lowcfg CFG 3,
+  highcfg CFG 15; so lowcfg/highcfg cost the same as normal.
+- ``tifa`` and ``dsg``: the same 160 prompts (TIFA-160), SD 1.1 and SD 1.5 (512 px) and SD 2.1 (768 px), 50 steps
+  CFG 7.5 (assumed: the papers do not state them per image); tifa is the mean of 2 human 1-5 faithfulness ratings,
+  dsg of 5 Likert consistency ratings of the same images.
 """
 
 from __future__ import annotations
@@ -25,6 +41,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,102 +88,55 @@ steps = 50
 guidance = 15.0
 """
 
-SETS: dict[str, dict[str, Any]] = {
-    "genai_bench": {"toml": GENAI_TOML, "kwargs": {}},
-    "agiqa3k": {"toml": AGIQA_TOML, "kwargs": {"metric": "mos_align"}},
+TIFA_TOML = """
+[defaults]
+steps = 50
+guidance = 7.5
+width = 512
+height = 512
+[generators.sd11]
+source = "CompVis/stable-diffusion-v1-1"
+[generators.sd15]
+source = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+[generators.sd21]
+source = "stabilityai/stable-diffusion-2-1"
+width = 768
+height = 768
+"""
+
+PQPP_TOML = """
+[generators.sdxl]
+source = "stabilityai/stable-diffusion-xl-base-1.0"
+steps = 50
+guidance = 5.0
+width = 1024
+height = 1024
+"""
+
+#: GLIDE is not a catimg generator: its cost in the pqpp benchmark is this share of SDXL's (an assumption).
+GLIDE_COST_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class BenchSet:
+    """One public data set: how to load it, the settings that give its costs, and its protocol."""
+
+    name: str
+    toml: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    #: "cv" (repeated K-fold over all prompts) or "split" (fit on ``train``, score on ``validation``).
+    protocol: str = "cv"
+    #: Generators not in ``toml``, with their cost as a share of the most expensive catalog generator.
+    assumed_share: dict[str, float] = field(default_factory=dict)
+
+
+SETS: dict[str, BenchSet] = {
+    "pqpp": BenchSet("pqpp", PQPP_TOML, protocol="split", assumed_share={"glide": GLIDE_COST_SHARE}),
+    "genai_bench": BenchSet("genai_bench", GENAI_TOML),
+    "agiqa3k": BenchSet("agiqa3k", AGIQA_TOML, {"metric": "mos_align"}),
+    "tifa": BenchSet("tifa", TIFA_TOML),
+    "dsg": BenchSet("dsg", TIFA_TOML),
 }
-
-
-def load_set(name: str, data: Path) -> tuple[Any, np.ndarray, list[str]]:
-    """(MeasurementTable restricted to the set's generators, TFLOPs per generator, generator names)."""
-    from catimg import datasets
-    from catimg.config import parse_catalog
-    from catimg.cost import generator_cost
-    from catimg.device import cpu_device
-    from catimg.measurements import MeasurementTable
-
-    spec = SETS[name]
-    cat = parse_catalog(spec["toml"], Path(f"<{name} settings>"))
-    rows = datasets.DATASETS[name](data, **spec["kwargs"])
-    names = cat.names
-    prompts: dict[str, int] = {}
-    for r in rows:
-        prompts.setdefault(r["prompt"], len(prompts))
-    sums = np.zeros((len(prompts), len(names)))
-    cnt = np.zeros((len(prompts), len(names)), dtype=np.int64)
-    for r in rows:
-        if r["generator"] in names:
-            i, j = prompts[r["prompt"]], names.index(r["generator"])
-            sums[i, j] += r["score"]
-            cnt[i, j] += 1
-    with np.errstate(invalid="ignore"):
-        Y = np.where(cnt > 0, sums / np.maximum(cnt, 1), np.nan)
-    keep = ~np.any(np.isnan(Y), axis=1)
-    table = MeasurementTable(prompts=[p for p, k in zip(prompts, keep, strict=True) if k], generators=names,
-                             Y=Y[keep], counts=cnt[keep], seconds={g: None for g in names}, metric=rows[0]["metric"],
-                             sources=[name])
-    dev = cpu_device()
-    costs = np.array([generator_cost(g, dev, use_measured=False).tflops for g in cat.generators])
-    return table, costs, names
-
-
-def run_set(name: str, data: Path, repeats: int, folds: int, predictors: list[tuple[str, str, dict[str, Any]]]) -> dict[str, Any]:
-    from catimg.encoder import PromptEncoder
-    from catimg.evaluate import evaluate_predictions
-    from catimg.training import metric_scale, out_of_fold
-
-    table, costs, names = load_set(name, data)
-    X = PromptEncoder().encode(table.prompts).astype(np.float64)
-    Y = table.Y
-    scale = metric_scale(table.metric, Y)
-    results: dict[str, list[Any]] = {}
-    timing: dict[str, float] = {}
-    single = Y.mean(0)
-    for rep in range(repeats):
-        for label, pname, params in predictors:
-            t0 = time.perf_counter()
-            pred = out_of_fold(pname, X, Y, folds=folds, seed=rep, params=params)
-            timing[label] = timing.get(label, 0.0) + time.perf_counter() - t0
-            r = evaluate_predictions(pred, Y, costs, scale, names, name=label)
-            results.setdefault(label, []).append(r.summaries[0])
-            if rep == 0 and label == predictors[0][0]:
-                extra = {"oracle": [r.summaries[1]], "random": [r.summaries[2]]}
-    results.update(extra)
-    best = int(np.argmax(single))
-    return {"name": name, "metric": table.metric, "n_prompts": len(Y), "generators": names, "costs": costs,
-            "single": single, "best": names[best], "results": results, "timing": timing, "scale": scale}
-
-
-def _agg(vals: list[float | None]) -> str:
-    v = [x for x in vals if x is not None]
-    never = len(vals) - len(v)
-    if not v:
-        return "never"
-    s = f"{np.mean(v):.3f}" if abs(np.mean(v)) < 10 else f"{np.mean(v):.1f}"
-    if len(v) > 1:
-        sd = np.std(v)
-        s += f" ± {sd:.3f}" if abs(np.mean(v)) < 10 else f" ± {sd:.1f}"
-    if never:
-        s += f" (never in {never}/{len(vals)})"
-    return s
-
-
-def render(res: dict[str, Any], repeats: int, folds: int) -> str:
-    lines = [f"== {res['name']}: {res['n_prompts']} prompts, metric {res['metric']} (scale {res['scale'][0]:g}-{res['scale'][1]:g}), "
-             f"{repeats}x{folds}-fold cross-validation"]
-    for g, c, q in zip(res["generators"], res["costs"], res["single"], strict=True):
-        mark = "  <- best single" if g == res["best"] else ""
-        lines.append(f"   {g:<14} {c:9.2f} TFLOPs   mean quality {q:.3f}{mark}")
-    head = f"   {'policy':<22} {'AUC':>16} {'quality at best cost':>22} {'cost to match (% of best)':>30} {'fit+predict s':>14}"
-    lines += [head, "   " + "-" * (len(head) - 3)]
-    for label, summaries in res["results"].items():
-        t = res["timing"].get(label)
-        lines.append(
-            f"   {label:<22} {_agg([s.auc for s in summaries]):>16} {_agg([s.quality_at_best_cost for s in summaries]):>22} "
-            f"{_agg([s.cost_to_match_pct for s in summaries]):>30} {('%.1f' % (t / repeats)) if t else '-':>14}"
-        )
-    return "\n".join(lines)
-
 
 PREDICTORS: list[tuple[str, str, dict[str, Any]]] = [
     ("knn (paper, k=100)", "knn", {"k": 100}),
@@ -173,24 +144,230 @@ PREDICTORS: list[tuple[str, str, dict[str, Any]]] = [
     ("ridge (default)", "ridge", {}),
     ("blend", "blend", {}),
 ]
+REFERENCE = "knn (paper, k=100)"
+
+
+@dataclass(frozen=True)
+class Table:
+    """Complete per-prompt scores of one set (prompts measured on every generator)."""
+
+    prompts: list[str]
+    Y: np.ndarray
+    generators: list[str]
+    costs: np.ndarray
+    metric: str
+
+
+def table_from_rows(rows: list[dict[str, Any]], names: list[str], costs: np.ndarray) -> Table:
+    """Pivot long rows to prompts x generators (duplicates averaged), keeping prompts measured on every generator."""
+    index: dict[str, int] = {}
+    for r in rows:
+        index.setdefault(r["prompt"], len(index))
+    sums = np.zeros((len(index), len(names)))
+    cnt = np.zeros((len(index), len(names)), dtype=np.int64)
+    col = {g: j for j, g in enumerate(names)}
+    for r in rows:
+        j = col.get(r["generator"])
+        if j is not None:
+            sums[index[r["prompt"]], j] += r["score"]
+            cnt[index[r["prompt"]], j] += 1
+    keep = np.all(cnt > 0, axis=1)
+    Y = sums[keep] / cnt[keep]
+    prompts = [p for p, k in zip(index, keep, strict=True) if k]
+    return Table(prompts, Y, names, costs, rows[0]["metric"])
+
+
+def set_costs(spec: BenchSet) -> tuple[list[str], np.ndarray]:
+    """Generator names and TFLOPs per image: catimg's cost model for the catalog, assumed shares for the others."""
+    from catimg.config import parse_catalog
+    from catimg.cost import generator_cost
+    from catimg.device import cpu_device
+
+    cat = parse_catalog(spec.toml, Path(f"<{spec.name} settings>"))
+    dev = cpu_device()
+    tflops = [generator_cost(g, dev, use_measured=False).tflops for g in cat.generators]
+    top = max(tflops)
+    names = [*cat.names, *spec.assumed_share]
+    return names, np.array([*tflops, *(top * s for s in spec.assumed_share.values())])
+
+
+def load_set(spec: BenchSet, data: Path, split: str | None = None) -> Table:
+    from catimg import datasets
+
+    names, costs = set_costs(spec)
+    kwargs = {**spec.kwargs, **({"split": split} if split else {})}
+    return table_from_rows(datasets.DATASETS[spec.name](data, **kwargs), names, costs)
+
+
+@dataclass
+class SetResult:
+    """Per predictor: one Summary per repeat; bootstrap standard errors; timing."""
+
+    name: str
+    protocol: str
+    table: Table
+    scale: tuple[float, float]
+    summaries: dict[str, list[Any]]
+    se: dict[str, dict[str, float]]
+    timing: dict[str, float]
+    n_train: int
+
+
+def _predictions_cv(table: Table, X: np.ndarray, repeats: int, folds: int,
+                    predictors: list[tuple[str, str, dict[str, Any]]], timing: dict[str, float]) -> list[dict[str, np.ndarray]]:
+    from catimg.training import out_of_fold
+
+    out: list[dict[str, np.ndarray]] = []
+    for rep in range(repeats):
+        preds = {}
+        for label, pname, params in predictors:
+            t0 = time.perf_counter()
+            preds[label] = out_of_fold(pname, X, table.Y, folds=folds, seed=rep, params=params)
+            timing[label] = timing.get(label, 0.0) + (time.perf_counter() - t0) / repeats
+        out.append(preds)
+    return out
+
+
+def _predictions_split(train: Table, Xtr: np.ndarray, Xte: np.ndarray,
+                       predictors: list[tuple[str, str, dict[str, Any]]], timing: dict[str, float]) -> dict[str, np.ndarray]:
+    from catimg.predictor import make_predictor
+
+    preds = {}
+    for label, pname, params in predictors:
+        t0 = time.perf_counter()
+        preds[label] = make_predictor(pname, **params).fit(Xtr, train.Y).predict(Xte)[0]
+        timing[label] = time.perf_counter() - t0
+    return preds
+
+
+def summaries_of(preds: dict[str, np.ndarray], table: Table, scale: tuple[float, float]) -> dict[str, Any]:
+    """Summary per predictor label, plus ``oracle`` and ``random``, on the table's measured scores."""
+    from catimg.evaluate import evaluate_predictions
+
+    out: dict[str, Any] = {}
+    for label, pred in preds.items():
+        rep = evaluate_predictions(pred, table.Y, table.costs, scale, table.generators, name=label)
+        out[label] = rep.summaries[0]
+        out.setdefault("oracle", rep.summaries[1])
+        out.setdefault("random", rep.summaries[2])
+    return out
+
+
+METRICS = ("auc", "quality_at_best_cost", "cost_to_match_pct", "apgr")
+
+
+def bootstrap_se(preds: dict[str, np.ndarray], table: Table, scale: tuple[float, float], b: int,
+                 seed: int = 0) -> dict[str, dict[str, float]]:
+    """Bootstrap standard error over prompts of each metric, and of APGR minus the reference's (``d_apgr``)."""
+    rng = np.random.default_rng(seed)
+    draws: dict[str, dict[str, list[float]]] = {}
+    for _ in range(b):
+        idx = rng.integers(0, len(table.Y), len(table.Y))
+        sub = Table([], table.Y[idx], table.generators, table.costs, table.metric)
+        sums = summaries_of({k: v[idx] for k, v in preds.items()}, sub, scale)
+        ref = sums[REFERENCE].apgr if REFERENCE in sums else None
+        for label, s in sums.items():
+            d = draws.setdefault(label, {})
+            for m in METRICS:
+                v = getattr(s, m)
+                if v is not None:
+                    d.setdefault(m, []).append(float(v))
+            if ref is not None and s.apgr is not None:
+                d.setdefault("d_apgr", []).append(float(s.apgr - ref))
+    return {label: {m: float(np.std(v, ddof=1)) for m, v in d.items() if len(v) > 1} | {
+        "d_apgr_mean": float(np.mean(d["d_apgr"])) if d.get("d_apgr") else float("nan")}
+        for label, d in draws.items()}
+
+
+def run_set(spec: BenchSet, data: Path, repeats: int, folds: int, b: int,
+            predictors: list[tuple[str, str, dict[str, Any]]], encode: Callable[[list[str]], np.ndarray]) -> SetResult:
+    from catimg.training import metric_scale
+
+    timing: dict[str, float] = {}
+    if spec.protocol == "split":
+        train, table = load_set(spec, data, "train"), load_set(spec, data, "validation")
+        runs = [_predictions_split(train, encode(train.prompts), encode(table.prompts), predictors, timing)]
+        n_train = len(train.Y)
+    else:
+        table = load_set(spec, data)
+        runs = _predictions_cv(table, encode(table.prompts), repeats, folds, predictors, timing)
+        n_train = len(table.Y) - len(table.Y) // folds
+    scale = metric_scale(table.metric, table.Y)
+    summaries: dict[str, list[Any]] = {}
+    for preds in runs:
+        for label, s in summaries_of(preds, table, scale).items():
+            summaries.setdefault(label, []).append(s)
+    se = bootstrap_se(runs[0], table, scale, b) if b > 1 else {}
+    return SetResult(spec.name, spec.protocol, table, scale, summaries, se, timing, n_train)
+
+
+def _cell(vals: list[float | None], se: float | None, pct: bool = False) -> str:
+    v = [x for x in vals if x is not None]
+    if not v:
+        return "never"
+    m = float(np.mean(v)) * (100 if pct else 1)
+    s = f"{m:.1f}" if pct or abs(m) >= 10 else f"{m:.3f}"
+    if se is not None and np.isfinite(se):
+        e = se * (100 if pct else 1)
+        s += f" ± {e:.1f}" if pct or abs(m) >= 10 else f" ± {e:.3f}"
+    if len(v) < len(vals):
+        s += f" (never in {len(vals) - len(v)}/{len(vals)})"
+    return s
+
+
+def render(res: SetResult, repeats: int, folds: int) -> str:
+    t = res.table
+    proto = (f"fitted on {res.n_train} train prompts, scored on {len(t.Y)} validation prompts" if res.protocol == "split"
+             else f"{repeats}x{folds}-fold cross-validation over {len(t.Y)} prompts")
+    lines = [f"== {res.name}: metric {t.metric} (scale {res.scale[0]:g} to {res.scale[1]:g}), {proto}"]
+    single = t.Y.mean(0)
+    best = int(np.argmax(single))
+    for j, g in enumerate(t.generators):
+        mark = "  <- best single" if j == best else ""
+        lines.append(f"   {g:<14} {t.costs[j]:9.2f} TFLOPs   mean quality {single[j]:.3f}{mark}")
+    head = (f"   {'policy':<20} {'AUC':>15} {'quality at best cost':>21} {'cost to match %':>18} {'APGR %':>12} "
+            f"{'Δ APGR vs knn %':>16} {'fit+predict s':>13}")
+    lines += [head, "   " + "-" * (len(head) - 3)]
+    for label, sums in res.summaries.items():
+        se = res.se.get(label, {})
+        d = "" if label in (REFERENCE, "oracle", "random") or "d_apgr" not in se else _cell([se["d_apgr_mean"]], se["d_apgr"], True)
+        tm = res.timing.get(label)
+        lines.append(
+            f"   {label:<20} {_cell([s.auc for s in sums], se.get('auc')):>15} "
+            f"{_cell([s.quality_at_best_cost for s in sums], se.get('quality_at_best_cost')):>21} "
+            f"{_cell([s.cost_to_match_pct for s in sums], se.get('cost_to_match_pct'), False):>18} "
+            f"{_cell([s.apgr for s in sums], se.get('apgr'), True):>12} {d:>16} {f'{tm:.1f}' if tm else '-':>13}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     from catimg.datasets import default_data_dir
+    from catimg.encoder import PromptEncoder
 
     ap = argparse.ArgumentParser(prog="python -m catimg.benchmarks.routing", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=None, help="shared data folder (default $CATIMG_SHARED_DATA or ../shared/data)")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="cross-validation repeats for the small sets")
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--sets", default="genai_bench,agiqa3k")
+    ap.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the standard errors (0: none)")
+    ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, from {', '.join(SETS)}")
     args = ap.parse_args(argv)
     data = args.data or default_data_dir()
     if not data.is_dir():
         print(f"error: {data}: shared data folder not found; pass --data", file=sys.stderr)
         return 2
-    for name in args.sets.split(","):
-        res = run_set(name.strip(), data, args.repeats, args.folds, PREDICTORS)
+    names = [s.strip() for s in args.sets.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SETS]
+    if unknown:
+        print(f"error: --sets: unknown set {unknown[0]!r}; use some of {', '.join(SETS)}", file=sys.stderr)
+        return 2
+    encoder = PromptEncoder()
+
+    def encode(prompts: list[str]) -> np.ndarray:
+        return np.asarray(encoder.encode(prompts), dtype=np.float64)
+
+    for name in names:
+        res = run_set(SETS[name], data, args.repeats, args.folds, args.bootstrap, PREDICTORS, encode)
         print(render(res, args.repeats, args.folds), flush=True)
         print()
     return 0
