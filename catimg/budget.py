@@ -1,8 +1,7 @@
-"""Budgets and the routing rule.
+"""Budgets: from what the user asks to spend to a price of compute λ (and, for a total budget, a plan).
 
-Rule (CATImage): for each prompt pick ``argmax_g ( q̂_g − λ · c_g )`` where q̂ is the predicted quality normalised
-to [0, 1] by the router's metric scale and c is the generator's cost divided by the cost of the most expensive
-routable generator on this device. λ is the price of compute:
+The rule itself (``argmax_g ( q̂_g − λ · c_g )`` with q̂ and c normalised, the tie-break) lives in
+:mod:`catimg.rule`. λ is the price of compute:
 
 * a named level (``low``, ``medium``, ``high``, ``max``) is a λ calibrated on a reference prompt set and stored in
   the router artifact; ``max`` is λ = 0 (best predicted quality, ties to the cheaper generator);
@@ -11,8 +10,6 @@ routable generator on this device. λ is the price of compute:
 * ``--total-budget 10m`` is one budget for a whole prompt file: λ is found by bisection so that the total
   predicted cost, including loading each model the plan uses, fits; a greedy fix-up then spends what is left on
   the upgrades with the most predicted quality per second.
-
-Ties break deterministically: higher value, then lower cost, then catalog order.
 """
 
 from __future__ import annotations
@@ -23,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from catimg.errors import InputError
+from catimg.rule import choose, normalise_cost
 
 LEVELS = ("low", "medium", "high", "max")
 
@@ -75,27 +73,6 @@ def parse_budget(text: str | None) -> Budget:
     )
 
 
-def choose(qn: np.ndarray, cn: np.ndarray, lam: float, allowed: np.ndarray | None = None) -> np.ndarray:
-    """Per row, the column maximising qn − λ·cn; ties go to the lower cost, then the lower column index.
-
-    qn: (n, g) normalised predicted quality; cn: (g,) normalised costs; allowed: (g,) bool mask of routable columns.
-    """
-    value = qn - lam * cn[None, :]
-    if allowed is not None:
-        value = np.where(allowed[None, :], value, -np.inf)
-    value = np.where(np.isnan(value), -np.inf, value)
-    # Rounding makes near-equal values true ties so the tie-break is stable across platforms.
-    value = np.round(value, 12)
-    best = value.max(axis=1, keepdims=True)
-    tied = value >= best
-    # among tied columns pick the cheapest, then the first
-    order = np.lexsort((np.arange(cn.size), cn))  # cheapest first
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    ranked = np.where(tied, rank[None, :], np.iinfo(np.int64).max)
-    return np.asarray(np.argmin(ranked, axis=1))
-
-
 def plan_cost(choice: np.ndarray, cost: np.ndarray, load: np.ndarray | None, models: list[str] | None) -> float:
     """Total seconds of a plan: per-image costs plus, when given, one load per distinct model used."""
     total = float(cost[choice].sum())
@@ -115,15 +92,16 @@ def solve_total(
     load: np.ndarray | None = None,
     models: list[str] | None = None,
     option: str = "--total-budget",
+    reference: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray]:
     """Find λ and a plan whose total predicted cost (images, plus loads when given) fits ``budget_seconds``.
 
     Bisection on λ (the plan's cost does not increase as λ grows), then a greedy fix-up that spends the slack on
-    the single-prompt upgrades with the most predicted quality per extra second.
+    the single-prompt upgrades with the most predicted quality per extra second. λ is on the cost scale of
+    :func:`catimg.rule.normalise_cost` over the ``reference`` columns (None: all); the plan does not depend on it.
     Returns (λ, choice). Raises InputError when even the cheapest plan does not fit.
     """
-    cmax = float(cost[allowed].max())
-    cn = cost / cmax
+    cn = normalise_cost(cost, reference)
     n = qn.shape[0]
     lam_hi = 1.0
     cheapest = choose(qn, cn, 1e9, allowed)

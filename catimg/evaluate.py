@@ -3,8 +3,9 @@
 Definitions (costs in the router's cost unit, qualities in metric units, means over held-out prompts where
 every generator was measured):
 
-- **Routing rule**: for a price lambda, prompt i goes to argmax_g  q_norm(g, i) - lambda * c_norm(g) with
-  q_norm = (q - lo) / (hi - lo) on the metric scale and c_norm = cost / max cost; ties go to the cheaper generator.
+- **Routing rule** (:mod:`catimg.rule`): for a price lambda, prompt i goes to argmax_g  q_norm(g, i) - lambda * c_norm(g)
+  with q_norm = (q - lo) / (hi - lo) on the metric scale and c_norm = cost / the max cost of the generators
+  evaluated; ties go to the cheaper generator.
 - **Curve**: sweeping lambda from 0 to "always the cheapest" gives points (mean cost, mean *measured* quality).
   Between two points the curve is linear (randomising between the two policies reaches any cost in between);
   beyond the last point it stays flat.
@@ -31,41 +32,10 @@ from typing import Any
 
 import numpy as np
 
-MAX_SWEEP_POINTS = 600
-
-
-def choose(q_pred: np.ndarray, costs: np.ndarray, lam: float, scale: tuple[float, float]) -> np.ndarray:
-    """Column index chosen per prompt at price ``lam``, in metric units: the product's routing rule
-    (:func:`catimg.budget.choose`, ties to the cheaper generator) after normalising quality and cost."""
-    from catimg.budget import choose as route
-
-    lo, hi = scale
-    span = (hi - lo) or 1.0
-    cn = np.asarray(costs, float) / float(np.max(costs))
-    return route((np.asarray(q_pred, float) - lo) / span, cn, lam)
-
-
-def breakpoints(q_pred: np.ndarray, costs: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
-    """The lambdas (>= 0) at which some prompt's choice can change, plus 0; at most MAX_SWEEP_POINTS of them."""
-    lo, hi = scale
-    span = (hi - lo) or 1.0
-    q = (q_pred - lo) / span
-    cn = np.asarray(costs, float) / float(np.max(costs))
-    lams = []
-    g = q.shape[1]
-    for a in range(g):
-        for b in range(a + 1, g):
-            dc = cn[b] - cn[a]
-            if abs(dc) < 1e-12:
-                continue
-            lam = (q[:, b] - q[:, a]) / dc
-            lams.append(lam[lam > 0])
-    allv = np.unique(np.concatenate(lams)) if lams else np.zeros(0)
-    if len(allv) > MAX_SWEEP_POINTS:
-        allv = np.quantile(allv, np.linspace(0, 1, MAX_SWEEP_POINTS))
-    mids = (allv[:-1] + allv[1:]) / 2 if len(allv) > 1 else np.zeros(0)
-    top = (allv[-1] * 1.01 + 1e-6) if len(allv) else 1.0
-    return np.unique(np.concatenate([[0.0], mids, [top]]))
+# The routing rule lives in catimg.rule; ``choose`` and ``breakpoints`` take qualities in metric units and raw costs
+# (also used by training's level calibration and the benchmarks).
+from catimg.rule import breakpoints as breakpoints
+from catimg.rule import choose_metric as choose
 
 
 @dataclass

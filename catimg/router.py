@@ -169,11 +169,11 @@ class Router:
                 for t, srow in zip(top, sims, strict=True)]
 
     def choose(self, mean: np.ndarray, lam: float, costs: np.ndarray | None = None) -> np.ndarray:
-        """Column chosen per prompt at price ``lam`` with the training costs (or ``costs``)."""
-        from catimg.evaluate import choose
+        """Column chosen per prompt at price ``lam`` with the training costs (or ``costs``), by :mod:`catimg.rule`."""
+        from catimg.rule import choose_metric
 
         c = np.array([self.costs[g] for g in self.generators]) if costs is None else np.asarray(costs, float)
-        return choose(mean, c, lam, self.scale)
+        return choose_metric(mean, c, lam, self.scale)
 
     def summary(self) -> dict[str, Any]:
         card = self.data_card

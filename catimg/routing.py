@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from catimg.budget import Budget, choose, solve_total
+from catimg.budget import Budget, solve_total
 from catimg.config import Catalog, Generator
 from catimg.errors import InputError, RouterError
+from catimg.rule import choose
 
 if TYPE_CHECKING:
     from catimg.cost import Cost
@@ -242,9 +243,10 @@ def route_prompts(
         choice = np.full(n, names.index(forced_gen.name))
         statuses[forced_gen.name] = FORCED
     elif total_budget is not None:
-        lam, choice = solve_total(qn, cost_s, total_budget, allowed, load_s, models)
+        lam, choice = solve_total(qn, cost_s, total_budget, allowed, load_s, models, reference=allowed)
     elif budget.seconds is not None:
-        lam, choice = solve_total(qn, cost_s, budget.seconds * n, allowed, None, None, option="--budget")
+        lam, choice = solve_total(qn, cost_s, budget.seconds * n, allowed, None, None, option="--budget",
+                                  reference=allowed)
     else:
         assert budget.level is not None
         lam = float(router.levels[budget.level])

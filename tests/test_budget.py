@@ -1,12 +1,13 @@
-"""Budget parsing and the routing rule: argmax(q − λ·c), deterministic ties, total budgets that fit."""
+"""Budget parsing and total budgets that fit (the rule itself: tests/test_rule.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from catimg.budget import Budget, choose, parse_budget, parse_duration, plan_cost, solve_total
+from catimg.budget import Budget, parse_budget, parse_duration, plan_cost, solve_total
 from catimg.errors import InputError
+from catimg.rule import choose
 
 
 @pytest.mark.parametrize(
@@ -31,28 +32,6 @@ def test_parse_budget_levels_and_seconds() -> None:
         parse_budget("hihg")
     with pytest.raises(InputError, match="positive"):
         parse_budget("0s")
-
-
-def test_choose_is_argmax_of_value_with_cheap_tie_break() -> None:
-    qn = np.array([[0.5, 0.9], [0.5, 0.5], [0.8, 0.6]])
-    cn = np.array([0.1, 1.0])
-    assert choose(qn, cn, 0.0).tolist() == [1, 0, 0]  # tie in row 2 goes to the cheaper column
-    assert choose(qn, cn, 1.0).tolist() == [0, 0, 0]
-    assert choose(qn, cn, 0.3).tolist() == [1, 0, 0]  # 0.9-0.3 = 0.6 > 0.5-0.03
-    allowed = np.array([False, True])
-    assert choose(qn, cn, 5.0, allowed).tolist() == [1, 1, 1]
-
-
-def test_choose_monotone_in_lambda() -> None:
-    rng = np.random.default_rng(0)
-    qn = rng.random((200, 4))
-    cn = np.array([0.05, 0.2, 0.5, 1.0])
-    prev_cost, prev_q = np.inf, np.inf
-    for lam in [0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0]:
-        c = choose(qn, cn, lam)
-        cost, q = cn[c].mean(), qn[np.arange(200), c].mean()
-        assert cost <= prev_cost + 1e-12 and q <= prev_q + 1e-12
-        prev_cost, prev_q = cost, q
 
 
 def test_solve_total_fits_and_spends_budget() -> None:
