@@ -5,6 +5,11 @@ Nothing here imports torch at module level. The CUDA and MPS probes take the mod
 that mimics ``torch.cuda``'s real functions: ``is_available()``, ``device_count()``, ``get_device_name(i)``,
 ``get_device_properties(i)`` (``.total_memory``, ``.major``, ``.minor``), ``mem_get_info(i)`` and
 ``is_bf16_supported()``.
+
+Commands that only describe the device (``models``, ``doctor``, ``explain``) use :func:`lookup_device`: no torch
+import on a machine without a GPU driver, else a description cached in ``device.json`` in the user cache dir
+(``$CATIMG_CACHE_DIR``), valid for 24 h while the boot, the NVIDIA driver, torch, Python, the host, the visible
+devices and the requested ``--device`` are unchanged. Every real probe rewrites it; ``--refresh-device`` forces one.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from __future__ import annotations
 import os
 import platform
 import re
+import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from catimg.errors import DeviceError
@@ -155,7 +162,13 @@ def detect_device(override: str | None = None, torch_module: Any = None) -> Devi
     if torch_module is None:
         import torch
 
-        torch_module = torch
+        info = _probe(torch_module=torch, kind=kind, index=index, override=override)
+        write_device_cache(override, info)  # every real probe keeps the cache of models/doctor/explain fresh
+        return info
+    return _probe(torch_module=torch_module, kind=kind, index=index, override=override)
+
+
+def _probe(torch_module: Any, kind: str | None, index: int | None, override: str | None) -> DeviceInfo:
     if kind in (None, "cuda"):
         info = probe_cuda(torch_module.cuda, index)
         if info is not None:
@@ -174,6 +187,145 @@ def detect_device(override: str | None = None, torch_module: Any = None) -> Devi
         if kind == "mps":
             raise DeviceError(f"--device {override}: Apple MPS is not available on this machine; use --device cpu")
     return cpu_device()
+
+
+# --------------------------------------------------------------------------------------------- without torch
+
+#: A cached description is used for at most this long, and only while :func:`_cache_key` is unchanged.
+DEVICE_CACHE_MAX_AGE_S = 24 * 3600
+_GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
+
+@dataclass(frozen=True)
+class DeviceLookup:
+    """A device description and where it came from, for the commands that need no torch (models, doctor, explain).
+
+    ``source``: "probed" (torch asked now), "cached" (``cached_at``, seconds since the epoch), "no-gpu" (no GPU
+    driver on this machine, so the CPU without importing torch) or "requested" (``--device cpu``).
+    """
+
+    info: DeviceInfo
+    source: str
+    cached_at: float | None = None
+
+    def note(self, refresh_hint: str) -> str:
+        """What to print after the description: when it was cached and how to probe again; empty otherwise."""
+        if self.source != "cached" or self.cached_at is None:
+            return ""
+        import time
+
+        age = max(0.0, time.time() - self.cached_at)
+        ago = f"{age / 3600:.0f} h" if age >= 5400 else f"{age / 60:.0f} min" if age >= 90 else f"{age:.0f} s"
+        return f"(cached {ago} ago, free memory not shown; {refresh_hint} detects it again)"
+
+
+def gpu_possible() -> bool:
+    """False only where no GPU can be seen without torch's help: Linux without NVIDIA/ROCm/WSL GPU device nodes."""
+    if platform.system() != "Linux":
+        return True  # macOS (MPS), Windows: only torch can tell
+    return any(os.path.exists(p) for p in _GPU_NODES)
+
+
+def device_cache_path() -> Path:
+    """``device.json`` in ``$CATIMG_CACHE_DIR`` or the platformdirs user cache dir for catimg."""
+    env = os.environ.get("CATIMG_CACHE_DIR")
+    if env:
+        return Path(env).expanduser() / "device.json"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("catimg")) / "device.json"
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def _cache_key(override: str | None) -> dict[str, str]:
+    """What a cached description depends on: any change (a reboot, a new driver or torch, other visible GPUs, another
+    ``--device``) makes the cache stale. Read without importing torch."""
+    from importlib import metadata
+
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = "none"
+    return {
+        "device": (override or "").strip().lower(), "torch": torch_version, "python": os.path.realpath(sys.executable),
+        "host": platform.node(), "boot": _read_text("/proc/sys/kernel/random/boot_id"),
+        "driver": _read_text("/proc/driver/nvidia/version").split("\n")[0],
+        **{var: os.environ.get(var, "\0unset") for var in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")},
+    }
+
+
+def read_device_cache(override: str | None) -> tuple[DeviceInfo, float] | None:
+    """The cached description for ``override`` and when it was written; None if absent, stale, old or unreadable."""
+    import json
+    import time
+
+    try:
+        doc = json.loads(device_cache_path().read_text(encoding="utf-8"))
+        entry = doc["entries"][json.dumps(_cache_key(override), sort_keys=True)]
+        at = float(entry["at"])
+        if not 0 <= time.time() - at <= DEVICE_CACHE_MAX_AGE_S:
+            return None
+        d = dict(entry["info"])
+        d["capability"] = tuple(d["capability"]) if d.get("capability") else None
+        return DeviceInfo(**d), at
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_device_cache(override: str | None, info: DeviceInfo) -> None:
+    """Remember ``info`` (free memory left out: it changes) for ``override``; best effort, written atomically."""
+    import json
+    import time
+
+    path = device_cache_path()
+    try:
+        try:
+            entries = json.loads(path.read_text(encoding="utf-8")).get("entries", {})
+            if not isinstance(entries, dict):
+                entries = {}
+        except (OSError, ValueError, AttributeError):
+            entries = {}
+        d = asdict(info)
+        d["free_memory_gb"] = None
+        entries[json.dumps(_cache_key(override), sort_keys=True)] = {"at": time.time(), "info": d}
+        entries = dict(list(entries.items())[-8:])  # a few overrides at most
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"version": 1, "entries": entries}, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache dir costs speed, not correctness
+
+
+def lookup_device(override: str | None = None, refresh: bool = False, torch_module: Any = None) -> DeviceLookup:
+    """The device for commands that only describe it: without torch where the answer is certain or cached.
+
+    ``--device cpu`` and machines with no GPU driver need no torch. Otherwise a description cached by an earlier
+    probe is used while :func:`_cache_key` is unchanged and for at most :data:`DEVICE_CACHE_MAX_AGE_S`; ``refresh``
+    (or a stale cache) probes with torch (``torch_module``: the test seam) and caches the result.
+    """
+    if override is None:
+        override = os.environ.get("CATIMG_DEVICE") or None
+    kind = parse_override(override)[0] if override is not None else None
+    if kind == "cpu":
+        return DeviceLookup(cpu_device(), "requested")
+    if kind is None and torch_module is None and not gpu_possible():
+        return DeviceLookup(cpu_device(), "no-gpu")
+    if not refresh:
+        cached = read_device_cache(override)
+        if cached is not None:
+            return DeviceLookup(cached[0], "cached", cached[1])
+    info = detect_device(override, torch_module=torch_module)
+    if torch_module is not None:
+        write_device_cache(override, info)
+    return DeviceLookup(info, "probed")
 
 
 def default_dtype(device: DeviceInfo, requested: str = "auto") -> str:

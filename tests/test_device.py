@@ -146,3 +146,93 @@ def test_cli_device_error_is_one_line(tmp_path, tiny_sd_dir) -> None:
     assert r.returncode == 5
     assert r.stderr.strip().count("\n") == 0 and '--device "quantum" is not a device' in r.stderr
     assert "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------------------------ the cached description
+
+
+def test_lookup_caches_the_probe_in_a_real_file_and_invalidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first lookup probes (through the seam) and writes device.json; the next one reads it back without
+    touching torch; another CUDA_VISIBLE_DEVICES, an old entry, a corrupt file or --refresh-device probe again."""
+    import json
+    import os
+    import time
+    from pathlib import Path
+
+    from catimg.device import DEVICE_CACHE_MAX_AGE_S, device_cache_path, lookup_device
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    path = device_cache_path()
+    assert path == Path(os.environ["CATIMG_CACHE_DIR"]) / "device.json" and not path.exists()
+    first = lookup_device(None, torch_module=fake_torch([H100]))
+    assert first.source == "probed" and first.info.name == H100[0] and first.info.free_memory_gb == 78.5
+    assert path.is_file()
+
+    class NoTorch:  # any attribute access means torch was asked
+        def __getattr__(self, name: str) -> None:
+            raise AssertionError(f"torch.{name} used although the description is cached")
+
+    again = lookup_device(None, torch_module=NoTorch())
+    assert again.source == "cached" and again.cached_at is not None
+    assert again.info.name == H100[0] and again.info.capability == (9, 0) and again.info.total_memory_gb == 79.19
+    assert again.info.free_memory_gb is None  # free memory changes: never cached
+    assert "cached" in again.note("`catimg doctor --refresh-device`") and "--refresh-device" in again.note("--refresh-device")
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # other GPUs visible: the cached entry does not apply
+    assert lookup_device(None, torch_module=fake_torch([T4])).info.name == T4[0]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert lookup_device(None, torch_module=NoTorch()).info.name == H100[0]  # both entries are kept
+    assert lookup_device("cuda:0", torch_module=fake_torch([T4])).source == "probed"  # another --device, another key
+
+    assert lookup_device(None, refresh=True, torch_module=fake_torch([T4])).source == "probed"
+    assert lookup_device(None, torch_module=NoTorch()).info.name == T4[0]  # the refresh rewrote the entry
+
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    for entry in doc["entries"].values():
+        entry["at"] = time.time() - DEVICE_CACHE_MAX_AGE_S - 1
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    assert lookup_device(None, torch_module=fake_torch([H100])).source == "probed"  # too old
+    path.write_text("{not json", encoding="utf-8")
+    assert lookup_device(None, torch_module=fake_torch([H100])).source == "probed"  # corrupt: probe, rewrite
+    assert lookup_device(None, torch_module=NoTorch()).source == "cached"
+
+
+def test_lookup_needs_no_torch_for_cpu_or_without_a_gpu_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    from catimg import device as device_mod
+    from catimg.device import device_cache_path, lookup_device
+
+    assert lookup_device("cpu").source == "requested"
+    monkeypatch.setattr(device_mod, "gpu_possible", lambda: False)
+    found = lookup_device(None)
+    assert found.source == "no-gpu" and found.info.kind == "cpu" and found.note("x") == ""
+    assert not device_cache_path().exists()
+
+
+def test_models_and_explain_skip_torch_once_the_device_is_known(tmp_path) -> None:
+    """`catimg models` and a warm `explain` import no torch: on this machine either there is no GPU driver, or the
+    first run probes and caches and the second says the description was cached."""
+    import os
+    import subprocess
+    import sys
+
+    from catimg.device import gpu_possible
+
+    code = (
+        "import sys\n"
+        "from catimg.cli import main\n"
+        "sys.argv = ['catimg', *sys.argv[1:]]\n"
+        "try:\n"
+        "    main()\n"
+        "finally:\n"
+        "    print('torch imported' if 'torch' in sys.modules else 'no torch', file=sys.stderr)\n"
+    )
+    env = {**os.environ, "CATIMG_CACHE_DIR": str(tmp_path / "cache")}
+    runs = []
+    for args in (["models"], ["explain", "a red cube"], ["models"], ["explain", "a red cube"]):
+        r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        runs.append(r)
+    for r in runs[2:]:
+        assert r.stderr.strip().endswith("no torch"), r.stderr
+        if gpu_possible():
+            assert "cached" in r.stdout and "--refresh-device" in r.stdout

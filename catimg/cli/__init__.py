@@ -20,6 +20,7 @@ if Path(sys.argv[0]).name == "catimg" or sys.argv[0].endswith(os.path.join("cati
 import typer  # noqa: E402
 
 from catimg import __version__  # noqa: E402
+from catimg.cli.lazy import LazyGroup  # noqa: E402
 from catimg.errors import CatimgError, ExitStatus  # noqa: E402
 
 app = typer.Typer(
@@ -36,6 +37,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    cls=LazyGroup,
 )
 
 
@@ -52,38 +54,8 @@ def _root(
     """catimg: cost-aware routing for local text-to-image generation."""
 
 
-# Command modules register themselves on `app` when imported.
-from catimg.cli import (  # noqa: E402,F401
-    commands_bench,
-    commands_calibrate,
-    commands_gen,
-    commands_plan,
-    commands_routing,
-    commands_train,
-)
-
-# How `catimg --help` groups and orders the commands.
-PANELS = {
-    "Make images": ["gen", "explain", "inspect"],
-    "Your generators": ["models", "bench", "calibrate", "measurements", "doctor"],
-    "Routers": ["train", "eval", "plan"],
-}
-
-
-def _arrange() -> None:
-    order = [name for names in PANELS.values() for name in names]
-    panel_of = {name: panel for panel, names in PANELS.items() for name in names}
-
-    def name_of(info: typer.models.CommandInfo | typer.models.TyperInfo) -> str:
-        return info.name or (info.callback.__name__ if info.callback else "")
-
-    infos: list[typer.models.CommandInfo | typer.models.TyperInfo] = [*app.registered_commands, *app.registered_groups]
-    for info in infos:
-        info.rich_help_panel = panel_of.get(name_of(info), "Other")
-    app.registered_commands.sort(key=lambda c: order.index(name_of(c)) if name_of(c) in order else len(order))
-
-
-_arrange()
+# Command modules register themselves on `app` when imported; catimg.cli.lazy imports each one when its command is
+# first needed (catimg.cli.lazy.COMMANDS lists them and orders the root help), so `catimg --help` imports none.
 
 
 def main() -> None:

@@ -19,9 +19,12 @@ from catimg.cli.common import (
     JSON_OPT,
     MODELS_OPT,
     PROMPTS_ARG,
+    REFRESH_DEVICE_OPT,
+    REFRESH_HINT,
     ROUTER_OPT,
     TOTAL_BUDGET_OPT,
     collect_prompts,
+    describe_setup,
     load_setup,
     parse_budgets,
 )
@@ -70,7 +73,8 @@ def explain(
 
     texts = collect_prompts(prompts, file)
     bud, total = parse_budgets(budget, total_budget)
-    catalog, rt, dev = load_setup(models, router, device)
+    catalog, rt, found = describe_setup(models, router, device)  # no torch where the device is known without it
+    dev = found.info
     result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator, neighbours=neighbours)
     print_warnings()
     if as_json:
@@ -80,7 +84,7 @@ def explain(
         print_json(doc)
         return
     con = console()
-    render_header(con, result, str(catalog.path), str(rt.path))
+    render_header(con, result, str(catalog.path), str(rt.path), found.note(REFRESH_HINT))
     render_cost_notes(con, result)
     show_detail = detail if detail is not None else len(texts) <= DETAIL_LIMIT
     if show_detail:
@@ -92,9 +96,10 @@ def explain(
         render_summary(con, result)
 
 
-def render_header(con: Console, result: RoutingResult, catalog: str, router: str) -> None:
+def render_header(con: Console, result: RoutingResult, catalog: str, router: str, device_note: str = "") -> None:
     lam = "-" if result.lam is None else f"{result.lam:.4g} ({result.level_for(result.lam)})"
-    con.print(f"device: {result.device.describe()}   budget: {result.budget}   λ: {lam}")
+    con.print(" ".join(filter(None, [f"device: {result.device.describe()}", device_note])))
+    con.print(f"budget: {result.budget}   λ: {lam}")
     con.print(f"catalog: {catalog}   router: {router}   metric: {result.metric} [{result.scale[0]:g}..{result.scale[1]:g}]")
 
 
@@ -207,6 +212,7 @@ def models(
     models: Path | None = MODELS_OPT,
     router: Path | None = ROUTER_OPT,
     device: str | None = DEVICE_OPT,
+    refresh_device: bool = REFRESH_DEVICE_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """List the generators of the catalog: source, settings, cost on this device, weights present, router status.
@@ -219,7 +225,8 @@ def models(
     """
     from catimg.cost import catalog_costs
 
-    catalog, rt, dev = load_setup(models, router, device)
+    catalog, rt, found = describe_setup(models, router, device, refresh_device)
+    dev = found.info
     costs = catalog_costs(list(catalog.generators), dev, fallback_seconds=rt.fallback_seconds(catalog.generators),
                           unknown_ok=lambda g: True)
     print_warnings()
@@ -244,10 +251,12 @@ def models(
             "note": g.note,
         })
     if as_json:
-        print_json({"catalog": str(catalog.path), "origin": catalog.origin, "device": dev.to_dict(), "generators": rows})
+        print_json({"catalog": str(catalog.path), "origin": catalog.origin, "device": dev.to_dict(),
+                    "device_source": found.source, "generators": rows})
         return
     con = console()
-    con.print(f"catalog: {catalog.path} ({catalog.origin})   device: {dev.describe()}")
+    con.print(f"catalog: {catalog.path} ({catalog.origin})")
+    con.print(" ".join(filter(None, [f"device: {dev.describe()}", found.note(REFRESH_HINT)])))
     t = Table(show_edge=False, pad_edge=False)
     # Cells keep their full text; on a narrow terminal the sources (long Hub ids) go below the table instead.
     wide = con.width >= 110
@@ -291,6 +300,7 @@ def doctor(
     models: Path | None = MODELS_OPT,
     router: Path | None = ROUTER_OPT,
     device: str | None = DEVICE_OPT,
+    refresh_device: bool = REFRESH_DEVICE_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Check the installation: versions, device, Hub cache and offline readiness, router and catalog in use.
@@ -307,7 +317,7 @@ def doctor(
 
     from catimg import __version__
     from catimg.config import find_catalog, load_catalog
-    from catimg.device import detect_device
+    from catimg.device import lookup_device
     from catimg.errors import CatimgError
     from catimg.router import load_router
 
@@ -327,12 +337,13 @@ def doctor(
         doc["catalog"]["generators"] = catalog.names
     except CatimgError as exc:
         problems.append(exc.message)
+    found = None
     try:
-        dev = detect_device(device)
-        doc["device"] = dev.to_dict()
+        found = lookup_device(device, refresh=refresh_device)
+        doc["device"] = found.info.to_dict()
+        doc["device_source"] = found.source
     except CatimgError as exc:
         problems.append(exc.message)
-        dev = None
     from huggingface_hub import constants
 
     doc["hub"] = {
@@ -374,8 +385,8 @@ def doctor(
         con = console()
         con.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
         con.print(f"catalog: {path} (from {origin})")
-        if dev is not None:
-            con.print(f"device: {dev.describe()}")
+        if found is not None:
+            con.print(" ".join(filter(None, [f"device: {found.info.describe()}", found.note(REFRESH_HINT)])))
         hub = doc["hub"]
         con.print(f"hub cache: {hub['cache']}   downloads: {'allowed' if hub['downloads_allowed'] else 'off (set CATIMG_ALLOW_DOWNLOAD=1 or pass --allow-download to gen)'}")
         if rt is not None:

@@ -14,7 +14,7 @@ from catimg.errors import InputError, did_you_mean
 if TYPE_CHECKING:
     from catimg.budget import Budget
     from catimg.config import Catalog
-    from catimg.device import DeviceInfo
+    from catimg.device import DeviceInfo, DeviceLookup
     from catimg.router import Router
 
 # Reusable option declarations: one place for names, defaults and help.
@@ -85,6 +85,26 @@ def load_setup(
     rt = load_router(router)
     dev = detect_device(device)
     return catalog, rt, dev
+
+
+REFRESH_DEVICE_OPT = typer.Option(
+    False, "--refresh-device", help="Probe the device with torch now instead of using the cached description.",
+)
+REFRESH_HINT = "`catimg doctor --refresh-device`"
+
+
+def describe_setup(
+    models: Path | None, router: Path | None, device: str | None, refresh: bool = False
+) -> tuple[Catalog, Router, DeviceLookup]:
+    """Like :func:`load_setup` for commands that only describe the device (models, doctor, explain): no torch
+    import when there is no GPU driver or the description is cached (see :func:`catimg.device.lookup_device`)."""
+    from catimg.config import load_catalog
+    from catimg.device import lookup_device
+    from catimg.router import load_router
+
+    catalog = load_catalog(models)
+    rt = load_router(router)
+    return catalog, rt, lookup_device(device, refresh=refresh)
 
 
 def parse_budgets(budget: str | None, total_budget: str | None) -> tuple[Budget, float | None]:
