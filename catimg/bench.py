@@ -53,6 +53,7 @@ class BenchResult:
     measured_at: str = ""
     torch_version: str = ""
     note: str = ""
+    source: str = "catimg bench"  # or "catimg gen" (a run's own images, see record_run)
 
     def seconds_per_image(self, steps: int | None = None) -> float:
         n = self.steps_run if steps is None else steps

@@ -1,11 +1,23 @@
 """What a generator costs on this device: seconds per image, TFLOPs per image, load time, memory.
 
-Precedence, per generator:
+**The one rule** (explain, gen, plan, models and eval all route by it, through :func:`routing_costs`). The seconds
+that route a generator are, in this order, the first that exists:
 
-1. **explicit**: ``cost_seconds`` / ``cost_tflops`` from ``models.toml`` (the user knows best);
-2. **measured**: a ``catimg bench`` result for this device class and these exact settings (``catimg.bench``);
-3. **estimated**: analytic TFLOPs (``catimg.flops``) divided by a throughput for the device class (the table in
-   :data:`DEVICE_THROUGHPUT`), plus a per-kernel launch overhead; marked ``kind="estimated"``.
+1. **explicit**: ``cost_seconds`` from ``models.toml`` (the user knows best);
+2. **measured**: a measurement on this device class, dtype and these exact settings in the cost cache
+   (``catimg.bench``: filled by ``catimg bench`` and by every ``catimg gen`` run, which records what it made);
+3. **router data**: the seconds per image the router was trained with (a router trained on measurements with a
+   ``seconds`` column), for a generator the router knows with unchanged settings. The router does not record on
+   which device those seconds were measured: they are taken as this device's until a measurement exists;
+4. **estimated**: analytic TFLOPs (``catimg.flops``) divided by a throughput for the device class (the table in
+   :data:`DEVICE_THROUGHPUT`), plus a per-kernel launch overhead.
+
+Each :class:`Cost` says which (``kind``; ``COST_SOURCES`` names it for people). An explicit cost and the router's
+seconds are given for the catalog's settings: when a run changes them (``gen --width/--height``) they are rescaled
+by the ratio of the FLOP estimates (the note says so); a generator with no FLOP estimate keeps them unscaled (and
+the note says that too). ``cost_tflops`` is rescaled the same way. A measurement is per settings, so a resized run
+misses it (and its images then measure the new size). When estimates drive routing, :func:`estimate_notice` is the
+one line the CLI prints about ``catimg bench``.
 
 Memory feasibility: the peak memory is estimated as the weights at the chosen dtype plus the activations of the
 largest step (denoiser pass or VAE decode). A generator whose peak does not fit the GPU is planned with model CPU
@@ -25,7 +37,10 @@ from catimg.config import Generator
 from catimg.device import DeviceInfo, default_dtype, device_class, dtype_bytes
 from catimg.errors import ConfigError
 
-CostKind = Literal["explicit", "measured", "estimated", "unknown"]
+CostKind = Literal["explicit", "measured", "router", "estimated", "unknown"]
+#: How each kind is named to a person (tables, --json ``cost_source``).
+COST_SOURCES: dict[str, str] = {"explicit": "explicit", "measured": "measured", "router": "router data",
+                                "estimated": "estimated", "unknown": "unknown"}
 
 
 @dataclass(frozen=True)
@@ -41,8 +56,13 @@ class Cost:
     feasible: bool = True
     note: str = ""
 
+    @property
+    def source(self) -> str:
+        """Where the seconds come from, for people: explicit, measured, router data, estimated or unknown."""
+        return COST_SOURCES.get(self.kind, self.kind)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "source": self.source}
 
 
 # ------------------------------------------------------------------------------------------ device throughput
@@ -124,11 +144,15 @@ def device_throughput(device: DeviceInfo) -> Throughput:
 # ------------------------------------------------------------------------------------------ costs
 
 
-def generator_cost(gen: Generator, device: DeviceInfo, use_measured: bool = True, batch: int = 1) -> Cost:
-    """The cost of one image from ``gen`` on ``device`` (explicit > measured > estimated; see module doc).
+def generator_cost(gen: Generator, device: DeviceInfo, use_measured: bool = True, batch: int = 1,
+                   router_seconds: float | None = None, base: Generator | None = None) -> Cost:
+    """The cost of one image from ``gen`` on ``device`` by the one rule of the module doc.
 
-    ``gen`` carries the settings the run will use (size and dtype overrides applied); ``batch`` images per
-    pipeline call share the per-op launch overhead of an estimate.
+    ``gen`` carries the settings the run will use (size and dtype overrides applied) and ``base`` is its catalog
+    entry when they differ: an explicit cost or the router's seconds (both given for the catalog settings) are then
+    rescaled by the ratio of the FLOP estimates. ``router_seconds``: the seconds per image the router was trained
+    with for this generator (None when it has none). ``batch`` images per pipeline call share the per-op launch
+    overhead of an estimate.
     """
     from catimg.flops import estimate_flops
 
@@ -136,66 +160,99 @@ def generator_cost(gen: Generator, device: DeviceInfo, use_measured: bool = True
     try:
         est = estimate_flops(gen)
     except ConfigError as exc:
-        if gen.cost_seconds is not None:
-            tflops = gen.cost_tflops if gen.cost_tflops is not None else 0.0
-            return Cost(seconds=gen.cost_seconds, tflops=tflops, kind="explicit", load_seconds=0.0,
-                        peak_memory_gb=None, note=f"explicit cost from models.toml; no FLOP estimate ({exc})")
-        raise ConfigError(
-            f"{exc}; give cost_seconds (and optionally cost_tflops) for [generators.{gen.model}] in models.toml"
-        ) from exc
-
-    tflops = gen.cost_tflops if gen.cost_tflops is not None else est.total_tflops
+        return _cost_without_estimate(gen, exc, router_seconds, base)
+    scale, scaled_note = _flops_scale(est.total_tflops, gen, base)
+    tflops = gen.cost_tflops * scale if gen.cost_tflops is not None else est.total_tflops
     tp = device_throughput(device)
-    seconds = estimated_seconds(est, tp, tflops_override=gen.cost_tflops, device=device, dtype=dtype, batch=batch)
+    seconds = estimated_seconds(est, tp, tflops_override=tflops if gen.cost_tflops is not None else None,
+                                device=device, dtype=dtype, batch=batch)
     weights_gb = est.weights_gb(dtype)
     load_seconds = weights_gb / tp.disk_gbs + 1.0  # + pipeline construction
     peak = est.peak_memory_gb(dtype)
     kind: CostKind = "estimated"
     notes: list[str] = [f"estimated from {est.total_tflops:.3g} TFLOPs on {tp.label}"]
-
-    if use_measured:
-        from catimg.bench import lookup
-
-        m = lookup(gen, device)
-        if m is not None:
-            seconds = m.seconds_per_image(gen.steps)
-            load_seconds = m.load_seconds
-            if m.peak_memory_gb is not None:
-                peak = m.peak_memory_gb
-            kind = "measured"
-            notes = [f"measured by catimg bench on {m.measured_at[:10]}"]
-
-    offload, feasible = False, True
-    if device.is_gpu and device.total_memory_gb is not None and peak is not None:
-        budget = device.total_memory_gb * (0.75 if device.kind == "mps" else 0.95)
-        if peak > budget:
-            largest = est.largest_component_gb(dtype) + est.activation_gb(dtype)
-            if largest <= budget:
-                offload = True
-                # model CPU offload (diffusers enable_model_cpu_offload, as catimg.pipelines loads it): each
-                # component moves to the GPU when it runs, so every image moves all the weights over the bus once
-                extra = weights_gb / tp.bandwidth_gbs
-                seconds += extra
-                notes.append(
-                    f"needs {peak:.1f} GB > {budget:.1f} GB usable on {device.name}: planned with CPU offload "
-                    f"(+{extra:.1f} s/image)"
-                )
-            else:
-                feasible = False
-                notes.append(
-                    f"needs {peak:.1f} GB; even its largest part ({largest:.1f} GB) exceeds {budget:.1f} GB "
-                    f"usable on {device.name}: cannot run here"
-                )
-
+    if gen.cost_tflops is not None:
+        notes[0] = f"estimated from explicit cost_tflops = {gen.cost_tflops:g}{scaled_note} on {tp.label}"
+    m = _measured(gen, device) if use_measured and gen.cost_seconds is None else None
+    if m is not None:
+        seconds, load_seconds, kind = m.seconds_per_image(gen.steps), m.load_seconds, "measured"
+        peak = m.peak_memory_gb if m.peak_memory_gb is not None else peak
+        notes = [f"measured by {m.source} on {m.measured_at[:10]}"]
+    elif router_seconds is not None and gen.cost_seconds is None:
+        seconds, kind = router_seconds * scale, "router"
+        notes = [f"seconds per image the router was trained with{scaled_note} (the measurements' seconds column; "
+                 "`catimg bench` measures this device)"]
+    seconds, offload, feasible, mem_notes = _fit_memory(seconds, est, dtype, weights_gb, peak, device, tp)
+    notes += mem_notes
     if gen.cost_seconds is not None:
-        seconds = gen.cost_seconds
-        kind = "explicit"
-        notes[0] = "explicit cost_seconds from models.toml"
-    elif gen.cost_tflops is not None and kind == "estimated":
-        notes[0] = f"estimated from explicit cost_tflops = {gen.cost_tflops:g} on {tp.label}"
+        seconds, kind = gen.cost_seconds * scale, "explicit"
+        notes[0] = f"explicit cost_seconds = {gen.cost_seconds:g} from models.toml{scaled_note}"
     return Cost(seconds=float(seconds), tflops=float(tflops), kind=kind, load_seconds=float(load_seconds),
                 peak_memory_gb=None if peak is None else round(float(peak), 2), offload=offload,
                 feasible=feasible, note="; ".join(notes))
+
+
+def _measured(gen: Generator, device: DeviceInfo) -> Any:
+    from catimg.bench import lookup
+
+    return lookup(gen, device)
+
+
+def _flops_scale(run_tflops: float, gen: Generator, base: Generator | None) -> tuple[float, str]:
+    """(ratio of the run's FLOPs to the catalog entry's, a note) when the run changes the size or steps."""
+    if base is None or base.settings_hash() == gen.settings_hash():
+        return 1.0, ""
+    from catimg.flops import estimate_flops
+
+    try:
+        base_tflops = estimate_flops(base).total_tflops
+    except ConfigError:
+        return 1.0, ""
+    if not base_tflops > 0:
+        return 1.0, ""
+    ratio = run_tflops / base_tflops
+    return ratio, (f" for {base.width}x{base.height}, scaled by FLOPs to {gen.width}x{gen.height} "
+                   f"(x{ratio:.3g})")
+
+
+def _cost_without_estimate(gen: Generator, exc: ConfigError, router_seconds: float | None,
+                           base: Generator | None) -> Cost:
+    """An explicit cost, else the router's seconds, for a generator with no FLOP estimate; else the ConfigError."""
+    resized = base is not None and base.settings_hash() != gen.settings_hash()
+    caveat = "; not rescaled for the run's size (no FLOP estimate)" if resized else ""
+    tflops = gen.cost_tflops if gen.cost_tflops is not None else 0.0
+    if gen.cost_seconds is not None:
+        return Cost(seconds=gen.cost_seconds, tflops=tflops, kind="explicit", load_seconds=0.0, peak_memory_gb=None,
+                    note=f"explicit cost_seconds from models.toml; no FLOP estimate ({exc}){caveat}")
+    if router_seconds is not None:
+        return Cost(seconds=float(router_seconds), tflops=float(tflops), kind="router", load_seconds=0.0,
+                    peak_memory_gb=None,
+                    note=f"seconds per image the router was trained with; no FLOP estimate for source \"{gen.source}\" "
+                         f"(family \"{gen.family}\"), so TFLOPs are unknown (give cost_tflops in models.toml){caveat}")
+    raise ConfigError(
+        f"{exc}; give cost_seconds (and optionally cost_tflops) for [generators.{gen.model}] in models.toml"
+    ) from exc
+
+
+def _fit_memory(seconds: float, est: Any, dtype: str, weights_gb: float, peak: float | None, device: DeviceInfo,
+                tp: Throughput) -> tuple[float, bool, bool, list[str]]:
+    """(seconds, offload, feasible, notes): plan CPU offload, or mark infeasible, when the peak exceeds the GPU."""
+    if not (device.is_gpu and device.total_memory_gb is not None and peak is not None):
+        return seconds, False, True, []
+    budget = device.total_memory_gb * (0.75 if device.kind == "mps" else 0.95)
+    if peak <= budget:
+        return seconds, False, True, []
+    largest = est.largest_component_gb(dtype) + est.activation_gb(dtype)
+    if largest > budget:
+        return seconds, False, False, [
+            f"needs {peak:.1f} GB; even its largest part ({largest:.1f} GB) exceeds {budget:.1f} GB "
+            f"usable on {device.name}: cannot run here"]
+    # model CPU offload (diffusers enable_model_cpu_offload, as catimg.pipelines loads it): each component moves
+    # to the GPU when it runs, so every image moves all the weights over the bus once
+    extra = weights_gb / tp.bandwidth_gbs
+    return seconds + extra, True, True, [
+        f"needs {peak:.1f} GB > {budget:.1f} GB usable on {device.name}: planned with CPU offload "
+        f"(+{extra:.1f} s/image)"]
 
 
 def estimated_seconds(est: Any, tp: Throughput, tflops_override: float | None = None,
@@ -213,12 +270,12 @@ def estimated_seconds(est: Any, tp: Throughput, tflops_override: float | None = 
 
 def catalog_costs(gens: Iterable[Generator], device: DeviceInfo, use_measured: bool = True,
                   fallback_seconds: dict[str, float] | None = None,
-                  unknown_ok: Callable[[Generator], bool] | None = None, batch: int = 1) -> dict[str, Cost]:
-    """Costs of every generator, by name. Generators sharing a model share the FLOP count (computed once).
+                  unknown_ok: Callable[[Generator], bool] | None = None, batch: int = 1,
+                  bases: dict[str, Generator] | None = None) -> dict[str, Cost]:
+    """Costs of every generator, by name, by the one rule of the module doc.
 
-    ``fallback_seconds`` (the seconds a router was trained with, by generator name) is used only for a generator
-    that has neither an explicit ``cost_seconds`` nor a FLOP estimate (an unknown family from a Hub id that is not
-    downloaded): routing then still works, on the measured seconds the user gave at training time.
+    ``fallback_seconds``: the seconds a router was trained with, by generator name (rule step 3). ``bases``: the
+    catalog entry of each generator whose run settings differ from it (see :func:`generator_cost`).
 
     A generator with no cost at all raises the ConfigError that says which cost to give, unless
     ``unknown_ok(gen)`` is true (it will not be routed to, e.g. it still needs calibration): it then gets a cost of
@@ -227,24 +284,72 @@ def catalog_costs(gens: Iterable[Generator], device: DeviceInfo, use_measured: b
     out: dict[str, Cost] = {}
     for g in gens:
         try:
-            out[g.name] = generator_cost(g, device, use_measured=use_measured, batch=batch)
+            out[g.name] = generator_cost(g, device, use_measured=use_measured, batch=batch,
+                                         router_seconds=(fallback_seconds or {}).get(g.name),
+                                         base=(bases or {}).get(g.name))
         except ConfigError:
-            secs = (fallback_seconds or {}).get(g.name)
-            if secs is None or not secs > 0:
-                if unknown_ok is None or not unknown_ok(g):
-                    raise
-                out[g.name] = Cost(seconds=math.nan, tflops=math.nan, kind="unknown", load_seconds=0.0,
-                                   peak_memory_gb=None,
-                                   note=f"no cost known: family \"{g.family}\" has no FLOP estimate; give cost_seconds "
-                                        f"for [generators.{g.model}] in models.toml or run catimg bench")
-                continue
-            tflops = g.cost_tflops if g.cost_tflops is not None else 0.0
-            out[g.name] = Cost(seconds=float(secs), tflops=float(tflops), kind="measured", load_seconds=0.0,
+            if unknown_ok is None or not unknown_ok(g):
+                raise
+            out[g.name] = Cost(seconds=math.nan, tflops=math.nan, kind="unknown", load_seconds=0.0,
                                peak_memory_gb=None,
-                               note=f"seconds per image from the router's training measurements; no FLOP estimate "
-                                    f"for source \"{g.source}\" (family \"{g.family}\"), so TFLOPs are unknown "
-                                    f"(give cost_tflops in models.toml)")
+                               note=f"no cost known: family \"{g.family}\" has no FLOP estimate; give cost_seconds "
+                                    f"for [generators.{g.model}] in models.toml or run catimg bench")
     return out
+
+
+def routing_costs(gens: Iterable[Generator], device: DeviceInfo, router: Any = None,
+                  run_as: Callable[[Generator], Generator] | None = None,
+                  unknown_ok: Callable[[Generator], bool] | None = None, batch: int = 1) -> dict[str, Cost]:
+    """The costs that route ``gens`` (catalog entries) on ``device``: what explain, gen, plan, models and eval use.
+
+    ``router``: its trained-with seconds count for the generators it knows with unchanged settings (rule step 3).
+    ``run_as`` maps a catalog entry to the settings the run uses (gen's --width/--height/--dtype).
+    """
+    gens = list(gens)
+    trained: dict[str, float] = {}
+    if router is not None:
+        trained = {g.name: s for g in gens if router.knows(g) and (s := router.trained_seconds(g)) is not None}
+    runs = [run_as(g) if run_as else g for g in gens]
+    bases = {g.name: g for g, r in zip(gens, runs, strict=True) if r is not g}
+    return catalog_costs(runs, device, fallback_seconds=trained, unknown_ok=unknown_ok, batch=batch, bases=bases)
+
+
+def router_generator_costs(router: Any, catalog: Any, device: DeviceInfo) -> tuple[dict[str, Cost] | None, str]:
+    """The routing costs (the one rule) of every generator of ``router``, for ``catimg eval``; or (None, why not).
+
+    Every router generator must be in ``catalog`` with the settings it was trained on (else its cost on this device
+    is unknown, and eval keeps the router's own training costs for all of them: one unit on one axis).
+    """
+    gens = []
+    for name in router.generators:
+        g = next((x for x in catalog.generators if x.name == name), None)
+        if g is None or not router.knows(g):
+            why = router.mismatch(g) if g is not None else f"{name}: not in {catalog.path}"
+            return None, f"costs are the router's training costs ({router.cost_unit}): {why}"
+        gens.append(g)
+    try:
+        costs = routing_costs(gens, device, router=router)
+    except ConfigError as exc:
+        return None, f"costs are the router's training costs ({router.cost_unit}): {exc.message}"
+    return costs, f"costs are seconds per image on {device.name}, as explain and gen route by them"
+
+
+def estimate_notice(costs: dict[str, Cost], names: Iterable[str] | None = None, repeats: int = 3,
+                    warmup: int = 1) -> str | None:
+    """One line for stderr when estimates drive routing: which generators, and how long `catimg bench` takes.
+
+    The bench time is the estimated load plus ``warmup + repeats`` images (bench's defaults) per generator.
+    """
+    wanted = set(names) if names is not None else set(costs)
+    est = {n: c for n, c in costs.items() if n in wanted and c.kind == "estimated"}
+    if not est:
+        return None
+    from catimg.durations import format_duration
+
+    secs = sum(c.load_seconds + (warmup + repeats) * c.seconds for c in est.values())
+    return (f"the costs of {', '.join(sorted(est))} are estimated from FLOPs, not measured on this device; "
+            f"`catimg bench` measures them (about {format_duration(secs)}: a load and {warmup + repeats} images "
+            "each), and gen runs measure what they make")
 
 
 def with_note(cost: Cost, note: str) -> Cost:
@@ -253,5 +358,6 @@ def with_note(cost: Cost, note: str) -> Cost:
 
 __all__ = [
     "Cost", "Throughput", "DEVICE_THROUGHPUT", "device_throughput", "generator_cost", "catalog_costs",
+    "routing_costs", "estimate_notice", "COST_SOURCES",
     "estimated_seconds", "device_class", "dtype_bytes",
 ]

@@ -205,11 +205,13 @@ def evaluate_predictions(
     )
 
 
-def evaluate_router(router: Any, measurements: Any, metric: str | None = None, encoder: Any = None) -> EvalReport:
+def evaluate_router(router: Any, measurements: Any, metric: str | None = None, encoder: Any = None,
+                    costs: dict[str, float] | None = None, cost_unit: str | None = None) -> EvalReport:
     """Evaluate a loaded router on held-out measurements (a path or a MeasurementTable).
 
-    Only prompts measured on every router generator present in the file count; costs are the router's own
-    (those used in training, in its cost unit). Generators of the file the router does not know are left out
+    Only prompts measured on every router generator present in the file count; costs are ``costs`` (seconds per
+    image by generator name, in ``cost_unit``: what routing uses on this device) or else the router's own (those
+    used in training, in its cost unit). Generators of the file the router does not know are left out
     and listed in ``report.ignored`` (the CLI warns about them).
     """
     from catimg.errors import MeasurementsError
@@ -247,9 +249,12 @@ def evaluate_router(router: Any, measurements: Any, metric: str | None = None, e
     emb = encoder.encode(sub.prompts)
     mean, _ = router.predict(emb)
     idx = [router.generators.index(g) for g in cols]
-    costs = np.array([router.costs[g] for g in cols])
+    # ``costs`` (by name): the costs routing uses on this device (catimg.cost.routing_costs, the CLI passes them);
+    # None: the router's own training costs
+    cvec = np.array([(costs or router.costs)[g] for g in cols])
     report = evaluate_predictions(
-        mean[:, idx], sub.Y, costs, router.scale, cols, metric=router.metric, cost_unit=router.cost_unit,
+        mean[:, idx], sub.Y, cvec, router.scale, cols, metric=router.metric,
+        cost_unit=cost_unit or router.cost_unit,
         levels=router.levels, name=f"router ({router.predictor_name})", n_dropped=n_dropped,
     )
     report.ignored = ignored

@@ -10,6 +10,7 @@ import numpy as np
 
 from catimg.budget import Budget, solve_total
 from catimg.config import Catalog, Generator
+from catimg.cost import COST_SOURCES
 from catimg.errors import InputError, RouterError
 from catimg.rule import choose
 
@@ -46,6 +47,7 @@ class GeneratorRow:
             "cost_seconds": self.cost_seconds,
             "cost_tflops": self.cost_tflops,
             "cost_kind": self.cost_kind,
+            "cost_source": COST_SOURCES.get(self.cost_kind, self.cost_kind),  # where cost_seconds comes from
             "value": self.value,
             "status": self.status,
         }
@@ -168,7 +170,7 @@ def route_prompts(
     ``batch`` is the images per pipeline call: costs (and so routing, plans and summaries) follow them, while the
     router still recognises each generator by its catalog settings.
     """
-    from catimg.cost import catalog_costs
+    from catimg.cost import routing_costs
     from catimg.encoder import default_encoder
 
     if not prompts:
@@ -192,8 +194,8 @@ def route_prompts(
     if costs is None:
         # a generator that will not be routed to may lack a cost; one that can be chosen may not
         knowable = {g.name for g in gens if g.enabled and router.knows(g)}
-        costs = catalog_costs([run_as(g) if run_as else g for g in gens], device,
-                              fallback_seconds=router.fallback_seconds(gens),
+        # the one cost rule (catimg.cost): explicit > measured here > the router's trained-with seconds > estimate
+        costs = routing_costs(gens, device, router=router if use_router else None, run_as=run_as,
                               unknown_ok=lambda g: forced_gen is not None or g.name not in knowable, batch=batch)
 
     statuses: dict[str, str] = {}

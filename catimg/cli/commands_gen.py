@@ -176,6 +176,11 @@ def gen(
             notes = ["a real run stops before loading anything: the weights are missing (see the error below)"]
 
         notes = [*locked, *repaired, *notes]
+        from catimg.cli.commands_routing import cost_notice, print_warnings
+
+        # once: that estimates drive this routing (stderr; with --json a note in the document instead)
+        print_warnings(result, notice=not as_json)
+        notes += [n for n in [cost_notice(result)] if n and as_json]
         from catimg.generate import RunOptions, plan_from_routing, run_plan
 
         plan = plan_from_routing(result, seed=seed, images_per_prompt=images_per_prompt, negative=negative,
@@ -345,6 +350,7 @@ def _render_plan(con: Console, result: RoutingResult, plan: list[PlanItem], out:
     t.add_column("model")
     t.add_column("images", justify="right")
     t.add_column("predicted", justify="right")
+    t.add_column("cost from")  # the one cost rule (catimg.cost): explicit, measured, router data or estimated
     t.add_column("mean q̂", justify="right")
     per_gen: dict[str, list[PlanItem]] = {}
     for it in plan:
@@ -352,7 +358,7 @@ def _render_plan(con: Console, result: RoutingResult, plan: list[PlanItem], out:
     for name, its in per_gen.items():
         qs = [i.predicted_quality for i in its if i.predicted_quality is not None]
         t.add_row(name, its[0].generator.model, str(len(its)),
-                  fmt_seconds(sum(i.predicted_seconds or 0.0 for i in its)),
+                  fmt_seconds(sum(i.predicted_seconds or 0.0 for i in its)), result.costs[name].source,
                   f"{sum(qs) / len(qs):.3f}" if qs else "-")
     con.print(t)
     del shares

@@ -76,9 +76,10 @@ def explain(
     catalog, rt, found = describe_setup(models, router, device)  # no torch where the device is known without it
     dev = found.info
     result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator, neighbours=neighbours)
-    print_warnings()
+    print_warnings(result, notice=not as_json)
     if as_json:
         doc = result.to_dict()
+        doc["notes"] = [n for n in [cost_notice(result)] if n]  # stdout holds only the JSON document
         doc["catalog"] = str(catalog.path)
         doc["router"] = str(rt.path)
         print_json(doc)
@@ -103,13 +104,24 @@ def render_header(con: Console, result: RoutingResult, catalog: str, router: str
     con.print(f"catalog: {catalog}   router: {router}   metric: {result.metric} [{result.scale[0]:g}..{result.scale[1]:g}]")
 
 
-def print_warnings() -> None:
-    """Warnings the core queued (a corrupt bench cache that was discarded): one yellow line each, on stderr."""
+def print_warnings(result: RoutingResult | None = None, notice: bool = True) -> None:
+    """Warnings the core queued (a corrupt bench cache that was discarded): one yellow line each, on stderr; with
+    ``result`` and ``notice``, also the one note that estimates drive its routing (:func:`cost_notice`)."""
     from catimg.bench import pop_warnings
     from catimg.cli.render import error_console
 
     for w in pop_warnings():
         error_console().print(label("warning:", "yellow", w), highlight=False)
+    line = cost_notice(result) if result is not None and notice else None
+    if line:
+        error_console().print(label("note:", "yellow", line), highlight=False)
+
+
+def cost_notice(result: RoutingResult) -> str | None:
+    """The one line saying that estimates, not measurements, drive this routing, and what `catimg bench` costs."""
+    from catimg.cost import estimate_notice
+
+    return estimate_notice(result.costs, [n for n, st in result.statuses.items() if st in ("routable", "forced")])
 
 
 def render_cost_notes(con: Console, result: RoutingResult) -> None:
@@ -126,10 +138,13 @@ def _q(v: float | None, u: float | None = None) -> str:
 
 
 def render_route(con: Console, result: RoutingResult, route: PromptRoute) -> None:
+    from catimg.cost import COST_SOURCES
+
     t = Table(title=f"[{route.index + 1}] {route.prompt}", title_justify="left", show_edge=False, pad_edge=False)
     t.add_column("generator")
     t.add_column("predicted quality", justify="right")
     t.add_column("seconds", justify="right")
+    t.add_column("cost from")  # the one cost rule: explicit, measured, router data or estimated (catimg.cost)
     t.add_column("TFLOPs", justify="right")
     t.add_column("value", justify="right")
     t.add_column("status")
@@ -138,7 +153,8 @@ def render_route(con: Console, result: RoutingResult, route: PromptRoute) -> Non
         t.add_row(
             mark + r.name,
             _q(r.predicted_quality, r.uncertainty),
-            fmt_seconds(r.cost_seconds) + ("" if r.cost_kind == "measured" else "*" if r.cost_kind == "estimated" else ""),
+            fmt_seconds(r.cost_seconds),
+            COST_SOURCES.get(r.cost_kind, r.cost_kind),
             fmt_tflops(r.cost_tflops),
             "-" if r.value is None else f"{r.value:+.3f}",
             r.status,
@@ -158,7 +174,7 @@ def render_route(con: Console, result: RoutingResult, route: PromptRoute) -> Non
         lines.append(f"most similar training prompts: {sims}")
     for line in lines:
         con.print("  " + line, highlight=False)
-    con.print("  * estimated cost (run `catimg bench` to measure)" if any(r.cost_kind == "estimated" for r in route.rows) else "")
+    con.print("")
 
 
 def render_compact(con: Console, result: RoutingResult) -> None:
@@ -186,12 +202,13 @@ def render_summary(con: Console, result: RoutingResult) -> None:
     t.add_column("prompts", justify="right")
     t.add_column("share", justify="right")
     t.add_column("seconds", justify="right")
+    t.add_column("cost from")
     t.add_column("mean predicted quality", justify="right")
     for name, count in sorted(result.shares().items(), key=lambda kv: -kv[1]):
         rows = [rt.row(name) for rt in result.routes if rt.choice == name]
         qs = [r.predicted_quality for r in rows if r.predicted_quality is not None]
         t.add_row(name, str(count), f"{100 * count / n:.0f}%", fmt_seconds(sum(r.cost_seconds for r in rows)),
-                  _q(sum(qs) / len(qs)) if qs else "-")
+                  result.costs[name].source, _q(sum(qs) / len(qs)) if qs else "-")
     con.print(t)
     total = result.planned_seconds + result.planned_load_seconds
     line = f"planned: {fmt_seconds(total)} ({fmt_seconds(result.planned_seconds)} generating + {fmt_seconds(result.planned_load_seconds)} loading)"
@@ -223,12 +240,11 @@ def models(
 
       catimg models --models my-models.toml --router my-router --json
     """
-    from catimg.cost import catalog_costs
+    from catimg.cost import routing_costs
 
     catalog, rt, found = describe_setup(models, router, device, refresh_device)
     dev = found.info
-    costs = catalog_costs(list(catalog.generators), dev, fallback_seconds=rt.fallback_seconds(catalog.generators),
-                          unknown_ok=lambda g: True)
+    costs = routing_costs(catalog.generators, dev, router=rt, unknown_ok=lambda g: True)  # the one cost rule
     print_warnings()
     rows = []
     statuses: dict[str, str] = {}
@@ -246,7 +262,7 @@ def models(
         rows.append({
             "name": g.name, "source": g.source, "family": g.family, "steps": g.steps, "guidance": g.guidance,
             "width": g.width, "height": g.height, "scheduler": g.scheduler, "enabled": g.enabled,
-            "cost_seconds": c.seconds, "cost_tflops": c.tflops, "cost_kind": c.kind, "feasible": c.feasible,
+            "cost_seconds": c.seconds, "cost_tflops": c.tflops, "cost_kind": c.kind, "cost_source": c.source, "feasible": c.feasible,
             "offload": c.offload, "cost_note": c.note, "weights_local": local[g.name], "router": status,
             "note": g.note,
         })

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from catimg.cli import app
-from catimg.cli.common import JSON_OPT, MODELS_OPT
+from catimg.cli.common import DEVICE_OPT, JSON_OPT, MODELS_OPT
 from catimg.errors import InputError, MeasurementsError
 
 
@@ -167,6 +167,23 @@ def _summary_table(summaries: list[dict[str, Any]], single: list[dict[str, Any]]
     return t
 
 
+def _eval_costs(rt: Any, models: Path | None, device: str | None) -> tuple[Any, str]:
+    """(costs by generator, note): the costs explain and gen would route by here (catimg.cost's one rule), or None
+    (with why) when the catalog does not hold every router generator with its trained settings."""
+    from catimg.config import load_catalog
+    from catimg.cost import router_generator_costs
+    from catimg.device import detect_device
+    from catimg.errors import ConfigError
+
+    try:
+        catalog = load_catalog(models)
+    except ConfigError as exc:
+        if models is not None:
+            raise
+        return None, f"costs are the router's training costs ({rt.cost_unit}): no usable catalog ({exc.message})"
+    return router_generator_costs(rt, catalog, detect_device(device))
+
+
 @app.command(name="eval")
 def eval_(
     router: Path = typer.Option(None, "--router", "-r", help="Router artifact folder (default: the bundled router).", show_default=False),
@@ -175,6 +192,8 @@ def eval_(
     holdout: float = typer.Option(None, "--holdout", help="Evaluate only on this held-out share (the same stable split as `train --holdout`).", show_default=False),
     metric: str = typer.Option(None, "--metric", help="Use only rows of this metric (default: the router's metric when the file has it).", show_default=False),
     plot: Path = typer.Option(None, "--plot", help="Also draw the quality-cost curves to this PNG (needs matplotlib: pip install 'catimg\\[plot]').", show_default=False),
+    models: Path | None = MODELS_OPT,
+    device: str | None = DEVICE_OPT,
     json_out: bool = JSON_OPT,
 ) -> None:
     """Evaluate a router on held-out measurements: quality-cost curve against single generators, oracle, random.
@@ -198,7 +217,9 @@ def eval_(
             from catimg.measurements import split_holdout
 
             _, source = split_holdout(source, holdout)
-    report = evaluate_router(rt, source, metric=metric)
+    costs, costs_note = _eval_costs(rt, models, device)  # the one cost rule, as explain and gen route
+    report = evaluate_router(rt, source, metric=metric, costs=None if costs is None else {n: c.seconds for n, c in costs.items()},
+                             cost_unit=None if costs is None else "seconds")
     if report.ignored:
         from catimg.cli.render import error_console, label
         from catimg.errors import did_you_mean
@@ -219,18 +240,21 @@ def eval_(
 
         plot_report(report, plot)
     if json_out:
-        print_json(report.to_json())
+        print_json({**report.to_json(), "costs_note": costs_note,
+                    "cost_sources": {n: c.source for n, c in costs.items()} if costs else None})
         return
     from rich.table import Table
 
     con = console()
     con.print(f"Router {rt.path} ({rt.predictor_name}) on {report.n_prompts} held-out prompts of {measurements or db}"
               + (f" ({report.n_dropped} dropped: not measured on every generator)" if report.n_dropped else ""))
+    con.print(costs_note)
     st = Table(title=f"Single generators ({report.metric})", title_justify="left")
-    for col in ("generator", f"cost ({report.cost_unit})", "mean quality"):
-        st.add_column(col, justify="right" if col != "generator" else "left")
+    for col in ("generator", f"cost ({report.cost_unit})", "cost from", "mean quality"):
+        st.add_column(col, justify="right" if col not in ("generator", "cost from") else "left")
     for s in report.single:
-        st.add_row(s["name"] + (" (best)" if s["name"] == report.best_single else ""), f"{s['cost']:.4g}", f"{s['quality']:.3f}")
+        st.add_row(s["name"] + (" (best)" if s["name"] == report.best_single else ""), f"{s['cost']:.4g}",
+                   costs[s["name"]].source if costs else "router training", f"{s['quality']:.3f}")
     con.print(st)
     con.print(_summary_table([s.__dict__ for s in report.summaries], report.single, report.best_single,
                              report.cost_unit, "Routing"))

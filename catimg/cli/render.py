@@ -71,15 +71,10 @@ def _default(o: Any) -> Any:
 
 
 def fmt_seconds(s: float | None) -> str:
-    if s is None or s != s:  # None or NaN: unknown
-        return "-"
-    if s < 1:
-        return f"{s * 1000:.0f} ms"
-    if s < 120:
-        return f"{s:.1f} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
+    """The one duration format (catimg.durations): ``-`` for None or NaN (unknown)."""
+    from catimg.durations import format_duration
+
+    return format_duration(s)
 
 
 def fmt_tflops(t: float | None) -> str:

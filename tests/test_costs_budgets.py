@@ -1,0 +1,99 @@
+"""Issue 10, items 8, 9, 10 and 12: one cost rule (explain, gen and eval agree and say where each cost comes from),
+spend against a total budget fed back into the cost cache, budget messages that lead somewhere, prompts longer than
+the generator's text encoder. Real CLI (``harness.run_cli``), real tiny pipelines, real router training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import tiny
+from harness import run_cli
+
+# seconds per image the router is trained with (the measurements' seconds column)
+TRAINED = {"sd@2": (0.6, 0.3, 0.04), "sd@4": (0.62, 0.5, 0.08)}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path) -> dict[str, Path]:
+    """models.toml with sd@2/sd@4 (tiny SD folder) and a router trained on measurements with seconds."""
+    root = tmp_path_factory.mktemp("costs")
+    models = root / "models.toml"
+    models.write_text(f'[generators.sd]\nsource = "{tiny_sd_dir}"\nsteps = [2, 4]\nguidance = 2.0\n'
+                      'width = 64\nheight = 64\n')
+    m = tiny.write_measurements(root / "m.csv", TRAINED)
+    code, out, err = run_cli("train", "--measurements", m, "--models", models, "--out", root / "router")
+    assert code == 0, err
+    return {"root": root, "models": models, "router": root / "router", "measurements": m}
+
+
+def _explain(s: dict[str, Path], *extra: str) -> tuple[dict, str]:
+    code, out, err = run_cli("explain", "a cat in the park", "--models", s["models"], "--router", s["router"],
+                             "--device", "cpu", "--json", *extra)
+    assert code == 0, err
+    return json.loads(out), err
+
+
+def _eval_costs(s: dict[str, Path]) -> dict[str, tuple[float, str]]:
+    code, out, err = run_cli("eval", "--router", s["router"], "--measurements", s["measurements"], "--models",
+                             s["models"], "--device", "cpu", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["cost_unit"] == "seconds"
+    return {g["name"]: (g["cost"], doc["cost_sources"][g["name"]]) for g in doc["single"]}
+
+
+def test_item8_one_cost_rule_explain_and_eval_agree_and_name_the_source(trained: dict[str, Path]) -> None:
+    # no bench yet: the router's trained-with seconds route (not a FLOP estimate), in explain and in eval alike
+    doc, _ = _explain(trained)
+    costs = {n: (c["seconds"], c["source"]) for n, c in doc["costs"].items()}
+    assert costs == {"sd@2": (pytest.approx(0.04), "router data"), "sd@4": (pytest.approx(0.08), "router data")}
+    assert doc["notes"] == []  # nothing is estimated, so no bench notice
+    rows = {r["name"]: r for r in doc["prompts"][0]["generators"]}
+    assert rows["sd@2"]["cost_source"] == "router data" and rows["sd@2"]["cost_seconds"] == pytest.approx(0.04)
+    assert _eval_costs(trained) == costs
+
+    # a measurement on this device (what `catimg bench` and gen runs write) outranks the router's seconds
+    from catimg.bench import BenchResult, model_hash, save_results
+    from catimg.config import load_catalog
+    from catimg.device import cpu_device, device_class
+
+    g = load_catalog(trained["models"]).get("sd@2")
+    save_results([BenchResult(generator=g.name, settings_hash=g.settings_hash(), model_hash=model_hash(g),
+                              device_class=device_class(cpu_device()), dtype="fp32", load_seconds=0.3, step_seconds=0.01,
+                              fixed_seconds=0.02, peak_memory_gb=None, steps_run=3, repeats=3, warmup=1,
+                              measured_at="2026-12-02T08:00:00+00:00")], cpu_device())
+    doc, _ = _explain(trained)
+    measured = {n: (c["seconds"], c["source"]) for n, c in doc["costs"].items()}
+    # sd@4 shares sd@2's weights: the per-step time of the measurement carries over to 4 steps
+    assert measured == {"sd@2": (pytest.approx(0.04), "measured"), "sd@4": (pytest.approx(0.06), "measured")}
+    assert _eval_costs(trained) == measured
+
+    # the text tables name the source too
+    code, out, _ = run_cli("explain", "a cat", "--models", trained["models"], "--router", trained["router"],
+                           "--device", "cpu")
+    assert code == 0 and "cost from" in out and "measured" in out
+
+
+def test_item8_estimates_drive_routing_say_so_once_and_explicit_cost_follows_the_size(
+        tmp_path: Path, tiny_sd_dir: Path) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text(f'[generators.sd]\nsource = "{tiny_sd_dir}"\nsteps = 2\nguidance = 2.0\nwidth = 64\nheight = 64\n'
+                      f'[generators.fixed]\nsource = "{tiny_sd_dir}"\nsteps = 3\nguidance = 2.0\nwidth = 64\n'
+                      'height = 64\ncost_seconds = 2.0\n')
+    code, out, err = run_cli("gen", "a cat", "--models", models, "--generator", "sd", "--dry-run", "--device", "cpu",
+                             "--out", tmp_path / "o")
+    assert code == 0, err
+    notices = [line for line in err.splitlines() if "catimg bench" in line]
+    assert len(notices) == 1 and "sd" in notices[0] and "estimated" in notices[0]  # once, on stderr
+    assert "estimated" in out and "cost from" in out
+    # an explicit cost_seconds is for the catalog's size: a run at another size rescales it by the FLOP ratio
+    code, out, err = run_cli("gen", "a cat", "--models", models, "--generator", "fixed", "--dry-run", "--json",
+                             "--device", "cpu", "--out", tmp_path / "o", "--width", "128", "--height", "128")
+    assert code == 0, err
+    cost = json.loads(out)["routing"]["costs"]["fixed"]
+    assert cost["source"] == "explicit" and cost["seconds"] > 2.0 * 3 and "scaled by FLOPs to 128x128" in cost["note"]
+    code, out, err = run_cli("gen", "a cat", "--models", models, "--generator", "fixed", "--dry-run", "--json",
+                             "--device", "cpu", "--out", tmp_path / "o")
+    assert json.loads(out)["routing"]["costs"]["fixed"]["seconds"] == 2.0
