@@ -8,6 +8,13 @@ Incremental and resumable: work already in the store for a generator's *settings
 is skipped, so a re-run after Ctrl-C continues where it stopped, a generator added to ``models.toml`` is the
 only one measured, and a changed generator (steps, scheduler, size, source …) is measured anew while its old
 measurements stay. Nothing here prints: progress goes to ``on_event(kind, data)``.
+
+Learning from use: :class:`RunScoring` does the same for the images of a ``catimg gen --score`` run. It listens to
+the run's ``image`` events, scores each image made and records it (source ``gen``) through the same
+:func:`record_image` that the campaign uses, keyed by the settings hash of the generator that made it; a scoring
+failure stops the scoring (never the run) and is kept in :attr:`RunScoring.error`. :meth:`RunScoring.backlog`
+scores the images of an output folder's manifest that the store does not have yet (``gen --resume --score``).
+:func:`store_card` counts the store rows a router is trained on by source, for its data card.
 """
 
 from __future__ import annotations
@@ -273,13 +280,8 @@ def run_campaign(
                 res.failed.append((it.generator.name, it.prompt, it.seed, rec.error or "failed"))
                 emit("failed", {"generator": it.generator.name, "prompt": it.prompt, "seed": it.seed, "error": rec.error})
                 return
-            from PIL import Image
-
-            with Image.open(rec.file) as im:
-                im.load()
-                value = scorer.score([im], [it.prompt])[0]
-            store.record(it.prompt, hashes[it.generator.name], it.seed, {plan.metric: value}, seconds=rec.seconds,
-                         path=rec.file, device=dclass, source="calibrate", scorer=scorer.model_id)
+            value = record_image(store, scorer, plan.metric, hashes[it.generator.name], it.prompt, it.seed, rec.file,
+                                 rec.seconds, dclass, "calibrate")
             res.recorded += 1
             name = it.generator.name
             res.seconds_by_generator[name] = res.seconds_by_generator.get(name, 0.0) + rec.seconds
@@ -301,3 +303,159 @@ def run_campaign(
         res.interrupted = True
     res.wall_seconds = time.perf_counter() - t0
     return res
+
+
+# --- one writer of scored images ---------------------------------------------------------------------------
+
+#: Sources of store rows measured on this machine by catimg itself (the rest were imported).
+OWN_SOURCES = ("gen", "calibrate")
+_MADE = ("ok", "retried", "fallback")
+
+
+def record_image(store: Store, scorer: Scorer, metric: str, generator_hash: str, prompt: str, seed: int,
+                 file: str | Path, seconds: float | None, device: str | None, source: str) -> float:
+    """Score the image in ``file`` against ``prompt`` and record it (one transaction); returns the score."""
+    from PIL import Image
+
+    with Image.open(file) as im:
+        im.load()
+        value = scorer.score([im], [prompt])[0]
+    store.record(prompt, generator_hash, seed, {metric: value}, seconds=seconds, path=file, device=device,
+                 source=source, scorer=scorer.model_id)
+    return value
+
+
+@dataclass(frozen=True)
+class ScoredImage:
+    """One image a run scored and recorded."""
+
+    generator: str
+    settings_hash: str
+    prompt: str
+    seed: int
+    score: float
+    seconds: float | None
+    file: Path
+
+
+class RunScoring:
+    """Score the images a ``gen`` run makes and record them in the store (source ``gen``).
+
+    Pass :meth:`wrap` of the run's event callback to the engine: every ``image`` event of an image made (ok,
+    retried or fallback) is scored with ``scorer`` and recorded under the settings hash of the generator that made
+    it. A failure (an unreadable image, the scorer or the store failing) stops the scoring, not the run: the images
+    stay on disk and in the manifest, :attr:`error` holds what went wrong and :attr:`unscored` counts the images
+    made after it (``gen --resume --score`` scores them later, see :meth:`backlog`).
+    """
+
+    def __init__(self, store: Store, scorer: Scorer, device_class: str | None, source: str = "gen") -> None:
+        self.store = store
+        self.scorer = scorer
+        self.metric = scorer.metric
+        self.device_class = device_class
+        self.source = source
+        self.scored: list[ScoredImage] = []
+        self.from_backlog = 0  # images of earlier runs scored by backlog()
+        self.unscored = 0
+        self.error: BaseException | None = None
+        self._hashes: dict[str, str] = {}  # settings hash -> registered
+
+    def wrap(self, on_event: Event) -> Event:
+        """``on_event`` followed by the scoring of each image made."""
+
+        def events(kind: str, data: dict[str, Any]) -> None:
+            on_event(kind, data)
+            if kind == "image":
+                rec = data["record"]
+                if rec.status in _MADE and rec.file is not None:
+                    self.score(rec.generator, rec.item.prompt, rec.item.seed, Path(rec.file), rec.seconds)
+
+        return events
+
+    def score(self, gen: Generator, prompt: str, seed: int, file: Path, seconds: float | None,
+              device: str | None = None) -> ScoredImage | None:
+        """Score and record one image (None once the scoring has stopped, or when it stops now)."""
+        if self.error is not None:
+            self.unscored += 1
+            return None
+        try:
+            h = self._register(gen)
+            value = record_image(self.store, self.scorer, self.metric, h, prompt, seed, file, seconds,
+                                 device or self.device_class, self.source)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - kept and reported in one line by the caller; the run goes on
+            self.error = exc
+            self.unscored += 1
+            return None
+        done = ScoredImage(gen.name, h, prompt, seed, value, seconds, file)
+        self.scored.append(done)
+        return done
+
+    def _register(self, gen: Generator) -> str:
+        h = gen.settings_hash()
+        if h not in self._hashes:
+            self.store.register_generator(gen)
+            self._hashes[h] = gen.name
+        return h
+
+    def backlog(self, out_dir: Path, records: Sequence[dict[str, Any]], generators: Sequence[Generator],
+                device_name: str | None = None) -> list[str]:
+        """Score the images of ``records`` (an output folder's manifest) that the store does not have yet.
+
+        ``generators``: the run's generators (routed ones and their fallbacks, with the run's settings); a record
+        whose settings are not among them is left alone (and counted in the note returned).
+        """
+        by_name = {g.name: g for g in generators}
+        todo: list[tuple[Generator, dict[str, Any]]] = []
+        other = 0
+        for rec in records:
+            if rec.get("status") not in _MADE or not rec.get("file"):
+                continue
+            gen, routed = by_name.get(str(rec.get("generator"))), by_name.get(str(rec.get("routed_generator")))
+            if gen is None or routed is None or routed.settings_hash() != rec.get("settings_hash"):
+                other += 1
+                continue
+            todo.append((gen, rec))
+        done = self.store.done(self.metric, {g.settings_hash() for g, _ in todo})
+        missing = 0
+        for gen, rec in todo:
+            if (gen.settings_hash(), rec["prompt"], int(rec["seed"])) in done:
+                continue
+            file = out_dir / str(rec["file"])
+            if not file.is_file():
+                missing += 1
+                continue
+            same_device = device_name is None or rec.get("device_name") == device_name
+            secs = rec.get("measured_seconds")
+            if self.score(gen, rec["prompt"], int(rec["seed"]), file, None if secs is None else float(secs),
+                          self.device_class if same_device else None) is not None:
+                self.from_backlog += 1
+        notes = []
+        if other:
+            notes.append(f"{other} image(s) of {out_dir} made with other generator settings were not scored")
+        if missing:
+            notes.append(f"{missing} image(s) of the manifest of {out_dir} are not on disk and were not scored")
+        return notes
+
+
+def store_card(store: Store, metric: str, generators: Sequence[Generator], prompts: Sequence[str]) -> dict[str, Any]:
+    """What a router trained on ``prompts`` of the store stands on, for its data card.
+
+    Rows (one per scored image) and prompts of ``metric`` for ``generators`` (their current settings), by source;
+    ``own_rows``/``own_prompts`` count those catimg measured on this machine (:data:`OWN_SOURCES`: ``gen --score``
+    and ``calibrate``), the rest were imported.
+    """
+    from catimg.measurements import prompt_key
+
+    keys = {prompt_key(p) for p in prompts}
+    rows = [m for m in store.measurements(metric, list(generators)) if prompt_key(m.prompt) in keys]
+    by_source: dict[str, int] = {}
+    for m in rows:
+        src = m.source or "unknown"
+        by_source[src] = by_source.get(src, 0) + 1
+    own = [m for m in rows if m.source in OWN_SOURCES]
+    return {
+        "path": str(store.path.resolve()), "metric": metric, "rows": len(rows), "rows_by_source": dict(sorted(by_source.items())),
+        "own_rows": len(own), "own_prompts": len({prompt_key(m.prompt) for m in own}),
+    }

@@ -13,7 +13,9 @@ campaign. Built in:
     fine-tuned on human preferences; its tokenizer and image processor come from the LAION CLIP-H repository.
 
 Checkpoints are Hub ids, read from the Hugging Face cache only (never downloaded here), or local folders. A
-missing checkpoint fails within a second with a :class:`~catimg.errors.WeightsMissingError` naming it.
+missing checkpoint fails within a second with a :class:`~catimg.errors.WeightsMissingError` naming it and the
+``hf download`` command that fetches it (:func:`check_scorer` checks without importing torch); a checkpoint that
+is there but cannot be loaded (cut-short or corrupt weights) raises the same error when the scorer is built.
 """
 
 from __future__ import annotations
@@ -123,6 +125,13 @@ def resolve_checkpoint(model: str, metric: str, *, need_weights: bool = True) ->
     return folder
 
 
+def refetch_hint(model: str) -> str:
+    """What to do about a checkpoint that is there but cannot be loaded."""
+    if _is_path(model):
+        return "pass --scorer-model with a complete CLIP folder (saved by save_pretrained)"
+    return f"fetch it again with `hf download {model} --force-download` where the Hub is reachable, or pass --scorer-model FOLDER"
+
+
 def hub_cache_dir() -> Path:
     """The Hugging Face hub cache, read from the environment now (HF_HUB_CACHE > HF_HOME/hub > default)."""
     env = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
@@ -200,10 +209,10 @@ class CLIPFamilyScorer(Scorer):
             self.model = CLIPModel.from_pretrained(str(folder), dtype=dtype).to(device).eval()  # type: ignore[arg-type]
             self.tokenizer = AutoTokenizer.from_pretrained(str(proc))
             self.processor = _image_processor(proc)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - OSError, ValueError, safetensors' SafetensorError (cut-short file) …
             raise WeightsMissingError(
-                f"{folder}: cannot load scorer checkpoint {model_id} for metric {name} ({first_line(exc)}); "
-                "pass --scorer-model with a complete CLIP folder"
+                f"{folder}: cannot load scorer checkpoint {model_id} for metric {name}, corrupt or incomplete "
+                f"({first_line(exc, limit=160)}); {refetch_hint(model_id)}"
             ) from exc
         self.max_length = int(getattr(self.model.config.text_config, "max_position_embeddings", 77))
 

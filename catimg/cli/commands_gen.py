@@ -33,6 +33,7 @@ from catimg.cli.common import (
     parse_budgets,
 )
 from catimg.cli.render import console, fmt_seconds, label, print_json
+from catimg.cli.scoring import finish_scoring, report_scoring, scored_events, scoring_doc
 from catimg.device import DTYPES
 from catimg.errors import ExitStatus, InputError, WeightsMissingError
 
@@ -88,6 +89,20 @@ def gen(
         show_default=False,
     ),
     workers: int | None = typer.Option(None, "--workers", help="With --engine ray: workers (default: one per GPU, else per CPU).", show_default=False),
+    score: bool = typer.Option(
+        False, "--score",
+        help="Score every image made (CLIPScore or PickScore weights from the Hugging Face cache) and record it in "
+             "the measurement store that calibrate fills; `catimg train --db` then refreshes the router.",
+    ),
+    metric: str = typer.Option("clipscore", "--metric", help="With --score: the scorer (clipscore, pickscore)."),
+    scorer_model: str | None = typer.Option(
+        None, "--scorer-model", help="With --score: scorer checkpoint (Hub id in the HF cache or a local folder).",
+        show_default=False,
+    ),
+    db: Path | None = typer.Option(
+        None, "--db", help="With --score: the measurement database (default: the one `catimg calibrate` uses).",
+        show_default=False,
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Route each prompt to a generator, then generate and save the images.
@@ -130,6 +145,10 @@ def gen(
     out = out.expanduser()
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file, not a folder; pass a folder for the images")
+    if score:  # no scorer, or a store catimg cannot write: one line before any work (no torch)
+        from catimg.cli.scoring import check_scoring
+
+        check_scoring(metric, scorer_model, db)
     # a run that stops before its first image leaves no new, empty --out folder behind
     with removed_if_left_empty(out), ExitStack() as held:
         locked: list[str] = []
@@ -208,6 +227,12 @@ def gen(
             for n in notes:
                 con.print(label("note:", "yellow", n))
             _render_plan(con, result, plan, out, seed)
+        scoring = None
+        if score:  # the store opened, the scorer loaded (corrupt weights stop here), earlier images scored
+            from catimg.cli.scoring import start_scoring
+
+            say = (lambda n: None) if as_json else (lambda n: con.print(label("note:", "yellow", n)))
+            scoring = start_scoring(held, metric, scorer_model, db, dev, out, plan, resume, say)
         progress = _Progress(con, enabled=not as_json, total=len(plan))
         opts = RunOptions(
             out_dir=out, device=dev, dtype=dtype, allow_download=allow_download, batch_size=batch_size,
@@ -221,19 +246,20 @@ def gen(
 
                     events = progress.event if as_json else cli_events(progress.event, progress._line)
                     loads = {result.generator(n).model: c.load_seconds for n, c in result.costs.items()}
-                    res = run_plan_ray(plan, opts, events, address=ray_address, workers=workers, device=device,
-                                       load_seconds=loads)
+                    res = run_plan_ray(plan, opts, scored_events(scoring, events), address=ray_address,
+                                       workers=workers, device=device, load_seconds=loads)
                 else:
-                    res = run_plan(plan, opts, progress.event)
+                    res = run_plan(plan, opts, scored_events(scoring, progress.event))
         except KeyboardInterrupt:  # pragma: no cover - the executor catches it; belt and braces
             res = None
         resume_cmd = _resume_command(seed)
         if res is None or res.interrupted:
             if as_json:
                 print_json({**_plan_doc(result, plan, out, seed, notes), **(_run_doc(result, res) if res else {}),
-                            "interrupted": True, "resume_command": resume_cmd})
+                            "interrupted": True, "resume_command": resume_cmd, **scoring_doc(scoring)})
             elif res is not None:
                 _render_summary(con, result, res)
+                report_scoring(con, scoring)
             from catimg import interrupts
 
             interrupts.mark_reported()
@@ -242,9 +268,12 @@ def gen(
                             f"{resume_cmd}", soft_wrap=True)
             raise typer.Exit(ExitStatus.INTERRUPTED)
         if as_json:
-            print_json({**_plan_doc(result, plan, out, seed, notes), **_run_doc(result, res), "interrupted": False})
+            print_json({**_plan_doc(result, plan, out, seed, notes), **_run_doc(result, res), "interrupted": False,
+                        **scoring_doc(scoring)})
         else:
             _render_summary(con, result, res)
+            report_scoring(con, scoring)
+        finish_scoring(scoring, out, resume_cmd, as_json)
         if res.failed and not res.made:
             raise typer.Exit(ExitStatus.GENERATION)
 

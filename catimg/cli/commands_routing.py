@@ -82,10 +82,17 @@ def explain(
         doc["notes"] = [n for n in [cost_notice(result)] if n]  # stdout holds only the JSON document
         doc["catalog"] = str(catalog.path)
         doc["router"] = str(rt.path)
+        from catimg.cli.scoring import own_measurements
+
+        doc["own_measurements"] = own_measurements(rt.data_card)  # gen --score / calibrate rows it was trained on
         print_json(doc)
         return
     con = console()
     render_header(con, result, str(catalog.path), str(rt.path), found.note(REFRESH_HINT))
+    from catimg.cli.scoring import own_measurements_line
+
+    if (own := own_measurements_line(rt.data_card)) is not None:  # a router trained with --db
+        con.print(own, highlight=False, soft_wrap=True)
     render_cost_notes(con, result)
     show_detail = detail if detail is not None else len(texts) <= DETAIL_LIMIT
     if show_detail:

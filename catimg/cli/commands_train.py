@@ -84,7 +84,9 @@ def train(
         from catimg.measurements import split_holdout
 
         table, _ = split_holdout(table, holdout)
-    router = train_router(table, catalog, out, predictor=predictor, metric=metric, progress=_progress_line(json_out or table.n_prompts < PROGRESS_FROM))
+    extra = None if db is None else {"store": _store_card(db, table, catalog)}  # the user's own rows
+    router = train_router(table, catalog, out, predictor=predictor, metric=metric, data_card=extra,
+                          progress=_progress_line(json_out or table.n_prompts < PROGRESS_FROM))
     cfg = router.config
     from catimg.cli.render import error_console, label
 
@@ -121,6 +123,15 @@ def train(
 
 #: Training on this many prompts or more prints one line per stage on stderr (smaller runs take seconds).
 PROGRESS_FROM = 1000
+
+
+def _store_card(db: Path, table: Any, catalog: Any) -> dict[str, Any]:
+    """The data card's ``store`` entry: the store rows the router is trained on, by source (catimg.calibrate)."""
+    from catimg.calibrate import store_card
+    from catimg.store import Store
+
+    with Store.open(db, create=False) as store:
+        return store_card(store, table.metric, [catalog.get(g) for g in table.generators], table.prompts)
 
 
 def _check_out(out: Path, force: bool) -> None:
