@@ -15,10 +15,12 @@ The rule itself (``argmax_g ( q̂_g − λ · c_g )`` with q̂ and c normalised,
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from catimg.durations import format_duration
 from catimg.errors import InputError
 from catimg.rule import choose, normalise_cost
 
@@ -35,12 +37,15 @@ class Budget:
     seconds: float | None = None
 
     def describe(self) -> str:
-        return self.level if self.level is not None else f"{self.seconds:g}s per image"
+        return self.level if self.level is not None else f"{format_duration(self.seconds)} per image"
 
 
 def parse_duration(text: str, option: str = "--total-budget") -> float:
     """'90s', '10m', '1h30m', '2.5', '500ms' -> seconds. A bare number is seconds."""
     t = text.strip().lower()
+    example = "2.5s per image" if option == "--budget" else "90s or 10m"
+    if t[:1] == "-" and t[1:2].isdigit():  # -5, -5s: a duration, but not a positive one
+        raise InputError(f'{option} "{text}" must be positive: give a duration such as {example}')
     try:
         value = float(t)
     except ValueError:
@@ -52,7 +57,7 @@ def parse_duration(text: str, option: str = "--total-budget") -> float:
         h, mi, s, ms = (float(g) if g else 0.0 for g in m.groups())
         value = h * 3600 + mi * 60 + s + ms / 1000
     if not value > 0 or value != value or value == float("inf"):
-        raise InputError(f'{option} "{text}" must be a positive duration such as 90s or 10m')
+        raise InputError(f'{option} "{text}" must be positive: give a duration such as {example}')
     return value
 
 
@@ -63,8 +68,8 @@ def parse_budget(text: str | None) -> Budget:
     t = text.strip().lower()
     if t in LEVELS:
         return Budget(level=t)
-    if t and (t[0].isdigit() or t[0] == "."):
-        return Budget(seconds=parse_duration(t, "--budget"))
+    if t and (t[0].isdigit() or t[0] in ".-"):
+        return Budget(seconds=parse_duration(text, "--budget"))
     from catimg.errors import did_you_mean
 
     raise InputError(
@@ -93,13 +98,15 @@ def solve_total(
     models: list[str] | None = None,
     option: str = "--total-budget",
     reference: np.ndarray | None = None,
+    labels: Sequence[str] | None = None,
 ) -> tuple[float, np.ndarray]:
     """Find λ and a plan whose total predicted cost (images, plus loads when given) fits ``budget_seconds``.
 
     Bisection on λ (the plan's cost does not increase as λ grows), then a greedy fix-up that spends the slack on
     the single-prompt upgrades with the most predicted quality per extra second. λ is on the cost scale of
     :func:`catimg.rule.normalise_cost` over the ``reference`` columns (None: all); the plan does not depend on it.
-    Returns (λ, choice). Raises InputError when even the cheapest plan does not fit.
+    Returns (λ, choice). Raises InputError when even the cheapest plan does not fit (:func:`too_small`; ``labels``
+    names the columns in it).
     """
     cn = normalise_cost(cost, reference)
     n = qn.shape[0]
@@ -107,10 +114,7 @@ def solve_total(
     cheapest = choose(qn, cn, 1e9, allowed)
     min_cost = plan_cost(cheapest, cost, load, models)
     if min_cost > budget_seconds * (1 + 1e-9):
-        raise InputError(
-            f"{option} {_fmt(budget_seconds)} is below the cheapest plan for these {n} prompts "
-            f"({_fmt(min_cost)}); raise the budget or route fewer prompts"
-        )
+        raise InputError(too_small(option, budget_seconds, n, cost, allowed, cheapest, min_cost, labels))
     top = choose(qn, cn, 0.0, allowed)
     if plan_cost(top, cost, load, models) <= budget_seconds:
         return 0.0, top
@@ -162,9 +166,18 @@ def solve_total(
     return lam, choice
 
 
-def _fmt(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.1f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.2f}h"
+def too_small(option: str, budget_seconds: float, n: int, cost: np.ndarray, allowed: np.ndarray,
+              cheapest: np.ndarray, min_cost: float, labels: Sequence[str] | None = None) -> str:
+    """The message for a budget below the cheapest plan: what the cheapest generator costs on this device and the
+    smallest budget that works (rounded up, so that passing it works). ``labels``: a name per column."""
+    j = int(np.flatnonzero(allowed)[np.argmin(cost[allowed])])
+    name = labels[j] if labels is not None else "the cheapest generator"
+    if option == "--budget":  # per image: fewer prompts cannot help
+        return (f'--budget "{format_duration(budget_seconds / n)}" per image is below the cheapest generator on this '
+                f'device: {name} takes {format_duration(cost[j], round_up=True)} per image. The smallest per-image budget that '
+                f'works here is --budget "{format_duration(cost[j], round_up=True)}"; or use a level (low, medium, '
+                "high, max)")
+    used = sorted({labels[int(k)] for k in np.unique(cheapest)}) if labels is not None else [name]
+    return (f'--total-budget "{format_duration(budget_seconds)}" is below the cheapest plan for these {n} prompt(s): '
+            f"{format_duration(min_cost, round_up=True)} with {', '.join(used)} (loading included). Give at least "
+            f'--total-budget "{format_duration(min_cost, round_up=True)}", or route fewer prompts')

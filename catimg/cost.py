@@ -247,12 +247,14 @@ def _fit_memory(seconds: float, est: Any, dtype: str, weights_gb: float, peak: f
         return seconds, False, False, [
             f"needs {peak:.1f} GB; even its largest part ({largest:.1f} GB) exceeds {budget:.1f} GB "
             f"usable on {device.name}: cannot run here"]
+    from catimg.durations import format_duration
+
     # model CPU offload (diffusers enable_model_cpu_offload, as catimg.pipelines loads it): each component moves
     # to the GPU when it runs, so every image moves all the weights over the bus once
     extra = weights_gb / tp.bandwidth_gbs
     return seconds + extra, True, True, [
         f"needs {peak:.1f} GB > {budget:.1f} GB usable on {device.name}: planned with CPU offload "
-        f"(+{extra:.1f} s/image)"]
+        f"(+{format_duration(extra)} per image)"]
 
 
 def estimated_seconds(est: Any, tp: Throughput, tflops_override: float | None = None,

@@ -11,6 +11,7 @@ import numpy as np
 from catimg.budget import Budget, solve_total
 from catimg.config import Catalog, Generator
 from catimg.cost import COST_SOURCES
+from catimg.durations import format_duration
 from catimg.errors import InputError, RouterError
 from catimg.rule import choose
 
@@ -245,10 +246,11 @@ def route_prompts(
         choice = np.full(n, names.index(forced_gen.name))
         statuses[forced_gen.name] = FORCED
     elif total_budget is not None:
-        lam, choice = solve_total(qn, cost_s, total_budget, allowed, load_s, models, reference=allowed)
+        lam, choice = solve_total(qn, cost_s, total_budget, allowed, load_s, models, reference=allowed,
+                                  labels=names)
     elif budget.seconds is not None:
         lam, choice = solve_total(qn, cost_s, budget.seconds * n, allowed, None, None, option="--budget",
-                                  reference=allowed)
+                                  reference=allowed, labels=names)
     else:
         assert budget.level is not None
         lam = float(router.levels[budget.level])
@@ -319,7 +321,7 @@ def route_prompts(
         costs=costs,
         device=device,
         budget=(f"--generator {forced}" if forced_gen is not None else
-                f"{total_budget:g}s total" if total_budget is not None else budget.describe()),
+                f"{format_duration(total_budget)} total" if total_budget is not None else budget.describe()),
         lam=lam,
         total_budget_seconds=total_budget if total_budget is not None else (budget.seconds * n if budget.seconds else None),
         planned_seconds=planned,

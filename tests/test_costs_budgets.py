@@ -97,3 +97,41 @@ def test_item8_estimates_drive_routing_say_so_once_and_explicit_cost_follows_the
     code, out, err = run_cli("gen", "a cat", "--models", models, "--generator", "fixed", "--dry-run", "--json",
                              "--device", "cpu", "--out", tmp_path / "o")
     assert json.loads(out)["routing"]["costs"]["fixed"]["seconds"] == 2.0
+
+
+def test_item10_budget_messages_lead_somewhere(trained: dict[str, Path]) -> None:
+    import re
+
+    base = ("explain", "a cat", "a dog", "--models", trained["models"], "--router", trained["router"], "--device", "cpu")
+    # a per-image budget below the cheapest generator: its name and cost, and the smallest budget that works
+    code, out, err = run_cli(*base, "--budget", "10ms")
+    assert code == 2 and out == "" and "\n" not in err.strip()
+    assert "sd@2 takes 40 ms per image" in err and "route fewer prompts" not in err
+    smallest = re.search(r'--budget "([^"]+)"; or use a level', err)
+    assert smallest and smallest.group(1) == "40 ms"
+    code, out, err = run_cli(*base, "--budget", smallest.group(1), "--json")  # ... and it does work
+    assert code == 0, err
+    assert {p["choice"] for p in json.loads(out)["prompts"]} == {"sd@2"}
+    assert json.loads(out)["budget"] == "40 ms per image"  # the one duration format
+    # a total budget: the cheapest plan (loading included), and that fewer prompts would help
+    code, out, err = run_cli(*base, "--total-budget", "50ms")
+    assert code == 2 and "below the cheapest plan for these 2 prompt(s)" in err and "route fewer prompts" in err
+    total = re.search(r'--total-budget "([^"]+)", or route', err)
+    assert total is not None
+    code, out, err = run_cli(*base, "--total-budget", total.group(1), "--json")
+    assert code == 0, err
+    # a negative budget is not "not a duration": it must be positive (exit 2, a usage mistake)
+    for option, value in (("--budget", "-5"), ("--budget", "-5s"), ("--total-budget", "-5"), ("--budget", "0")):
+        code, out, err = run_cli(*base, option, value)
+        assert code == 2 and f'{option} "{value}" must be positive' in err, err
+
+
+def test_item10_one_duration_format_reads_back() -> None:
+    from catimg.budget import parse_duration
+    from catimg.durations import format_duration
+
+    for seconds in (0.0404, 0.5, 2.5, 105.46, 119.9, 3599.0, 7300.0, 123456.0):
+        shown = format_duration(seconds, round_up=True)
+        back = parse_duration(shown)
+        assert back >= seconds and back <= seconds * 1.06 + 0.001, (seconds, shown, back)
+    assert format_duration(None) == format_duration(float("nan")) == "-"
