@@ -219,8 +219,78 @@ def held_out_numbers(name: str, X: np.ndarray, Y: np.ndarray, costs: np.ndarray,
     return ref, heldout, warnings
 
 
-def _generator_entries(table: MeasurementTable, catalog: Catalog, cinfo: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def joint_out_of_fold(name: str, X: np.ndarray, joint: Any, set_index: int, folds: int = OOF_FOLDS, seed: int = 0,
+                      params: dict[str, Any] | None = None, only_set: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of set ``set_index`` measured on all of its generators, their out-of-fold predictions on the joint scale).
+
+    Each fold of that set's prompts is predicted by a model fitted on every other row of the joint table, except
+    rows of the same prompt in any set (a prompt two sets measured is held out from both). ``only_set`` fits on
+    the set's own rows only (the single-set reference)."""
+    from catimg.measurements import prompt_key
+
+    t = joint.table
+    own = np.flatnonzero(joint.row_set == set_index)
+    cols = [t.generators.index(g) for g, n in joint.sets[set_index].n_measured.items() if n]
+    full = own[~np.any(np.isnan(t.Y[np.ix_(own, cols)]), axis=1)]
+    keys = np.array([prompt_key(p) for p in t.prompts])
+    pool = own if only_set else np.arange(len(keys))
+    pred = np.full((len(full), len(t.generators)), np.nan)
+    perm = np.random.default_rng(seed).permutation(len(full))
+    for f in np.array_split(perm, min(folds, len(full))):
+        tr = pool[~np.isin(keys[pool], keys[full[f]])]
+        ytr = t.Y[tr]
+        usable = ~np.all(np.isnan(ytr), axis=0)
+        p = make_predictor(name, **(params or {})).fit(X[tr], ytr[:, usable])
+        pred[np.ix_(f, np.flatnonzero(usable))] = p.predict(X[full[f]])[0]
+    return full, pred
+
+
+def held_out_by_set(name: str, X: np.ndarray, joint: Any, costs: np.ndarray, unit: str, seed: int,
+                    params: dict[str, Any] | None) -> dict[str, Any]:
+    """Per set of a joint table: routing numbers of the joint predictor on that set's held-out prompts, in the set's
+    own units, among the set's own generators (see :func:`joint_out_of_fold`)."""
+    out: dict[str, Any] = {}
+    t = joint.table
+    for k, cal in enumerate(joint.sets):
+        gens = [g for g, n in cal.n_measured.items() if n]
+        cols = [t.generators.index(g) for g in gens]
+        rows, pred = joint_out_of_fold(name, X, joint, k, seed=seed, params=params)
+        if len(rows) < MIN_HOLDOUT:
+            out[cal.name] = {"note": f"too few prompts measured on all of its generators (< {MIN_HOLDOUT})"}
+            continue
+        rep = evaluate_predictions(cal.from_joint(pred[:, cols]), cal.from_joint(t.Y[np.ix_(rows, cols)]), costs[cols],
+                                   (cal.lo, cal.hi), gens, metric=cal.metric, cost_unit=unit, name=name)
+        out[cal.name] = {"metric": cal.metric, "scale": [cal.lo, cal.hi], "n_test": len(rows), "single": rep.single,
+                         "best_single": rep.best_single, "summaries": [sm.__dict__ for sm in rep.summaries],
+                         "split": f"{OOF_FOLDS}-fold cross-validation over this set's prompts (seed {seed}); each fold "
+                                  "predicted by the joint predictor fitted on every other row of every set"}
+    return out
+
+
+def joint_scale() -> tuple[float, float]:
+    from catimg.joint import JOINT_SCALE
+
+    return JOINT_SCALE
+
+
+def _joint_card(card: dict[str, Any], name: str, X: np.ndarray, joint: Any, costs: np.ndarray, unit: str, seed: int,
+                params: dict[str, Any] | None) -> list[str]:
+    """Fill the data card's joint sections (sets, per-set held-out numbers, comparisons); return warnings."""
+    from catimg.joint import JOINT_DESCRIPTION, compare_sets
+
+    card["metric_description"] = JOINT_DESCRIPTION
+    card["sets"] = [{"name": c.name, "metric": c.metric, "range": [c.lo, c.hi], "n_prompts": c.n_prompts,
+                     "n_measured": {g: n for g, n in c.n_measured.items() if n}} for c in joint.sets]
+    card["held_out_by_set"] = held_out_by_set(name, X, joint, costs, unit, seed, params)
+    pairs = compare_sets(joint)
+    card["set_comparisons"] = [p.to_json() for p in pairs]
+    return [f"the sets disagree on how two generators compare: {p.line()}" for p in pairs if p.disagree]
+
+
+def _generator_entries(table: MeasurementTable, catalog: Catalog, cinfo: dict[str, dict[str, Any]],
+                       joint: Any = None) -> list[dict[str, Any]]:
     counts = table.n_measured()
+    by_set = joint.n_measured_by_set() if joint is not None else {}
     gens = []
     for g in table.generators:
         gen = catalog.get(g)
@@ -228,6 +298,7 @@ def _generator_entries(table: MeasurementTable, catalog: Catalog, cinfo: dict[st
             "name": g, "settings_hash": gen.settings_hash(), "settings": gen.settings(), "source": gen.source,
             "cost": cinfo[g]["cost"], "cost_kind": cinfo[g]["cost_kind"], "cost_seconds": cinfo[g]["cost_seconds"],
             "cost_tflops": cinfo[g]["cost_tflops"], "n_measured": counts[g],
+            **({"n_measured_by_set": by_set.get(g, {})} if joint is not None else {}),
         })
     return gens
 
@@ -243,12 +314,17 @@ def train_router(
     data_card: dict[str, Any] | None = None,
     predictor_params: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
+    joint: Any = None,
 ) -> Router:
     """Fit a predictor on ``table`` and write a router artifact to ``out_dir``; return it loaded.
 
     Held-out numbers in the data card and the budget levels come from 5-fold cross-validation (out-of-fold
     predictions) on at most MAX_CV_PROMPTS prompts; the shipped predictor is fitted on all prompts. ``progress``
     gets one short line per stage. Warnings (one line each) are in ``router.data_card["warnings"]``.
+
+    ``joint`` (a :class:`catimg.joint.JointTable`, whose ``table`` is then ``table``) trains on several sets at once:
+    quality is on the joint scale, and the data card gets each set's calibration, held-out numbers per set and the
+    sets' comparisons of shared generator pairs.
     """
     from catimg.encoder import default_encoder
 
@@ -257,14 +333,14 @@ def train_router(
     if name not in PREDICTORS:
         raise MeasurementsError(f"--predictor \"{predictor}\" is unknown{did_you_mean(predictor, [*PREDICTORS, 'auto'])}; use one of auto, {', '.join(PREDICTORS)}")
     warnings = check_table(table, catalog)
-    metric = metric or table.metric
+    metric = table.metric if joint is not None else (metric or table.metric)
     enc = encoder or default_encoder()
     t0 = time.perf_counter()
     say(f"embedding {table.n_prompts} prompts")
     X = enc.encode(table.prompts).astype(np.float64)
     t_embed = time.perf_counter() - t0
     Y = table.Y
-    scale = metric_scale(metric, Y)
+    scale = metric_scale(metric, Y) if joint is None else joint_scale()
     unit, cinfo = generator_costs(table, catalog)
     costs = np.array([cinfo[g]["cost"] for g in table.generators])
 
@@ -279,6 +355,9 @@ def train_router(
 
     card = _data_card(table, data_card)
     card["held_out"] = heldout
+    if joint is not None:
+        say("cross-validating per set")
+        warnings += _joint_card(card, name, X, joint, costs, unit, seed, predictor_params)
     card["warnings"] = warnings
     card["training_seconds"] = {"embed": round(t_embed, 2), "fit": round(t_fit, 2),
                                 "total": round(time.perf_counter() - t0, 2)}
@@ -287,7 +366,7 @@ def train_router(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "encoder": {"id": enc.encoder_id, "dim": int(X.shape[1])},
-        "generators": _generator_entries(table, catalog, cinfo),
+        "generators": _generator_entries(table, catalog, cinfo, joint),
         "cost_unit": unit,
         "metric": {"name": metric, "scale": [scale[0], scale[1]], "higher_is_better": True},
         "budget": {
