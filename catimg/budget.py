@@ -97,18 +97,18 @@ def solve_total(
     load: np.ndarray | None = None,
     models: list[str] | None = None,
     option: str = "--total-budget",
-    reference: np.ndarray | None = None,
+    cn: np.ndarray | None = None,
     labels: Sequence[str] | None = None,
 ) -> tuple[float, np.ndarray]:
     """Find λ and a plan whose total predicted cost (images, plus loads when given) fits ``budget_seconds``.
 
     Bisection on λ (the plan's cost does not increase as λ grows), then a greedy fix-up that spends the slack on
-    the single-prompt upgrades with the most predicted quality per extra second. λ is on the cost scale of
-    :func:`catimg.rule.normalise_cost` over the ``reference`` columns (None: all); the plan does not depend on it.
+    the single-prompt upgrades with the most predicted quality per extra second. λ is a price on the normalised
+    costs ``cn`` (default: :func:`catimg.rule.normalise_cost` of ``cost``); the plan does not depend on their scale.
     Returns (λ, choice). Raises InputError when even the cheapest plan does not fit (:func:`too_small`; ``labels``
     names the columns in it).
     """
-    cn = normalise_cost(cost, reference)
+    cn = normalise_cost(cost) if cn is None else np.asarray(cn, float)
     n = qn.shape[0]
     lam_hi = 1.0
     cheapest = choose(qn, cn, 1e9, allowed)

@@ -1,4 +1,11 @@
-"""From prompts to one generator per prompt: predictions, costs and budget in, a routing decision (+ why) out."""
+"""From prompts to one generator per prompt: predictions, costs and budget in, a routing decision (+ why) out.
+
+:func:`route_prompts` runs five steps: each generator's status (disabled, needs calibration, does not fit,
+routable) -> the score matrix (predicted quality and cost per prompt and generator, normalised by
+:mod:`catimg.rule`) -> solve (a named level's λ, or a seconds budget via :mod:`catimg.budget`, or a forced
+generator) -> each prompt's rows, plus the explanation (runner-up, margin, switch points) only when asked ->
+the summary (planned seconds, best single generator). It never loads generator weights.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ from catimg.config import Catalog, Generator
 from catimg.cost import COST_SOURCES
 from catimg.durations import format_duration
 from catimg.errors import InputError, RouterError
-from catimg.rule import choose
+from catimg.rule import choose, normalise, runner_up, switch_points, values
 
 if TYPE_CHECKING:
     from catimg.cost import Cost
@@ -151,6 +158,45 @@ class RoutingResult:
         }
 
 
+@dataclass(frozen=True, eq=False)
+class ScoreMatrix:
+    """What the rule sees for one run, per prompt and generator (columns in catalog order)."""
+
+    names: tuple[str, ...]
+    models: tuple[str, ...]
+    q: np.ndarray  # (n, g) predicted quality in metric units; NaN where the router gives none
+    s: np.ndarray  # (n, g) its uncertainty
+    qn: np.ndarray  # (n, g) q normalised by catimg.rule
+    seconds: np.ndarray  # (g,) seconds per image on this device
+    tflops: np.ndarray  # (g,)
+    load: np.ndarray  # (g,) seconds to load each generator's pipeline
+    cn: np.ndarray  # (g,) seconds normalised by catimg.rule (over the generators the router knows)
+    allowed: np.ndarray  # (g,) bool: routable in this run
+    emb: np.ndarray | None  # (n, d) prompt embeddings; None when the router is not used
+
+
+@dataclass(frozen=True, eq=False)
+class Solution:
+    """One generator (column) per prompt, and the λ that chose them (None when a generator is forced)."""
+
+    lam: float | None
+    choice: np.ndarray  # (n,) int
+
+    @property
+    def forced(self) -> bool:
+        return self.lam is None
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why a prompt's choice won: the runner-up and its margin, and where on λ the choice would change."""
+
+    runner_up: str | None = None
+    margin: float | None = None
+    switch_down: tuple[str, float] | None = None
+    switch_up: tuple[str, float] | None = None
+
+
 def route_prompts(
     prompts: list[str],
     catalog: Catalog,
@@ -164,174 +210,210 @@ def route_prompts(
     costs: dict[str, Cost] | None = None,
     run_as: Callable[[Generator], Generator] | None = None,
     batch: int = 1,
+    explain: bool = False,
 ) -> RoutingResult:
     """Predict, cost and route every prompt. Never loads generator weights.
 
+    statuses -> score matrix -> solve -> routes (with the explanation only when ``explain``) -> summary.
     ``run_as`` maps a catalog generator to the settings the run will use (``gen --width/--height/--dtype``) and
     ``batch`` is the images per pipeline call: costs (and so routing, plans and summaries) follow them, while the
-    router still recognises each generator by its catalog settings.
+    router still recognises each generator by its catalog settings. ``explain`` adds each prompt's runner-up,
+    margin and switch points; ``neighbours`` the most similar training prompts.
     """
-    from catimg.cost import routing_costs
     from catimg.encoder import default_encoder
 
+    _check_prompts(prompts)
+    budget = budget or Budget(level="medium")
+    forced_gen = catalog.get(forced) if forced else None
+    enc = encoder or default_encoder()
+    use_router = _router_usable(router, catalog, enc.encoder_id, forced_gen)
+    if costs is None:
+        costs = _costs(catalog.generators, device, router, use_router, forced_gen, run_as, batch)
+    statuses = generator_statuses(catalog.generators, costs, router, use_router)
+    _require_routable(catalog, statuses, forced_gen)
+    scores = score_matrix(prompts, catalog.generators, router, costs, statuses, enc if use_router else None)
+    sol = solve(scores, router, budget, total_budget, forced_gen)
+    if forced_gen is not None:
+        statuses[forced_gen.name] = FORCED
+    nb = (router.neighbours(scores.emb, k=neighbours) if neighbours and scores.emb is not None
+          else [[] for _ in prompts])
+    routes = []
+    for i, p in enumerate(prompts):
+        why = explain_choice(i, scores, sol) if explain and not sol.forced else Explanation()
+        routes.append(PromptRoute(
+            index=i, prompt=p, choice=scores.names[int(sol.choice[i])], lam=0.0 if sol.lam is None else sol.lam,
+            rows=_rows(i, catalog.generators, scores, sol, statuses, costs), runner_up=why.runner_up,
+            margin=why.margin, switch_down=why.switch_down, switch_up=why.switch_up, neighbours=list(nb[i]),
+        ))
+    return _summary(routes, catalog, scores, sol, costs, device, statuses, router,
+                    budget=budget, total_budget=total_budget, forced=forced if forced_gen is not None else None)
+
+
+def _check_prompts(prompts: list[str]) -> None:
     if not prompts:
         raise InputError("no prompts given; pass a prompt or -f FILE")
     for i, p in enumerate(prompts):
         if not p.strip():
             raise InputError(f"prompt {i + 1} is empty; give some text to generate from")
-    budget = budget or Budget(level="medium")
-    gens = catalog.generators
-    names = [g.name for g in gens]
-    forced_gen = catalog.get(forced) if forced else None
-    # forcing a generator skips routing: it needs the catalog entry (and, to generate, the weights), not a router
-    # that knows the catalog; the router's predictions are still shown when it can give them
-    use_router = True
+
+
+def _router_usable(router: Router, catalog: Catalog, encoder_id: str, forced_gen: Generator | None) -> bool:
+    """Whether the router can predict for this catalog; RouterError when it cannot and nothing is forced.
+
+    Forcing a generator skips routing: it needs the catalog entry (and, to generate, the weights), not a router
+    that knows the catalog; the router's predictions are still shown when it can give them.
+    """
     try:
-        router.check(catalog, (encoder or default_encoder()).encoder_id)
+        router.check(catalog, encoder_id)
     except RouterError:
         if forced_gen is None:
             raise
-        use_router = False
-    if costs is None:
-        # a generator that will not be routed to may lack a cost; one that can be chosen may not
-        knowable = {g.name for g in gens if g.enabled and router.knows(g)}
-        # the one cost rule (catimg.cost): explicit > measured here > the router's trained-with seconds > estimate
-        costs = routing_costs(gens, device, router=router if use_router else None, run_as=run_as,
-                              unknown_ok=lambda g: forced_gen is not None or g.name not in knowable, batch=batch)
+        return False
+    return True
 
+
+def _costs(gens: tuple[Generator, ...], device: DeviceInfo, router: Router, use_router: bool,
+           forced_gen: Generator | None, run_as: Callable[[Generator], Generator] | None,
+           batch: int) -> dict[str, Cost]:
+    """Every generator's cost on this device: one that will not be routed to may lack a cost; one that can be
+    chosen may not."""
+    from catimg.cost import routing_costs
+
+    knowable = {g.name for g in gens if g.enabled and router.knows(g)}
+    # the one cost rule (catimg.cost): explicit > measured here > the router's trained-with seconds > estimate
+    return routing_costs(gens, device, router=router if use_router else None, run_as=run_as,
+                         unknown_ok=lambda g: forced_gen is not None or g.name not in knowable, batch=batch)
+
+
+def generator_statuses(gens: tuple[Generator, ...], costs: dict[str, Cost], router: Router,
+                       use_router: bool) -> dict[str, str]:
+    """Each generator's status before routing: disabled, needs calibration, does not fit, or routable."""
     statuses: dict[str, str] = {}
     for g in gens:
-        c = costs[g.name]
         if not g.enabled:
             statuses[g.name] = DISABLED
         elif not (use_router and router.knows(g)):
             statuses[g.name] = NEEDS_CALIBRATION
-        elif not c.feasible:
+        elif not costs[g.name].feasible:
             statuses[g.name] = INFEASIBLE
         else:
             statuses[g.name] = ROUTABLE
-    allowed = np.array([statuses[n] == ROUTABLE for n in names])
-    if forced_gen is None and not allowed.any():
+    return statuses
+
+
+def _require_routable(catalog: Catalog, statuses: dict[str, str], forced_gen: Generator | None) -> None:
+    if forced_gen is None and ROUTABLE not in statuses.values():
         why = "; ".join(f"{n}: {s}" for n, s in statuses.items())
         raise InputError(
             f"{catalog.path}: no generator can be routed ({why}); calibrate one, enable one, or force one with --generator"
         )
 
-    n, n_gens = len(prompts), len(gens)
-    q = np.full((n, n_gens), np.nan)
-    s = np.full((n, n_gens), np.nan)
+
+def score_matrix(prompts: list[str], gens: tuple[Generator, ...], router: Router, costs: dict[str, Cost],
+                 statuses: dict[str, str], encoder: Any) -> ScoreMatrix:
+    """Predicted quality (when ``encoder`` is given) and costs of every generator, normalised by the rule.
+
+    The cost scale is the largest cost among the generators the router knows, routable in this run or not (the
+    generators its λ levels were calibrated on; see :mod:`catimg.rule`).
+    """
+    names = tuple(g.name for g in gens)
+    q = np.full((len(prompts), len(gens)), np.nan)
+    s = np.full_like(q, np.nan)
     emb = None
-    if use_router:
-        emb = (encoder or default_encoder()).encode(prompts)
+    if encoder is not None:
+        emb = encoder.encode(prompts)
         mean_r, std_r = router.predict(emb)
         col = {name: i for i, name in enumerate(router.generators)}
         for j, gen in enumerate(gens):
             if router.knows(gen) and gen.name in col:
                 q[:, j] = mean_r[:, col[gen.name]]
                 s[:, j] = std_r[:, col[gen.name]]
-    lo, hi = router.scale
-    qn = (q - lo) / (hi - lo)
-    cost_s = np.array([costs[nm].seconds for nm in names], dtype=float)
-    tflops = np.array([costs[nm].tflops for nm in names], dtype=float)
-    load_s = np.array([costs[nm].load_seconds for nm in names], dtype=float)
-    models = [gg.model for gg in gens]
-    known_costs = cost_s[allowed] if allowed.any() else cost_s
-    known_costs = known_costs[np.isfinite(known_costs)]
-    cmax = float(known_costs.max()) if known_costs.size and known_costs.max() > 0 else 1.0
-    cn = cost_s / cmax
+    seconds = np.array([costs[nm].seconds for nm in names], dtype=float)
+    known = np.array([encoder is not None and router.knows(g) for g in gens], dtype=bool)
+    qn, cn = normalise(q, seconds, router.scale, reference=known)
+    return ScoreMatrix(
+        names=names, models=tuple(g.model for g in gens), q=q, s=s, qn=qn, seconds=seconds,
+        tflops=np.array([costs[nm].tflops for nm in names], dtype=float),
+        load=np.array([costs[nm].load_seconds for nm in names], dtype=float), cn=cn,
+        allowed=np.array([statuses[nm] == ROUTABLE for nm in names], dtype=bool), emb=emb,
+    )
 
-    lam: float | None
+
+def solve(scores: ScoreMatrix, router: Router, budget: Budget, total_budget: float | None,
+          forced_gen: Generator | None) -> Solution:
+    """One generator per prompt: the forced one, a total or per-image budget in seconds, or a named level."""
+    sc, n = scores, len(scores.q)
     if forced_gen is not None:
-        lam = None
-        choice = np.full(n, names.index(forced_gen.name))
-        statuses[forced_gen.name] = FORCED
-    elif total_budget is not None:
-        lam, choice = solve_total(qn, cost_s, total_budget, allowed, load_s, models, reference=allowed,
-                                  labels=names)
+        return Solution(None, np.full(n, sc.names.index(forced_gen.name)))
+    # λ of a seconds budget is on the cost scale of the levels' (sc.cn), so that it can be compared with them
+    if total_budget is not None:
+        lam, choice = solve_total(sc.qn, sc.seconds, total_budget, sc.allowed, sc.load, list(sc.models), cn=sc.cn,
+                                  labels=sc.names)
     elif budget.seconds is not None:
-        lam, choice = solve_total(qn, cost_s, budget.seconds * n, allowed, None, None, option="--budget",
-                                  reference=allowed, labels=names)
+        lam, choice = solve_total(sc.qn, sc.seconds, budget.seconds * n, sc.allowed, option="--budget", cn=sc.cn,
+                                  labels=sc.names)
     else:
         assert budget.level is not None
         lam = float(router.levels[budget.level])
-        choice = choose(qn, cn, lam, allowed)
+        choice = choose(sc.qn, sc.cn, lam, sc.allowed)
+    return Solution(lam, choice)
 
-    nb = router.neighbours(emb, k=neighbours) if neighbours and emb is not None else [[] for _ in prompts]
-    routes = []
-    lam_v = 0.0 if lam is None else lam
-    value = qn - lam_v * cn[None, :]
-    for i, p in enumerate(prompts):
-        cj = int(choice[i])
-        rows = []
-        for j, gen in enumerate(gens):
-            st = statuses[gen.name]
-            if j == cj:
-                st = FORCED if forced_gen is not None else CHOSEN
-            known = not np.isnan(q[i, j])
-            rows.append(
-                GeneratorRow(
-                    name=gen.name,
-                    predicted_quality=float(q[i, j]) if known else None,
-                    uncertainty=float(s[i, j]) if known else None,
-                    cost_seconds=float(cost_s[j]),
-                    cost_tflops=float(tflops[j]),
-                    cost_kind=costs[gen.name].kind,
-                    value=float(value[i, j]) if known else None,
-                    status=st,
-                )
-            )
-        runner_up = margin = None
-        switch_down = switch_up = None
-        if forced_gen is None:
-            others = [int(j) for j in np.flatnonzero(allowed) if j != cj]
-            if others:
-                k = max(others, key=lambda j: (value[i, j], -cost_s[j], -j))
-                runner_up, margin = names[k], float(value[i, cj] - value[i, k])
-            # λ at which another generator overtakes the choice
-            downs, ups = [], []
-            for j in others:
-                dq, dc = qn[i, j] - qn[i, cj], cn[j] - cn[cj]
-                if dc < 0 and dq < 0:  # cheaper and worse: wins when λ rises above dq/dc
-                    downs.append((names[j], float(dq / dc)))
-                elif dc > 0 and dq > 0:  # dearer and better: wins when λ falls below dq/dc
-                    ups.append((names[j], float(dq / dc)))
-            if downs:
-                switch_down = min(downs, key=lambda t: t[1])
-            if ups:
-                switch_up = max(ups, key=lambda t: t[1])
-        routes.append(
-            PromptRoute(
-                index=i, prompt=p, choice=names[cj], lam=lam_v, rows=rows, runner_up=runner_up, margin=margin,
-                switch_down=switch_down, switch_up=switch_up, neighbours=list(nb[i]),
-            )
-        )
 
-    used_models = {models[int(j)]: float(load_s[int(j)]) for j in np.unique(choice)}
-    planned = float(cost_s[choice].sum())
-    chosen_q = q[np.arange(n), choice]
-    mean_q = float(np.nanmean(chosen_q)) if not np.all(np.isnan(chosen_q)) else None
+def _rows(i: int, gens: tuple[Generator, ...], scores: ScoreMatrix, sol: Solution, statuses: dict[str, str],
+          costs: dict[str, Cost]) -> list[GeneratorRow]:
+    """Prompt ``i``'s row of every generator: prediction, cost, value at the run's λ and status."""
+    sc, cj = scores, int(sol.choice[i])
+    value = values(sc.qn[i:i + 1], sc.cn, 0.0 if sol.lam is None else sol.lam)[0]
+    rows = []
+    for j, gen in enumerate(gens):
+        known = not np.isnan(sc.q[i, j])
+        status = statuses[gen.name] if j != cj else FORCED if sol.forced else CHOSEN
+        rows.append(GeneratorRow(
+            name=gen.name, predicted_quality=float(sc.q[i, j]) if known else None,
+            uncertainty=float(sc.s[i, j]) if known else None, cost_seconds=float(sc.seconds[j]),
+            cost_tflops=float(sc.tflops[j]), cost_kind=costs[gen.name].kind,
+            value=float(value[j]) if known else None, status=status,
+        ))
+    return rows
+
+
+def explain_choice(i: int, scores: ScoreMatrix, sol: Solution) -> Explanation:
+    """Prompt ``i``'s runner-up (by the rule's order) with its margin in value, and its switch points on λ."""
+    sc, cj = scores, int(sol.choice[i])
+    lam = 0.0 if sol.lam is None else sol.lam
+    k = runner_up(sc.qn[i], sc.cn, lam, cj, sc.allowed)
+    value = values(sc.qn[i:i + 1], sc.cn, lam)[0]
+    sw = switch_points(sc.qn[i], sc.cn, cj, sc.allowed)
+    return Explanation(
+        runner_up=None if k is None else sc.names[k],
+        margin=None if k is None else float(value[cj] - value[k]),
+        switch_down=None if sw.down is None else (sc.names[sw.down.column], sw.down.lam),
+        switch_up=None if sw.up is None else (sc.names[sw.up.column], sw.up.lam),
+    )
+
+
+def _summary(routes: list[PromptRoute], catalog: Catalog, scores: ScoreMatrix, sol: Solution,
+             costs: dict[str, Cost], device: DeviceInfo, statuses: dict[str, str], router: Router, *,
+             budget: Budget, total_budget: float | None, forced: str | None) -> RoutingResult:
+    """The run's totals: planned seconds (one load per model used), mean predicted quality, best single generator."""
+    sc, choice, n = scores, sol.choice, len(routes)
+    used_models = {sc.models[int(j)]: float(sc.load[int(j)]) for j in np.unique(choice)}
+    chosen_q = sc.q[np.arange(n), choice]
     best_single = best_secs = best_q = None
-    if allowed.any():
-        means = np.where(allowed, np.nanmean(np.where(np.isnan(q), -np.inf, q), axis=0), -np.inf)
+    if sc.allowed.any():
+        means = np.where(sc.allowed, np.nanmean(np.where(np.isnan(sc.q), -np.inf, sc.q), axis=0), -np.inf)
         b = int(np.argmax(means))
-        best_single, best_secs, best_q = names[b], float(cost_s[b] * n + load_s[b]), float(np.mean(q[:, b]))
+        best_single, best_secs, best_q = sc.names[b], float(sc.seconds[b] * n + sc.load[b]), float(np.mean(sc.q[:, b]))
+    lo, hi = router.scale
     return RoutingResult(
-        routes=routes,
-        generators=gens,
-        costs=costs,
-        device=device,
-        budget=(f"--generator {forced}" if forced_gen is not None else
+        routes=routes, generators=catalog.generators, costs=costs, device=device,
+        budget=(f"--generator {forced}" if forced is not None else
                 f"{format_duration(total_budget)} total" if total_budget is not None else budget.describe()),
-        lam=lam,
+        lam=sol.lam,
         total_budget_seconds=total_budget if total_budget is not None else (budget.seconds * n if budget.seconds else None),
-        planned_seconds=planned,
+        planned_seconds=float(sc.seconds[choice].sum()),
         planned_load_seconds=float(sum(used_models.values())),
-        best_single=best_single,
-        best_single_seconds=best_secs,
-        best_single_quality=best_q,
-        mean_predicted_quality=mean_q,
-        statuses=statuses,
-        metric=router.metric,
-        scale=(float(lo), float(hi)),
-        levels=dict(router.levels),
+        best_single=best_single, best_single_seconds=best_secs, best_single_quality=best_q,
+        mean_predicted_quality=float(np.nanmean(chosen_q)) if not np.all(np.isnan(chosen_q)) else None,
+        statuses=statuses, metric=router.metric, scale=(float(lo), float(hi)), levels=dict(router.levels),
     )

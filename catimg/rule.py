@@ -95,10 +95,9 @@ def choose(qn: np.ndarray, cn: np.ndarray, lam: float, allowed: np.ndarray | Non
     return np.asarray(np.argmin(ranked, axis=1))
 
 
-def choose_metric(q: np.ndarray, cost: np.ndarray, lam: float, scale: tuple[float, float],
-                  reference: np.ndarray | None = None) -> np.ndarray:
-    """:func:`choose` on qualities in metric units and raw costs (every column allowed)."""
-    qn, cn = normalise(q, cost, scale, reference)
+def choose_metric(q: np.ndarray, cost: np.ndarray, lam: float, scale: tuple[float, float]) -> np.ndarray:
+    """:func:`choose` on qualities in metric units and raw costs (every column allowed and in the cost scale)."""
+    qn, cn = normalise(q, cost, scale)
     return choose(qn, cn, lam)
 
 

@@ -85,6 +85,32 @@ def test_levels_are_monotone_in_cost_and_predicted_quality(timed_models: Path, t
     assert costs[0] < costs[-1]
 
 
+def test_disabling_a_generator_moves_only_the_prompts_that_chose_it(timed_models: Path, tmp_path: Path) -> None:
+    """λ is one price of compute: the cost scale is the dearest generator the router knows, enabled or not
+    (catimg.rule), so disabling sdxl keeps every other prompt's choice and the λ of each switch point."""
+    from catimg.prompts import reference_set_path
+
+    ref = str(reference_set_path("parti-geneval-50"))
+    before = explain_json("-f", ref, "--models", str(timed_models), "--budget", "medium")
+    off = tmp_path / "sdxl-off.toml"
+    off.write_text(timed_models.read_text(encoding="utf-8").replace("[generators.sdxl]\n",
+                                                                     "[generators.sdxl]\nenabled = false\n"),
+                   encoding="utf-8")
+    after = explain_json("-f", ref, "--models", str(off), "--budget", "medium")
+    assert after["statuses"]["sdxl"] == "disabled" and after["lambda"] == before["lambda"]
+    moved = 0
+    for b, a in zip(before["prompts"], after["prompts"], strict=True):
+        assert b["runner_up"] is not None and a["runner_up"] is not None  # explain always explains
+        if b["choice"] == "sdxl":
+            moved += 1
+            assert a["choice"] in {"sdxl-turbo", "sd21"}
+        else:
+            assert a["choice"] == b["choice"]
+            if b["switch_down"] is not None and b["switch_down"]["generator"] != "sdxl":
+                assert a["switch_down"] == b["switch_down"]
+    assert moved > 0
+
+
 def test_seconds_and_total_budgets_fit(timed_models: Path, prompt_file: Path) -> None:
     doc = explain_json("-f", str(prompt_file), "--models", str(timed_models), "--budget", "3s")
     assert doc["planned_seconds"] <= 3.0 * len(PROMPTS) + 1e-9

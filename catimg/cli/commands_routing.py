@@ -75,7 +75,8 @@ def explain(
     bud, total = parse_budgets(budget, total_budget)
     catalog, rt, found = describe_setup(models, router, device)  # no torch where the device is known without it
     dev = found.info
-    result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator, neighbours=neighbours)
+    result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator, neighbours=neighbours,
+                           explain=True)
     print_warnings(result, notice=not as_json)
     if as_json:
         doc = result.to_dict()
