@@ -20,6 +20,11 @@ predictions): they measure how much the number depends on which prompts were sam
 comparing two predictors on the same prompts. ``Δ APGR`` is the paired difference to the paper's KNN (k = 100) on
 the same resamples.
 
+``joint ridge (all sets)`` is one ridge predictor trained on every selected set at once (:mod:`catimg.joint`: each
+set mapped to the joint scale by its metric's range), scored on each set's held-out prompts like the others: a
+held-out prompt is left out of every set (tifa and dsg rate the same prompts), and pqpp's validation prompts are
+never trained on.
+
 Costs are TFLOPs per image from catimg's cost model (``catimg.cost``, analytic counts from the pipeline configs,
 including text encoders and the VAE decode) for the generator settings below. Data sets and assumed settings:
 
@@ -140,7 +145,7 @@ SETS: dict[str, BenchSet] = {
 
 PREDICTORS: list[tuple[str, str, dict[str, Any]]] = [
     ("knn (paper, k=100)", "knn", {"k": 100}),
-    ("knn (k=n/5)", "knn", {}),
+    ("knn (k=min(100, n/5))", "knn", {}),
     ("ridge (default)", "ridge", {}),
     ("blend", "blend", {}),
 ]
@@ -242,14 +247,16 @@ def _predictions_split(train: Table, Xtr: np.ndarray, Xte: np.ndarray,
 
 def summaries_of(preds: dict[str, np.ndarray], table: Table, scale: tuple[float, float]) -> dict[str, Any]:
     """Summary per predictor label, plus ``oracle`` and ``random``, on the table's measured scores."""
-    from catimg.evaluate import evaluate_predictions
+    from catimg.evaluate import apgr, hull_curve, summarise, sweep
 
+    c, single = np.asarray(table.costs, float), table.Y.mean(0)
+    oracle = sweep(table.Y, table.Y, c, scale)
+    curves = {label: sweep(pred, table.Y, c, scale) for label, pred in preds.items()}
+    curves |= {"oracle": oracle, "random": hull_curve(c, single)}
     out: dict[str, Any] = {}
-    for label, pred in preds.items():
-        rep = evaluate_predictions(pred, table.Y, table.costs, scale, table.generators, name=label)
-        out[label] = rep.summaries[0]
-        out.setdefault("oracle", rep.summaries[1])
-        out.setdefault("random", rep.summaries[2])
+    for label, curve in curves.items():
+        out[label] = summarise(label, curve, c, single)
+        out[label].apgr = apgr(curve, oracle, c, single)
     return out
 
 
@@ -279,19 +286,76 @@ def bootstrap_se(preds: dict[str, np.ndarray], table: Table, scale: tuple[float,
         for label, d in draws.items()}
 
 
-def run_set(spec: BenchSet, data: Path, repeats: int, folds: int, b: int,
-            predictors: list[tuple[str, str, dict[str, Any]]], encode: Callable[[list[str]], np.ndarray]) -> SetResult:
+@dataclass(frozen=True)
+class Loaded:
+    """A set's tables: ``train`` is what a model may learn from, ``test`` what it is scored on (the same for CV)."""
+
+    spec: BenchSet
+    train: Table
+    test: Table
+
+
+def load(spec: BenchSet, data: Path) -> Loaded:
+    if spec.protocol == "split":
+        return Loaded(spec, load_set(spec, data, "train"), load_set(spec, data, "validation"))
+    t = load_set(spec, data)
+    return Loaded(spec, t, t)
+
+
+JOINT_LABEL = "joint ridge (all sets)"
+
+
+def joint_predictions(sets: list[Loaded], encode: Callable[[list[str]], np.ndarray], repeats: int, folds: int,
+                      timing: dict[str, float]) -> dict[str, list[np.ndarray]]:
+    """Per set, per repeat: predictions (in the set's units, its own generators) of one ridge predictor trained on
+    every set at once (:mod:`catimg.joint`): CV sets out of fold (the held-out prompts left out of every set), the
+    split set's validation prompts by a model fitted on all training rows."""
+    from catimg.joint import join
+    from catimg.measurements import MeasurementTable
+    from catimg.predictor import make_predictor
+    from catimg.training import joint_out_of_fold
+
+    tables = [MeasurementTable(prompts=s.train.prompts, generators=s.train.generators, Y=s.train.Y,
+                               counts=np.ones(s.train.Y.shape, np.int64), seconds=dict.fromkeys(s.train.generators),
+                               metric=s.train.metric, sources=[s.spec.name]) for s in sets]
+    joint = join(tables)
+    X = encode(joint.table.prompts)
+    out: dict[str, list[np.ndarray]] = {}
+    for k, s in enumerate(sets):
+        cal = joint.sets[k]
+        cols = [joint.table.generators.index(g) for g in s.test.generators]
+        t0 = time.perf_counter()
+        if s.spec.protocol == "split":
+            model = make_predictor("ridge").fit(X, joint.table.Y)
+            out[s.spec.name] = [cal.from_joint(model.predict(encode(s.test.prompts))[0][:, cols])]
+        else:
+            runs = []
+            for rep in range(repeats):
+                rows, pred = joint_out_of_fold("ridge", X, joint, k, folds=folds, seed=rep)
+                assert np.array_equal(rows, joint.rows_of(cal.name))  # complete tables: every row is scored
+                runs.append(cal.from_joint(pred[:, cols]))
+            out[s.spec.name] = runs
+        timing[s.spec.name] = (time.perf_counter() - t0) / (1 if s.spec.protocol == "split" else repeats)
+    return out
+
+
+def run_set(loaded: Loaded, repeats: int, folds: int, b: int, predictors: list[tuple[str, str, dict[str, Any]]],
+            encode: Callable[[list[str]], np.ndarray], extra: dict[str, list[np.ndarray]] | None = None,
+            extra_timing: dict[str, float] | None = None) -> SetResult:
+    """Every predictor on one set; ``extra`` adds ready predictions per label (one array per repeat)."""
     from catimg.training import metric_scale
 
-    timing: dict[str, float] = {}
+    timing: dict[str, float] = dict(extra_timing or {})
+    spec, table = loaded.spec, loaded.test
     if spec.protocol == "split":
-        train, table = load_set(spec, data, "train"), load_set(spec, data, "validation")
-        runs = [_predictions_split(train, encode(train.prompts), encode(table.prompts), predictors, timing)]
-        n_train = len(train.Y)
+        runs = [_predictions_split(loaded.train, encode(loaded.train.prompts), encode(table.prompts), predictors, timing)]
+        n_train = len(loaded.train.Y)
     else:
-        table = load_set(spec, data)
         runs = _predictions_cv(table, encode(table.prompts), repeats, folds, predictors, timing)
         n_train = len(table.Y) - len(table.Y) // folds
+    for label, arrays in (extra or {}).items():
+        for preds, arr in zip(runs, arrays, strict=False):
+            preds[label] = arr
     scale = metric_scale(table.metric, table.Y)
     summaries: dict[str, list[Any]] = {}
     for preds in runs:
@@ -325,7 +389,7 @@ def render(res: SetResult, repeats: int, folds: int) -> str:
     for j, g in enumerate(t.generators):
         mark = "  <- best single" if j == best else ""
         lines.append(f"   {g:<14} {t.costs[j]:9.2f} TFLOPs   mean quality {single[j]:.3f}{mark}")
-    head = (f"   {'policy':<20} {'AUC':>15} {'quality at best cost':>21} {'cost to match %':>18} {'APGR %':>12} "
+    head = (f"   {'policy':<24} {'AUC':>15} {'quality at best cost':>21} {'cost to match %':>18} {'APGR %':>12} "
             f"{'Δ APGR vs knn %':>16} {'fit+predict s':>13}")
     lines += [head, "   " + "-" * (len(head) - 3)]
     for label, sums in res.summaries.items():
@@ -333,7 +397,7 @@ def render(res: SetResult, repeats: int, folds: int) -> str:
         d = "" if label in (REFERENCE, "oracle", "random") or "d_apgr" not in se else _cell([se["d_apgr_mean"]], se["d_apgr"], True)
         tm = res.timing.get(label)
         lines.append(
-            f"   {label:<20} {_cell([s.auc for s in sums], se.get('auc')):>15} "
+            f"   {label:<24} {_cell([s.auc for s in sums], se.get('auc')):>15} "
             f"{_cell([s.quality_at_best_cost for s in sums], se.get('quality_at_best_cost')):>21} "
             f"{_cell([s.cost_to_match_pct for s in sums], se.get('cost_to_match_pct'), False):>18} "
             f"{_cell([s.apgr for s in sums], se.get('apgr'), True):>12} {d:>16} {f'{tm:.1f}' if tm else '-':>13}")
@@ -351,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the standard errors (0: none)")
     ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, from {', '.join(SETS)}")
+    ap.add_argument("--no-joint", action="store_true", help="skip the joint router (one ridge predictor over all the sets)")
     args = ap.parse_args(argv)
     data = args.data or default_data_dir()
     if not data.is_dir():
@@ -366,8 +431,13 @@ def main(argv: list[str] | None = None) -> int:
     def encode(prompts: list[str]) -> np.ndarray:
         return np.asarray(encoder.encode(prompts), dtype=np.float64)
 
-    for name in names:
-        res = run_set(SETS[name], data, args.repeats, args.folds, args.bootstrap, PREDICTORS, encode)
+    loaded = [load(SETS[n], data) for n in names]
+    joint_timing: dict[str, float] = {}
+    joint = {} if args.no_joint or len(loaded) < 2 else joint_predictions(loaded, encode, args.repeats, args.folds, joint_timing)
+    for s in loaded:
+        extra = {JOINT_LABEL: joint[s.spec.name]} if s.spec.name in joint else None
+        res = run_set(s, args.repeats, args.folds, args.bootstrap, PREDICTORS, encode, extra,
+                      {JOINT_LABEL: joint_timing[s.spec.name]} if extra else None)
         print(render(res, args.repeats, args.folds), flush=True)
         print()
     return 0
