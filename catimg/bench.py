@@ -11,6 +11,9 @@ device class, dtype and the generator's settings hash: a changed generator (sour
 another device misses. A generator that differs from a measured one only by its step count reuses that
 measurement (same weights, same per-step time). A corrupt cache file is set aside and a one-line warning is
 queued (:func:`pop_warnings`), never a traceback.
+
+Every ``catimg gen`` run (local engine) feeds the cache too, through :func:`record_run`: the seconds per image it
+measured (and its load times) become the entry of each generator it ran, with ``source = "catimg gen"``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -164,6 +167,69 @@ def lookup(gen: Generator, device: DeviceInfo, dtype: str | None = None) -> Benc
             r = BenchResult.from_dict(entry)
             return BenchResult.from_dict({**entry, "note": f"from the measurement of {r.generator} ({r.steps_run} steps)"})
     return None
+
+
+#: The most recent image times a cache entry fed by gen runs keeps (their median is its seconds per image).
+RUN_HISTORY = 20
+
+
+def record_run(images: Iterable[tuple[Generator, float]], load_seconds: Mapping[str, float], device: DeviceInfo,
+               dtype: str | None = None, path: Path | None = None) -> list[BenchResult]:
+    """Feed what a ``gen`` run measured into the cache, so that the next plan on this device uses it.
+
+    ``images``: (generator as run, measured seconds per image) for every image made, in the order made;
+    ``load_seconds``: model name -> seconds to load, for the models the run loaded; ``dtype``: the run's --dtype.
+    Per generator settings: the run's image times join the times of earlier gen runs (the last
+    :data:`RUN_HISTORY`), and their median becomes its seconds per image; the first image after a load is left
+    out when there are others (it carries the warm-up, as ``bench``'s warm-up image does). A ``bench`` measurement
+    of the same settings keeps its split into per-step and fixed seconds, scaled to that median; without one, all
+    of it counts per step. A cache that cannot be written is a queued warning, never an error.
+    """
+    groups: dict[str, tuple[Generator, list[float]]] = {}
+    for gen, secs in images:
+        if secs > 0:
+            groups.setdefault(gen.settings_hash(), (gen, []))[1].append(float(secs))
+    if not groups:
+        return []
+    entries = load_cache(path)
+    out = [_run_entry(gen, times, load_seconds, device, dtype, entries) for gen, times in groups.values()]
+    try:
+        save_results(out, device, path)
+    except OSError as exc:
+        _warnings.append(f"bench cache {path or cache_path()} could not be written ({exc.strerror}); "
+                         "this run's measured seconds were not kept")
+        return []
+    return out
+
+
+def _run_entry(gen: Generator, times: list[float], load_seconds: Mapping[str, float], device: DeviceInfo,
+               dtype: str | None, entries: dict[str, dict[str, Any]]) -> BenchResult:
+    import sys
+
+    d = default_dtype(device, dtype if dtype and dtype != "auto" else gen.dtype)
+    old_doc = entries.get(cache_key(device, d, gen.settings_hash()))
+    old = BenchResult.from_dict(old_doc) if old_doc is not None else None
+    warm = 1 if gen.model in load_seconds and len(times) > 1 else 0
+    history = list(old.image_seconds) if old is not None and old.source == "catimg gen" else []
+    kept = (history + times[warm:])[-RUN_HISTORY:]
+    per_image = statistics.median(kept)
+    steps = max(gen.steps, 1)
+    step, fixed = per_image / steps, 0.0
+    if old is not None and old.seconds_per_image(steps) > 0:
+        ratio = per_image / old.seconds_per_image(steps)
+        step, fixed = old.step_seconds * ratio, old.fixed_seconds * ratio
+    load = load_seconds.get(gen.model, old.load_seconds if old is not None else 0.0)
+    torch = sys.modules.get("torch")
+    return BenchResult(
+        generator=gen.name, settings_hash=gen.settings_hash(), model_hash=model_hash(gen),
+        device_class=device_class(device), dtype=d, load_seconds=round(float(load), 4), step_seconds=step,
+        fixed_seconds=fixed, peak_memory_gb=old.peak_memory_gb if old is not None else None, steps_run=steps,
+        repeats=len(kept), warmup=warm, image_seconds=[round(x, 5) for x in kept],
+        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        torch_version=str(getattr(torch, "__version__", "")),
+        note=f"seconds per image of gen runs (median of the last {len(kept)} images, batched as the runs were)",
+        source="catimg gen",
+    )
 
 
 # ------------------------------------------------------------------------------------------- measuring
@@ -325,3 +391,4 @@ def measure(gen: Generator, device: DeviceInfo, repeats: int = 3, warmup: int = 
     if cuda:
         torch.cuda.empty_cache()
     return result
+

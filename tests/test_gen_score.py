@@ -204,3 +204,35 @@ def test_scores_are_finite_numbers(tiny_clip_dir: Path, tmp_path: Path) -> None:
         assert run.score(gen, "a red square", 3, img, 0.5) is None and run.unscored == 2  # stopped
         rows = store.measurements("clipscore")
     assert [(r.prompt, r.seed, r.source, r.score) for r in rows] == [("a red square", 1, "gen", done.score)]
+
+
+def test_every_gen_run_feeds_the_cost_cache(tmp_path: Path, tiny_sd_dir: Path) -> None:
+    """Without --score too: the seconds a run measured become this device's measured cost (the cache bench fills)."""
+    from catimg.bench import lookup
+    from catimg.config import load_catalog
+    from catimg.device import cpu_device
+
+    models = tmp_path / "models.toml"
+    models.write_text(f'[generators.sd]\nsource = "{tiny_sd_dir}"\nfamily = "sd1"\nsteps = 2\nguidance = 1.0\n'
+                      "width = 64\nheight = 64\n", encoding="utf-8")
+    gen = load_catalog(models).get("sd")
+    cost = _json(["explain", "a cat", "--generator", "sd", "--models", models, "--device", "cpu"])["costs"]["sd"]
+    assert cost["kind"] == "estimated" and lookup(gen, cpu_device()) is None
+
+    def run(out: str) -> list[float]:
+        doc = _json(["gen", "a red cube", "two cats", "--generator", "sd", "--models", models, "--out",
+                     tmp_path / out, "--seed", "1", "--device", "cpu"])
+        return [i["seconds"] for i in doc["images"] if i["status"] == "ok"]
+
+    first = run("o1")
+    entry = lookup(gen, cpu_device())
+    assert entry is not None and entry.source == "catimg gen" and entry.steps_run == 2
+    assert entry.image_seconds == [round(first[1], 5)] and entry.warmup == 1  # the image after the load is left out
+    assert entry.seconds_per_image(2) == pytest.approx(first[1], rel=1e-3) and entry.load_seconds > 0
+    cost = _json(["explain", "a cat", "--generator", "sd", "--models", models, "--device", "cpu"])["costs"]["sd"]
+    assert cost["kind"] == "measured" and cost["seconds"] == pytest.approx(first[1], rel=1e-3)
+
+    second = run("o2")  # the next run's times join the history; the median is the cost
+    entry = lookup(gen, cpu_device())
+    assert entry is not None and entry.image_seconds == [round(first[1], 5), round(second[1], 5)]
+    assert entry.seconds_per_image(2) == pytest.approx((first[1] + second[1]) / 2, rel=1e-3)

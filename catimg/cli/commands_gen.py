@@ -252,6 +252,10 @@ def gen(
                     res = run_plan(plan, opts, scored_events(scoring, progress.event))
         except KeyboardInterrupt:  # pragma: no cover - the executor catches it; belt and braces
             res = None
+        if res is not None and engine != "ray":  # measured seconds feed this device's cost cache (as bench does)
+            from catimg.bench import record_run
+
+            record_run([(r.generator, r.seconds) for r in res.made], res.load_seconds, dev, dtype)
         resume_cmd = _resume_command(seed)
         if res is None or res.interrupted:
             if as_json:
