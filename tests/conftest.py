@@ -8,11 +8,18 @@ Helpers: add your fixtures below in a section of their own, keep this file tidy.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import tiny  # tests/tiny.py (pyproject's pytest `pythonpath` puts tests/ on sys.path)
+# One intra-op thread for torch in this process too (read when torch is first imported, so set before any test
+# imports it): tiny models gain nothing from a second thread, and two threads spinning against a machine that is
+# already busy made whole runs stall (the suite must pass with both cores loaded).
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import tiny  # noqa: E402  (tests/tiny.py: pyproject's pytest `pythonpath` puts tests/ on sys.path)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
