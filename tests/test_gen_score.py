@@ -185,7 +185,7 @@ def test_score_into_a_store_of_a_newer_catimg_is_one_line(setup: dict[str, Path]
     assert not out.exists()
 
 
-def test_scores_are_finite_numbers(tiny_clip_dir: Path, tmp_path: Path) -> None:
+def test_run_scoring_records_what_the_scorer_gives_and_stops_at_a_failure(tiny_clip_dir: Path, tmp_path: Path) -> None:
     """RunScoring records what the scorer gives, and a failure stops the scoring (not the caller) and is kept."""
     from PIL import Image
 
@@ -236,3 +236,40 @@ def test_every_gen_run_feeds_the_cost_cache(tmp_path: Path, tiny_sd_dir: Path) -
     entry = lookup(gen, cpu_device())
     assert entry is not None and entry.image_seconds == [round(first[1], 5), round(second[1], 5)]
     assert entry.seconds_per_image(2) == pytest.approx((first[1] + second[1]) / 2, rel=1e-3)
+
+
+def test_a_scorer_failing_mid_run_loses_nothing(setup: dict[str, Path], tiny_clip_dir: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scorer fails at the second image (as a GPU running out of memory would; it cannot here, so the real
+    scorer's score() is made to raise): the run goes on, ends with one line and exit 1, and the command that line
+    gives scores the rest."""
+    import shlex
+
+    from catimg.scorer import CLIPFamilyScorer
+
+    s = setup
+    out = s["root"] / "out"
+    real = CLIPFamilyScorer.score
+    calls: list[int] = []
+
+    def flaky(self: Any, images: Any, prompts: Any) -> list[float]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        return real(self, images, prompts)
+
+    monkeypatch.setattr(CLIPFamilyScorer, "score", flaky)
+    code, _, err = run_cli("gen", *PROMPTS, "--generator", "fast", "--models", s["models"], "--out", out, "--device",
+                           "cpu", "--score", "--db", s["db"], "--scorer-model", tiny_clip_dir)
+    assert code == 1
+    line = err.strip()
+    assert "\n" not in line and "scoring stopped after 1 image(s) (RuntimeError: CUDA out of memory" in line
+    assert "2 image(s) made since are kept in" in line
+    assert len(list(out.glob("*.png"))) == 3 and len((out / "manifest.jsonl").read_text().splitlines()) == 3
+    assert len(_gen_rows(s["db"])) == 1
+    monkeypatch.setattr(CLIPFamilyScorer, "score", real)
+    again = shlex.split(line.split("score them with: ", 1)[1])
+    assert again[0] == "catimg" and "--resume" in again
+    code, _, err = run_cli(*again[1:])
+    assert code == 0, err
+    assert {m.prompt for m in _gen_rows(s["db"])} == set(PROMPTS) and len(list(out.glob("*.png"))) == 3
