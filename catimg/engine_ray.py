@@ -1,17 +1,21 @@
 """Running a routed plan on a Ray cluster (``--engine ray``): one driver, actors that each hold one pipeline.
 
-The driver (this process) has already routed every prompt (the encoder ran once, here). It groups the plan by
-generator exactly as the local engine does, cuts each generator's images into chunks (whole batches, so the
-batches, and therefore the pixels, are those of the local engine), and hands chunks to actors with
+The driver (this process) has already routed every prompt (the encoder ran once, here). It is built from the
+execution core the local engine uses (:mod:`catimg.execution`): :func:`~catimg.execution.start_run` (output
+folder, ``--resume``), :func:`~catimg.execution.group_plan` and :func:`~catimg.execution.batch_size` to cut each
+generator's images into chunks of whole batches (so the batches, and therefore the pixels, are those of the local
+engine), and one :class:`~catimg.execution.Recorder`. :class:`RayDriver` hands the chunks to actors with
 :class:`catimg.schedule.CostScheduler`: actors are given to models in proportion to predicted cost and switch
 model only when their model's queue is empty (work stealing), so loads stay few.
 
-Each actor runs :class:`catimg.generate.Executor`'s own batching, seeding and retry code on its device (one GPU,
-or CPU slots where the cluster has no GPU) and sends back, per batch, each image's metadata and either the name
-of the PNG it wrote (when the output folder is one it sees, e.g. a shared file system or the same machine) or the
-PNG bytes (the driver then writes them). The driver alone appends to ``manifest.jsonl`` (and, through the
-``on_event`` callback, to the calibration store), as each batch arrives; ``--resume`` therefore works the same
-whichever engine wrote the run.
+Each actor (:class:`RayWorker`) makes its batches with the local engine's
+:class:`~catimg.execution.BatchRunner` (same seeding, step calls and retries) on its device (one GPU, or CPU slots
+where the cluster has no GPU) and sends back, per batch, a :class:`BatchReply`: each image's
+:class:`~catimg.execution.Outcome` (with its :class:`~catimg.output.ManifestRecord`) and either the name of the
+PNG it wrote (when the output folder is one it sees, e.g. a shared file system or the same machine) or the PNG
+bytes (the driver then writes them). The driver alone appends to ``manifest.jsonl`` (and, through the
+``on_event`` callback, to the calibration store), as each batch arrives; the records are those the local engine
+writes (plus the ``worker``), and ``--resume`` works the same whichever engine wrote the run.
 
 Faults: an actor that dies mid-chunk has its unfinished images re-queued (each image is recorded exactly once)
 and a fresh actor takes its place; a model that fails to load on an actor is dropped from the run and its images
@@ -32,29 +36,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catimg.errors import CatimgError, DeviceError, GenerationError, InputError, first_line
-from catimg.generate import (
-    Executor,
-    ImageRecord,
-    PlanItem,
+from catimg.execution import (
+    BatchRunner,
+    Event,
+    Job,
+    Outcome,
+    Pipelines,
+    Recorder,
     RunOptions,
     RunResult,
-    auto_batch_size,
-    resume_todo,
+    batch_size,
+    batches,
+    describe,
+    group_plan,
+    no_events,
+    start_run,
 )
-from catimg.output import (
-    append_manifest,
-    image_filename,
-    png_bytes,
-    prepare_out_dir,
-    write_new_file,
-)
+from catimg.output import write_new_file
 from catimg.schedule import Chunk, CostScheduler, Work, make_chunks
 
 if TYPE_CHECKING:
-    from catimg.config import Generator
     from catimg.device import DeviceInfo
+    from catimg.generate import PlanItem
 
-Event = Callable[[str, dict[str, Any]], None]
 INSTALL_HINT = 'pip install "catimg[ray]"'
 CONNECT_TIMEOUT = 3.0  # seconds to reach --ray-address before giving up
 READY_TIMEOUT = 120.0  # seconds for actors to be placed and start
@@ -210,38 +214,59 @@ def cli_events(on_event: Event, line: Callable[[str], None]) -> Event:
 # ------------------------------------------------------------------------------------------------ the actor
 
 
-class _CollectingExecutor(Executor):
-    """The local executor's batching, seeding and retries; results are collected instead of recorded."""
+@dataclass(frozen=True)
+class WorkerInfo:
+    """Who a Ray worker is, and whether it writes the PNGs into the driver's output folder itself."""
 
-    def __init__(self, options: RunOptions, shared: bool) -> None:
-        super().__init__(options)
-        self.shared = shared
-        self.results: list[dict[str, Any]] = []
-        self.position: dict[int, int] = {}  # id(PlanItem) -> plan position
+    label: str
+    pid: int
+    host: str
+    device: DeviceInfo
+    shared: bool  # sees and can write the output folder
+    write_error: str | None  # sees the folder but cannot write it: why
 
-    def _save(self, it: PlanItem, gen: Generator, image: Any, secs: float, status: str, attempts: int, note: str,
-              res: RunResult) -> None:
-        meta = self._meta(it, gen, secs, status, attempts, note)
-        name = image_filename(it.index, it.prompt, gen.name, it.seed)
-        data = png_bytes(image, meta if self.opt.metadata else None)
-        out: dict[str, Any] = {"pos": self.position[id(it)], "meta": meta, "generator": gen, "status": status,
-                               "seconds": secs, "attempts": attempts, "note": note, "error": None, "name": name}
-        if self.shared:
-            out["file"] = write_new_file(self.opt.out_dir, name, data).name
-        else:
-            out["png"] = data
-        self.results.append(out)
+    def summary(self) -> dict[str, Any]:
+        """For the ``workers`` event and :class:`RayRun` (the device by name)."""
+        return {"label": self.label, "pid": self.pid, "host": self.host, "shared": self.shared,
+                "write_error": self.write_error, "device": self.device.name}
 
-    def _record(self, rec: ImageRecord) -> None:
-        meta = self._meta(rec.item, rec.generator, rec.seconds, rec.status, rec.attempts, rec.note)
-        meta.update({"file": None, "error": rec.error})
-        self.results.append({"pos": self.position[id(rec.item)], "meta": meta, "generator": rec.generator,
-                             "status": rec.status, "seconds": rec.seconds, "attempts": rec.attempts,
-                             "note": rec.note, "error": rec.error})
+
+@dataclass(frozen=True)
+class WorkerImage:
+    """One image's outcome as a worker sends it back: PNG bytes, or the name of the PNG it wrote itself."""
+
+    outcome: Outcome  # without the image
+    png: bytes | None = None
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchReply:
+    """A worker's answer for one batch: its images, the models it loaded, or why its model did not load."""
+
+    model: str
+    images: tuple[WorkerImage, ...] = ()
+    loads: tuple[str, ...] = ()
+    load_seconds: dict[str, float] = field(default_factory=dict)
+    load_error: str | None = None
+
+
+def _sees_folder(out_dir: Path, marker: str | None) -> tuple[bool, str | None]:
+    """(this process can write into the driver's folder, why not when it sees the folder but cannot write it)."""
+    if marker is None or not (out_dir / marker).is_file():
+        return False, None
+    probe = out_dir / f".catimg-ray-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return False, exc.strerror or type(exc).__name__
+    return True, None
 
 
 class RayWorker:
-    """One Ray actor: holds one loaded pipeline (one model) at a time and makes batches of its images."""
+    """One Ray actor: holds one loaded pipeline (one model) at a time and makes batches of its images with the
+    local engine's :class:`catimg.execution.BatchRunner` (same seeding, same retries)."""
 
     def __init__(self, label: str, device: str | None, options: RunOptions, env: dict[str, str],
                  marker: str | None, threads: int) -> None:
@@ -251,53 +276,51 @@ class RayWorker:
         self.label = label
         self.threads = threads
         self.device = detect_device(device)
-        self.out_dir = Path(options.out_dir)
-        self.shared = False
-        self.write_error: str | None = None
-        if marker is not None and (self.out_dir / marker).is_file():
-            # the driver's folder is visible here: write the PNGs directly if we can
-            probe = self.out_dir / f".catimg-ray-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            try:
-                probe.write_bytes(b"")
-                probe.unlink()
-                self.shared = True
-            except OSError as exc:
-                self.write_error = exc.strerror or type(exc).__name__
-        opts = replace(options, device=self.device, loader=None, resume=False, out_dir=self.out_dir)
-        self.exec = _CollectingExecutor(opts, self.shared)
+        out_dir = Path(options.out_dir)
+        self.shared, self.write_error = _sees_folder(out_dir, marker)
+        self.options = replace(options, device=self.device, loader=None, resume=False, out_dir=out_dir)
+        self.pipes = Pipelines(self.options)
+        self.runner = BatchRunner(self.options, self.pipes, self._collect)
+        self.made: list[WorkerImage] = []
         self._threads_set = False
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> WorkerInfo:
         import platform
 
-        return {"label": self.label, "pid": os.getpid(), "host": platform.node(), "device": self.device,
-                "shared": self.shared, "write_error": self.write_error}
+        return WorkerInfo(self.label, os.getpid(), platform.node(), self.device, self.shared, self.write_error)
 
-    def run(self, items: list[PlanItem], positions: list[int]) -> dict[str, Any]:
-        """Make one batch of one generator's images (retries as in the local engine)."""
+    def run(self, jobs: list[Job]) -> BatchReply:
+        """Make one batch of one generator's images (the driver cut it exactly as the local engine would)."""
         if not self._threads_set and self.device.kind == "cpu":
             import torch
 
             torch.set_num_threads(max(1, self.threads))
             self._threads_set = True
-        ex = self.exec
-        gen = items[0].generator
-        for model in {k[0] for k in ex.cache.pipes} - {gen.model}:
-            ex.cache.release_model(model)  # one model at a time on this device
-        loads_before = len(ex.cache.loads)
-        ex.results = []
-        ex.position = {id(it): p for it, p in zip(items, positions, strict=True)}
+        cache = self.pipes.cache
+        gen = jobs[0].item.generator
+        for model in cache.models() - {gen.model}:
+            cache.release_model(model)  # one model at a time on this device
+        loads_before = len(cache.loads)
+        self.made = []
         try:
-            ex._pipe(gen, items[0])
+            loaded = self.pipes.get(gen, jobs[0].item)
         except Exception as exc:
-            return {"load_error": exc.args[0] if isinstance(exc, CatimgError) and exc.args else first_line(exc, typed=True, limit=200),
-                    "model": gen.model, "results": [], "loads": []}
-        ex.opt.batch_size = len(items)  # the driver cut this batch exactly as the local engine would
-        res = RunResult()
-        ex._run_generator(gen, items, res)
-        loads = ex.cache.loads[loads_before:]
-        return {"results": ex.results, "loads": loads,
-                "load_seconds": {m: ex.cache.load_seconds.get(m, 0.0) for m in loads}}
+            why = exc.args[0] if isinstance(exc, CatimgError) and exc.args else first_line(exc, typed=True, limit=200)
+            return BatchReply(gen.model, load_error=why)
+        self.runner.run_batch(loaded, gen, jobs)
+        loads = tuple(cache.loads[loads_before:])
+        return BatchReply(gen.model, tuple(self.made), loads, {m: cache.load_seconds.get(m, 0.0) for m in loads})
+
+    def _collect(self, outcome: Outcome) -> None:
+        if outcome.image is None:  # failed: nothing to write
+            self.made.append(WorkerImage(outcome))
+            return
+        data = outcome.png(self.options.metadata)
+        bare = replace(outcome, image=None)
+        if self.shared:
+            self.made.append(WorkerImage(bare, file=write_new_file(self.options.out_dir, outcome.file_name(), data).name))
+        else:
+            self.made.append(WorkerImage(bare, png=data))
 
 
 # ------------------------------------------------------------------------------------------------ the driver
@@ -356,6 +379,55 @@ def _worker_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)}
 
 
+class WorkerPool:
+    """The driver's Ray actors by number, and what each said about itself when it started."""
+
+    def __init__(self, ray: Any) -> None:
+        self.ray = ray
+        self.remote: Any = None  # the actor class, with its resources
+        self.args: tuple[Any, ...] = ()  # the arguments of RayWorker after its label
+        self.actors: dict[int, Any] = {}
+        self.infos: dict[int, WorkerInfo] = {}
+        self._next = 0
+
+    def start(self, n: int) -> list[int]:
+        """Start ``n`` more actors and wait until each is placed and running; their numbers."""
+        which = []
+        for _ in range(n):
+            i, self._next = self._next, self._next + 1
+            self.actors[i] = self.remote.remote(f"ray-{i}", *self.args)
+            which.append(i)
+        for i, info in zip(which, self._ready(which), strict=True):
+            self.infos[i] = info
+        return which
+
+    def _ready(self, which: list[int]) -> list[WorkerInfo]:
+        ray = self.ray
+        refs = [self.actors[i].info.remote() for i in which]
+        try:
+            return list(ray.get(refs, timeout=READY_TIMEOUT))
+        except ray.exceptions.GetTimeoutError:
+            have = ray.available_resources()
+            raise DeviceError(
+                f"the Ray cluster could not place {len(which)} worker(s) within {READY_TIMEOUT:g}s (free: "
+                f"{', '.join(f'{k} {v:g}' for k, v in sorted(have.items()) if k in ('CPU', 'GPU')) or 'nothing'}); "
+                "no resources for the plan's generators: add nodes or lower --workers"
+            ) from None
+        except ray.exceptions.RayError as exc:
+            raise DeviceError(f"a Ray worker failed to start ({first_line(exc, typed=True, limit=200)}); "
+                              "is catimg installed on every node?") from None
+
+    def remove(self, i: int) -> None:
+        self.actors.pop(i, None)
+
+    def kill_all(self) -> None:
+        for a in self.actors.values():
+            try:
+                self.ray.kill(a)
+            except Exception:
+                pass
+
+
 def run_plan_ray(
     plan: list[PlanItem],
     options: RunOptions,
@@ -382,72 +454,33 @@ def run_plan_ray(
     count: the same count gives the local engine's pixels exactly, one thread per worker is faster on a busy
     node. ``stats`` is filled with what happened.
     """
-    emit = on_event or (lambda kind, data: None)
+    emit = on_event or no_events
     st = stats if stats is not None else RayRun()
     t0 = time.perf_counter()
-    res = RunResult()
-    out = prepare_out_dir(options.out_dir)
-    options = replace(options, out_dir=out)
-    positions = list(range(len(plan)))
-    if options.resume:
-        positions, res.differences = resume_todo(plan, options)
-        res.skipped = len(plan) - len(positions)
+    options, positions, res = start_run(plan, options)
     if not positions:
         emit("start", {"images": 0, "skipped": res.skipped, "differences": res.differences})
         emit("end", {"interrupted": False})
         res.wall_seconds = time.perf_counter() - t0
         return res
-
     ray, started = connect(address, None)
-    actors: dict[int, Any] = {}
-    marker = f".catimg-ray-{uuid.uuid4().hex}"
-    marker_path = out / marker
+    pool = WorkerPool(ray)
+    marker = options.out_dir / f".catimg-ray-{uuid.uuid4().hex}"
     try:
-        marker_path.write_bytes(b"")
-        n, cpus_each, gpus_each = cluster_workers(ray.cluster_resources(), device, workers, cpus_per_worker)
-        if workers is None:
-            n = min(n, len(positions))  # no more actors than images
-        # each GPU actor sees only its own GPU (Ray sets CUDA_VISIBLE_DEVICES): cuda:N becomes cuda there
-        worker_dev = ("cuda" if device.startswith(("cuda", "gpu")) else device) if device is not None else \
-            (None if gpus_each else "cpu")
-        Remote = ray.remote(RayWorker).options(num_cpus=cpus_each, num_gpus=gpus_each, max_restarts=0,
-                                                max_task_retries=0)
-        env = _worker_env()
-        n_threads = threads if threads is not None else (_local_threads() if not gpus_each else 1)
-        use_marker = None if shared_output is False else marker
-
-        def start_actor(i: int) -> dict[str, Any]:
-            actors[i] = Remote.remote(f"ray-{i}", worker_dev, options, env, use_marker, n_threads)
-            return {"i": i}
-
-        for i in range(n):
-            start_actor(i)
-        infos = _ready(ray, actors, n, list(actors))
-        for inf in infos:
-            if inf["write_error"] is not None:
-                raise InputError(
-                    f"--out {out}: worker {inf['label']} on {inf['host']} sees the folder but cannot write it "
-                    f"({inf['write_error']}); fix its permissions on every node or pick another --out"
-                )
-            if shared_output and not inf["shared"]:
-                raise InputError(f"--out {out}: worker {inf['label']} on {inf['host']} cannot see this folder; "
-                                 "use a path every node reaches, or leave shared output to detection")
-        st.workers = [{k: v for k, v in inf.items() if k != "device"} | {"device": inf["device"].name} for inf in infos]
-        info_by = {int(inf["label"].split("-")[1]): inf for inf in infos}
+        marker.write_bytes(b"")
+        _start_workers(pool, options, len(positions), None if shared_output is False else marker.name,
+                       workers=workers, device=device, cpus_per_worker=cpus_per_worker, threads=threads)
+        _check_output(pool, options.out_dir, shared_output)
+        st.workers = [info.summary() for info in pool.infos.values()]
         emit("workers", {"workers": st.workers})
         emit("start", {"images": len(positions), "skipped": res.skipped, "differences": res.differences})
-        _drive(ray, plan, positions, options, emit, res, st, actors, info_by, start_actor, n, chunk_size,
-               load_seconds or {})
+        RayDriver(pool, plan, positions, options, emit, res, st, chunk_size, load_seconds or {}).run()
     except KeyboardInterrupt:
         res.interrupted = True
     finally:
-        for a in actors.values():
-            try:
-                ray.kill(a)
-            except Exception:
-                pass
+        pool.kill_all()
         try:
-            marker_path.unlink()
+            marker.unlink()
         except OSError:
             pass
         if started:
@@ -457,238 +490,230 @@ def run_plan_ray(
     return res
 
 
-def _ready(ray: Any, actors: dict[int, Any], n: int, which: list[int]) -> list[dict[str, Any]]:
-    refs = [actors[i].info.remote() for i in which]
-    try:
-        return list(ray.get(refs, timeout=READY_TIMEOUT))
-    except ray.exceptions.GetTimeoutError:
-        have = ray.available_resources()
-        raise DeviceError(
-            f"the Ray cluster could not place {n} worker(s) within {READY_TIMEOUT:g}s (free: "
-            f"{', '.join(f'{k} {v:g}' for k, v in sorted(have.items()) if k in ('CPU', 'GPU')) or 'nothing'}); "
-            "no resources for the plan's generators: add nodes or lower --workers"
-        ) from None
-    except ray.exceptions.RayError as exc:
-        raise DeviceError(f"a Ray worker failed to start ({first_line(exc, typed=True, limit=200)}); is catimg installed on every node?") from None
+def _start_workers(pool: WorkerPool, options: RunOptions, images: int, marker: str | None, *, workers: int | None,
+                   device: str | None, cpus_per_worker: float, threads: int | None) -> None:
+    """Start the pool's actors: as many as the cluster (and ``--workers``) allows, no more than ``images``."""
+    ray = pool.ray
+    n, cpus_each, gpus_each = cluster_workers(ray.cluster_resources(), device, workers, cpus_per_worker)
+    if workers is None:
+        n = min(n, images)  # no more actors than images
+    # each GPU actor sees only its own GPU (Ray sets CUDA_VISIBLE_DEVICES): cuda:N becomes cuda there
+    worker_dev = ("cuda" if device.startswith(("cuda", "gpu")) else device) if device is not None else \
+        (None if gpus_each else "cpu")
+    pool.remote = ray.remote(RayWorker).options(num_cpus=cpus_each, num_gpus=gpus_each, max_restarts=0,
+                                                max_task_retries=0)
+    n_threads = threads if threads is not None else (_local_threads() if not gpus_each else 1)
+    pool.args = (worker_dev, options, _worker_env(), marker, n_threads)
+    pool.start(n)
 
 
-def _drive(ray: Any, plan: list[PlanItem], positions: list[int], options: RunOptions, emit: Event, res: RunResult,
-           st: RayRun, actors: dict[int, Any], info_by: dict[int, dict[str, Any]],
-           start_actor: Callable[[int], dict[str, Any]], n: int, chunk_size: int | None,
-           load_seconds: dict[str, float]) -> None:
-    plan = list(plan)  # items may be re-planned (replace) below; the caller's list is left alone
-    out = options.out_dir
-    # group like Executor._groups: models in order of first use, a model's generators one after another
-    by_model: dict[str, dict[str, list[int]]] = {}
-    for p in positions:
-        g = plan[p].generator
-        by_model.setdefault(g.model, {}).setdefault(g.name, []).append(p)
-    dev0: DeviceInfo = info_by[min(info_by)]["device"]
+def _check_output(pool: WorkerPool, out: Path, shared_output: bool | None) -> None:
+    """InputError when a worker sees the output folder but cannot write it, or must share it and does not."""
+    for info in pool.infos.values():
+        if info.write_error is not None:
+            raise InputError(
+                f"--out {out}: worker {info.label} on {info.host} sees the folder but cannot write it "
+                f"({info.write_error}); fix its permissions on every node or pick another --out"
+            )
+        if shared_output and not info.shared:
+            raise InputError(f"--out {out}: worker {info.label} on {info.host} cannot see this folder; "
+                             "use a path every node reaches, or leave shared output to detection")
 
-    def batch_size(p: int) -> int:
-        return options.batch_size or auto_batch_size(dev0, plan[p].peak_memory_gb)
 
-    def work_for(groups: dict[str, dict[str, list[int]]]) -> tuple[list[Work], dict[str, list[int]]]:
-        work, items = [], {}
-        for model, per_gen in groups.items():
-            for name, ps in per_gen.items():
-                secs = float(plan[ps[0]].predicted_seconds or 1.0)
-                work.append(Work(name, model, len(ps), secs, float(load_seconds.get(model, 0.0))))
-                items[name] = ps
-        return work, items
+class RayDriver:
+    """Hands a plan's batches to the pool's actors and records what comes back, as it arrives.
 
-    work, items = work_for(by_model)
-    chunks: list[Chunk] = []
-    next_id = 0
+    Chunks of whole batches (the local engine's batches, so the same pixels) go to actors through
+    :class:`CostScheduler`; one batch is kept queued at each actor. Its state is its fields: the plan (an item may
+    be re-planned), the scheduler, the model each actor holds, the batches in flight, the idle actors, the models
+    that failed to load and the plan positions recorded (each exactly once, by the one :class:`Recorder`).
+    """
 
-    def chunk_list(ws: list[Work], its: dict[str, list[int]]) -> list[Chunk]:
-        nonlocal next_id
-        cs = []
-        for w in ws:
-            bs = batch_size(its[w.generator][0])
-            size = chunk_size if chunk_size is not None else 2 * bs
+    def __init__(self, pool: WorkerPool, plan: list[PlanItem], positions: list[int], options: RunOptions,
+                 emit: Event, res: RunResult, stats: RayRun, chunk_size: int | None,
+                 load_seconds: dict[str, float]) -> None:
+        self.ray = pool.ray
+        self.pool = pool
+        self.plan = list(plan)  # items may be re-planned (replace) below; the caller's list is left alone
+        self.positions = positions
+        self.options = options
+        self.emit = emit
+        self.res = res
+        self.stats = stats
+        self.chunk_size = chunk_size
+        self.load_seconds = load_seconds
+        self.recorder = Recorder(options, emit, res)
+        self.batch_device = pool.infos[min(pool.infos)].device  # batch sizes by the first worker's device
+        self.next_chunk = 0
+        work, chunks = self._work(positions)
+        stats.chunks = len(chunks)
+        self.sched = CostScheduler(work, len(pool.actors), chunks)
+        self.held: dict[int, str | None] = dict.fromkeys(pool.actors)  # actor -> model it holds
+        self.pending: dict[Any, tuple[int, list[int]]] = {}  # ref -> (actor, plan positions)
+        self.idle: set[int] = set()
+        self.failed_models: dict[str, str] = {}  # model -> why it did not load
+        self.recorded: set[int] = set()
+        self.replan_note: dict[int, str] = {}
+        self.replacements = len(pool.actors)
+
+    def run(self) -> None:
+        for i in sorted(self.pool.actors):
+            self._dispatch(i)
+        while self.pending:
+            ready, _ = self.ray.wait(list(self.pending), num_returns=1)
+            i, batch = self.pending.pop(ready[0])
+            try:
+                reply: BatchReply = self.ray.get(ready[0])
+            except self.ray.exceptions.RayActorError as exc:
+                self._worker_lost(i, batch, exc)
+                continue
+            except self.ray.exceptions.RayTaskError as exc:  # an unexpected error in the worker
+                self._batch_failed(i, batch, exc)
+                continue
+            if reply.load_error is not None:
+                self._load_failed(i, batch, reply.model, reply.load_error)
+                continue
+            self._record(i, reply)
+            if i in self.pool.actors and self._inflight(i) <= 1 and i not in self.idle:
+                self._dispatch(i)  # keep one batch queued at the actor so that it never waits for the driver
+        left = [p for p in self.positions if p not in self.recorded]
+        if left:
+            raise GenerationError(f"{len(left)} image(s) could not be scheduled on the Ray cluster; rerun with --resume")
+
+    # ------------------------------------------------------------------------------------------ work
+    def _batch_size(self, p: int) -> int:
+        return batch_size(self.options, self.batch_device, self.plan[p])
+
+    def _work(self, positions: list[int]) -> tuple[list[Work], list[Chunk]]:
+        """Work per generator (grouped as the local engine groups) and its chunks of whole batches."""
+        work: list[Work] = []
+        chunks: list[Chunk] = []
+        for gen, ps in group_plan(self.plan, positions):
+            secs = float(self.plan[ps[0]].predicted_seconds or 1.0)
+            w = Work(gen.name, gen.model, len(ps), secs, float(self.load_seconds.get(gen.model, 0.0)))
+            work.append(w)
+            bs = self._batch_size(ps[0])
+            size = self.chunk_size if self.chunk_size is not None else 2 * bs
             size = max(bs, (size // bs) * bs)  # whole batches: the same batches as the local engine
-            for c in make_chunks([w], size, items={w.generator: its[w.generator]}, total=len(plan)):
-                cs.append(replace(c, id=next_id))
-                next_id += 1
-        return cs
+            for c in make_chunks([w], size, items={w.generator: ps}, total=len(self.plan)):
+                chunks.append(replace(c, id=self.next_chunk))
+                self.next_chunk += 1
+        return work, chunks
 
-    chunks = chunk_list(work, items)
-    st.chunks = len(chunks)
-    sched = CostScheduler(work, n, chunks)
-    held: dict[int, str | None] = dict.fromkeys(actors)
-    pending: dict[Any, tuple[int, list[int]]] = {}  # ref -> (actor, plan positions)
-    idle: set[int] = set()
-    failed_models: dict[str, str] = {}
-    recorded: set[int] = set()
-    replan_note: dict[int, str] = {}
-    replacements = n
-    next_actor = max(actors) + 1
+    def _inflight(self, i: int) -> int:
+        return sum(1 for a, _ in self.pending.values() if a == i)
 
-    def inflight(i: int) -> int:
-        return sum(1 for a, _ in pending.values() if a == i)
-
-    def dispatch(i: int) -> None:
-        c = sched.next(i, held[i])
-        while c is not None and c.model in failed_models:
-            c = sched.next(i, None)
+    def _dispatch(self, i: int) -> None:
+        c = self.sched.next(i, self.held[i])
+        while c is not None and c.model in self.failed_models:
+            c = self.sched.next(i, None)
         if c is None:
-            idle.add(i)
+            self.idle.add(i)
             return
-        idle.discard(i)
-        ps = [p for p in c.items if p not in recorded]
+        self.idle.discard(i)
+        ps = [p for p in c.items if p not in self.recorded]
         if not ps:
-            dispatch(i)
+            self._dispatch(i)
             return
-        if held[i] != c.model:
-            g = plan[ps[0]].generator
-            emit("load", {"model": g.model, "source": g.source, "worker": info_by[i]["label"]})
-            held[i] = c.model
-        bs = batch_size(ps[0])
-        for s in range(0, len(ps), bs):
-            b = ps[s:s + bs]
-            ref = actors[i].run.remote([plan[p] for p in b], b)
-            pending[ref] = (i, b)
+        if self.held[i] != c.model:
+            g = self.plan[ps[0]].generator
+            self.emit("load", {"model": g.model, "source": g.source, "worker": self.pool.infos[i].label})
+            self.held[i] = c.model
+        for b in batches(ps, self._batch_size(ps[0])):
+            ref = self.pool.actors[i].run.remote([Job(p, self.plan[p]) for p in b])
+            self.pending[ref] = (i, b)
 
-    def wake() -> None:
-        for j in sorted(idle):
-            if j in actors and sched.pending:
-                dispatch(j)
+    def _wake(self) -> None:
+        for j in sorted(self.idle):
+            if j in self.pool.actors and self.sched.pending:
+                self._dispatch(j)
 
-    def requeue(ps: list[int]) -> None:
-        ps = [p for p in ps if p not in recorded]
+    def _requeue(self, positions: list[int]) -> None:
+        ps = [p for p in positions if p not in self.recorded]
         if not ps:
             return
-        groups: dict[str, dict[str, list[int]]] = {}
-        for p in ps:
-            g = plan[p].generator
-            groups.setdefault(g.model, {}).setdefault(g.name, []).append(p)
-        ws, its = work_for(groups)
-        sched.requeue(chunk_list(ws, its))
-        st.requeued += len(ps)
+        self.sched.requeue(self._work(ps)[1])
+        self.stats.requeued += len(ps)
 
-    def replan(model: str, reason: str, ps: list[int]) -> None:
-        if model not in failed_models:
-            failed_models[model] = reason
-            st.replanned[model] = reason
-            ps = ps + [q for c in sched.drop_model(model) for q in c.items]
-            emit("replan", {"model": model, "reason": reason})
+    # ---------------------------------------------------------------------------------------- faults
+    def _worker_lost(self, i: int, batch: list[int], exc: BaseException) -> None:
+        """The actor died: its unfinished images go back to the queue, a fresh actor takes its place."""
+        lost = list(batch)
+        for r in [r for r, (a, _) in self.pending.items() if a == i]:
+            lost.extend(self.pending.pop(r)[1])
+        self.pool.remove(i)
+        self.sched.retire(i)
+        self.stats.lost_workers += 1
+        self.emit("worker-lost", {"worker": self.pool.infos[i].label, "images": len(lost),
+                                  "error": first_line(exc, typed=True, limit=200)})
+        self._requeue(lost)
+        if self.replacements > 0:
+            self.replacements -= 1
+            j = self.pool.start(1)[0]
+            self.held[j] = None
+            self.stats.workers.append(self.pool.infos[j].summary())
+            self._dispatch(j)
+        elif not self.pool.actors:
+            raise GenerationError("every Ray worker died; rerun with --resume to finish the images not recorded") from None
+        self._wake()
+
+    def _batch_failed(self, i: int, batch: list[int], exc: BaseException) -> None:
+        """An unexpected error in the worker (not in an image): the batch's images are recorded as failed."""
+        for p in batch:
+            if p not in self.recorded:
+                self._write_failed(p, first_line(exc, typed=True, limit=200), "the Ray worker failed on this batch", i)
+        if i in self.pool.actors and self._inflight(i) == 0:
+            self._dispatch(i)
+
+    def _load_failed(self, i: int, batch: list[int], model: str, reason: str) -> None:
+        """``model`` did not load on actor ``i``: it leaves the run and its images are re-planned."""
+        self.held[i] = None
+        ps = list(batch)
+        if model not in self.failed_models:
+            self.failed_models[model] = reason
+            self.stats.replanned[model] = reason
+            ps += [q for c in self.sched.drop_model(model) for q in c.items]
+            self.emit("replan", {"model": model, "reason": reason})
         moved: list[int] = []
         for p in ps:
-            if p in recorded:
+            if p in self.recorded:
                 continue
-            it = plan[p]
-            fb = [g for g in it.fallbacks if g.model not in failed_models]
+            it = self.plan[p]
+            fb = [g for g in it.fallbacks if g.model not in self.failed_models]
             if fb:
-                plan[p] = replace(it, generator=fb[0], fallbacks=tuple(fb[1:]))
-                replan_note[p] = f"re-planned from {it.generator.name} (failed to load on a Ray worker) to {fb[0].name}"
+                self.plan[p] = replace(it, generator=fb[0], fallbacks=tuple(fb[1:]))
+                self.replan_note[p] = f"re-planned from {it.generator.name} (failed to load on a Ray worker) to {fb[0].name}"
                 moved.append(p)
             else:
-                _write_failed(plan[p], f"generator {it.generator.name} could not load ({reason}); no other "
-                              "generator allowed for this prompt", p)
-        requeue(moved)
-        st.requeued -= len(moved)
+                self._write_failed(p, f"generator {it.generator.name} could not load ({reason}); no other generator "
+                                   "allowed for this prompt", "re-planned: its generator failed to load", i)
+        self._requeue(moved)
+        self.stats.requeued -= len(moved)
+        if self._inflight(i) == 0:
+            self._dispatch(i)
+        self._wake()
 
-    def _write_failed(it: PlanItem, error: str, p: int) -> None:
-        rec = ImageRecord(item=it, status="failed", generator=it.generator, attempts=1, error=error,
-                          note="re-planned: its generator failed to load")
-        meta = _failed_meta(it, options, error)
-        meta["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        append_manifest(out, meta)
-        recorded.add(p)
-        res.records.append(rec)
-        emit("image", {"record": rec})
+    # --------------------------------------------------------------------------------------- records
+    def _write_failed(self, p: int, error: str, note: str, i: int) -> None:
+        """Record position ``p`` as failed without an attempt, on actor ``i``'s device."""
+        it = self.plan[p]
+        info = self.pool.infos[i]
+        rec = describe(it, it.generator, self.options, info.device, scheduler=it.generator.scheduler, seconds=0.0,
+                       status="failed", attempts=1, note=note, error=error)
+        self.recorder.record(it, Outcome(Job(p, it), it.generator, rec, 0.0), worker=info.label)
+        self.recorded.add(p)
 
-    for i in sorted(actors):
-        dispatch(i)
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        ref = ready[0]
-        i, b = pending.pop(ref)
-        try:
-            outd = ray.get(ref)
-        except ray.exceptions.RayActorError as exc:
-            # the actor died: its unfinished images go back to the queue, a fresh actor takes its place
-            lost = list(b)
-            for r in [r for r, (a, _) in pending.items() if a == i]:
-                lost.extend(pending.pop(r)[1])
-            actors.pop(i, None)
-            sched.retire(i)
-            st.lost_workers += 1
-            emit("worker-lost", {"worker": info_by[i]["label"], "images": len(lost), "error": first_line(exc, typed=True, limit=200)})
-            requeue(lost)
-            if replacements > 0:
-                replacements -= 1
-                j = next_actor
-                next_actor += 1
-                start_actor(j)
-                info = _ready(ray, actors, 1, [j])[0]
-                info_by[j] = info
-                held[j] = None
-                st.workers.append({k: v for k, v in info.items() if k != "device"} | {"device": info["device"].name})
-                dispatch(j)
-            elif not actors:
-                raise GenerationError("every Ray worker died; rerun with --resume to finish the images not recorded") from None
-            wake()
-            continue
-        except ray.exceptions.RayTaskError as exc:  # an unexpected error in the worker: record the batch as failed
-            for p in b:
-                if p not in recorded:
-                    _write_failed(plan[p], first_line(exc, typed=True, limit=200), p)
-            if i in actors and inflight(i) == 0:
-                dispatch(i)
-            continue
-        if "load_error" in outd:
-            held[i] = None
-            replan(outd["model"], outd["load_error"], list(b))
-            if inflight(i) == 0:
-                dispatch(i)
-            wake()
-            continue
-        for m in outd["loads"]:
-            res.loads.append(m)
-            res.load_seconds[m] = res.load_seconds.get(m, 0.0) + outd["load_seconds"].get(m, 0.0)
-        for r in outd["results"]:
-            p = r["pos"]
-            if p in recorded:  # a result that arrived twice (never expected): keep the first
+    def _record(self, i: int, reply: BatchReply) -> None:
+        for m in reply.loads:
+            self.res.loads.append(m)
+            self.res.load_seconds[m] = self.res.load_seconds.get(m, 0.0) + reply.load_seconds.get(m, 0.0)
+        for made in reply.images:
+            p = made.outcome.job.position
+            if p in self.recorded:  # a result that arrived twice (never expected): keep the first
                 continue
-            it = plan[p]
-            meta = dict(r["meta"])
-            path = None
-            if "png" in r:
-                path = write_new_file(out, r["name"], r["png"])
-            elif r.get("file"):
-                path = out / r["file"]
-            if r["status"] != "failed":
-                meta["file"] = path.name if path is not None else None
-            if p in replan_note:
-                meta["note"] = f"{replan_note[p]}; {meta['note']}" if meta.get("note") else replan_note[p]
-            meta["worker"] = info_by[i]["label"]
-            meta["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            append_manifest(out, meta)
-            recorded.add(p)
-            rec = ImageRecord(item=it, status=r["status"], generator=r["generator"], file=path,
-                              seconds=r["seconds"], attempts=r["attempts"], error=r["error"], note=meta["note"])
-            res.records.append(rec)
-            emit("image", {"record": rec})
-        if i in actors and inflight(i) <= 1 and i not in idle:
-            dispatch(i)  # keep one batch queued at the actor so that it never waits for the driver
-    left = [p for p in positions if p not in recorded]
-    if left:
-        raise GenerationError(f"{len(left)} image(s) could not be scheduled on the Ray cluster; rerun with --resume")
-
-
-def _failed_meta(it: PlanItem, options: RunOptions, error: str) -> dict[str, Any]:
-    from catimg import __version__
-
-    g = it.generator
-    return {
-        "index": it.index, "image": it.image, "prompt": it.prompt, "negative_prompt": it.negative, "seed": it.seed,
-        "base_seed": options.base_seed, "generator": g.name, "routed_generator": g.name, "model": g.model,
-        "source": g.source, "family": g.family, "steps": g.steps, "guidance": g.guidance, "width": g.width,
-        "height": g.height, "scheduler": g.scheduler, "dtype": None, "device": None, "device_name": None,
-        "predicted_quality": it.predicted_quality, "predicted_seconds": it.predicted_seconds,
-        "measured_seconds": 0.0, "budget": options.budget, "lambda": it.lam, "catimg_version": __version__,
-        "router_version": options.router_version, "status": "failed", "attempts": 1,
-        "note": "re-planned: its generator failed to load", "file": None, "error": error,
-    }
+            note = made.outcome.record.note
+            if p in self.replan_note:
+                note = f"{self.replan_note[p]}; {note}" if note else self.replan_note[p]
+            self.recorder.record(self.plan[p], made.outcome, png=made.png, file=made.file,
+                                 worker=self.pool.infos[i].label, note=note)
+            self.recorded.add(p)

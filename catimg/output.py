@@ -8,6 +8,8 @@
   guidance, size, scheduler, dtype, device, predicted quality, predicted and measured cost, budget and λ,
   catimg and router versions) as ``catimg:<key>``, the whole record as JSON in ``catimg``, and an A1111-style
   ``parameters`` chunk that existing viewers read.
+* :class:`ManifestRecord`: the one record type of an image, whichever engine made it; its :meth:`metadata` goes
+  into the PNG, its :meth:`line` into the manifest.
 * ``manifest.jsonl``: one JSON object a line, appended as each image is saved with a single ``write`` under an
   exclusive file lock, then fsynced: two runs into one folder interleave whole lines, never clobber. A line cut
   short by a crash is never extended (the next record starts on a new line); reading names every corrupt line at
@@ -28,6 +30,7 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +232,70 @@ def read_image_metadata(path: str | Path) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    """What catimg records about one image: in its PNG's text chunks and as its line of ``manifest.jsonl``.
+
+    Built by :func:`catimg.execution.describe` for both engines. ``file``, ``error``, ``worker`` and ``time`` are
+    known only when the record is written; they go into the manifest line, not into the PNG.
+    """
+
+    index: int  # the prompt's 0-based position in the prompt file
+    image: int  # image number for this prompt
+    prompt: str
+    negative_prompt: str
+    seed: int
+    base_seed: int | None
+    images_per_prompt: int | None
+    generator: str  # the generator that made the image
+    routed_generator: str  # the generator the router chose (differs after a fallback)
+    settings_hash: str  # the routed generator's settings
+    model: str
+    source: str
+    family: str
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    scheduler: str | None
+    dtype: str
+    device: str
+    device_name: str
+    predicted_quality: float | None
+    predicted_seconds: float | None
+    measured_seconds: float
+    budget: str | None
+    lam: float | None  # "lambda" in files
+    catimg_version: str
+    router_version: str | None
+    status: str  # ok | retried | fallback | failed
+    attempts: int
+    note: str
+    file: str | None = None  # the PNG's name in the output folder (None for a failed image)
+    error: str | None = None  # why a failed image failed
+    worker: str | None = None  # the Ray worker that made it
+    time: str | None = None  # when it was recorded
+
+    def metadata(self) -> dict[str, Any]:
+        """The fields written into the PNG: everything but file, error, worker and time."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name in ("file", "error", "worker", "time"):
+                continue
+            out["lambda" if f.name == "lam" else f.name] = getattr(self, f.name)
+        return out
+
+    def line(self) -> dict[str, Any]:
+        """The manifest line: the metadata, the file (None when failed), the error of a failed image, the worker
+        of a Ray run, the time."""
+        out = {**self.metadata(), "file": self.file}
+        for key in ("error", "worker", "time"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
 
 
 @contextmanager

@@ -11,15 +11,19 @@
   as black and retries it as a fault).
 * Scheduler by diffusers class name (``scheduler = "EulerDiscreteScheduler"``), swapped in from the pipeline's own
   scheduler config; an unknown name is an error with a "did you mean".
+* :class:`PipelineCache` hands out :class:`LoadedPipeline` objects: the diffusers pipeline with the dtype and
+  offload it was loaded with and its own scheduler (nothing catimg needs is stuck on the diffusers object).
 * The Hugging Face libraries' progress bars and notices are silenced.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -290,14 +294,15 @@ def check_scheduler(gen: Generator) -> None:
         )
 
 
-def apply_scheduler(pipe: Any, gen: Generator) -> str:
-    """Set the generator's scheduler on the (shared) pipeline; return the scheduler class name in use."""
+def apply_scheduler(pipe: Any, gen: Generator, default: Any = None) -> str:
+    """Set the generator's scheduler on the (shared) pipeline; return the scheduler class name in use.
+
+    ``default`` is the pipeline's own scheduler (None: the one it has now), used when ``gen`` names none and as
+    the config of the one it names.
+    """
     import diffusers
 
-    original = getattr(pipe, "_catimg_scheduler", None)
-    if original is None:
-        original = pipe.scheduler
-        pipe._catimg_scheduler = original
+    original = pipe.scheduler if default is None else default
     if gen.scheduler is None:
         if pipe.scheduler is not original:
             pipe.scheduler = original
@@ -371,7 +376,7 @@ def load_pipeline(
             f'generator "{gen.name}": loading {where} failed ({first_line(exc, typed=True)}); '
             "check that the folder holds a complete diffusers text-to-image pipeline"
         ) from exc
-    if offload and device.kind == "cuda":
+    if uses_offload(offload, device):
         try:
             pipe.enable_model_cpu_offload(gpu_id=device.index or 0)
         except Exception as exc:  # accelerate missing or too old
@@ -385,21 +390,51 @@ def load_pipeline(
         pipe.set_progress_bar_config(disable=True)
     except Exception:  # pragma: no cover - every DiffusionPipeline has it
         pass
-    pipe._catimg_dtype = dt
-    pipe._catimg_offload = bool(offload and device.kind == "cuda")
     return pipe
 
 
-def release(pipe: Any, device: DeviceInfo | None = None) -> None:
+def uses_offload(offload: bool, device: DeviceInfo) -> bool:
+    """Whether a pipeline asked to ``offload`` is loaded with model CPU offload (only on CUDA)."""
+    return bool(offload and device.kind == "cuda")
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedPipeline:
+    """A diffusers pipeline as catimg loaded it, for the generators that share it (step variants of a model)."""
+
+    pipe: Any
+    dtype: str  # as loaded: "fp32", "fp16", "bf16"
+    offload: bool  # model CPU offload (CUDA only)
+    default_scheduler: Any  # the pipeline's own scheduler, before any generator swapped in another
+
+    @cached_property
+    def call_parameters(self) -> frozenset[str]:
+        """The keyword parameters of the pipeline's ``__call__`` (looked up once)."""
+        return frozenset(inspect.signature(self.pipe.__call__).parameters)
+
+    def use_scheduler(self, gen: Generator) -> str:
+        """Put ``gen``'s scheduler (or the pipeline's own) in place; its class name."""
+        return apply_scheduler(self.pipe, gen, self.default_scheduler)
+
+    def scheduler_name(self, gen: Generator) -> str:
+        """The class name of the scheduler ``gen`` runs with on this pipeline."""
+        return gen.scheduler or type(self.default_scheduler).__name__
+
+    def generator_device(self, device: DeviceInfo) -> str:
+        """Where seeded ``torch.Generator`` objects live: the GPU, else (CPU, MPS, offloaded) the CPU."""
+        return "cpu" if device.kind != "cuda" or self.offload else device.torch_device
+
+
+def release(loaded: LoadedPipeline, device: DeviceInfo | None = None) -> None:
     """Drop a pipeline's weights from (GPU) memory."""
     import gc
 
     try:
-        if device is not None and device.kind == "cuda" and not getattr(pipe, "_catimg_offload", False):
-            pipe.to("cpu")
+        if device is not None and device.kind == "cuda" and not loaded.offload:
+            loaded.pipe.to("cpu")
     except Exception:
         pass
-    del pipe
+    del loaded
     gc.collect()
     if device is not None and device.kind == "cuda":
         import torch
@@ -409,7 +444,7 @@ def release(pipe: Any, device: DeviceInfo | None = None) -> None:
 
 @dataclass
 class PipelineCache:
-    """Loaded pipelines keyed by (model, dtype, device): step variants share one; counts loads.
+    """:class:`LoadedPipeline` objects keyed by (model, dtype, device): step variants share one; counts loads.
 
     Before loading another model, pipelines already held are released when memory is short: on a GPU when the
     predicted peak memory of what is held plus the new model exceeds ~90% of the device's memory (or is unknown),
@@ -420,7 +455,7 @@ class PipelineCache:
     dtype: str | None = None
     allow_download: bool = False
     loader: Any = None  # injection seam: a function with load_pipeline's signature
-    pipes: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+    pipes: dict[tuple[str, str, str], LoadedPipeline] = field(default_factory=dict)
     peaks: dict[tuple[str, str, str], float | None] = field(default_factory=dict)
     loads: list[str] = field(default_factory=list)
     load_seconds: dict[str, float] = field(default_factory=dict)
@@ -429,7 +464,19 @@ class PipelineCache:
     def key(self, gen: Generator) -> tuple[str, str, str]:
         return (gen.model, resolve_dtype(gen, self.device, self.dtype), self.device.torch_device)
 
-    def get(self, gen: Generator, offload: bool = False, peak_memory_gb: float | None = None) -> Any:
+    def holds(self, model: str) -> bool:
+        """Whether a pipeline of ``model`` is loaded."""
+        return any(k[0] == model for k in self.pipes)
+
+    def models(self) -> set[str]:
+        """The models whose pipelines are loaded."""
+        return {k[0] for k in self.pipes}
+
+    def peek(self, gen: Generator) -> LoadedPipeline | None:
+        """``gen``'s pipeline when it is loaded (never loads)."""
+        return self.pipes.get(self.key(gen))
+
+    def get(self, gen: Generator, offload: bool = False, peak_memory_gb: float | None = None) -> LoadedPipeline:
         k = self.key(gen)
         if k in self.pipes:
             return self.pipes[k]
@@ -440,9 +487,10 @@ class PipelineCache:
         pipe = loader(gen, self.device, self.dtype, self.allow_download, offload)
         self.load_seconds[gen.model] = self.load_seconds.get(gen.model, 0.0) + time.perf_counter() - t0
         self.loads.append(gen.model)
-        self.pipes[k] = pipe
+        loaded = LoadedPipeline(pipe, k[1], uses_offload(offload, self.device), pipe.scheduler)
+        self.pipes[k] = loaded
         self.peaks[k] = peak_memory_gb
-        return pipe
+        return loaded
 
     def _memory_short(self, new_peak: float | None) -> bool:
         total = self.device.total_memory_gb
@@ -458,10 +506,10 @@ class PipelineCache:
 
     def release_model(self, model: str) -> None:
         for k in [k for k in self.pipes if k[0] == model]:
-            pipe = self.pipes.pop(k)
+            loaded = self.pipes.pop(k)
             self.peaks.pop(k, None)
             self.releases.append(model)
-            release(pipe, self.device)
+            release(loaded, self.device)
 
     def release_all(self) -> None:
         for model in {k[0] for k in self.pipes}:

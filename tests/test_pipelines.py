@@ -49,7 +49,8 @@ def test_hub_id_loads_offline_from_cache(fake_hub: dict[str, Path]) -> None:
     assert pipelines.weights_available(g)
     pipe = pipelines.load_pipeline(g, cpu_device())
     assert type(pipe).__name__ == "StableDiffusionXLPipeline"
-    assert pipe._catimg_dtype == "fp32"
+    assert str(pipe.unet.dtype) == "torch.float32"
+    assert pipelines.PipelineCache(cpu_device()).get(g).dtype == "fp32"
 
 
 def test_step_variants_share_one_load(tiny_sd_dir: Path) -> None:
@@ -57,6 +58,7 @@ def test_step_variants_share_one_load(tiny_sd_dir: Path) -> None:
     a = cache.get(generator("sd@2", tiny_sd_dir, 2, model="sd"))
     b = cache.get(generator("sd@4", tiny_sd_dir, 4, model="sd"))
     assert a is b and cache.loads == ["sd"]
+    assert cache.holds("sd") and cache.peek(generator("sd@9", tiny_sd_dir, 9, model="sd")) is a
     cache.release_all()
     assert cache.pipes == {} and cache.releases == ["sd"]
 
@@ -65,10 +67,13 @@ def test_scheduler_by_name(tiny_sd_dir: Path) -> None:
     bad = generator("sd", tiny_sd_dir, scheduler="EulerDiscreteSchedular")
     with pytest.raises(ConfigError, match='did you mean "EulerDiscreteScheduler"'):
         pipelines.check_scheduler(bad)
-    pipe = pipelines.load_pipeline(generator("sd", tiny_sd_dir), cpu_device())
-    assert pipelines.apply_scheduler(pipe, generator("sd", tiny_sd_dir, scheduler="EulerDiscreteScheduler")) == "EulerDiscreteScheduler"
-    assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
-    assert pipelines.apply_scheduler(pipe, generator("sd", tiny_sd_dir)) == "DDIMScheduler"
+    loaded = pipelines.PipelineCache(cpu_device()).get(generator("sd", tiny_sd_dir))
+    euler = generator("sd", tiny_sd_dir, scheduler="EulerDiscreteScheduler")
+    assert loaded.use_scheduler(euler) == "EulerDiscreteScheduler" == loaded.scheduler_name(euler)
+    assert type(loaded.pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert loaded.use_scheduler(generator("sd", tiny_sd_dir)) == "DDIMScheduler"  # the pipeline's own, back again
+    assert type(loaded.pipe.scheduler).__name__ == "DDIMScheduler"
+    assert not any(name.startswith("_catimg") for name in vars(loaded.pipe))  # nothing stuck on diffusers' object
 
 
 def test_dtype_by_device_unless_set(tiny_sd_dir: Path) -> None:
