@@ -163,6 +163,52 @@ def test_same_images_and_manifest_as_local_each_once(ray_instance: Any, tmp_path
         assert again.skipped == len(plan) and not again.records
 
 
+def png_text(path: Path) -> dict[str, Any]:
+    """A PNG's catimg metadata chunks, less the measured time (which differs between any two runs)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        text = dict(im.text)
+    whole = json.loads(text.pop("catimg"))
+    whole.pop("measured_seconds")
+    return {"chunks": [k for k in text if k != "catimg:measured_seconds"], "record": whole,
+            **{k: v for k, v in text.items() if k != "catimg:measured_seconds"}}
+
+
+@needs_ray
+def test_both_engines_same_records_and_pixels_with_faults(ray_instance: Any, tmp_path: Path, tiny_sd_dir: Path,
+                                                          tiny_sd2_dir: Path) -> None:
+    """One plan with every status through both engines: the same manifest records, field by field (timing and
+    the Ray worker's name aside), the same pixels and the same PNG metadata."""
+    from dataclasses import replace
+
+    from catimg.engine_ray import run_plan_ray
+
+    ok, euler = generator("tiny-a", tiny_sd_dir), generator("tiny-a@3", tiny_sd_dir, 3, "tiny-a",
+                                                         scheduler="EulerDiscreteScheduler")
+    odd = replace(generator("odd", tiny_sd2_dir), width=60)  # not a multiple of 8: the pipeline raises
+    routed = [(i, f"a {tiny.WORDS[i]} on a table", (odd, ok, euler)[i % 3], 0.5, 1.0, 0.2) for i in range(6)]
+    plan = build_plan(routed, seed=11, images_per_prompt=1, negative="blurry", fallbacks={0: (ok,)})
+    local = run_plan(plan, run_options(tmp_path / "local", batch_size=2, base_seed=11, images_per_prompt=1))
+    ray_res = run_plan_ray(plan, run_options(tmp_path / "ray", batch_size=2, base_seed=11, images_per_prompt=1),
+                           workers=1)
+    lm = {key(r): r for r in read_manifest(tmp_path / "local")}
+    rm = {key(r): r for r in read_manifest(tmp_path / "ray")}
+    assert {r["status"] for r in lm.values()} == {"ok", "fallback", "failed"}  # index 0 fell back, 3 failed
+    assert lm[(3, 0)]["error"].startswith("ValueError") and lm[(3, 0)]["attempts"] == 2
+    assert sorted(lm) == sorted(rm) == [(i, 0) for i in range(6)]
+    for k, a in lm.items():
+        b = rm[k]
+        assert set(b) == set(a) | {"worker"}
+        assert {f: v for f, v in a.items() if f not in VOLATILE} == {f: v for f, v in b.items() if f not in VOLATILE}
+        if a["file"] is not None:
+            assert np.array_equal(pixels(tmp_path / "local" / a["file"]), pixels(tmp_path / "ray" / b["file"]))
+            assert png_text(tmp_path / "local" / a["file"]) == png_text(tmp_path / "ray" / b["file"])
+    assert lm[(2, 0)]["scheduler"] == "EulerDiscreteScheduler" and lm[(1, 0)]["scheduler"] == "DDIMScheduler"
+    assert [r.status for r in sorted(ray_res.records, key=lambda r: r.item.index)] == \
+        [r.status for r in sorted(local.records, key=lambda r: r.item.index)]
+
+
 @needs_ray
 def test_png_bytes_returned_when_workers_do_not_share_the_folder(ray_instance: Any, tmp_path: Path,
                                                                   tiny_sd_dir: Path, tiny_sd2_dir: Path) -> None:
@@ -211,8 +257,8 @@ def test_generator_failing_to_load_is_replanned(ray_instance: Any, tmp_path: Pat
     broken.mkdir()
     (broken / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     good, bad = generator("good", tiny_sd_dir), generator("bad", broken)
-    routed = [(i, f"p {i}", bad if i < 3 else good, None, 1.0, None) for i in range(4)]
-    plan = build_plan(routed, seed=1, fallbacks={i: (good,) for i in range(3)})
+    routed = [(i, f"p {i}", bad if i < 3 or i == 4 else good, None, 1.0, None) for i in range(5)]
+    plan = build_plan(routed, seed=1, fallbacks={i: (good,) for i in range(3)})  # p 4 has no fallback
     stats = RayRun()
     events: list[tuple[str, dict[str, Any]]] = []
     res = run_plan_ray(plan, run_options(tmp_path / "o", batch_size=2), lambda k, d: events.append((k, d)), workers=1,
@@ -220,9 +266,18 @@ def test_generator_failing_to_load_is_replanned(ray_instance: Any, tmp_path: Pat
     assert "bad" in stats.replanned
     assert any(k == "replan" and d["model"] == "bad" for k, d in events)
     rm = read_manifest(tmp_path / "o")
-    assert len(rm) == 4 and {r["generator"] for r in rm} == {"good"}
+    assert len(rm) == 5 and {r["generator"] for r in rm if r["index"] != 4} == {"good"}
     assert all("re-planned from bad" in r["note"] for r in rm if r["index"] < 3)
     assert len(res.made) == 4
+    # the image with nowhere to go is one failed record, with the fields of every other record (the device it
+    # would have run on: dtype and device were None before)
+    failed = next(r for r in rm if r["index"] == 4)
+    made = next(r for r in rm if r["index"] == 3)
+    assert failed["status"] == "failed" and failed["file"] is None and "could not load" in failed["error"]
+    assert set(failed) == set(made) | {"error"}
+    assert failed["dtype"] == made["dtype"] == "fp32" and failed["device"] == made["device"] == "cpu"
+    assert failed["device_name"] == made["device_name"]
+    assert failed["settings_hash"] == bad.settings_hash() and failed["worker"] == made["worker"]
 
 
 # ------------------------------------------------------------------------------------------------ through the CLI
