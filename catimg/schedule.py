@@ -350,23 +350,6 @@ def work_from_shares(shares: dict[str, int], costs: dict[str, Any], models: dict
     return [Work(g, models[g], counts[g], float(costs[g].seconds), float(costs[g].load_seconds)) for g in names]
 
 
-def work_from_plan(plan: Sequence[Any]) -> tuple[list[Work], dict[str, list[int]]]:
-    """Per-generator :class:`Work` from a list of ``catimg.generate.PlanItem`` and each generator's plan positions.
-
-    Load seconds are not known from a plan item; they are 0 here (set them from the cost model when known).
-    """
-    items: dict[str, list[int]] = {}
-    gens: dict[str, Any] = {}
-    secs: dict[str, float] = {}
-    for i, it in enumerate(plan):
-        g = it.generator
-        items.setdefault(g.name, []).append(i)
-        gens[g.name] = g
-        secs[g.name] = float(it.predicted_seconds or 0.0) or secs.get(g.name, 0.0)
-    work = [Work(n, gens[n].model, len(ix), secs.get(n, 0.0), 0.0) for n, ix in items.items()]
-    return work, items
-
-
 # ------------------------------------------------------------------------------------------------ cluster plan
 
 #: GPU memory (GB) of the cards a user may size a cluster with (``catimg plan --gpu NAME``).
