@@ -82,11 +82,16 @@ def plan_cost(choice: np.ndarray, cost: np.ndarray, load: np.ndarray | None, mod
     """Total seconds of a plan: per-image costs plus, when given, one load per distinct model used."""
     total = float(cost[choice].sum())
     if load is not None and models is not None:
-        used: dict[str, float] = {}
-        for j in np.unique(choice):
-            used.setdefault(models[int(j)], float(load[int(j)]))
-        total += sum(used.values())
+        total += load_seconds(choice, load, models)
     return total
+
+
+def load_seconds(choice: np.ndarray, load: np.ndarray, models: Sequence[str]) -> float:
+    """Seconds to load the models a plan uses: one load per distinct model (that of its first column used)."""
+    used: dict[str, float] = {}
+    for j in np.unique(choice):
+        used.setdefault(models[int(j)], float(load[int(j)]))
+    return sum(used.values())
 
 
 def solve_total(
@@ -129,9 +134,15 @@ def solve_total(
             lam_hi = mid
         else:
             lam_lo = mid
-    lam = lam_hi
-    choice = choose(qn, cn, lam, allowed).copy()
-    # Greedy fix-up: take upgrades (prompt i -> generator j) with the best Δq/Δcost while they fit.
+    return lam_hi, _spend_slack(qn, cost, budget_seconds, allowed, load, models, choose(qn, cn, lam_hi, allowed))
+
+
+def _spend_slack(qn: np.ndarray, cost: np.ndarray, budget_seconds: float, allowed: np.ndarray,
+                 load: np.ndarray | None, models: list[str] | None, choice: np.ndarray) -> np.ndarray:
+    """Greedy fix-up of a plan that fits: take upgrades (prompt i -> generator j) with the best Δq/Δcost (loading
+    a model not used yet counted in Δcost) while they fit."""
+    n = qn.shape[0]
+    choice = choice.copy()
     spent = plan_cost(choice, cost, load, models)
     while True:
         slack = budget_seconds - spent
@@ -163,7 +174,7 @@ def solve_total(
         if new_spent > budget_seconds + 1e-9:  # a downgrade elsewhere removed a model: be safe
             break
         spent = new_spent
-    return lam, choice
+    return choice
 
 
 def too_small(option: str, budget_seconds: float, n: int, cost: np.ndarray, allowed: np.ndarray,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from catimg.budget import Budget, solve_total
+from catimg.budget import Budget, load_seconds, solve_total
 from catimg.config import Catalog, Generator
 from catimg.cost import COST_SOURCES
 from catimg.durations import format_duration
@@ -397,7 +397,6 @@ def _summary(routes: list[PromptRoute], catalog: Catalog, scores: ScoreMatrix, s
              budget: Budget, total_budget: float | None, forced: str | None) -> RoutingResult:
     """The run's totals: planned seconds (one load per model used), mean predicted quality, best single generator."""
     sc, choice, n = scores, sol.choice, len(routes)
-    used_models = {sc.models[int(j)]: float(sc.load[int(j)]) for j in np.unique(choice)}
     chosen_q = sc.q[np.arange(n), choice]
     best_single = best_secs = best_q = None
     if sc.allowed.any():
@@ -412,7 +411,7 @@ def _summary(routes: list[PromptRoute], catalog: Catalog, scores: ScoreMatrix, s
         lam=sol.lam,
         total_budget_seconds=total_budget if total_budget is not None else (budget.seconds * n if budget.seconds else None),
         planned_seconds=float(sc.seconds[choice].sum()),
-        planned_load_seconds=float(sum(used_models.values())),
+        planned_load_seconds=load_seconds(choice, sc.load, sc.models),
         best_single=best_single, best_single_seconds=best_secs, best_single_quality=best_q,
         mean_predicted_quality=float(np.nanmean(chosen_q)) if not np.all(np.isnan(chosen_q)) else None,
         statuses=statuses, metric=router.metric, scale=(float(lo), float(hi)), levels=dict(router.levels),

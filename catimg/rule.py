@@ -112,7 +112,7 @@ def runner_up(qn_row: np.ndarray, cn: np.ndarray, lam: float, chosen: int, allow
 
 def crossing(dq: np.ndarray | float, dc: np.ndarray | float) -> np.ndarray:
     """The λ at which two generators' values are equal: ``dq / dc`` (differences of qn and of cn)."""
-    return np.asarray(dq, float) / np.asarray(dc, float)
+    return np.asarray(np.asarray(dq, float) / np.asarray(dc, float))
 
 
 @dataclass(frozen=True)
