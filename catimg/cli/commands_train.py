@@ -85,8 +85,11 @@ def train(
 
         table, _ = split_holdout(table, holdout)
     extra = None if db is None else {"store": _store_card(db, table, catalog)}  # the user's own rows
-    router = train_router(table, catalog, out, predictor=predictor, metric=metric, data_card=extra,
-                          progress=_progress_line(json_out or table.n_prompts < PROGRESS_FROM))
+    from catimg.cli.progress import embedding_progress
+
+    with embedding_progress():  # the embedding stage of thousands of prompts takes minutes
+        router = train_router(table, catalog, out, predictor=predictor, metric=metric, data_card=extra,
+                              progress=_progress_line(table.n_prompts < PROGRESS_FROM))
     cfg = router.config
     from catimg.cli.render import error_console, label
 
@@ -145,17 +148,10 @@ def _check_out(out: Path, force: bool) -> None:
 
 
 def _progress_line(quiet: bool) -> Any:
-    """One line per training stage on stderr (off when ``quiet``: --json or a small table)."""
-    import sys
-    import time
+    """One line per training stage on stderr, never stdout (off when ``quiet``: a small table takes seconds)."""
+    from catimg.cli.progress import stage_lines
 
-    t0 = time.perf_counter()
-
-    def say(msg: str) -> None:
-        if not quiet:
-            print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-    return say
+    return stage_lines(quiet)
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -229,8 +225,12 @@ def eval_(
 
             _, source = split_holdout(source, holdout)
     costs, costs_note = _eval_costs(rt, models, device)  # the one cost rule, as explain and gen route
-    report = evaluate_router(rt, source, metric=metric, costs=None if costs is None else {n: c.seconds for n, c in costs.items()},
-                             cost_unit=None if costs is None else "seconds")
+    from catimg.cli.progress import embedding_progress
+
+    with embedding_progress():  # embedding thousands of prompts takes minutes: progress on stderr
+        report = evaluate_router(rt, source, metric=metric,
+                                 costs=None if costs is None else {n: c.seconds for n, c in costs.items()},
+                                 cost_unit=None if costs is None else "seconds")
     if report.ignored:
         from catimg.cli.render import error_console, label
         from catimg.errors import did_you_mean
@@ -257,7 +257,10 @@ def eval_(
     from rich.table import Table
 
     con = console()
-    con.print(f"Router {rt.path} ({rt.predictor_name}) on {report.n_prompts} held-out prompts of {measurements or db}"
+    seen = (f" ({report.seen_in_training} of them in its training data: not held out)" if report.seen_in_training
+            else "")
+    con.print(f"Router {rt.path} ({rt.predictor_name}) on {report.n_prompts} "
+              f"{'' if report.seen_in_training else 'held-out '}prompts of {measurements or db}{seen}"
               + (f" ({report.n_dropped} dropped: not measured on every generator)" if report.n_dropped else ""))
     con.print(costs_note)
     st = Table(title=f"Single generators ({report.metric})", title_justify="left")
