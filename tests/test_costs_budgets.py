@@ -135,3 +135,41 @@ def test_item10_one_duration_format_reads_back() -> None:
         back = parse_duration(shown)
         assert back >= seconds and back <= seconds * 1.06 + 0.001, (seconds, shown, back)
     assert format_duration(None) == format_duration(float("nan")) == "-"
+
+
+def test_item9_total_budget_spend_is_reported_and_measured_times_feed_the_next_plan(
+        trained: dict[str, Path], tmp_path: Path) -> None:
+    from catimg.bench import cache_path
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat in the park\na dog by the sea\na crowd in the city\n")
+    args = ("gen", "-f", prompts, "--models", trained["models"], "--router", trained["router"], "--device", "cpu",
+            "--total-budget", "30s", "--seed", "1", "-n", "2")
+    code, out, err = run_cli(*args, "--out", tmp_path / "o", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    sp = doc["summary"]["spend"]
+    assert sp["budget_seconds"] == 30.0 and sp["actual_seconds"] == pytest.approx(doc["summary"]["wall_seconds"])
+    assert sp["planned_seconds"] == pytest.approx(sum(i["predicted_seconds"] for i in doc["plan"])
+                                                  + doc["routing"]["planned_load_seconds"])
+    assert sp["over_seconds"] == pytest.approx(sp["actual_seconds"] - 30.0)
+    made = {g["generator"]: g for g in sp["generators"]}
+    assert sum(g["images_made"] for g in made.values()) == 6
+    assert all(g["actual_seconds"] > 0 for g in made.values() if g["images_made"])
+    assert sum(g["actual_load_seconds"] or 0.0 for g in made.values()) > 0  # the tiny model's load, measured
+    # the run's times are in the cost cache that `catimg bench` fills ...
+    entries = json.loads(cache_path().read_text())["entries"].values()
+    cached = {e["generator"]: e for e in entries if e["source"] == "catimg gen"}
+    assert set(cached) == {n for n, g in made.items() if g["images_made"]}
+    # ... and the next plan on this device routes by them (not by the router's 40/80 ms)
+    code, out, err = run_cli(*args, "--out", tmp_path / "o2", "--json", "--dry-run")
+    assert code == 0, err
+    costs = json.loads(out)["routing"]["costs"]
+    for name, e in cached.items():
+        assert costs[name]["source"] == "measured" and "catimg gen" in costs[name]["note"]
+        assert costs[name]["seconds"] == pytest.approx(e["fixed_seconds"] + e["step_seconds"] * e["steps_run"])
+        assert costs[name]["load_seconds"] == pytest.approx(e["load_seconds"])
+    # the text summary says the same, against the budget
+    code, out, err = run_cli(*args, "--out", tmp_path / "o3")
+    assert code == 0, err
+    assert "of the 30.0 s budget (planned" in out and "load actual" in out and "under budget" in out

@@ -6,6 +6,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -259,10 +260,10 @@ def gen(
         resume_cmd = _resume_command(seed)
         if res is None or res.interrupted:
             if as_json:
-                print_json({**_plan_doc(result, plan, out, seed, notes), **(_run_doc(result, res) if res else {}),
+                print_json({**_plan_doc(result, plan, out, seed, notes), **(_run_doc(result, res, plan) if res else {}),
                             "interrupted": True, "resume_command": resume_cmd, **scoring_doc(scoring)})
             elif res is not None:
-                _render_summary(con, result, res)
+                _render_summary(con, result, res, plan)
                 report_scoring(con, scoring)
             from catimg import interrupts
 
@@ -272,10 +273,10 @@ def gen(
                             f"{resume_cmd}", soft_wrap=True)
             raise typer.Exit(ExitStatus.INTERRUPTED)
         if as_json:
-            print_json({**_plan_doc(result, plan, out, seed, notes), **_run_doc(result, res), "interrupted": False,
+            print_json({**_plan_doc(result, plan, out, seed, notes), **_run_doc(result, res, plan), "interrupted": False,
                         **scoring_doc(scoring)})
         else:
-            _render_summary(con, result, res)
+            _render_summary(con, result, res, plan)
             report_scoring(con, scoring)
         finish_scoring(scoring, out, resume_cmd, as_json)
         if res.failed and not res.made:
@@ -397,24 +398,27 @@ def _render_plan(con: Console, result: RoutingResult, plan: list[PlanItem], out:
     del shares
     est = sum(it.predicted_seconds or 0.0 for it in plan) + result.planned_load_seconds
     line = f"estimate: {fmt_seconds(est)} (loading included)"
+    if result.total_budget_seconds is not None:
+        line += f" of the {fmt_seconds(result.total_budget_seconds)} budget"
     if result.best_single and result.best_single_seconds is not None:
         per_img = len(plan) / max(1, len(result.routes))
         line += f"; always {result.best_single}: {fmt_seconds(result.best_single_seconds * per_img)}"
     con.print(line)
 
 
-def _render_summary(con: Console, result: RoutingResult, res: RunResult) -> None:
+def _render_summary(con: Console, result: RoutingResult, res: RunResult, plan: list[PlanItem] | None = None) -> None:
+    sp = spend(result, res, plan)
     t = Table(title="summary", show_edge=False, pad_edge=False)
-    t.add_column("generator")
-    t.add_column("images", justify="right")
-    t.add_column("measured", justify="right")
-    t.add_column("predicted", justify="right")
-    t.add_column("mean q̂", justify="right")
-    for name, d in res.per_generator().items():
-        q = d["mean_predicted_quality"]
-        t.add_row(name, str(d["images"]), fmt_seconds(d["measured_seconds"]), fmt_seconds(d["predicted_seconds"]),
-                  "-" if q is None else f"{q:.3f}")
+    for col in ("generator", "images", "planned", "actual", "load planned", "load actual", "mean q̂"):
+        t.add_column(col, justify="left" if col == "generator" else "right")
+    quality = {name: d["mean_predicted_quality"] for name, d in res.per_generator().items()}
+    for g in sp.generators:
+        q = quality.get(g.generator)
+        t.add_row(g.generator, f"{g.images_made}/{g.images_planned}", fmt_seconds(g.planned_seconds),
+                  fmt_seconds(g.actual_seconds), fmt_seconds(g.planned_load_seconds),
+                  fmt_seconds(g.actual_load_seconds), "-" if q is None else f"{q:.3f}")
     con.print(t)
+    con.print(sp.line())
     loads = ", ".join(f"{m} {fmt_seconds(s)}" for m, s in res.load_seconds.items()) or "none"
     con.print(f"loaded {len(res.loads)} model(s): {loads}")
     line = f"total: {len(res.made)} image(s) in {fmt_seconds(res.wall_seconds)}"
@@ -449,7 +453,7 @@ def _plan_doc(result: RoutingResult, plan: list[PlanItem], out: Path, seed: int,
     }
 
 
-def _run_doc(result: RoutingResult, res: RunResult) -> dict[str, Any]:
+def _run_doc(result: RoutingResult, res: RunResult, plan: list[PlanItem] | None = None) -> dict[str, Any]:
     return {
         "images": [
             {"index": r.item.index, "image": r.item.image, "prompt": r.item.prompt, "generator": r.generator.name,
@@ -467,8 +471,96 @@ def _run_doc(result: RoutingResult, res: RunResult) -> dict[str, Any]:
             "resume_differences": res.differences,
             "best_single": result.best_single,
             "best_single_seconds": result.best_single_seconds,
+            "spend": spend(result, res, plan).to_dict(),  # planned and actual seconds against the budget
         },
     }
+
+
+@dataclass(frozen=True)
+class GeneratorSpend:
+    """Planned and actual seconds of one generator in a gen run (its model's load on its first generator)."""
+
+    generator: str
+    model: str
+    images_planned: int
+    images_made: int
+    planned_seconds: float  # predicted seconds of the images planned for it
+    actual_seconds: float  # measured seconds of the images it made (and tried)
+    planned_load_seconds: float | None
+    actual_load_seconds: float | None
+
+
+@dataclass(frozen=True)
+class Spend:
+    """A gen run's spend against its budget: the plan's estimate (loading included) and the run's wall time."""
+
+    budget_seconds: float | None  # --total-budget, or --budget SECONDS x prompts; None for a level
+    planned_seconds: float
+    actual_seconds: float  # wall time of the run
+    images_seconds: float
+    load_seconds: float
+    planned_load_seconds: float
+    interrupted: bool
+    generators: tuple[GeneratorSpend, ...]
+
+    @property
+    def over_seconds(self) -> float | None:
+        return None if self.budget_seconds is None else self.actual_seconds - self.budget_seconds
+
+    def line(self) -> str:
+        """One line: what was spent of the budget, against the plan, where it went and by how much it is over."""
+        other = max(self.actual_seconds - self.images_seconds - self.load_seconds, 0.0)
+        head = f"spent {fmt_seconds(self.actual_seconds)}"
+        if self.budget_seconds is not None:
+            head += f" of the {fmt_seconds(self.budget_seconds)} budget"
+        text = (f"{head} (planned {fmt_seconds(self.planned_seconds)}, loading included): images "
+                f"{fmt_seconds(self.images_seconds)}, loading {fmt_seconds(self.load_seconds)} (planned "
+                f"{fmt_seconds(self.planned_load_seconds)}), other {fmt_seconds(other)}")
+        over = self.over_seconds
+        if over is not None and self.budget_seconds:
+            pct = 100 * abs(over) / self.budget_seconds
+            text += (f"; {fmt_seconds(over)} ({pct:.0f}%) over budget" if over > 0 else
+                     f"; {fmt_seconds(-over)} ({pct:.0f}%) under budget")
+        if self.interrupted:
+            text += "; interrupted before the plan was done"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {**asdict(self), "over_seconds": self.over_seconds}
+
+
+def spend(result: RoutingResult, res: RunResult, plan: list[PlanItem] | None = None) -> Spend:
+    """The spend of ``res`` against ``result``'s budget and ``plan`` (None: the images the run tried)."""
+    items = plan if plan is not None else [r.item for r in res.records]
+    planned: dict[str, list[float]] = {}
+    for it in items:
+        planned.setdefault(it.generator.name, []).append(it.predicted_seconds or 0.0)
+    made: dict[str, list[float]] = {}
+    models: dict[str, str] = {it.generator.name: it.generator.model for it in items}
+    for r in res.records:
+        made.setdefault(r.generator.name, []).append(r.seconds)
+        models.setdefault(r.generator.name, r.generator.model)
+    seen: set[str] = set()
+    gens = []
+    for name in [*planned, *(n for n in made if n not in planned)]:
+        model = models[name]
+        first = model not in seen
+        seen.add(model)
+        cost = result.costs.get(name)
+        gens.append(GeneratorSpend(
+            generator=name, model=model, images_planned=len(planned.get(name, [])),
+            images_made=sum(1 for r in res.made if r.generator.name == name),
+            planned_seconds=sum(planned.get(name, [])), actual_seconds=sum(made.get(name, [])),
+            planned_load_seconds=(cost.load_seconds if cost is not None else None) if first else None,
+            actual_load_seconds=res.load_seconds.get(model) if first else None))
+    planned_load = sum(g.planned_load_seconds or 0.0 for g in gens if g.images_planned)
+    return Spend(budget_seconds=result.total_budget_seconds,
+                 planned_seconds=sum(g.planned_seconds for g in gens) + planned_load,
+                 actual_seconds=res.wall_seconds, images_seconds=sum(g.actual_seconds for g in gens),
+                 load_seconds=sum(res.load_seconds.values()), planned_load_seconds=planned_load,
+                 interrupted=res.interrupted, generators=tuple(gens))
 
 
 def _stderr() -> Console:
