@@ -273,3 +273,11 @@ def test_a_scorer_failing_mid_run_loses_nothing(setup: dict[str, Path], tiny_cli
     code, _, err = run_cli(*again[1:])
     assert code == 0, err
     assert {m.prompt for m in _gen_rows(s["db"])} == set(PROMPTS) and len(list(out.glob("*.png"))) == 3
+
+
+def test_scoring_options_without_score_are_a_usage_mistake(setup: dict[str, Path]) -> None:
+    s = setup
+    code, _, err = run_cli("gen", "a red cube", "--models", s["models"], "--out", s["root"] / "out", "--db", s["db"],
+                           "--metric", "pickscore")
+    assert code == 2 and err.count("\n") == 1 and "--metric, --db are for scoring the images; add --score" in err
+    assert not (s["root"] / "out").exists() and not s["db"].exists()

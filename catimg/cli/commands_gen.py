@@ -146,10 +146,10 @@ def gen(
     out = out.expanduser()
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file, not a folder; pass a folder for the images")
-    if score:  # no scorer, or a store catimg cannot write: one line before any work (no torch)
+    if score or db is not None or scorer_model is not None or metric != "clipscore":
         from catimg.cli.scoring import check_scoring
 
-        check_scoring(metric, scorer_model, db)
+        check_scoring(score, metric, scorer_model, db)  # no scorer, a store catimg cannot write: before any work
     # a run that stops before its first image leaves no new, empty --out folder behind
     with removed_if_left_empty(out), ExitStack() as held:
         locked: list[str] = []

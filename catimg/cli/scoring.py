@@ -14,7 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from catimg.errors import CatimgError, first_line
+from catimg.errors import CatimgError, InputError, first_line
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -26,12 +26,17 @@ if TYPE_CHECKING:
     from catimg.generate import PlanItem
 
 
-def check_scoring(metric: str, scorer_model: str | None, db: Path | None) -> None:
+def check_scoring(score: bool, metric: str, scorer_model: str | None, db: Path | None) -> None:
     """Raise the one-line error a ``--score`` run would stop with: unknown metric, scorer weights not in the Hugging
-    Face cache (naming the ``hf download`` command), a store of a newer catimg or not catimg's. Reads only."""
+    Face cache (naming the ``hf download`` command), a store of a newer catimg or not catimg's; or, without
+    ``score``, that the scoring options were given alone. Reads only."""
     from catimg.scorer import check_scorer, get_spec
     from catimg.store import Store
 
+    if not score:
+        given = [o for o, v in (("--metric", metric != "clipscore"), ("--scorer-model", scorer_model is not None),
+                                ("--db", db is not None)) if v]
+        raise InputError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for scoring the images; add --score")
     get_spec(metric)
     check_scorer(metric, scorer_model)
     Store.open(db, dry_run=True).close()
