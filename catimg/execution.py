@@ -222,9 +222,17 @@ def is_black(image: Any) -> bool:
 
 
 def _memory_saving(pipe: Any, on: bool) -> None:
-    for name in (("enable_attention_slicing", "enable_vae_slicing") if on else
-                 ("disable_attention_slicing", "disable_vae_slicing")):
-        fn = getattr(pipe, name, None)
+    """Attention and VAE slicing on (or off again); what a pipeline does not have is skipped.
+
+    Newer diffusers pipelines have no ``enable_vae_slicing``: their VAE slices itself (``vae.enable_slicing``).
+    """
+    switches: list[tuple[Any, str]] = [(pipe, "enable_attention_slicing" if on else "disable_attention_slicing")]
+    if hasattr(pipe, "enable_vae_slicing"):
+        switches.append((pipe, "enable_vae_slicing" if on else "disable_vae_slicing"))
+    else:
+        switches.append((getattr(pipe, "vae", None), "enable_slicing" if on else "disable_slicing"))
+    for owner, name in switches:
+        fn = getattr(owner, name, None)
         if fn is not None:
             try:
                 fn()

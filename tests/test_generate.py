@@ -120,6 +120,49 @@ def test_one_failing_prompt_does_not_stop_the_batch(tmp_path: Path, tiny_sd_dir:
     assert recs[2]["status"] == "failed" and recs[2]["file"] is None
 
 
+class OutOfMemoryError(RuntimeError):
+    """Named like torch.cuda.OutOfMemoryError: catimg knows an out-of-memory error by its class name."""
+
+
+class OutOfMemoryOnce(Flaky):
+    """Wraps a real pipeline: the first call runs out of memory; each later one notes whether attention and VAE
+    slicing are on while it runs."""
+
+    def __init__(self, pipe: Any) -> None:
+        super().__init__(pipe)
+        object.__setattr__(self, "seen", [])
+
+    def __call__(self, **kw: Any) -> Any:
+        if not self.seen:
+            self.seen.append(None)
+            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.seen.append(memory_saving_on(self.pipe))
+        return self.pipe(**kw)
+
+
+def memory_saving_on(pipe: Any) -> tuple[bool, bool]:
+    """(attention slicing on, VAE slicing on) for a real diffusers pipeline."""
+    sliced = {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {"SlicedAttnProcessor"}
+    return sliced, bool(pipe.vae.use_slicing)
+
+
+def test_out_of_memory_is_retried_with_attention_and_vae_slicing(tmp_path: Path, tiny_sd_dir: Path) -> None:
+    g = generator("sd", tiny_sd_dir)
+    wrapped: list[OutOfMemoryOnce] = []
+
+    def load(gen: Generator, *a: Any) -> Any:
+        wrapped.append(OutOfMemoryOnce(load_pipeline(gen, *a)))
+        return wrapped[0]
+
+    res = run_plan(build_plan([(0, "a red cube", g, None, None, None)], seed=2),
+                   run_options(tmp_path / "o", loader=load))
+    rec = manifest(tmp_path / "o")[0]
+    assert rec["status"] == "retried" and rec["attempts"] == 2 and len(res.made) == 1
+    assert "OutOfMemoryError: CUDA out of memory" in rec["note"] and "attention/VAE slicing" in rec["note"]
+    assert wrapped[0].seen == [None, (True, True)]  # the retry ran with both kinds of slicing
+    assert memory_saving_on(wrapped[0].pipe) == (False, False)  # and both are off again after it
+
+
 def test_interrupt_then_resume(tmp_path: Path, tiny_sd_dir: Path) -> None:
     g = generator("sd", tiny_sd_dir)
     plan = build_plan([(i, f"prompt {i}", g, None, None, None) for i in range(4)], seed=0)
