@@ -211,6 +211,18 @@ def test_cuda_run_uses_half_precision(tmp_path: Path, tiny_sd_dir: Path) -> None
     assert pixels.shape == (64, 64, 3) and pixels.std() > 0
 
 
+def test_batching_of_a_plan_is_shared_by_both_engines() -> None:
+    """Models in order of first use, a model's generators (step variants) one after another, then batches."""
+    from catimg.execution import batches, group_plan
+
+    a2, a3, b = generator("a@2", steps=2), generator("a@3", steps=3), generator("b")
+    plan = build_plan([(i, f"p{i}", g, None, None, None) for i, g in enumerate([a2, b, a3, a2, b, a3, a2])])
+    groups = group_plan(plan, range(len(plan)))
+    assert [(g.name, ps) for g, ps in groups] == [("a@2", [0, 3, 6]), ("a@3", [2, 5]), ("b", [1, 4])]
+    assert group_plan(plan, [4, 5]) == [(b, [4]), (a3, [5])]  # the positions left (resume, a re-queue)
+    assert batches([0, 3, 6], 2) == [[0, 3], [6]]
+
+
 def test_auto_batch_size() -> None:
     from dataclasses import replace
 
