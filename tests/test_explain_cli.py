@@ -111,6 +111,25 @@ def test_disabling_a_generator_moves_only_the_prompts_that_chose_it(timed_models
     assert moved > 0
 
 
+def test_explanation_only_when_asked(timed_models: Path) -> None:
+    """route_prompts computes runner-up, margin and switch points only for explain; the plan is the same."""
+    from catimg.config import load_catalog
+    from catimg.device import cpu_device
+    from catimg.router import load_router
+    from catimg.routing import route_prompts
+
+    catalog, router = load_catalog(timed_models), load_router(None)
+    plain = route_prompts(PROMPTS, catalog, router, cpu_device())
+    full = route_prompts(PROMPTS, catalog, router, cpu_device(), explain=True)
+    assert [r.rows for r in plain.routes] == [r.rows for r in full.routes]
+    assert all(r.runner_up is None and r.margin is None and r.switch_down is None and r.switch_up is None
+               for r in plain.routes)
+    for r in full.routes:  # the choice is the argmax at the level's λ: nothing beats it
+        assert r.runner_up is not None and r.margin is not None and r.margin >= -1e-12
+        assert r.switch_down is None or r.switch_down[1] >= r.lam - 1e-12
+        assert r.switch_up is None or r.switch_up[1] <= r.lam + 1e-12
+
+
 def test_seconds_and_total_budgets_fit(timed_models: Path, prompt_file: Path) -> None:
     doc = explain_json("-f", str(prompt_file), "--models", str(timed_models), "--budget", "3s")
     assert doc["planned_seconds"] <= 3.0 * len(PROMPTS) + 1e-9
