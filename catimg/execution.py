@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from catimg import __version__
 from catimg.errors import first_line
 from catimg.output import (
+    SAVED,
     ManifestRecord,
     append_manifest,
     image_filename,
@@ -103,7 +104,7 @@ class RunResult:
 
     @property
     def made(self) -> list[ImageRecord]:
-        return [r for r in self.records if r.status in ("ok", "retried", "fallback")]
+        return [r for r in self.records if r.status in SAVED]
 
     @property
     def failed(self) -> list[ImageRecord]:

@@ -37,6 +37,7 @@ from typing import Any
 from catimg.errors import GenerationError, InputError
 
 MANIFEST = "manifest.jsonl"
+SAVED = ("ok", "retried", "fallback")  # statuses of a record whose image was saved
 TEST_PAUSE_ENV = "CATIMG_TEST_PAUSE_AFTER"  # test-only, see the module docstring
 _records_appended = 0  # by this process, for TEST_PAUSE_ENV
 _SLUG_LEN = 40
@@ -573,7 +574,7 @@ def done_keys(folder: str | Path) -> set[tuple[int, int, str]]:
     folder = Path(folder)
     keys = set()
     for rec in read_manifest(folder):
-        if rec.get("status") not in ("ok", "retried", "fallback") or not rec.get("file"):
+        if rec.get("status") not in SAVED or not rec.get("file"):
             continue
         if (folder / rec["file"]).is_file():
             keys.add((int(rec.get("index", -1)), int(rec.get("image", 0)), str(rec.get("prompt", ""))))

@@ -13,14 +13,11 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from catimg.output import read_manifest
+from catimg.output import SAVED, read_manifest
 
 if TYPE_CHECKING:
     from catimg.execution import RunOptions
     from catimg.generate import PlanItem
-
-
-_DONE = ("ok", "retried", "fallback")
 
 
 def resume_todo(plan: list[PlanItem], opt: RunOptions,
@@ -38,7 +35,7 @@ def resume_todo(plan: list[PlanItem], opt: RunOptions,
     by_name: Counter[tuple[Any, ...]] = Counter()
     done_recs = []
     for r in recs:
-        if r.get("status") not in _DONE or not r.get("file") or not (folder / str(r["file"])).is_file():
+        if r.get("status") not in SAVED or not r.get("file") or not (folder / str(r["file"])).is_file():
             continue
         done_recs.append(r)
         base = (str(r.get("prompt", "")), int(r.get("image") or 0), r.get("base_seed"),
