@@ -168,6 +168,41 @@ class Router:
         return [[(self._prompts[int(rows[j])], float(s)) for j, s in zip(t, srow, strict=True)]
                 for t, srow in zip(top, sims, strict=True)]
 
+    @property
+    def sets(self) -> list[dict[str, Any]]:
+        """The measurement sets of a router trained on several (name, metric, range, n_prompts, n_measured, rows);
+        empty for a router trained on one set."""
+        return list(self.data_card.get("sets", []))
+
+    def sources(self, name: str) -> dict[str, int]:
+        """{set or source: prompts measured} behind generator ``name``'s predictions."""
+        g = self.generator_info(name)
+        if "n_measured_by_set" in g:
+            return {k: int(v) for k, v in g["n_measured_by_set"].items()}
+        srcs = [s.get("id", "") for s in self.data_card.get("sources", [])]
+        return {", ".join(srcs) or "training data": int(g.get("n_measured", 0))}
+
+    def neighbours_by_set(self, emb: np.ndarray, k: int = 1) -> list[dict[str, list[tuple[str, float]]]]:
+        """Per query and per measurement set of a joint router, the k most similar training prompts of that set
+        (with their cosine similarity); a router of one set gives one entry named after its sources."""
+        emb = self._check_emb(emb)
+        if self._index is None or self._prompts is None or k <= 0:
+            return [{} for _ in range(len(emb))]
+        rows, train = self._index
+        from catimg.predictor import nearest
+
+        sets = self.sets or [{"name": ", ".join(self.sources(self.generators[0])), "rows": [0, len(self._prompts)]}]
+        out: list[dict[str, list[tuple[str, float]]]] = [{} for _ in range(len(emb))]
+        for s in sets:
+            members = np.flatnonzero((rows >= s["rows"][0]) & (rows < s["rows"][1]))
+            if not len(members):
+                continue
+            top = members[nearest(emb, train, k, rows=members)]
+            for q, (t, e) in enumerate(zip(top, emb, strict=True)):
+                sims = np.asarray(train[t], np.float32) @ e
+                out[q][s["name"]] = [(self._prompts[int(rows[j])], float(v)) for j, v in zip(t, sims, strict=True)]
+        return out
+
     def choose(self, mean: np.ndarray, lam: float, costs: np.ndarray | None = None) -> np.ndarray:
         """Column chosen per prompt at price ``lam`` with the training costs (or ``costs``), by :mod:`catimg.rule`."""
         from catimg.rule import choose_metric

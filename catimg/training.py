@@ -279,8 +279,10 @@ def _joint_card(card: dict[str, Any], name: str, X: np.ndarray, joint: Any, cost
     from catimg.joint import JOINT_DESCRIPTION, compare_sets
 
     card["metric_description"] = JOINT_DESCRIPTION
+    rows = [joint.rows_of(c.name) for c in joint.sets]  # contiguous: the joint table stacks the sets
     card["sets"] = [{"name": c.name, "metric": c.metric, "range": [c.lo, c.hi], "n_prompts": c.n_prompts,
-                     "n_measured": {g: n for g, n in c.n_measured.items() if n}} for c in joint.sets]
+                     "n_measured": {g: n for g, n in c.n_measured.items() if n},
+                     "rows": [int(r[0]), int(r[-1]) + 1] if len(r) else [0, 0]} for c, r in zip(joint.sets, rows, strict=True)]
     card["held_out_by_set"] = held_out_by_set(name, X, joint, costs, unit, seed, params)
     pairs = compare_sets(joint)
     card["set_comparisons"] = [p.to_json() for p in pairs]

@@ -96,6 +96,14 @@ def test_train_on_two_sets_then_explain(tmp_path: Path) -> None:
         assert ho["n_test"] == 2 * len(SUBJECTS) and router["apgr"] > 0.5  # learned from both sets, held out
     assert {g["name"]: g["n_measured_by_set"] for g in doc["generators"]}["cheap"] == {"genai_bench": 44, "tifa": 44}
     assert card["set_comparisons"] and not any(c["disagree"] for c in card["set_comparisons"])
+    from catimg.encoder import PromptEncoder
+    from catimg.router import load_router
+
+    r = load_router(tmp_path / "r")
+    assert r.sources("dear") == {"genai_bench": 44, "tifa": 44} and [s["name"] for s in r.sets] == ["genai_bench", "tifa"]
+    (near,) = r.neighbours_by_set(PromptEncoder().encode(["a cactus in a crowded street full of people"]), k=1)
+    assert list(near) == ["genai_bench", "tifa"]
+    assert all(hits[0][0] == "a cactus in a crowded street full of people" and hits[0][1] > 0.99 for hits in near.values())
     code, out, err = run_cli("explain", "a cactus in a crowded street full of people", "--router", tmp_path / "r",
                              "--models", models, "--budget", "low", "--json", "--device", "cpu")
     assert code == 0, err
