@@ -12,6 +12,25 @@ from catimg.cli.common import DEVICE_OPT, JSON_OPT, MODELS_OPT
 from catimg.errors import InputError, MeasurementsError
 
 
+def _load_tables(measurements: list[Path] | None, db: Path | None, catalog: Any, metric: str | None,
+                 generators: list[str] | None = None) -> list[Any]:
+    """One MeasurementTable per --measurements file, then the --db store's; at least one source is required.
+    With several sets, --metric applies to a set only where that set has rows of it."""
+    files = list(measurements or [])
+    if not files and db is None:
+        raise InputError("give --measurements FILE (CSV or JSONL, repeatable) and/or --db PATH (a calibration database)")
+    if len(files) + (db is not None) == 1:
+        return [_load_table(files[0] if files else None, db, catalog, metric, generators)]
+    return [_load_table(f, None, catalog, metric if metric and _has_metric(f, metric) else None, generators) for f in files] + (
+        [_load_table(None, db, catalog, metric, generators)] if db is not None else [])
+
+
+def _has_metric(path: Path, metric: str) -> bool:
+    from catimg.measurements import read_rows
+
+    return any((r.metric or "score") == metric for r in read_rows(path))
+
+
 def _load_table(measurements: Path | None, db: Path | None, catalog: Any, metric: str | None,
                 generators: list[str] | None = None) -> Any:
     if (measurements is None) == (db is None):
@@ -53,10 +72,11 @@ def _load_table(measurements: Path | None, db: Path | None, catalog: Any, metric
 
 @app.command()
 def train(
-    measurements: Path = typer.Option(None, "--measurements", "-M", help="Long-format CSV or JSONL: prompt,generator,score[,metric,seconds,seed,source].", show_default=False),
-    db: Path = typer.Option(None, "--db", help="Train from a calibration database instead (see `catimg calibrate`).", show_default=False),
+    measurements: list[Path] = typer.Option(None, "--measurements", "-M", help="Long-format CSV or JSONL: prompt,generator,score[,metric,seconds,seed,source]. Repeat it to train on several sets at once (each keeps its metric; see --scale).", show_default=False),
+    db: Path = typer.Option(None, "--db", help="Train from a calibration database (see `catimg calibrate`), alone or as one more set next to --measurements.", show_default=False),
     models: Path = MODELS_OPT,
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the router artifact to.", show_default=False),
+    scale: list[str] = typer.Option(None, "--scale", help="With several sets: the range METRIC=LO:HI of a metric catimg does not know (its worst and best possible scores).", show_default=False),
     predictor: str = typer.Option("auto", "--predictor", "-p", help="auto (the best on held-out data: ridge), ridge, blend or knn (the paper's reference)."),
     metric: str = typer.Option(None, "--metric", help="Use only rows of this metric (required when the file mixes metrics).", show_default=False),
     holdout: float = typer.Option(None, "--holdout", help="Keep this share of prompts out (a stable split by prompt text; `catimg eval --holdout` uses the same).", show_default=False),
@@ -71,6 +91,11 @@ def train(
       catimg train --measurements m.csv --models models.toml --out my-router
 
       python -m catimg.datasets genai_bench --out genai.csv && catimg train -M genai.csv --out my-router
+
+      catimg train -M genai.csv -M tifa.csv --db ~/.cache/catimg/measurements.db --out joint-router
+
+    With several sets, each set's scores are mapped by its metric's range to one joint scale (0-1) and the data
+    card reports held-out numbers per set.
     """
     from catimg.cli.render import console, print_json
     from catimg.config import load_catalog
@@ -79,16 +104,22 @@ def train(
     _check_out(out, force)
     catalog = load_catalog(models)
     names = [n.strip() for n in generators.split(",") if n.strip()] if generators else None
-    table = _load_table(measurements, db, catalog, metric, names)
+    tables = _load_tables(measurements, db, catalog, metric, names)
     if holdout is not None:
         from catimg.measurements import split_holdout
 
-        table, _ = split_holdout(table, holdout)
-    extra = None if db is None else {"store": _store_card(db, table, catalog)}  # the user's own rows
+        tables = [split_holdout(t, holdout)[0] for t in tables]
+    joint = None
+    if len(tables) > 1:
+        from catimg.joint import join, parse_scales
+
+        joint = join(tables, scales=parse_scales(scale))
+    table = joint.table if joint is not None else tables[0]
+    extra = None if db is None else {"store": _store_card(db, tables[-1], catalog)}  # the user's own rows
     from catimg.cli.progress import embedding_progress
 
     with embedding_progress():  # the embedding stage of thousands of prompts takes minutes
-        router = train_router(table, catalog, out, predictor=predictor, metric=metric, data_card=extra,
+        router = train_router(table, catalog, out, predictor=predictor, metric=metric, joint=joint, data_card=extra,
                               progress=_progress_line(table.n_prompts < PROGRESS_FROM))
     cfg = router.config
     from catimg.cli.render import error_console, label
@@ -120,8 +151,14 @@ def train(
     if "summaries" in ho:
         con.print(_summary_table(ho["summaries"], ho["single"], ho["best_single"], router.cost_unit,
                                  f"Held-out ({ho['n_test']} prompts)"))
-    else:
+    elif "held_out_by_set" not in card:
         con.print(f"held-out: {ho.get('note', 'not computed')}")
+    for set_name, sh in card.get("held_out_by_set", {}).items():
+        if "summaries" not in sh:
+            con.print(f"held-out on {set_name}: {sh['note']}")
+            continue
+        con.print(_summary_table(sh["summaries"], sh["single"], sh["best_single"], router.cost_unit,
+                                 f"Held-out on {set_name} ({sh['n_test']} prompts, {sh['metric']})"))
 
 
 #: Training on this many prompts or more prints one line per stage on stderr (smaller runs take seconds).
