@@ -158,7 +158,7 @@ def test_bad_router_and_options(tmp_path: Path) -> None:
     code, msg = run("train", "-M", str(m), "--models", str(models), "--out", str(tmp_path / "o"), "--predictor", "knm")
     assert code != 0 and 'did you mean "knn"' in msg
     code, msg = run("train", "--models", str(models), "--out", str(tmp_path / "o"))
-    assert code == 2 and "give exactly one of --measurements" in msg
+    assert code == 2 and "give --measurements FILE (CSV or JSONL, repeatable) and/or --db PATH" in msg
 
 
 def test_main_prints_one_line_without_traceback(tmp_path: Path) -> None:
