@@ -211,6 +211,7 @@ def route_prompts(
     run_as: Callable[[Generator], Generator] | None = None,
     batch: int = 1,
     explain: bool = False,
+    router_texts: list[str] | None = None,
 ) -> RoutingResult:
     """Predict, cost and route every prompt. Never loads generator weights.
 
@@ -218,7 +219,8 @@ def route_prompts(
     ``run_as`` maps a catalog generator to the settings the run will use (``gen --width/--height/--dtype``) and
     ``batch`` is the images per pipeline call: costs (and so routing, plans and summaries) follow them, while the
     router still recognises each generator by its catalog settings. ``explain`` adds each prompt's runner-up,
-    margin and switch points; ``neighbours`` the most similar training prompts.
+    margin and switch points; ``neighbours`` the most similar training prompts. ``router_texts``: the prompts as
+    the generators see them (cut to their text encoder, :func:`catimg.prompts.fit_prompts`), for the router only.
     """
     from catimg.encoder import default_encoder
 
@@ -231,7 +233,8 @@ def route_prompts(
         costs = _costs(catalog.generators, device, router, use_router, forced_gen, run_as, batch)
     statuses = generator_statuses(catalog.generators, costs, router, use_router)
     _require_routable(catalog, statuses, forced_gen)
-    scores = score_matrix(prompts, catalog.generators, router, costs, statuses, enc if use_router else None)
+    scores = score_matrix(router_texts or prompts, catalog.generators, router, costs, statuses,
+                          enc if use_router else None)
     sol = solve(scores, router, budget, total_budget, forced_gen)
     if forced_gen is not None:
         statuses[forced_gen.name] = FORCED

@@ -173,3 +173,39 @@ def test_item9_total_budget_spend_is_reported_and_measured_times_feed_the_next_p
     code, out, err = run_cli(*args, "--out", tmp_path / "o3")
     assert code == 0, err
     assert "of the 30.0 s budget (planned" in out and "load actual" in out and "under budget" in out
+
+
+def test_item12_long_prompts_are_cut_where_the_real_tokenizer_cuts_and_routed_as_cut(
+        trained: dict[str, Path], tmp_path: Path, tiny_sd_dir: Path) -> None:
+    from transformers import CLIPTokenizer
+
+    long = "a crowd in the city at night " + " ".join(f"with lantern number {i}" for i in range(40))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(f"a cat\n{long}\n")
+    code, out, err = run_cli("gen", "-f", prompts, "--models", trained["models"], "--router", trained["router"],
+                             "--device", "cpu", "--dry-run", "--json", "--out", tmp_path / "o")
+    assert code == 0, err
+    notes = [n for n in json.loads(out)["notes"] if "longer than the 77 tokens" in n]
+    assert len(notes) == 1 and notes[0].startswith("1 of 2 prompt(s)") and "counted with the tokenizer of sd@" in notes[0]
+    # where the pipeline's own tokenizer (the tiny pipeline's real CLIPTokenizer) cuts: 75 tokens + the 2 specials
+    tok = CLIPTokenizer.from_pretrained(tiny_sd_dir / "tokenizer")
+    seen = tok.decode(tok(long, truncation=True, max_length=77).input_ids, skip_special_tokens=True)
+    from catimg.config import load_catalog
+    from catimg.prompts import fit_for_run
+
+    fit = fit_for_run(["a cat", long], load_catalog(trained["models"]))
+    (cut,) = fit.cuts
+    assert cut.index == 1 and " ".join(cut.kept.split()) == " ".join(seen.split()) and len(cut.kept) < len(long)
+    words = long.split()
+    assert f'prompt 2 after word {cut.words_kept} of {len(words)} (from "{words[cut.words_kept]}" on)' in notes[0]
+    # the router sees what the generator sees: the long prompt gets the predictions of its cut text
+    base = ("explain", "--models", trained["models"], "--router", trained["router"], "--device", "cpu", "--json")
+    docs = []
+    for text in (long, cut.kept):
+        code, out, err = run_cli(*base[:1], text, *base[1:])
+        assert code == 0, err
+        docs.append({g["name"]: g["predicted_quality"] for g in json.loads(out)["prompts"][0]["generators"]})
+    assert docs[0] == docs[1]
+    # text mode: said once, on stderr
+    code, out, err = run_cli("explain", "-f", prompts, *base[1:-1])
+    assert code == 0 and err.count("longer than the 77 tokens") == 1

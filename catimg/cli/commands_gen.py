@@ -182,8 +182,13 @@ def gen(
         # costs follow the settings the run will use: size, dtype, device and batch overrides
         run_as = partial(run_settings, width=width, height=height, dtype=dtype)
         cost_batch = batch_size or 1
+        from catimg.prompts import fit_for_run
+
+        # prompts longer than the text encoder takes: the router sees them as cut, and the run says so once
+        fit = fit_for_run(texts, catalog, generator)
         try:
-            result, notes = _route(texts, catalog, rt, dev, bud, total, generator, allow_download, run_as, cost_batch)
+            result, notes = _route(texts, catalog, rt, dev, bud, total, generator, allow_download, run_as, cost_batch,
+                                   fit.texts)
         except WeightsMissingError as exc:
             if not dry_run:
                 raise
@@ -192,10 +197,10 @@ def gen(
 
             stop = exc
             result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator,
-                                   run_as=run_as, batch=cost_batch)
+                                   run_as=run_as, batch=cost_batch, router_texts=fit.texts)
             notes = ["a real run stops before loading anything: the weights are missing (see the error below)"]
 
-        notes = [*locked, *repaired, *notes]
+        notes = [*locked, *repaired, *notes, *[n for n in [fit.note()] if n]]
         from catimg.cli.commands_routing import cost_notice, print_warnings
 
         # once: that estimates drive this routing (stderr; with --json a note in the document instead)
@@ -288,7 +293,7 @@ def gen(
 
 def _route(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, total: float | None,
            forced: str | None, allow_download: bool, run_as: Any = None,
-           batch: int = 1) -> tuple[RoutingResult, list[str]]:
+           batch: int = 1, router_texts: list[str] | None = None) -> tuple[RoutingResult, list[str]]:
     """Route; if a chosen generator's weights are missing, re-plan among those that are there (and say so)."""
     from dataclasses import replace
 
@@ -298,7 +303,7 @@ def _route(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, tota
     from catimg.routing import route_prompts
 
     result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=forced, run_as=run_as,
-                           batch=batch)
+                           batch=batch, router_texts=router_texts)
     chosen = {r.choice for r in result.routes}
     missing: dict[str, WeightsMissingError] = {}
     for name in sorted(chosen):
@@ -325,7 +330,8 @@ def _route(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, tota
         raise every
     reduced = Catalog(path=catalog.path, origin=catalog.origin, generators=keep)
     try:
-        result = route_prompts(texts, reduced, rt, dev, budget=bud, total_budget=total, run_as=run_as, batch=batch)
+        result = route_prompts(texts, reduced, rt, dev, budget=bud, total_budget=total, run_as=run_as, batch=batch,
+                               router_texts=router_texts)
     except InputError:
         raise every from None
     note = (f"weights not found for {', '.join(sorted(missing))}; re-planned among the generators that are "

@@ -87,7 +87,11 @@ def plan(
     catalog = load_catalog(models)
     rt = load_router(router)
     dev = hypothetical_gpu(gpu) if gpu is not None else lookup_device(device).info  # nothing runs: no torch needed
-    result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator)
+    from catimg.prompts import fit_for_run
+
+    fit = fit_for_run(texts, catalog, generator)  # the router sees long prompts as the generator's encoder cuts them
+    result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator,
+                           router_texts=fit.texts)
     gmodels = {g.name: g.model for g in catalog.generators}
     cp = cluster_plan(result.shares(), result.costs, gmodels, ks, scale_to=scale_to, chunk_size=chunk_size,
                       device=dev.name, images_per_prompt=images_per_prompt)

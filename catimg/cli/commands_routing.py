@@ -87,14 +87,20 @@ def explain(
     catalog, rt, found = describe_setup(models, router, device)  # no torch where the device is known without it
     dev = found.info
     from catimg.cli.progress import embedding_progress
+    from catimg.prompts import fit_for_run
 
+    fit = fit_for_run(texts, catalog, generator)  # prompts longer than the text encoder: routed as the generator sees them
     with embedding_progress():  # 10,000 new prompts take minutes to embed: progress on stderr, never stdout
         result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator,
-                               neighbours=neighbours, explain=True)
+                               neighbours=neighbours, explain=True, router_texts=fit.texts)
     print_warnings(result, notice=not as_json)
+    if fit.note() and not as_json:
+        from catimg.cli.render import error_console
+
+        error_console().print(label("note:", "yellow", str(fit.note())), highlight=False)
     if as_json:
         doc = result.to_dict()
-        doc["notes"] = [n for n in [cost_notice(result)] if n]  # stdout holds only the JSON document
+        doc["notes"] = [n for n in [cost_notice(result), fit.note()] if n]  # stdout holds only the JSON document
         doc["catalog"] = str(catalog.path)
         doc["router"] = str(rt.path)
         from catimg.cli.scoring import own_measurements
