@@ -145,9 +145,12 @@ class Router:
         return emb
 
     def predict(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted quality (n, g) and its uncertainty (n, g) in metric units, columns in :attr:`generators` order."""
+        """Predicted quality (n, g) and its uncertainty (n, g) in metric units, columns in :attr:`generators` order.
+
+        The expected quality is kept within the metric's scale: a linear model can extrapolate past the best or worst
+        score the metric can give (a CLIPScore below 0), which no image can reach."""
         mean, std = self.predictor.predict(self._check_emb(emb))
-        return mean.astype(np.float64), std.astype(np.float64)
+        return np.clip(mean.astype(np.float64), *self.scale), std.astype(np.float64)
 
     @property
     def training_prompts(self) -> list[str]:

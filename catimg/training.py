@@ -40,12 +40,19 @@ OOF_FOLDS = 5
 MAX_CV_PROMPTS = 20000
 
 
+def known_scales() -> dict[str, tuple[float, float]]:
+    """Every metric whose range catimg documents: the public data sets' and the scorers' (clipscore, pickscore)."""
+    from catimg.datasets import METRIC_SCALES
+    from catimg.scorer import SCORERS
+
+    return {**{name: spec.scale for name, spec in SCORERS.items()}, **METRIC_SCALES}
+
+
 def metric_scale(metric: str, Y: np.ndarray) -> tuple[float, float]:
     """The scale (lo, hi) of a metric: a known one, else the range of the measured scores."""
-    from catimg.datasets import METRIC_SCALES
-
-    if metric in METRIC_SCALES:
-        return METRIC_SCALES[metric]
+    known = known_scales()
+    if metric in known:
+        return known[metric]
     lo, hi = float(np.nanmin(Y)), float(np.nanmax(Y))
     if hi - lo < 1e-9:
         hi = lo + 1.0
