@@ -90,8 +90,14 @@ def plan(
     from catimg.prompts import fit_for_run
 
     fit = fit_for_run(texts, catalog, generator)  # the router sees long prompts as the generator's encoder cuts them
+    costs = None
+    if gpu is not None:  # another GPU: the router's seconds were not measured on it (the rule's step 3 is skipped)
+        from catimg.cost import routing_costs
+
+        costs = routing_costs(catalog.generators, dev, unknown_ok=lambda g: generator is not None or not (
+            g.enabled and rt.knows(g)))
     result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator,
-                           router_texts=fit.texts)
+                           router_texts=fit.texts, costs=costs)
     gmodels = {g.name: g.model for g in catalog.generators}
     cp = cluster_plan(result.shares(), result.costs, gmodels, ks, scale_to=scale_to, chunk_size=chunk_size,
                       device=dev.name, images_per_prompt=images_per_prompt)
