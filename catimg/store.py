@@ -478,8 +478,11 @@ class Store:
         """Write the long format to ``path`` (:func:`catimg.measurements.write_measurements`); returns the row count."""
         return write_measurements(self.measurements(metric, generators), path)
 
-    def import_file(self, path: str | Path, generators: Sequence[Generator] = (), default_metric: str = "score") -> int:
-        """Read a long-format CSV/JSONL file into the store; returns the number of scores stored.
+    def import_file(
+        self, path: str | Path, generators: Sequence[Generator] = (), default_metric: str = "score"
+    ) -> ImportCounts:
+        """Read a long-format CSV/JSONL file into the store; returns how many scores were new, updated (another
+        value for the same image and metric) and unchanged (already there: importing a file again changes nothing).
 
         A generator named in ``generators`` (the catalog) is keyed by its settings hash; any other name by a
         hash of its name alone (``source`` settings unknown). Rows without a seed are numbered per (prompt,
@@ -488,7 +491,7 @@ class Store:
         rows = read_rows(path)
         by_name = {g.name: g for g in generators}
         counters: dict[tuple[str, str, str], int] = {}
-        n = 0
+        new = updated = unchanged = 0
         with self._tx() as c:
             known: set[str] = set()
             for r in rows:
@@ -519,12 +522,38 @@ class Store:
                 image_id = c.execute(
                     "SELECT id FROM images WHERE prompt_id = ? AND generator_hash = ? AND seed = ?", (pid, h, seed)
                 ).fetchone()[0]
+                before = c.execute("SELECT value FROM scores WHERE image_id = ? AND metric = ?",
+                                   (image_id, metric)).fetchone()
+                if before is not None and float(before[0]) == float(r.score):
+                    unchanged += 1
+                    continue
                 c.execute(
                     "INSERT OR REPLACE INTO scores (image_id, metric, value, scorer) VALUES (?, ?, ?, ?)",
                     (image_id, metric, r.score, "import"),
                 )
-                n += 1
-        return n
+                if before is None:
+                    new += 1
+                else:
+                    updated += 1
+        return ImportCounts(new=new, updated=updated, unchanged=unchanged)
+
+
+@dataclass(frozen=True)
+class ImportCounts:
+    """What :meth:`Store.import_file` did with the file's scores."""
+
+    new: int
+    updated: int
+    unchanged: int
+
+    @property
+    def total(self) -> int:
+        return self.new + self.updated + self.unchanged
+
+    def describe(self) -> str:
+        """``120 scores: 0 new, 0 updated, 120 unchanged (already in the database)``."""
+        return (f"{self.total:,} scores: {self.new:,} new, {self.updated:,} updated, {self.unchanged:,} unchanged"
+                + (" (already in the database)" if self.unchanged and not (self.new or self.updated) else ""))
 
 
 def _has_tables(p: Path, busy_timeout: float) -> bool:

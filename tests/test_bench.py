@@ -103,3 +103,28 @@ def test_missing_weights_fail_in_one_line(tmp_path: Path) -> None:
     assert r.exit_code == 6
     doc = json.loads(r.stdout)
     assert doc["results"] == [] and len(doc["errors"]) == 1 and "sdxl-turbo" in doc["errors"][0]
+
+
+def test_bench_does_not_leak_the_torchvision_notice(tmp_path: Path, tiny_sd_dir: Path) -> None:
+    """transformers' "requires torchvision (not installed); falling back to ...Pil" notice (once per process) is
+    silenced by `catimg bench`, on its one logger only; loading the same pipeline without the CLI shows it."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    toml = _catalog(tmp_path, tiny_sd_dir, steps="2")
+    # a fresh process with transformers' default verbosity (tests that load pipelines in-process set it to error)
+    env = {k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY")}
+    env["CATIMG_CACHE_DIR"] = str(tmp_path / "cache")
+    r = subprocess.run([sys.executable, "-m", "catimg", "bench", "--models", str(toml), "--device", "cpu",
+                        "--repeats", "1", "--warmup", "0"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "torchvision" not in r.stderr and "torchvision" not in r.stdout, r.stderr
+    if importlib.util.find_spec("torchvision") is None:  # the control: the notice is real here
+        code = ("from catimg.config import parse_catalog; from catimg.bench import measure; "
+                "from catimg.device import detect_device; from pathlib import Path; "
+                f"p = Path({str(toml)!r}); g = parse_catalog(p.read_text(), p).get('tsd'); "
+                "measure(g, detect_device('cpu'), repeats=1, warmup=0)")
+        control = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert control.returncode == 0, control.stderr
+        assert "requires torchvision (not installed)" in control.stderr

@@ -84,8 +84,10 @@ def test_export_import_round_trip_matches_measurements_reader(tmp_path: Path) ->
     table = read_measurements(tmp_path / "out.csv", known_generators=["a", "b"])
     assert table.metric == "clipscore" and table.Y.shape == (3, 2)
     with Store.open(tmp_path / "two.sqlite") as s2:
-        assert s2.import_file(tmp_path / "out.jsonl", [a, b]) == 9
-        assert s2.import_file(tmp_path / "out.jsonl", [a, b]) == 9  # idempotent
+        first = s2.import_file(tmp_path / "out.jsonl", [a, b])
+        assert (first.new, first.updated, first.unchanged) == (9, 0, 0)
+        again = s2.import_file(tmp_path / "out.jsonl", [a, b])  # idempotent, and says so
+        assert (again.new, again.updated, again.unchanged) == (0, 0, 9) and "9 unchanged" in again.describe()
         assert s2.metrics() == {"clipscore": 6, "other": 3}
         t2 = s2.to_table("clipscore", [a, b])
         np.testing.assert_allclose(t2.Y, table.Y)

@@ -9,7 +9,7 @@ import typer
 
 from catimg.cli import app
 from catimg.cli.common import DEVICE_OPT, JSON_OPT, MODELS_OPT
-from catimg.cli.render import console, error_console, fmt_seconds, label, print_json
+from catimg.cli.render import console, error_console, fmt_seconds, label, print_json, print_table
 
 
 @app.command()
@@ -45,6 +45,7 @@ def bench(
     catalog = load_catalog(models)
     gens = [catalog.get(n) for n in generators] if generators else list(catalog.enabled)
     dev = detect_device(device)
+    quiet_torchvision_notice()
     err = error_console()
     con = console()
     if not as_json:
@@ -107,7 +108,28 @@ def bench(
                 t.add_row(row["generator"], str(row["steps"]), fmt_seconds(row["load_seconds"]),
                           fmt_seconds(row["step_seconds"]), fmt_seconds(row["fixed_seconds"]),
                           fmt_seconds(row["seconds_per_image"]), fmt_seconds(row["estimated_seconds"]), mem)
-            con.print(t)
+            print_table(con, t, drop=("fixed", "peak mem", "estimated", "steps"))
             con.print(f"saved to {cache_path()}; `catimg models` and `catimg explain` now use these costs")
     if failures:
         raise typer.Exit(failures[0].exit_code)
+
+
+TORCHVISION_NOTICE = "requires torchvision (not installed)"
+
+
+class _NoTorchvisionNotice:
+    """A logging filter: drops transformers' notice that an image processor falls back to its PIL backend."""
+
+    def filter(self, record: Any) -> bool:
+        return TORCHVISION_NOTICE not in record.getMessage()
+
+
+def quiet_torchvision_notice() -> None:
+    """transformers says once per image processor (CLIPImageProcessor, SiglipImageProcessor ...) that torchvision
+    is missing and it uses the PIL backend, which is what catimg wants; bench silences exactly that notice (on the
+    one logger that emits it), nothing else."""
+    import logging
+
+    logger = logging.getLogger("transformers.utils.import_utils")
+    if not any(isinstance(f, _NoTorchvisionNotice) for f in logger.filters):
+        logger.addFilter(_NoTorchvisionNotice())

@@ -19,7 +19,15 @@ DB_OPT = typer.Option(
 )
 
 measurements_app = typer.Typer(
-    name="measurements", help="Move measurements between the calibration database and long-format CSV/JSONL files.",
+    name="measurements",
+    help=(
+        "Move measurements between the calibration database and long-format CSV/JSONL files.\n\n"
+        "Examples:\n\n"
+        "  catimg measurements export scores.csv\n\n"
+        "  catimg measurements export scores.jsonl --metric clipscore --generators sdxl-turbo,sd21\n\n"
+        "  catimg measurements import colleague-scores.csv\n\n"
+        "  catimg train --measurements scores.csv --out my-router"
+    ),
     no_args_is_help=True, add_completion=False,
 )
 app.add_typer(measurements_app, name="measurements")
@@ -282,6 +290,8 @@ def import_cmd(
 ) -> None:
     """Add measurements from a long-format file to the database (importing the same file twice adds nothing).
 
+    Says how many scores were new, updated (another value for an image already there) and unchanged.
+
     Rows are keyed by the settings of the generators of models.toml (--models), so later changes to a generator
     do not mix with these scores.
     """
@@ -296,9 +306,10 @@ def import_cmd(
             raise
         gens = []
     with Store.open(db) as store:
-        n = store.import_file(file, gens, default_metric=metric)
+        counts = store.import_file(file, gens, default_metric=metric)
         path = store.path
     if json_out:
-        print_json({"db": str(path), "file": str(file), "scores": n})
+        print_json({"db": str(path), "file": str(file), "scores": counts.total, "new": counts.new,
+                    "updated": counts.updated, "unchanged": counts.unchanged})
     else:
-        console().print(f"imported {n} scores from {file} into {path}")
+        console().print(f"imported {file} into {path}: {counts.describe()}", soft_wrap=True)

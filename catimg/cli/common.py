@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
 # Reusable option declarations: one place for names, defaults and help.
 PROMPTS_ARG = typer.Argument(None, help="One or more prompts (quote each). Use -f FILE for a prompt file.", show_default=False)
 FILE_OPT = typer.Option(
-    None, "--file", "-f", help="Prompt file: UTF-8, one prompt a line; blank lines and lines starting with # are skipped.",
+    None, "--file", "-f",
+    help="Prompt file: UTF-8, one prompt a line; blank lines and lines starting with # are skipped. - reads standard input.",
     show_default=False,
 )
 BUDGET_OPT = typer.Option(
@@ -62,15 +64,40 @@ def check_choice(option: str, value: str | None, choices: Sequence[str]) -> None
 
 
 def collect_prompts(prompts: list[str] | None, file: Path | None) -> list[str]:
-    """Prompts from arguments and/or a file, validated; an empty list is an error."""
+    """Prompts from arguments and/or a file (``-f -``: standard input), validated; an empty list is an error."""
     from catimg.prompts import read_prompt_file, validate_prompt
 
-    out = [validate_prompt(p) for p in (prompts or [])]
+    given = list(prompts or [])
+    for i, p in enumerate(given):
+        if not p.strip():  # the command the user typed is the right one: say what is wrong with the prompt
+            which = "the prompt" if len(given) == 1 else f"prompt {i + 1} of {len(given)}"
+            raise InputError(f'{which} is empty ("{p}"); put the text to draw in quotes, e.g. "a lighthouse at dusk"')
+    out = [validate_prompt(p) for p in given]
     if file is not None:
-        out.extend(read_prompt_file(file))
+        out.extend(read_stdin_prompts() if str(file) == "-" else read_prompt_file(file))
     if not out:
         raise InputError('no prompt given; pass one ("a lighthouse at dusk") or a prompt file with -f FILE')
     return out
+
+
+def read_stdin_prompts() -> list[str]:
+    """``-f -``: prompts from standard input, one a line (blank and ``#`` lines skipped), UTF-8."""
+    from catimg.prompts import parse_prompt_lines
+
+    raw = getattr(sys.stdin, "buffer", None)
+    if raw is not None:
+        data = raw.read()
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"standard input (-f -): not UTF-8 at byte {exc.start}; convert it to UTF-8") from None
+    else:
+        text = sys.stdin.read()
+    found = parse_prompt_lines(text)
+    if not found:
+        raise InputError("standard input (-f -): no prompts; send one prompt a line, e.g. "
+                         "`cat prompts.txt | catimg explain -f -`")
+    return found
 
 
 def load_setup(

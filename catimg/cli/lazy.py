@@ -86,6 +86,38 @@ def load_command(app: Any, name: str) -> Any:
     raise RuntimeError(f"catimg.cli.{entry.module} does not define the command {name!r}")  # pragma: no cover
 
 
+def reflow(text: str | None) -> str | None:
+    """Help text as paragraphs: the lines of a paragraph joined into one (Rich wraps it at the terminal's width;
+    a docstring's own line breaks would break sentences in the middle), indented paragraphs (examples) kept."""
+    if not text:
+        return text
+    paragraphs = text.split("\n\n")
+    return "\n\n".join(p if p.startswith("  ") else " ".join(p.split()) for p in paragraphs)
+
+
+def tidy_help(command: Any) -> None:
+    """--help of ``command`` and its subcommands: paragraphs reflowed (:func:`reflow`) and no ``<bool>`` after
+    boolean flags, the --help option included (Typer shows the type of every option; a flag takes no value)."""
+    if getattr(command, "_catimg_tidy", False):
+        return
+    command._catimg_tidy = True
+    command.help = reflow(command.help)
+    for param in command.params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    get_help_option = command.get_help_option
+
+    def help_option(ctx: Any) -> Any:
+        option = get_help_option(ctx)
+        if option is not None and option.metavar is None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        tidy_help(sub)
+
+
 class LazyGroup(TyperGroup):
     """The root group: commands from :data:`COMMANDS`, each module imported when its command is first needed."""
 
@@ -100,6 +132,7 @@ class LazyGroup(TyperGroup):
             if command is None:
                 return None
             self.commands[cmd_name] = command
+        tidy_help(self.commands[cmd_name])
         return self.commands[cmd_name]
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
