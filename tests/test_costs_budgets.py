@@ -82,11 +82,18 @@ def test_item8_estimates_drive_routing_say_so_once_and_explicit_cost_follows_the
     models.write_text(f'[generators.sd]\nsource = "{tiny_sd_dir}"\nsteps = 2\nguidance = 2.0\nwidth = 64\nheight = 64\n'
                       f'[generators.fixed]\nsource = "{tiny_sd_dir}"\nsteps = 3\nguidance = 2.0\nwidth = 64\n'
                       'height = 64\ncost_seconds = 2.0\n')
-    code, out, err = run_cli("gen", "a cat", "--models", models, "--generator", "sd", "--dry-run", "--device", "cpu",
-                             "--out", tmp_path / "o")
+    # the bundled catalog and router (trained in TFLOPs) on this CPU: estimates route, said once on stderr
+    code, out, err = run_cli("explain", "a cat", "a dog", "--device", "cpu")
     assert code == 0, err
     notices = [line for line in err.splitlines() if "catimg bench" in line]
-    assert len(notices) == 1 and "sd" in notices[0] and "estimated" in notices[0]  # once, on stderr
+    assert len(notices) == 1 and "sdxl-turbo" in notices[0] and "estimated from FLOPs" in notices[0]
+    assert "cost from" in out and "estimated" in out
+    code, out, err = run_cli("explain", "a cat", "--device", "cpu", "--json")
+    assert code == 0 and [n for n in json.loads(out)["notes"] if "catimg bench" in n] and "catimg bench" not in err
+    # a forced generator is not routed: no notice, but the plan still says where its cost comes from
+    code, out, err = run_cli("gen", "a cat", "--models", models, "--generator", "sd", "--dry-run", "--device", "cpu",
+                             "--out", tmp_path / "o")
+    assert code == 0 and "catimg bench" not in err, err
     assert "estimated" in out and "cost from" in out
     # an explicit cost_seconds is for the catalog's size: a run at another size rescales it by the FLOP ratio
     code, out, err = run_cli("gen", "a cat", "--models", models, "--generator", "fixed", "--dry-run", "--json",

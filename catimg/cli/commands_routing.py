@@ -147,10 +147,13 @@ def print_warnings(result: RoutingResult | None = None, notice: bool = True) -> 
 
 
 def cost_notice(result: RoutingResult) -> str | None:
-    """The one line saying that estimates, not measurements, drive this routing, and what `catimg bench` costs."""
+    """The one line saying that estimates, not measurements, drive this routing, and what `catimg bench` costs
+    (None when nothing is routed: a forced --generator)."""
     from catimg.cost import estimate_notice
 
-    return estimate_notice(result.costs, [n for n, st in result.statuses.items() if st in ("routable", "forced")])
+    if result.lam is None:
+        return None
+    return estimate_notice(result.costs, [n for n, st in result.statuses.items() if st == "routable"])
 
 
 def render_cost_notes(con: Console, result: RoutingResult) -> None:
