@@ -173,10 +173,12 @@ def generator_cost(gen: Generator, device: DeviceInfo, use_measured: bool = True
     notes: list[str] = [f"estimated from {est.total_tflops:.3g} TFLOPs on {tp.label}"]
     if gen.cost_tflops is not None:
         notes[0] = f"estimated from explicit cost_tflops = {gen.cost_tflops:g}{scaled_note} on {tp.label}"
-    m = _measured(gen, device) if use_measured and gen.cost_seconds is None else None
-    if m is not None:
-        seconds, load_seconds, kind = m.seconds_per_image(gen.steps), m.load_seconds, "measured"
+    m = _measured(gen, device) if use_measured else None
+    if m is not None:  # its load time and peak memory count even under an explicit cost_seconds
+        load_seconds = m.load_seconds
         peak = m.peak_memory_gb if m.peak_memory_gb is not None else peak
+    if m is not None and gen.cost_seconds is None:
+        seconds, kind = m.seconds_per_image(gen.steps), "measured"
         notes = [f"measured by {m.source} on {m.measured_at[:10]}"]
     elif router_seconds is not None and gen.cost_seconds is None:
         seconds, kind = router_seconds * scale, "router"

@@ -146,6 +146,8 @@ def test_item10_one_duration_format_reads_back() -> None:
 
 def test_item9_total_budget_spend_is_reported_and_measured_times_feed_the_next_plan(
         trained: dict[str, Path], tmp_path: Path) -> None:
+    import re
+
     from catimg.bench import cache_path
 
     prompts = tmp_path / "p.txt"
@@ -179,7 +181,8 @@ def test_item9_total_budget_spend_is_reported_and_measured_times_feed_the_next_p
     # the text summary says the same, against the budget
     code, out, err = run_cli(*args, "--out", tmp_path / "o3")
     assert code == 0, err
-    assert "of the 30.0 s budget (planned" in out and "load actual" in out and "under budget" in out
+    assert "of the 30.0 s budget (planned" in out and "load actual" in out
+    assert re.search(r"; [\d.]+ (ms|s|min) \(\d+%\) (over|under) budget", out)  # which one: the machine's load
 
 
 def test_item12_long_prompts_are_cut_where_the_real_tokenizer_cuts_and_routed_as_cut(
