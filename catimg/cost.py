@@ -179,7 +179,8 @@ def generator_cost(gen: Generator, device: DeviceInfo, use_measured: bool = True
         peak = m.peak_memory_gb if m.peak_memory_gb is not None else peak
     if m is not None and gen.cost_seconds is None:
         seconds, kind = m.seconds_per_image(gen.steps), "measured"
-        notes = [f"measured by {m.source} on {m.measured_at[:10]}"]
+        reused = f", {m.note}" if m.note.startswith("from the measurement of") else ""  # another step count
+        notes = [f"measured by {m.source} on {m.measured_at[:10]}{reused}"]
     elif router_seconds is not None and gen.cost_seconds is None:
         seconds, kind = router_seconds * scale, "router"
         notes = [f"seconds per image the router was trained with{scaled_note} (the measurements' seconds column; "
