@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from catimg.errors import DeviceError
+from catimg.errors import DeviceError, InputError, did_you_mean
 
 DeviceKind = Literal["cuda", "mps", "cpu"]
 GIB = 1024**3
@@ -136,11 +136,13 @@ _OVERRIDE = re.compile(r"^(cuda|mps|cpu|gpu)(?::(\d+))?$")
 
 
 def parse_override(override: str) -> tuple[str, int | None]:
-    """``"cuda:1"`` -> ("cuda", 1). DeviceError for anything else."""
+    """``"cuda:1"`` -> ("cuda", 1). InputError (exit 2) for anything else."""
     text = override.strip().lower()
     m = _OVERRIDE.match(text)
     if not m or (m.group(1) in ("mps", "cpu") and m.group(2) is not None):
-        raise DeviceError(f'--device "{override}" is not a device; use cpu, cuda, cuda:N or mps')
+        # a mistyped option, not a device problem: exit 2 like any bad option value
+        raise InputError(f'--device "{override}" is not a device{did_you_mean(text, ["cpu", "cuda", "mps"])}; '
+                         "use cpu, cuda, cuda:N or mps")
     kind = "cuda" if m.group(1) == "gpu" else m.group(1)
     return kind, int(m.group(2)) if m.group(2) is not None else None
 

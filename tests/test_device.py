@@ -99,8 +99,20 @@ def test_mps_and_fallbacks() -> None:
 
 @pytest.mark.parametrize("bad", ["tpu", "cuda:x", "cpu:1", ""])
 def test_bad_override(bad: str) -> None:
-    with pytest.raises(DeviceError, match="not a device"):
+    from catimg.errors import ExitStatus, InputError
+
+    with pytest.raises(InputError, match="not a device") as info:  # a bad option value: exit 2, not 5
         detect_device(bad or " ", torch_module=fake_torch([]))
+    assert info.value.exit_code == ExitStatus.BAD_INPUT
+
+
+def test_bad_device_option_exits_2_through_the_cli() -> None:
+    from harness import run_cli
+
+    for args in (["models", "--device", "tpu"], ["explain", "x", "--device", "tpu"], ["doctor", "--device", "tpu"]):
+        code, _out, err = run_cli(*args)
+        assert code == 2, (args, err)
+        assert err.count("\n") == 1 and '--device "tpu" is not a device' in err
 
 
 def test_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,7 +155,7 @@ def test_cli_device_error_is_one_line(tmp_path, tiny_sd_dir) -> None:
     toml.write_text(f'[generators.t]\nsource = "{tiny_sd_dir}"\nwidth = 64\nheight = 64\n', encoding="utf-8")
     r = subprocess.run([sys.executable, "-m", "catimg", "bench", "--models", str(toml), "--device", "quantum"],
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 5
+    assert r.returncode == 2  # a bad option value (issue 10, item 15), not a device problem (5)
     assert r.stderr.strip().count("\n") == 0 and '--device "quantum" is not a device' in r.stderr
     assert "Traceback" not in r.stderr
 

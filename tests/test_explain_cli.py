@@ -151,7 +151,7 @@ def test_forced_generator_and_summary(timed_models: Path, prompt_file: Path) -> 
 @pytest.mark.parametrize(
     ("args", "needle", "exit_code"),
     [
-        (["explain", "  "], "empty prompt", 2),
+        (["explain", "  "], "the prompt is empty", 2),
         (["explain"], "no prompt given", 2),
         (["explain", "-f", "/nonexistent/prompts.txt"], "prompt file not found", 2),
         (["explain", "x", "--budget", "cheap"], '--budget "cheap" is not a level or a duration', 2),

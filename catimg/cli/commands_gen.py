@@ -33,7 +33,7 @@ from catimg.cli.common import (
     load_setup,
     parse_budgets,
 )
-from catimg.cli.render import console, fmt_seconds, label, print_json
+from catimg.cli.render import console, fmt_seconds, fmt_value, label, print_json
 from catimg.cli.scoring import finish_scoring, report_scoring, scored_events, scoring_doc
 from catimg.device import DTYPES
 from catimg.errors import ExitStatus, InputError, WeightsMissingError
@@ -668,5 +668,5 @@ def inspect(
         t.add_column("value")
         for k in sorted(rec):
             v = rec[k]
-            t.add_row(k, "-" if v is None else str(v))
+            t.add_row(k, fmt_value(v))
         con.print(t)

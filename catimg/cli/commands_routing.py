@@ -94,6 +94,7 @@ def explain(
         result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator,
                                neighbours=neighbours, explain=True, router_texts=fit.texts)
     print_warnings(result, notice=not as_json)
+    renamed = {g.name: old for g in catalog.generators if g.enabled and (old := known_as(rt, g))}
     if fit.note() and not as_json:
         from catimg.cli.render import error_console
 
@@ -103,11 +104,18 @@ def explain(
         doc["notes"] = [n for n in [cost_notice(result), fit.note()] if n]  # stdout holds only the JSON document
         doc["catalog"] = str(catalog.path)
         doc["router"] = str(rt.path)
+        doc["renamed"] = renamed  # {catalog name: the router's name} for generators renamed with the same settings
         from catimg.cli.scoring import own_measurements
 
         doc["own_measurements"] = own_measurements(rt.data_card)  # gen --score / calibrate rows it was trained on
         print_json(doc)
         return
+    render_explain(result, catalog, rt, found, renamed, detail)
+
+
+def render_explain(result: RoutingResult, catalog: Any, rt: Any, found: Any, renamed: dict[str, str],
+                   detail: bool | None) -> None:
+    """explain's text output: header lines, notes, a table per prompt (or one compact table), the plan summary."""
     con = console()
     render_header(con, result, str(catalog.path), str(rt.path), found.note(REFRESH_HINT))
     from catimg.cli.scoring import own_measurements_line
@@ -115,13 +123,15 @@ def explain(
     if (own := own_measurements_line(rt.data_card)) is not None:  # a router trained with --db
         con.print(own, highlight=False, soft_wrap=True)
     render_cost_notes(con, result)
-    show_detail = detail if detail is not None else len(texts) <= DETAIL_LIMIT
+    for name, old in renamed.items():
+        con.print(label("note:", "yellow", renamed_note(name, old, str(catalog.path))), highlight=False)
+    show_detail = detail if detail is not None else len(result.routes) <= DETAIL_LIMIT
     if show_detail:
         for route in result.routes:
             render_route(con, result, route)
     else:
         render_compact(con, result)
-    if len(texts) > 1:
+    if len(result.routes) > 1:
         render_summary(con, result)
 
 
@@ -369,9 +379,11 @@ def doctor(
 
     from catimg import __version__
     from catimg.config import find_catalog, load_catalog
-    from catimg.device import lookup_device
+    from catimg.device import lookup_device, parse_override
     from catimg.errors import CatimgError
 
+    if device is not None:
+        parse_override(device)  # a mistyped --device is a usage error (exit 2), not a problem doctor found
     versions = {"catimg": __version__, "python": platform.python_version()}
     for pkg in ("torch", "diffusers", "transformers", "huggingface_hub", "typer", "rich", "numpy"):
         try:
