@@ -173,6 +173,7 @@ class ScoreMatrix:
     cn: np.ndarray  # (g,) seconds normalised by catimg.rule (over the generators the router knows)
     allowed: np.ndarray  # (g,) bool: routable in this run
     emb: np.ndarray | None  # (n, d) prompt embeddings; None when the router is not used
+    sources: tuple[str, ...] = ()  # (g,) where each cost comes from (catimg.cost.COST_SOURCES), for messages
 
 
 @dataclass(frozen=True, eq=False)
@@ -339,7 +340,13 @@ def score_matrix(prompts: list[str], gens: tuple[Generator, ...], router: Router
         tflops=np.array([costs[nm].tflops for nm in names], dtype=float),
         load=np.array([costs[nm].load_seconds for nm in names], dtype=float), cn=cn,
         allowed=np.array([statuses[nm] == ROUTABLE for nm in names], dtype=bool), emb=emb,
+        sources=tuple(costs[nm].source for nm in names),
     )
+
+
+def _labels(sc: ScoreMatrix) -> tuple[str, ...]:
+    """Each generator with where its cost comes from ("sdxl-turbo (estimated)"), for budget messages."""
+    return tuple(f"{n} ({src})" for n, src in zip(sc.names, sc.sources, strict=True)) if sc.sources else sc.names
 
 
 def solve(scores: ScoreMatrix, router: Router, budget: Budget, total_budget: float | None,
@@ -351,10 +358,10 @@ def solve(scores: ScoreMatrix, router: Router, budget: Budget, total_budget: flo
     # λ of a seconds budget is on the cost scale of the levels' (sc.cn), so that it can be compared with them
     if total_budget is not None:
         lam, choice = solve_total(sc.qn, sc.seconds, total_budget, sc.allowed, sc.load, list(sc.models), cn=sc.cn,
-                                  labels=sc.names)
+                                  labels=_labels(sc))
     elif budget.seconds is not None:
         lam, choice = solve_total(sc.qn, sc.seconds, budget.seconds * n, sc.allowed, option="--budget", cn=sc.cn,
-                                  labels=sc.names)
+                                  labels=_labels(sc))
     else:
         assert budget.level is not None
         lam = float(router.levels[budget.level])

@@ -113,7 +113,7 @@ def test_item10_budget_messages_lead_somewhere(trained: dict[str, Path]) -> None
     # a per-image budget below the cheapest generator: its name and cost, and the smallest budget that works
     code, out, err = run_cli(*base, "--budget", "10ms")
     assert code == 2 and out == "" and "\n" not in err.strip()
-    assert "sd@2 takes 40 ms per image" in err and "route fewer prompts" not in err
+    assert "sd@2 (router data) takes 40 ms per image" in err and "route fewer prompts" not in err
     smallest = re.search(r'--budget "([^"]+)"; or use a level', err)
     assert smallest and smallest.group(1) == "40 ms"
     code, out, err = run_cli(*base, "--budget", smallest.group(1), "--json")  # ... and it does work
