@@ -219,3 +219,22 @@ def test_item12_long_prompts_are_cut_where_the_real_tokenizer_cuts_and_routed_as
     # text mode: said once, on stderr
     code, out, err = run_cli("explain", "-f", prompts, *base[1:-1])
     assert code == 0 and err.count("longer than the 77 tokens") == 1
+
+
+def test_item10_the_help_examples_work_or_say_why_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every example in `explain --help` and `gen --help`, run as printed (bundled catalog and router, this CPU, no
+    weights, no prompts.txt): it works, or one line says why (the file, this device's costs, the missing weights)."""
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    for command in ("explain", "gen"):
+        code, out, _ = run_cli(command, "--help")
+        examples = [shlex.split(line.strip())[1:] for line in out.splitlines()
+                    if line.strip().startswith(f"catimg {command} ")]
+        assert code == 0 and len(examples) >= 2
+        for args in examples:
+            code, out, err = run_cli(*args)
+            errors = [line for line in err.splitlines() if line.startswith("error:")]
+            assert code == 0 or (len(errors) == 1 and any(
+                why in errors[0] for why in ("prompts.txt: prompt file not found", "on this device", "hf download"))), \
+                (args, code, err)
