@@ -18,7 +18,7 @@ the cheapest to the best single generator that a policy recovers) are in :mod:`c
 (``±``) come from a bootstrap over the evaluated prompts (``--bootstrap`` resamples of the first repeat's
 predictions): they measure how much the number depends on which prompts were sampled, the error that matters when
 comparing two predictors on the same prompts. ``Δ APGR`` is the paired difference to the paper's KNN (k = 100) on
-the same resamples.
+the same resamples, ``Δ vs ridge`` the paired difference to the single-set ridge predictor.
 
 ``joint ridge (all sets)`` is one ridge predictor trained on every selected set at once (:mod:`catimg.joint`: each
 set mapped to the joint scale by its metric's range), scored on each set's held-out prompts like the others: a
@@ -150,6 +150,8 @@ PREDICTORS: list[tuple[str, str, dict[str, Any]]] = [
     ("blend", "blend", {}),
 ]
 REFERENCE = "knn (paper, k=100)"
+#: The single-set predictor the joint router is compared with (paired, on the same resamples).
+SINGLE = "ridge (default)"
 
 
 @dataclass(frozen=True)
@@ -273,6 +275,7 @@ def bootstrap_se(preds: dict[str, np.ndarray], table: Table, scale: tuple[float,
         sub = Table([], table.Y[idx], table.generators, table.costs, table.metric)
         sums = summaries_of({k: v[idx] for k, v in preds.items()}, sub, scale)
         ref = sums[REFERENCE].apgr if REFERENCE in sums else None
+        single = sums[SINGLE].apgr if SINGLE in sums else None
         for label, s in sums.items():
             d = draws.setdefault(label, {})
             for m in METRICS:
@@ -281,8 +284,10 @@ def bootstrap_se(preds: dict[str, np.ndarray], table: Table, scale: tuple[float,
                     d.setdefault(m, []).append(float(v))
             if ref is not None and s.apgr is not None:
                 d.setdefault("d_apgr", []).append(float(s.apgr - ref))
+            if single is not None and s.apgr is not None:
+                d.setdefault("d_single", []).append(float(s.apgr - single))
     return {label: {m: float(np.std(v, ddof=1)) for m, v in d.items() if len(v) > 1} | {
-        "d_apgr_mean": float(np.mean(d["d_apgr"])) if d.get("d_apgr") else float("nan")}
+        f"{m}_mean": float(np.mean(d[m])) if d.get(m) else float("nan") for m in ("d_apgr", "d_single")}
         for label, d in draws.items()}
 
 
@@ -365,15 +370,17 @@ def run_set(loaded: Loaded, repeats: int, folds: int, b: int, predictors: list[t
     return SetResult(spec.name, spec.protocol, table, scale, summaries, se, timing, n_train)
 
 
-def _cell(vals: list[float | None], se: float | None, pct: bool = False) -> str:
+def _cell(vals: list[float | None], se: float | None, pct: bool = False, share: bool = False) -> str:
+    """Mean over repeats ± bootstrap s.e.; ``share``: a fraction shown in percent; ``pct``: already in percent."""
     v = [x for x in vals if x is not None]
     if not v:
         return "never"
-    m = float(np.mean(v)) * (100 if pct else 1)
-    s = f"{m:.1f}" if pct or abs(m) >= 10 else f"{m:.3f}"
+    k = 100 if share else 1
+    m = float(np.mean(v)) * k
+    s = f"{m:.1f}" if pct or share or abs(m) >= 10 else f"{m:.3f}"
     if se is not None and np.isfinite(se):
-        e = se * (100 if pct else 1)
-        s += f" ± {e:.1f}" if pct or abs(m) >= 10 else f" ± {e:.3f}"
+        e = se * k
+        s += f" ± {e:.1f}" if pct or share or abs(m) >= 10 else f" ± {e:.3f}"
     if len(v) < len(vals):
         s += f" (never in {len(vals) - len(v)}/{len(vals)})"
     return s
@@ -390,17 +397,18 @@ def render(res: SetResult, repeats: int, folds: int) -> str:
         mark = "  <- best single" if j == best else ""
         lines.append(f"   {g:<14} {t.costs[j]:9.2f} TFLOPs   mean quality {single[j]:.3f}{mark}")
     head = (f"   {'policy':<24} {'AUC':>15} {'quality at best cost':>21} {'cost to match %':>18} {'APGR %':>12} "
-            f"{'Δ APGR vs knn %':>16} {'fit+predict s':>13}")
+            f"{'Δ APGR vs knn %':>16} {'Δ vs ridge %':>13} {'fit+predict s':>13}")
     lines += [head, "   " + "-" * (len(head) - 3)]
     for label, sums in res.summaries.items():
         se = res.se.get(label, {})
-        d = "" if label in (REFERENCE, "oracle", "random") or "d_apgr" not in se else _cell([se["d_apgr_mean"]], se["d_apgr"], True)
+        d = "" if label in (REFERENCE, "oracle", "random") or "d_apgr" not in se else _cell([se["d_apgr_mean"]], se["d_apgr"], share=True)
+        ds = "" if label in (SINGLE, "oracle", "random") or "d_single" not in se else _cell([se["d_single_mean"]], se["d_single"], share=True)
         tm = res.timing.get(label)
         lines.append(
             f"   {label:<24} {_cell([s.auc for s in sums], se.get('auc')):>15} "
             f"{_cell([s.quality_at_best_cost for s in sums], se.get('quality_at_best_cost')):>21} "
-            f"{_cell([s.cost_to_match_pct for s in sums], se.get('cost_to_match_pct'), False):>18} "
-            f"{_cell([s.apgr for s in sums], se.get('apgr'), True):>12} {d:>16} {f'{tm:.1f}' if tm else '-':>13}")
+            f"{_cell([s.cost_to_match_pct for s in sums], se.get('cost_to_match_pct'), pct=True):>18} "
+            f"{_cell([s.apgr for s in sums], se.get('apgr'), share=True):>12} {d:>16} {ds:>13} {f'{tm:.1f}' if tm else '-':>13}")
     return "\n".join(lines)
 
 
