@@ -408,7 +408,7 @@ def _render_plan(con: Console, result: RoutingResult, plan: list[PlanItem], out:
         line += f" of the {fmt_seconds(result.total_budget_seconds)} budget"
     if result.best_single and result.best_single_seconds is not None:
         per_img = len(plan) / max(1, len(result.routes))
-        line += f"; always {result.best_single}: {fmt_seconds(result.best_single_seconds * per_img)}"
+        line += f"; always {result.best_single}: {fmt_seconds(_best_single_seconds(result, per_img))}"
     con.print(line)
 
 
@@ -436,10 +436,17 @@ def _render_summary(con: Console, result: RoutingResult, res: RunResult, plan: l
     if result.best_single and result.best_single_seconds is not None and result.routes and (res.made or res.failed):
         per_img = (len(res.made) + len(res.failed)) / len(result.routes)
         con.print(f"always the best single generator ({result.best_single}): estimated "
-                  f"{fmt_seconds(result.best_single_seconds * per_img)}")
+                  f"{fmt_seconds(_best_single_seconds(result, per_img))}")
     for r in res.records:
         if r.status != "ok":
             con.print(f"{r.status}: #{r.item.index} {r.item.prompt[:50]!r}: {r.note or r.error}")
+
+
+def _best_single_seconds(result: RoutingResult, images_per_prompt: float) -> float:
+    """Always the best single generator, for ``images_per_prompt`` images a prompt: its images, and one load."""
+    assert result.best_single is not None and result.best_single_seconds is not None
+    load = result.costs[result.best_single].load_seconds
+    return (result.best_single_seconds - load) * images_per_prompt + load
 
 
 def _plan_doc(result: RoutingResult, plan: list[PlanItem], out: Path, seed: int, notes: list[str],
