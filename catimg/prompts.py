@@ -129,7 +129,8 @@ def fit_prompts(prompts: list[str], gens: Sequence[Any]) -> Fit:
 
     The limit is the smallest of the generators' (:func:`token_limit`). Tokens are counted with
     the tokenizer in the weights of the first such generator that is on disk (``tokenizer/tokenizer.json`` through
-    the ``tokenizers`` library; else ``transformers.AutoTokenizer`` on ``tokenizer/``). Without local weights the
+    the ``tokenizers`` library; a slow-format tokenizer, vocab.json + merges.txt, is converted once by
+    transformers and cached in catimg's cache dir). Without local weights the
     count is an approximation: CLIP's pre-tokenisation (a word, a digit or a run of punctuation is one token, plus
     the two special tokens), which undercounts rare and long words (BPE splits them), so a cut may fall a few words
     late. A prompt whose non-space UTF-8 bytes plus 2 fit the limit is never cut (each token covers a byte or more),
@@ -214,26 +215,40 @@ def _tokenizer_folder(gen: Any) -> Path | None:
 
 
 def _load_counter(folder: Path) -> Callable[[str], tuple[list[int], int]]:
-    if (folder / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
+    from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok = Tokenizer.from_file(str(_tokenizer_json(folder)))
 
-        def count(text: str) -> tuple[list[int], int]:
-            enc = tok.encode(text)
-            return [e for (_, e), sp in zip(enc.offsets, enc.special_tokens_mask, strict=True) if not sp], len(enc.ids)
+    def count(text: str) -> tuple[list[int], int]:
+        enc = tok.encode(text)
+        return [e for (_, e), sp in zip(enc.offsets, enc.special_tokens_mask, strict=True) if not sp], len(enc.ids)
 
-        return count
-    from transformers import AutoTokenizer
+    return count
 
-    hf = AutoTokenizer.from_pretrained(str(folder))
 
-    def count_hf(text: str) -> tuple[list[int], int]:
-        enc = hf(text, return_offsets_mapping=True, return_special_tokens_mask=True, truncation=False, verbose=False)
-        pairs = zip(enc["offset_mapping"], enc["special_tokens_mask"], strict=True)
-        return [e for (_, e), sp in pairs if not sp], len(enc["input_ids"])
+def _tokenizer_json(folder: Path) -> Path:
+    """``folder/tokenizer.json``; for a tokenizer saved in the slow format (vocab.json + merges.txt, as the SD
+    repos on the Hub ship it) the fast tokenizer transformers converts it to, converted once and kept in catimg's
+    cache dir (keyed by the folder and its files' sizes and times), so later runs need no transformers import."""
+    own = folder / "tokenizer.json"
+    if own.is_file():
+        return own
+    import hashlib
 
-    return count_hf
+    from catimg.bench import cache_dir
+
+    stamp = [str(folder.resolve())] + [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
+                                       for f in sorted(folder.iterdir()) if f.is_file()]
+    cached = cache_dir() / "tokenizers" / (hashlib.sha256("|".join(stamp).encode()).hexdigest()[:24] + ".json")
+    if not cached.is_file():
+        from transformers import AutoTokenizer
+
+        backend = AutoTokenizer.from_pretrained(str(folder)).backend_tokenizer
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(cached.name + ".tmp")
+        backend.save(str(tmp))
+        tmp.replace(cached)
+    return cached
 
 
 def _short(word: str, n: int = 24) -> str:

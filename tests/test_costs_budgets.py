@@ -238,3 +238,28 @@ def test_item10_the_help_examples_work_or_say_why_not(tmp_path: Path, monkeypatc
             assert code == 0 or (len(errors) == 1 and any(
                 why in errors[0] for why in ("prompts.txt: prompt file not found", "on this device", "hf download"))), \
                 (args, code, err)
+
+
+def test_item12_a_slow_format_tokenizer_is_converted_once_and_cuts_the_same(tmp_path: Path, tiny_sd_dir: Path) -> None:
+    """The SD repos on the Hub ship vocab.json + merges.txt (no tokenizer.json): converted once, kept in the cache."""
+    import shutil
+
+    from catimg.bench import cache_dir
+    from catimg.prompts import fit_prompts
+
+    slow = tmp_path / "slow"
+    (slow / "tokenizer").mkdir(parents=True)
+    shutil.copy(tiny_sd_dir / "model_index.json", slow)
+    tok = tiny.tiny_tokenizer()
+    (slow / "tokenizer" / "vocab.json").write_text(json.dumps(tok.get_vocab()))
+    (slow / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
+    (slow / "tokenizer" / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": "<|startoftext|>",
+         "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
+    long = "a crowd in the city at night " + " ".join(f"with lantern number {i}" for i in range(40))
+    fast = fit_prompts([long, "a cat"], [tiny.generator("fast", tiny_sd_dir)])
+    converted = fit_prompts([long, "a cat"], [tiny.generator("slow", slow)])
+    assert converted.cuts == fast.cuts and len(converted.cuts) == 1 and converted.counted_by.endswith("of slow")
+    assert len(list((cache_dir() / "tokenizers").glob("*.json"))) == 1
+    fit_prompts([long], [tiny.generator("slow", slow)])  # the second time: the cached conversion
+    assert len(list((cache_dir() / "tokenizers").glob("*.json"))) == 1
