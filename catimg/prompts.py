@@ -83,6 +83,8 @@ def reference_set(name: str) -> list[str]:
 #: (SD 1.x/2.x, SDXL): 77; PixArt-α's T5: 120 (diffusers' max_sequence_length); DeepFloyd IF's T5: 77. SD3 and
 #: Flux also read a long T5 prompt next to CLIP, so nothing is lost there as a whole: no limit.
 FAMILY_TOKEN_LIMITS: dict[str, int] = {"sd1": 77, "sd2": 77, "sdxl": 77, "sdxl-turbo": 77, "pixart": 120, "if": 77}
+#: texts -> per text (end offset of each text token, tokens with the specials)
+Counter = Callable[[list[str]], list[tuple[list[int], int]]]
 _APPROX = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_", re.IGNORECASE)
 
 
@@ -146,8 +148,7 @@ def fit_prompts(prompts: list[str], gens: Sequence[Any]) -> Fit:
         return Fit(list(prompts), (), limit, names, "not counted: every prompt is short enough")
     count, counted_by = _counter([g for n, g in limited if n == limit])
     texts, cuts = list(prompts), []
-    for i in maybe:
-        ends, total = count(prompts[i])
+    for i, (ends, total) in zip(maybe, count([prompts[i] for i in maybe]), strict=True):
         if total <= limit:
             continue
         end = ends[limit - 2 - 1] if limit - 2 >= 1 else 0  # the specials (start, end) take two of the tokens
@@ -190,8 +191,8 @@ def token_limit(gen: Any) -> int | None:
     return int(n) if isinstance(n, int) and 1 < n <= 4096 else None
 
 
-def _counter(gens: Sequence[Any]) -> tuple[Callable[[str], tuple[list[int], int]], str]:
-    """(text -> (end offset of each text token, tokens with specials), how) for the first local tokenizer."""
+def _counter(gens: Sequence[Any]) -> tuple[Counter, str]:
+    """(a :data:`Counter`, how it counts) for the first local tokenizer, else the approximation."""
     for g in gens:
         folder = _tokenizer_folder(g)
         if folder is None:
@@ -214,14 +215,14 @@ def _tokenizer_folder(gen: Any) -> Path | None:
     return folder if folder is not None and folder.is_dir() else None
 
 
-def _load_counter(folder: Path) -> Callable[[str], tuple[list[int], int]]:
+def _load_counter(folder: Path) -> Counter:
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(_tokenizer_json(folder)))
 
-    def count(text: str) -> tuple[list[int], int]:
-        enc = tok.encode(text)
-        return [e for (_, e), sp in zip(enc.offsets, enc.special_tokens_mask, strict=True) if not sp], len(enc.ids)
+    def count(texts: list[str]) -> list[tuple[list[int], int]]:
+        return [([e for (_, e), sp in zip(enc.offsets, enc.special_tokens_mask, strict=True) if not sp], len(enc.ids))
+                for enc in tok.encode_batch(texts)]
 
     return count
 
@@ -255,9 +256,12 @@ def _short(word: str, n: int = 24) -> str:
     return word if len(word) <= n else word[: n - 1] + "…"
 
 
-def _approx_count(text: str) -> tuple[list[int], int]:
-    ends = [m.end() for m in _APPROX.finditer(text)]
-    return ends, len(ends) + 2
+def _approx_count(texts: list[str]) -> list[tuple[list[int], int]]:
+    out = []
+    for text in texts:
+        ends = [m.end() for m in _APPROX.finditer(text)]
+        out.append((ends, len(ends) + 2))
+    return out
 
 
 # --- building the reference sets (run once by maintainers; the result ships as package data) ---------------
