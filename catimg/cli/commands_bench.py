@@ -36,7 +36,7 @@ def bench(
 
       catimg bench sdxl-turbo sd21 --repeats 5
     """
-    from catimg.bench import cache_path, measure, pop_warnings, save_results
+    from catimg.bench import cache_path, measure, pop_warnings
     from catimg.config import load_catalog
     from catimg.cost import generator_cost
     from catimg.device import detect_device
@@ -71,47 +71,60 @@ def bench(
             failures.append(exc)
             err.print(label("error:", "bold red", exc.message), highlight=False, soft_wrap=True)
             continue
-        from dataclasses import replace
-
-        from catimg.bench import model_hash
-
-        stored = [
-            replace(result, generator=g.name, settings_hash=g.settings_hash(), model_hash=model_hash(g))
-            for g in variants
-        ]
-        save_results(stored, dev)
-        for g, r in zip(variants, stored, strict=True):
-            est = generator_cost(g, dev, use_measured=False) if estimate is not None else None
-            rows.append({
-                "generator": g.name, "steps": g.steps, "load_seconds": r.load_seconds,
-                "step_seconds": r.step_seconds, "fixed_seconds": r.fixed_seconds,
-                "seconds_per_image": r.seconds_per_image(g.steps),
-                "estimated_seconds": est.seconds if est else None, "tflops": est.tflops if est else None,
-                "peak_memory_gb": r.peak_memory_gb, "estimated_peak_memory_gb": est.peak_memory_gb if est else None,
-                "dtype": r.dtype, "repeats": r.repeats, "warmup": r.warmup, "note": r.note,
-            })
+        rows.extend(_store_variants(result, variants, dev, estimate is not None))
     warnings = pop_warnings()
     if as_json:
         print_json({"device": dev.to_dict(), "cache": str(cache_path()), "results": rows,
                     "errors": [f.message for f in failures], "warnings": warnings})
     else:
-        for w in warnings:
-            err.print(label("warning:", "yellow", w), highlight=False, soft_wrap=True)
-        if rows:
-            from rich.table import Table
-
-            t = Table(show_edge=False, pad_edge=False)
-            for col in ("generator", "steps", "load", "per step", "fixed", "per image", "estimated", "peak mem"):
-                t.add_column(col, justify="left" if col == "generator" else "right")
-            for row in rows:
-                mem = f"{row['peak_memory_gb']:.2f} GB" if row["peak_memory_gb"] is not None else "-"
-                t.add_row(row["generator"], str(row["steps"]), fmt_seconds(row["load_seconds"]),
-                          fmt_seconds(row["step_seconds"]), fmt_seconds(row["fixed_seconds"]),
-                          fmt_seconds(row["seconds_per_image"]), fmt_seconds(row["estimated_seconds"]), mem)
-            print_table(con, t, drop=("fixed", "peak mem", "estimated", "steps"))
-            con.print(f"saved to {cache_path()}; `catimg models` and `catimg explain` now use these costs")
+        _render_bench(rows, warnings, str(cache_path()))
     if failures:
         raise typer.Exit(failures[0].exit_code)
+
+
+def _store_variants(result: Any, variants: list[Any], dev: Any, estimated: bool) -> list[dict[str, Any]]:
+    """Save one model's measurement for each of its step variants; one output row per variant."""
+    from dataclasses import replace
+
+    from catimg.bench import model_hash, save_results
+    from catimg.cost import generator_cost
+
+    stored = [replace(result, generator=g.name, settings_hash=g.settings_hash(), model_hash=model_hash(g))
+              for g in variants]
+    save_results(stored, dev)
+    rows = []
+    for g, r in zip(variants, stored, strict=True):
+        est = generator_cost(g, dev, use_measured=False) if estimated else None
+        rows.append({
+            "generator": g.name, "steps": g.steps, "load_seconds": r.load_seconds,
+            "step_seconds": r.step_seconds, "fixed_seconds": r.fixed_seconds,
+            "seconds_per_image": r.seconds_per_image(g.steps),
+            "estimated_seconds": est.seconds if est else None, "tflops": est.tflops if est else None,
+            "peak_memory_gb": r.peak_memory_gb, "estimated_peak_memory_gb": est.peak_memory_gb if est else None,
+            "dtype": r.dtype, "repeats": r.repeats, "warmup": r.warmup, "note": r.note,
+        })
+    return rows
+
+
+def _render_bench(rows: list[dict[str, Any]], warnings: list[str], cache: str) -> None:
+    """bench's text output: warnings on stderr, one row per generator measured, where the results went."""
+    for w in warnings:
+        error_console().print(label("warning:", "yellow", w), highlight=False, soft_wrap=True)
+    if not rows:
+        return
+    from rich.table import Table
+
+    con = console()
+    t = Table(show_edge=False, pad_edge=False)
+    for col in ("generator", "steps", "load", "per step", "fixed", "per image", "estimated", "peak mem"):
+        t.add_column(col, justify="left" if col == "generator" else "right")
+    for row in rows:
+        mem = f"{row['peak_memory_gb']:.2f} GB" if row["peak_memory_gb"] is not None else "-"
+        t.add_row(row["generator"], str(row["steps"]), fmt_seconds(row["load_seconds"]),
+                  fmt_seconds(row["step_seconds"]), fmt_seconds(row["fixed_seconds"]),
+                  fmt_seconds(row["seconds_per_image"]), fmt_seconds(row["estimated_seconds"]), mem)
+    print_table(con, t, drop=("fixed", "peak mem", "estimated", "steps"))
+    con.print(f"saved to {cache}; `catimg models` and `catimg explain` now use these costs")
 
 
 TORCHVISION_NOTICE = "requires torchvision (not installed)"

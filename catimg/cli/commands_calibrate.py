@@ -78,15 +78,8 @@ def calibrate(
 
       catimg calibrate --prompts my_prompts.txt --seeds 2 --db run.sqlite
     """
-    from catimg import prompts as P
-
     if list_sets:
-        names = P.list_reference_sets()
-        if json_out:
-            print_json({"sets": {n: len(P.reference_set(n)) for n in names}})
-        else:
-            for n in names:
-                console().print(f"{n}  ({len(P.reference_set(n))} prompts)")
+        _list_sets(json_out)
         return
     if prompts is not None and prompt_set is not None:
         raise InputError("--prompts and --set both given; choose a prompt file or a built-in set")
@@ -94,22 +87,8 @@ def calibrate(
         raise InputError(f"--seeds {seeds}: must be 1 or more")
     if batch_size is not None and batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be 1 or more")
-    run_engine: Any = None
-    check_choice("--engine", engine, ENGINES)
-    check_choice("--dtype", dtype, DTYPES)
-    if engine == "ray" and not dry_run:
-        from functools import partial
-
-        from catimg.engine_ray import preflight, run_plan_ray
-
-        preflight(ray_address, workers)
-        run_engine = partial(run_plan_ray, address=ray_address, workers=workers, device=device)
-    if prompts is not None:
-        plist, origin = P.read_prompt_file(prompts), str(prompts)
-    else:
-        name = prompt_set or "parti-geneval-200"
-        plist, origin = P.reference_set(name), f"prompt set {name}"
-
+    run_engine = _engine(engine, dtype, dry_run, ray_address, workers, device)
+    plist, origin = _campaign_prompts(prompts, prompt_set)
     from catimg.calibrate import plan_campaign, select_generators, select_prompts
     from catimg.config import load_catalog
     from catimg.device import detect_device
@@ -148,8 +127,58 @@ def calibrate(
         result = None if scorer is None else _run_with_progress(plan, store, scorer, dev, out_dir, dtype, batch_size,
                                                                   engine=run_engine)  # progress on stderr
         summary = store.summary(metric, plan.generators)
-    doc: dict[str, Any] = {
-        "db": str(store.path), "metric": metric, "plan": plan.to_dict(),
+    doc = _campaign_doc(str(store.path), metric, plan, result, summary)
+    if json_out:
+        print_json(doc)
+    else:
+        _render_summary(doc, metric)
+    if result is not None and result.interrupted:
+        from catimg import interrupts
+
+        interrupts.mark_reported()  # the summary said what is kept and how to continue
+        raise typer.Exit(ExitStatus.INTERRUPTED)
+
+
+def _engine(engine: str, dtype: str | None, dry_run: bool, ray_address: str | None, workers: int | None,
+            device: str | None) -> Any:
+    """--engine and --dtype checked; the Ray engine (preflighted) for a real run with --engine ray, else None."""
+    check_choice("--engine", engine, ENGINES)
+    check_choice("--dtype", dtype, DTYPES)
+    if engine != "ray" or dry_run:
+        return None
+    from functools import partial
+
+    from catimg.engine_ray import preflight, run_plan_ray
+
+    preflight(ray_address, workers)
+    return partial(run_plan_ray, address=ray_address, workers=workers, device=device)
+
+
+def _list_sets(json_out: bool) -> None:
+    from catimg import prompts as P
+
+    names = P.list_reference_sets()
+    if json_out:
+        print_json({"sets": {n: len(P.reference_set(n)) for n in names}})
+    else:
+        for n in names:
+            console().print(f"{n}  ({len(P.reference_set(n))} prompts)")
+
+
+def _campaign_prompts(prompts: Path | None, prompt_set: str | None) -> tuple[list[str], str]:
+    """The prompts to calibrate on and where they come from: --prompts FILE, else --set (default parti-geneval-200)."""
+    from catimg import prompts as P
+
+    if prompts is not None:
+        return P.read_prompt_file(prompts), str(prompts)
+    name = prompt_set or "parti-geneval-200"
+    return P.reference_set(name), f"prompt set {name}"
+
+
+def _campaign_doc(db: str, metric: str, plan: Any, result: Any, summary: Any) -> dict[str, Any]:
+    """What a campaign did: the --json document, also the input of the text summary."""
+    return {
+        "db": db, "metric": metric, "plan": plan.to_dict(),
         "recorded": result.recorded if result else 0,
         "failed": [{"generator": g, "prompt": p, "seed": s, "error": e} for g, p, s, e in (result.failed if result else [])],
         "interrupted": bool(result and result.interrupted),
@@ -161,15 +190,6 @@ def calibrate(
             for s in summary
         ],
     }
-    if json_out:
-        print_json(doc)
-    else:
-        _render_summary(doc, metric)
-    if result is not None and result.interrupted:
-        from catimg import interrupts
-
-        interrupts.mark_reported()  # the summary said what is kept and how to continue
-        raise typer.Exit(ExitStatus.INTERRUPTED)
 
 
 def _note_missing_weights(plan: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -104,9 +105,14 @@ def plan(
     if as_json:
         print_json({"budget": result.budget, "lambda": result.lam, **cp.to_dict()})
         return
+    _render_plan(cp, result.budget, dev.name, chunk_size)
+
+
+def _render_plan(cp: Any, budget: str, device_name: str, chunk_size: int) -> None:
+    """plan's text output: the work per generator, the predictions per GPU count and policy, the speed-up."""
     con = console()
     scaled = f" (shares of {cp.routed_prompts} routed prompts)" if cp.prompts != cp.routed_prompts else ""
-    print_fields(con, [f"plan: {cp.prompts:,} prompt(s){scaled}", f"budget {result.budget}", f"costs for {dev.name}",
+    print_fields(con, [f"plan: {cp.prompts:,} prompt(s){scaled}", f"budget {budget}", f"costs for {device_name}",
                        f"chunks of {chunk_size} image(s)"], sep=", ")
     t = Table(show_edge=False, pad_edge=False)
     for col, just in (("generator", "left"), ("model", "left"), ("images", "right"), ("per image", "right"),

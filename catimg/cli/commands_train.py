@@ -97,7 +97,7 @@ def train(
     With several sets, each set's scores are mapped by its metric's range to one joint scale (0-1) and the data
     card reports held-out numbers per set.
     """
-    from catimg.cli.render import console, print_json
+    from catimg.cli.render import print_json
     from catimg.config import load_catalog
     from catimg.training import train_router
 
@@ -129,8 +129,16 @@ def train(
     if json_out:
         print_json({"router": str(router.path), **{k: cfg[k] for k in ("generators", "cost_unit", "metric", "budget", "predictor", "data_card")}})
         return
+    _render_train(router)
+
+
+def _render_train(router: Any) -> None:
+    """train's text output: the router written, its generators, its budget levels, the held-out numbers."""
     from rich.table import Table
 
+    from catimg.cli.render import console
+
+    cfg = router.config
     con = console()
     card = router.data_card
     con.print(f"Trained a {router.predictor_name} router on {card['n_prompts']} prompts "
@@ -249,7 +257,7 @@ def eval_(
 
       catimg eval --router my-router --measurements heldout.csv --plot curve.png
     """
-    from catimg.cli.render import console, print_json
+    from catimg.cli.render import print_json
     from catimg.evaluate import evaluate_router
     from catimg.router import load_router
 
@@ -291,13 +299,20 @@ def eval_(
         print_json({**report.to_json(), "costs_note": costs_note,
                     "cost_sources": {n: c.source for n, c in costs.items()} if costs else None})
         return
+    _render_eval(rt, report, measurements or db, costs, costs_note, plot)
+
+
+def _render_eval(rt: Any, report: Any, source: Any, costs: Any, costs_note: str, plot: Path | None) -> None:
+    """eval's text output: what was evaluated, the single generators, the routing summary, the budget levels."""
     from rich.table import Table
+
+    from catimg.cli.render import console
 
     con = console()
     seen = (f" ({report.seen_in_training} of them in its training data: not held out)" if report.seen_in_training
             else "")
     con.print(f"Router {rt.path} ({rt.predictor_name}) on {report.n_prompts} "
-              f"{'' if report.seen_in_training else 'held-out '}prompts of {measurements or db}{seen}"
+              f"{'' if report.seen_in_training else 'held-out '}prompts of {source}{seen}"
               + (f" ({report.n_dropped} dropped: not measured on every generator)" if report.n_dropped else ""))
     con.print(costs_note)
     st = Table(title=f"Single generators ({report.metric})", title_justify="left")
