@@ -135,7 +135,9 @@ def summarise(name: str, curve: Curve, single_costs: np.ndarray, single_q: np.nd
 
 def mean_gain(curve: Curve, single_costs: np.ndarray, single_q: np.ndarray, n: int = 401) -> float:
     """Mean of curve - (the line from the cheapest to the best single generator) over the cost range between them."""
-    cheap, best = int(np.argmin(single_costs)), int(np.argmax(single_q))
+    # the cheapest generator; among equally cheap ones the best (a worse twin at the same cost is no baseline)
+    cheap = int(np.lexsort((-np.asarray(single_q, float), np.asarray(single_costs, float)))[0])
+    best = int(np.argmax(single_q))
     c0, c1 = float(single_costs[cheap]), float(single_costs[best])
     q0, q1 = float(single_q[cheap]), float(single_q[best])
     if c1 <= c0:  # the cheapest generator is the best: nothing to gain

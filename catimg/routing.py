@@ -73,6 +73,8 @@ class PromptRoute:
     switch_down: tuple[str, float] | None = None  # (cheaper generator, λ above which it would win)
     switch_up: tuple[str, float] | None = None  # (dearer generator, λ below which it would win)
     neighbours: list[tuple[str, float]] = field(default_factory=list)
+    #: A router trained on several sets: the most similar training prompts of each set.
+    neighbours_by_set: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
     def row(self, name: str) -> GeneratorRow:
         return next(r for r in self.rows if r.name == name)
@@ -88,6 +90,8 @@ class PromptRoute:
             "switch_down": {"generator": self.switch_down[0], "lambda": self.switch_down[1]} if self.switch_down else None,
             "switch_up": {"generator": self.switch_up[0], "lambda": self.switch_up[1]} if self.switch_up else None,
             "neighbours": [{"prompt": p, "similarity": s} for p, s in self.neighbours],
+            **({"neighbours_by_set": {k: [{"prompt": p, "similarity": s} for p, s in v]
+                                      for k, v in self.neighbours_by_set.items()}} if self.neighbours_by_set else {}),
             "generators": [r.to_dict() for r in self.rows],
         }
 
@@ -241,6 +245,8 @@ def route_prompts(
         statuses[forced_gen.name] = FORCED
     nb = (router.neighbours(scores.emb, k=neighbours) if neighbours and scores.emb is not None
           else [[] for _ in prompts])
+    nbs = (router.neighbours_by_set(scores.emb, k=neighbours) if neighbours and router.sets and scores.emb is not None
+           else [{} for _ in prompts])
     routes = []
     for i, p in enumerate(prompts):
         why = explain_choice(i, scores, sol) if explain and not sol.forced else Explanation()
@@ -248,6 +254,7 @@ def route_prompts(
             index=i, prompt=p, choice=scores.names[int(sol.choice[i])], lam=0.0 if sol.lam is None else sol.lam,
             rows=_rows(i, catalog.generators, scores, sol, statuses, costs), runner_up=why.runner_up,
             margin=why.margin, switch_down=why.switch_down, switch_up=why.switch_up, neighbours=list(nb[i]),
+            neighbours_by_set=nbs[i],
         ))
     return _summary(routes, catalog, scores, sol, costs, device, statuses, router,
                     budget=budget, total_budget=total_budget, forced=forced if forced_gen is not None else None)

@@ -107,7 +107,14 @@ def test_train_on_two_sets_then_explain(tmp_path: Path) -> None:
     code, out, err = run_cli("explain", "a cactus in a crowded street full of people", "--router", tmp_path / "r",
                              "--models", models, "--budget", "low", "--json", "--device", "cpu")
     assert code == 0, err
-    assert json.loads(out)["prompts"][0]["choice"] == "dear"
+    doc = json.loads(out)
+    assert doc["prompts"][0]["choice"] == "dear" and doc["learned_from"]["dear"] == {"genai_bench": 44, "tifa": 44}
+    assert set(doc["prompts"][0]["neighbours_by_set"]) == {"genai_bench", "tifa"}
+    code, out, err = run_cli("explain", "a cactus in a crowded street full of people", "--router", tmp_path / "r",
+                             "--models", models, "--budget", "low", "--device", "cpu")
+    assert code == 0, err
+    assert "predictions learned from: cheap (genai_bench 44, tifa 44); dear (genai_bench 44, tifa 44)" in out
+    assert 'most similar training prompt per set: genai_bench: "a cactus in a crowded street full of people" (1.00); tifa:' in out
 
 
 def test_train_warns_when_sets_disagree_and_errors_name_the_file(tmp_path: Path) -> None:

@@ -108,6 +108,7 @@ def explain(
         from catimg.cli.scoring import own_measurements
 
         doc["own_measurements"] = own_measurements(rt.data_card)  # gen --score / calibrate rows it was trained on
+        doc["learned_from"] = {g: rt.sources(g) for g in rt.generators}  # sets and prompts behind each prediction
         print_json(doc)
         return
     render_explain(result, catalog, rt, found, renamed, detail)
@@ -122,6 +123,7 @@ def render_explain(result: RoutingResult, catalog: Any, rt: Any, found: Any, ren
 
     if (own := own_measurements_line(rt.data_card)) is not None:  # a router trained with --db
         con.print(own, highlight=False, soft_wrap=True)
+    con.print(learned_from_line(rt, result), highlight=False)
     render_cost_notes(con, result)
     for name, old in renamed.items():
         con.print(label("note:", "yellow", renamed_note(name, old, str(catalog.path))), highlight=False)
@@ -133,6 +135,17 @@ def render_explain(result: RoutingResult, catalog: Any, rt: Any, found: Any, ren
         render_compact(con, result)
     if len(result.routes) > 1:
         render_summary(con, result)
+
+
+def learned_from_line(rt: Any, result: RoutingResult) -> str:
+    """One line: which sets, and how many measured prompts of each, stand behind each routed generator's predictions."""
+    from catimg.routing import FORCED, ROUTABLE
+
+    parts = []
+    for g in result.generators:
+        if g.name in rt.generators and result.statuses.get(g.name) in (ROUTABLE, FORCED):
+            parts.append(f"{g.name} ({', '.join(f'{s} {n:,}' for s, n in rt.sources(g.name).items())})")
+    return "predictions learned from: " + ("; ".join(parts) if parts else "no measurements (forced generator)")
 
 
 def render_header(con: Console, result: RoutingResult, catalog: str, router: str, device_note: str = "") -> None:
@@ -211,7 +224,11 @@ def render_route(con: Console, result: RoutingResult, route: PromptRoute) -> Non
     if route.switch_down:
         g, lam = route.switch_down
         lines.append(f"would switch to {g} at λ > {fmt_number(lam, 4)} ({result.level_for(lam)})")
-    if route.neighbours:
+    if route.neighbours_by_set:  # a router trained on several sets: the nearest prompt of each
+        sims = "; ".join(f'{name}: "{hits[0][0]}" ({fmt_fixed(hits[0][1], 2)})'
+                         for name, hits in route.neighbours_by_set.items() if hits)
+        lines.append(f"most similar training prompt per set: {sims}")
+    elif route.neighbours:
         sims = "; ".join(f'"{p}" ({fmt_fixed(s, 2)})' for p, s in route.neighbours)
         lines.append(f"most similar training prompts: {sims}")
     for line in lines:
