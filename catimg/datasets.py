@@ -230,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metric", default="mos_align", help="agiqa3k only: mos_align or mos_quality")
     ap.add_argument("--split", default="both", help="pqpp only: train, validation or both")
     ap.add_argument("--generators", default=None, help="comma-separated generator names to keep (default: all written)")
+    ap.add_argument("--rename", default=None,
+                    help="comma-separated OLD=NEW generator names, e.g. sd15=sd15-tifa (a generator whose settings the "
+                         "data does not pin down, kept apart from the catalog's)")
     args = ap.parse_args(argv)
     data = args.data or default_data_dir()
     try:
@@ -250,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {args.dataset}: no generator {', '.join(missing)}; it has {', '.join(sorted(have))}", file=sys.stderr)
             return 2
         rows = [r for r in rows if r["generator"] in keep]
+    if args.rename:
+        pairs = dict(p.split("=", 1) for p in args.rename.split(",") if "=" in p)
+        if not pairs or any(not a.strip() or not b.strip() for a, b in pairs.items()):
+            print(f"error: --rename {args.rename}: expected OLD=NEW[,OLD=NEW...]", file=sys.stderr)
+            return 2
+        rows = [{**r, "generator": pairs.get(r["generator"], r["generator"]).strip()} for r in rows]
     n = write_measurements(rows, args.out)
     gens = sorted({r["generator"] for r in rows})
     prompts = len({r["prompt"] for r in rows})

@@ -74,7 +74,9 @@ def generator_costs(table: MeasurementTable, catalog: Catalog) -> tuple[str, dic
     for g in table.generators:
         gen = catalog.get(g)
         try:
-            tflops: float | None = float(generator_cost(gen, dev, use_measured=False).tflops)
+            # an explicit cost_tflops is the cost (a family without FLOP numbers needs nothing else)
+            tflops: float | None = (float(gen.cost_tflops) if gen.cost_tflops is not None
+                                    else float(generator_cost(gen, dev, use_measured=False).tflops))
         except ConfigError as exc:
             if unit == "tflops":
                 raise ConfigError(f"{exc}; or give a seconds column in the measurements") from exc

@@ -207,6 +207,14 @@ def test_bundled_router_matches_default_catalog() -> None:
     r = load_router(None)
     cat = load_catalog(Path(__file__).resolve().parents[1] / "catimg" / "data" / "models.toml")
     r.check(cat, ENCODER_ID)
-    assert sorted(g.name for g in cat.enabled) == sorted(r.generators)
     assert all(r.knows(g) for g in cat.enabled)
-    assert r.data_card["licenses"] and r.data_card["citations"] and r.data_card["n_prompts"] > 100
+    # every other router column is a disabled reference column of a public set, never a catalog generator
+    training = load_catalog(Path(__file__).resolve().parents[1] / "catimg" / "data" / "router-training.toml")
+    others = [g for g in r.generators if g not in {x.name for x in cat.enabled}]
+    assert others and all(g not in cat and not training.get(g).enabled for g in others)
+    assert all(r.knows(training.get(g)) for g in r.generators)
+    card = r.data_card
+    assert card["licenses"] and card["n_prompts"] > 100
+    assert all("license" in s and s.get("citations") for s in card["sources"])  # every source attributed
+    assert {s["id"] for s in card["sources"]} == {x["name"] for x in card["sets"]} == set(card["held_out_by_set"])
+    assert any("PQPP" in c for c in card["citations"]) and any("CC BY 4.0" in lic for lic in card["licenses"])
