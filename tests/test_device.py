@@ -248,3 +248,26 @@ def test_models_and_explain_skip_torch_once_the_device_is_known(tmp_path) -> Non
         assert r.stderr.strip().endswith("no torch"), r.stderr
         if gpu_possible():
             assert "cached" in r.stdout and "--refresh-device" in r.stdout
+
+
+def test_models_and_doctor_say_the_description_was_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a GPU driver exists, models/doctor use the description a probe cached, say so and how to refresh
+    (the driver is simulated; the cache file and the CLI are real)."""
+    import json
+
+    from harness import run_cli
+
+    from catimg import device as device_mod
+    from catimg.device import write_device_cache
+
+    monkeypatch.setattr(device_mod, "gpu_possible", lambda: True)
+    monkeypatch.delenv("CATIMG_DEVICE", raising=False)
+    write_device_cache(None, detect_device("cuda:0", torch_module=fake_torch([H100])))
+    code, out, err = run_cli("models")
+    assert code == 0, err
+    flat = " ".join(out.split())
+    assert "device: cuda:0 NVIDIA H100 80GB HBM3, 79.2 GB, sm 9.0, bf16 (cached" in flat
+    assert "`catimg doctor --refresh-device` detects it again" in flat
+    code, out, err = run_cli("doctor", "--json")
+    doc = json.loads(out)
+    assert doc["device_source"] == "cached" and doc["device"]["name"] == H100[0]
