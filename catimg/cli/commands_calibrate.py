@@ -39,32 +39,37 @@ def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+SET_OPT = typer.Option(None, "--set", help="Built-in reference prompt set (default parti-geneval-200; see --list-sets).",
+                       show_default=False)
+GENERATORS_OPT = typer.Option(None, "--generators", "-g", show_default=False,
+                              help="Comma-separated generators to measure (default: every enabled one).")
+SCORER_MODEL_OPT = typer.Option(None, "--scorer-model", help="Scorer checkpoint: Hub id in the HF cache or a local folder.",
+                                show_default=False)
+OUT_OPT = typer.Option(None, "--out", "-o", show_default=False,
+                       help="Folder for the calibration images (default: images/ next to the database).")
+RAY_ADDRESS_OPT = typer.Option(None, "--ray-address", show_default=False, help=(
+    "With --engine ray: the cluster head (host:port, ray://host:10001 or auto). Default: a local Ray instance."))
+
+
 @app.command()
 def calibrate(
     prompts: Path = typer.Option(None, "--prompts", "-f", help="Prompt file (UTF-8, one prompt a line).", show_default=False),
-    prompt_set: str = typer.Option(None, "--set", help="Built-in reference prompt set (default parti-geneval-200; see --list-sets).",
-                                   show_default=False),
+    prompt_set: str = SET_OPT,
     list_sets: bool = typer.Option(False, "--list-sets", help="List the built-in prompt sets and exit."),
-    generators: str = typer.Option(None, "--generators", "-g", help="Comma-separated generators to measure (default: every enabled one).",
-                                   show_default=False),
+    generators: str = GENERATORS_OPT,
     seeds: int = typer.Option(1, "--seeds", help="Images per prompt and generator (seeds 0..N-1)."),
     limit: int = typer.Option(None, "--limit", "-n", help="Measure only the first N prompts of the set.", show_default=False),
     metric: str = typer.Option("clipscore", "--metric", help="Scorer / metric to record (clipscore, pickscore)."),
-    scorer_model: str = typer.Option(None, "--scorer-model", help="Scorer checkpoint: Hub id in the HF cache or a local folder.",
-                                     show_default=False),
+    scorer_model: str = SCORER_MODEL_OPT,
     db: Path = DB_OPT,
     models: Path = MODELS_OPT,
-    out: Path = typer.Option(None, "--out", "-o", help="Folder for the calibration images (default: images/ next to the database).",
-                             show_default=False),
+    out: Path = OUT_OPT,
     device: str = DEVICE_OPT,
     dtype: str = DTYPE_OPT,
     batch_size: int = typer.Option(None, "--batch-size", help="Prompts per pipeline call (default: by device memory).", show_default=False),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show how many images and how long, then stop."),
     engine: str = ENGINE_OPT,
-    ray_address: str = typer.Option(
-        None, "--ray-address", help="With --engine ray: the cluster head (host:port, ray://host:10001 or auto). Default: a local Ray instance.",
-        show_default=False,
-    ),
+    ray_address: str = RAY_ADDRESS_OPT,
     workers: int = typer.Option(None, "--workers", help="With --engine ray: workers (default: one per GPU, else per CPU).", show_default=False),
     json_out: bool = JSON_OPT,
 ) -> None:
@@ -81,14 +86,12 @@ def calibrate(
     if list_sets:
         _list_sets(json_out)
         return
-    if prompts is not None and prompt_set is not None:
-        raise InputError("--prompts and --set both given; choose a prompt file or a built-in set")
     if seeds < 1:
         raise InputError(f"--seeds {seeds}: must be 1 or more")
     if batch_size is not None and batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be 1 or more")
-    run_engine = _engine(engine, dtype, dry_run, ray_address, workers, device)
     plist, origin = _campaign_prompts(prompts, prompt_set)
+    run_engine = _engine(engine, dtype, dry_run, ray_address, workers, device)
     from catimg.calibrate import plan_campaign, select_generators, select_prompts
     from catimg.config import load_catalog
     from catimg.device import detect_device
@@ -105,18 +108,8 @@ def calibrate(
             store.acquire_campaign()
         plan = plan_campaign(plist, gens, store, metric, seeds=seeds, device=dev, check_weights=not dry_run,
                              explicit_generators=bool(generators), notes=notes)
-        if dry_run:
-            _note_missing_weights(plan)
-        if not generators:
-            for g in catalog.generators:
-                if not g.enabled:
-                    plan.skipped_generators.setdefault(g.name, "disabled in models.toml; name it with --generators to measure it")
         scorer_note = _scorer_status(metric, scorer_model)
-        if dry_run:
-            if json_out:
-                print_json({"dry_run": True, "db": str(store.path), "device": dev.name, "scorer": scorer_note, **plan.to_dict()})
-            else:
-                _render_plan(plan, store.path, dev.name, scorer_note, dry=True)
+        if _plan_only(plan, catalog, store.path, dev.name, scorer_note, dry_run, bool(generators), json_out):
             return
         from catimg.scorer import load_scorer
 
@@ -137,6 +130,25 @@ def calibrate(
 
         interrupts.mark_reported()  # the summary said what is kept and how to continue
         raise typer.Exit(ExitStatus.INTERRUPTED)
+
+
+def _plan_only(plan: Any, catalog: Any, db: Path, device: str, scorer_note: str, dry_run: bool, named: bool,
+               json_out: bool) -> bool:
+    """Note what the plan leaves out (disabled generators unless --generators named them; with --dry-run, missing
+    weights); with --dry-run, show the plan and return True (nothing else is done)."""
+    if dry_run:
+        _note_missing_weights(plan)
+    if not named:
+        for g in catalog.generators:
+            if not g.enabled:
+                plan.skipped_generators.setdefault(g.name, "disabled in models.toml; name it with --generators to measure it")
+    if not dry_run:
+        return False
+    if json_out:
+        print_json({"dry_run": True, "db": str(db), "device": device, "scorer": scorer_note, **plan.to_dict()})
+    else:
+        _render_plan(plan, db, device, scorer_note, dry=True)
+    return True
 
 
 def _engine(engine: str, dtype: str | None, dry_run: bool, ray_address: str | None, workers: int | None,
@@ -169,6 +181,8 @@ def _campaign_prompts(prompts: Path | None, prompt_set: str | None) -> tuple[lis
     """The prompts to calibrate on and where they come from: --prompts FILE, else --set (default parti-geneval-200)."""
     from catimg import prompts as P
 
+    if prompts is not None and prompt_set is not None:
+        raise InputError("--prompts and --set both given; choose a prompt file or a built-in set")
     if prompts is not None:
         return P.read_prompt_file(prompts), str(prompts)
     name = prompt_set or "parti-geneval-200"
