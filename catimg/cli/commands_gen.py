@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.table import Table
@@ -121,28 +121,17 @@ def gen(
     """
     from contextlib import ExitStack
 
-    from catimg.generate import check_seed, check_size
     from catimg.output import out_dir_lock, prepare_out_dir, removed_if_left_empty
 
     # cheap checks first: a mistake costs nothing
-    if seed is not None:
-        check_seed(seed)
-    if images_per_prompt < 1:
-        raise InputError(f"--images-per-prompt {images_per_prompt}: must be 1 or more")
-    check_size(width, "--width")
-    check_size(height, "--height")
-    if batch_size is not None and batch_size < 1:
-        raise InputError(f"--batch-size {batch_size}: must be 1 or more")
+    _check_numbers(seed, images_per_prompt, width, height, batch_size)
     check_choice("--engine", engine, ENGINES)
     if engine == "ray" and not dry_run:
         from catimg.engine_ray import preflight
 
         preflight(ray_address, workers)
     check_choice("--dtype", dtype, DTYPES)
-    if negative is not None and negative_file is not None:
-        raise InputError("--negative and --negative-file both given; use one")
-    if negative_file is not None:
-        negative = _read_negative(negative_file)
+    negative = _negative(negative, negative_file)
     out = out.expanduser()
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file, not a folder; pass a folder for the images")
@@ -159,80 +148,28 @@ def gen(
             locked = held.enter_context(out_dir_lock(out, "catimg " + shlex.join(sys.argv[1:])))
         texts = collect_prompts(prompts, file)
         bud, total = parse_budgets(budget, total_budget)
-        repaired: list[str] = []
-        if resume and not dry_run:
-            from catimg.output import read_manifest, repair_out_dir
-
-            # after a crash: corrupt lines set aside (all at once), orphan PNGs adopted, stale .tmp files removed
-            repaired = repair_out_dir(out)
-            records = read_manifest(out)
-            if seed is None:
-                seed = next((int(r["base_seed"]) for r in records if r.get("base_seed") is not None), None)
-        if seed is None:
-            import secrets
-
-            seed = secrets.randbelow(2**31)
-
+        repaired, seed = _resume_state(out, resume and not dry_run, seed)
         if not dry_run:  # weights first: a missing model stops the run within a second, before torch is imported
             _check_weights_early(models, generator, allow_download)
         catalog, rt, dev = load_setup(models, router, device)
-        stop: WeightsMissingError | None = None
         from catimg.generate import run_settings
 
         # costs follow the settings the run will use: size, dtype, device and batch overrides
         run_as = partial(run_settings, width=width, height=height, dtype=dtype)
-        cost_batch = batch_size or 1
-        from catimg.prompts import fit_for_run
-
-        # prompts longer than the text encoder takes: the router sees them as cut, and the run says so once
-        fit = fit_for_run(texts, catalog, generator)
-        try:
-            result, notes = _route(texts, catalog, rt, dev, bud, total, generator, allow_download, run_as, cost_batch,
-                                   fit.texts)
-        except WeightsMissingError as exc:
-            if not dry_run:
-                raise
-            # a dry run still shows the plan, then fails as the real run would (same message and exit code)
-            from catimg.routing import route_prompts
-
-            stop = exc
-            result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator,
-                                   run_as=run_as, batch=cost_batch, router_texts=fit.texts)
-            notes = ["a real run stops before loading anything: the weights are missing (see the error below)"]
-
-        notes = [*locked, *repaired, *notes, *[n for n in [fit.note()] if n]]
-        from catimg.cli.commands_routing import cost_notice, print_warnings
-
-        # once: that estimates drive this routing (stderr; with --json a note in the document instead)
-        print_warnings(result, notice=not as_json)
-        notes += [n for n in [cost_notice(result)] if n and as_json]
+        result, notes, stop = _route_run(texts, catalog, rt, dev, bud, total, generator, allow_download, run_as,
+                                         batch_size or 1, dry_run, as_json)
+        notes = [*locked, *repaired, *notes]
         from catimg.generate import RunOptions, plan_from_routing, run_plan
 
         plan = plan_from_routing(result, seed=seed, images_per_prompt=images_per_prompt, negative=negative,
                                  size=(width, height))
         con = console()
         if dry_run:
-            if as_json:
-                doc = _plan_doc(result, plan, out, seed, notes, dry_run=True)
-                if stop is not None:  # one JSON document: the plan carries the error the real run would stop with
-                    doc["error"] = {"code": int(stop.exit_code), "message": stop.message}
-                    stop.json_reported = True  # type: ignore[attr-defined]
-                print_json(doc)
-                if stop is not None:
-                    raise stop
-                return
-            for n in notes:
-                con.print(label("note:", "yellow", n))
-            _render_plan(con, result, plan, out, seed)
-            con.print("dry run: nothing loaded, nothing written")
-            if stop is not None:
-                raise stop
+            _show_dry_run(con, result, plan, out, seed, notes, stop, as_json)
             return
 
         if not as_json:
-            for n in notes:
-                con.print(label("note:", "yellow", n))
-            _render_plan(con, result, plan, out, seed)
+            _show_plan(con, result, plan, out, seed, notes)
         scoring = None
         if score:  # the store opened, the scorer loaded (corrupt weights stop here), earlier images scored
             from catimg.cli.scoring import start_scoring
@@ -248,12 +185,7 @@ def gen(
         try:
             with progress:
                 if engine == "ray":
-                    from catimg.engine_ray import cli_events, run_plan_ray
-
-                    events = progress.event if as_json else cli_events(progress.event, progress._line)
-                    loads = {result.generator(n).model: c.load_seconds for n, c in result.costs.items()}
-                    res = run_plan_ray(plan, opts, scored_events(scoring, events), address=ray_address,
-                                       workers=workers, device=device, load_seconds=loads)
+                    res = _run_ray(plan, opts, progress, scoring, result, as_json, ray_address, workers, device)
                 else:
                     res = run_plan(plan, opts, scored_events(scoring, progress.event))
         except KeyboardInterrupt:  # pragma: no cover - the executor catches it; belt and braces
@@ -264,31 +196,125 @@ def gen(
             record_run([(r.generator, r.seconds) for r in res.made], res.load_seconds, dev, dtype)
         resume_cmd = _resume_command(seed)
         if res is None or res.interrupted:
-            if as_json:
-                print_json({**_plan_doc(result, plan, out, seed, notes), **(_run_doc(result, res, plan) if res else {}),
-                            "interrupted": True, "resume_command": resume_cmd, **scoring_doc(scoring)})
-            elif res is not None:
-                _render_summary(con, result, res, plan)
-                report_scoring(con, scoring)
-            from catimg import interrupts
+            _stop_interrupted(con, result, plan, res, out, seed, notes, scoring, resume_cmd, as_json)
+        _report_done(con, result, plan, res, out, seed, notes, scoring, resume_cmd, as_json)
 
-            interrupts.mark_reported()
-            made = len(res.made) if res is not None else 0  # one line on stderr, with --json too
-            _stderr().print(f"interrupted: {made} image(s) made by this run are kept in {out}; resume with: "
-                            f"{resume_cmd}", soft_wrap=True)
-            raise typer.Exit(ExitStatus.INTERRUPTED)
-        if as_json:
-            print_json({**_plan_doc(result, plan, out, seed, notes), **_run_doc(result, res, plan), "interrupted": False,
-                        **scoring_doc(scoring)})
-        else:
-            _render_summary(con, result, res, plan)
-            report_scoring(con, scoring)
-        finish_scoring(scoring, out, resume_cmd, as_json)
-        if res.failed and not res.made:
-            raise typer.Exit(ExitStatus.GENERATION)
+
+def _resume_state(out: Path, resume: bool, seed: int | None) -> tuple[list[str], int]:
+    """(what repairing OUT after a crash did, the seed): with --resume, corrupt manifest lines are set aside (all at
+    once), orphan PNGs adopted and stale .tmp files removed, and the manifest's seed is reused unless --seed is
+    given; a seed not given otherwise is random (and recorded)."""
+    repaired: list[str] = []
+    if resume:
+        from catimg.output import read_manifest, repair_out_dir
+
+        repaired = repair_out_dir(out)
+        records = read_manifest(out)
+        if seed is None:
+            seed = next((int(r["base_seed"]) for r in records if r.get("base_seed") is not None), None)
+    if seed is None:
+        import secrets
+
+        seed = secrets.randbelow(2**31)
+    return repaired, seed
+
+
+def _report_done(con: Console, result: RoutingResult, plan: list[PlanItem], res: RunResult, out: Path, seed: int,
+                 notes: list[str], scoring: Any, resume_cmd: str, as_json: bool) -> None:
+    """A finished run: one JSON document or the summary; exit 7 when nothing could be made."""
+    if as_json:
+        print_json({**_plan_doc(result, plan, out, seed, notes), **_run_doc(result, res, plan), "interrupted": False,
+                    **scoring_doc(scoring)})
+    else:
+        _render_summary(con, result, res, plan)
+        report_scoring(con, scoring)
+    finish_scoring(scoring, out, resume_cmd, as_json)
+    if res.failed and not res.made:
+        raise typer.Exit(ExitStatus.GENERATION)
+
+
+def _run_ray(plan: list[PlanItem], opts: Any, progress: _Progress, scoring: Any, result: RoutingResult,
+             as_json: bool, address: str | None, workers: int | None, device: str | None) -> RunResult:
+    from catimg.engine_ray import cli_events, run_plan_ray
+
+    events = progress.event if as_json else cli_events(progress.event, progress._line)
+    loads = {result.generator(n).model: c.load_seconds for n, c in result.costs.items()}
+    return run_plan_ray(plan, opts, scored_events(scoring, events), address=address, workers=workers, device=device,
+                        load_seconds=loads)
+
+
+def _stop_interrupted(con: Console, result: RoutingResult, plan: list[PlanItem], res: RunResult | None, out: Path,
+                      seed: int, notes: list[str], scoring: Any, resume_cmd: str, as_json: bool) -> NoReturn:
+    """After Ctrl-C: what was made (JSON or summary), one line on stderr (with --json too), exit 130."""
+    if as_json:
+        print_json({**_plan_doc(result, plan, out, seed, notes), **(_run_doc(result, res, plan) if res else {}),
+                    "interrupted": True, "resume_command": resume_cmd, **scoring_doc(scoring)})
+    elif res is not None:
+        _render_summary(con, result, res, plan)
+        report_scoring(con, scoring)
+    from catimg import interrupts
+
+    interrupts.mark_reported()
+    made = len(res.made) if res is not None else 0
+    _stderr().print(f"interrupted: {made} image(s) made by this run are kept in {out}; resume with: "
+                    f"{resume_cmd}", soft_wrap=True)
+    raise typer.Exit(ExitStatus.INTERRUPTED)
 
 
 # ------------------------------------------------------------------------------------------------- routing
+
+
+def _route_run(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, total: float | None,
+               forced: str | None, allow_download: bool, run_as: Any, batch: int, dry_run: bool,
+               as_json: bool) -> tuple[RoutingResult, list[str], WeightsMissingError | None]:
+    """(routing, notes for the run, the missing-weights error a dry run shows after its plan, else None).
+
+    Long prompts are routed as the generator's text encoder cuts them, and said once (a note); that estimates
+    drive the routing is said once too (stderr; with --json a note in the document instead)."""
+    from catimg.prompts import fit_for_run
+
+    fit = fit_for_run(texts, catalog, forced)
+    stop: WeightsMissingError | None = None
+    try:
+        result, notes = _route(texts, catalog, rt, dev, bud, total, forced, allow_download, run_as, batch, fit.texts)
+    except WeightsMissingError as exc:
+        if not dry_run:
+            raise
+        # a dry run still shows the plan, then fails as the real run would (same message and exit code)
+        from catimg.routing import route_prompts
+
+        stop = exc
+        result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=forced,
+                               run_as=run_as, batch=batch, router_texts=fit.texts)
+        notes = ["a real run stops before loading anything: the weights are missing (see the error below)"]
+    from catimg.cli.commands_routing import cost_notice, print_warnings
+
+    print_warnings(result, notice=not as_json)
+    notes += [n for n in [fit.note()] if n] + [n for n in [cost_notice(result)] if n and as_json]
+    return result, notes, stop
+
+
+def _show_plan(con: Console, result: RoutingResult, plan: list[PlanItem], out: Path, seed: int,
+               notes: list[str]) -> None:
+    for n in notes:
+        con.print(label("note:", "yellow", n))
+    _render_plan(con, result, plan, out, seed)
+
+
+def _show_dry_run(con: Console, result: RoutingResult, plan: list[PlanItem], out: Path, seed: int, notes: list[str],
+                  stop: WeightsMissingError | None, as_json: bool) -> None:
+    """The plan of a dry run (text or one JSON document), then the error a real run would stop with, if any."""
+    if as_json:
+        doc = _plan_doc(result, plan, out, seed, notes, dry_run=True)
+        if stop is not None:  # one JSON document: the plan carries the error the real run would stop with
+            doc["error"] = {"code": int(stop.exit_code), "message": stop.message}
+            stop.json_reported = True  # type: ignore[attr-defined]
+        print_json(doc)
+    else:
+        _show_plan(con, result, plan, out, seed, notes)
+        con.print("dry run: nothing loaded, nothing written")
+    if stop is not None:
+        raise stop
 
 
 def _route(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, total: float | None,
@@ -358,6 +384,27 @@ def _check_weights_early(models: Path | None, forced: str | None, allow_download
         return
     if forced or all(missing_weights([g], allow_download) is not None for g in gens):
         raise err
+
+
+def _check_numbers(seed: int | None, images_per_prompt: int, width: int | None, height: int | None,
+                   batch_size: int | None) -> None:
+    from catimg.generate import check_seed, check_size
+
+    if seed is not None:
+        check_seed(seed)
+    if images_per_prompt < 1:
+        raise InputError(f"--images-per-prompt {images_per_prompt}: must be 1 or more")
+    check_size(width, "--width")
+    check_size(height, "--height")
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: must be 1 or more")
+
+
+def _negative(negative: str | None, negative_file: Path | None) -> str | None:
+    """--negative or the text of --negative-file (not both)."""
+    if negative is not None and negative_file is not None:
+        raise InputError("--negative and --negative-file both given; use one")
+    return _read_negative(negative_file) if negative_file is not None else negative
 
 
 def _read_negative(path: Path) -> str:
