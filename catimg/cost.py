@@ -340,10 +340,12 @@ def router_generator_costs(router: Any, catalog: Any, device: DeviceInfo) -> tup
 
 
 def estimate_notice(costs: dict[str, Cost], names: Iterable[str] | None = None, repeats: int = 3,
-                    warmup: int = 1) -> str | None:
+                    warmup: int = 1, models: dict[str, str] | None = None) -> str | None:
     """One line for stderr when estimates drive routing: which generators, and how long `catimg bench` takes.
 
-    The bench time is the estimated load plus ``warmup + repeats`` images (bench's defaults) per generator.
+    The bench time is the estimated load plus ``warmup + repeats`` images (bench's defaults) per model: bench
+    measures one generator of a model (its cheapest here) and its step variants reuse that (``models``: name ->
+    model; None counts every generator as its own model).
     """
     wanted = set(names) if names is not None else set(costs)
     est = {n: c for n, c in costs.items() if n in wanted and c.kind == "estimated"}
@@ -351,10 +353,15 @@ def estimate_notice(costs: dict[str, Cost], names: Iterable[str] | None = None, 
         return None
     from catimg.durations import format_duration
 
-    secs = sum(c.load_seconds + (warmup + repeats) * c.seconds for c in est.values())
+    per_model: dict[str, Cost] = {}
+    for n, c in est.items():
+        m = (models or {}).get(n, n)
+        if m not in per_model or c.seconds < per_model[m].seconds:
+            per_model[m] = c
+    secs = sum(c.load_seconds + (warmup + repeats) * c.seconds for c in per_model.values())
     return (f"the costs of {', '.join(sorted(est))} are estimated from FLOPs, not measured on this device; "
             f"`catimg bench` measures them (about {format_duration(secs)}: a load and {warmup + repeats} images "
-            "each), and gen runs measure what they make")
+            "per model), and gen runs measure what they make")
 
 
 def with_note(cost: Cost, note: str) -> Cost:

@@ -176,7 +176,8 @@ def cost_notice(result: RoutingResult) -> str | None:
 
     if result.lam is None:
         return None
-    return estimate_notice(result.costs, [n for n, st in result.statuses.items() if st == "routable"])
+    return estimate_notice(result.costs, [n for n, st in result.statuses.items() if st == "routable"],
+                           models={g.name: g.model for g in result.generators})
 
 
 def render_cost_notes(con: Console, result: RoutingResult) -> None:
