@@ -111,3 +111,14 @@ def test_quiet_when_off_or_quick(monkeypatch: pytest.MonkeyPatch, capsys: pytest
         assert p._bar is not None
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_gen_dry_run_embedding_progress_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CATIMG_PROGRESS_EVERY", "0")
+    f = tmp_path / "prompts.txt"
+    f.write_text("\n".join(_prompts(200, offset=300)) + "\n", encoding="utf-8")
+    code, out, err = run_cli("gen", "-f", f, "--dry-run", "--json", "--out", tmp_path / "o")
+    doc = json.loads(out)  # stdout is the one JSON document
+    assert len(doc["routing"]["prompts"]) == 200, (code, err)
+    lines = _lines(err, "embedding prompts")
+    assert lines and lines[-1] == (200, 200), err

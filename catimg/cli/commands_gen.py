@@ -323,13 +323,15 @@ def _route(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, tota
     """Route; if a chosen generator's weights are missing, re-plan among those that are there (and say so)."""
     from dataclasses import replace
 
+    from catimg.cli.progress import embedding_progress
     from catimg.config import Catalog
     from catimg.errors import WeightsMissingError
     from catimg.pipelines import check_weights, missing_weights
     from catimg.routing import route_prompts
 
-    result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=forced, run_as=run_as,
-                           batch=batch, router_texts=router_texts)
+    with embedding_progress():  # a file of thousands of new prompts takes minutes to embed: progress on stderr
+        result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=forced,
+                               run_as=run_as, batch=batch, router_texts=router_texts)
     chosen = {r.choice for r in result.routes}
     missing: dict[str, WeightsMissingError] = {}
     for name in sorted(chosen):
