@@ -263,3 +263,16 @@ def test_item12_a_slow_format_tokenizer_is_converted_once_and_cuts_the_same(tmp_
     assert len(list((cache_dir() / "tokenizers").glob("*.json"))) == 1
     fit_prompts([long], [tiny.generator("slow", slow)])  # the second time: the cached conversion
     assert len(list((cache_dir() / "tokenizers").glob("*.json"))) == 1
+
+
+def test_item8_plan_for_another_gpu_does_not_take_the_routers_seconds(trained: dict[str, Path]) -> None:
+    args = ("plan", "a cat", "a crowd in the city", "--models", trained["models"], "--router", trained["router"],
+            "--gpus", "1", "--budget", "max", "--json")
+    code, out, err = run_cli(*args, "--device", "cpu")
+    assert code == 0, err
+    here = {w["generator"]: w["seconds_per_image"] for w in json.loads(out)["generators"]}
+    code, out, err = run_cli(*args, "--gpu", "H100")
+    assert code == 0, err
+    h100 = {w["generator"]: w["seconds_per_image"] for w in json.loads(out)["generators"]}
+    assert all(here[g] == pytest.approx(TRAINED[g][2]) for g in here)  # this machine: the router's seconds
+    assert h100 and all(h100[g] < TRAINED[g][2] / 2 for g in h100)  # an H100: estimated, far faster than 40/80 ms
