@@ -7,10 +7,13 @@ the image, its measured seconds and its score in the :class:`~catimg.store.Store
 Incremental and resumable: work already in the store for a generator's *settings hash*, prompt, seed and metric
 is skipped, so a re-run after Ctrl-C continues where it stopped, a generator added to ``models.toml`` is the
 only one measured, and a changed generator (steps, scheduler, size, source …) is measured anew while its old
-measurements stay. Nothing here prints: progress goes to ``on_event(kind, data)``.
+measurements stay. Scoring and storing run in the engine's per-image ``on_image`` hook, not in the progress
+callback. Nothing here prints: progress goes to ``on_event(event)`` (the typed events of :mod:`catimg.events`:
+the engine's :class:`~catimg.events.ModelLoading` and :class:`~catimg.events.Step`, then one
+:class:`~catimg.events.ImageScored` or :class:`~catimg.events.ImageFailed` per image).
 
-Learning from use: :class:`RunScoring` does the same for the images of a ``catimg gen --score`` run. It listens to
-the run's ``image`` events, scores each image made and records it (source ``gen``) through the same
+Learning from use: :class:`RunScoring` does the same for the images of a ``catimg gen --score`` run. Its
+:meth:`RunScoring.on_image` is the run's ``on_image`` hook: it scores each image made and records it (source ``gen``) through the same
 :func:`record_image` that the campaign uses, keyed by the settings hash of the generator that made it; a scoring
 failure stops the scoring (never the run) and is kept in :attr:`RunScoring.error`. :meth:`RunScoring.backlog`
 scores the images of an output folder's manifest that the store does not have yet (``gen --resume --score``).
@@ -20,20 +23,21 @@ scores the images of an output folder's manifest that the store does not have ye
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catimg.errors import CatimgError, InputError, did_you_mean
+from catimg.events import Event, ImageFailed, ImageScored, ModelLoading, OnEvent, Step, no_events
 
 if TYPE_CHECKING:
     from catimg.config import Catalog, Generator
     from catimg.device import DeviceInfo
+    from catimg.execution import ImageRecord
     from catimg.scorer import Scorer
     from catimg.store import Store
 
-Event = Callable[[str, dict[str, Any]], None]
 DEFAULT_SET = "parti-geneval-200"
 
 
@@ -246,7 +250,7 @@ def run_campaign(
     scorer: Scorer,
     device: DeviceInfo,
     out_dir: str | Path,
-    on_event: Event | None = None,
+    on_event: OnEvent | None = None,
     dtype: str | None = None,
     allow_download: bool = False,
     batch_size: int | None = None,
@@ -262,7 +266,7 @@ def run_campaign(
     from catimg.device import device_class
     from catimg.generate import PlanItem, RunOptions, run_plan
 
-    emit = on_event or (lambda kind, data: None)
+    emit = on_event or no_events
     res = CampaignResult(plan=plan)
     hashes = {g.name: g.hash for g in plan.per_generator}
     dclass = device_class(device)
@@ -272,31 +276,29 @@ def run_campaign(
         return res
     t0 = time.perf_counter()
 
-    def on_gen_event(kind: str, data: dict[str, Any]) -> None:
-        if kind == "image":
-            rec = data["record"]
-            it = rec.item
-            if rec.status == "failed" or rec.file is None:
-                res.failed.append((it.generator.name, it.prompt, it.seed, rec.error or "failed"))
-                emit("failed", {"generator": it.generator.name, "prompt": it.prompt, "seed": it.seed, "error": rec.error})
-                return
-            value = record_image(store, scorer, plan.metric, hashes[it.generator.name], it.prompt, it.seed, rec.file,
-                                 rec.seconds, dclass, "calibrate")
-            res.recorded += 1
-            name = it.generator.name
-            res.seconds_by_generator[name] = res.seconds_by_generator.get(name, 0.0) + rec.seconds
-            res.images_by_generator[name] = res.images_by_generator.get(name, 0) + 1
-            emit("recorded", {"generator": name, "prompt": it.prompt, "seed": it.seed, "score": value,
-                              "seconds": rec.seconds, "file": rec.file})
-        elif kind == "load":
-            emit("load", data)
-        elif kind == "step":
-            emit("step", data)
+    def on_image(rec: ImageRecord) -> None:  # scoring and the store: the engine's per-image hook
+        it = rec.item
+        if rec.status == "failed" or rec.file is None:
+            res.failed.append((it.generator.name, it.prompt, it.seed, rec.error or "failed"))
+            emit(ImageFailed(generator=it.generator.name, prompt=it.prompt, seed=it.seed, error=rec.error))
+            return
+        value = record_image(store, scorer, plan.metric, hashes[it.generator.name], it.prompt, it.seed, rec.file,
+                             rec.seconds, dclass, "calibrate")
+        res.recorded += 1
+        name = it.generator.name
+        res.seconds_by_generator[name] = res.seconds_by_generator.get(name, 0.0) + rec.seconds
+        res.images_by_generator[name] = res.images_by_generator.get(name, 0) + 1
+        emit(ImageScored(generator=name, prompt=it.prompt, seed=it.seed, score=value, seconds=rec.seconds,
+                         file=rec.file))
+
+    def on_gen_event(event: Event) -> None:  # progress only: the engine's loads and steps go through
+        if isinstance(event, (ModelLoading, Step)):
+            emit(event)
 
     options = RunOptions(out_dir=Path(out_dir), device=device, dtype=dtype, allow_download=allow_download,
                          batch_size=batch_size, metadata=True, resume=False, budget="calibrate", loader=loader)
     try:
-        run = (engine or run_plan)(items, options, on_gen_event)
+        run = (engine or run_plan)(items, options, on_gen_event, on_image)
         res.interrupted = run.interrupted
         res.loads = list(run.loads)
     except KeyboardInterrupt:
@@ -341,8 +343,8 @@ class ScoredImage:
 class RunScoring:
     """Score the images a ``gen`` run makes and record them in the store (source ``gen``).
 
-    Pass :meth:`wrap` of the run's event callback to the engine: every ``image`` event of an image made (ok,
-    retried or fallback) is scored with ``scorer`` and recorded under the settings hash of the generator that made
+    Pass :meth:`on_image` to the engine as its ``on_image`` hook: every image made (ok, retried or fallback) is
+    scored with ``scorer`` and recorded under the settings hash of the generator that made
     it. A failure (an unreadable image, the scorer or the store failing) stops the scoring, not the run: the images
     stay on disk and in the manifest, :attr:`error` holds what went wrong and :attr:`unscored` counts the images
     made after it (``gen --resume --score`` scores them later, see :meth:`backlog`).
@@ -360,17 +362,10 @@ class RunScoring:
         self.error: BaseException | None = None
         self._hashes: dict[str, str] = {}  # settings hash -> registered
 
-    def wrap(self, on_event: Event) -> Event:
-        """``on_event`` followed by the scoring of each image made."""
-
-        def events(kind: str, data: dict[str, Any]) -> None:
-            on_event(kind, data)
-            if kind == "image":
-                rec = data["record"]
-                if rec.status in _MADE and rec.file is not None:
-                    self.score(rec.generator, rec.item.prompt, rec.item.seed, Path(rec.file), rec.seconds)
-
-        return events
+    def on_image(self, rec: ImageRecord) -> None:
+        """The engine's per-image hook: score and record ``rec`` when it is an image made."""
+        if rec.status in _MADE and rec.file is not None:
+            self.score(rec.generator, rec.item.prompt, rec.item.seed, Path(rec.file), rec.seconds)
 
     def score(self, gen: Generator, prompt: str, seed: int, file: Path, seconds: float | None,
               device: str | None = None) -> ScoredImage | None:

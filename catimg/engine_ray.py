@@ -14,13 +14,16 @@ where the cluster has no GPU) and sends back, per batch, a :class:`BatchReply`: 
 :class:`~catimg.execution.Outcome` (with its :class:`~catimg.output.ManifestRecord`) and either the name of the
 PNG it wrote (when the output folder is one it sees, e.g. a shared file system or the same machine) or the PNG
 bytes (the driver then writes them). The driver alone appends to ``manifest.jsonl`` (and, through the
-``on_event`` callback, to the calibration store), as each batch arrives; the records are those the local engine
+``on_image`` hook, to the calibration store), as each batch arrives; the records are those the local engine
 writes (plus the ``worker``), and ``--resume`` works the same whichever engine wrote the run.
 
 Faults: an actor that dies mid-chunk has its unfinished images re-queued (each image is recorded exactly once)
 and a fresh actor takes its place; a model that fails to load on an actor is dropped from the run and its images
 are re-planned to their next cheaper generator (``PlanItem.fallbacks``, as the local engine's fallback), which is
-said in an ``event`` and in each image's manifest note. Ray itself is optional (``pip install "catimg[ray]"``) and
+said in a :class:`~catimg.events.Replanned` event and in each image's manifest note. Progress goes to an
+``on_event(event)`` callback with the typed events of :mod:`catimg.events` (plus the Ray-only
+:class:`~catimg.events.WorkersStarted`, :class:`~catimg.events.Replanned` and :class:`~catimg.events.WorkerLost`,
+which :func:`describe_event` says as one line each). Ray itself is optional (``pip install "catimg[ray]"``) and
 imported only here, inside functions.
 """
 
@@ -36,9 +39,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catimg.errors import CatimgError, DeviceError, GenerationError, InputError, first_line
+from catimg.events import (
+    Event,
+    ModelLoading,
+    OnEvent,
+    OnImage,
+    Replanned,
+    RunEnded,
+    RunStarted,
+    WorkerLost,
+    WorkersStarted,
+    no_events,
+)
 from catimg.execution import (
     BatchRunner,
-    Event,
     Job,
     Outcome,
     Pipelines,
@@ -49,7 +63,6 @@ from catimg.execution import (
     batches,
     describe,
     group_plan,
-    no_events,
     start_run,
 )
 from catimg.output import write_new_file
@@ -184,29 +197,29 @@ def connect(address: str | None, num_cpus: int | None = None) -> tuple[Any, bool
     return ray, True
 
 
-def describe_event(kind: str, data: dict[str, Any]) -> str | None:
+def describe_event(event: Event) -> str | None:
     """A line for people about the Ray-only events (None for the events the local engine also sends)."""
-    if kind == "workers":
-        ws = data["workers"]
+    if isinstance(event, WorkersStarted):
+        ws = event.workers
         where = sorted({f"{w['host']} ({w['device']})" for w in ws})
         mode = "write PNGs directly" if all(w["shared"] for w in ws) else "send PNGs to the driver"
         return f"ray: {len(ws)} worker(s) on {', '.join(where)}; workers {mode}"
-    if kind == "replan":
-        return (f"note: {data['model']} failed to load on a Ray worker ({data['reason']}); its images are "
+    if isinstance(event, Replanned):
+        return (f"note: {event.model} failed to load on a Ray worker ({event.reason}); its images are "
                 "re-planned to the next cheaper generator each prompt allows")
-    if kind == "worker-lost":
-        return f"ray: worker {data['worker']} died; {data['images']} unfinished image(s) re-queued"
+    if isinstance(event, WorkerLost):
+        return f"ray: worker {event.worker} died; {event.images} unfinished image(s) re-queued"
     return None
 
 
-def cli_events(on_event: Event, line: Callable[[str], None]) -> Event:
+def cli_events(on_event: OnEvent, line: Callable[[str], None]) -> OnEvent:
     """Wrap the CLI's progress callback so that the Ray-only events are said as one line each."""
 
-    def handle(kind: str, data: dict[str, Any]) -> None:
-        text = describe_event(kind, data)
+    def handle(event: Event) -> None:
+        text = describe_event(event)
         if text is not None:
             line(text)
-        on_event(kind, data)
+        on_event(event)
 
     return handle
 
@@ -431,7 +444,8 @@ class WorkerPool:
 def run_plan_ray(
     plan: list[PlanItem],
     options: RunOptions,
-    on_event: Event | None = None,
+    on_event: OnEvent | None = None,
+    on_image: OnImage | None = None,
     *,
     address: str | None = None,
     workers: int | None = None,
@@ -459,8 +473,8 @@ def run_plan_ray(
     t0 = time.perf_counter()
     options, positions, res = start_run(plan, options)
     if not positions:
-        emit("start", {"images": 0, "skipped": res.skipped, "differences": res.differences})
-        emit("end", {"interrupted": False})
+        emit(RunStarted(images=0, skipped=res.skipped, differences=tuple(res.differences)))
+        emit(RunEnded(interrupted=False))
         res.wall_seconds = time.perf_counter() - t0
         return res
     ray, started = connect(address, None)
@@ -472,9 +486,9 @@ def run_plan_ray(
                        workers=workers, device=device, cpus_per_worker=cpus_per_worker, threads=threads)
         _check_output(pool, options.out_dir, shared_output)
         st.workers = [info.summary() for info in pool.infos.values()]
-        emit("workers", {"workers": st.workers})
-        emit("start", {"images": len(positions), "skipped": res.skipped, "differences": res.differences})
-        RayDriver(pool, plan, positions, options, emit, res, st, chunk_size, load_seconds or {}).run()
+        emit(WorkersStarted(workers=tuple(st.workers)))
+        emit(RunStarted(images=len(positions), skipped=res.skipped, differences=tuple(res.differences)))
+        RayDriver(pool, plan, positions, options, emit, res, st, chunk_size, load_seconds or {}, on_image).run()
     except KeyboardInterrupt:
         res.interrupted = True
     finally:
@@ -486,7 +500,7 @@ def run_plan_ray(
         if started:
             ray.shutdown()
         res.wall_seconds = time.perf_counter() - t0
-    emit("end", {"interrupted": res.interrupted})
+    emit(RunEnded(interrupted=res.interrupted))
     return res
 
 
@@ -530,8 +544,8 @@ class RayDriver:
     """
 
     def __init__(self, pool: WorkerPool, plan: list[PlanItem], positions: list[int], options: RunOptions,
-                 emit: Event, res: RunResult, stats: RayRun, chunk_size: int | None,
-                 load_seconds: dict[str, float]) -> None:
+                 emit: OnEvent, res: RunResult, stats: RayRun, chunk_size: int | None,
+                 load_seconds: dict[str, float], on_image: OnImage | None = None) -> None:
         self.ray = pool.ray
         self.pool = pool
         self.plan = list(plan)  # items may be re-planned (replace) below; the caller's list is left alone
@@ -542,7 +556,7 @@ class RayDriver:
         self.stats = stats
         self.chunk_size = chunk_size
         self.load_seconds = load_seconds
-        self.recorder = Recorder(options, emit, res)
+        self.recorder = Recorder(options, emit, res, on_image)
         self.batch_device = pool.infos[min(pool.infos)].device  # batch sizes by the first worker's device
         self.next_chunk = 0
         work, chunks = self._work(positions)
@@ -617,7 +631,7 @@ class RayDriver:
             return
         if self.held[i] != c.model:
             g = self.plan[ps[0]].generator
-            self.emit("load", {"model": g.model, "source": g.source, "worker": self.pool.infos[i].label})
+            self.emit(ModelLoading(model=g.model, source=g.source, worker=self.pool.infos[i].label))
             self.held[i] = c.model
         for b in batches(ps, self._batch_size(ps[0])):
             ref = self.pool.actors[i].run.remote([Job(p, self.plan[p]) for p in b])
@@ -644,8 +658,8 @@ class RayDriver:
         self.pool.remove(i)
         self.sched.retire(i)
         self.stats.lost_workers += 1
-        self.emit("worker-lost", {"worker": self.pool.infos[i].label, "images": len(lost),
-                                  "error": first_line(exc, typed=True, limit=200)})
+        self.emit(WorkerLost(worker=self.pool.infos[i].label, images=len(lost),
+                             error=first_line(exc, typed=True, limit=200)))
         self._requeue(lost)
         if self.replacements > 0:
             self.replacements -= 1
@@ -673,7 +687,7 @@ class RayDriver:
             self.failed_models[model] = reason
             self.stats.replanned[model] = reason
             ps += [q for c in self.sched.drop_model(model) for q in c.items]
-            self.emit("replan", {"model": model, "reason": reason})
+            self.emit(Replanned(model=model, reason=reason))
         moved: list[int] = []
         for p in ps:
             if p in self.recorded:

@@ -19,9 +19,11 @@ manifest records whichever engine runs it:
   image ends as one :class:`Outcome` (its image, or none when it failed, and its record), handed to a sink.
 * :func:`describe`: the one :class:`catimg.output.ManifestRecord` of an image, whichever engine made it.
 * :class:`Recorder`: the one writer of results: the PNG (unless a Ray worker already wrote it), one manifest line,
-  an :class:`ImageRecord` in the :class:`RunResult` and the ``image`` event.
+  an :class:`ImageRecord` in the :class:`RunResult`, the :class:`~catimg.events.ImageDone` event and the caller's
+  ``on_image`` hook (per-image work such as scoring).
 
-Nothing here prints; progress goes to an ``on_event(kind, data)`` callback.
+Nothing here prints; progress goes to an ``on_event(event)`` callback with the typed events of
+:mod:`catimg.events`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from catimg import __version__
 from catimg.errors import first_line
+from catimg.events import BatchStarted, ImageDone, ModelLoading, OnEvent, OnImage, Retrying, Step, no_events
 from catimg.output import (
     SAVED,
     ManifestRecord,
@@ -50,11 +53,6 @@ if TYPE_CHECKING:
     from catimg.device import DeviceInfo
     from catimg.generate import PlanItem
 
-Event = Callable[[str, dict[str, Any]], None]
-
-
-def no_events(kind: str, data: dict[str, Any]) -> None:
-    """An ``on_event`` callback that ignores everything."""
 
 
 # ------------------------------------------------------------------------------------------------ run types
@@ -244,7 +242,7 @@ def _memory_saving(pipe: Any, on: bool) -> None:
 class ImageMaker:
     """One diffusers call for a batch of one generator's images on ``device``; ``step`` events as it goes."""
 
-    def __init__(self, device: DeviceInfo, on_event: Event) -> None:
+    def __init__(self, device: DeviceInfo, on_event: OnEvent) -> None:
         self.device = device
         self.on_event = on_event
 
@@ -296,10 +294,10 @@ class ImageMaker:
             kw["negative_prompt"] = [it.negative for it in items]
         if "clean_caption" in params:
             kw["clean_caption"] = False
-        names = [it.prompt for it in items]
+        names = tuple(it.prompt for it in items)
 
         def step(n: int) -> None:
-            self.on_event("step", {"generator": gen.name, "step": n, "steps": gen.steps, "prompts": names})
+            self.on_event(Step(generator=gen.name, step=n, steps=gen.steps, prompts=names))
 
         if "callback_on_step_end" in params:
             def on_step_end(p: Any, i: int, t: Any, cb_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -361,13 +359,13 @@ def describe(item: PlanItem, gen: Generator, options: RunOptions, device: Device
 class Pipelines:
     """The pipelines of one process's run: a :class:`PipelineCache` that says ``load`` before each model loads."""
 
-    def __init__(self, options: RunOptions, on_event: Event = no_events) -> None:
+    def __init__(self, options: RunOptions, on_event: OnEvent = no_events) -> None:
         self.cache = PipelineCache(options.device, options.dtype, options.allow_download, loader=options.loader)
         self.on_event = on_event
 
     def get(self, gen: Generator, item: PlanItem) -> LoadedPipeline:
         if not self.cache.holds(gen.model):
-            self.on_event("load", {"model": gen.model, "source": gen.source})
+            self.on_event(ModelLoading(model=gen.model, source=gen.source))
         return self.cache.get(gen, offload=item.offload, peak_memory_gb=item.peak_memory_gb)
 
 
@@ -376,7 +374,7 @@ class BatchRunner:
     :class:`Outcome` goes to ``sink``. Used as it is by the local engine and by each Ray worker."""
 
     def __init__(self, options: RunOptions, pipes: Pipelines, sink: Callable[[Outcome], object],
-                 on_event: Event = no_events) -> None:
+                 on_event: OnEvent = no_events) -> None:
         self.opt = options
         self.pipes = pipes
         self.sink = sink
@@ -387,7 +385,7 @@ class BatchRunner:
         from catimg import interrupts
 
         interrupts.check()  # a Ctrl-C that something swallowed stops the run here, between images
-        self.on_event("batch", {"generator": gen.name, "images": len(jobs)})
+        self.on_event(BatchStarted(generator=gen.name, images=len(jobs)))
         try:
             images, secs = self.maker.make(loaded, gen, [j.item for j in jobs])
         except KeyboardInterrupt:
@@ -407,7 +405,7 @@ class BatchRunner:
 
     def _retry(self, job: Job, gen: Generator, error: str, fault: BaseException | None) -> None:
         it = job.item
-        self.on_event("retry", {"item": it, "generator": gen.name, "error": error})
+        self.on_event(Retrying(item=it, generator=gen.name, error=error))
         retry = retry_policy(it, gen, error, fault)
         loaded: LoadedPipeline | None = None
         try:
@@ -433,12 +431,15 @@ class BatchRunner:
 
 class Recorder:
     """The one writer of a run's results (the local engine, the Ray driver): for each image its PNG (unless a
-    worker wrote it already), one manifest line, an :class:`ImageRecord` in ``result`` and the ``image`` event."""
+    worker wrote it already), one manifest line, an :class:`ImageRecord` in ``result``, the
+    :class:`~catimg.events.ImageDone` event and then ``on_image`` (the caller's per-image hook, e.g. scoring)."""
 
-    def __init__(self, options: RunOptions, on_event: Event, result: RunResult) -> None:
+    def __init__(self, options: RunOptions, on_event: OnEvent, result: RunResult,
+                 on_image: OnImage | None = None) -> None:
         self.opt = options
         self.on_event = on_event
         self.result = result
+        self.on_image = on_image
 
     def save(self, outcome: Outcome) -> ImageRecord:
         """Record an outcome made in this process (its PNG written here)."""
@@ -458,6 +459,8 @@ class Recorder:
                             seconds=outcome.seconds, attempts=rec.attempts, error=rec.error, note=line.note)
         self.result.records.append(image)
         append_manifest(out, line.line())
-        self.on_event("image", {"record": image})
+        self.on_event(ImageDone(record=image))
+        if self.on_image is not None:
+            self.on_image(image)
         return image
 

@@ -17,7 +17,8 @@ ran out, else with the next cheaper generator the plan allows (``PlanItem.fallba
 What happened is recorded in the manifest (``status``: ok, retried, fallback, failed). Ctrl-C stops after the
 image in flight, keeps everything written, and returns with ``interrupted = True``. Disk errors stop the run
 (GenerationError) with everything saved so far recorded. Nothing here prints: progress goes to an
-``on_event(kind, data)`` callback that the CLI renders.
+``on_event(event)`` callback (the typed events of :mod:`catimg.events`) that the CLI renders; ``on_image`` is
+called with each :class:`ImageRecord` once it is recorded (per-image work such as scoring).
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from catimg.errors import InputError
+from catimg.events import OnEvent, OnImage, RunEnded, RunStarted, no_events
 from catimg.execution import (
     BatchRunner,
-    Event,
     ImageRecord,
     Job,
     Pipelines,
@@ -41,7 +42,6 @@ from catimg.execution import (
     batch_size,
     batches,
     group_plan,
-    no_events,
     start_run,
 )
 
@@ -165,16 +165,17 @@ def check_size(value: int | None, option: str) -> None:
 class Executor:
     """The local engine: a plan made in this process by the shared execution core; see the module docstring."""
 
-    def __init__(self, options: RunOptions, on_event: Event | None = None) -> None:
+    def __init__(self, options: RunOptions, on_event: OnEvent | None = None, on_image: OnImage | None = None) -> None:
         self.opt = options
         self.on_event = on_event or no_events
+        self.on_image = on_image
         self.pipes = Pipelines(options, self.on_event)
 
     def run(self, plan: Sequence[PlanItem]) -> RunResult:
         t0 = time.perf_counter()
         opt, todo, res = start_run(plan, self.opt)
-        self.on_event("start", {"images": len(todo), "skipped": res.skipped, "differences": res.differences})
-        runner = BatchRunner(opt, self.pipes, Recorder(opt, self.on_event, res).save, self.on_event)
+        self.on_event(RunStarted(images=len(todo), skipped=res.skipped, differences=tuple(res.differences)))
+        runner = BatchRunner(opt, self.pipes, Recorder(opt, self.on_event, res, self.on_image).save, self.on_event)
         cache = self.pipes.cache
         try:
             for gen, positions in group_plan(plan, todo):
@@ -189,10 +190,11 @@ class Executor:
             res.load_seconds = dict(cache.load_seconds)
             res.wall_seconds = time.perf_counter() - t0
             cache.release_all()
-        self.on_event("end", {"interrupted": res.interrupted})
+        self.on_event(RunEnded(interrupted=res.interrupted))
         return res
 
 
-def run_plan(plan: Sequence[PlanItem], options: RunOptions, on_event: Event | None = None) -> RunResult:
+def run_plan(plan: Sequence[PlanItem], options: RunOptions, on_event: OnEvent | None = None,
+             on_image: OnImage | None = None) -> RunResult:
     """Make every image of ``plan`` in this process; see :class:`Executor`."""
-    return Executor(options, on_event).run(plan)
+    return Executor(options, on_event, on_image).run(plan)

@@ -21,6 +21,7 @@ import pytest
 import tiny
 from tiny import generator, run_options
 
+from catimg.events import Event, ImageDone, Replanned, WorkersStarted
 from catimg.generate import PlanItem, build_plan, run_plan
 from catimg.output import read_manifest
 
@@ -138,9 +139,9 @@ def test_same_images_and_manifest_as_local_each_once(ray_instance: Any, tmp_path
     plan = two_generator_plan(tiny_sd_dir, tiny_sd2_dir)
     local = run_plan(plan, run_options(tmp_path / "local", batch_size=2))
     stats = RayRun()
-    events: list[str] = []
+    events: list[Event] = []
     # loads predicted dear (100 s): a worker whose queue empties does not steal the other model's last chunks
-    res = run_plan_ray(plan, run_options(tmp_path / "ray", batch_size=2), lambda k, d: events.append(k), workers=2,
+    res = run_plan_ray(plan, run_options(tmp_path / "ray", batch_size=2), events.append, workers=2,
                        load_seconds={"tiny-a": 100.0, "tiny-b": 100.0}, stats=stats)
     assert len(res.made) == len(plan) == len(local.made)
     assert len(stats.workers) == 2
@@ -154,7 +155,7 @@ def test_same_images_and_manifest_as_local_each_once(ray_instance: Any, tmp_path
         assert a == b
         assert np.array_equal(pixels(tmp_path / "local" / r["file"]), pixels(tmp_path / "ray" / r["file"]))
     assert sorted(p.name for p in (tmp_path / "ray").glob("*.png")) == sorted(r["file"] for r in rm)
-    assert events.count("image") == len(plan)
+    assert sum(isinstance(e, ImageDone) for e in events) == len(plan)
     # two models, two actors: each loads its own model once (cost-proportional, no switch dearer than it saves)
     assert sorted(res.loads) == ["tiny-a", "tiny-b"]
     # --resume reads either engine's manifest: nothing left to do in either folder
@@ -232,10 +233,10 @@ def test_worker_killed_mid_run_each_image_once(ray_instance: Any, tmp_path: Path
     pids: list[int] = []
     killed: list[int] = []
 
-    def on_event(kind: str, data: dict[str, Any]) -> None:
-        if kind == "workers":
-            pids.extend(int(w["pid"]) for w in data["workers"])
-        elif kind == "image" and not killed:
+    def on_event(event: Event) -> None:
+        if isinstance(event, WorkersStarted):
+            pids.extend(int(w["pid"]) for w in event.workers)
+        elif isinstance(event, ImageDone) and not killed:
             killed.append(pids[0])
             os.kill(pids[0], signal.SIGKILL)  # a real kill -9 of a worker process, mid-run
 
@@ -260,11 +261,11 @@ def test_generator_failing_to_load_is_replanned(ray_instance: Any, tmp_path: Pat
     routed = [(i, f"p {i}", bad if i < 3 or i == 4 else good, None, 1.0, None) for i in range(5)]
     plan = build_plan(routed, seed=1, fallbacks={i: (good,) for i in range(3)})  # p 4 has no fallback
     stats = RayRun()
-    events: list[tuple[str, dict[str, Any]]] = []
-    res = run_plan_ray(plan, run_options(tmp_path / "o", batch_size=2), lambda k, d: events.append((k, d)), workers=1,
+    events: list[Event] = []
+    res = run_plan_ray(plan, run_options(tmp_path / "o", batch_size=2), events.append, workers=1,
                        threads=1, stats=stats)
     assert "bad" in stats.replanned
-    assert any(k == "replan" and d["model"] == "bad" for k, d in events)
+    assert any(isinstance(e, Replanned) and e.model == "bad" for e in events)
     rm = read_manifest(tmp_path / "o")
     assert len(rm) == 5 and {r["generator"] for r in rm if r["index"] != 4} == {"good"}
     assert all("re-planned from bad" in r["note"] for r in rm if r["index"] < 3)

@@ -15,6 +15,7 @@ from catimg import generate
 from catimg.config import Generator
 from catimg.device import cpu_device
 from catimg.errors import InputError
+from catimg.events import Event, ImageDone, ModelLoading, Step
 from catimg.generate import build_plan, run_plan
 from catimg.pipelines import load_pipeline
 
@@ -33,8 +34,8 @@ def test_each_model_loads_once_and_images_are_recorded(tmp_path: Path, tiny_sd_d
     xl = generator("xl", tiny_sdxl_dir, family="sdxl")
     routed = [(i, f"a cube number {i}", (g2, xl, g3)[i % 3], 0.4 + i / 100, 0.1, 0.5) for i in range(6)]
     plan = build_plan(routed, seed=10)
-    events: list[str] = []
-    res = run_plan(plan, run_options(tmp_path / "out", batch_size=2), lambda k, d: events.append(k))
+    events: list[Event] = []
+    res = run_plan(plan, run_options(tmp_path / "out", batch_size=2), events.append)
     assert sorted(res.loads) == ["sd", "xl"]  # loads == distinct models
     assert len(res.made) == 6 and not res.failed
     names = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
@@ -44,7 +45,9 @@ def test_each_model_loads_once_and_images_are_recorded(tmp_path: Path, tiny_sd_d
     assert {r["generator"] for r in recs} == {"sd@2", "sd@3", "xl"}
     r0 = next(r for r in recs if r["index"] == 0)
     assert r0["seed"] == 10 and r0["steps"] == 2 and r0["dtype"] == "fp32" and r0["budget"] == "low"
-    assert "step" in events and events.count("load") == 2
+    assert any(isinstance(e, Step) for e in events)
+    assert [e.model for e in events if isinstance(e, ModelLoading)] == ["sd", "xl"]
+    assert sum(isinstance(e, ImageDone) for e in events) == 6
     per = res.per_generator()
     assert per["sd@2"]["images"] == 2 and per["xl"]["mean_predicted_quality"] == pytest.approx((0.41 + 0.44) / 2)
 
@@ -168,8 +171,8 @@ def test_interrupt_then_resume(tmp_path: Path, tiny_sd_dir: Path) -> None:
     plan = build_plan([(i, f"prompt {i}", g, None, None, None) for i in range(4)], seed=0)
     seen = []
 
-    def stop_after_two(kind: str, data: dict[str, Any]) -> None:
-        if kind == "image":
+    def stop_after_two(event: Event) -> None:
+        if isinstance(event, ImageDone):
             seen.append(1)
             if len(seen) == 2:
                 raise KeyboardInterrupt

@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from catimg.device import cpu_device
     from catimg.engine_ray import RayRun, run_plan_ray
+    from catimg.events import Event, ImageDone
     from catimg.generate import RunOptions, run_plan
 
     with tempfile.TemporaryDirectory(prefix="catimg-ray-bench-") as tmp:
@@ -67,8 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         plan = _plan(root, args.images, args.steps, args.size)
         stamps: list[float] = []
 
-        def on_event(kind: str, data: dict[str, Any]) -> None:
-            if kind == "image":
+        def on_event(event: Event) -> None:
+            if isinstance(event, ImageDone):
                 stamps.append(time.perf_counter())
 
         def steady() -> float:

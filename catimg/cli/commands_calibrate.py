@@ -259,17 +259,18 @@ def _run_with_progress(plan: Any, store: Any, scorer: Any, dev: Any, out_dir: Pa
                        batch_size: int | None, engine: Any = None) -> Any:
     from catimg.calibrate import run_campaign
     from catimg.cli.progress import StepProgress
+    from catimg.events import Event, ImageFailed, ImageScored, ModelLoading
 
     # stderr only (a bar on a terminal, a line every 10 s elsewhere): stdout keeps the summary (or the --json document)
     with StepProgress("calibrating", plan.images) as progress:
 
-        def on_event(kind: str, data: dict[str, Any]) -> None:
-            if kind == "load":
-                progress.update(progress.done, label=f"calibrating: loading {data.get('model')}")
-            elif kind in ("recorded", "failed"):
-                progress.advance(label=f"calibrating {data['generator']}")
-                if kind == "failed":
-                    progress.note(f"failed: {data['generator']} seed {data['seed']}: {data['prompt'][:60]}: {data['error']}")
+        def on_event(event: Event) -> None:
+            if isinstance(event, ModelLoading):
+                progress.update(progress.done, label=f"calibrating: loading {event.model}")
+            elif isinstance(event, (ImageScored, ImageFailed)):
+                progress.advance(label=f"calibrating {event.generator}")
+                if isinstance(event, ImageFailed):
+                    progress.note(f"failed: {event.generator} seed {event.seed}: {event.prompt[:60]}: {event.error}")
 
         return run_campaign(plan, store, scorer, dev, out_dir, on_event=on_event, dtype=dtype, batch_size=batch_size,
                             engine=engine)

@@ -34,9 +34,10 @@ from catimg.cli.common import (
     parse_budgets,
 )
 from catimg.cli.render import console, fmt_seconds, fmt_value, label, print_json
-from catimg.cli.scoring import finish_scoring, report_scoring, scored_events, scoring_doc
+from catimg.cli.scoring import finish_scoring, report_scoring, scoring_doc, scoring_hook
 from catimg.device import DTYPES
 from catimg.errors import ExitStatus, InputError, WeightsMissingError
+from catimg.events import Event, ImageDone, ModelLoading, Retrying, RunStarted, Step
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -187,7 +188,7 @@ def gen(
                 if engine == "ray":
                     res = _run_ray(plan, opts, progress, scoring, result, as_json, ray_address, workers, device)
                 else:
-                    res = run_plan(plan, opts, scored_events(scoring, progress.event))
+                    res = run_plan(plan, opts, progress.event, scoring_hook(scoring))
         except KeyboardInterrupt:  # pragma: no cover - the executor catches it; belt and braces
             res = None
         if res is not None and engine != "ray":  # measured seconds feed this device's cost cache (as bench does)
@@ -239,7 +240,7 @@ def _run_ray(plan: list[PlanItem], opts: Any, progress: _Progress, scoring: Any,
 
     events = progress.event if as_json else cli_events(progress.event, progress._line)
     loads = {result.generator(n).model: c.load_seconds for n, c in result.costs.items()}
-    return run_plan_ray(plan, opts, scored_events(scoring, events), address=address, workers=workers, device=device,
+    return run_plan_ray(plan, opts, events, scoring_hook(scoring), address=address, workers=workers, device=device,
                         load_seconds=loads)
 
 
@@ -658,27 +659,27 @@ class _Progress:
         if self.rich is not None:
             self.rich.__exit__(*exc)
 
-    def event(self, kind: str, data: dict[str, Any]) -> None:
+    def event(self, event: Event) -> None:
         if not self.enabled:
             return
-        if kind == "start" and (data.get("skipped") or data.get("differences")):
-            line = f"resume: {data['skipped']} image(s) already done, {data['images']} to make"
-            if data.get("differences"):  # one line, matched by what the images are, not by position
-                line += (f"; differs from the manifest: {'; '.join(data['differences'])} (images are matched by "
+        if isinstance(event, RunStarted) and (event.skipped or event.differences):
+            line = f"resume: {event.skipped} image(s) already done, {event.images} to make"
+            if event.differences:  # one line, matched by what the images are, not by position
+                line += (f"; differs from the manifest: {'; '.join(event.differences)} (images are matched by "
                          "prompt, image number, seed, generator settings and size)")
             self._line(line)
             if self.rich is not None:
-                self.rich.update(self.batch_task, total=data["images"])
-        elif kind == "load":
-            self._line(f"loading {data['model']} ({data['source']})")
-        elif kind == "step" and self.rich is not None:
-            self.rich.update(self.step_task, total=data["steps"], completed=data["step"],
-                             description=f"{data['generator']} step")
-        elif kind == "retry":
-            self._line(f"retrying #{data['item'].index} ({data['error']})")
-        elif kind == "image":
+                self.rich.update(self.batch_task, total=event.images)
+        elif isinstance(event, ModelLoading):
+            self._line(f"loading {event.model} ({event.source})")
+        elif isinstance(event, Step) and self.rich is not None:
+            self.rich.update(self.step_task, total=event.steps, completed=event.step,
+                             description=f"{event.generator} step")
+        elif isinstance(event, Retrying):
+            self._line(f"retrying #{event.item.index} ({event.error})")
+        elif isinstance(event, ImageDone):
             self.done += 1
-            r = data["record"]
+            r = event.record
             if self.rich is not None:
                 self.rich.update(self.batch_task, advance=1)
             else:

@@ -3,7 +3,8 @@
 The core is :class:`catimg.calibrate.RunScoring`; this module holds the CLI's part: :func:`check_scoring` (before
 any work, without torch: the metric, the scorer's checkpoint in the HF cache, a store this catimg can write),
 :func:`start_scoring` (the store opened for the run, the scorer loaded before the first pipeline, and with
-``--resume`` the images of earlier runs the store lacks scored), :func:`scoring_doc` / :func:`report_scoring`
+``--resume`` the images of earlier runs the store lacks scored), :func:`scoring_hook` (the engine's ``on_image``
+hook that scores each image made), :func:`scoring_doc` / :func:`report_scoring`
 (what the run scored, for ``--json`` and for people) and :func:`finish_scoring` (a scoring that stopped is one
 error line after the summary: the images stay on disk and in the manifest).
 """
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
     from catimg.calibrate import RunScoring
     from catimg.device import DeviceInfo
+    from catimg.events import OnImage
     from catimg.generate import PlanItem
 
 
@@ -64,9 +66,9 @@ def start_scoring(held: ExitStack, metric: str, scorer_model: str | None, db: Pa
     return scoring
 
 
-def scored_events(scoring: RunScoring | None, on_event: Any) -> Any:
-    """The run's event callback, with each image made scored when ``scoring`` is on."""
-    return on_event if scoring is None else scoring.wrap(on_event)
+def scoring_hook(scoring: RunScoring | None) -> OnImage | None:
+    """The run's ``on_image`` hook: each image made scored when ``scoring`` is on (None without --score)."""
+    return None if scoring is None else scoring.on_image
 
 
 def scoring_doc(scoring: RunScoring | None) -> dict[str, Any]:
