@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 
@@ -27,13 +27,14 @@ if TYPE_CHECKING:
     from catimg.device import DeviceInfo
     from catimg.router import Router
 
-# statuses of a generator for one run
-CHOSEN = "chosen"
-ROUTABLE = "routable"
-NEEDS_CALIBRATION = "needs calibration"
-DISABLED = "disabled"
-INFEASIBLE = "does not fit"
-FORCED = "forced"
+#: The status of a generator for one run (per prompt in a :class:`GeneratorRow`; ``chosen``/``forced`` only there).
+Status = Literal["chosen", "routable", "needs calibration", "disabled", "does not fit", "forced"]
+CHOSEN: Final = "chosen"
+ROUTABLE: Final = "routable"
+NEEDS_CALIBRATION: Final = "needs calibration"
+DISABLED: Final = "disabled"
+INFEASIBLE: Final = "does not fit"
+FORCED: Final = "forced"
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class GeneratorRow:
     cost_tflops: float
     cost_kind: str
     value: float | None
-    status: str
+    status: Status
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -111,7 +112,7 @@ class RoutingResult:
     best_single_seconds: float | None
     best_single_quality: float | None
     mean_predicted_quality: float | None
-    statuses: dict[str, str]
+    statuses: dict[str, Status]
     metric: str
     scale: tuple[float, float]
     levels: dict[str, float]
@@ -297,9 +298,9 @@ def _costs(gens: tuple[Generator, ...], device: DeviceInfo, router: Router, use_
 
 
 def generator_statuses(gens: tuple[Generator, ...], costs: dict[str, Cost], router: Router,
-                       use_router: bool) -> dict[str, str]:
+                       use_router: bool) -> dict[str, Status]:
     """Each generator's status before routing: disabled, needs calibration, does not fit, or routable."""
-    statuses: dict[str, str] = {}
+    statuses: dict[str, Status] = {}
     for g in gens:
         if not g.enabled:
             statuses[g.name] = DISABLED
@@ -312,7 +313,7 @@ def generator_statuses(gens: tuple[Generator, ...], costs: dict[str, Cost], rout
     return statuses
 
 
-def _require_routable(catalog: Catalog, statuses: dict[str, str], forced_gen: Generator | None) -> None:
+def _require_routable(catalog: Catalog, statuses: dict[str, Status], forced_gen: Generator | None) -> None:
     if forced_gen is None and ROUTABLE not in statuses.values():
         why = "; ".join(f"{n}: {s}" for n, s in statuses.items())
         raise InputError(
@@ -321,7 +322,7 @@ def _require_routable(catalog: Catalog, statuses: dict[str, str], forced_gen: Ge
 
 
 def score_matrix(prompts: list[str], gens: tuple[Generator, ...], router: Router, costs: dict[str, Cost],
-                 statuses: dict[str, str], encoder: Any) -> ScoreMatrix:
+                 statuses: dict[str, Status], encoder: Any) -> ScoreMatrix:
     """Predicted quality (when ``encoder`` is given) and costs of every generator, normalised by the rule.
 
     The cost scale is the largest cost among the generators the router knows, routable in this run or not (the
@@ -376,7 +377,7 @@ def solve(scores: ScoreMatrix, router: Router, budget: Budget, total_budget: flo
     return Solution(lam, choice)
 
 
-def _rows(i: int, gens: tuple[Generator, ...], scores: ScoreMatrix, sol: Solution, statuses: dict[str, str],
+def _rows(i: int, gens: tuple[Generator, ...], scores: ScoreMatrix, sol: Solution, statuses: dict[str, Status],
           costs: dict[str, Cost]) -> list[GeneratorRow]:
     """Prompt ``i``'s row of every generator: prediction, cost, value at the run's λ and status."""
     sc, cj = scores, int(sol.choice[i])
@@ -410,7 +411,7 @@ def explain_choice(i: int, scores: ScoreMatrix, sol: Solution) -> Explanation:
 
 
 def _summary(routes: list[PromptRoute], catalog: Catalog, scores: ScoreMatrix, sol: Solution,
-             costs: dict[str, Cost], device: DeviceInfo, statuses: dict[str, str], router: Router, *,
+             costs: dict[str, Cost], device: DeviceInfo, statuses: dict[str, Status], router: Router, *,
              budget: Budget, total_budget: float | None, forced: str | None) -> RoutingResult:
     """The run's totals: planned seconds (one load per model used), mean predicted quality, best single generator."""
     sc, choice, n = scores, sol.choice, len(routes)
