@@ -12,8 +12,10 @@ the generator is not routed at all (what a user gets before calibrating it).
 Printed per n, averaged over the repeats (± standard error): the router's AUC (mean quality over the cost
 range), the quality it reaches at the best single generator's cost, the cost at which it first matches the
 best single generator (% of that cost; "-" when it never does), the share of test prompts routed to the
-few-shot generator at the medium-like λ of equal cost, and the mean predicted uncertainty (std) of that
-generator on the test prompts, which shrinks as it is measured on more prompts. Costs are the catalog's
+few-shot generator at the medium-like λ of equal cost, the mean predicted uncertainty (std) of that generator's
+expected quality on the test prompts, and (ridge) its *own* part: the std of its deviation from the per-prompt
+anchor, the uncertainty that decides how it compares with the others (the anchor's is shared by every generator),
+which shrinks as it is measured on more prompts. Costs are the catalog's
 analytic TFLOPs per image.
 """
 
@@ -95,6 +97,9 @@ def run(data: Path, target: str, sizes: tuple[int, ...], repeats: int, predictor
                 Ytr[hidden, j] = np.nan
             model = make_predictor(predictor).fit(X[train], Ytr)
             mean, std = model.predict(X[test])
+            # the few-shot generator's own epistemic uncertainty: ridge's deviation part (the anchor part is
+            # shared by every generator and cancels when generators are compared)
+            own = np.sqrt(model.predict_parts(X[test])[3][:, j]) if k and hasattr(model, "predict_parts") else None
             if k == 0:
                 mean = np.insert(mean, j, -1e9, axis=1)
                 std = np.insert(std, j, np.nan, axis=1)
@@ -110,6 +115,7 @@ def run(data: Path, target: str, sizes: tuple[int, ...], repeats: int, predictor
                 "ctm_pct": s.cost_to_match_pct if s.cost_to_match_pct is not None else np.nan,
                 "share": float(np.mean(at == j)),
                 "std": float(np.nanmean(std[:, j])) if k else np.nan,
+                "own": float(np.mean(own)) if own is not None else np.nan,
                 "measured": float(k),
             })
     oracle = rep.summaries[1]
@@ -150,13 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     print("last split: single-generator quality " + ", ".join(f"{g} {q:.3f}" for g, q in out["single_last"].items())
           + f"; oracle AUC {out['oracle_auc_last']:.3f}")
     print()
-    head = f"{'measured':>9}  {'AUC':>16}  {'quality@best cost':>18}  {'cost to match %':>22}  {'share':>15}  {'pred. std':>15}"
+    head = f"{'measured':>9}  {'AUC':>16}  {'quality@best cost':>18}  {'cost to match %':>22}  {'share':>15}  {'pred. std':>15}  {'own std':>15}"
     print(head)
     for size, rows in out["results"].items():
         label = "all" if size < 0 else str(size)
         print(f"{label:>9}  {_fmt([r['auc'] for r in rows]):>16}  {_fmt([r['q_at_best'] for r in rows]):>18}  "
               f"{_fmt([r['ctm_pct'] for r in rows], 1):>22}  {_fmt([r['share'] for r in rows], 2):>15}  "
-              f"{_fmt([r['std'] for r in rows]):>15}")
+              f"{_fmt([r['std'] for r in rows]):>15}  {_fmt([r['own'] for r in rows]):>15}")
     print(f"\n({time.perf_counter() - t0:.1f} s)")
     return 0
 
