@@ -135,3 +135,21 @@ def test_train_warns_when_sets_disagree_and_errors_name_the_file(tmp_path: Path)
     assert code == 0, err
     code, out, err = run_cli("train", "-M", a, "-M", odd, "--scale", "my_metric", "--models", models, "--out", tmp_path / "r3")
     assert code == 2 and "--scale my_metric: expected METRIC=LO:HI" in err
+
+
+def test_train_on_a_file_next_to_the_store(tmp_path: Path) -> None:
+    """`train -M FILE --db STORE`: the store is one more set, named after it, on its metric's known range."""
+    models = tmp_path / "models.toml"
+    models.write_text(MODELS_TOML, encoding="utf-8")
+    a = _write(tmp_path / "a.csv", "genai_bench_alignment", 1, 5, False, "genai_bench")
+    mine = _write(tmp_path / "mine.csv", "clipscore", 0, 100, False, "calibrate")
+    db = tmp_path / "cal.sqlite"
+    code, _, err = run_cli("measurements", "import", mine, "--db", db, "--models", models, "--metric", "clipscore")
+    assert code == 0, err
+    code, out, err = run_cli("train", "-M", a, "--db", db, "--metric", "clipscore", "--models", models,
+                             "--out", tmp_path / "r", "--json")
+    assert code == 0, err
+    card = json.loads(out)["data_card"]
+    assert [(s["name"], s["metric"], s["range"]) for s in card["sets"]] == [
+        ("genai_bench", "genai_bench_alignment", [1.0, 5.0]), ("store:cal.sqlite", "clipscore", [0.0, 100.0])]
+    assert card["held_out_by_set"]["store:cal.sqlite"]["n_test"] == 2 * len(SUBJECTS)

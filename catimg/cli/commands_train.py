@@ -111,9 +111,12 @@ def train(
         tables = [split_holdout(t, holdout)[0] for t in tables]
     joint = None
     if len(tables) > 1:
-        from catimg.joint import join, parse_scales
+        from catimg.joint import join, parse_scales, set_name
 
-        joint = join(tables, scales=parse_scales(scale))
+        names = [set_name(t, f"set{i + 1}") for i, t in enumerate(tables)]
+        if db is not None:  # the store's rows come from several sources (calibrate, gen): name the set after it
+            names[-1] = f"store:{db.expanduser().name}"
+        joint = join(tables, names=names, scales=parse_scales(scale))
     table = joint.table if joint is not None else tables[0]
     extra = None if db is None else {"store": _store_card(db, tables[-1], catalog)}  # the user's own rows
     from catimg.cli.progress import embedding_progress
