@@ -34,7 +34,7 @@ from catimg.events import Event, ImageFailed, ImageScored, ModelLoading, OnEvent
 if TYPE_CHECKING:
     from catimg.config import Catalog, Generator
     from catimg.device import DeviceInfo
-    from catimg.execution import ImageRecord
+    from catimg.execution import Engine, ImageRecord
     from catimg.scorer import Scorer
     from catimg.store import Store
 
@@ -255,16 +255,16 @@ def run_campaign(
     allow_download: bool = False,
     batch_size: int | None = None,
     loader: Any = None,
-    engine: Any = None,
+    engine: Engine | None = None,
 ) -> CampaignResult:
     """Generate, score and record every job of ``plan``. Ctrl-C stops after the image in flight.
 
-    ``engine``: a function with :func:`catimg.generate.run_plan`'s signature that makes the images (default: the
-    local engine; e.g. ``functools.partial(catimg.engine_ray.run_plan_ray, address=...)``). Scoring and the store
-    stay in this process either way.
+    ``engine``: the :class:`~catimg.execution.Engine` that makes the images (default: the local engine,
+    :class:`catimg.generate.LocalEngine`; or a :class:`catimg.engine_ray.RayEngine`). Scoring and the store stay in
+    this process either way, in the engine's ``on_image`` hook.
     """
     from catimg.device import device_class
-    from catimg.generate import PlanItem, RunOptions, run_plan
+    from catimg.generate import LocalEngine, PlanItem, RunOptions
 
     emit = on_event or no_events
     res = CampaignResult(plan=plan)
@@ -298,7 +298,7 @@ def run_campaign(
     options = RunOptions(out_dir=Path(out_dir), device=device, dtype=dtype, allow_download=allow_download,
                          batch_size=batch_size, metadata=True, resume=False, budget="calibrate", loader=loader)
     try:
-        run = (engine or run_plan)(items, options, on_gen_event, on_image)
+        run = (engine or LocalEngine()).run(items, options, on_gen_event, on_image)
         res.interrupted = run.interrupted
         res.loads = list(run.loads)
     except KeyboardInterrupt:

@@ -23,7 +23,9 @@ are re-planned to their next cheaper generator (``PlanItem.fallbacks``, as the l
 said in a :class:`~catimg.events.Replanned` event and in each image's manifest note. Progress goes to an
 ``on_event(event)`` callback with the typed events of :mod:`catimg.events` (plus the Ray-only
 :class:`~catimg.events.WorkersStarted`, :class:`~catimg.events.Replanned` and :class:`~catimg.events.WorkerLost`,
-which :func:`describe_event` says as one line each). Ray itself is optional (``pip install "catimg[ray]"``) and
+which :func:`describe_event` says as one line each). :class:`RayEngine` is :func:`run_plan_ray` as an
+:class:`~catimg.execution.Engine`, the Protocol the local engine (:class:`catimg.generate.LocalEngine`) satisfies
+too: the CLI and the calibration campaign call either through it. Ray itself is optional (``pip install "catimg[ray]"``) and
 imported only here, inside functions.
 """
 
@@ -33,7 +35,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -502,6 +504,23 @@ def run_plan_ray(
         res.wall_seconds = time.perf_counter() - t0
     emit(RunEnded(interrupted=res.interrupted))
     return res
+
+
+@dataclass(frozen=True)
+class RayEngine:
+    """The Ray engine as an :class:`~catimg.execution.Engine` (``--engine ray``): :func:`run_plan_ray` with the
+    cluster options fixed (``address``, ``workers``, ``device``: the CLI's; ``load_seconds``: predicted load time
+    per model for the scheduler)."""
+
+    address: str | None = None
+    workers: int | None = None
+    device: str | None = None
+    load_seconds: dict[str, float] | None = field(default=None, hash=False)
+
+    def run(self, plan: Sequence[PlanItem], options: RunOptions, on_event: OnEvent | None = None,
+            on_image: OnImage | None = None) -> RunResult:
+        return run_plan_ray(list(plan), options, on_event, on_image, address=self.address, workers=self.workers,
+                            device=self.device, load_seconds=self.load_seconds)
 
 
 def _start_workers(pool: WorkerPool, options: RunOptions, images: int, marker: str | None, *, workers: int | None,

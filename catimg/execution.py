@@ -18,6 +18,8 @@ manifest records whichever engine runs it:
   image that fails (an exception, out of memory, a NaN or black image) is retried once as the policy says. Every
   image ends as one :class:`Outcome` (its image, or none when it failed, and its record), handed to a sink.
 * :func:`describe`: the one :class:`catimg.output.ManifestRecord` of an image, whichever engine made it.
+* :class:`Engine`: the Protocol both engines satisfy (:class:`catimg.generate.LocalEngine`,
+  :class:`catimg.engine_ray.RayEngine`); callers make a plan's images only through it.
 * :class:`Recorder`: the one writer of results: the PNG (unless a Ray worker already wrote it), one manifest line,
   an :class:`ImageRecord` in the :class:`RunResult`, the :class:`~catimg.events.ImageDone` event and the caller's
   ``on_image`` hook (per-image work such as scoring).
@@ -32,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from catimg import __version__
 from catimg.errors import first_line
@@ -151,6 +153,19 @@ class Outcome:
     def png(self, metadata: bool) -> bytes:
         """The image as PNG bytes, with the record in its text chunks unless ``metadata`` is False."""
         return png_bytes(self.image, self.record.metadata() if metadata else None)
+
+
+class Engine(Protocol):
+    """What makes a plan's images; the CLI and the calibration campaign call an engine only through this.
+
+    Two backends satisfy it: :class:`catimg.generate.LocalEngine` (this process) and
+    :class:`catimg.engine_ray.RayEngine` (a Ray cluster). Same contract for both: every image of ``plan`` made (or
+    skipped with ``options.resume``), recorded in ``options.out_dir``'s manifest and in the returned
+    :class:`RunResult`; progress to ``on_event``; each recorded image to ``on_image`` after its ``ImageDone`` event.
+    """
+
+    def run(self, plan: Sequence[PlanItem], options: RunOptions, on_event: OnEvent | None = None,
+            on_image: OnImage | None = None) -> RunResult: ...
 
 
 # ------------------------------------------------------------------------------------- the start of a run

@@ -4,7 +4,8 @@ Planning: :func:`build_plan` / :func:`plan_from_routing` turn routed prompts int
 (prompt, generator, seed, predictions, cheaper fallbacks); image ``k`` of prompt ``i`` gets seed
 ``seed + i * images_per_prompt + k``. :func:`run_settings` applies the --width/--height/--dtype overrides.
 
-The local engine (:func:`run_plan`, :class:`Executor`) makes a plan's images in this process with the execution
+The local engine (:func:`run_plan`, :class:`Executor`; :class:`LocalEngine` is it as an
+:class:`~catimg.execution.Engine`, the Protocol the Ray engine satisfies too) makes a plan's images in this process with the execution
 core it shares with the Ray engine (:mod:`catimg.execution`, which also defines :class:`RunOptions`,
 :class:`RunResult` and :class:`ImageRecord`, re-exported here): models in order of first use, the generators (step
 variants) of a model one after another, prompts that share a generator in batches (``batch_size`` or by device
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from catimg.routing import RoutingResult
 
 __all__ = [
-    "MAX_SEED", "Executor", "ImageRecord", "PlanItem", "RunOptions", "RunResult", "auto_batch_size", "build_plan",
+    "MAX_SEED", "Executor", "ImageRecord", "LocalEngine", "PlanItem", "RunOptions", "RunResult", "auto_batch_size", "build_plan",
     "check_seed", "check_size", "plan_from_routing", "run_plan", "run_settings",
 ]
 
@@ -198,3 +199,12 @@ def run_plan(plan: Sequence[PlanItem], options: RunOptions, on_event: OnEvent | 
              on_image: OnImage | None = None) -> RunResult:
     """Make every image of ``plan`` in this process; see :class:`Executor`."""
     return Executor(options, on_event, on_image).run(plan)
+
+
+@dataclass(frozen=True)
+class LocalEngine:
+    """The local engine as an :class:`~catimg.execution.Engine` (``--engine local``): :func:`run_plan`."""
+
+    def run(self, plan: Sequence[PlanItem], options: RunOptions, on_event: OnEvent | None = None,
+            on_image: OnImage | None = None) -> RunResult:
+        return run_plan(plan, options, on_event, on_image)

@@ -15,8 +15,9 @@ from catimg import generate
 from catimg.config import Generator
 from catimg.device import cpu_device
 from catimg.errors import InputError
-from catimg.events import Event, ImageDone, ModelLoading, Step
-from catimg.generate import build_plan, run_plan
+from catimg.events import Event, ImageDone, ModelLoading, RunEnded, RunStarted, Step
+from catimg.execution import Engine
+from catimg.generate import ImageRecord, LocalEngine, build_plan, run_plan
 from catimg.pipelines import load_pipeline
 
 
@@ -164,6 +165,21 @@ def test_out_of_memory_is_retried_with_attention_and_vae_slicing(tmp_path: Path,
     assert "OutOfMemoryError: CUDA out of memory" in rec["note"] and "attention/VAE slicing" in rec["note"]
     assert wrapped[0].seen == [None, (True, True)]  # the retry ran with both kinds of slicing
     assert memory_saving_on(wrapped[0].pipe) == (False, False)  # and both are off again after it
+
+
+def test_local_engine_hands_each_recorded_image_to_on_image_after_its_event(tmp_path: Path,
+                                                                             tiny_sd_dir: Path) -> None:
+    g = generator("sd", tiny_sd_dir)
+    plan = build_plan([(i, f"prompt {i}", g, None, None, None) for i in range(3)], seed=0)
+    seen: list[object] = []
+    engine: Engine = LocalEngine()  # the Protocol the CLI calls engines through
+    res = engine.run(plan, run_options(tmp_path / "o", batch_size=2), seen.append, seen.append)
+    per_image = [x for x in seen if isinstance(x, (ImageDone, ImageRecord))]
+    assert len(per_image) == 6 and len(res.records) == 3
+    for k, rec in enumerate(res.records):  # event, then the hook, for the same record, in recording order
+        done, hooked = per_image[2 * k], per_image[2 * k + 1]
+        assert isinstance(done, ImageDone) and done.record is rec and hooked is rec
+    assert isinstance(seen[0], RunStarted) and seen[0].images == 3 and isinstance(seen[-1], RunEnded)
 
 
 def test_interrupt_then_resume(tmp_path: Path, tiny_sd_dir: Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -12,6 +12,9 @@ from catimg.cli.common import DEVICE_OPT, DTYPE_OPT, ENGINE_OPT, ENGINES, JSON_O
 from catimg.cli.render import console, fmt_seconds, print_json
 from catimg.device import DTYPES
 from catimg.errors import ExitStatus, InputError
+
+if TYPE_CHECKING:
+    from catimg.execution import Engine
 
 DB_OPT = typer.Option(
     None, "--db", help="Measurement database (default: measurements.sqlite in the catimg user data dir, or $CATIMG_DATA_DIR).",
@@ -152,18 +155,16 @@ def _plan_only(plan: Any, catalog: Any, db: Path, device: str, scorer_note: str,
 
 
 def _engine(engine: str, dtype: str | None, dry_run: bool, ray_address: str | None, workers: int | None,
-            device: str | None) -> Any:
+            device: str | None) -> Engine | None:
     """--engine and --dtype checked; the Ray engine (preflighted) for a real run with --engine ray, else None."""
     check_choice("--engine", engine, ENGINES)
     check_choice("--dtype", dtype, DTYPES)
     if engine != "ray" or dry_run:
         return None
-    from functools import partial
-
-    from catimg.engine_ray import preflight, run_plan_ray
+    from catimg.engine_ray import RayEngine, preflight
 
     preflight(ray_address, workers)
-    return partial(run_plan_ray, address=ray_address, workers=workers, device=device)
+    return RayEngine(address=ray_address, workers=workers, device=device)
 
 
 def _list_sets(json_out: bool) -> None:
@@ -256,7 +257,7 @@ def _render_plan(plan: Any, db: Path, device: str, scorer_note: str, dry: bool) 
 
 
 def _run_with_progress(plan: Any, store: Any, scorer: Any, dev: Any, out_dir: Path, dtype: str | None,
-                       batch_size: int | None, engine: Any = None) -> Any:
+                       batch_size: int | None, engine: Engine | None = None) -> Any:
     from catimg.calibrate import run_campaign
     from catimg.cli.progress import StepProgress
     from catimg.events import Event, ImageFailed, ImageScored, ModelLoading

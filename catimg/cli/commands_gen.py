@@ -37,12 +37,13 @@ from catimg.cli.render import console, fmt_seconds, fmt_value, label, print_json
 from catimg.cli.scoring import finish_scoring, report_scoring, scoring_doc, scoring_hook
 from catimg.device import DTYPES
 from catimg.errors import ExitStatus, InputError, WeightsMissingError
-from catimg.events import Event, ImageDone, ModelLoading, Retrying, RunStarted, Step
+from catimg.events import Event, ImageDone, ModelLoading, OnEvent, Retrying, RunStarted, Step
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from catimg.config import Catalog
+    from catimg.execution import Engine
     from catimg.generate import PlanItem, RunResult
     from catimg.routing import RoutingResult
 
@@ -160,7 +161,7 @@ def gen(
         result, notes, stop = _route_run(texts, catalog, rt, dev, bud, total, generator, allow_download, run_as,
                                          batch_size or 1, dry_run, as_json)
         notes = [*locked, *repaired, *notes]
-        from catimg.generate import RunOptions, plan_from_routing, run_plan
+        from catimg.generate import RunOptions, plan_from_routing
 
         plan = plan_from_routing(result, seed=seed, images_per_prompt=images_per_prompt, negative=negative,
                                  size=(width, height))
@@ -185,10 +186,8 @@ def gen(
         )
         try:
             with progress:
-                if engine == "ray":
-                    res = _run_ray(plan, opts, progress, scoring, result, as_json, ray_address, workers, device)
-                else:
-                    res = run_plan(plan, opts, progress.event, scoring_hook(scoring))
+                runner = _engine(engine, result, ray_address, workers, device)
+                res = runner.run(plan, opts, _events(progress, engine, as_json), scoring_hook(scoring))
         except KeyboardInterrupt:  # pragma: no cover - the executor catches it; belt and braces
             res = None
         if res is not None and engine != "ray":  # measured seconds feed this device's cost cache (as bench does)
@@ -234,14 +233,26 @@ def _report_done(con: Console, result: RoutingResult, plan: list[PlanItem], res:
         raise typer.Exit(ExitStatus.GENERATION)
 
 
-def _run_ray(plan: list[PlanItem], opts: Any, progress: _Progress, scoring: Any, result: RoutingResult,
-             as_json: bool, address: str | None, workers: int | None, device: str | None) -> RunResult:
-    from catimg.engine_ray import cli_events, run_plan_ray
+def _engine(engine: str, result: RoutingResult, address: str | None, workers: int | None,
+            device: str | None) -> Engine:
+    """The --engine's :class:`~catimg.execution.Engine` (Ray: with each model's predicted load seconds)."""
+    if engine != "ray":
+        from catimg.generate import LocalEngine
 
-    events = progress.event if as_json else cli_events(progress.event, progress._line)
+        return LocalEngine()
+    from catimg.engine_ray import RayEngine
+
     loads = {result.generator(n).model: c.load_seconds for n, c in result.costs.items()}
-    return run_plan_ray(plan, opts, events, scoring_hook(scoring), address=address, workers=workers, device=device,
-                        load_seconds=loads)
+    return RayEngine(address=address, workers=workers, device=device, load_seconds=loads)
+
+
+def _events(progress: _Progress, engine: str, as_json: bool) -> OnEvent:
+    """The run's progress callback; with the Ray engine its Ray-only events are said as one line each."""
+    if engine != "ray" or as_json:
+        return progress.event
+    from catimg.engine_ray import cli_events
+
+    return cli_events(progress.event, progress._line)
 
 
 def _stop_interrupted(con: Console, result: RoutingResult, plan: list[PlanItem], res: RunResult | None, out: Path,
