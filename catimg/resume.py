@@ -41,9 +41,9 @@ def resume_todo(plan: list[PlanItem], opt: RunOptions,
         base = (str(r.get("prompt", "")), int(r.get("image") or 0), r.get("base_seed"),
                 str(r.get("negative_prompt") or ""), r.get("width"), r.get("height"))
         if r.get("settings_hash"):
-            by_hash[(*base, r["settings_hash"])] += 1
+            by_hash[base + (r["settings_hash"],)] += 1  # not d[(*a, b)]: mypy reads it as 3.11 syntax
         else:
-            by_name[(*base, r.get("routed_generator") or r.get("generator"))] += 1
+            by_name[base + (r.get("routed_generator") or r.get("generator"),)] += 1
     todo = []
     for pos, it in enumerate(plan):
         g = it.generator

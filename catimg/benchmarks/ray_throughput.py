@@ -32,9 +32,9 @@ def _plan(root: Path, images: int, steps: int, size: int) -> list[Any]:
     tiny = tiny_module()
     a = tiny.build_tiny_sd(root / "tiny-a", seed=0)
     b = tiny.build_tiny_sd(root / "tiny-b", seed=1)
-    ga = Generator(name="tiny-a", model="tiny-a", source=str(a), family="sd1", steps=steps, guidance=2.0,  # type: ignore[call-arg]
+    ga = Generator(name="tiny-a", model="tiny-a", source=str(a), family="sd1", steps=steps, guidance=2.0,
                    width=size, height=size)
-    gb = Generator(name="tiny-b", model="tiny-b", source=str(b), family="sd1", steps=steps, guidance=2.0,  # type: ignore[call-arg]
+    gb = Generator(name="tiny-b", model="tiny-b", source=str(b), family="sd1", steps=steps, guidance=2.0,
                    width=size, height=size)
     routed = [(i, f"a tiny test image number {i}", ga if i % 3 else gb, None, 1.0, None) for i in range(images)]
     return build_plan(routed, seed=11)
