@@ -21,7 +21,7 @@ import pytest
 import tiny
 from tiny import generator, run_options
 
-from catimg.events import Event, ImageDone, Replanned, WorkersStarted
+from catimg.events import Event, ImageDone, Replanned, RunStarted, WorkerLost, WorkersStarted
 from catimg.generate import PlanItem, build_plan, run_plan
 from catimg.output import read_manifest
 
@@ -417,3 +417,24 @@ def test_no_resources_for_the_plan_is_one_line(ray_instance: Any, tmp_path: Path
     with pytest.raises(DeviceError, match="--device cuda: the Ray cluster has no GPU"):
         run_plan_ray(plan, run_options(tmp_path / "o"), device="cuda")
     assert read_manifest(tmp_path / "o") == [] and not list((tmp_path / "o").iterdir())
+
+
+def test_ray_only_events_are_said_in_one_line_each_and_all_events_reach_the_progress() -> None:
+    from catimg.engine_ray import cli_events
+
+    workers = ({"label": "ray-0", "pid": 1, "host": "node-a", "shared": True, "write_error": None, "device": "cpu"},
+               {"label": "ray-1", "pid": 2, "host": "node-b", "shared": False, "write_error": None, "device": "cpu"})
+    lines: list[str] = []
+    seen: list[Event] = []
+    handle = cli_events(seen.append, lines.append)
+    events: list[Event] = [WorkersStarted(workers=workers), RunStarted(images=2),
+                           Replanned(model="bad", reason="no weights"), WorkerLost(worker="ray-1", images=3, error="x")]
+    for e in events:
+        handle(e)
+    assert seen == events
+    assert lines == [
+        "ray: 2 worker(s) on node-a (cpu), node-b (cpu); workers send PNGs to the driver",
+        "note: bad failed to load on a Ray worker (no weights); its images are re-planned to the next cheaper "
+        "generator each prompt allows",
+        "ray: worker ray-1 died; 3 unfinished image(s) re-queued",
+    ]
