@@ -25,9 +25,9 @@ called with each :class:`ImageRecord` once it is recorded (per-image work such a
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from catimg.errors import InputError
 from catimg.events import OnEvent, OnImage, RunEnded, RunStarted, no_events
@@ -48,6 +48,7 @@ from catimg.execution import (
 
 if TYPE_CHECKING:
     from catimg.config import Generator
+    from catimg.cost import Cost
     from catimg.routing import RoutingResult
 
 __all__ = [
@@ -88,12 +89,13 @@ def build_plan(
     images_per_prompt: int = 1,
     negative: str | None = None,
     fallbacks: dict[int, tuple[Generator, ...]] | None = None,
-    costs: dict[str, Any] | None = None,
+    costs: Mapping[str, Cost] | None = None,
 ) -> list[PlanItem]:
     """Images to make from routed prompts: (prompt index, prompt, generator, predicted quality, predicted cost, λ).
 
     Image ``k`` of prompt ``i`` gets seed ``seed + i * images_per_prompt + k``. ``negative`` (the --negative option)
-    overrides each generator's default negative prompt.
+    overrides each generator's default negative prompt. ``costs``: each generator's :class:`~catimg.cost.Cost`
+    (whether it runs offloaded, its peak memory), by name.
     """
     check_seed(seed)
     if images_per_prompt < 1:
@@ -111,8 +113,8 @@ def build_plan(
                     negative=gen.negative_prompt if negative is None else negative,
                     predicted_quality=q, predicted_seconds=c, lam=lam,
                     fallbacks=(fallbacks or {}).get(index, ()),
-                    offload=bool(getattr(cost, "offload", False)),
-                    peak_memory_gb=getattr(cost, "peak_memory_gb", None),
+                    offload=cost is not None and cost.offload,
+                    peak_memory_gb=cost.peak_memory_gb if cost is not None else None,
                 )
             )
     return items

@@ -28,11 +28,14 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from catimg.errors import InputError
+
+if TYPE_CHECKING:
+    from catimg.cost import Cost
 
 
 @dataclass(frozen=True)
@@ -329,7 +332,7 @@ def simulate(work: Sequence[Work], workers: int, policy: str = "cost", chunk_siz
 # ------------------------------------------------------------------------------------------------ from a routing
 
 
-def work_from_shares(shares: dict[str, int], costs: dict[str, Any], models: dict[str, str],
+def work_from_shares(shares: dict[str, int], costs: Mapping[str, Cost], models: dict[str, str],
                      scale_to: int | None = None) -> list[Work]:
     """Per-generator :class:`Work` from image counts (optionally rescaled to ``scale_to`` images in all).
 
@@ -400,7 +403,7 @@ class ClusterPlan:
         }
 
 
-def cluster_plan(shares: dict[str, int], costs: dict[str, Any], models: dict[str, str], gpus: Sequence[int],
+def cluster_plan(shares: dict[str, int], costs: Mapping[str, Cost], models: dict[str, str], gpus: Sequence[int],
                  scale_to: int | None = None, chunk_size: int = 16, device: str = "",
                  images_per_prompt: int = 1) -> ClusterPlan:
     """Predict makespan and utilisation on each K in ``gpus`` for the routed ``shares`` (prompts per generator)."""
