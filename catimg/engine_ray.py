@@ -203,8 +203,8 @@ def describe_event(event: Event) -> str | None:
     """A line for people about the Ray-only events (None for the events the local engine also sends)."""
     if isinstance(event, WorkersStarted):
         ws = event.workers
-        where = sorted({f"{w['host']} ({w['device']})" for w in ws})
-        mode = "write PNGs directly" if all(w["shared"] for w in ws) else "send PNGs to the driver"
+        where = sorted({f"{w.host} ({w.device.name})" for w in ws})
+        mode = "write PNGs directly" if all(w.shared for w in ws) else "send PNGs to the driver"
         return f"ray: {len(ws)} worker(s) on {', '.join(where)}; workers {mode}"
     if isinstance(event, Replanned):
         return (f"note: {event.model} failed to load on a Ray worker ({event.reason}); its images are "
@@ -241,7 +241,7 @@ class WorkerInfo:
     write_error: str | None  # sees the folder but cannot write it: why
 
     def summary(self) -> dict[str, Any]:
-        """For the ``workers`` event and :class:`RayRun` (the device by name)."""
+        """For :class:`RayRun` (the device by name)."""
         return {"label": self.label, "pid": self.pid, "host": self.host, "shared": self.shared,
                 "write_error": self.write_error, "device": self.device.name}
 
@@ -488,7 +488,7 @@ def run_plan_ray(
                        workers=workers, device=device, cpus_per_worker=cpus_per_worker, threads=threads)
         _check_output(pool, options.out_dir, shared_output)
         st.workers = [info.summary() for info in pool.infos.values()]
-        emit(WorkersStarted(workers=tuple(st.workers)))
+        emit(WorkersStarted(workers=tuple(pool.infos.values())))
         emit(RunStarted(images=len(positions), skipped=res.skipped, differences=tuple(res.differences)))
         RayDriver(pool, plan, positions, options, emit, res, st, chunk_size, load_seconds or {}, on_image).run()
     except KeyboardInterrupt:

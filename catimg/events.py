@@ -20,9 +20,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:
+    from catimg.engine_ray import WorkerInfo
     from catimg.execution import ImageRecord
     from catimg.generate import PlanItem
 
@@ -89,9 +90,9 @@ class ImageDone:
 
 @dataclass(frozen=True)
 class WorkersStarted:
-    """The Ray workers that will make the images (each a :meth:`catimg.engine_ray.WorkerInfo.summary`)."""
+    """The Ray workers that will make the images."""
 
-    workers: tuple[dict[str, Any], ...]
+    workers: tuple[WorkerInfo, ...]
 
 
 @dataclass(frozen=True)

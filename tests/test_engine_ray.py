@@ -235,7 +235,7 @@ def test_worker_killed_mid_run_each_image_once(ray_instance: Any, tmp_path: Path
 
     def on_event(event: Event) -> None:
         if isinstance(event, WorkersStarted):
-            pids.extend(int(w["pid"]) for w in event.workers)
+            pids.extend(w.pid for w in event.workers)
         elif isinstance(event, ImageDone) and not killed:
             killed.append(pids[0])
             os.kill(pids[0], signal.SIGKILL)  # a real kill -9 of a worker process, mid-run
@@ -420,10 +420,12 @@ def test_no_resources_for_the_plan_is_one_line(ray_instance: Any, tmp_path: Path
 
 
 def test_ray_only_events_are_said_in_one_line_each_and_all_events_reach_the_progress() -> None:
-    from catimg.engine_ray import cli_events
+    from catimg.device import cpu_device
+    from catimg.engine_ray import WorkerInfo, cli_events
 
-    workers = ({"label": "ray-0", "pid": 1, "host": "node-a", "shared": True, "write_error": None, "device": "cpu"},
-               {"label": "ray-1", "pid": 2, "host": "node-b", "shared": False, "write_error": None, "device": "cpu"})
+    cpu = cpu_device()
+    workers = (WorkerInfo(label="ray-0", pid=1, host="node-a", device=cpu, shared=True, write_error=None),
+               WorkerInfo(label="ray-1", pid=2, host="node-b", device=cpu, shared=False, write_error=None))
     lines: list[str] = []
     seen: list[Event] = []
     handle = cli_events(seen.append, lines.append)
@@ -433,7 +435,7 @@ def test_ray_only_events_are_said_in_one_line_each_and_all_events_reach_the_prog
         handle(e)
     assert seen == events
     assert lines == [
-        "ray: 2 worker(s) on node-a (cpu), node-b (cpu); workers send PNGs to the driver",
+        f"ray: 2 worker(s) on node-a ({cpu.name}), node-b ({cpu.name}); workers send PNGs to the driver",
         "note: bad failed to load on a Ray worker (no weights); its images are re-planned to the next cheaper "
         "generator each prompt allows",
         "ray: worker ray-1 died; 3 unfinished image(s) re-queued",
