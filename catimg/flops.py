@@ -291,7 +291,8 @@ def count_forward(fn: Callable[[], Any], params: int) -> ComponentCount:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return data
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: missing; a diffusers pipeline folder needs it for a FLOP estimate") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

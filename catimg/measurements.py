@@ -82,7 +82,8 @@ class MeasurementTable:
     @property
     def measured(self) -> np.ndarray:
         """Boolean mask (n_prompts, n_generators): True where a score exists."""
-        return ~np.isnan(self.Y)
+        mask: np.ndarray = ~np.isnan(self.Y)
+        return mask
 
     def n_measured(self) -> dict[str, int]:
         return {g: int(self.measured[:, j].sum()) for j, g in enumerate(self.generators)}
