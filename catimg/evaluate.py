@@ -35,7 +35,9 @@ import numpy as np
 # The routing rule lives in catimg.rule; ``choose`` and ``breakpoints`` take qualities in metric units and raw costs
 # (also used by training's level calibration and the benchmarks).
 from catimg.rule import breakpoints as breakpoints
-from catimg.rule import choose_metric as choose
+from catimg.rule import choose_metric
+
+choose = choose_metric  # an assignment, not `import ... as choose`: mypy --strict treats it as exported
 
 
 @dataclass
