@@ -34,13 +34,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from catimg import __version__
 from catimg.errors import first_line
 from catimg.events import BatchStarted, ImageDone, ModelLoading, OnEvent, OnImage, Retrying, Step, no_events
 from catimg.output import (
     SAVED,
+    ImageStatus,
     ManifestRecord,
     append_manifest,
     image_filename,
@@ -83,7 +84,7 @@ class ImageRecord:
     """What became of one image of the plan, for the caller (the manifest line is the file's view of it)."""
 
     item: PlanItem
-    status: str  # ok | retried | fallback | failed | skipped
+    status: ImageStatus
     generator: Generator  # the generator that made the image (differs from item.generator after a fallback)
     file: Path | None = None
     seconds: float = 0.0
@@ -334,7 +335,7 @@ class Retry:
     """The one retry of an image whose first try failed."""
 
     target: Generator  # the generator to retry with
-    status: str  # what the image's status is when the retry works: retried | fallback
+    status: Literal["retried", "fallback"]  # the image's status when the retry works
     note: str  # what happened, for the manifest
     memory_saving: bool  # batch of one with attention/VAE slicing
 
@@ -355,7 +356,8 @@ def retry_policy(item: PlanItem, gen: Generator, error: str, fault: BaseExceptio
 
 
 def describe(item: PlanItem, gen: Generator, options: RunOptions, device: DeviceInfo, *, scheduler: str | None,
-             seconds: float, status: str, attempts: int, note: str, error: str | None = None) -> ManifestRecord:
+             seconds: float, status: ImageStatus, attempts: int, note: str,
+             error: str | None = None) -> ManifestRecord:
     """The manifest record of ``item`` made (or tried) with ``gen`` on ``device``; both engines use it."""
     return ManifestRecord(
         index=item.index, image=item.image, prompt=item.prompt, negative_prompt=item.negative, seed=item.seed,
@@ -436,8 +438,8 @@ class BatchRunner:
             return
         self.sink(self._outcome(job, retry.target, loaded, secs, retry.status, 2, retry.note, image=images[0]))
 
-    def _outcome(self, job: Job, gen: Generator, loaded: LoadedPipeline | None, seconds: float, status: str,
-                 attempts: int, note: str, *, image: Any = None, error: str | None = None) -> Outcome:
+    def _outcome(self, job: Job, gen: Generator, loaded: LoadedPipeline | None, seconds: float,
+                 status: ImageStatus, attempts: int, note: str, *, image: Any = None, error: str | None = None) -> Outcome:
         scheduler = loaded.scheduler_name(gen) if loaded is not None else gen.scheduler
         record = describe(job.item, gen, self.opt, self.opt.device, scheduler=scheduler, seconds=seconds,
                           status=status, attempts=attempts, note=note, error=error)

@@ -32,11 +32,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from catimg.errors import GenerationError, InputError
 
 MANIFEST = "manifest.jsonl"
+#: What became of one image: made at the first try, made by its one retry (same generator, or a cheaper
+#: fallback), or not made.
+ImageStatus = Literal["ok", "retried", "fallback", "failed"]
 SAVED = ("ok", "retried", "fallback")  # statuses of a record whose image was saved
 TEST_PAUSE_ENV = "CATIMG_TEST_PAUSE_AFTER"  # test-only, see the module docstring
 _records_appended = 0  # by this process, for TEST_PAUSE_ENV
@@ -271,7 +274,7 @@ class ManifestRecord:
     lam: float | None  # "lambda" in files
     catimg_version: str
     router_version: str | None
-    status: str  # ok | retried | fallback | failed
+    status: ImageStatus
     attempts: int
     note: str
     file: str | None = None  # the PNG's name in the output folder (None for a failed image)
