@@ -70,9 +70,9 @@ def main() -> None:
                CATIMG_DATA_DIR=str(root / "data"), OMP_NUM_THREADS=str(args.threads), NO_COLOR="1",
                TOKENIZERS_PARALLELISM="false")
     os.environ.update({k: env[k] for k in ("HF_HUB_OFFLINE", "OMP_NUM_THREADS")})
-    sd = tiny.build_tiny_sd(root / "tiny-sd")  # type: ignore[attr-defined]
-    xl = tiny.build_tiny_sdxl(root / "tiny-sdxl")  # type: ignore[attr-defined]
-    snap = tiny.install_fake_hub(root / "hub", "stabilityai/sdxl-turbo", xl)  # type: ignore[attr-defined]
+    sd = tiny.build_tiny_sd(root / "tiny-sd")
+    xl = tiny.build_tiny_sdxl(root / "tiny-sdxl")
+    snap = tiny.install_fake_hub(root / "hub", "stabilityai/sdxl-turbo", xl)
     models = root / "models.toml"
     models.write_text(
         f'[generators.sd]\nsource = "{sd}"\nsteps = [2, 4]\nguidance = 2.0\nwidth = 64\nheight = 64\n'
