@@ -17,6 +17,9 @@ from pathlib import Path
 # already busy made whole runs stall (the suite must pass with both cores loaded).
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MKL_NUM_THREADS"] = "1"
+# Ray starts its workers at niceness 15 by default: on a machine kept busy by other work they starve, and the
+# two-engine tests crawl for tens of minutes. Tests run them at normal priority (read by the raylet at start).
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 import pytest  # noqa: E402
 import tiny  # noqa: E402  (tests/tiny.py: pyproject's pytest `pythonpath` puts tests/ on sys.path)
