@@ -55,8 +55,9 @@ def _interrupt_models(tmp_path: Path, tiny_sd_dir: Path) -> Path:
     return models
 
 
-_RACY = pytest.mark.xfail(reason="known bug: an interrupt during pipeline loading sometimes ends by signal (-2) "
-                           "after printing the line; not yet fixed", strict=False)
+_RACY = pytest.mark.xfail(reason="known bug: an interrupt during pipeline loading sometimes (1 run in 7) kills the "
+                           "process by the default SIGINT action (-2, nothing on stderr); cause not found yet",
+                           strict=False)
 
 
 @pytest.mark.parametrize("delay", [0.3, pytest.param(1.0, marks=_RACY), pytest.param(2.0, marks=_RACY)])
