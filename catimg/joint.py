@@ -4,7 +4,7 @@ Contract:
 
 - Each measurement set (a file, or the calibration store) keeps its own metric; raw scores are never mixed.
   :func:`join` maps a set's score y to the **joint scale** z = (y - lo) / (hi - lo), where [lo, hi] is the
-  documented range of the set's metric (:func:`catimg.training.known_scales`: the public sets' and the scorers'
+  documented range of the set's metric (:func:`known_scales`: the public sets' and the scorers'
   metrics, clipscore 0-100 and pickscore 0-30), or a range the user gives with
   ``catimg train --scale METRIC=LO:HI``). z is "the share of that metric's range": 0 the worst score the metric can
   give, 1 the best. A metric without a known range is an error (:class:`~catimg.errors.MeasurementsError`) rather
@@ -77,10 +77,16 @@ class JointTable:
         return out
 
 
+def known_scales() -> dict[str, tuple[float, float]]:
+    """Every metric whose range catimg documents: the public data sets' and the scorers' (clipscore, pickscore)."""
+    from catimg.datasets import METRIC_SCALES
+    from catimg.scorer import SCORERS
+
+    return {**{name: spec.scale for name, spec in SCORERS.items()}, **METRIC_SCALES}
+
+
 def metric_range(metric: str, where: str, scales: dict[str, tuple[float, float]] | None = None) -> tuple[float, float]:
     """The documented range of ``metric`` (user-given ``scales`` first); MeasurementsError when there is none."""
-    from catimg.training import known_scales
-
     known = {**known_scales(), **(scales or {})}
     if metric not in known:
         raise MeasurementsError(

@@ -163,10 +163,15 @@ class Router:
         emb = self._check_emb(emb)
         if self._index is None or self._prompts is None or k <= 0:
             return [[] for _ in range(len(emb))]
-        rows, train = self._index
+        return self._hits(emb, k, np.arange(len(self._index[0])))
+
+    def _hits(self, emb: np.ndarray, k: int, members: np.ndarray) -> list[list[tuple[str, float]]]:
+        """Per query, the k nearest of the index entries ``members`` as (training prompt, cosine similarity)."""
         from catimg.predictor import nearest
 
-        top = nearest(emb, train, k)
+        assert self._index is not None and self._prompts is not None
+        rows, train = self._index
+        top = members[nearest(emb, train, k, rows=members)]
         sims = [np.asarray(train[t], np.float32) @ e for t, e in zip(top, emb, strict=True)]  # unit vectors: cosine
         return [[(self._prompts[int(rows[j])], float(s)) for j, s in zip(t, srow, strict=True)]
                 for t, srow in zip(top, sims, strict=True)]
@@ -191,19 +196,14 @@ class Router:
         emb = self._check_emb(emb)
         if self._index is None or self._prompts is None or k <= 0:
             return [{} for _ in range(len(emb))]
-        rows, train = self._index
-        from catimg.predictor import nearest
-
+        rows = self._index[0]
         sets = self.sets or [{"name": ", ".join(self.sources(self.generators[0])), "rows": [0, len(self._prompts)]}]
         out: list[dict[str, list[tuple[str, float]]]] = [{} for _ in range(len(emb))]
         for s in sets:
             members = np.flatnonzero((rows >= s["rows"][0]) & (rows < s["rows"][1]))
-            if not len(members):
-                continue
-            top = members[nearest(emb, train, k, rows=members)]
-            for q, (t, e) in enumerate(zip(top, emb, strict=True)):
-                sims = np.asarray(train[t], np.float32) @ e
-                out[q][s["name"]] = [(self._prompts[int(rows[j])], float(v)) for j, v in zip(t, sims, strict=True)]
+            if len(members):
+                for q, hits in enumerate(self._hits(emb, k, members)):
+                    out[q][s["name"]] = hits
         return out
 
     def choose(self, mean: np.ndarray, lam: float, costs: np.ndarray | None = None) -> np.ndarray:

@@ -40,16 +40,10 @@ OOF_FOLDS = 5
 MAX_CV_PROMPTS = 20000
 
 
-def known_scales() -> dict[str, tuple[float, float]]:
-    """Every metric whose range catimg documents: the public data sets' and the scorers' (clipscore, pickscore)."""
-    from catimg.datasets import METRIC_SCALES
-    from catimg.scorer import SCORERS
-
-    return {**{name: spec.scale for name, spec in SCORERS.items()}, **METRIC_SCALES}
-
-
 def metric_scale(metric: str, Y: np.ndarray) -> tuple[float, float]:
     """The scale (lo, hi) of a metric: a known one, else the range of the measured scores."""
+    from catimg.joint import known_scales
+
     known = known_scales()
     if metric in known:
         return known[metric]
