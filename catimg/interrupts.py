@@ -8,6 +8,11 @@ weakref callback, which Python reports as "Exception ignored ..." and drops) is 
 again at the next safe point (the executor between images) and ``main`` ends with exit 130 instead of 0. Such
 swallowed interrupts are not printed.
 
+A CPython quirk is undone here too (:func:`settle`): when a KeyboardInterrupt passes through Python code that a C
+extension ran with ``PyRun_String`` (torch and other extensions do so while they are imported), CPython remembers
+it as "unhandled" even after ``main`` caught it, and ``python -m catimg`` then ends by killing itself with SIGINT
+(status -2) instead of exiting 130. Seen as one run in about eight when Ctrl-C came while pipelines were loading.
+
 Only the command-line entry point installs anything; importing catimg as a library changes no signal handling.
 """
 
@@ -78,3 +83,23 @@ def check() -> None:
     """Raise KeyboardInterrupt when a SIGINT arrived that nobody acted on yet."""
     if _requested:
         raise KeyboardInterrupt
+
+
+def settle() -> None:
+    """Forget CPython's "unhandled KeyboardInterrupt" mark once catimg has handled the interrupt itself.
+
+    CPython sets that mark whenever a KeyboardInterrupt leaves code run through ``PyRun_String`` (as C extensions
+    do), even when the exception is caught later, and at exit turns it into death by SIGINT. Every successful
+    ``PyRun_String`` call clears the mark first, so one harmless call clears it. Not CPython, or no ``pythonapi``:
+    nothing to do.
+    """
+    try:
+        import ctypes
+
+        run = ctypes.pythonapi.PyRun_String
+    except (ImportError, AttributeError, OSError):  # pragma: no cover - other Python implementations
+        return
+    run.restype = ctypes.py_object
+    run.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.py_object, ctypes.py_object]
+    scope: dict[str, Any] = {"__builtins__": {}}
+    run(b"None", 258, scope, scope)  # 258: Py_eval_input

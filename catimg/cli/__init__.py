@@ -62,6 +62,15 @@ def main() -> None:
     """Console entry point: run the app, turning catimg errors into one line and an exit code."""
     interrupts.install()
     try:
+        _run()
+    finally:
+        if interrupts.requested():
+            interrupts.settle()  # exit with our status (130), not by CPython's own SIGINT (see catimg.interrupts)
+
+
+def _run() -> None:
+    """Parse and run one command; map catimg errors, interrupts and usage errors to one line and an exit status."""
+    try:
         interrupts.arm()  # a Ctrl-C that came during start-up raises here
         # without standalone mode click returns (not raises) the code of `raise typer.Exit(code)`
         code = app(standalone_mode=False)
