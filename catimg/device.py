@@ -230,12 +230,9 @@ def gpu_possible() -> bool:
 
 def device_cache_path() -> Path:
     """``device.json`` in ``$CATIMG_CACHE_DIR`` or the platformdirs user cache dir for catimg."""
-    env = os.environ.get("CATIMG_CACHE_DIR")
-    if env:
-        return Path(env).expanduser() / "device.json"
-    import platformdirs
+    from catimg.paths import cache_dir
 
-    return Path(platformdirs.user_cache_dir("catimg")) / "device.json"
+    return cache_dir() / "device.json"
 
 
 def _read_text(path: str) -> str:

@@ -341,14 +341,9 @@ def count_pipeline_cached(folder: Path, width: int, height: int) -> PipelineCoun
 
 
 def _cache_file() -> Path:
-    env = os.environ.get("CATIMG_CACHE_DIR")
-    if env:
-        root = Path(env).expanduser()
-    else:
-        import platformdirs
+    from catimg.paths import cache_dir
 
-        root = Path(platformdirs.user_cache_dir("catimg"))
-    return root / "flops.json"
+    return cache_dir() / "flops.json"
 
 
 def count_pipeline(folder: str | Path, width: int, height: int) -> PipelineCount:

@@ -10,7 +10,7 @@ naming the file, the line and the column.
 
 This module is the one home of the long format: the row type (:class:`Measurement`), reading (:func:`read_rows`,
 :func:`read_measurements`), writing (:func:`write_measurements`), the pivot into a prompt x generator table
-(:func:`pivot`, also used by :meth:`catimg.store.Store.to_table`) and the stable held-out split
+(:func:`pivot`, also used by :meth:`catimg.calibration.store.Store.to_table`) and the stable held-out split
 (:func:`split_holdout`). The calibration store only moves rows in and out of SQLite.
 """
 

@@ -236,7 +236,7 @@ def _tokenizer_json(folder: Path) -> Path:
         return own
     import hashlib
 
-    from catimg.bench import cache_dir
+    from catimg.paths import cache_dir
 
     stamp = [str(folder.resolve())] + [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
                                        for f in sorted(folder.iterdir()) if f.is_file()]

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from catimg.bench import cache_path, load_cache, lookup, measure, pop_warnings, save_results
 from catimg.cli import app
 from catimg.config import parse_catalog
-from catimg.cost import generator_cost
+from catimg.costs.bench import cache_path, load_cache, lookup, measure, pop_warnings, save_results
+from catimg.costs.model import generator_cost
 from catimg.device import DeviceInfo, detect_device
 
 CPU = detect_device("cpu")
@@ -121,7 +121,7 @@ def test_bench_does_not_leak_the_torchvision_notice(tmp_path: Path, tiny_sd_dir:
     assert r.returncode == 0, r.stderr
     assert "torchvision" not in r.stderr and "torchvision" not in r.stdout, r.stderr
     if importlib.util.find_spec("torchvision") is None:  # the control: the notice is real here
-        code = ("from catimg.config import parse_catalog; from catimg.bench import measure; "
+        code = ("from catimg.config import parse_catalog; from catimg.costs.bench import measure; "
                 "from catimg.device import detect_device; from pathlib import Path; "
                 f"p = Path({str(toml)!r}); g = parse_catalog(p.read_text(), p).get('tsd'); "
                 "measure(g, detect_device('cpu'), repeats=1, warmup=0)")

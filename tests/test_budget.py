@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from catimg.budget import Budget, parse_budget, parse_duration, plan_cost, solve_total
 from catimg.errors import InputError
-from catimg.rule import choose
+from catimg.routing.budget import Budget, parse_budget, parse_duration, plan_cost, solve_total
+from catimg.routing.rule import choose
 
 
 @pytest.mark.parametrize(

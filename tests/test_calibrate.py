@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from catimg.calibration.store import Store
 from catimg.cli import app
 from catimg.errors import CatimgError, InputError, MeasurementsError, StoreError, WeightsMissingError
-from catimg.store import Store
 
 PROMPTS = ["a red cube", "a blue sphere on grass", "two cats", "a lighthouse at dusk"]
 
@@ -89,7 +89,7 @@ def test_dry_run_writes_nothing(setup: dict[str, Path]) -> None:
 def test_campaign_interrupted_resumed_extended_and_changed(
     setup: dict[str, Path], tiny_sd2_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from catimg import scorer as scorer_mod
+    from catimg.calibration import scorer as scorer_mod
 
     real_score = scorer_mod.CLIPFamilyScorer.score
     calls = {"n": 0}
@@ -210,7 +210,7 @@ def test_main_prints_one_line_for_locked_campaign(setup: dict[str, Path]) -> Non
     from harness import run_cli
 
     Store.open(setup["db"]).close()
-    code = "import sys; from catimg.store import Store; s = Store.open(sys.argv[1]); s.acquire_campaign(); print('ok', flush=True); sys.stdin.readline()"
+    code = "import sys; from catimg.calibration.store import Store; s = Store.open(sys.argv[1]); s.acquire_campaign(); print('ok', flush=True); sys.stdin.readline()"
     with subprocess.Popen([sys.executable, "-c", code, str(setup["db"])], stdin=subprocess.PIPE,
                           stdout=subprocess.PIPE, text=True) as p:
         try:

@@ -132,7 +132,7 @@ def test_router_weights_that_do_not_fit_the_config_fail_as_one_line(tmp_path: Pa
     from safetensors.numpy import load_file, save_file
 
     from catimg.errors import RouterError
-    from catimg.router import PACKAGED_ROUTER, load_router
+    from catimg.routing.router import PACKAGED_ROUTER, load_router
 
     bad = tmp_path / "router"
     shutil.copytree(PACKAGED_ROUTER, bad)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from catimg.bench import measure
 from catimg.config import parse_catalog
-from catimg.cost import DEVICE_THROUGHPUT, catalog_costs, device_throughput, generator_cost
+from catimg.costs.bench import measure
+from catimg.costs.model import DEVICE_THROUGHPUT, catalog_costs, device_throughput, generator_cost
 from catimg.device import DeviceInfo, detect_device
 from catimg.errors import ConfigError
 

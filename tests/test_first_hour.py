@@ -117,7 +117,7 @@ def test_ctrl_c_mid_run_says_what_was_made_and_how_to_resume(tmp_path: Path, tin
     import signal
     import time
 
-    from catimg.output import TEST_PAUSE_ENV
+    from catimg.generation.output import TEST_PAUSE_ENV
 
     models = _interrupt_models(tmp_path, tiny_sd_dir)
     out = tmp_path / "o"

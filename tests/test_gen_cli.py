@@ -108,7 +108,7 @@ def test_forced_generator_that_does_not_exist(setup: dict[str, Path], tmp_path: 
 def test_corrupt_manifest_is_reported_at_once_and_resume_loses_no_work(setup: dict[str, Path], tmp_path: Path) -> None:
     """Every bad line in one message; --resume sets them aside, adopts the PNG whose record was cut short (no -2
     twin) and the PNG that has no record, and removes the .tmp file of a killed process, saying so."""
-    from catimg.output import MANIFEST, read_manifest
+    from catimg.generation.output import MANIFEST, read_manifest
 
     out = tmp_path / "o"
     args = ["gen", "a red cube", "a blue ball", "a green tree", "--models", str(setup["models"]), "--router",
@@ -182,7 +182,7 @@ def test_kill_9_loses_at_most_the_image_in_flight(setup: dict[str, Path], tmp_pa
 
     from PIL import Image
 
-    from catimg.output import TEST_PAUSE_ENV, read_manifest
+    from catimg.generation.output import TEST_PAUSE_ENV, read_manifest
 
     out = tmp_path / "out"
     args = gen_args(setup, out, "--seed", "5", "--budget", "max", "--images-per-prompt", "4", "--batch-size", "1")
@@ -278,7 +278,7 @@ def test_second_run_into_a_busy_folder_is_refused_and_a_dead_runs_lock_taken_ove
     import signal
     import time
 
-    from catimg.output import LOCK, TEST_PAUSE_ENV, read_manifest
+    from catimg.generation.output import LOCK, TEST_PAUSE_ENV, read_manifest
 
     out = tmp_path / "out"
     args = ["gen", "a red cube", "a blue ball", "a green tree", "--models", str(setup["models"]), "--router",

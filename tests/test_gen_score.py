@@ -22,7 +22,7 @@ import pytest
 import tiny  # tests/tiny.py
 from harness import run_cli
 
-from catimg.store import Store
+from catimg.calibration.store import Store
 
 CLIP_ID = "openai/clip-vit-large-patch14"  # the default clipscore checkpoint
 PROMPTS = ["two cats", "a lighthouse at dusk", "a red cube on a table"]
@@ -88,7 +88,7 @@ def test_gen_score_train_db_moves_predictions_towards_the_new_measurements(
     # what the store holds is what the manifest measured and what the scorer gives for the PNG on disk
     from PIL import Image
 
-    from catimg.scorer import load_scorer
+    from catimg.calibration.scorer import load_scorer
 
     scorer = load_scorer("clipscore")
     manifest = [json.loads(line) for line in (s["root"] / "out1" / "manifest.jsonl").read_text().splitlines()]
@@ -189,8 +189,8 @@ def test_run_scoring_records_what_the_scorer_gives_and_stops_at_a_failure(tiny_c
     """RunScoring records what the scorer gives, and a failure stops the scoring (not the caller) and is kept."""
     from PIL import Image
 
-    from catimg.calibrate import RunScoring
-    from catimg.scorer import load_scorer
+    from catimg.calibration.calibrate import RunScoring
+    from catimg.calibration.scorer import load_scorer
 
     img = tmp_path / "a.png"
     Image.new("RGB", (64, 64), (200, 20, 20)).save(img)
@@ -208,8 +208,8 @@ def test_run_scoring_records_what_the_scorer_gives_and_stops_at_a_failure(tiny_c
 
 def test_every_gen_run_feeds_the_cost_cache(tmp_path: Path, tiny_sd_dir: Path) -> None:
     """Without --score too: the seconds a run measured become this device's measured cost (the cache bench fills)."""
-    from catimg.bench import lookup
     from catimg.config import load_catalog
+    from catimg.costs.bench import lookup
     from catimg.device import cpu_device
 
     models = tmp_path / "models.toml"
@@ -245,7 +245,7 @@ def test_a_scorer_failing_mid_run_loses_nothing(setup: dict[str, Path], tiny_cli
     gives scores the rest."""
     import shlex
 
-    from catimg.scorer import CLIPFamilyScorer
+    from catimg.calibration.scorer import CLIPFamilyScorer
 
     s = setup
     out = s["root"] / "out"

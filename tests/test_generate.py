@@ -11,13 +11,13 @@ import pytest
 from PIL import Image
 from tiny import generator, run_options
 
-from catimg import generate
 from catimg.config import Generator
 from catimg.device import cpu_device
 from catimg.errors import InputError
-from catimg.events import Event, ImageDone, ModelLoading, RunEnded, RunStarted, Step
-from catimg.execution import Engine
-from catimg.generate import ImageRecord, LocalEngine, build_plan, run_plan
+from catimg.generation import generate
+from catimg.generation.events import Event, ImageDone, ModelLoading, RunEnded, RunStarted, Step
+from catimg.generation.execution import Engine
+from catimg.generation.generate import ImageRecord, LocalEngine, build_plan, run_plan
 from catimg.pipelines import load_pipeline
 
 
@@ -232,7 +232,7 @@ def test_cuda_run_uses_half_precision(tmp_path: Path, tiny_sd_dir: Path) -> None
 
 def test_batching_of_a_plan_is_shared_by_both_engines() -> None:
     """Models in order of first use, a model's generators (step variants) one after another, then batches."""
-    from catimg.execution import batches, group_plan
+    from catimg.generation.execution import batches, group_plan
 
     a2, a3, b = generator("a@2", steps=2), generator("a@3", steps=3), generator("b")
     plan = build_plan([(i, f"p{i}", g, None, None, None) for i, g in enumerate([a2, b, a3, a2, b, a3, a2])])

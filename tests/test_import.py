@@ -49,7 +49,7 @@ def test_root_help_imports_no_command_module() -> None:
         "except SystemExit:\n"
         "    pass\n"
         "loaded = [m for m in sys.modules if m.startswith('catimg.cli.commands_') or m in "
-        f"{HEAVY + ('numpy', 'rich.markdown', 'rich.traceback', 'typer.rich_utils', 'catimg.routing', 'catimg.router')!r}]\n"
+        f"{HEAVY + ('numpy', 'rich.markdown', 'rich.traceback', 'typer.rich_utils', 'catimg.routing.route', 'catimg.routing.router')!r}]\n"
         "print(','.join(sorted(loaded)), file=sys.stderr)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -12,8 +12,8 @@ from harness import run_cli
 from test_router import MODELS_TOML, SUBJECTS
 
 from catimg.errors import MeasurementsError
-from catimg.joint import JOINT_METRIC, compare_sets, join, parse_scales
 from catimg.measurements import MeasurementTable
+from catimg.training.joint import JOINT_METRIC, compare_sets, join, parse_scales
 
 
 def _table(prompts: list[str], Y: np.ndarray, metric: str, source: str) -> MeasurementTable:
@@ -96,8 +96,8 @@ def test_train_on_two_sets_then_explain(tmp_path: Path) -> None:
         assert ho["n_test"] == 2 * len(SUBJECTS) and router["apgr"] > 0.5  # learned from both sets, held out
     assert {g["name"]: g["n_measured_by_set"] for g in doc["generators"]}["cheap"] == {"genai_bench": 44, "tifa": 44}
     assert card["set_comparisons"] and not any(c["disagree"] for c in card["set_comparisons"])
-    from catimg.encoder import PromptEncoder
-    from catimg.router import load_router
+    from catimg.routing.encoder import PromptEncoder
+    from catimg.routing.router import load_router
 
     r = load_router(tmp_path / "r")
     assert r.sources("dear") == {"genai_bench": 44, "tifa": 44} and [s["name"] for s in r.sets] == ["genai_bench", "tifa"]

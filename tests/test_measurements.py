@@ -111,7 +111,7 @@ def test_select_and_subset(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")
 def test_shared_data_sets_convert(tmp_path: Path) -> None:
-    from catimg import datasets
+    from catimg.benchmarks import datasets
 
     assert datasets.main(["genai_bench", "--data", str(SHARED), "--out", str(tmp_path / "g.csv")]) == 0
     t = read_measurements(tmp_path / "g.csv")

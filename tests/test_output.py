@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from catimg import output
 from catimg.errors import GenerationError, InputError
+from catimg.generation import output
 
 
 def test_names_are_predictable_and_safe() -> None:

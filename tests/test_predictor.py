@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from catimg.encoder import PromptEncoder
-from catimg.predictor import (
+from catimg.routing.encoder import PromptEncoder
+from catimg.routing.predictor import (
     BayesLinear,
     KNNPredictor,
     RidgePredictor,

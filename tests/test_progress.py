@@ -34,7 +34,7 @@ def _prompts(n: int, offset: int = 0) -> list[str]:
 @pytest.fixture(autouse=True)
 def _fresh_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
     """A new default encoder, so its embedding cache is this test's (CATIMG_CACHE_DIR), not an earlier test's."""
-    monkeypatch.setattr("catimg.encoder._DEFAULT", None)
+    monkeypatch.setattr("catimg.routing.encoder._DEFAULT", None)
 
 
 def test_explain_embedding_progress_lines_off_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from catimg.config import load_catalog
-from catimg.encoder import ENCODER_ID, PromptEncoder
 from catimg.errors import MeasurementsError, RouterError
 from catimg.measurements import read_measurements
-from catimg.router import FORMAT_VERSION, load_router
-from catimg.training import train_router
+from catimg.routing.encoder import ENCODER_ID, PromptEncoder
+from catimg.routing.router import FORMAT_VERSION, load_router
+from catimg.training.train import train_router
 
 MODELS_TOML = """
 [generators.cheap]
@@ -200,7 +200,7 @@ def test_training_warns_about_one_shot_and_constant_generators(trained: Path, tm
 
 
 def test_bundled_router_matches_default_catalog() -> None:
-    from catimg.router import PACKAGED_ROUTER
+    from catimg.routing.router import PACKAGED_ROUTER
 
     if not (PACKAGED_ROUTER / "config.json").is_file():
         pytest.skip("bundled router not built yet")

@@ -1,11 +1,11 @@
-"""The routing rule (catimg.rule): normalisation, argmax with deterministic ties, switch points and breakpoints."""
+"""The routing rule (catimg.routing.rule): normalisation, argmax with deterministic ties, switch points and breakpoints."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from catimg.rule import (
+from catimg.routing.rule import (
     breakpoints,
     choose,
     choose_metric,

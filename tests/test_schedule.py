@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from catimg.errors import InputError
-from catimg.schedule import (
+from catimg.generation.schedule import (
     CostScheduler,
     Work,
     assign_workers,
@@ -119,7 +119,7 @@ def test_bad_worker_count() -> None:
 
 
 def test_hypothetical_gpu() -> None:
-    from catimg.schedule import hypothetical_gpu
+    from catimg.generation.schedule import hypothetical_gpu
 
     d = hypothetical_gpu("H100")
     assert d.kind == "cuda" and d.total_memory_gb == 80.0 and "H100" in d.name

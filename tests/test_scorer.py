@@ -7,8 +7,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from catimg.calibration.scorer import (
+    SCORERS,
+    available_metrics,
+    check_scorer,
+    load_scorer,
+    resolve_checkpoint,
+)
 from catimg.errors import InputError, WeightsMissingError
-from catimg.scorer import SCORERS, available_metrics, check_scorer, load_scorer, resolve_checkpoint
 
 
 def test_registry_has_clipscore_and_pickscore() -> None:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from tiny import generator
 
+from catimg.calibration.store import DB_FILENAME, SCHEMA_VERSION, Store, default_db_path
 from catimg.errors import InputError, MeasurementsError, StoreError
 from catimg.measurements import read_measurements, split_holdout
-from catimg.store import DB_FILENAME, SCHEMA_VERSION, Store, default_db_path
 
 
 def test_default_path_honours_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,7 +134,7 @@ def test_campaign_lock_held_by_another_process(tmp_path: Path) -> None:
     db = tmp_path / "m.sqlite"
     Store.open(db).close()
     code = (
-        "import sys, time; from catimg.store import Store; s = Store.open(sys.argv[1]); s.acquire_campaign();"
+        "import sys, time; from catimg.calibration.store import Store; s = Store.open(sys.argv[1]); s.acquire_campaign();"
         "print('locked', flush=True); sys.stdin.readline()"
     )
     with subprocess.Popen([sys.executable, "-c", code, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

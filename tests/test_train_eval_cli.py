@@ -32,7 +32,7 @@ def test_contract_train_then_explain(case: Path, tmp_path: Path, monkeypatch: py
     code, out = run("train", "--measurements", str(m), "--models", str(models), "--out", str(case / "r"))
     assert code == 0, out
     assert "Trained a ridge router on 44 prompts" in out and "Budget levels" in out and "oracle" in out
-    from catimg.router import load_router
+    from catimg.routing.router import load_router
 
     r = load_router(case / "r")
     assert r.generators == ["cheap", "dear"]

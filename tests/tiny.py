@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from catimg.config import Generator
-    from catimg.generate import RunOptions
+    from catimg.generation.generate import RunOptions
 
 TINY_SIZE = 64  # pixels; the VAE below downsamples by 2, so latents are 32x32
 
@@ -282,7 +282,7 @@ def generator(name: str, source: str | Path | None = None, steps: int = 2, model
 def run_options(out: str | Path, **kw: Any) -> RunOptions:
     """Run options for a CPU run into ``out`` (budget "low", router version "test"); ``kw`` overrides any field."""
     from catimg.device import cpu_device
-    from catimg.generate import RunOptions
+    from catimg.generation.generate import RunOptions
 
     fields: dict[str, Any] = {"device": cpu_device(), "budget": "low", "router_version": "test", **kw}
     return RunOptions(out_dir=Path(out), **fields)

@@ -5,7 +5,7 @@
 
 Routes a built-in prompt set with the bundled router and the default catalog at ``--budget``, costs every
 generator on ``--gpu`` with the cost model (estimated unless models.toml or ``catimg bench`` says otherwise), scales
-the routed shares to ``--prompts`` prompts, and simulates both policies of :mod:`catimg.schedule`. No GPU needed.
+the routed shares to ``--prompts`` prompts, and simulates both policies of :mod:`catimg.generation.schedule`. No GPU needed.
 ``--load-seconds`` replaces every model's predicted load time (e.g. 60 for weights on network storage) to show how
 the policies react to dearer model switches.
 """
@@ -27,12 +27,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunk-size", type=int, default=16)
     args = ap.parse_args(argv)
 
-    from catimg.budget import parse_budget
     from catimg.config import load_catalog
+    from catimg.generation.schedule import cluster_plan, hypothetical_gpu
     from catimg.prompts import reference_set
-    from catimg.router import load_router
-    from catimg.routing import route_prompts
-    from catimg.schedule import cluster_plan, hypothetical_gpu
+    from catimg.routing.budget import parse_budget
+    from catimg.routing.route import route_prompts
+    from catimg.routing.router import load_router
 
     prompts = reference_set(args.prompt_set)
     catalog = load_catalog(None)

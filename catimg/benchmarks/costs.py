@@ -2,7 +2,7 @@
 
 Builds real tiny diffusers pipelines (random weights, tests/tiny.py layout re-created here from configs), asks the
 cost model for its estimate (analytic FLOPs + the CPU/GPU throughput table + per-op overhead), then measures each
-generator with ``catimg.bench.measure`` and prints both side by side, with the rank of each.
+generator with ``catimg.costs.bench.measure`` and prints both side by side, with the rank of each.
 
     python -m catimg.benchmarks.costs [--device cpu] [--repeats 3] [--threads N]
 """
@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from catimg.bench import measure
     from catimg.config import parse_catalog
-    from catimg.cost import device_throughput, generator_cost
+    from catimg.costs.bench import measure
+    from catimg.costs.model import device_throughput, generator_cost
     from catimg.device import detect_device
 
     dev = detect_device(args.device)

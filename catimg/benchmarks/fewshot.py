@@ -34,8 +34,8 @@ DEFAULT_SIZES = (0, 10, 25, 50, 100, 200, -1)  # -1: all training prompts
 
 def load_genai_bench(data: Path) -> tuple[list[str], list[str], np.ndarray]:
     """(prompts, generators, Y) for the packaged catalog's generators that GenAI-Bench covers."""
+    from catimg.benchmarks.datasets import genai_bench
     from catimg.config import load_catalog
-    from catimg.datasets import genai_bench
 
     catalog = load_catalog(Path(__file__).resolve().parents[1] / "data" / "models.toml")
     rows = genai_bench(data)
@@ -57,7 +57,7 @@ def load_genai_bench(data: Path) -> tuple[list[str], list[str], np.ndarray]:
 
 def catalog_tflops(gens: list[str]) -> np.ndarray:
     from catimg.config import load_catalog
-    from catimg.cost import generator_cost
+    from catimg.costs.model import generator_cost
     from catimg.device import cpu_device
 
     catalog = load_catalog(Path(__file__).resolve().parents[1] / "data" / "models.toml")
@@ -67,10 +67,10 @@ def catalog_tflops(gens: list[str]) -> np.ndarray:
 
 def run(data: Path, target: str, sizes: tuple[int, ...], repeats: int, predictor: str, test_share: float,
         seed: int) -> dict[str, Any]:
-    from catimg.encoder import default_encoder
-    from catimg.evaluate import choose, evaluate_predictions
-    from catimg.predictor import make_predictor
-    from catimg.training import metric_scale
+    from catimg.routing.encoder import default_encoder
+    from catimg.routing.predictor import make_predictor
+    from catimg.training.evaluate import choose, evaluate_predictions
+    from catimg.training.train import metric_scale
 
     prompts, gens, Y = load_genai_bench(data)
     if target not in gens:
@@ -135,7 +135,7 @@ def _fmt(vals: list[float], digits: int = 3) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from catimg.datasets import default_data_dir
+    from catimg.benchmarks.datasets import default_data_dir
 
     ap = argparse.ArgumentParser(prog="python -m catimg.benchmarks.fewshot", description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=None, help="the shared data folder (holding genai_bench/)")

@@ -5,8 +5,8 @@
 Builds two tiny real diffusers pipelines (two models, random weights), plans ``--images`` images over them (2/3 to
 one, 1/3 to the other, interleaved as routed prompts are), then makes them
 
-* with the local engine (``catimg.generate.run_plan``: this process, torch on all cores), and
-* with the Ray engine (``catimg.engine_ray.run_plan_ray``: a local Ray instance, ``--workers`` actors of one CPU;
+* with the local engine (``catimg.generation.generate.run_plan``: this process, torch on all cores), and
+* with the Ray engine (``catimg.generation.ray_engine.run_plan_ray``: a local Ray instance, ``--workers`` actors of one CPU;
   the scheduler is given the load times the local run measured),
 
 and prints for each (medians over ``--repeat`` runs, and the best run): wall seconds (Ray: including starting Ray and its workers, and separately without),
@@ -27,7 +27,7 @@ from catimg.benchmarks import tiny_module
 
 def _plan(root: Path, images: int, steps: int, size: int) -> list[Any]:
     from catimg.config import Generator
-    from catimg.generate import build_plan
+    from catimg.generation.generate import build_plan
 
     tiny = tiny_module()
     a = tiny.build_tiny_sd(root / "tiny-a", seed=0)
@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     from PIL import Image
 
     from catimg.device import cpu_device
-    from catimg.engine_ray import RayRun, run_plan_ray
-    from catimg.events import Event, ImageDone
-    from catimg.generate import RunOptions, run_plan
+    from catimg.generation.events import Event, ImageDone
+    from catimg.generation.generate import RunOptions, run_plan
+    from catimg.generation.ray_engine import RayRun, run_plan_ray
 
     with tempfile.TemporaryDirectory(prefix="catimg-ray-bench-") as tmp:
         root = Path(tmp)

@@ -14,18 +14,18 @@ Protocols:
 
 The quality-cost curve of the lambda sweep is measured with the *measured* scores. Definitions of AUC, quality at
 the best single generator's cost, cost to match and APGR (the share of the oracle's gain over the straight line from
-the cheapest to the best single generator that a policy recovers) are in :mod:`catimg.evaluate`. Standard errors
+the cheapest to the best single generator that a policy recovers) are in :mod:`catimg.training.evaluate`. Standard errors
 (``±``) come from a bootstrap over the evaluated prompts (``--bootstrap`` resamples of the first repeat's
 predictions): they measure how much the number depends on which prompts were sampled, the error that matters when
 comparing two predictors on the same prompts. ``Δ APGR`` is the paired difference to the paper's KNN (k = 100) on
 the same resamples, ``Δ vs ridge`` the paired difference to the single-set ridge predictor.
 
-``joint ridge (all sets)`` is one ridge predictor trained on every selected set at once (:mod:`catimg.joint`: each
+``joint ridge (all sets)`` is one ridge predictor trained on every selected set at once (:mod:`catimg.training.joint`: each
 set mapped to the joint scale by its metric's range), scored on each set's held-out prompts like the others: a
 held-out prompt is left out of every set (tifa and dsg rate the same prompts), and pqpp's validation prompts are
 never trained on.
 
-Costs are TFLOPs per image from catimg's cost model (``catimg.cost``, analytic counts from the pipeline configs,
+Costs are TFLOPs per image from catimg's cost model (``catimg.costs.model``, analytic counts from the pipeline configs,
 including text encoders and the VAE decode) for the generator settings below. Data sets and assumed settings:
 
 - ``pqpp``: 8,000 MS-COCO captions, human score in [-1, 2], SDXL 1.0 base (50 steps, 1024 px, CFG 5) vs GLIDE
@@ -187,7 +187,7 @@ def table_from_rows(rows: list[dict[str, Any]], names: list[str], costs: np.ndar
 def set_costs(spec: BenchSet) -> tuple[list[str], np.ndarray]:
     """Generator names and TFLOPs per image: catimg's cost model for the catalog, assumed shares for the others."""
     from catimg.config import parse_catalog
-    from catimg.cost import generator_cost
+    from catimg.costs.model import generator_cost
     from catimg.device import cpu_device
 
     cat = parse_catalog(spec.toml, Path(f"<{spec.name} settings>"))
@@ -199,7 +199,7 @@ def set_costs(spec: BenchSet) -> tuple[list[str], np.ndarray]:
 
 
 def load_set(spec: BenchSet, data: Path, split: str | None = None) -> Table:
-    from catimg import datasets
+    from catimg.benchmarks import datasets
 
     names, costs = set_costs(spec)
     kwargs = {**spec.kwargs, **({"split": split} if split else {})}
@@ -222,7 +222,7 @@ class SetResult:
 
 def _predictions_cv(table: Table, X: np.ndarray, repeats: int, folds: int,
                     predictors: list[tuple[str, str, dict[str, Any]]], timing: dict[str, float]) -> list[dict[str, np.ndarray]]:
-    from catimg.training import out_of_fold
+    from catimg.training.train import out_of_fold
 
     out: list[dict[str, np.ndarray]] = []
     for rep in range(repeats):
@@ -237,7 +237,7 @@ def _predictions_cv(table: Table, X: np.ndarray, repeats: int, folds: int,
 
 def _predictions_split(train: Table, Xtr: np.ndarray, Xte: np.ndarray,
                        predictors: list[tuple[str, str, dict[str, Any]]], timing: dict[str, float]) -> dict[str, np.ndarray]:
-    from catimg.predictor import make_predictor
+    from catimg.routing.predictor import make_predictor
 
     preds = {}
     for label, pname, params in predictors:
@@ -249,7 +249,7 @@ def _predictions_split(train: Table, Xtr: np.ndarray, Xte: np.ndarray,
 
 def summaries_of(preds: dict[str, np.ndarray], table: Table, scale: tuple[float, float]) -> dict[str, Any]:
     """Summary per predictor label, plus ``oracle`` and ``random``, on the table's measured scores."""
-    from catimg.evaluate import apgr, hull_curve, summarise, sweep
+    from catimg.training.evaluate import apgr, hull_curve, summarise, sweep
 
     c, single = np.asarray(table.costs, float), table.Y.mean(0)
     oracle = sweep(table.Y, table.Y, c, scale)
@@ -313,12 +313,12 @@ JOINT_LABEL = "joint ridge (all sets)"
 def joint_predictions(sets: list[Loaded], encode: Callable[[list[str]], np.ndarray], repeats: int, folds: int,
                       timing: dict[str, float]) -> dict[str, list[np.ndarray]]:
     """Per set, per repeat: predictions (in the set's units, its own generators) of one ridge predictor trained on
-    every set at once (:mod:`catimg.joint`): CV sets out of fold (the held-out prompts left out of every set), the
+    every set at once (:mod:`catimg.training.joint`): CV sets out of fold (the held-out prompts left out of every set), the
     split set's validation prompts by a model fitted on all training rows."""
-    from catimg.joint import join
     from catimg.measurements import MeasurementTable
-    from catimg.predictor import make_predictor
-    from catimg.training import joint_out_of_fold
+    from catimg.routing.predictor import make_predictor
+    from catimg.training.joint import join
+    from catimg.training.train import joint_out_of_fold
 
     tables = [MeasurementTable(prompts=s.train.prompts, generators=s.train.generators, Y=s.train.Y,
                                counts=np.ones(s.train.Y.shape, np.int64), seconds=dict.fromkeys(s.train.generators),
@@ -348,7 +348,7 @@ def run_set(loaded: Loaded, repeats: int, folds: int, b: int, predictors: list[t
             encode: Callable[[list[str]], np.ndarray], extra: dict[str, list[np.ndarray]] | None = None,
             extra_timing: dict[str, float] | None = None) -> SetResult:
     """Every predictor on one set; ``extra`` adds ready predictions per label (one array per repeat)."""
-    from catimg.training import metric_scale
+    from catimg.training.train import metric_scale
 
     timing: dict[str, float] = dict(extra_timing or {})
     spec, table = loaded.spec, loaded.test
@@ -413,8 +413,8 @@ def render(res: SetResult, repeats: int, folds: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from catimg.datasets import default_data_dir
-    from catimg.encoder import PromptEncoder
+    from catimg.benchmarks.datasets import default_data_dir
+    from catimg.routing.encoder import PromptEncoder
 
     ap = argparse.ArgumentParser(prog="python -m catimg.benchmarks.routing", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -36,9 +36,9 @@ def bench(
 
       catimg bench sdxl-turbo sd21 --repeats 5
     """
-    from catimg.bench import cache_path, measure, pop_warnings
     from catimg.config import load_catalog
-    from catimg.cost import generator_cost
+    from catimg.costs.bench import cache_path, measure, pop_warnings
+    from catimg.costs.model import generator_cost
     from catimg.device import detect_device
     from catimg.errors import CatimgError
 
@@ -86,8 +86,8 @@ def _store_variants(result: Any, variants: list[Any], dev: Any, estimated: bool)
     """Save one model's measurement for each of its step variants; one output row per variant."""
     from dataclasses import replace
 
-    from catimg.bench import model_hash, save_results
-    from catimg.cost import generator_cost
+    from catimg.costs.bench import model_hash, save_results
+    from catimg.costs.model import generator_cost
 
     stored = [replace(result, generator=g.name, settings_hash=g.settings_hash(), model_hash=model_hash(g))
               for g in variants]

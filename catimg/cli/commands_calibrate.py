@@ -14,7 +14,7 @@ from catimg.device import DTYPES
 from catimg.errors import ExitStatus, InputError
 
 if TYPE_CHECKING:
-    from catimg.execution import Engine
+    from catimg.generation.execution import Engine
 
 DB_OPT = typer.Option(
     None, "--db", help="Measurement database (default: measurements.sqlite in the catimg user data dir, or $CATIMG_DATA_DIR).",
@@ -95,11 +95,11 @@ def calibrate(
         raise InputError(f"--batch-size {batch_size}: must be 1 or more")
     plist, origin = _campaign_prompts(prompts, prompt_set)
     run_engine = _engine(engine, dtype, dry_run, ray_address, workers, device)
-    from catimg.calibrate import plan_campaign, select_generators, select_prompts
+    from catimg.calibration.calibrate import plan_campaign, select_generators, select_prompts
+    from catimg.calibration.scorer import get_spec
+    from catimg.calibration.store import Store
     from catimg.config import load_catalog
     from catimg.device import detect_device
-    from catimg.scorer import get_spec
-    from catimg.store import Store
 
     get_spec(metric)  # unknown metric: fail before anything else
     plist, notes = select_prompts(plist, limit, origin)
@@ -114,7 +114,7 @@ def calibrate(
         scorer_note = _scorer_status(metric, scorer_model)
         if _plan_only(plan, catalog, store.path, dev.name, scorer_note, dry_run, bool(generators), json_out):
             return
-        from catimg.scorer import load_scorer
+        from catimg.calibration.scorer import load_scorer
 
         scorer = load_scorer(metric, scorer_model, dev.torch_device) if plan.jobs else None
         if not json_out:
@@ -161,7 +161,7 @@ def _engine(engine: str, dtype: str | None, dry_run: bool, ray_address: str | No
     check_choice("--dtype", dtype, DTYPES)
     if engine != "ray" or dry_run:
         return None
-    from catimg.engine_ray import RayEngine, preflight
+    from catimg.generation.ray_engine import RayEngine, preflight
 
     preflight(ray_address, workers)
     return RayEngine(address=ray_address, workers=workers, device=device)
@@ -222,8 +222,8 @@ def _note_missing_weights(plan: Any) -> None:
 
 
 def _scorer_status(metric: str, model: str | None) -> str:
+    from catimg.calibration.scorer import check_scorer, get_spec
     from catimg.errors import CatimgError
-    from catimg.scorer import check_scorer, get_spec
 
     mid = model or get_spec(metric).default_model
     try:
@@ -258,9 +258,9 @@ def _render_plan(plan: Any, db: Path, device: str, scorer_note: str, dry: bool) 
 
 def _run_with_progress(plan: Any, store: Any, scorer: Any, dev: Any, out_dir: Path, dtype: str | None,
                        batch_size: int | None, engine: Engine | None = None) -> Any:
-    from catimg.calibrate import run_campaign
+    from catimg.calibration.calibrate import run_campaign
     from catimg.cli.progress import StepProgress
-    from catimg.events import Event, ImageFailed, ImageScored, ModelLoading
+    from catimg.generation.events import Event, ImageFailed, ImageScored, ModelLoading
 
     # stderr only (a bar on a terminal, a line every 10 s elsewhere): stdout keeps the summary (or the --json document)
     with StepProgress("calibrating", plan.images) as progress:
@@ -305,7 +305,7 @@ def export_cmd(
     json_out: bool = JSON_OPT,
 ) -> None:
     """Write the database's measurements in the long format that `catimg train --measurements` reads."""
-    from catimg.store import Store
+    from catimg.calibration.store import Store
 
     with Store.open(db, create=False) as store:
         n = store.export(file, metric=metric, generators=_split(generators))
@@ -331,9 +331,9 @@ def import_cmd(
     Rows are keyed by the settings of the generators of models.toml (--models), so later changes to a generator
     do not mix with these scores.
     """
+    from catimg.calibration.store import Store
     from catimg.config import load_catalog
     from catimg.errors import ConfigError
-    from catimg.store import Store
 
     try:
         gens = list(load_catalog(models).generators)

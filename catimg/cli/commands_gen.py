@@ -37,15 +37,15 @@ from catimg.cli.render import console, fmt_seconds, fmt_value, label, print_json
 from catimg.cli.scoring import finish_scoring, report_scoring, scoring_doc, scoring_hook
 from catimg.device import DTYPES
 from catimg.errors import ExitStatus, InputError, WeightsMissingError
-from catimg.events import Event, ImageDone, ModelLoading, OnEvent, Retrying, RunStarted, Step
+from catimg.generation.events import Event, ImageDone, ModelLoading, OnEvent, Retrying, RunStarted, Step
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from catimg.config import Catalog
-    from catimg.execution import Engine
-    from catimg.generate import PlanItem, RunResult
-    from catimg.routing import RoutingResult
+    from catimg.generation.execution import Engine
+    from catimg.generation.generate import PlanItem, RunResult
+    from catimg.routing.route import RoutingResult
 
 DEFAULT_OUT = "catimg-out"
 
@@ -123,13 +123,13 @@ def gen(
     """
     from contextlib import ExitStack
 
-    from catimg.output import out_dir_lock, prepare_out_dir, removed_if_left_empty
+    from catimg.generation.output import out_dir_lock, prepare_out_dir, removed_if_left_empty
 
     # cheap checks first: a mistake costs nothing
     _check_numbers(seed, images_per_prompt, width, height, batch_size)
     check_choice("--engine", engine, ENGINES)
     if engine == "ray" and not dry_run:
-        from catimg.engine_ray import preflight
+        from catimg.generation.ray_engine import preflight
 
         preflight(ray_address, workers)
     check_choice("--dtype", dtype, DTYPES)
@@ -154,14 +154,14 @@ def gen(
         if not dry_run:  # weights first: a missing model stops the run within a second, before torch is imported
             _check_weights_early(models, generator, allow_download)
         catalog, rt, dev = load_setup(models, router, device)
-        from catimg.generate import run_settings
+        from catimg.generation.generate import run_settings
 
         # costs follow the settings the run will use: size, dtype, device and batch overrides
         run_as = partial(run_settings, width=width, height=height, dtype=dtype)
         result, notes, stop = _route_run(texts, catalog, rt, dev, bud, total, generator, allow_download, run_as,
                                          batch_size or 1, dry_run, as_json)
         notes = [*locked, *repaired, *notes]
-        from catimg.generate import RunOptions, plan_from_routing
+        from catimg.generation.generate import RunOptions, plan_from_routing
 
         plan = plan_from_routing(result, seed=seed, images_per_prompt=images_per_prompt, negative=negative,
                                  size=(width, height))
@@ -191,7 +191,7 @@ def gen(
         except KeyboardInterrupt:  # pragma: no cover - the executor catches it; belt and braces
             res = None
         if res is not None and engine != "ray":  # measured seconds feed this device's cost cache (as bench does)
-            from catimg.bench import record_run
+            from catimg.costs.bench import record_run
 
             record_run([(r.generator, r.seconds) for r in res.made], res.load_seconds, dev, dtype)
         resume_cmd = _resume_command(seed)
@@ -206,7 +206,7 @@ def _resume_state(out: Path, resume: bool, seed: int | None) -> tuple[list[str],
     given; a seed not given otherwise is random (and recorded)."""
     repaired: list[str] = []
     if resume:
-        from catimg.output import read_manifest, repair_out_dir
+        from catimg.generation.output import read_manifest, repair_out_dir
 
         repaired = repair_out_dir(out)
         records = read_manifest(out)
@@ -235,12 +235,12 @@ def _report_done(con: Console, result: RoutingResult, plan: list[PlanItem], res:
 
 def _engine(engine: str, result: RoutingResult, address: str | None, workers: int | None,
             device: str | None) -> Engine:
-    """The --engine's :class:`~catimg.execution.Engine` (Ray: with each model's predicted load seconds)."""
+    """The --engine's :class:`~catimg.generation.execution.Engine` (Ray: with each model's predicted load seconds)."""
     if engine != "ray":
-        from catimg.generate import LocalEngine
+        from catimg.generation.generate import LocalEngine
 
         return LocalEngine()
-    from catimg.engine_ray import RayEngine
+    from catimg.generation.ray_engine import RayEngine
 
     loads = {result.generator(n).model: c.load_seconds for n, c in result.costs.items()}
     return RayEngine(address=address, workers=workers, device=device, load_seconds=loads)
@@ -250,7 +250,7 @@ def _events(progress: _Progress, engine: str, as_json: bool) -> OnEvent:
     """The run's progress callback; with the Ray engine its Ray-only events are said as one line each."""
     if engine != "ray" or as_json:
         return progress.event
-    from catimg.engine_ray import cli_events
+    from catimg.generation.ray_engine import cli_events
 
     return cli_events(progress.event, progress._line)
 
@@ -293,7 +293,7 @@ def _route_run(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, 
         if not dry_run:
             raise
         # a dry run still shows the plan, then fails as the real run would (same message and exit code)
-        from catimg.routing import route_prompts
+        from catimg.routing.route import route_prompts
 
         stop = exc
         result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=forced,
@@ -339,7 +339,7 @@ def _route(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, tota
     from catimg.config import Catalog
     from catimg.errors import WeightsMissingError
     from catimg.pipelines import check_weights, missing_weights
-    from catimg.routing import route_prompts
+    from catimg.routing.route import route_prompts
 
     with embedding_progress():  # a file of thousands of new prompts takes minutes to embed: progress on stderr
         result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=forced,
@@ -402,7 +402,7 @@ def _check_weights_early(models: Path | None, forced: str | None, allow_download
 
 def _check_numbers(seed: int | None, images_per_prompt: int, width: int | None, height: int | None,
                    batch_size: int | None) -> None:
-    from catimg.generate import check_seed, check_size
+    from catimg.generation.generate import check_seed, check_size
 
     if seed is not None:
         check_seed(seed)
@@ -451,7 +451,7 @@ def _render_plan(con: Console, result: RoutingResult, plan: list[PlanItem], out:
     t.add_column("model")
     t.add_column("images", justify="right")
     t.add_column("predicted", justify="right")
-    t.add_column("cost from")  # the one cost rule (catimg.cost): explicit, measured, router data or estimated
+    t.add_column("cost from")  # the one cost rule (catimg.costs.model): explicit, measured, router data or estimated
     t.add_column("mean q̂", justify="right")
     per_gen: dict[str, list[PlanItem]] = {}
     for it in plan:
@@ -718,7 +718,7 @@ def inspect(
 
       catimg inspect catimg-out/0000-a-lighthouse-at-dusk-sdxl-turbo-42.png
     """
-    from catimg.output import read_image_metadata
+    from catimg.generation.output import read_image_metadata
 
     docs = [read_image_metadata(p) for p in images]
     if as_json:

@@ -65,9 +65,9 @@ def plan(
     """
     from catimg.config import load_catalog
     from catimg.device import lookup_device
-    from catimg.router import load_router
-    from catimg.routing import route_prompts
-    from catimg.schedule import cluster_plan, hypothetical_gpu
+    from catimg.generation.schedule import cluster_plan, hypothetical_gpu
+    from catimg.routing.route import route_prompts
+    from catimg.routing.router import load_router
 
     ks = _parse_gpus(gpus)
     if scale_to is not None and scale_to < 1:
@@ -93,7 +93,7 @@ def plan(
     fit = fit_for_run(texts, catalog, generator)  # the router sees long prompts as the generator's encoder cuts them
     costs = None
     if gpu is not None:  # another GPU: the router's seconds were not measured on it (the rule's step 3 is skipped)
-        from catimg.cost import routing_costs
+        from catimg.costs.model import routing_costs
 
         costs = routing_costs(catalog.generators, dev, unknown_ok=lambda g: generator is not None or not (
             g.enabled and rt.knows(g)))

@@ -45,7 +45,7 @@ from catimg.errors import ExitStatus
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from catimg.routing import PromptRoute, RoutingResult
+    from catimg.routing.route import PromptRoute, RoutingResult
 
 DETAIL_LIMIT = 10  # per-prompt tables up to this many prompts unless --detail
 COMPACT_LIMIT = 200  # rows of the one-line-per-prompt table; the plan summary always covers every prompt
@@ -80,7 +80,7 @@ def explain(
 
       catimg explain "a red cube" --budget 2.5s --json
     """
-    from catimg.routing import route_prompts
+    from catimg.routing.route import route_prompts
 
     texts = collect_prompts(prompts, file)
     bud, total = parse_budgets(budget, total_budget)
@@ -139,7 +139,7 @@ def render_explain(result: RoutingResult, catalog: Any, rt: Any, found: Any, ren
 
 def learned_from_line(rt: Any, result: RoutingResult) -> str:
     """One line: which sets, and how many measured prompts of each, stand behind each routed generator's predictions."""
-    from catimg.routing import FORCED, ROUTABLE
+    from catimg.routing.route import FORCED, ROUTABLE
 
     parts = []
     for g in result.generators:
@@ -159,8 +159,8 @@ def render_header(con: Console, result: RoutingResult, catalog: str, router: str
 def print_warnings(result: RoutingResult | None = None, notice: bool = True) -> None:
     """Warnings the core queued (a corrupt bench cache that was discarded): one yellow line each, on stderr; with
     ``result`` and ``notice``, also the one note that estimates drive its routing (:func:`cost_notice`)."""
-    from catimg.bench import pop_warnings
     from catimg.cli.render import error_console
+    from catimg.costs.bench import pop_warnings
 
     for w in pop_warnings():
         error_console().print(label("warning:", "yellow", w), highlight=False)
@@ -172,7 +172,7 @@ def print_warnings(result: RoutingResult | None = None, notice: bool = True) -> 
 def cost_notice(result: RoutingResult) -> str | None:
     """The one line saying that estimates, not measurements, drive this routing, and what `catimg bench` costs
     (None when nothing is routed: a forced --generator)."""
-    from catimg.cost import estimate_notice
+    from catimg.costs.model import estimate_notice
 
     if result.lam is None:
         return None
@@ -194,13 +194,13 @@ def _q(v: float | None, u: float | None = None) -> str:
 
 
 def render_route(con: Console, result: RoutingResult, route: PromptRoute) -> None:
-    from catimg.cost import COST_SOURCES
+    from catimg.costs.model import COST_SOURCES
 
     t = Table(title=f"[{route.index + 1}] {route.prompt}", title_justify="left", show_edge=False, pad_edge=False)
     t.add_column("generator")
     t.add_column("predicted quality", justify="right")
     t.add_column("seconds", justify="right")
-    t.add_column("cost from")  # the one cost rule: explicit, measured, router data or estimated (catimg.cost)
+    t.add_column("cost from")  # the one cost rule: explicit, measured, router data or estimated (catimg.costs.model)
     t.add_column("TFLOPs", justify="right")
     t.add_column("value", justify="right")
     t.add_column("status")
@@ -304,7 +304,7 @@ def models(
 
       catimg models --models my-models.toml --router my-router --json
     """
-    from catimg.cost import routing_costs
+    from catimg.costs.model import routing_costs
 
     catalog, rt, found = describe_setup(models, router, device, refresh_device)
     dev = found.info
@@ -453,7 +453,7 @@ def doctor(
 def _doctor_router(router: Path | None, catalog: Any, doc: dict[str, Any], problems: list[str]) -> Any:
     """Load and check the router for doctor (None when it cannot be loaded; the reason goes to ``problems``)."""
     from catimg.errors import CatimgError
-    from catimg.router import load_router
+    from catimg.routing.router import load_router
 
     try:
         rt = load_router(router)
@@ -464,7 +464,7 @@ def _doctor_router(router: Path | None, catalog: Any, doc: dict[str, Any], probl
                      "levels": rt.levels, "version": rt.version}
     if catalog is not None:
         try:
-            from catimg.encoder import ENCODER_ID
+            from catimg.routing.encoder import ENCODER_ID
 
             rt.check(catalog, ENCODER_ID)
         except CatimgError as exc:

@@ -41,7 +41,7 @@ def _load_table(measurements: Path | None, db: Path | None, catalog: Any, metric
         if catalog is None:
             return read_measurements(measurements, metric=metric)
         return read_measurements(measurements, known_generators=catalog.names, metric=metric, catalog_path=catalog.path)
-    from catimg.store import Store
+    from catimg.calibration.store import Store
 
     store = Store.open(db, create=False)
     try:
@@ -90,7 +90,7 @@ def train(
 
       catimg train --measurements m.csv --models models.toml --out my-router
 
-      python -m catimg.datasets genai_bench --out genai.csv && catimg train -M genai.csv --out my-router
+      python -m catimg.benchmarks.datasets genai_bench --out genai.csv && catimg train -M genai.csv --out my-router
 
       catimg train -M genai.csv -M tifa.csv --db ~/.cache/catimg/measurements.db --out joint-router
 
@@ -99,7 +99,7 @@ def train(
     """
     from catimg.cli.render import print_json
     from catimg.config import load_catalog
-    from catimg.training import train_router
+    from catimg.training.train import train_router
 
     _check_out(out, force)
     catalog = load_catalog(models)
@@ -111,7 +111,7 @@ def train(
         tables = [split_holdout(t, holdout)[0] for t in tables]
     joint = None
     if len(tables) > 1:
-        from catimg.joint import join, parse_scales, set_name
+        from catimg.training.joint import join, parse_scales, set_name
 
         names = [set_name(t, f"set{i + 1}") for i, t in enumerate(tables)]
         if db is not None:  # the store's rows come from several sources (calibrate, gen): name the set after it
@@ -177,9 +177,9 @@ PROGRESS_FROM = 1000
 
 
 def _store_card(db: Path, table: Any, catalog: Any) -> dict[str, Any]:
-    """The data card's ``store`` entry: the store rows the router is trained on, by source (catimg.calibrate)."""
-    from catimg.calibrate import store_card
-    from catimg.store import Store
+    """The data card's ``store`` entry: the store rows the router is trained on, by source (catimg.calibration.calibrate)."""
+    from catimg.calibration.calibrate import store_card
+    from catimg.calibration.store import Store
 
     with Store.open(db, create=False) as store:
         return store_card(store, table.metric, [catalog.get(g) for g in table.generators], table.prompts)
@@ -223,10 +223,10 @@ def _summary_table(summaries: list[dict[str, Any]], single: list[dict[str, Any]]
 
 
 def _eval_costs(rt: Any, models: Path | None, device: str | None) -> tuple[Any, str]:
-    """(costs by generator, note): the costs explain and gen would route by here (catimg.cost's one rule), or None
+    """(costs by generator, note): the costs explain and gen would route by here (catimg.costs.model's one rule), or None
     (with why) when the catalog does not hold every router generator with its trained settings."""
     from catimg.config import load_catalog
-    from catimg.cost import router_generator_costs
+    from catimg.costs.model import router_generator_costs
     from catimg.device import detect_device
     from catimg.errors import ConfigError
 
@@ -261,8 +261,8 @@ def eval_(
       catimg eval --router my-router --measurements heldout.csv --plot curve.png
     """
     from catimg.cli.render import print_json
-    from catimg.evaluate import evaluate_router
-    from catimg.router import load_router
+    from catimg.routing.router import load_router
+    from catimg.training.evaluate import evaluate_router
 
     rt = load_router(router)
     source: Any = measurements
@@ -295,7 +295,7 @@ def eval_(
             "numbers are not held-out; evaluate on prompts it was not trained on (train --holdout / eval --holdout)"),
             highlight=False)
     if plot is not None:
-        from catimg.evaluate import plot_report
+        from catimg.training.evaluate import plot_report
 
         plot_report(report, plot)
     if json_out:

@@ -13,10 +13,10 @@ from catimg.device import DTYPES
 from catimg.errors import InputError, did_you_mean
 
 if TYPE_CHECKING:
-    from catimg.budget import Budget
     from catimg.config import Catalog, Generator
     from catimg.device import DeviceInfo, DeviceLookup
-    from catimg.router import Router
+    from catimg.routing.budget import Budget
+    from catimg.routing.router import Router
 
 # Reusable option declarations: one place for names, defaults and help.
 PROMPTS_ARG = typer.Argument(None, help="One or more prompts (quote each). Use -f FILE for a prompt file.", show_default=False)
@@ -106,7 +106,7 @@ def load_setup(
     """Catalog, router and device: the three things every routing command needs."""
     from catimg.config import load_catalog
     from catimg.device import detect_device
-    from catimg.router import load_router
+    from catimg.routing.router import load_router
 
     catalog = load_catalog(models)
     rt = load_router(router)
@@ -127,7 +127,7 @@ def describe_setup(
     import when there is no GPU driver or the description is cached (see :func:`catimg.device.lookup_device`)."""
     from catimg.config import load_catalog
     from catimg.device import lookup_device
-    from catimg.router import load_router
+    from catimg.routing.router import load_router
 
     catalog = load_catalog(models)
     rt = load_router(router)
@@ -152,7 +152,7 @@ def renamed_note(name: str, router_name: str, catalog: str) -> str:
 
 
 def parse_budgets(budget: str | None, total_budget: str | None) -> tuple[Budget, float | None]:
-    from catimg.budget import parse_budget, parse_duration
+    from catimg.routing.budget import parse_budget, parse_duration
 
     if budget is not None and total_budget is not None:
         raise InputError("--budget and --total-budget both given; use --budget per image or --total-budget for the run")

@@ -7,9 +7,9 @@ On a terminal: a Rich bar with counts, elapsed time and ETA, shown once a step h
 printed one ends. stdout is never written, so ``--json`` output stays one document. ``CATIMG_PROGRESS=0`` turns
 progress off.
 
-The core reports through plain callbacks (``on_progress(done, total)`` of :class:`catimg.encoder.PromptEncoder`,
-``on_event`` of :func:`catimg.calibrate.run_campaign`, ``progress(message)`` of
-:func:`catimg.training.train_router`); this module turns them into output.
+The core reports through plain callbacks (``on_progress(done, total)`` of :class:`catimg.routing.encoder.PromptEncoder`,
+``on_event`` of :func:`catimg.calibration.calibrate.run_campaign`, ``progress(message)`` of
+:func:`catimg.training.train.train_router`); this module turns them into output.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class StepProgress:
 @contextmanager
 def embedding_progress(label: str = "embedding prompts") -> Iterator[None]:
     """While the block runs, the default prompt encoder reports the prompts it embeds (those not cached)."""
-    from catimg.encoder import default_encoder
+    from catimg.routing.encoder import default_encoder
 
     enc = default_encoder()
     current: list[StepProgress] = []

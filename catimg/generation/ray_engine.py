@@ -1,17 +1,17 @@
 """Running a routed plan on a Ray cluster (``--engine ray``): one driver, actors that each hold one pipeline.
 
 The driver (this process) has already routed every prompt (the encoder ran once, here). It is built from the
-execution core the local engine uses (:mod:`catimg.execution`): :func:`~catimg.execution.start_run` (output
-folder, ``--resume``), :func:`~catimg.execution.group_plan` and :func:`~catimg.execution.batch_size` to cut each
+execution core the local engine uses (:mod:`catimg.generation.execution`): :func:`~catimg.generation.execution.start_run` (output
+folder, ``--resume``), :func:`~catimg.generation.execution.group_plan` and :func:`~catimg.generation.execution.batch_size` to cut each
 generator's images into chunks of whole batches (so the batches, and therefore the pixels, are those of the local
-engine), and one :class:`~catimg.execution.Recorder`. :class:`RayDriver` hands the chunks to actors with
-:class:`catimg.schedule.CostScheduler`: actors are given to models in proportion to predicted cost and switch
+engine), and one :class:`~catimg.generation.execution.Recorder`. :class:`RayDriver` hands the chunks to actors with
+:class:`catimg.generation.schedule.CostScheduler`: actors are given to models in proportion to predicted cost and switch
 model only when their model's queue is empty (work stealing), so loads stay few.
 
 Each actor (:class:`RayWorker`) makes its batches with the local engine's
-:class:`~catimg.execution.BatchRunner` (same seeding, step calls and retries) on its device (one GPU, or CPU slots
+:class:`~catimg.generation.execution.BatchRunner` (same seeding, step calls and retries) on its device (one GPU, or CPU slots
 where the cluster has no GPU) and sends back, per batch, a :class:`BatchReply`: each image's
-:class:`~catimg.execution.Outcome` (with its :class:`~catimg.output.ManifestRecord`) and either the name of the
+:class:`~catimg.generation.execution.Outcome` (with its :class:`~catimg.generation.output.ManifestRecord`) and either the name of the
 PNG it wrote (when the output folder is one it sees, e.g. a shared file system or the same machine) or the PNG
 bytes (the driver then writes them). The driver alone appends to ``manifest.jsonl`` (and, through the
 ``on_image`` hook, to the calibration store), as each batch arrives; the records are those the local engine
@@ -20,11 +20,11 @@ writes (plus the ``worker``), and ``--resume`` works the same whichever engine w
 Faults: an actor that dies mid-chunk has its unfinished images re-queued (each image is recorded exactly once)
 and a fresh actor takes its place; a model that fails to load on an actor is dropped from the run and its images
 are re-planned to their next cheaper generator (``PlanItem.fallbacks``, as the local engine's fallback), which is
-said in a :class:`~catimg.events.Replanned` event and in each image's manifest note. Progress goes to an
-``on_event(event)`` callback with the typed events of :mod:`catimg.events` (plus the Ray-only
-:class:`~catimg.events.WorkersStarted`, :class:`~catimg.events.Replanned` and :class:`~catimg.events.WorkerLost`,
+said in a :class:`~catimg.generation.events.Replanned` event and in each image's manifest note. Progress goes to an
+``on_event(event)`` callback with the typed events of :mod:`catimg.generation.events` (plus the Ray-only
+:class:`~catimg.generation.events.WorkersStarted`, :class:`~catimg.generation.events.Replanned` and :class:`~catimg.generation.events.WorkerLost`,
 which :func:`describe_event` says as one line each). :class:`RayEngine` is :func:`run_plan_ray` as an
-:class:`~catimg.execution.Engine`, the Protocol the local engine (:class:`catimg.generate.LocalEngine`) satisfies
+:class:`~catimg.generation.execution.Engine`, the Protocol the local engine (:class:`catimg.generation.generate.LocalEngine`) satisfies
 too: the CLI and the calibration campaign call either through it. Ray itself is optional (``pip install "catimg[ray]"``) and
 imported only here, inside functions.
 """
@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catimg.errors import CatimgError, DeviceError, GenerationError, InputError, first_line
-from catimg.events import (
+from catimg.generation.events import (
     Event,
     ModelLoading,
     OnEvent,
@@ -53,7 +53,7 @@ from catimg.events import (
     WorkersStarted,
     no_events,
 )
-from catimg.execution import (
+from catimg.generation.execution import (
     BatchRunner,
     Job,
     Outcome,
@@ -67,12 +67,12 @@ from catimg.execution import (
     group_plan,
     start_run,
 )
-from catimg.output import write_new_file
-from catimg.schedule import Chunk, CostScheduler, Work, make_chunks
+from catimg.generation.output import write_new_file
+from catimg.generation.schedule import Chunk, CostScheduler, Work, make_chunks
 
 if TYPE_CHECKING:
     from catimg.device import DeviceInfo
-    from catimg.generate import PlanItem
+    from catimg.generation.generate import PlanItem
 
 INSTALL_HINT = 'pip install "catimg[ray]"'
 CONNECT_TIMEOUT = 3.0  # seconds to reach --ray-address before giving up
@@ -281,7 +281,7 @@ def _sees_folder(out_dir: Path, marker: str | None) -> tuple[bool, str | None]:
 
 class RayWorker:
     """One Ray actor: holds one loaded pipeline (one model) at a time and makes batches of its images with the
-    local engine's :class:`catimg.execution.BatchRunner` (same seeding, same retries)."""
+    local engine's :class:`catimg.generation.execution.BatchRunner` (same seeding, same retries)."""
 
     def __init__(self, label: str, device: str | None, options: RunOptions, env: dict[str, str],
                  marker: str | None, threads: int) -> None:
@@ -459,7 +459,7 @@ def run_plan_ray(
     threads: int | None = None,
     stats: RayRun | None = None,
 ) -> RunResult:
-    """Make every image of ``plan`` on Ray; same contract as :func:`catimg.generate.run_plan`.
+    """Make every image of ``plan`` on Ray; same contract as :func:`catimg.generation.generate.run_plan`.
 
     ``address``: a running cluster (``host:port``, ``ray://host:port`` or ``auto``); None starts a local instance
     (or uses the one this process already initialised). ``workers``: actors (default: one per GPU, else one per
@@ -508,7 +508,7 @@ def run_plan_ray(
 
 @dataclass(frozen=True)
 class RayEngine:
-    """The Ray engine as an :class:`~catimg.execution.Engine` (``--engine ray``): :func:`run_plan_ray` with the
+    """The Ray engine as an :class:`~catimg.generation.execution.Engine` (``--engine ray``): :func:`run_plan_ray` with the
     cluster options fixed (``address``, ``workers``, ``device``: the CLI's; ``load_seconds``: predicted load time
     per model for the scheduler)."""
 

@@ -242,7 +242,7 @@ def read_image_metadata(path: str | Path) -> dict[str, Any]:
 class ManifestRecord:
     """What catimg records about one image: in its PNG's text chunks and as its line of ``manifest.jsonl``.
 
-    Built by :func:`catimg.execution.describe` for both engines. ``file``, ``error``, ``worker`` and ``time`` are
+    Built by :func:`catimg.generation.execution.describe` for both engines. ``file``, ``error``, ``worker`` and ``time`` are
     known only when the record is written; they go into the manifest line, not into the PNG.
     """
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from catimg.errors import InputError
 
 if TYPE_CHECKING:
-    from catimg.cost import Cost
+    from catimg.costs.model import Cost
 
 
 @dataclass(frozen=True)
@@ -336,7 +336,7 @@ def work_from_shares(shares: dict[str, int], costs: Mapping[str, Cost], models: 
                      scale_to: int | None = None) -> list[Work]:
     """Per-generator :class:`Work` from image counts (optionally rescaled to ``scale_to`` images in all).
 
-    ``costs`` maps a generator to a :class:`catimg.cost.Cost` (``seconds``, ``load_seconds``); ``models`` maps it
+    ``costs`` maps a generator to a :class:`catimg.costs.model.Cost` (``seconds``, ``load_seconds``); ``models`` maps it
     to its model name. Rescaled counts use largest remainders so they add up to ``scale_to`` exactly.
     """
     names = [g for g in shares if shares[g] > 0]

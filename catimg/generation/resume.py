@@ -3,7 +3,7 @@
 An image is done when the manifest records it as saved, its file is on disk, and it is the same image: same prompt,
 image number, base seed, negative prompt, size and routed generator settings (the settings hash; the generator's
 name for records written before catimg recorded the hash). Position in the prompt file does not matter. Both
-engines call :func:`resume_todo` through :func:`catimg.execution.start_run`; the manifest may have been written by
+engines call :func:`resume_todo` through :func:`catimg.generation.execution.start_run`; the manifest may have been written by
 either.
 """
 
@@ -13,11 +13,11 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from catimg.output import SAVED, read_manifest
+from catimg.generation.output import SAVED, read_manifest
 
 if TYPE_CHECKING:
-    from catimg.execution import RunOptions
-    from catimg.generate import PlanItem
+    from catimg.generation.execution import RunOptions
+    from catimg.generation.generate import PlanItem
 
 
 def resume_todo(plan: list[PlanItem], opt: RunOptions,

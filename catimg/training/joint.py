@@ -79,8 +79,8 @@ class JointTable:
 
 def known_scales() -> dict[str, tuple[float, float]]:
     """Every metric whose range catimg documents: the public data sets' and the scorers' (clipscore, pickscore)."""
-    from catimg.datasets import METRIC_SCALES
-    from catimg.scorer import SCORERS
+    from catimg.calibration.scorer import SCORERS
+    from catimg.training.sources import METRIC_SCALES
 
     return {**{name: spec.scale for name, spec in SCORERS.items()}, **METRIC_SCALES}
 

@@ -1,7 +1,7 @@
 """Progress events: what a run tells its caller while it works, as small frozen dataclasses.
 
-Both engines (:func:`catimg.generate.run_plan`, :func:`catimg.engine_ray.run_plan_ray`, built on
-:mod:`catimg.execution`) and the calibration campaign (:func:`catimg.calibrate.run_campaign`) call an
+Both engines (:func:`catimg.generation.generate.run_plan`, :func:`catimg.generation.ray_engine.run_plan_ray`, built on
+:mod:`catimg.generation.execution`) and the calibration campaign (:func:`catimg.calibration.calibrate.run_campaign`) call an
 :data:`OnEvent` callback with one :data:`Event` at a time; the CLI renders them (``match``/``isinstance`` on the
 class). Events are for progress only: work on each image made (scoring, the store) goes through the engines'
 ``on_image`` hook (:data:`OnImage`), not through this callback. Nothing here imports torch or the engines.
@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:
-    from catimg.engine_ray import WorkerInfo
-    from catimg.execution import ImageRecord
-    from catimg.generate import PlanItem
+    from catimg.generation.execution import ImageRecord
+    from catimg.generation.generate import PlanItem
+    from catimg.generation.ray_engine import WorkerInfo
 
 
 @dataclass(frozen=True)

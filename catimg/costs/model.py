@@ -5,7 +5,7 @@ that route a generator are, in this order, the first that exists:
 
 1. **explicit**: ``cost_seconds`` from ``models.toml`` (the user knows best);
 2. **measured**: a measurement on this device class, dtype and these exact settings in the cost cache
-   (``catimg.bench``: filled by ``catimg bench`` and by every ``catimg gen`` run, which records what it made);
+   (``catimg.costs.bench``: filled by ``catimg bench`` and by every ``catimg gen`` run, which records what it made);
 3. **router data**: the seconds per image the router was trained with (a router trained on measurements with a
    ``seconds`` column), for a generator the router knows with unchanged settings. The router does not record on
    which device those seconds were measured: they are taken as this device's until a measurement exists;
@@ -196,7 +196,7 @@ def generator_cost(gen: Generator, device: DeviceInfo, use_measured: bool = True
 
 
 def _measured(gen: Generator, device: DeviceInfo) -> Any:
-    from catimg.bench import lookup
+    from catimg.costs.bench import lookup
 
     return lookup(gen, device)
 

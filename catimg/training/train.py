@@ -18,10 +18,9 @@ import numpy as np
 from catimg import __version__
 from catimg.config import Catalog
 from catimg.errors import ConfigError, MeasurementsError, did_you_mean
-from catimg.evaluate import breakpoints, choose, evaluate_predictions
 from catimg.measurements import MeasurementTable
-from catimg.predictor import AUTO, PREDICTORS, Predictor, make_predictor
-from catimg.router import (
+from catimg.routing.predictor import AUTO, PREDICTORS, Predictor, make_predictor
+from catimg.routing.router import (
     FORMAT,
     FORMAT_VERSION,
     LEVEL_DEFINITION,
@@ -30,6 +29,7 @@ from catimg.router import (
     neighbour_index,
     save_router,
 )
+from catimg.training.evaluate import breakpoints, choose, evaluate_predictions
 
 #: Where the named levels put the mean routed cost: this share of the way from the cheapest generator's cost to
 #: the mean cost of the max level (lambda = 0, the best predicted quality per prompt).
@@ -42,7 +42,7 @@ MAX_CV_PROMPTS = 20000
 
 def metric_scale(metric: str, Y: np.ndarray) -> tuple[float, float]:
     """The scale (lo, hi) of a metric: a known one, else the range of the measured scores."""
-    from catimg.joint import known_scales
+    from catimg.training.joint import known_scales
 
     known = known_scales()
     if metric in known:
@@ -59,7 +59,7 @@ def generator_costs(table: MeasurementTable, catalog: Catalog) -> tuple[str, dic
     Seconds are used when the measurements give them for every generator; otherwise TFLOPs from the catalog's
     cost model (device independent), so that training on one machine does not bake in its speed.
     """
-    from catimg.cost import generator_cost
+    from catimg.costs.model import generator_cost
     from catimg.device import cpu_device
 
     dev = cpu_device()
@@ -129,7 +129,7 @@ def out_of_fold(name: str, X: np.ndarray, Y: np.ndarray, folds: int = OOF_FOLDS,
 
 
 def _data_card(table: MeasurementTable, extra: dict[str, Any] | None) -> dict[str, Any]:
-    from catimg.datasets import CARDS
+    from catimg.training.sources import CARDS
 
     sources = []
     for s in table.sources or ([str(table.path)] if table.path else []):
@@ -271,7 +271,7 @@ def held_out_by_set(name: str, X: np.ndarray, joint: Any, costs: np.ndarray, uni
 
 
 def joint_scale() -> tuple[float, float]:
-    from catimg.joint import JOINT_SCALE
+    from catimg.training.joint import JOINT_SCALE
 
     return JOINT_SCALE
 
@@ -279,7 +279,7 @@ def joint_scale() -> tuple[float, float]:
 def _joint_card(card: dict[str, Any], name: str, X: np.ndarray, joint: Any, costs: np.ndarray, unit: str, seed: int,
                 params: dict[str, Any] | None) -> list[str]:
     """Fill the data card's joint sections (sets, per-set held-out numbers, comparisons); return warnings."""
-    from catimg.joint import JOINT_DESCRIPTION, compare_sets
+    from catimg.training.joint import JOINT_DESCRIPTION, compare_sets
 
     card["metric_description"] = JOINT_DESCRIPTION
     rows = [joint.rows_of(c.name) for c in joint.sets]  # contiguous: the joint table stacks the sets
@@ -327,11 +327,11 @@ def train_router(
     predictions) on at most MAX_CV_PROMPTS prompts; the shipped predictor is fitted on all prompts. ``progress``
     gets one short line per stage. Warnings (one line each) are in ``router.data_card["warnings"]``.
 
-    ``joint`` (a :class:`catimg.joint.JointTable`, whose ``table`` is then ``table``) trains on several sets at once:
+    ``joint`` (a :class:`catimg.training.joint.JointTable`, whose ``table`` is then ``table``) trains on several sets at once:
     quality is on the joint scale, and the data card gets each set's calibration, held-out numbers per set and the
     sets' comparisons of shared generator pairs.
     """
-    from catimg.encoder import default_encoder
+    from catimg.routing.encoder import default_encoder
 
     say = progress or (lambda _msg: None)
     name = AUTO if predictor == "auto" else predictor

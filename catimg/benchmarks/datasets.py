@@ -1,10 +1,10 @@
 """Convert the public quality data sets in ``../shared/data`` into long-format measurements.
 
-    python -m catimg.datasets genai_bench --data ../shared/data --out genai.csv
-    python -m catimg.datasets agiqa3k --metric mos_align --out agiqa.csv
-    python -m catimg.datasets tifa --out tifa.csv
-    python -m catimg.datasets dsg --out dsg.csv
-    python -m catimg.datasets pqpp --split train --out pqpp-train.csv
+    python -m catimg.benchmarks.datasets genai_bench --data ../shared/data --out genai.csv
+    python -m catimg.benchmarks.datasets agiqa3k --metric mos_align --out agiqa.csv
+    python -m catimg.benchmarks.datasets tifa --out tifa.csv
+    python -m catimg.benchmarks.datasets dsg --out dsg.csv
+    python -m catimg.benchmarks.datasets pqpp --split train --out pqpp-train.csv
 
 Generator names follow catimg's catalog: GenAI-Bench ``SDXL_Turbo`` -> ``sdxl-turbo``, ``SDXL_Base`` -> ``sdxl``,
 ``SDXL_2_1`` -> ``sd21`` (it is Stable Diffusion 2.1, not SDXL), ``DeepFloyd_I_XL_v1`` -> ``deepfloyd-if``. By
@@ -25,16 +25,6 @@ from typing import Any
 
 from catimg.errors import InputError
 from catimg.measurements import write_measurements
-
-#: Known metric scales (lo, hi) by metric name, used to normalise quality for routing.
-METRIC_SCALES: dict[str, tuple[float, float]] = {
-    "genai_bench_alignment": (1.0, 5.0),
-    "tifa_faithfulness": (1.0, 5.0),
-    "dsg_consistency": (1.0, 5.0),
-    "agiqa3k_mos_align": (0.0, 5.0),
-    "agiqa3k_mos_quality": (0.0, 5.0),
-    "pqpp_score": (-1.0, 2.0),
-}
 
 GENAI_BENCH_NAMES = {
     "SDXL_Turbo": "sdxl-turbo",
@@ -69,53 +59,6 @@ TIFA_NAMES = {
 }
 DSG_NAMES = {"sd1dot1": "sd11", "sd1dot5": "sd15", "sd2dot1": "sd21", "vq-diffusion": "vq-diffusion", "mini-dalle": "mini-dalle"}
 TIFA_LOCAL = ("sd11", "sd15", "sd21", "vq-diffusion", "mini-dalle")
-
-#: Attribution for every data set (used by the data card of a router trained on it).
-CARDS: dict[str, dict[str, Any]] = {
-    "genai_bench": {
-        "name": "GenAI-Bench (image), 527-prompt release",
-        "upstream": "https://github.com/linzhiqiu/t2v_metrics (commit 60ce07b144b9bff24b8dac5317cb28586b1b2509, genai_image.json)",
-        "license": "Apache-2.0",
-        "citations": [
-            "Lin et al., Evaluating Text-to-Visual Generation with Image-to-Text Generation (VQAScore), arXiv 2404.01291",
-            "Li et al., GenAI-Bench: Evaluating and Improving Compositional Text-to-Visual Generation, arXiv 2406.13743",
-        ],
-        "metric": "genai_bench_alignment",
-        "metric_description": "mean of 3 human 1-5 Likert ratings of text-image alignment per image (one image per prompt and generator)",
-    },
-    "agiqa3k": {
-        "name": "AGIQA-3K",
-        "upstream": "https://github.com/lcysyzxdxc/AGIQA-3k-Database (data.csv)",
-        "license": "MIT",
-        "citations": ["C. Li et al., AGIQA-3K: An Open Database for AI-Generated Image Quality Assessment, IEEE TCSVT 2023 (arXiv 2306.04717)"],
-        "metric": "agiqa3k_mos_align",
-        "metric_description": "lab mean opinion score (ITU-R BT.500), normalised",
-    },
-    "tifa": {
-        "name": "TIFA v1.0 human judgments (TIFA-160)",
-        "upstream": "https://github.com/Yushi-Hu/tifa (human_annotations_with_scores.json)",
-        "license": "Apache-2.0 (COCO captions CC-BY-4.0)",
-        "citations": ["Y. Hu et al., TIFA: Accurate and Interpretable Text-to-Image Faithfulness Evaluation with Question Answering, ICCV 2023"],
-        "metric": "tifa_faithfulness",
-        "metric_description": "mean of 2 human 1-5 faithfulness ratings per image",
-    },
-    "dsg": {
-        "name": "Davidsonian Scene Graph, TIFA-160 Likert annotations",
-        "upstream": "https://github.com/j-min/DSG (tifa160-likert-anns.csv)",
-        "license": "Apache-2.0",
-        "citations": ["J. Cho et al., Davidsonian Scene Graph: Improving Reliability in Fine-grained Evaluation for Text-to-Image Generation, ICLR 2024"],
-        "metric": "dsg_consistency",
-        "metric_description": "mean of 5 human 1-5 Likert consistency ratings per image",
-    },
-    "pqpp": {
-        "name": "PQPP: prompt performance prediction benchmark (generative scores, train + validation splits)",
-        "upstream": "https://github.com/Eduard6421/PQPP (commit f88432154431d30c3aef2ef331db19ab03c30515, dataset/train.csv, dataset/validation.csv)",
-        "license": "CC BY 4.0 (attribution required)",
-        "citations": ["E. Poesina, A. V. Costache, A.-G. Chifu, J. Mothe, R. T. Ionescu, PQPP: A Joint Benchmark for Text-to-Image Prompt and Query Performance Prediction, CVPR 2025"],
-        "metric": "pqpp_score",
-        "metric_description": "human ratings on {-1, 0, 1, 2} aggregated per prompt over annotators and images",
-    },
-}
 
 
 def _need(path: Path) -> Path:
@@ -221,7 +164,7 @@ def default_data_dir() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m catimg.datasets", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m catimg.benchmarks.datasets", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", choices=sorted(DATASETS))
     ap.add_argument("--data", type=Path, default=None, help="shared data folder (default $CATIMG_SHARED_DATA or ../shared/data)")

@@ -25,7 +25,7 @@ import numpy as np
 
 from catimg.config import Catalog, Generator
 from catimg.errors import RouterError, did_you_mean, first_line
-from catimg.predictor import Predictor, load_predictor
+from catimg.routing.predictor import Predictor, load_predictor
 
 FORMAT = "catimg-router"
 FORMAT_VERSION = 2
@@ -37,7 +37,7 @@ INDEX_PREFIX = "index."
 CONFIG = "config.json"
 WEIGHTS = "weights.safetensors"
 PROMPTS = "prompts.json"
-PACKAGED_ROUTER = Path(__file__).parent / "data" / "router"
+PACKAGED_ROUTER = Path(__file__).parents[1] / "data" / "router"
 
 #: How the budget levels are defined (stored in every artifact's config.json).
 LEVEL_DEFINITION = (
@@ -167,7 +167,7 @@ class Router:
 
     def _hits(self, emb: np.ndarray, k: int, members: np.ndarray) -> list[list[tuple[str, float]]]:
         """Per query, the k nearest of the index entries ``members`` as (training prompt, cosine similarity)."""
-        from catimg.predictor import nearest
+        from catimg.routing.predictor import nearest
 
         assert self._index is not None and self._prompts is not None
         rows, train = self._index
@@ -207,8 +207,8 @@ class Router:
         return out
 
     def choose(self, mean: np.ndarray, lam: float, costs: np.ndarray | None = None) -> np.ndarray:
-        """Column chosen per prompt at price ``lam`` with the training costs (or ``costs``), by :mod:`catimg.rule`."""
-        from catimg.rule import choose_metric
+        """Column chosen per prompt at price ``lam`` with the training costs (or ``costs``), by :mod:`catimg.routing.rule`."""
+        from catimg.routing.rule import choose_metric
 
         c = np.array([self.costs[g] for g in self.generators]) if costs is None else np.asarray(costs, float)
         return choose_metric(mean, c, lam, self.scale)

@@ -1,11 +1,11 @@
 """The execution core both engines share: from a routed plan's items to saved, recorded images.
 
-The local engine (:func:`catimg.generate.run_plan`) and the Ray engine (:func:`catimg.engine_ray.run_plan_ray`)
+The local engine (:func:`catimg.generation.generate.run_plan`) and the Ray engine (:func:`catimg.generation.ray_engine.run_plan_ray`)
 are both built from these public pieces, so that one plan gives the same batches, the same pixels and the same
 manifest records whichever engine runs it:
 
 * :func:`start_run`: the output folder made ready and, with ``--resume``, the plan positions still to make
-  (:func:`catimg.resume.resume_todo`).
+  (:func:`catimg.generation.resume.resume_todo`).
 * Batching of a plan: :func:`group_plan` (models in order of first use, the generators (step variants) of a model
   one after another), :func:`batch_size` (``RunOptions.batch_size``, else :func:`auto_batch_size` by device
   memory) and :func:`batches`.
@@ -17,15 +17,15 @@ manifest records whichever engine runs it:
 * :class:`BatchRunner`: makes a batch with the image maker; a batch that raises is retried image by image; an
   image that fails (an exception, out of memory, a NaN or black image) is retried once as the policy says. Every
   image ends as one :class:`Outcome` (its image, or none when it failed, and its record), handed to a sink.
-* :func:`describe`: the one :class:`catimg.output.ManifestRecord` of an image, whichever engine made it.
-* :class:`Engine`: the Protocol both engines satisfy (:class:`catimg.generate.LocalEngine`,
-  :class:`catimg.engine_ray.RayEngine`); callers make a plan's images only through it.
+* :func:`describe`: the one :class:`catimg.generation.output.ManifestRecord` of an image, whichever engine made it.
+* :class:`Engine`: the Protocol both engines satisfy (:class:`catimg.generation.generate.LocalEngine`,
+  :class:`catimg.generation.ray_engine.RayEngine`); callers make a plan's images only through it.
 * :class:`Recorder`: the one writer of results: the PNG (unless a Ray worker already wrote it), one manifest line,
-  an :class:`ImageRecord` in the :class:`RunResult`, the :class:`~catimg.events.ImageDone` event and the caller's
+  an :class:`ImageRecord` in the :class:`RunResult`, the :class:`~catimg.generation.events.ImageDone` event and the caller's
   ``on_image`` hook (per-image work such as scoring).
 
 Nothing here prints; progress goes to an ``on_event(event)`` callback with the typed events of
-:mod:`catimg.events`.
+:mod:`catimg.generation.events`.
 """
 
 from __future__ import annotations
@@ -38,8 +38,17 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from catimg import __version__
 from catimg.errors import first_line
-from catimg.events import BatchStarted, ImageDone, ModelLoading, OnEvent, OnImage, Retrying, Step, no_events
-from catimg.output import (
+from catimg.generation.events import (
+    BatchStarted,
+    ImageDone,
+    ModelLoading,
+    OnEvent,
+    OnImage,
+    Retrying,
+    Step,
+    no_events,
+)
+from catimg.generation.output import (
     SAVED,
     ImageStatus,
     ManifestRecord,
@@ -54,7 +63,7 @@ from catimg.pipelines import LoadedPipeline, PipelineCache, resolve_dtype
 if TYPE_CHECKING:
     from catimg.config import Generator
     from catimg.device import DeviceInfo
-    from catimg.generate import PlanItem
+    from catimg.generation.generate import PlanItem
 
 
 
@@ -159,8 +168,8 @@ class Outcome:
 class Engine(Protocol):
     """What makes a plan's images; the CLI and the calibration campaign call an engine only through this.
 
-    Two backends satisfy it: :class:`catimg.generate.LocalEngine` (this process) and
-    :class:`catimg.engine_ray.RayEngine` (a Ray cluster). Same contract for both: every image of ``plan`` made (or
+    Two backends satisfy it: :class:`catimg.generation.generate.LocalEngine` (this process) and
+    :class:`catimg.generation.ray_engine.RayEngine` (a Ray cluster). Same contract for both: every image of ``plan`` made (or
     skipped with ``options.resume``), recorded in ``options.out_dir``'s manifest and in the returned
     :class:`RunResult`; progress to ``on_event``; each recorded image to ``on_image`` after its ``ImageDone`` event.
     """
@@ -174,7 +183,7 @@ class Engine(Protocol):
 
 def start_run(plan: Sequence[PlanItem], options: RunOptions) -> tuple[RunOptions, list[int], RunResult]:
     """The output folder made ready, the plan positions to make (``--resume`` skips those done) and a result."""
-    from catimg.resume import resume_todo
+    from catimg.generation.resume import resume_todo
 
     options = replace(options, out_dir=prepare_out_dir(options.out_dir))
     res = RunResult()
@@ -449,7 +458,7 @@ class BatchRunner:
 class Recorder:
     """The one writer of a run's results (the local engine, the Ray driver): for each image its PNG (unless a
     worker wrote it already), one manifest line, an :class:`ImageRecord` in ``result``, the
-    :class:`~catimg.events.ImageDone` event and then ``on_image`` (the caller's per-image hook, e.g. scoring)."""
+    :class:`~catimg.generation.events.ImageDone` event and then ``on_image`` (the caller's per-image hook, e.g. scoring)."""
 
     def __init__(self, options: RunOptions, on_event: OnEvent, result: RunResult,
                  on_image: OnImage | None = None) -> None:

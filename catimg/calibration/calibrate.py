@@ -1,16 +1,16 @@
 """The calibration campaign: measure the user's own generators on a prompt set and store the results.
 
-For each prompt x generator x seed the campaign generates an image (through :mod:`catimg.generate`, so each
-pipeline loads once and step variants share it), scores it with a :class:`~catimg.scorer.Scorer`, and records
-the image, its measured seconds and its score in the :class:`~catimg.store.Store` in one transaction.
+For each prompt x generator x seed the campaign generates an image (through :mod:`catimg.generation.generate`, so each
+pipeline loads once and step variants share it), scores it with a :class:`~catimg.calibration.scorer.Scorer`, and records
+the image, its measured seconds and its score in the :class:`~catimg.calibration.store.Store` in one transaction.
 
 Incremental and resumable: work already in the store for a generator's *settings hash*, prompt, seed and metric
 is skipped, so a re-run after Ctrl-C continues where it stopped, a generator added to ``models.toml`` is the
 only one measured, and a changed generator (steps, scheduler, size, source …) is measured anew while its old
 measurements stay. Scoring and storing run in the engine's per-image ``on_image`` hook, not in the progress
-callback. Nothing here prints: progress goes to ``on_event(event)`` (the typed events of :mod:`catimg.events`:
-the engine's :class:`~catimg.events.ModelLoading` and :class:`~catimg.events.Step`, then one
-:class:`~catimg.events.ImageScored` or :class:`~catimg.events.ImageFailed` per image).
+callback. Nothing here prints: progress goes to ``on_event(event)`` (the typed events of :mod:`catimg.generation.events`:
+the engine's :class:`~catimg.generation.events.ModelLoading` and :class:`~catimg.generation.events.Step`, then one
+:class:`~catimg.generation.events.ImageScored` or :class:`~catimg.generation.events.ImageFailed` per image).
 
 Learning from use: :class:`RunScoring` does the same for the images of a ``catimg gen --score`` run. Its
 :meth:`RunScoring.on_image` is the run's ``on_image`` hook: it scores each image made and records it (source ``gen``) through the same
@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catimg.errors import CatimgError, InputError, did_you_mean
-from catimg.events import Event, ImageFailed, ImageScored, ModelLoading, OnEvent, Step, no_events
+from catimg.generation.events import Event, ImageFailed, ImageScored, ModelLoading, OnEvent, Step, no_events
 
 if TYPE_CHECKING:
+    from catimg.calibration.scorer import Scorer
+    from catimg.calibration.store import Store
     from catimg.config import Catalog, Generator
     from catimg.device import DeviceInfo
-    from catimg.execution import Engine, ImageRecord
-    from catimg.scorer import Scorer
-    from catimg.store import Store
+    from catimg.generation.execution import Engine, ImageRecord
 
 DEFAULT_SET = "parti-geneval-200"
 
@@ -231,7 +231,7 @@ def _costs(gens: Sequence[Generator], device: DeviceInfo | None, store: Store) -
         kind, load = "unknown", 0.0
         if device is not None:
             try:
-                from catimg.cost import generator_cost
+                from catimg.costs.model import generator_cost
 
                 c = generator_cost(g, device)
                 sec, kind, load = c.seconds, c.kind, c.load_seconds
@@ -259,12 +259,12 @@ def run_campaign(
 ) -> CampaignResult:
     """Generate, score and record every job of ``plan``. Ctrl-C stops after the image in flight.
 
-    ``engine``: the :class:`~catimg.execution.Engine` that makes the images (default: the local engine,
-    :class:`catimg.generate.LocalEngine`; or a :class:`catimg.engine_ray.RayEngine`). Scoring and the store stay in
+    ``engine``: the :class:`~catimg.generation.execution.Engine` that makes the images (default: the local engine,
+    :class:`catimg.generation.generate.LocalEngine`; or a :class:`catimg.generation.ray_engine.RayEngine`). Scoring and the store stay in
     this process either way, in the engine's ``on_image`` hook.
     """
     from catimg.device import device_class
-    from catimg.generate import LocalEngine, PlanItem, RunOptions
+    from catimg.generation.generate import LocalEngine, PlanItem, RunOptions
 
     emit = on_event or no_events
     res = CampaignResult(plan=plan)

@@ -5,8 +5,8 @@ Planning: :func:`build_plan` / :func:`plan_from_routing` turn routed prompts int
 ``seed + i * images_per_prompt + k``. :func:`run_settings` applies the --width/--height/--dtype overrides.
 
 The local engine (:func:`run_plan`, :class:`Executor`; :class:`LocalEngine` is it as an
-:class:`~catimg.execution.Engine`, the Protocol the Ray engine satisfies too) makes a plan's images in this process with the execution
-core it shares with the Ray engine (:mod:`catimg.execution`, which also defines :class:`RunOptions`,
+:class:`~catimg.generation.execution.Engine`, the Protocol the Ray engine satisfies too) makes a plan's images in this process with the execution
+core it shares with the Ray engine (:mod:`catimg.generation.execution`, which also defines :class:`RunOptions`,
 :class:`RunResult` and :class:`ImageRecord`, re-exported here): models in order of first use, the generators (step
 variants) of a model one after another, prompts that share a generator in batches (``batch_size`` or by device
 memory), each pipeline loaded once. Each image gets its own ``torch.Generator`` seeded with its seed, so an image
@@ -18,7 +18,7 @@ ran out, else with the next cheaper generator the plan allows (``PlanItem.fallba
 What happened is recorded in the manifest (``status``: ok, retried, fallback, failed). Ctrl-C stops after the
 image in flight, keeps everything written, and returns with ``interrupted = True``. Disk errors stop the run
 (GenerationError) with everything saved so far recorded. Nothing here prints: progress goes to an
-``on_event(event)`` callback (the typed events of :mod:`catimg.events`) that the CLI renders; ``on_image`` is
+``on_event(event)`` callback (the typed events of :mod:`catimg.generation.events`) that the CLI renders; ``on_image`` is
 called with each :class:`ImageRecord` once it is recorded (per-image work such as scoring).
 """
 
@@ -30,8 +30,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from catimg.errors import InputError
-from catimg.events import OnEvent, OnImage, RunEnded, RunStarted, no_events
-from catimg.execution import (
+from catimg.generation.events import OnEvent, OnImage, RunEnded, RunStarted, no_events
+from catimg.generation.execution import (
     BatchRunner,
     ImageRecord,
     Job,
@@ -48,8 +48,8 @@ from catimg.execution import (
 
 if TYPE_CHECKING:
     from catimg.config import Generator
-    from catimg.cost import Cost
-    from catimg.routing import RoutingResult
+    from catimg.costs.model import Cost
+    from catimg.routing.route import RoutingResult
 
 __all__ = [
     "MAX_SEED", "Executor", "ImageRecord", "LocalEngine", "PlanItem", "RunOptions", "RunResult", "auto_batch_size", "build_plan",
@@ -94,7 +94,7 @@ def build_plan(
     """Images to make from routed prompts: (prompt index, prompt, generator, predicted quality, predicted cost, λ).
 
     Image ``k`` of prompt ``i`` gets seed ``seed + i * images_per_prompt + k``. ``negative`` (the --negative option)
-    overrides each generator's default negative prompt. ``costs``: each generator's :class:`~catimg.cost.Cost`
+    overrides each generator's default negative prompt. ``costs``: each generator's :class:`~catimg.costs.model.Cost`
     (whether it runs offloaded, its peak memory), by name.
     """
     check_seed(seed)
@@ -205,7 +205,7 @@ def run_plan(plan: Sequence[PlanItem], options: RunOptions, on_event: OnEvent | 
 
 @dataclass(frozen=True)
 class LocalEngine:
-    """The local engine as an :class:`~catimg.execution.Engine` (``--engine local``): :func:`run_plan`."""
+    """The local engine as an :class:`~catimg.generation.execution.Engine` (``--engine local``): :func:`run_plan`."""
 
     def run(self, plan: Sequence[PlanItem], options: RunOptions, on_event: OnEvent | None = None,
             on_image: OnImage | None = None) -> RunResult:

@@ -2,7 +2,7 @@
 
 :func:`route_prompts` runs five steps: each generator's status (disabled, needs calibration, does not fit,
 routable) -> the score matrix (predicted quality and cost per prompt and generator, normalised by
-:mod:`catimg.rule`) -> solve (a named level's λ, or a seconds budget via :mod:`catimg.budget`, or a forced
+:mod:`catimg.routing.rule`) -> solve (a named level's λ, or a seconds budget via :mod:`catimg.routing.budget`, or a forced
 generator) -> each prompt's rows, plus the explanation (runner-up, margin, switch points) only when asked ->
 the summary (planned seconds, best single generator). It never loads generator weights.
 """
@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 
-from catimg.budget import Budget, load_seconds, solve_total
 from catimg.config import Catalog, Generator
-from catimg.cost import COST_SOURCES
+from catimg.costs.model import COST_SOURCES
 from catimg.durations import format_duration
 from catimg.errors import InputError, RouterError
-from catimg.rule import choose, normalise, runner_up, switch_points, values
+from catimg.routing.budget import Budget, load_seconds, solve_total
+from catimg.routing.rule import choose, normalise, runner_up, switch_points, values
 
 if TYPE_CHECKING:
-    from catimg.cost import Cost
+    from catimg.costs.model import Cost
     from catimg.device import DeviceInfo
-    from catimg.router import Router
+    from catimg.routing.router import Router
 
 #: The status of a generator for one run (per prompt in a :class:`GeneratorRow`; ``chosen``/``forced`` only there).
 Status = Literal["chosen", "routable", "needs calibration", "disabled", "does not fit", "forced"]
@@ -171,14 +171,14 @@ class ScoreMatrix:
     models: tuple[str, ...]
     q: np.ndarray  # (n, g) predicted quality in metric units; NaN where the router gives none
     s: np.ndarray  # (n, g) its uncertainty
-    qn: np.ndarray  # (n, g) q normalised by catimg.rule
+    qn: np.ndarray  # (n, g) q normalised by catimg.routing.rule
     seconds: np.ndarray  # (g,) seconds per image on this device
     tflops: np.ndarray  # (g,)
     load: np.ndarray  # (g,) seconds to load each generator's pipeline
-    cn: np.ndarray  # (g,) seconds normalised by catimg.rule (over the generators the router knows)
+    cn: np.ndarray  # (g,) seconds normalised by catimg.routing.rule (over the generators the router knows)
     allowed: np.ndarray  # (g,) bool: routable in this run
     emb: np.ndarray | None  # (n, d) prompt embeddings; None when the router is not used
-    sources: tuple[str, ...] = ()  # (g,) where each cost comes from (catimg.cost.COST_SOURCES), for messages
+    sources: tuple[str, ...] = ()  # (g,) where each cost comes from (catimg.costs.model.COST_SOURCES), for messages
 
 
 @dataclass(frozen=True, eq=False)
@@ -228,7 +228,7 @@ def route_prompts(
     margin and switch points; ``neighbours`` the most similar training prompts. ``router_texts``: the prompts as
     the generators see them (cut to their text encoder, :func:`catimg.prompts.fit_prompts`), for the router only.
     """
-    from catimg.encoder import default_encoder
+    from catimg.routing.encoder import default_encoder
 
     _check_prompts(prompts)
     budget = budget or Budget(level="medium")
@@ -289,10 +289,10 @@ def _costs(gens: tuple[Generator, ...], device: DeviceInfo, router: Router, use_
            batch: int) -> dict[str, Cost]:
     """Every generator's cost on this device: one that will not be routed to may lack a cost; one that can be
     chosen may not."""
-    from catimg.cost import routing_costs
+    from catimg.costs.model import routing_costs
 
     knowable = {g.name for g in gens if g.enabled and router.knows(g)}
-    # the one cost rule (catimg.cost): explicit > measured here > the router's trained-with seconds > estimate
+    # the one cost rule (catimg.costs.model): explicit > measured here > the router's trained-with seconds > estimate
     return routing_costs(gens, device, router=router if use_router else None, run_as=run_as,
                          unknown_ok=lambda g: forced_gen is not None or g.name not in knowable, batch=batch)
 
@@ -326,7 +326,7 @@ def score_matrix(prompts: list[str], gens: tuple[Generator, ...], router: Router
     """Predicted quality (when ``encoder`` is given) and costs of every generator, normalised by the rule.
 
     The cost scale is the largest cost among the generators the router knows, routable in this run or not (the
-    generators its λ levels were calibrated on; see :mod:`catimg.rule`).
+    generators its λ levels were calibrated on; see :mod:`catimg.routing.rule`).
     """
     names = tuple(g.name for g in gens)
     q = np.full((len(prompts), len(gens)), np.nan)

@@ -1,7 +1,7 @@
 """Budgets: from what the user asks to spend to a price of compute λ (and, for a total budget, a plan).
 
 The rule itself (``argmax_g ( q̂_g − λ · c_g )`` with q̂ and c normalised, the tie-break) lives in
-:mod:`catimg.rule`. λ is the price of compute:
+:mod:`catimg.routing.rule`. λ is the price of compute:
 
 * a named level (``low``, ``medium``, ``high``, ``max``) is a λ calibrated on a reference prompt set and stored in
   the router artifact; ``max`` is λ = 0 (best predicted quality, ties to the cheaper generator);
@@ -22,7 +22,7 @@ import numpy as np
 
 from catimg.durations import format_duration
 from catimg.errors import InputError
-from catimg.rule import choose, normalise_cost
+from catimg.routing.rule import choose, normalise_cost
 
 LEVELS = ("low", "medium", "high", "max")
 
@@ -109,7 +109,7 @@ def solve_total(
 
     Bisection on λ (the plan's cost does not increase as λ grows), then a greedy fix-up that spends the slack on
     the single-prompt upgrades with the most predicted quality per extra second. λ is a price on the normalised
-    costs ``cn`` (default: :func:`catimg.rule.normalise_cost` of ``cost``); the plan does not depend on their scale.
+    costs ``cn`` (default: :func:`catimg.routing.rule.normalise_cost` of ``cost``); the plan does not depend on their scale.
     Returns (λ, choice). Raises InputError when even the cheapest plan does not fit (:func:`too_small`; ``labels``
     names the columns in it).
     """
