@@ -134,7 +134,11 @@ class Catalog:
 
 
 def looks_like_path(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or os.sep in source.replace("/", "", 1) or Path(source).expanduser().is_dir()
+    return (
+        source.startswith((".", "/", "~"))
+        or os.sep in source.replace("/", "", 1)
+        or Path(source).expanduser().is_dir()
+    )
 
 
 def guess_family(source: str) -> str:
@@ -183,7 +187,9 @@ def find_catalog(explicit: str | Path | None = None) -> tuple[Path, str]:
 def load_catalog(explicit: str | Path | None = None) -> Catalog:
     """Find, read and validate the catalog (see :func:`find_catalog` for the lookup order)."""
     path, origin = find_catalog(explicit)
-    text = read_user_text(path, "models file", ConfigError, hint=f"create it or pass --models PATH (found through {origin})")
+    text = read_user_text(
+        path, "models file", ConfigError, hint=f"create it or pass --models PATH (found through {origin})"
+    )
     return parse_catalog(text, path, origin)
 
 
@@ -194,13 +200,15 @@ def parse_catalog(text: str, path: Path, origin: str = "--models") -> Catalog:
         msg = str(exc)
         if "(at end of document)" in msg:  # tomllib names no line there: give the last one
             lines = text.splitlines() or [""]
-            msg = msg.replace("(at end of document)",
-                              f"(at the end of the file: line {len(lines)}, column {len(lines[-1]) + 1})")
+            msg = msg.replace(
+                "(at end of document)",
+                f"(at the end of the file: line {len(lines)}, column {len(lines[-1]) + 1})",
+            )
         raise ConfigError(f"{path}: invalid TOML: {msg}; fix the file at that line and column") from exc
     for key in data:
         if key not in TOP_KEYS:
             raise ConfigError(
-                f"{path}: unknown top-level key \"{key}\"{did_you_mean(key, TOP_KEYS)}; "
+                f'{path}: unknown top-level key "{key}"{did_you_mean(key, TOP_KEYS)}; '
                 "put generators in [generators.<name>] tables"
             )
     defaults = data.get("defaults", {})
@@ -216,18 +224,24 @@ def parse_catalog(text: str, path: Path, origin: str = "--models") -> Catalog:
     for model, table in tables.items():
         where = f"[generators.{model}]"
         if not isinstance(table, dict):
-            raise ConfigError(f"{path}: {where} must be a table, e.g. [generators.{model}] with source = \"org/name\"")
+            raise ConfigError(
+                f'{path}: {where} must be a table, e.g. [generators.{model}] with source = "org/name"'
+            )
         if not model or any(c in model for c in "@/\\ "):
             raise ConfigError(f"{path}: {where}: a generator name may not contain '@', '/', '\\' or spaces")
         merged = {**defaults, **table}
         _check_keys(path, where, merged)
         for g in _expand(path, where, model, merged):
             if g.name in seen:
-                raise ConfigError(f"{path}: {where}: duplicate generator name \"{g.name}\" (also from {seen[g.name]})")
+                raise ConfigError(
+                    f'{path}: {where}: duplicate generator name "{g.name}" (also from {seen[g.name]})'
+                )
             seen[g.name] = where
             gens.append(g)
     if not any(g.enabled for g in gens):
-        raise ConfigError(f"{path}: every generator has enabled = false, so nothing can be routed; enable at least one")
+        raise ConfigError(
+            f"{path}: every generator has enabled = false, so nothing can be routed; enable at least one"
+        )
     return Catalog(path=path, origin=origin, generators=tuple(gens))
 
 
@@ -235,13 +249,17 @@ def _check_keys(path: Path, where: str, table: dict[str, Any], allow_source: boo
     for key in table:
         if key not in GENERATOR_KEYS:
             raise ConfigError(
-                f"{path}: {where}: unknown key \"{key}\"{did_you_mean(key, GENERATOR_KEYS)}; "
+                f'{path}: {where}: unknown key "{key}"{did_you_mean(key, GENERATOR_KEYS)}; '
                 f"allowed: {', '.join(GENERATOR_KEYS)}"
             )
 
 
 def _typed(path: Path, where: str, key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
-    if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+    if (
+        isinstance(value, bool)
+        and kind is not bool
+        and bool not in (kind if isinstance(kind, tuple) else (kind,))
+    ):
         raise ConfigError(f"{path}: {where}: {key} = {value!r} must be {what}")
     if not isinstance(value, kind):
         raise ConfigError(f"{path}: {where}: {key} = {value!r} must be {what}")
@@ -257,7 +275,9 @@ def _positive_int(path: Path, where: str, key: str, value: Any) -> int:
 
 def _expand(path: Path, where: str, model: str, t: dict[str, Any]) -> list[Generator]:
     if "source" not in t:
-        raise ConfigError(f"{path}: {where}: missing key \"source\"; give a Hub id (org/name) or a local folder")
+        raise ConfigError(
+            f'{path}: {where}: missing key "source"; give a Hub id (org/name) or a local folder'
+        )
     source = _typed(path, where, "source", t["source"], str, "a Hub id or a folder path (a string)").strip()
     if not source:
         raise ConfigError(f"{path}: {where}: source is empty; give a Hub id (org/name) or a local folder")
@@ -270,7 +290,7 @@ def _expand(path: Path, where: str, model: str, t: dict[str, Any]) -> list[Gener
         _typed(path, where, "family", family, str, "a string")
         if family not in FAMILIES:
             raise ConfigError(
-                f"{path}: {where}: family = \"{family}\" is unknown{did_you_mean(family, FAMILIES)}; "
+                f'{path}: {where}: family = "{family}" is unknown{did_you_mean(family, FAMILIES)}; '
                 f"use one of {', '.join(FAMILIES)}"
             )
     steps_raw = t.get("steps", 30)
@@ -296,10 +316,12 @@ def _expand(path: Path, where: str, model: str, t: dict[str, Any]) -> list[Gener
         _typed(path, where, "scheduler", scheduler, str, "a diffusers scheduler class name (a string)")
     dtype = _typed(path, where, "dtype", t.get("dtype", "auto"), str, f"one of {', '.join(DTYPES)}")
     if dtype not in DTYPES:
-        raise ConfigError(f"{path}: {where}: dtype = \"{dtype}\" is unknown{did_you_mean(dtype, DTYPES)}; use one of {', '.join(DTYPES)}")
+        raise ConfigError(
+            f'{path}: {where}: dtype = "{dtype}" is unknown{did_you_mean(dtype, DTYPES)}; use one of {", ".join(DTYPES)}'
+        )
     variant = t.get("variant")
     if variant is not None:
-        _typed(path, where, "variant", variant, str, "a string such as \"fp16\"")
+        _typed(path, where, "variant", variant, str, 'a string such as "fp16"')
     negative = _typed(path, where, "negative_prompt", t.get("negative_prompt", ""), str, "a string")
     costs: dict[str, float | None] = {}
     for key in ("cost_seconds", "cost_tflops"):
@@ -323,10 +345,23 @@ def _expand(path: Path, where: str, model: str, t: dict[str, Any]) -> list[Gener
         name = f"{model}@{s}" if len(steps) > 1 else model
         out.append(
             Generator(
-                name=name, model=model, source=source, family=family, steps=s, guidance=guidance,
-                width=width, height=height, scheduler=scheduler, dtype=dtype, variant=variant,
-                negative_prompt=negative, cost_seconds=costs["cost_seconds"], cost_tflops=costs["cost_tflops"],
-                enabled=enabled, safety_checker=safety, note=note,
+                name=name,
+                model=model,
+                source=source,
+                family=family,
+                steps=s,
+                guidance=guidance,
+                width=width,
+                height=height,
+                scheduler=scheduler,
+                dtype=dtype,
+                variant=variant,
+                negative_prompt=negative,
+                cost_seconds=costs["cost_seconds"],
+                cost_tflops=costs["cost_tflops"],
+                enabled=enabled,
+                safety_checker=safety,
+                note=note,
             )
         )
     return out

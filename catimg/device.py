@@ -85,7 +85,7 @@ def probe_cuda(cuda: Any, index: int | None = None) -> DeviceInfo | None:
         index = 0
     if index < 0 or index >= count:
         raise DeviceError(
-            f'--device cuda:{index}: no such GPU; this machine has {count} CUDA device(s): '
+            f"--device cuda:{index}: no such GPU; this machine has {count} CUDA device(s): "
             f"use cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}"
         )
     name = str(cuda.get_device_name(index))
@@ -103,8 +103,13 @@ def probe_cuda(cuda: Any, index: int | None = None) -> DeviceInfo | None:
     except Exception:
         bf16 = capability >= (8, 0)
     return DeviceInfo(
-        kind="cuda", index=index, name=name, total_memory_gb=round(total, 2),
-        free_memory_gb=None if free is None else round(free, 2), capability=capability, bf16=bf16,
+        kind="cuda",
+        index=index,
+        name=name,
+        total_memory_gb=round(total, 2),
+        free_memory_gb=None if free is None else round(free, 2),
+        capability=capability,
+        bf16=bf16,
         torch_device=f"cuda:{index}",
     )
 
@@ -118,15 +123,27 @@ def probe_mps(mps: Any) -> DeviceInfo | None:
         return None
     total = _system_memory_gb()  # unified memory: the GPU shares the machine's RAM
     return DeviceInfo(
-        kind="mps", index=None, name=_apple_chip_name() or "Apple GPU (MPS)", total_memory_gb=total,
-        free_memory_gb=None, capability=None, bf16=False, torch_device="mps",
+        kind="mps",
+        index=None,
+        name=_apple_chip_name() or "Apple GPU (MPS)",
+        total_memory_gb=total,
+        free_memory_gb=None,
+        capability=None,
+        bf16=False,
+        torch_device="mps",
     )
 
 
 def cpu_device() -> DeviceInfo:
     return DeviceInfo(
-        kind="cpu", index=None, name=cpu_name(), total_memory_gb=_system_memory_gb(), free_memory_gb=None,
-        capability=None, bf16=True, torch_device="cpu",
+        kind="cpu",
+        index=None,
+        name=cpu_name(),
+        total_memory_gb=_system_memory_gb(),
+        free_memory_gb=None,
+        capability=None,
+        bf16=True,
+        torch_device="cpu",
     )
 
 
@@ -141,8 +158,10 @@ def parse_override(override: str) -> tuple[str, int | None]:
     m = _OVERRIDE.match(text)
     if not m or (m.group(1) in ("mps", "cpu") and m.group(2) is not None):
         # a mistyped option, not a device problem: exit 2 like any bad option value
-        raise InputError(f'--device "{override}" is not a device{did_you_mean(text, ["cpu", "cuda", "mps"])}; '
-                         "use cpu, cuda, cuda:N or mps")
+        raise InputError(
+            f'--device "{override}" is not a device{did_you_mean(text, ["cpu", "cuda", "mps"])}; '
+            "use cpu, cuda, cuda:N or mps"
+        )
     kind = "cuda" if m.group(1) == "gpu" else m.group(1)
     return kind, int(m.group(2)) if m.group(2) is not None else None
 
@@ -177,7 +196,7 @@ def _probe(torch_module: Any, kind: str | None, index: int | None, override: str
             return info
         if kind == "cuda":
             raise DeviceError(
-                f'--device {override}: no CUDA GPU is available here (torch {getattr(torch_module, "__version__", "?")}'
+                f"--device {override}: no CUDA GPU is available here (torch {getattr(torch_module, '__version__', '?')}"
                 f"{' is a CPU-only build' if getattr(getattr(torch_module, 'version', None), 'cuda', 1) is None else ''}); "
                 "use --device cpu, or install a CUDA build of torch"
             )
@@ -187,7 +206,9 @@ def _probe(torch_module: Any, kind: str | None, index: int | None, override: str
         if info is not None:
             return info
         if kind == "mps":
-            raise DeviceError(f"--device {override}: Apple MPS is not available on this machine; use --device cpu")
+            raise DeviceError(
+                f"--device {override}: Apple MPS is not available on this machine; use --device cpu"
+            )
     return cpu_device()
 
 
@@ -253,8 +274,11 @@ def _cache_key(override: str | None) -> dict[str, str]:
     except metadata.PackageNotFoundError:
         torch_version = "none"
     return {
-        "device": (override or "").strip().lower(), "torch": torch_version, "python": os.path.realpath(sys.executable),
-        "host": platform.node(), "boot": _read_text("/proc/sys/kernel/random/boot_id"),
+        "device": (override or "").strip().lower(),
+        "torch": torch_version,
+        "python": os.path.realpath(sys.executable),
+        "host": platform.node(),
+        "boot": _read_text("/proc/sys/kernel/random/boot_id"),
         "driver": _read_text("/proc/driver/nvidia/version").split("\n")[0],
         **{var: os.environ.get(var, "\0unset") for var in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")},
     }
@@ -303,7 +327,9 @@ def write_device_cache(override: str | None, info: DeviceInfo) -> None:
         pass  # a read-only cache dir costs speed, not correctness
 
 
-def lookup_device(override: str | None = None, refresh: bool = False, torch_module: Any = None) -> DeviceLookup:
+def lookup_device(
+    override: str | None = None, refresh: bool = False, torch_module: Any = None
+) -> DeviceLookup:
     """The device for commands that only describe it: without torch where the answer is certain or cached.
 
     ``--device cpu`` and machines with no GPU driver need no torch. Otherwise a description cached by an earlier
@@ -393,7 +419,11 @@ def _apple_chip_name() -> str | None:
         import subprocess
 
         out = subprocess.run(
-            ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=2, check=False
+            ["sysctl", "-n", "machdep.cpu.brand_string"],
+            capture_output=True,
+            text=True,
+            timeout=2,
+            check=False,
         )
         return out.stdout.strip() or None
     except Exception:

@@ -70,8 +70,11 @@ class PipelineCount:
     @staticmethod
     def from_dict(d: dict[str, Any]) -> PipelineCount:
         return PipelineCount(
-            width=d["width"], height=d["height"], denoiser=ComponentCount(**d["denoiser"]),
-            text=tuple(ComponentCount(**t) for t in d["text"]), vae_decode=ComponentCount(**d["vae_decode"]),
+            width=d["width"],
+            height=d["height"],
+            denoiser=ComponentCount(**d["denoiser"]),
+            text=tuple(ComponentCount(**t) for t in d["text"]),
+            vae_decode=ComponentCount(**d["vae_decode"]),
             denoiser_kind=d["denoiser_kind"],
         )
 
@@ -129,7 +132,11 @@ class FlopEstimate:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(step_tflops=self.step_tflops, total_tflops=self.total_tflops, kernels_per_image=self.kernels_per_image)
+        d.update(
+            step_tflops=self.step_tflops,
+            total_tflops=self.total_tflops,
+            kernels_per_image=self.kernels_per_image,
+        )
         return d
 
 
@@ -186,10 +193,17 @@ def _from_count(count: PipelineCount, steps: int, passes: int, source: str) -> F
     for i, t in enumerate(count.text):
         params[f"text_encoder{'' if i == 0 else '_' + str(i + 1)}"] = t.params
     return FlopEstimate(
-        steps=steps, passes=passes, denoiser_tflops=d.tflops, denoiser_attention_tflops=d.attention_tflops,
-        text_tflops=sum(t.tflops for t in count.text) * text_mult, vae_tflops=count.vae_decode.tflops,
-        denoiser_ops=d.ops, fixed_ops=sum(t.ops for t in count.text) + count.vae_decode.ops, params=params,
-        denoiser_activation_bytes=d.activation_bytes, vae_activation_bytes=count.vae_decode.activation_bytes,
+        steps=steps,
+        passes=passes,
+        denoiser_tflops=d.tflops,
+        denoiser_attention_tflops=d.attention_tflops,
+        text_tflops=sum(t.tflops for t in count.text) * text_mult,
+        vae_tflops=count.vae_decode.tflops,
+        denoiser_ops=d.ops,
+        fixed_ops=sum(t.ops for t in count.text) + count.vae_decode.ops,
+        params=params,
+        denoiser_activation_bytes=d.activation_bytes,
+        vae_activation_bytes=count.vae_decode.activation_bytes,
         source=source,
     )
 
@@ -201,12 +215,21 @@ def scale_count(ref: PipelineCount, width: int, height: int) -> PipelineCount:
     def sc(c: ComponentCount, attn_power: float = 2.0) -> ComponentCount:
         lin = c.tflops - c.attention_tflops
         return ComponentCount(
-            tflops=lin * r + c.attention_tflops * r**attn_power, attention_tflops=c.attention_tflops * r**attn_power,
-            ops=c.ops, params=c.params, activation_bytes=int(c.activation_bytes * r),
+            tflops=lin * r + c.attention_tflops * r**attn_power,
+            attention_tflops=c.attention_tflops * r**attn_power,
+            ops=c.ops,
+            params=c.params,
+            activation_bytes=int(c.activation_bytes * r),
         )
 
-    return PipelineCount(width=width, height=height, denoiser=sc(ref.denoiser), text=ref.text,
-                         vae_decode=sc(ref.vae_decode), denoiser_kind=ref.denoiser_kind)
+    return PipelineCount(
+        width=width,
+        height=height,
+        denoiser=sc(ref.denoiser),
+        text=ref.text,
+        vae_decode=sc(ref.vae_decode),
+        denoiser_kind=ref.denoiser_kind,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- counting
@@ -285,8 +308,13 @@ def count_forward(fn: Callable[[], Any], params: int) -> ComponentCount:
         out = fn()
         del out
     total = fc.get_total_flops() + attention[0]
-    return ComponentCount(tflops=total / TERA, attention_tflops=attention[0] / TERA, ops=counter.ops, params=params,
-                          activation_bytes=int(counter.peak))
+    return ComponentCount(
+        tflops=total / TERA,
+        attention_tflops=attention[0] / TERA,
+        ops=counter.ops,
+        params=params,
+        activation_bytes=int(counter.peak),
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -294,7 +322,9 @@ def _read_json(path: Path) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         return data
     except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: missing; a diffusers pipeline folder needs it for a FLOP estimate") from exc
+        raise ConfigError(
+            f"{path}: missing; a diffusers pipeline folder needs it for a FLOP estimate"
+        ) from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it as JSON ({exc})") from exc
 
@@ -352,7 +382,9 @@ def count_pipeline(folder: str | Path, width: int, height: int) -> PipelineCount
     return count_from_configs(pipeline_configs(folder), width, height, where=str(folder))
 
 
-def count_from_configs(configs: dict[str, Any], width: int, height: int, where: str = "pipeline") -> PipelineCount:
+def count_from_configs(
+    configs: dict[str, Any], width: int, height: int, where: str = "pipeline"
+) -> PipelineCount:
     """Count from ``{"model_index": ..., component: (library, class, config)}`` (see :func:`pipeline_configs`)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     den_name = "unet" if "unet" in configs else "transformer" if "transformer" in configs else None
@@ -384,8 +416,14 @@ def count_from_configs(configs: dict[str, Any], width: int, height: int, where: 
     den = _build(den_lib, den_cls, den_cfg, where, den_name)
     den_count = _count_denoiser(den, den_cls, den_cfg, lat_h, lat_w, text_dims, configs, where)
     vae_count = _count_vae(vae, latent_ch, lat_h, lat_w)
-    return PipelineCount(width=width, height=height, denoiser=den_count, text=tuple(text_counts),
-                         vae_decode=vae_count, denoiser_kind=den_cls)
+    return PipelineCount(
+        width=width,
+        height=height,
+        denoiser=den_count,
+        text=tuple(text_counts),
+        vae_decode=vae_count,
+        denoiser_kind=den_cls,
+    )
 
 
 def pipeline_size(configs: dict[str, Any], width: int, height: int) -> tuple[int, int]:
@@ -400,8 +438,12 @@ def pipeline_size(configs: dict[str, Any], width: int, height: int) -> tuple[int
         from diffusers.pipelines.pixart_alpha import pipeline_pixart_alpha as pa
         from diffusers.pipelines.pixart_alpha import pipeline_pixart_sigma as ps
 
-        bins = {128: pa.ASPECT_RATIO_1024_BIN, 64: pa.ASPECT_RATIO_512_BIN, 32: pa.ASPECT_RATIO_256_BIN,
-                256: ps.ASPECT_RATIO_2048_BIN}.get(sample)
+        bins = {
+            128: pa.ASPECT_RATIO_1024_BIN,
+            64: pa.ASPECT_RATIO_512_BIN,
+            32: pa.ASPECT_RATIO_256_BIN,
+            256: ps.ASPECT_RATIO_2048_BIN,
+        }.get(sample)
     except (ImportError, AttributeError):  # pragma: no cover - other diffusers layouts
         bins = None
     if not bins:
@@ -438,7 +480,9 @@ def _build(lib: str, cls_name: str, cfg: dict[str, Any], where: str, component: 
             else:
                 model = cls.from_config(dict(cfg))
     except Exception as exc:
-        raise ConfigError(f"{where}/{component}/config.json: cannot build {cls_name} from it ({exc})") from exc
+        raise ConfigError(
+            f"{where}/{component}/config.json: cannot build {cls_name} from it ({exc})"
+        ) from exc
     return model.eval()
 
 
@@ -461,8 +505,16 @@ def _count_vae(vae: Any, latent_ch: int, h: int, w: int) -> ComponentCount:
     return count_forward(lambda: vae.decode(z), decoder_params)
 
 
-def _count_denoiser(den: Any, cls: str, cfg: dict[str, Any], h: int, w: int, texts: list[tuple[Any, int]],
-                    configs: dict[str, Any], where: str) -> ComponentCount:
+def _count_denoiser(
+    den: Any,
+    cls: str,
+    cfg: dict[str, Any],
+    h: int,
+    w: int,
+    texts: list[tuple[Any, int]],
+    configs: dict[str, Any],
+    where: str,
+) -> ComponentCount:
     import torch
 
     meta: dict[str, Any] = {"device": "meta"}
@@ -476,72 +528,146 @@ def _count_denoiser(den: Any, cls: str, cfg: dict[str, Any], h: int, w: int, tex
         if cfg.get("addition_embed_type") == "text_time":
             tdim = int(cfg.get("addition_time_embed_dim") or 256)
             pooled = int(cfg.get("projection_class_embeddings_input_dim") or 2816) - 6 * tdim
-            kwargs["added_cond_kwargs"] = {"text_embeds": torch.empty(1, pooled, **meta),
-                                           "time_ids": torch.empty(1, 6, **meta)}
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": torch.empty(1, pooled, **meta),
+                "time_ids": torch.empty(1, 6, **meta),
+            }
         return count_forward(lambda: den(x, t, encoder_hidden_states=ctx, **kwargs), params)
     if cls in ("PixArtTransformer2DModel", "Transformer2DModel"):
         x = torch.empty(1, int(cfg.get("in_channels", 4)), h, w, **meta)
-        ctx = torch.empty(1, tokens, int(cfg.get("caption_channels") or cfg.get("cross_attention_dim") or 4096), **meta)
+        ctx = torch.empty(
+            1, tokens, int(cfg.get("caption_channels") or cfg.get("cross_attention_dim") or 4096), **meta
+        )
         added: dict[str, Any]
         if cfg.get("use_additional_conditions", cfg.get("sample_size") == 128):
             added = {"resolution": torch.empty(1, 2, **meta), "aspect_ratio": torch.empty(1, 1, **meta)}
         else:
             added = {"resolution": None, "aspect_ratio": None}
-        return count_forward(lambda: den(x, encoder_hidden_states=ctx, timestep=t, added_cond_kwargs=added), params)
+        return count_forward(
+            lambda: den(x, encoder_hidden_states=ctx, timestep=t, added_cond_kwargs=added), params
+        )
     if cls == "SD3Transformer2DModel":
         x = torch.empty(1, int(cfg.get("in_channels", 16)), h, w, **meta)
         seq = sum(n for _m, n in texts[:1]) + (texts[2][1] if len(texts) > 2 else 0)
         ctx = torch.empty(1, seq or 333, int(cfg.get("joint_attention_dim") or 4096), **meta)
         pooled_t = torch.empty(1, int(cfg.get("pooled_projection_dim") or 2048), **meta)
         return count_forward(
-            lambda: den(hidden_states=x, encoder_hidden_states=ctx, pooled_projections=pooled_t, timestep=t), params)
-    raise ConfigError(f"{where}: denoiser class {cls} is not supported for FLOP counting; give cost_tflops/cost_seconds")
+            lambda: den(hidden_states=x, encoder_hidden_states=ctx, pooled_projections=pooled_t, timestep=t),
+            params,
+        )
+    raise ConfigError(
+        f"{where}: denoiser class {cls} is not supported for FLOP counting; give cost_tflops/cost_seconds"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- built-in families
 
+
 def _clip(hidden: int, layers: int, heads: int, inter: int, act: str, proj: int) -> dict[str, Any]:
-    return {"vocab_size": 49408, "hidden_size": hidden, "intermediate_size": inter, "num_attention_heads": heads,
-            "num_hidden_layers": layers, "max_position_embeddings": 77, "hidden_act": act, "projection_dim": proj}
+    return {
+        "vocab_size": 49408,
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "max_position_embeddings": 77,
+        "hidden_act": act,
+        "projection_dim": proj,
+    }
 
 
 _CLIP_L = _clip(768, 12, 12, 3072, "quick_gelu", 768)  # openai/clip-vit-large-patch14 text tower
 _CLIP_H = _clip(1024, 23, 16, 4096, "gelu", 512)  # OpenCLIP ViT-H/14 text tower, penultimate layer (SD 2.x)
 _CLIP_G = _clip(1280, 32, 20, 5120, "gelu", 1280)  # OpenCLIP ViT-bigG/14 text tower (SDXL, SD3)
-_T5_XXL = {"vocab_size": 32128, "d_model": 4096, "d_ff": 10240, "d_kv": 64, "num_heads": 64, "num_layers": 24,
-           "feed_forward_proj": "gated-gelu", "relative_attention_num_buckets": 32, "is_encoder_decoder": False}
+_T5_XXL = {
+    "vocab_size": 32128,
+    "d_model": 4096,
+    "d_ff": 10240,
+    "d_kv": 64,
+    "num_heads": 64,
+    "num_layers": 24,
+    "feed_forward_proj": "gated-gelu",
+    "relative_attention_num_buckets": 32,
+    "is_encoder_decoder": False,
+}
 
 
 def _vae_cfg(latent: int = 4, sd3: bool = False) -> dict[str, Any]:
-    cfg: dict[str, Any] = {"in_channels": 3, "out_channels": 3, "latent_channels": latent, "layers_per_block": 2,
-                           "block_out_channels": [128, 256, 512, 512], "norm_num_groups": 32,
-                           "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4}
+    cfg: dict[str, Any] = {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": latent,
+        "layers_per_block": 2,
+        "block_out_channels": [128, 256, 512, 512],
+        "norm_num_groups": 32,
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+    }
     if sd3:
         cfg.update(use_quant_conv=False, use_post_quant_conv=False)
     return cfg
 
 
 def _sd_unet(cross: int, heads: Any, linear: bool) -> dict[str, Any]:
-    return {"in_channels": 4, "out_channels": 4, "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
-            "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-            "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-            "cross_attention_dim": cross, "attention_head_dim": heads, "use_linear_projection": linear}
+    return {
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": [320, 640, 1280, 1280],
+        "layers_per_block": 2,
+        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+        "cross_attention_dim": cross,
+        "attention_head_dim": heads,
+        "use_linear_projection": linear,
+    }
 
 
-_SDXL_UNET = {"in_channels": 4, "out_channels": 4, "block_out_channels": [320, 640, 1280], "layers_per_block": 2,
-              "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-              "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-              "transformer_layers_per_block": [1, 2, 10], "attention_head_dim": [5, 10, 20],
-              "cross_attention_dim": 2048, "use_linear_projection": True, "addition_embed_type": "text_time",
-              "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816}
-_PIXART = {"num_attention_heads": 16, "attention_head_dim": 72, "in_channels": 4, "out_channels": 8,
-           "num_layers": 28, "patch_size": 2, "sample_size": 128, "cross_attention_dim": 1152,
-           "caption_channels": 4096, "norm_type": "ada_norm_single", "norm_elementwise_affine": False,
-           "norm_eps": 1e-6, "activation_fn": "gelu-approximate", "attention_bias": True,
-           "num_embeds_ada_norm": 1000, "use_additional_conditions": True}
-_SD3 = {"sample_size": 128, "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 24,
-        "attention_head_dim": 64, "num_attention_heads": 24, "joint_attention_dim": 4096,
-        "caption_projection_dim": 1536, "pooled_projection_dim": 2048, "pos_embed_max_size": 192}
+_SDXL_UNET = {
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": [320, 640, 1280],
+    "layers_per_block": 2,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "transformer_layers_per_block": [1, 2, 10],
+    "attention_head_dim": [5, 10, 20],
+    "cross_attention_dim": 2048,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+}
+_PIXART = {
+    "num_attention_heads": 16,
+    "attention_head_dim": 72,
+    "in_channels": 4,
+    "out_channels": 8,
+    "num_layers": 28,
+    "patch_size": 2,
+    "sample_size": 128,
+    "cross_attention_dim": 1152,
+    "caption_channels": 4096,
+    "norm_type": "ada_norm_single",
+    "norm_elementwise_affine": False,
+    "norm_eps": 1e-6,
+    "activation_fn": "gelu-approximate",
+    "attention_bias": True,
+    "num_embeds_ada_norm": 1000,
+    "use_additional_conditions": True,
+}
+_SD3 = {
+    "sample_size": 128,
+    "patch_size": 2,
+    "in_channels": 16,
+    "out_channels": 16,
+    "num_layers": 24,
+    "attention_head_dim": 64,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "caption_projection_dim": 1536,
+    "pooled_projection_dim": 2048,
+    "pos_embed_max_size": 192,
+}
 
 
 def _clip_parts(*towers: tuple[str, dict[str, Any]]) -> dict[str, Any]:
@@ -559,34 +685,257 @@ def _clip_parts(*towers: tuple[str, dict[str, Any]]) -> dict[str, Any]:
 #: stabilityai/stable-diffusion-3-medium-diffusers), with the family's native size.
 def family_configs() -> dict[str, tuple[dict[str, Any], int, int]]:
     unet = "UNet2DConditionModel"
-    sd1 = {"unet": ("diffusers", unet, _sd_unet(768, 8, False)), "vae": ("diffusers", "AutoencoderKL", _vae_cfg()),
-           **_clip_parts(("CLIPTextModel", _CLIP_L))}
-    sd2 = {"unet": ("diffusers", unet, _sd_unet(1024, [5, 10, 20, 20], True)),
-           "vae": ("diffusers", "AutoencoderKL", _vae_cfg()), **_clip_parts(("CLIPTextModel", _CLIP_H))}
-    sdxl = {"unet": ("diffusers", unet, _SDXL_UNET), "vae": ("diffusers", "AutoencoderKL", _vae_cfg()),
-            **_clip_parts(("CLIPTextModel", _CLIP_L), ("CLIPTextModelWithProjection", _CLIP_G))}
-    pixart = {"transformer": ("diffusers", "PixArtTransformer2DModel", _PIXART),
-              "vae": ("diffusers", "AutoencoderKL", _vae_cfg()),
-              "text_encoder": ("transformers", "T5EncoderModel", _T5_XXL),
-              "tokenizer": ("transformers", "T5Tokenizer", {"model_max_length": 120})}
-    sd3 = {"transformer": ("diffusers", "SD3Transformer2DModel", _SD3),
-           "vae": ("diffusers", "AutoencoderKL", _vae_cfg(16, sd3=True)),
-           **_clip_parts(("CLIPTextModelWithProjection", {**_CLIP_L, "projection_dim": 768}),
-                         ("CLIPTextModelWithProjection", _CLIP_G)),
-           "text_encoder_3": ("transformers", "T5EncoderModel", _T5_XXL),
-           "tokenizer_3": ("transformers", "T5TokenizerFast", {"model_max_length": 256})}
-    return {"sd1": (sd1, 512, 512), "sd2": (sd2, 768, 768), "sdxl": (sdxl, 1024, 1024),
-            "sdxl-turbo": (sdxl, 512, 512), "pixart": (pixart, 1024, 1024), "sd3": (sd3, 1024, 1024)}
+    sd1 = {
+        "unet": ("diffusers", unet, _sd_unet(768, 8, False)),
+        "vae": ("diffusers", "AutoencoderKL", _vae_cfg()),
+        **_clip_parts(("CLIPTextModel", _CLIP_L)),
+    }
+    sd2 = {
+        "unet": ("diffusers", unet, _sd_unet(1024, [5, 10, 20, 20], True)),
+        "vae": ("diffusers", "AutoencoderKL", _vae_cfg()),
+        **_clip_parts(("CLIPTextModel", _CLIP_H)),
+    }
+    sdxl = {
+        "unet": ("diffusers", unet, _SDXL_UNET),
+        "vae": ("diffusers", "AutoencoderKL", _vae_cfg()),
+        **_clip_parts(("CLIPTextModel", _CLIP_L), ("CLIPTextModelWithProjection", _CLIP_G)),
+    }
+    pixart = {
+        "transformer": ("diffusers", "PixArtTransformer2DModel", _PIXART),
+        "vae": ("diffusers", "AutoencoderKL", _vae_cfg()),
+        "text_encoder": ("transformers", "T5EncoderModel", _T5_XXL),
+        "tokenizer": ("transformers", "T5Tokenizer", {"model_max_length": 120}),
+    }
+    sd3 = {
+        "transformer": ("diffusers", "SD3Transformer2DModel", _SD3),
+        "vae": ("diffusers", "AutoencoderKL", _vae_cfg(16, sd3=True)),
+        **_clip_parts(
+            ("CLIPTextModelWithProjection", {**_CLIP_L, "projection_dim": 768}),
+            ("CLIPTextModelWithProjection", _CLIP_G),
+        ),
+        "text_encoder_3": ("transformers", "T5EncoderModel", _T5_XXL),
+        "tokenizer_3": ("transformers", "T5TokenizerFast", {"model_max_length": 256}),
+    }
+    return {
+        "sd1": (sd1, 512, 512),
+        "sd2": (sd2, 768, 768),
+        "sdxl": (sdxl, 1024, 1024),
+        "sdxl-turbo": (sdxl, 512, 512),
+        "pixart": (pixart, 1024, 1024),
+        "sd3": (sd3, 1024, 1024),
+    }
 
 
 #: Counted numbers per family at its reference size (regenerate: ``python -m catimg.flops --family-table``).
 FAMILY_TABLE: dict[str, PipelineCount] = {  # noqa: E501
-    'sd1': PipelineCount.from_dict({"width": 512, "height": 512, "denoiser": {"tflops": 0.80327344128, "attention_tflops": 0.12605227008, "ops": 1647, "params": 859520964, "activation_bytes": 136321280}, "text": [{"tflops": 0.01329850368, "attention_tflops": 0.000218566656, "ops": 516, "params": 123060480, "activation_bytes": 3784704}], "vae_decode": {"tflops": 2.514518933504, "attention_tflops": 0.034359738368, "ops": 166, "params": 83653863, "activation_bytes": 805371904}, "denoiser_kind": "UNet2DConditionModel"}),
-    'sd2': PipelineCount.from_dict({"width": 768, "height": 768, "denoiser": {"tflops": 2.14910574592, "attention_tflops": 0.62813380608, "ops": 1759, "params": 865910724, "activation_bytes": 306714880}, "text": [{"tflops": 0.045127233536, "attention_tflops": 0.000558559232, "ops": 932, "params": 340387840, "activation_bytes": 3784704}], "vae_decode": {"tflops": 5.754304364544, "attention_tflops": 0.173946175488, "ops": 166, "params": 83653863, "activation_bytes": 1812086784}, "denoiser_kind": "UNet2DConditionModel"}),
-    'sdxl': PipelineCount.from_dict({"width": 1024, "height": 1024, "denoiser": {"tflops": 6.76123639808, "attention_tflops": 0.7839154176, "ops": 5457, "params": 2567463684, "activation_bytes": 330312960}, "text": [{"tflops": 0.01329850368, "attention_tflops": 0.000218566656, "ops": 516, "params": 123060480, "activation_bytes": 3784704}, {"tflops": 0.09786310656, "attention_tflops": 0.00097140736, "ops": 1294, "params": 694659840, "activation_bytes": 4730880}], "vae_decode": {"tflops": 10.470392594432, "attention_tflops": 0.549755813888, "ops": 166, "params": 83653863, "activation_bytes": 3221487616}, "denoiser_kind": "UNet2DConditionModel"}),
-    'sdxl-turbo': PipelineCount.from_dict({"width": 512, "height": 512, "denoiser": {"tflops": 1.58877876224, "attention_tflops": 0.05505024, "ops": 5457, "params": 2567463684, "activation_bytes": 82586880}, "text": [{"tflops": 0.01329850368, "attention_tflops": 0.000218566656, "ops": 516, "params": 123060480, "activation_bytes": 3784704}, {"tflops": 0.09786310656, "attention_tflops": 0.00097140736, "ops": 1294, "params": 694659840, "activation_bytes": 4730880}], "vae_decode": {"tflops": 2.514518933504, "attention_tflops": 0.034359738368, "ops": 166, "params": 83653863, "activation_bytes": 805371904}, "denoiser_kind": "UNet2DConditionModel"}),
-    'pixart': PipelineCount.from_dict({"width": 1024, "height": 1024, "denoiser": {"tflops": 6.509523566592, "attention_tflops": 2.228081393664, "ops": 2337, "params": 611349152, "activation_bytes": 227105280}, "text": [{"tflops": 1.11698509824, "attention_tflops": 0.0056623104, "ops": 1545, "params": 4762310656, "activation_bytes": 31211520}], "vae_decode": {"tflops": 10.470392594432, "attention_tflops": 0.549755813888, "ops": 166, "params": 83653863, "activation_bytes": 3221487616}, "denoiser_kind": "PixArtTransformer2DModel"}),
-    'sd3': PipelineCount.from_dict({"width": 1024, "height": 1024, "denoiser": {"tflops": 8.904337539072, "attention_tflops": 2.892502941696, "ops": 2792, "params": 2028328000, "activation_bytes": 333336576}, "text": [{"tflops": 0.013299683328, "attention_tflops": 0.000218566656, "ops": 518, "params": 123650304, "activation_bytes": 3784704}, {"tflops": 0.09786310656, "attention_tflops": 0.00097140736, "ops": 1294, "params": 694659840, "activation_bytes": 4730880}, {"tflops": 2.396591751168, "attention_tflops": 0.025769803776, "ops": 1545, "params": 4762310656, "activation_bytes": 75497472}], "vae_decode": {"tflops": 10.472204009472, "attention_tflops": 0.549755813888, "ops": 165, "params": 83819683, "activation_bytes": 3221225472}, "denoiser_kind": "SD3Transformer2DModel"}),
+    "sd1": PipelineCount.from_dict(
+        {
+            "width": 512,
+            "height": 512,
+            "denoiser": {
+                "tflops": 0.80327344128,
+                "attention_tflops": 0.12605227008,
+                "ops": 1647,
+                "params": 859520964,
+                "activation_bytes": 136321280,
+            },
+            "text": [
+                {
+                    "tflops": 0.01329850368,
+                    "attention_tflops": 0.000218566656,
+                    "ops": 516,
+                    "params": 123060480,
+                    "activation_bytes": 3784704,
+                }
+            ],
+            "vae_decode": {
+                "tflops": 2.514518933504,
+                "attention_tflops": 0.034359738368,
+                "ops": 166,
+                "params": 83653863,
+                "activation_bytes": 805371904,
+            },
+            "denoiser_kind": "UNet2DConditionModel",
+        }
+    ),
+    "sd2": PipelineCount.from_dict(
+        {
+            "width": 768,
+            "height": 768,
+            "denoiser": {
+                "tflops": 2.14910574592,
+                "attention_tflops": 0.62813380608,
+                "ops": 1759,
+                "params": 865910724,
+                "activation_bytes": 306714880,
+            },
+            "text": [
+                {
+                    "tflops": 0.045127233536,
+                    "attention_tflops": 0.000558559232,
+                    "ops": 932,
+                    "params": 340387840,
+                    "activation_bytes": 3784704,
+                }
+            ],
+            "vae_decode": {
+                "tflops": 5.754304364544,
+                "attention_tflops": 0.173946175488,
+                "ops": 166,
+                "params": 83653863,
+                "activation_bytes": 1812086784,
+            },
+            "denoiser_kind": "UNet2DConditionModel",
+        }
+    ),
+    "sdxl": PipelineCount.from_dict(
+        {
+            "width": 1024,
+            "height": 1024,
+            "denoiser": {
+                "tflops": 6.76123639808,
+                "attention_tflops": 0.7839154176,
+                "ops": 5457,
+                "params": 2567463684,
+                "activation_bytes": 330312960,
+            },
+            "text": [
+                {
+                    "tflops": 0.01329850368,
+                    "attention_tflops": 0.000218566656,
+                    "ops": 516,
+                    "params": 123060480,
+                    "activation_bytes": 3784704,
+                },
+                {
+                    "tflops": 0.09786310656,
+                    "attention_tflops": 0.00097140736,
+                    "ops": 1294,
+                    "params": 694659840,
+                    "activation_bytes": 4730880,
+                },
+            ],
+            "vae_decode": {
+                "tflops": 10.470392594432,
+                "attention_tflops": 0.549755813888,
+                "ops": 166,
+                "params": 83653863,
+                "activation_bytes": 3221487616,
+            },
+            "denoiser_kind": "UNet2DConditionModel",
+        }
+    ),
+    "sdxl-turbo": PipelineCount.from_dict(
+        {
+            "width": 512,
+            "height": 512,
+            "denoiser": {
+                "tflops": 1.58877876224,
+                "attention_tflops": 0.05505024,
+                "ops": 5457,
+                "params": 2567463684,
+                "activation_bytes": 82586880,
+            },
+            "text": [
+                {
+                    "tflops": 0.01329850368,
+                    "attention_tflops": 0.000218566656,
+                    "ops": 516,
+                    "params": 123060480,
+                    "activation_bytes": 3784704,
+                },
+                {
+                    "tflops": 0.09786310656,
+                    "attention_tflops": 0.00097140736,
+                    "ops": 1294,
+                    "params": 694659840,
+                    "activation_bytes": 4730880,
+                },
+            ],
+            "vae_decode": {
+                "tflops": 2.514518933504,
+                "attention_tflops": 0.034359738368,
+                "ops": 166,
+                "params": 83653863,
+                "activation_bytes": 805371904,
+            },
+            "denoiser_kind": "UNet2DConditionModel",
+        }
+    ),
+    "pixart": PipelineCount.from_dict(
+        {
+            "width": 1024,
+            "height": 1024,
+            "denoiser": {
+                "tflops": 6.509523566592,
+                "attention_tflops": 2.228081393664,
+                "ops": 2337,
+                "params": 611349152,
+                "activation_bytes": 227105280,
+            },
+            "text": [
+                {
+                    "tflops": 1.11698509824,
+                    "attention_tflops": 0.0056623104,
+                    "ops": 1545,
+                    "params": 4762310656,
+                    "activation_bytes": 31211520,
+                }
+            ],
+            "vae_decode": {
+                "tflops": 10.470392594432,
+                "attention_tflops": 0.549755813888,
+                "ops": 166,
+                "params": 83653863,
+                "activation_bytes": 3221487616,
+            },
+            "denoiser_kind": "PixArtTransformer2DModel",
+        }
+    ),
+    "sd3": PipelineCount.from_dict(
+        {
+            "width": 1024,
+            "height": 1024,
+            "denoiser": {
+                "tflops": 8.904337539072,
+                "attention_tflops": 2.892502941696,
+                "ops": 2792,
+                "params": 2028328000,
+                "activation_bytes": 333336576,
+            },
+            "text": [
+                {
+                    "tflops": 0.013299683328,
+                    "attention_tflops": 0.000218566656,
+                    "ops": 518,
+                    "params": 123650304,
+                    "activation_bytes": 3784704,
+                },
+                {
+                    "tflops": 0.09786310656,
+                    "attention_tflops": 0.00097140736,
+                    "ops": 1294,
+                    "params": 694659840,
+                    "activation_bytes": 4730880,
+                },
+                {
+                    "tflops": 2.396591751168,
+                    "attention_tflops": 0.025769803776,
+                    "ops": 1545,
+                    "params": 4762310656,
+                    "activation_bytes": 75497472,
+                },
+            ],
+            "vae_decode": {
+                "tflops": 10.472204009472,
+                "attention_tflops": 0.549755813888,
+                "ops": 165,
+                "params": 83819683,
+                "activation_bytes": 3221225472,
+            },
+            "denoiser_kind": "SD3Transformer2DModel",
+        }
+    ),
 }
 
 

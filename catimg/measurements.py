@@ -93,7 +93,7 @@ class MeasurementTable:
             return self.generators.index(name)
         except ValueError:
             raise MeasurementsError(
-                f"{self.path or 'measurements'}: no generator \"{name}\"{did_you_mean(name, self.generators)}; "
+                f'{self.path or "measurements"}: no generator "{name}"{did_you_mean(name, self.generators)}; '
                 f"measured: {', '.join(self.generators)}"
             ) from None
 
@@ -101,9 +101,14 @@ class MeasurementTable:
         """The same table restricted to some prompts (by index)."""
         idx = np.asarray(rows, dtype=int)
         return MeasurementTable(
-            prompts=[self.prompts[i] for i in idx], generators=list(self.generators), Y=self.Y[idx].copy(),
-            counts=self.counts[idx].copy(), seconds=dict(self.seconds), metric=self.metric,
-            sources=list(self.sources), path=self.path,
+            prompts=[self.prompts[i] for i in idx],
+            generators=list(self.generators),
+            Y=self.Y[idx].copy(),
+            counts=self.counts[idx].copy(),
+            seconds=dict(self.seconds),
+            metric=self.metric,
+            sources=list(self.sources),
+            path=self.path,
         )
 
     def select(self, generators: Sequence[str]) -> MeasurementTable:
@@ -112,10 +117,14 @@ class MeasurementTable:
         Y = self.Y[:, cols]
         keep = ~np.all(np.isnan(Y), axis=1)
         return MeasurementTable(
-            prompts=[p for p, k in zip(self.prompts, keep, strict=True) if k], generators=list(generators),
-            Y=Y[keep].copy(), counts=self.counts[:, cols][keep].copy(),
-            seconds={g: self.seconds.get(g) for g in generators}, metric=self.metric,
-            sources=list(self.sources), path=self.path,
+            prompts=[p for p, k in zip(self.prompts, keep, strict=True) if k],
+            generators=list(generators),
+            Y=Y[keep].copy(),
+            counts=self.counts[:, cols][keep].copy(),
+            seconds={g: self.seconds.get(g) for g in generators},
+            metric=self.metric,
+            sources=list(self.sources),
+            path=self.path,
         )
 
     def rows(self) -> Iterable[dict[str, Any]]:
@@ -123,7 +132,12 @@ class MeasurementTable:
         for i, p in enumerate(self.prompts):
             for j, g in enumerate(self.generators):
                 if not math.isnan(self.Y[i, j]):
-                    row: dict[str, Any] = {"prompt": p, "generator": g, "score": float(self.Y[i, j]), "metric": self.metric}
+                    row: dict[str, Any] = {
+                        "prompt": p,
+                        "generator": g,
+                        "score": float(self.Y[i, j]),
+                        "metric": self.metric,
+                    }
                     if self.seconds.get(g) is not None:
                         row["seconds"] = self.seconds[g]
                     yield row
@@ -140,10 +154,17 @@ def _err(path: Path, msg: str) -> MeasurementsError:
 
 def _iter_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
     """Yield (line number, row dict) from a CSV or JSONL file."""
-    text = read_user_text(path, "measurements file", MeasurementsError,
-                          hint="pass --measurements with an existing CSV or JSONL file")
+    text = read_user_text(
+        path,
+        "measurements file",
+        MeasurementsError,
+        hint="pass --measurements with an existing CSV or JSONL file",
+    )
     if not text.strip():
-        raise _err(path, "the measurements file is empty; it needs a header prompt,generator,score and one row per image")
+        raise _err(
+            path,
+            "the measurements file is empty; it needs a header prompt,generator,score and one row per image",
+        )
     if path.suffix.lower() in JSONL_SUFFIXES or text.lstrip().startswith("{"):
         seen_any = False
         for n, line in enumerate(text.splitlines(), start=1):
@@ -152,14 +173,23 @@ def _iter_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise _err(path, f"line {n}: invalid JSON ({exc.msg} at column {exc.colno}); one JSON object per line") from exc
+                raise _err(
+                    path,
+                    f"line {n}: invalid JSON ({exc.msg} at column {exc.colno}); one JSON object per line",
+                ) from exc
             if not isinstance(obj, dict):
-                raise _err(path, f"line {n}: expected a JSON object like {{\"prompt\": ..., \"generator\": ..., \"score\": ...}}")
+                raise _err(
+                    path,
+                    f'line {n}: expected a JSON object like {{"prompt": ..., "generator": ..., "score": ...}}',
+                )
             if not seen_any:
                 missing = [c for c in REQUIRED if c not in obj]
                 if missing:
-                    raise _err(path, f"line {n}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
-                                     f"each line needs {', '.join(REQUIRED)}")
+                    raise _err(
+                        path,
+                        f"line {n}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
+                        f"each line needs {', '.join(REQUIRED)}",
+                    )
             seen_any = True
             yield n, obj
         return
@@ -174,15 +204,21 @@ def _iter_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
     missing = [c for c in REQUIRED if c not in lowered]
     if missing:
         hints = "".join(did_you_mean(m, header) for m in missing)
-        raise _err(path, f"line 1: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}{hints}; "
-                         f"the header has {', '.join(header) or 'nothing'}; need {', '.join(REQUIRED)}")
+        raise _err(
+            path,
+            f"line 1: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}{hints}; "
+            f"the header has {', '.join(header) or 'nothing'}; need {', '.join(REQUIRED)}",
+        )
     try:
         for values in reader:
             n = reader.line_num
             if not values or all(not v.strip() for v in values):
                 continue
             if len(values) != len(header):
-                raise _err(path, f"line {n}: {len(values)} fields but the header has {len(header)}; quote fields that contain commas")
+                raise _err(
+                    path,
+                    f"line {n}: {len(values)} fields but the header has {len(header)}; quote fields that contain commas",
+                )
             yield n, dict(zip(lowered, values, strict=True))
     except csv.Error as exc:
         raise _err(path, f"line {reader.line_num}: not valid CSV ({exc})") from exc
@@ -228,12 +264,18 @@ def read_rows(path: str | Path) -> list[Measurement]:
         if seed is not None and seed != int(seed):
             raise _err(path, f"line {n}, column seed: {seed} is not a whole number")
         metric, source = row.get("metric"), row.get("source")
-        out.append(Measurement(
-            prompt=prompt, generator=gen.strip(), score=cast(float, score),  # required: never None
-            metric=str(metric).strip() or None if metric not in (None, "") else None,
-            seconds=seconds, seed=None if seed is None else int(seed),
-            source=str(source).strip() or None if source not in (None, "") else None, line=n,
-        ))
+        out.append(
+            Measurement(
+                prompt=prompt,
+                generator=gen.strip(),
+                score=cast(float, score),  # required: never None
+                metric=str(metric).strip() or None if metric not in (None, "") else None,
+                seconds=seconds,
+                seed=None if seed is None else int(seed),
+                source=str(source).strip() or None if source not in (None, "") else None,
+                line=n,
+            )
+        )
     return out
 
 
@@ -257,14 +299,17 @@ def read_measurements(
         if known is not None and row.generator not in known:
             raise _err(
                 path,
-                f"line {row.line}, column generator: unknown generator \"{row.generator}\"{did_you_mean(row.generator, known)}; "
+                f'line {row.line}, column generator: unknown generator "{row.generator}"{did_you_mean(row.generator, known)}; '
                 f"known{where}: {', '.join(known)}; add it to models.toml or fix the name",
             )
         row_metric = row.metric or DEFAULT_METRIC
         metrics[row_metric] = metrics.get(row_metric, 0) + 1
     if metric is not None and metric not in metrics:
         found = ", ".join(sorted(metrics)) or "none"
-        raise _err(path, f"no rows with metric \"{metric}\"{did_you_mean(metric, metrics)}; metrics in the file: {found}")
+        raise _err(
+            path,
+            f'no rows with metric "{metric}"{did_you_mean(metric, metrics)}; metrics in the file: {found}',
+        )
     if not rows:
         raise _err(path, "no measurement rows after the header; add rows prompt,generator,score")
     if metric is None:
@@ -275,8 +320,9 @@ def read_measurements(
     return pivot([r for r in rows if (r.metric or DEFAULT_METRIC) == metric], metric, path=path)
 
 
-def pivot(rows: Iterable[Measurement], metric: str, columns: Sequence[str] = (),
-          path: Path | None = None) -> MeasurementTable:
+def pivot(
+    rows: Iterable[Measurement], metric: str, columns: Sequence[str] = (), path: Path | None = None
+) -> MeasurementTable:
     """Long-format rows (all of ``metric``) as a prompt x generator :class:`MeasurementTable`.
 
     Scores of one (prompt, generator) pair are averaged, and so are prompts with the same :func:`prompt_key` (the
@@ -312,8 +358,14 @@ def pivot(rows: Iterable[Measurement], metric: str, columns: Sequence[str] = (),
         C[pi[p], gi[g]] = counts[(p, g)]
     seconds_mean = {g: (float(np.mean(secs[g])) if g in secs else None) for g in glist}
     return MeasurementTable(
-        prompts=plist, generators=glist, Y=Y, counts=C, seconds=seconds_mean, metric=metric,
-        sources=list(sources), path=path,
+        prompts=plist,
+        generators=glist,
+        Y=Y,
+        counts=C,
+        seconds=seconds_mean,
+        metric=metric,
+        sources=list(sources),
+        path=path,
     )
 
 

@@ -156,7 +156,8 @@ def missing_weights(gens: list[Generator], allow_download: bool = False) -> Weig
             f"weights of {len(cache_missing)} models are not in the Hugging Face cache ({hub_cache_dir()}) and "
             f"downloads are off: {', '.join(names)}"
             + (f"; about {known:.1f} GB in all" if known and len(cache_missing) > 1 else "")
-            + "; fetch them with " + " and ".join(f"`hf download {g.source}`" for g in cache_missing)
+            + "; fetch them with "
+            + " and ".join(f"`hf download {g.source}`" for g in cache_missing)
             + ", or rerun with --allow-download"
         )
     parts.extend(other)
@@ -174,8 +175,13 @@ def _read_model_index(folder: Path) -> dict[str, Any] | None:
 def _components(index: dict[str, Any]) -> list[str]:
     """Component sub-folders a pipeline's model_index.json names (non-null entries like ["diffusers", "X"])."""
     return [
-        k for k, v in index.items()
-        if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[0] is not None and v[1] is not None
+        k
+        for k, v in index.items()
+        if not k.startswith("_")
+        and isinstance(v, list)
+        and len(v) == 2
+        and v[0] is not None
+        and v[1] is not None
     ]
 
 
@@ -217,7 +223,9 @@ def check_weights(gen: Generator, allow_download: bool = False) -> Path | None:
             )
         index = _read_model_index(p)
         if index is None:
-            raise ConfigError(f'generator "{gen.name}": {p / "model_index.json"} is not valid JSON; re-save the pipeline')
+            raise ConfigError(
+                f'generator "{gen.name}": {p / "model_index.json"} is not valid JSON; re-save the pipeline'
+            )
         missing = [c for c in _components(index) if not (p / c).is_dir()]
         if missing:
             raise WeightsMissingError(
@@ -476,7 +484,9 @@ class PipelineCache:
         """``gen``'s pipeline when it is loaded (never loads)."""
         return self.pipes.get(self.key(gen))
 
-    def get(self, gen: Generator, offload: bool = False, peak_memory_gb: float | None = None) -> LoadedPipeline:
+    def get(
+        self, gen: Generator, offload: bool = False, peak_memory_gb: float | None = None
+    ) -> LoadedPipeline:
         k = self.key(gen)
         if k in self.pipes:
             return self.pipes[k]

@@ -25,7 +25,7 @@ PROMPT_SETS_DIR = Path(__file__).parent / "data" / "prompts"
 def validate_prompt(text: str) -> str:
     """Return the prompt stripped of surrounding whitespace; an empty prompt is an :class:`InputError`."""
     if not isinstance(text, str) or not text.strip():
-        raise InputError("empty prompt: give some text to draw, e.g. catimg gen \"a lighthouse at dusk\"")
+        raise InputError('empty prompt: give some text to draw, e.g. catimg gen "a lighthouse at dusk"')
     return text.strip()
 
 
@@ -82,7 +82,14 @@ def reference_set(name: str) -> list[str]:
 #: Tokens (special tokens included) that the text encoder of a family reads; the pipeline drops the rest. CLIP
 #: (SD 1.x/2.x, SDXL): 77; PixArt-α's T5: 120 (diffusers' max_sequence_length); DeepFloyd IF's T5: 77. SD3 and
 #: Flux also read a long T5 prompt next to CLIP, so nothing is lost there as a whole: no limit.
-FAMILY_TOKEN_LIMITS: dict[str, int] = {"sd1": 77, "sd2": 77, "sdxl": 77, "sdxl-turbo": 77, "pixart": 120, "if": 77}
+FAMILY_TOKEN_LIMITS: dict[str, int] = {
+    "sd1": 77,
+    "sd2": 77,
+    "sdxl": 77,
+    "sdxl-turbo": 77,
+    "pixart": 120,
+    "if": 77,
+}
 #: texts -> per text (end offset of each text token, tokens with the specials)
 Counter = Callable[[list[str]], list[tuple[list[int], int]]]
 _APPROX = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_", re.IGNORECASE)
@@ -114,16 +121,24 @@ class Fit:
         """One line for the run (None when no prompt is cut)."""
         if not self.cuts:
             return None
-        where = "; ".join(f'prompt {c.index + 1} after word {c.words_kept} of {c.words} (from "{_short(c.first_dropped)}" on)'
-                          for c in self.cuts[:shown])
+        where = "; ".join(
+            f'prompt {c.index + 1} after word {c.words_kept} of {c.words} (from "{_short(c.first_dropped)}" on)'
+            for c in self.cuts[:shown]
+        )
         more = f"; and {len(self.cuts) - shown} more" if len(self.cuts) > shown else ""
-        return (f"{len(self.cuts)} of {len(self.texts)} prompt(s) are longer than the {self.limit} tokens the text "
-                f"encoder of {', '.join(self.generators)} takes ({self.counted_by}), so the generator does not see "
-                f"their end: {where}{more}. The router sees the prompts as cut, too")
+        return (
+            f"{len(self.cuts)} of {len(self.texts)} prompt(s) are longer than the {self.limit} tokens the text "
+            f"encoder of {', '.join(self.generators)} takes ({self.counted_by}), so the generator does not see "
+            f"their end: {where}{more}. The router sees the prompts as cut, too"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"limit": self.limit, "generators": list(self.generators), "counted_by": self.counted_by,
-                "cut": [asdict(c) for c in self.cuts]}
+        return {
+            "limit": self.limit,
+            "generators": list(self.generators),
+            "counted_by": self.counted_by,
+            "cut": [asdict(c) for c in self.cuts],
+        }
 
 
 def fit_prompts(prompts: list[str], gens: Sequence[Any]) -> Fit:
@@ -154,7 +169,9 @@ def fit_prompts(prompts: list[str], gens: Sequence[Any]) -> Fit:
         end = ends[limit - 2 - 1] if limit - 2 >= 1 else 0  # the specials (start, end) take two of the tokens
         kept = prompts[i][:end].rstrip()
         words, kept_words = prompts[i].split(), kept.split()
-        whole = len(kept_words) if end >= len(prompts[i]) or prompts[i][end].isspace() else len(kept_words) - 1
+        whole = (
+            len(kept_words) if end >= len(prompts[i]) or prompts[i][end].isspace() else len(kept_words) - 1
+        )
         texts[i] = kept
         cuts.append(Cut(i, total, kept, len(words), max(whole, 0), words[max(whole, 0)] if words else ""))
     return Fit(texts, tuple(cuts), limit, names, counted_by)
@@ -184,7 +201,9 @@ def token_limit(gen: Any) -> int | None:
         config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    others = [v for k, v in index.items() if k.startswith("tokenizer_") and isinstance(v, list) and len(v) == 2]
+    others = [
+        v for k, v in index.items() if k.startswith("tokenizer_") and isinstance(v, list) and len(v) == 2
+    ]
     if any("T5" in str(v[1]) for v in others):
         return None
     n = config.get("model_max_length")
@@ -201,7 +220,10 @@ def _counter(gens: Sequence[Any]) -> tuple[Counter, str]:
             return _load_counter(folder), f"counted with the tokenizer of {g.name}"
         except Exception:  # an unreadable tokenizer: the next one, else the approximation
             continue
-    return _approx_count, "counted approximately: one token per word, digit or punctuation run; weights not on disk"
+    return (
+        _approx_count,
+        "counted approximately: one token per word, digit or punctuation run; weights not on disk",
+    )
 
 
 def _tokenizer_folder(gen: Any) -> Path | None:
@@ -221,8 +243,13 @@ def _load_counter(folder: Path) -> Counter:
     tok = Tokenizer.from_file(str(_tokenizer_json(folder)))
 
     def count(texts: list[str]) -> list[tuple[list[int], int]]:
-        return [([e for (_, e), sp in zip(enc.offsets, enc.special_tokens_mask, strict=True) if not sp], len(enc.ids))
-                for enc in tok.encode_batch(texts)]
+        return [
+            (
+                [e for (_, e), sp in zip(enc.offsets, enc.special_tokens_mask, strict=True) if not sp],
+                len(enc.ids),
+            )
+            for enc in tok.encode_batch(texts)
+        ]
 
     return count
 
@@ -238,9 +265,12 @@ def _tokenizer_json(folder: Path) -> Path:
 
     from catimg.paths import cache_dir
 
-    stamp = [str(folder.resolve())] + [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
-                                       for f in sorted(folder.iterdir()) if f.is_file()]
-    cached = cache_dir() / "tokenizers" / (hashlib.sha256("|".join(stamp).encode()).hexdigest()[:24] + ".json")
+    stamp = [str(folder.resolve())] + [
+        f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(folder.iterdir()) if f.is_file()
+    ]
+    cached = (
+        cache_dir() / "tokenizers" / (hashlib.sha256("|".join(stamp).encode()).hexdigest()[:24] + ".json")
+    )
     if not cached.is_file():
         from transformers import AutoTokenizer
 
@@ -308,8 +338,15 @@ def build_parti_geneval(data_dir: str | Path, n_parti: int, n_geneval: int, seed
         take = [p for p in pool if p not in seen][: quota[c]]
         seen.update(take)
         chosen.extend(take)
-    gen_rows = [json.loads(line) for line in (data / "geneval" / "evaluation_metadata.jsonl").read_text("utf-8").splitlines() if line.strip()]
-    per_tag = [n_geneval // len(GENEVAL_TAGS) + (1 if k < n_geneval % len(GENEVAL_TAGS) else 0) for k in range(len(GENEVAL_TAGS))]
+    gen_rows = [
+        json.loads(line)
+        for line in (data / "geneval" / "evaluation_metadata.jsonl").read_text("utf-8").splitlines()
+        if line.strip()
+    ]
+    per_tag = [
+        n_geneval // len(GENEVAL_TAGS) + (1 if k < n_geneval % len(GENEVAL_TAGS) else 0)
+        for k in range(len(GENEVAL_TAGS))
+    ]
     for tag, n in zip(GENEVAL_TAGS, per_tag, strict=True):
         pool = sorted({r["prompt"].strip() for r in gen_rows if r["tag"] == tag} - seen)
         rng.shuffle(pool)

@@ -7,8 +7,9 @@ from pathlib import Path
 from catimg.errors import CatimgError
 
 
-def read_user_text(path: str | Path, what: str, error: type[CatimgError], hint: str = "check the path",
-                   prefix: str = "") -> str:
+def read_user_text(
+    path: str | Path, what: str, error: type[CatimgError], hint: str = "check the path", prefix: str = ""
+) -> str:
     """The UTF-8 text of ``path`` (a byte-order mark is dropped).
 
     Raises ``error`` with one line naming the file (after ``prefix``, e.g. an option name) when it is missing
@@ -28,4 +29,6 @@ def read_user_text(path: str | Path, what: str, error: type[CatimgError], hint: 
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise error(f"{name}: not UTF-8 text (bad byte at offset {exc.start}); save the file as UTF-8") from exc
+        raise error(
+            f"{name}: not UTF-8 text (bad byte at offset {exc.start}); save the file as UTF-8"
+        ) from exc

@@ -45,7 +45,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def _isolated_env(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("env")
     hub = root / "hf-hub"
     hub.mkdir()
@@ -55,7 +57,9 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("CATIMG_WIDTH", "200")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # subprocesses: tiny models run fastest (and stable) on one thread
+    monkeypatch.setenv(
+        "OMP_NUM_THREADS", "1"
+    )  # subprocesses: tiny models run fastest (and stable) on one thread
     monkeypatch.delenv("CATIMG_MODELS", raising=False)
     monkeypatch.delenv("CATIMG_ALLOW_DOWNLOAD", raising=False)
     monkeypatch.delenv("CATIMG_DEBUG", raising=False)
@@ -114,7 +118,9 @@ def tiny_pixart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fake_hub(hf_cache: Path, tiny_sd_dir: Path, tiny_sdxl_dir: Path) -> dict[str, Path]:
     """Hub ids that load offline from the per-test HF cache: returns {repo_id: snapshot path}."""
     return {
-        "runwayml/stable-diffusion-v1-5": tiny.install_fake_hub(hf_cache, "runwayml/stable-diffusion-v1-5", tiny_sd_dir),
+        "runwayml/stable-diffusion-v1-5": tiny.install_fake_hub(
+            hf_cache, "runwayml/stable-diffusion-v1-5", tiny_sd_dir
+        ),
         "stabilityai/sdxl-turbo": tiny.install_fake_hub(hf_cache, "stabilityai/sdxl-turbo", tiny_sdxl_dir),
     }
 
@@ -129,13 +135,33 @@ def build_tiny_clip(path: Path, seed: int = 0) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    text = dict(vocab_size=514, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513)
-    vision = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=32, patch_size=8)
+    text = dict(
+        vocab_size=514,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+    )
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        image_size=32,
+        patch_size=8,
+    )
     torch.manual_seed(seed)
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval().save_pretrained(path)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval().save_pretrained(
+        path
+    )
     tiny.tiny_tokenizer().save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        path
+    )
     return path
 
 

@@ -22,15 +22,17 @@ H100 = DeviceInfo("cuda", 0, "NVIDIA H100 80GB HBM3", 79.2, 78.0, (9, 0), True, 
 def _catalog(tmp_path: Path, folder: Path, width: int = 64, steps: str = "[2, 4]") -> Path:
     toml = tmp_path / "models.toml"
     toml.write_text(
-        f'[generators.tsd]\nsource = "{folder}"\nsteps = {steps}\nwidth = {width}\nheight = 64\n', encoding="utf-8"
+        f'[generators.tsd]\nsource = "{folder}"\nsteps = {steps}\nwidth = {width}\nheight = 64\n',
+        encoding="utf-8",
     )
     return toml
 
 
 def test_bench_command_stores_and_cost_uses_it(tmp_path: Path, tiny_sd_dir: Path) -> None:
     toml = _catalog(tmp_path, tiny_sd_dir)
-    r = CliRunner().invoke(app, ["bench", "--models", str(toml), "--device", "cpu", "--repeats", "2", "--warmup", "1",
-                                 "--json"])
+    r = CliRunner().invoke(
+        app, ["bench", "--models", str(toml), "--device", "cpu", "--repeats", "2", "--warmup", "1", "--json"]
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     rows = {x["generator"]: x for x in doc["results"]}
@@ -89,7 +91,9 @@ def test_corrupt_cache_via_cli(tmp_path: Path, tiny_sd_dir: Path) -> None:
     cache_path().parent.mkdir(parents=True, exist_ok=True)
     cache_path().write_text("not json at all", encoding="utf-8")
     toml = _catalog(tmp_path, tiny_sd_dir, steps="2")
-    r = CliRunner().invoke(app, ["bench", "--models", str(toml), "--device", "cpu", "--repeats", "1", "--warmup", "0"])
+    r = CliRunner().invoke(
+        app, ["bench", "--models", str(toml), "--device", "cpu", "--repeats", "1", "--warmup", "0"]
+    )
     assert r.exit_code == 0, r.output
     lines = [ln for ln in r.output.splitlines() if "warning:" in ln]
     assert len(lines) == 1 and "was corrupt" in lines[0]
@@ -98,7 +102,9 @@ def test_corrupt_cache_via_cli(tmp_path: Path, tiny_sd_dir: Path) -> None:
 
 def test_missing_weights_fail_in_one_line(tmp_path: Path) -> None:
     toml = tmp_path / "models.toml"
-    toml.write_text('[generators.xl]\nsource = "stabilityai/sdxl-turbo"\nsteps = 1\nguidance = 0\n', encoding="utf-8")
+    toml.write_text(
+        '[generators.xl]\nsource = "stabilityai/sdxl-turbo"\nsteps = 1\nguidance = 0\n', encoding="utf-8"
+    )
     r = CliRunner().invoke(app, ["bench", "--models", str(toml), "--device", "cpu", "--json"])
     assert r.exit_code == 6
     doc = json.loads(r.stdout)
@@ -116,15 +122,34 @@ def test_bench_does_not_leak_the_torchvision_notice(tmp_path: Path, tiny_sd_dir:
     # a fresh process with transformers' default verbosity (tests that load pipelines in-process set it to error)
     env = {k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY")}
     env["CATIMG_CACHE_DIR"] = str(tmp_path / "cache")
-    r = subprocess.run([sys.executable, "-m", "catimg", "bench", "--models", str(toml), "--device", "cpu",
-                        "--repeats", "1", "--warmup", "0"], capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "catimg",
+            "bench",
+            "--models",
+            str(toml),
+            "--device",
+            "cpu",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     assert "torchvision" not in r.stderr and "torchvision" not in r.stdout, r.stderr
     if importlib.util.find_spec("torchvision") is None:  # the control: the notice is real here
-        code = ("from catimg.config import parse_catalog; from catimg.costs.bench import measure; "
-                "from catimg.device import detect_device; from pathlib import Path; "
-                f"p = Path({str(toml)!r}); g = parse_catalog(p.read_text(), p).get('tsd'); "
-                "measure(g, detect_device('cpu'), repeats=1, warmup=0)")
+        code = (
+            "from catimg.config import parse_catalog; from catimg.costs.bench import measure; "
+            "from catimg.device import detect_device; from pathlib import Path; "
+            f"p = Path({str(toml)!r}); g = parse_catalog(p.read_text(), p).get('tsd'); "
+            "measure(g, detect_device('cpu'), repeats=1, warmup=0)"
+        )
         control = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
         assert control.returncode == 0, control.stderr
         assert "requires torchvision (not installed)" in control.stderr

@@ -28,7 +28,9 @@ def test_parse_budget_levels_and_seconds() -> None:
     assert parse_budget(None) == Budget(level="medium")
     assert parse_budget("LOW") == Budget(level="low")
     assert parse_budget("2.5s") == Budget(seconds=2.5)
-    with pytest.raises(InputError, match='--budget "hihg" is not a level or a duration \\(did you mean "high"\\?\\)'):
+    with pytest.raises(
+        InputError, match='--budget "hihg" is not a level or a duration \\(did you mean "high"\\?\\)'
+    ):
         parse_budget("hihg")
     with pytest.raises(InputError, match="positive"):
         parse_budget("0s")

@@ -26,8 +26,16 @@ PROMPTS = ["a red cube", "a blue sphere on grass", "two cats", "a lighthouse at 
 def _catalog(path: Path, entries: dict[str, tuple[Path, int]]) -> Path:
     lines = []
     for name, (folder, steps) in entries.items():
-        lines += [f"[generators.{name}]", f'source = "{folder}"', f"steps = {steps}", "guidance = 1.0",
-                  "width = 64", "height = 64", "cost_seconds = 0.05", ""]
+        lines += [
+            f"[generators.{name}]",
+            f'source = "{folder}"',
+            f"steps = {steps}",
+            "guidance = 1.0",
+            "width = 64",
+            "height = 64",
+            "cost_seconds = 0.05",
+            "",
+        ]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
@@ -41,13 +49,33 @@ def setup(tmp_path: Path, tiny_sd_dir: Path, tiny_clip_dir: Path) -> dict[str, P
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# calibration prompts\n" + "\n".join(PROMPTS) + "\n", encoding="utf-8")
     models = _catalog(tmp_path / "models.toml", {"fast": (tiny_sd_dir, 2)})
-    return {"prompts": prompts, "models": models, "db": tmp_path / "cal.sqlite", "clip": tiny_clip_dir,
-            "out": tmp_path / "imgs", "root": tmp_path}
+    return {
+        "prompts": prompts,
+        "models": models,
+        "db": tmp_path / "cal.sqlite",
+        "clip": tiny_clip_dir,
+        "out": tmp_path / "imgs",
+        "root": tmp_path,
+    }
 
 
 def _base(s: dict[str, Path], *extra: Any) -> list[Any]:
-    return ["calibrate", "--prompts", s["prompts"], "--models", s["models"], "--db", s["db"], "--scorer-model",
-            s["clip"], "--out", s["out"], "--device", "cpu", *extra]
+    return [
+        "calibrate",
+        "--prompts",
+        s["prompts"],
+        "--models",
+        s["models"],
+        "--db",
+        s["db"],
+        "--scorer-model",
+        s["clip"],
+        "--out",
+        s["out"],
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def test_dry_run_counts_and_estimates_without_generating(setup: dict[str, Path]) -> None:
@@ -56,7 +84,9 @@ def test_dry_run_counts_and_estimates_without_generating(setup: dict[str, Path])
     doc = json.loads(r.stdout)
     assert doc["dry_run"] and doc["images"] == 8 and doc["already_measured"] == 0
     assert doc["generators"][0]["seconds_per_image"] == pytest.approx(0.05)
-    assert doc["estimated_seconds"] == pytest.approx(8 * 0.05 + doc["generators"][0]["estimated_seconds"] - 0.4)
+    assert doc["estimated_seconds"] == pytest.approx(
+        8 * 0.05 + doc["generators"][0]["estimated_seconds"] - 0.4
+    )
     assert not setup["out"].exists()
     r = _run(_base(setup, "--dry-run", "--limit", "10"))
     assert r.exit_code == 0
@@ -65,15 +95,40 @@ def test_dry_run_counts_and_estimates_without_generating(setup: dict[str, Path])
 
 def test_dry_run_writes_nothing(setup: dict[str, Path]) -> None:
     new = setup["root"] / "new" / "cal.sqlite"
-    r = _run(["calibrate", "--prompts", setup["prompts"], "--models", setup["models"], "--db", new, "--device", "cpu",
-              "--dry-run", "--json"])
+    r = _run(
+        [
+            "calibrate",
+            "--prompts",
+            setup["prompts"],
+            "--models",
+            setup["models"],
+            "--db",
+            new,
+            "--device",
+            "cpu",
+            "--dry-run",
+            "--json",
+        ]
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["images"] == 4 and json.loads(r.stdout)["db"] == str(new)
     assert not new.parent.exists()
     empty = setup["root"] / "empty.sqlite"
     empty.touch()
-    r = _run(["calibrate", "--prompts", setup["prompts"], "--models", setup["models"], "--db", empty, "--device", "cpu",
-              "--dry-run"])
+    r = _run(
+        [
+            "calibrate",
+            "--prompts",
+            setup["prompts"],
+            "--models",
+            setup["models"],
+            "--db",
+            empty,
+            "--device",
+            "cpu",
+            "--dry-run",
+        ]
+    )
     assert r.exit_code == 0, r.output
     assert empty.stat().st_size == 0
     with Store.open(setup["db"]):  # an existing store: the plan reads it and leaves it byte for byte
@@ -141,28 +196,76 @@ def test_campaign_interrupted_resumed_extended_and_changed(
 
     # export -> the long format the trainer reads; import into a fresh database gives the same table
     out_csv = setup["root"] / "m.csv"
-    r = _run(["measurements", "export", out_csv, "--db", setup["db"], "--metric", "clipscore", "--generators", "fast,other"])
+    r = _run(
+        [
+            "measurements",
+            "export",
+            out_csv,
+            "--db",
+            setup["db"],
+            "--metric",
+            "clipscore",
+            "--generators",
+            "fast,other",
+        ]
+    )
     assert r.exit_code == 0, r.output
     from catimg.measurements import read_measurements
 
     table = read_measurements(out_csv)
     assert table.metric == "clipscore" and set(table.generators) == {"fast", "other"}
-    r = _run(["measurements", "import", out_csv, "--db", setup["root"] / "copy.sqlite", "--models", setup["models"]])
+    r = _run(
+        [
+            "measurements",
+            "import",
+            out_csv,
+            "--db",
+            setup["root"] / "copy.sqlite",
+            "--models",
+            setup["models"],
+        ]
+    )
     assert r.exit_code == 0, r.output
     # 10 rows; the changed 'fast' shares the catalog's settings hash with the old one, so 2 rows repeat a key
     assert "10 scores: 8 new, 0 updated, 2 unchanged" in r.output
 
     # calibrate -> train --db -> eval: the router learns both generators, 'fast' from 2 prompts only
     router_dir = setup["root"] / "router"
-    r = _run(["train", "--db", setup["db"], "--models", setup["models"], "--out", router_dir, "--metric", "clipscore",
-              "--predictor", "knn", "--json"])
+    r = _run(
+        [
+            "train",
+            "--db",
+            setup["db"],
+            "--models",
+            setup["models"],
+            "--out",
+            router_dir,
+            "--metric",
+            "clipscore",
+            "--predictor",
+            "knn",
+            "--json",
+        ]
+    )
     assert r.exit_code == 0, (r.output, r.exception)
     gens = {g["name"]: g for g in json.loads(r.stdout)["generators"]}
     assert gens["fast"]["n_measured"] == 2 and gens["other"]["n_measured"] == 4
     r = _run(["eval", "--router", router_dir, "--measurements", out_csv, "--metric", "clipscore", "--json"])
     assert r.exit_code == 0, (r.output, r.exception)
-    r = _run(["train", "--db", setup["db"], "--models", setup["models"], "--out", router_dir, "--metric", "pickscore",
-              "--force"])
+    r = _run(
+        [
+            "train",
+            "--db",
+            setup["db"],
+            "--models",
+            setup["models"],
+            "--out",
+            router_dir,
+            "--metric",
+            "pickscore",
+            "--force",
+        ]
+    )
     assert isinstance(r.exception, MeasurementsError) and "pickscore" in str(r.exception)
 
     # the store as a training table for the current catalog: 'fast' (new settings) measured on 2 prompts only
@@ -188,9 +291,21 @@ def test_bad_inputs_are_one_line(setup: dict[str, Path], tmp_path: Path) -> None
     assert isinstance(r.exception, InputError) and 'did you mean "clipscore"' in str(r.exception)
     r = _run(_base(setup, "--generators", "fsat"))
     assert isinstance(r.exception, InputError) and 'did you mean "fast"' in str(r.exception)
-    missing = ["calibrate", "--prompts", setup["prompts"], "--models", setup["models"], "--db", setup["db"], "--device", "cpu"]
+    missing = [
+        "calibrate",
+        "--prompts",
+        setup["prompts"],
+        "--models",
+        setup["models"],
+        "--db",
+        setup["db"],
+        "--device",
+        "cpu",
+    ]
     r = _run(missing)
-    assert isinstance(r.exception, WeightsMissingError) and "openai/clip-vit-large-patch14" in str(r.exception)
+    assert isinstance(r.exception, WeightsMissingError) and "openai/clip-vit-large-patch14" in str(
+        r.exception
+    )
     other = tmp_path / "other.sqlite"
     with sqlite3.connect(other) as c:
         c.execute("CREATE TABLE x (y)")
@@ -211,8 +326,12 @@ def test_main_prints_one_line_for_locked_campaign(setup: dict[str, Path]) -> Non
 
     Store.open(setup["db"]).close()
     code = "import sys; from catimg.calibration.store import Store; s = Store.open(sys.argv[1]); s.acquire_campaign(); print('ok', flush=True); sys.stdin.readline()"
-    with subprocess.Popen([sys.executable, "-c", code, str(setup["db"])], stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, text=True) as p:
+    with subprocess.Popen(
+        [sys.executable, "-c", code, str(setup["db"])],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as p:
         try:
             assert p.stdout is not None and p.stdout.readline().strip() == "ok"
             exit_code, out, err = run_cli(*_base(setup))

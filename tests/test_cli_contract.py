@@ -34,14 +34,25 @@ height = 1024
 """
 
 PROMPTS = [
-    "a cat in watercolor", "three red apples on a table", "a city skyline at night", "two horses and a cart",
-    "a bowl of soup", "a mountain lake at dawn", "a robot playing chess", "five blue cubes",
-    "a cozy library", "a crowded market street", "a single rose", "a portrait of an old man",
+    "a cat in watercolor",
+    "three red apples on a table",
+    "a city skyline at night",
+    "two horses and a cart",
+    "a bowl of soup",
+    "a mountain lake at dawn",
+    "a robot playing chess",
+    "five blue cubes",
+    "a cozy library",
+    "a crowded market street",
+    "a single rose",
+    "a portrait of an old man",
 ]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "catimg", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "catimg", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +72,39 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_train_and_explain_on_measured_seconds_without_flop_estimates(trained: Path) -> None:
     d = trained
-    r = runner.invoke(app, ["train", "--measurements", str(d / "m.csv"), "--models", str(d / "models.toml"),
-                            "--out", str(d / "router")])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--measurements",
+            str(d / "m.csv"),
+            "--models",
+            str(d / "models.toml"),
+            "--out",
+            str(d / "router"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     cfg = json.loads((d / "router" / "config.json").read_text())
     assert cfg["cost_unit"] == "seconds"
     assert {g["name"]: g["cost_seconds"] for g in cfg["generators"]} == {"fast": 0.5, "slow": 12.0}
 
     for level in ("low", "max"):
-        r = runner.invoke(app, ["explain", "-f", str(d / "prompts.txt"), "--router", str(d / "router"),
-                                "--models", str(d / "models.toml"), "--budget", level, "--json"])
+        r = runner.invoke(
+            app,
+            [
+                "explain",
+                "-f",
+                str(d / "prompts.txt"),
+                "--router",
+                str(d / "router"),
+                "--models",
+                str(d / "models.toml"),
+                "--budget",
+                level,
+                "--json",
+            ],
+        )
         assert r.exit_code == 0, r.output
         doc = json.loads(r.stdout)
         assert [p["prompt"] for p in doc["prompts"]] == PROMPTS[:5]
@@ -78,8 +112,10 @@ def test_train_and_explain_on_measured_seconds_without_flop_estimates(trained: P
             assert p["choice"] in ("fast", "slow")
             costs = {g["name"]: g["cost_seconds"] for g in p["generators"]}
             assert costs == {"fast": 0.5, "slow": 12.0}  # the training seconds: no FLOP estimate exists
-            assert all(isinstance(g["cost_tflops"], float) and isinstance(g["predicted_quality"], float)
-                       for g in p["generators"])
+            assert all(
+                isinstance(g["cost_tflops"], float) and isinstance(g["predicted_quality"], float)
+                for g in p["generators"]
+            )
 
     r = runner.invoke(app, ["models", "--router", str(d / "router"), "--models", str(d / "models.toml")])
     assert r.exit_code == 0, r.output
@@ -155,11 +191,14 @@ def test_exit_codes_of_the_console_entry(tmp_path: Path) -> None:
     assert "missing" in p.stdout
 
 
-@pytest.mark.parametrize(("args", "needles"), [
-    (["gen", "a cat", "--seed", "abc"], ["--seed", "'abc'", "catimg gen --help"]),
-    (["explain", "a cat", "--neighbours", "99"], ["--neighbours", "'99'"]),
-    (["gen", "a cat", "--sed", "3"], ["No such option: --sed", "--seed"]),
-])
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["gen", "a cat", "--seed", "abc"], ["--seed", "'abc'", "catimg gen --help"]),
+        (["explain", "a cat", "--neighbours", "99"], ["--neighbours", "'99'"]),
+        (["gen", "a cat", "--sed", "3"], ["No such option: --sed", "--seed"]),
+    ],
+)
 def test_usage_errors_are_one_line_without_traceback(args: list[str], needles: list[str]) -> None:
     p = _cli(*args)
     assert p.returncode == 2

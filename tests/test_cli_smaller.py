@@ -14,8 +14,12 @@ from harness import run_cli
 from catimg.config import PACKAGED_MODELS
 
 
-@pytest.mark.parametrize("command", [["gen"], ["eval"], ["explain"], ["doctor"], ["train"], ["measurements", "import"]])
-def test_help_has_no_bool_metavar_and_whole_sentences(command: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "command", [["gen"], ["eval"], ["explain"], ["doctor"], ["train"], ["measurements", "import"]]
+)
+def test_help_has_no_bool_metavar_and_whole_sentences(
+    command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("COLUMNS", "250")  # wide enough that every paragraph fits on one line
     code, out, _ = run_cli(*command, "--help")
     assert code == 0
@@ -70,9 +74,15 @@ def test_doctor_prints_the_fetch_commands(monkeypatch: pytest.MonkeyPatch) -> No
     assert "offline: cannot generate" not in out
     flat = " ".join(out.split())
     assert "downloads are off, so `catimg gen` will not fetch them (--allow-download does)" in flat
-    for source in ("stabilityai/sdxl-turbo", "stabilityai/stable-diffusion-2-1", "stabilityai/stable-diffusion-xl-base-1.0"):
+    for source in (
+        "stabilityai/sdxl-turbo",
+        "stabilityai/stable-diffusion-2-1",
+        "stabilityai/stable-diffusion-xl-base-1.0",
+    ):
         assert f"  hf download {source}\n" in out  # one command a line, ready to copy
-    assert "hf download stable-diffusion-v1-5/stable-diffusion-v1-5" not in out  # disabled: gen does not need it
+    assert (
+        "hf download stable-diffusion-v1-5/stable-diffusion-v1-5" not in out
+    )  # disabled: gen does not need it
     monkeypatch.setenv("CATIMG_ALLOW_DOWNLOAD", "1")
     code, out, _ = run_cli("doctor")
     assert "downloads are allowed, so `catimg gen` fetches them when first used" in " ".join(out.split())
@@ -95,20 +105,30 @@ def test_import_reports_new_updated_unchanged(tmp_path: Path) -> None:
     csv.write_text("\n".join(lines) + "\n")
     code, out, _ = run_cli("measurements", "import", csv, "--db", db, "--json")
     assert {k: json.loads(out)[k] for k in ("scores", "new", "updated", "unchanged")} == {
-        "scores": 120, "new": 0, "updated": 1, "unchanged": 119}
+        "scores": 120,
+        "new": 0,
+        "updated": 1,
+        "unchanged": 119,
+    }
 
 
 def test_renamed_generator_is_recognised(tmp_path: Path) -> None:
     """sdxl-turbo renamed to turbo with the same settings: not silently "needs calibration"."""
-    text = PACKAGED_MODELS.read_text(encoding="utf-8").replace("[generators.sdxl-turbo]", "[generators.turbo]")
+    text = PACKAGED_MODELS.read_text(encoding="utf-8").replace(
+        "[generators.sdxl-turbo]", "[generators.turbo]"
+    )
     models = tmp_path / "models.toml"
     models.write_text(text, encoding="utf-8")
     code, out, err = run_cli("models", "--models", models)
     assert code == 0, err
     flat = " ".join(out.split())
     assert "known as sdxl-turbo" in flat
-    assert 'turbo: known to the router as sdxl-turbo (same settings, another name), so it is not routed; rename it ' \
-           'back to "sdxl-turbo" in' in flat and "or retrain the router (`catimg train`)" in flat
+    assert (
+        "turbo: known to the router as sdxl-turbo (same settings, another name), so it is not routed; rename it "
+        'back to "sdxl-turbo" in'
+        in flat
+        and "or retrain the router (`catimg train`)" in flat
+    )
     code, out, _ = run_cli("doctor", "--models", models, "--json")
     row = next(g for g in json.loads(out)["generators"] if g["name"] == "turbo")
     assert row["router_name"] == "sdxl-turbo" and row["router_knows"] is False

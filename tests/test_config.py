@@ -63,7 +63,9 @@ def test_parses_and_expands_step_lists(tmp_path: Path) -> None:
 
 def test_settings_hash_is_stable_and_ignores_cosmetic_keys(tmp_path: Path) -> None:
     a = load_catalog(write(tmp_path, GOOD)).get("fast")
-    b = load_catalog(write(tmp_path, GOOD.replace('steps = 1\n', 'steps = 1\nnote = "hi"\n'), "b.toml")).get("fast")
+    b = load_catalog(write(tmp_path, GOOD.replace("steps = 1\n", 'steps = 1\nnote = "hi"\n'), "b.toml")).get(
+        "fast"
+    )
     c = load_catalog(write(tmp_path, GOOD.replace("steps = 1\n", "steps = 2\n"), "c.toml")).get("fast")
     assert a.settings_hash() == b.settings_hash() != c.settings_hash()
 
@@ -106,14 +108,23 @@ def test_packaged_default_matches_repository_catalog() -> None:
         ('[generators.a]\nsource = "x/y"\nguidance = "high"\n', "guidance = 'high' must be a number"),
         ('[generators.a]\nsource = "x/y"\ndtype = "fp8"\n', 'dtype = "fp8" is unknown'),
         ('[generators.a]\nsource = "x/y"\ncost_seconds = 0\n', "cost_seconds = 0 must be a positive number"),
-        ('[generators.a]\nsource = "x/y"\ncost_tflops = "a lot"\n', "cost_tflops = 'a lot' must be a positive number"),
+        (
+            '[generators.a]\nsource = "x/y"\ncost_tflops = "a lot"\n',
+            "cost_tflops = 'a lot' must be a positive number",
+        ),
         ('[generators.a]\nsource = "x/y"\nenabled = "no"\n', "enabled = 'no' must be true or false"),
-        ('[generators.a]\nsteps = 3\n', 'missing key "source"'),
+        ("[generators.a]\nsteps = 3\n", 'missing key "source"'),
         ('[generators.a]\nsource = "x/y"\nsteps = [10, 10]\n', "repeats a value"),
-        ('[generators.a]\nsource = "x/y"\nsteps = [10, 20]\n[generators."a@10"]\nsource = "x/y"\n', "may not contain '@'"),
+        (
+            '[generators.a]\nsource = "x/y"\nsteps = [10, 20]\n[generators."a@10"]\nsource = "x/y"\n',
+            "may not contain '@'",
+        ),
         ('[generators.a]\nsource = "x/y"\nenabled = false\n', "nothing can be routed"),
         ("", "no [generators.<name>] tables"),
-        ('[generators.a]\nsource = "x/y"\nfamily = "sdxxl"\n', 'family = "sdxxl" is unknown (did you mean "sdxl"?)'),
+        (
+            '[generators.a]\nsource = "x/y"\nfamily = "sdxxl"\n',
+            'family = "sdxxl" is unknown (did you mean "sdxl"?)',
+        ),
     ],
 )
 def test_bad_catalogs_give_one_line_errors(tmp_path: Path, text: str, needle: str) -> None:

@@ -90,10 +90,18 @@ def test_memory_offload_and_infeasible(hub_catalog) -> None:
 
 
 def test_throughput_table_matches_common_gpus() -> None:
-    for name, label in [("NVIDIA H100 80GB HBM3", "H100 SXM"), ("NVIDIA H100 PCIe", "H100 PCIe"),
-                        ("NVIDIA H200", "H200"), ("NVIDIA A100-SXM4-40GB", "A100"), ("NVIDIA L4", "L4"),
-                        ("NVIDIA GeForce RTX 4090", "RTX 4090"), ("NVIDIA GeForce RTX 3060", "RTX 3060"),
-                        ("Tesla T4", "T4"), ("Tesla V100-SXM2-16GB", "V100"), ("NVIDIA L40S", "L40S")]:
+    for name, label in [
+        ("NVIDIA H100 80GB HBM3", "H100 SXM"),
+        ("NVIDIA H100 PCIe", "H100 PCIe"),
+        ("NVIDIA H200", "H200"),
+        ("NVIDIA A100-SXM4-40GB", "A100"),
+        ("NVIDIA L4", "L4"),
+        ("NVIDIA GeForce RTX 4090", "RTX 4090"),
+        ("NVIDIA GeForce RTX 3060", "RTX 3060"),
+        ("Tesla T4", "T4"),
+        ("Tesla V100-SXM2-16GB", "V100"),
+        ("NVIDIA L40S", "L40S"),
+    ]:
         assert device_throughput(gpu(name, 16)).label == label
     mps = DeviceInfo("mps", None, "Apple M2 Max", 32, None, None, False, "mps")
     assert device_throughput(mps).label == "Apple M-series Max"

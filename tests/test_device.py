@@ -51,8 +51,12 @@ class FakeCuda:
 
 def fake_torch(gpus=(), mps: bool = False) -> SimpleNamespace:
     backends = SimpleNamespace(mps=SimpleNamespace(is_available=lambda: mps, is_built=lambda: mps))
-    return SimpleNamespace(cuda=FakeCuda(list(gpus)), backends=backends, __version__="2.13.0+cu128",
-                           version=SimpleNamespace(cuda="12.8"))
+    return SimpleNamespace(
+        cuda=FakeCuda(list(gpus)),
+        backends=backends,
+        __version__="2.13.0+cu128",
+        version=SimpleNamespace(cuda="12.8"),
+    )
 
 
 H100 = ("NVIDIA H100 80GB HBM3", 79.19, (9, 0), 78.5)
@@ -109,7 +113,11 @@ def test_bad_override(bad: str) -> None:
 def test_bad_device_option_exits_2_through_the_cli() -> None:
     from harness import run_cli
 
-    for args in (["models", "--device", "tpu"], ["explain", "x", "--device", "tpu"], ["doctor", "--device", "tpu"]):
+    for args in (
+        ["models", "--device", "tpu"],
+        ["explain", "x", "--device", "tpu"],
+        ["doctor", "--device", "tpu"],
+    ):
         code, _out, err = run_cli(*args)
         assert code == 2, (args, err)
         assert err.count("\n") == 1 and '--device "tpu" is not a device' in err
@@ -153,8 +161,12 @@ def test_cli_device_error_is_one_line(tmp_path, tiny_sd_dir) -> None:
 
     toml = tmp_path / "models.toml"
     toml.write_text(f'[generators.t]\nsource = "{tiny_sd_dir}"\nwidth = 64\nheight = 64\n', encoding="utf-8")
-    r = subprocess.run([sys.executable, "-m", "catimg", "bench", "--models", str(toml), "--device", "quantum"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "catimg", "bench", "--models", str(toml), "--device", "quantum"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2  # a bad option value (issue 10, item 15), not a device problem (5)
     assert r.stderr.strip().count("\n") == 0 and '--device "quantum" is not a device' in r.stderr
     assert "Traceback" not in r.stderr
@@ -186,15 +198,21 @@ def test_lookup_caches_the_probe_in_a_real_file_and_invalidates(monkeypatch: pyt
 
     again = lookup_device(None, torch_module=NoTorch())
     assert again.source == "cached" and again.cached_at is not None
-    assert again.info.name == H100[0] and again.info.capability == (9, 0) and again.info.total_memory_gb == 79.19
+    assert (
+        again.info.name == H100[0] and again.info.capability == (9, 0) and again.info.total_memory_gb == 79.19
+    )
     assert again.info.free_memory_gb is None  # free memory changes: never cached
-    assert "cached" in again.note("`catimg doctor --refresh-device`") and "--refresh-device" in again.note("--refresh-device")
+    assert "cached" in again.note("`catimg doctor --refresh-device`") and "--refresh-device" in again.note(
+        "--refresh-device"
+    )
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # other GPUs visible: the cached entry does not apply
     assert lookup_device(None, torch_module=fake_torch([T4])).info.name == T4[0]
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert lookup_device(None, torch_module=NoTorch()).info.name == H100[0]  # both entries are kept
-    assert lookup_device("cuda:0", torch_module=fake_torch([T4])).source == "probed"  # another --device, another key
+    assert (
+        lookup_device("cuda:0", torch_module=fake_torch([T4])).source == "probed"
+    )  # another --device, another key
 
     assert lookup_device(None, refresh=True, torch_module=fake_torch([T4])).source == "probed"
     assert lookup_device(None, torch_module=NoTorch()).info.name == T4[0]  # the refresh rewrote the entry

@@ -40,7 +40,9 @@ VOLATILE = {"measured_seconds", "time", "worker"}
 
 def two_generator_plan(a: Path, b: Path, n: int = 12) -> list[PlanItem]:
     ga, gb = generator("tiny-a", a), generator("tiny-b", b, steps=3)
-    routed = [(i, f"prompt number {i}", ga if i % 3 else gb, 0.5, 1.0 if i % 3 else 2.0, 0.1) for i in range(n)]
+    routed = [
+        (i, f"prompt number {i}", ga if i % 3 else gb, 0.5, 1.0 if i % 3 else 2.0, 0.1) for i in range(n)
+    ]
     return build_plan(routed, seed=7)
 
 
@@ -75,9 +77,13 @@ def test_engine_ray_without_ray_says_how_to_install(tmp_path: Path) -> None:
     site.mkdir()
     (site / "sitecustomize.py").write_text("import sys\nsys.modules['ray'] = None\n")
     env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    for args in (["gen", "a lighthouse at dusk", "--engine", "ray", "--out", str(tmp_path / "o")],
-                 ["calibrate", "--engine", "ray", "--db", str(tmp_path / "c.sqlite")]):
-        r = subprocess.run([sys.executable, "-m", "catimg", *args], env=env, capture_output=True, text=True, timeout=60)
+    for args in (
+        ["gen", "a lighthouse at dusk", "--engine", "ray", "--out", str(tmp_path / "o")],
+        ["calibrate", "--engine", "ray", "--db", str(tmp_path / "c.sqlite")],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "catimg", *args], env=env, capture_output=True, text=True, timeout=60
+        )
         assert r.returncode == 5, r.stderr
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and 'pip install "catimg[ray]"' in lines[0]
@@ -94,7 +100,9 @@ def test_unreachable_address_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None
     real_connect = socket.create_connection
     probes: list[tuple[object, object]] = []
 
-    def connect(address: tuple[str, int], timeout: float | None = None, *args: object, **kw: object) -> socket.socket:
+    def connect(
+        address: tuple[str, int], timeout: float | None = None, *args: object, **kw: object
+    ) -> socket.socket:
         probes.append((address, timeout))
         return real_connect(address, timeout, *args, **kw)  # type: ignore[arg-type]
 
@@ -132,8 +140,9 @@ def test_cluster_without_resources_is_one_line() -> None:
 
 
 @needs_ray
-def test_same_images_and_manifest_as_local_each_once(ray_instance: Any, tmp_path: Path, tiny_sd_dir: Path,
-                                                      tiny_sd2_dir: Path) -> None:
+def test_same_images_and_manifest_as_local_each_once(
+    ray_instance: Any, tmp_path: Path, tiny_sd_dir: Path, tiny_sd2_dir: Path
+) -> None:
     from catimg.generation.ray_engine import RayRun, run_plan_ray
 
     plan = two_generator_plan(tiny_sd_dir, tiny_sd2_dir)
@@ -141,8 +150,14 @@ def test_same_images_and_manifest_as_local_each_once(ray_instance: Any, tmp_path
     stats = RayRun()
     events: list[Event] = []
     # loads predicted dear (100 s): a worker whose queue empties does not steal the other model's last chunks
-    res = run_plan_ray(plan, run_options(tmp_path / "ray", batch_size=2), events.append, workers=2,
-                       load_seconds={"tiny-a": 100.0, "tiny-b": 100.0}, stats=stats)
+    res = run_plan_ray(
+        plan,
+        run_options(tmp_path / "ray", batch_size=2),
+        events.append,
+        workers=2,
+        load_seconds={"tiny-a": 100.0, "tiny-b": 100.0},
+        stats=stats,
+    )
     assert len(res.made) == len(plan) == len(local.made)
     assert len(stats.workers) == 2
     lm = {key(r): r for r in read_manifest(tmp_path / "local")}
@@ -172,27 +187,34 @@ def png_text(path: Path) -> dict[str, Any]:
         text = dict(im.text)
     whole = json.loads(text.pop("catimg"))
     whole.pop("measured_seconds")
-    return {"chunks": [k for k in text if k != "catimg:measured_seconds"], "record": whole,
-            **{k: v for k, v in text.items() if k != "catimg:measured_seconds"}}
+    return {
+        "chunks": [k for k in text if k != "catimg:measured_seconds"],
+        "record": whole,
+        **{k: v for k, v in text.items() if k != "catimg:measured_seconds"},
+    }
 
 
 @needs_ray
-def test_both_engines_same_records_and_pixels_with_faults(ray_instance: Any, tmp_path: Path, tiny_sd_dir: Path,
-                                                          tiny_sd2_dir: Path) -> None:
+def test_both_engines_same_records_and_pixels_with_faults(
+    ray_instance: Any, tmp_path: Path, tiny_sd_dir: Path, tiny_sd2_dir: Path
+) -> None:
     """One plan with every status through both engines: the same manifest records, field by field (timing and
     the Ray worker's name aside), the same pixels and the same PNG metadata."""
     from dataclasses import replace
 
     from catimg.generation.ray_engine import run_plan_ray
 
-    ok, euler = generator("tiny-a", tiny_sd_dir), generator("tiny-a@3", tiny_sd_dir, 3, "tiny-a",
-                                                         scheduler="EulerDiscreteScheduler")
+    ok, euler = (
+        generator("tiny-a", tiny_sd_dir),
+        generator("tiny-a@3", tiny_sd_dir, 3, "tiny-a", scheduler="EulerDiscreteScheduler"),
+    )
     odd = replace(generator("odd", tiny_sd2_dir), width=60)  # not a multiple of 8: the pipeline raises
     routed = [(i, f"a {tiny.WORDS[i]} on a table", (odd, ok, euler)[i % 3], 0.5, 1.0, 0.2) for i in range(6)]
     plan = build_plan(routed, seed=11, images_per_prompt=1, negative="blurry", fallbacks={0: (ok,)})
     local = run_plan(plan, run_options(tmp_path / "local", batch_size=2, base_seed=11, images_per_prompt=1))
-    ray_res = run_plan_ray(plan, run_options(tmp_path / "ray", batch_size=2, base_seed=11, images_per_prompt=1),
-                           workers=1)
+    ray_res = run_plan_ray(
+        plan, run_options(tmp_path / "ray", batch_size=2, base_seed=11, images_per_prompt=1), workers=1
+    )
     lm = {key(r): r for r in read_manifest(tmp_path / "local")}
     rm = {key(r): r for r in read_manifest(tmp_path / "ray")}
     assert {r["status"] for r in lm.values()} == {"ok", "fallback", "failed"}  # index 0 fell back, 3 failed
@@ -201,31 +223,39 @@ def test_both_engines_same_records_and_pixels_with_faults(ray_instance: Any, tmp
     for k, a in lm.items():
         b = rm[k]
         assert set(b) == set(a) | {"worker"}
-        assert {f: v for f, v in a.items() if f not in VOLATILE} == {f: v for f, v in b.items() if f not in VOLATILE}
+        assert {f: v for f, v in a.items() if f not in VOLATILE} == {
+            f: v for f, v in b.items() if f not in VOLATILE
+        }
         if a["file"] is not None:
-            assert np.array_equal(pixels(tmp_path / "local" / a["file"]), pixels(tmp_path / "ray" / b["file"]))
+            assert np.array_equal(
+                pixels(tmp_path / "local" / a["file"]), pixels(tmp_path / "ray" / b["file"])
+            )
             assert png_text(tmp_path / "local" / a["file"]) == png_text(tmp_path / "ray" / b["file"])
     assert lm[(2, 0)]["scheduler"] == "EulerDiscreteScheduler" and lm[(1, 0)]["scheduler"] == "DDIMScheduler"
-    assert [r.status for r in sorted(ray_res.records, key=lambda r: r.item.index)] == \
-        [r.status for r in sorted(local.records, key=lambda r: r.item.index)]
+    assert [r.status for r in sorted(ray_res.records, key=lambda r: r.item.index)] == [
+        r.status for r in sorted(local.records, key=lambda r: r.item.index)
+    ]
 
 
 @needs_ray
-def test_png_bytes_returned_when_workers_do_not_share_the_folder(ray_instance: Any, tmp_path: Path,
-                                                                  tiny_sd_dir: Path, tiny_sd2_dir: Path) -> None:
+def test_png_bytes_returned_when_workers_do_not_share_the_folder(
+    ray_instance: Any, tmp_path: Path, tiny_sd_dir: Path, tiny_sd2_dir: Path
+) -> None:
     from catimg.generation.ray_engine import run_plan_ray
 
     plan = two_generator_plan(tiny_sd_dir, tiny_sd2_dir, n=4)
-    res = run_plan_ray(plan, run_options(tmp_path / "o", batch_size=2), workers=1, shared_output=False,
-                       threads=1)
+    res = run_plan_ray(
+        plan, run_options(tmp_path / "o", batch_size=2), workers=1, shared_output=False, threads=1
+    )
     assert len(res.made) == 4
     assert len(list((tmp_path / "o").glob("*.png"))) == 4
     assert not list((tmp_path / "o").glob(".catimg-ray-*"))
 
 
 @needs_ray
-def test_worker_killed_mid_run_each_image_once(ray_instance: Any, tmp_path: Path, tiny_sd_dir: Path,
-                                               tiny_sd2_dir: Path) -> None:
+def test_worker_killed_mid_run_each_image_once(
+    ray_instance: Any, tmp_path: Path, tiny_sd_dir: Path, tiny_sd2_dir: Path
+) -> None:
     from catimg.generation.ray_engine import RayRun, run_plan_ray
 
     plan = two_generator_plan(tiny_sd_dir, tiny_sd2_dir, n=8)
@@ -240,8 +270,15 @@ def test_worker_killed_mid_run_each_image_once(ray_instance: Any, tmp_path: Path
             killed.append(pids[0])
             os.kill(pids[0], signal.SIGKILL)  # a real kill -9 of a worker process, mid-run
 
-    res = run_plan_ray(plan, run_options(tmp_path / "o", batch_size=1), on_event, workers=2, chunk_size=4, threads=1,
-                       stats=stats)
+    res = run_plan_ray(
+        plan,
+        run_options(tmp_path / "o", batch_size=1),
+        on_event,
+        workers=2,
+        chunk_size=4,
+        threads=1,
+        stats=stats,
+    )
     assert killed and stats.lost_workers == 1 and stats.requeued >= 1
     rm = read_manifest(tmp_path / "o")
     assert sorted(key(r) for r in rm) == sorted((it.index, it.image) for it in plan)
@@ -262,8 +299,9 @@ def test_generator_failing_to_load_is_replanned(ray_instance: Any, tmp_path: Pat
     plan = build_plan(routed, seed=1, fallbacks={i: (good,) for i in range(3)})  # p 4 has no fallback
     stats = RayRun()
     events: list[Event] = []
-    res = run_plan_ray(plan, run_options(tmp_path / "o", batch_size=2), events.append, workers=1,
-                       threads=1, stats=stats)
+    res = run_plan_ray(
+        plan, run_options(tmp_path / "o", batch_size=2), events.append, workers=1, threads=1, stats=stats
+    )
     assert "bad" in stats.replanned
     assert any(isinstance(e, Replanned) and e.model == "bad" for e in events)
     rm = read_manifest(tmp_path / "o")
@@ -285,7 +323,9 @@ def test_generator_failing_to_load_is_replanned(ray_instance: Any, tmp_path: Pat
 
 
 @pytest.fixture(scope="module")
-def cli_setup(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path, tiny_sd2_dir: Path) -> dict[str, Path]:
+def cli_setup(
+    tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path, tiny_sd2_dir: Path
+) -> dict[str, Path]:
     """models.toml with two tiny local generators and a router trained on made-up measurements."""
     from typer.testing import CliRunner
 
@@ -299,16 +339,36 @@ def cli_setup(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path, tiny_
     )
     m = tiny.write_measurements(root / "m.csv", {"a": (0.6, 0.3, 0.05), "b": (0.62, 0.8, 0.1)})
     prompts = root / "prompts.txt"
-    prompts.write_text("".join(f"a {tiny.WORDS[i % 12]} in the {tiny.WORDS[-(i % 12) - 1]} {i}\n" for i in range(16)))
-    res = CliRunner().invoke(app, ["train", "--measurements", str(m), "--models", str(models), "--out", str(root / "router")])
+    prompts.write_text(
+        "".join(f"a {tiny.WORDS[i % 12]} in the {tiny.WORDS[-(i % 12) - 1]} {i}\n" for i in range(16))
+    )
+    res = CliRunner().invoke(
+        app, ["train", "--measurements", str(m), "--models", str(models), "--out", str(root / "router")]
+    )
     if res.exit_code != 0:
         pytest.skip(f"catimg train not usable: {res.output[-300:]}")
     return {"models": models, "router": root / "router", "prompts": prompts}
 
 
 def cli_args(s: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return ["gen", "-f", str(s["prompts"]), "--models", str(s["models"]), "--router", str(s["router"]),
-            "--out", str(out), "--seed", "3", "--budget", "max", "--batch-size", "1", *extra]
+    return [
+        "gen",
+        "-f",
+        str(s["prompts"]),
+        "--models",
+        str(s["models"]),
+        "--router",
+        str(s["router"]),
+        "--out",
+        str(out),
+        "--seed",
+        "3",
+        "--budget",
+        "max",
+        "--batch-size",
+        "1",
+        *extra,
+    ]
 
 
 def _session_pids(sid: int) -> list[int]:
@@ -328,8 +388,24 @@ def _session_pids(sid: int) -> list[int]:
 
 @needs_ray
 def test_gen_engine_ray_unreachable_address_is_one_line(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "catimg", "gen", "a lighthouse", "--out", str(tmp_path / "o"),
-                        "--engine", "ray", "--ray-address", "127.0.0.1:1"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "catimg",
+            "gen",
+            "a lighthouse",
+            "--out",
+            str(tmp_path / "o"),
+            "--engine",
+            "ray",
+            "--ray-address",
+            "127.0.0.1:1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 5
     assert len(r.stderr.strip().splitlines()) == 1 and "--ray-address 127.0.0.1:1: cannot reach" in r.stderr
     assert "Traceback" not in r.stderr
@@ -337,7 +413,9 @@ def test_gen_engine_ray_unreachable_address_is_one_line(tmp_path: Path) -> None:
 
 @needs_ray
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the processes to clean up")
-def test_driver_killed_then_resume_records_each_image_once(cli_setup: dict[str, Path], tmp_path: Path) -> None:
+def test_driver_killed_then_resume_records_each_image_once(
+    cli_setup: dict[str, Path], tmp_path: Path
+) -> None:
     from typer.testing import CliRunner
 
     from catimg.cli import app
@@ -346,8 +424,13 @@ def test_driver_killed_then_resume_records_each_image_once(cli_setup: dict[str, 
     out = tmp_path / "out"
     args = cli_args(cli_setup, out, "--engine", "ray", "--workers", "1")
     # test-only: the driver (the process that writes the manifest) pauses for good after its third record
-    p = subprocess.Popen([sys.executable, "-m", "catimg", *args], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, TEST_PAUSE_ENV: "3"})
+    p = subprocess.Popen(
+        [sys.executable, "-m", "catimg", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, TEST_PAUSE_ENV: "3"},
+    )
     try:
         man, hang_guard = out / "manifest.jsonl", time.monotonic() + 600
         while p.poll() is None and not (man.exists() and len(man.read_bytes().splitlines()) >= 3):
@@ -377,8 +460,9 @@ def test_driver_killed_then_resume_records_each_image_once(cli_setup: dict[str, 
 
 
 @needs_ray
-def test_calibrate_on_ray_records_the_same_scores_as_local(ray_instance: Any, tmp_path: Path, tiny_sd_dir: Path,
-                                                           tiny_sd2_dir: Path, tiny_clip_dir: Path) -> None:
+def test_calibrate_on_ray_records_the_same_scores_as_local(
+    ray_instance: Any, tmp_path: Path, tiny_sd_dir: Path, tiny_sd2_dir: Path, tiny_clip_dir: Path
+) -> None:
     from typer.testing import CliRunner
 
     from catimg.calibration.store import Store
@@ -387,25 +471,49 @@ def test_calibrate_on_ray_records_the_same_scores_as_local(ray_instance: Any, tm
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red cube\na blue sphere on grass\ntwo cats\n", encoding="utf-8")
     models = tmp_path / "models.toml"
-    models.write_text("".join(
-        f'[generators.{n}]\nsource = "{d}"\nsteps = 2\nguidance = 1.0\nwidth = 64\nheight = 64\ncost_seconds = {c}\n'
-        for n, d, c in (("fast", tiny_sd_dir, 0.05), ("slow", tiny_sd2_dir, 0.1))))
+    models.write_text(
+        "".join(
+            f'[generators.{n}]\nsource = "{d}"\nsteps = 2\nguidance = 1.0\nwidth = 64\nheight = 64\ncost_seconds = {c}\n'
+            for n, d, c in (("fast", tiny_sd_dir, 0.05), ("slow", tiny_sd2_dir, 0.1))
+        )
+    )
     scores = {}
     for engine in ("local", "ray"):
         db = tmp_path / f"{engine}.sqlite"
-        r = CliRunner().invoke(app, ["calibrate", "--prompts", str(prompts), "--models", str(models), "--db", str(db),
-                                     "--scorer-model", str(tiny_clip_dir), "--out", str(tmp_path / f"img-{engine}"),
-                                     "--device", "cpu", "--engine", engine, "--json"])
+        r = CliRunner().invoke(
+            app,
+            [
+                "calibrate",
+                "--prompts",
+                str(prompts),
+                "--models",
+                str(models),
+                "--db",
+                str(db),
+                "--scorer-model",
+                str(tiny_clip_dir),
+                "--out",
+                str(tmp_path / f"img-{engine}"),
+                "--device",
+                "cpu",
+                "--engine",
+                engine,
+                "--json",
+            ],
+        )
         assert r.exit_code == 0, r.output
         with Store.open(db) as st:
-            scores[engine] = sorted((m.prompt, m.generator, m.seed, m.score) for m in st.measurements("clipscore"))
+            scores[engine] = sorted(
+                (m.prompt, m.generator, m.seed, m.score) for m in st.measurements("clipscore")
+            )
     assert len(scores["local"]) == 6
     assert scores["ray"] == scores["local"]  # same pixels, so the same scores, each recorded once
 
 
 @needs_ray
-def test_no_resources_for_the_plan_is_one_line(ray_instance: Any, tmp_path: Path, tiny_sd_dir: Path,
-                                               tiny_sd2_dir: Path) -> None:
+def test_no_resources_for_the_plan_is_one_line(
+    ray_instance: Any, tmp_path: Path, tiny_sd_dir: Path, tiny_sd2_dir: Path
+) -> None:
     from catimg.errors import DeviceError
     from catimg.generation.ray_engine import run_plan_ray
 
@@ -424,13 +532,19 @@ def test_ray_only_events_are_said_in_one_line_each_and_all_events_reach_the_prog
     from catimg.generation.ray_engine import WorkerInfo, cli_events
 
     cpu = cpu_device()
-    workers = (WorkerInfo(label="ray-0", pid=1, host="node-a", device=cpu, shared=True, write_error=None),
-               WorkerInfo(label="ray-1", pid=2, host="node-b", device=cpu, shared=False, write_error=None))
+    workers = (
+        WorkerInfo(label="ray-0", pid=1, host="node-a", device=cpu, shared=True, write_error=None),
+        WorkerInfo(label="ray-1", pid=2, host="node-b", device=cpu, shared=False, write_error=None),
+    )
     lines: list[str] = []
     seen: list[Event] = []
     handle = cli_events(seen.append, lines.append)
-    events: list[Event] = [WorkersStarted(workers=workers), RunStarted(images=2),
-                           Replanned(model="bad", reason="no weights"), WorkerLost(worker="ray-1", images=3, error="x")]
+    events: list[Event] = [
+        WorkersStarted(workers=workers),
+        RunStarted(images=2),
+        Replanned(model="bad", reason="no weights"),
+        WorkerLost(worker="ray-1", images=3, error="x"),
+    ]
     for e in events:
         handle(e)
     assert seen == events

@@ -12,8 +12,17 @@ from catimg.errors import CatimgError, ExitStatus, first_line
 
 
 def test_every_error_class_exits_with_its_documented_status() -> None:
-    expected = {"CatimgError": 1, "ConfigError": 2, "InputError": 2, "RouterError": 3, "MeasurementsError": 4,
-                "DeviceError": 5, "WeightsMissingError": 6, "GenerationError": 7, "StoreError": 8}
+    expected = {
+        "CatimgError": 1,
+        "ConfigError": 2,
+        "InputError": 2,
+        "RouterError": 3,
+        "MeasurementsError": 4,
+        "DeviceError": 5,
+        "WeightsMissingError": 6,
+        "GenerationError": 7,
+        "StoreError": 8,
+    }
     classes = {n: c for n, c in vars(errors).items() if isinstance(c, type) and issubclass(c, CatimgError)}
     assert {n: int(c.exit_code) for n, c in classes.items()} == expected
     assert all(isinstance(c.exit_code, ExitStatus) for c in classes.values())
@@ -72,7 +81,9 @@ def test_check_choice_names_the_option_value_and_closest_choice() -> None:
 
     check_choice("--engine", None, ENGINES)
     check_choice("--engine", "ray", ENGINES)
-    with pytest.raises(InputError, match=r'--engine "rya" is unknown \(did you mean "ray"\?\); use local or ray'):
+    with pytest.raises(
+        InputError, match=r'--engine "rya" is unknown \(did you mean "ray"\?\); use local or ray'
+    ):
         check_choice("--engine", "rya", ENGINES)
 
 
@@ -83,8 +94,10 @@ def test_unknown_dtype_is_bad_input_in_every_command(command: str, tmp_path: Pat
     from catimg.cli import app
     from catimg.errors import InputError
 
-    res = CliRunner().invoke(app, [command, "--dtype", "fp61", "--out", str(tmp_path / "o"),
-                                   *(["a cat"] if command == "gen" else [])])
+    res = CliRunner().invoke(
+        app,
+        [command, "--dtype", "fp61", "--out", str(tmp_path / "o"), *(["a cat"] if command == "gen" else [])],
+    )
     assert isinstance(res.exception, InputError), res.output
     assert res.exception.exit_code == ExitStatus.BAD_INPUT
     assert str(res.exception).startswith('--dtype "fp61" is unknown (did you mean "fp16"?)')
@@ -103,11 +116,17 @@ def test_run_cli_is_the_console_entry_point() -> None:
     if script is None:
         pytest.skip("the catimg console script is not installed (pip install -e .)")
 
-    for args in (["explain"], ["gen", "a cat", "--engine", "rya"], ["explain", "x", "--budget", "cheap"],
-                 ["models", "--bogus-option"], ["--version"]):
+    for args in (
+        ["explain"],
+        ["gen", "a cat", "--engine", "rya"],
+        ["explain", "x", "--budget", "cheap"],
+        ["models", "--bogus-option"],
+        ["--version"],
+    ):
         code, out, err = run_cli(*args)
-        proc = subprocess.run([script, *args], capture_output=True, text=True,
-                              env=os.environ.copy(), timeout=120)
+        proc = subprocess.run(
+            [script, *args], capture_output=True, text=True, env=os.environ.copy(), timeout=120
+        )
         assert (code, out, err) == (proc.returncode, proc.stdout, proc.stderr), args
     assert run_cli("explain")[0] == ExitStatus.BAD_INPUT
     assert run_cli("--version")[0] == ExitStatus.OK

@@ -50,8 +50,18 @@ def explain_json(*args: str) -> dict:
 def test_single_prompt_table_says_why(timed_models: Path) -> None:
     code, out, _ = run_cli("explain", "a colourful park with a crowd", "--models", str(timed_models))
     assert code == 0, out
-    for needle in ("sdxl-turbo", "sd21", "sdxl", "predicted quality", "➜", "runner-up", "would switch to",
-                   "most similar training prompt", "needs calibration", "disabled"):
+    for needle in (
+        "sdxl-turbo",
+        "sd21",
+        "sdxl",
+        "predicted quality",
+        "➜",
+        "runner-up",
+        "would switch to",
+        "most similar training prompt",
+        "needs calibration",
+        "disabled",
+    ):
         assert needle in out, needle
     assert "newcomer" in out
 
@@ -69,7 +79,10 @@ def test_json_contract_in_file_order(timed_models: Path, prompt_file: Path) -> N
         assert set(known) == {"sdxl-turbo", "sd21", "sdxl"}
         lo, hi = load_router(None).scale  # the bundled router's scale (the joint scale, 0-1)
         assert all(lo <= g["predicted_quality"] <= hi and g["uncertainty"] > 0 for g in known.values())
-        assert known["sdxl"]["cost_seconds"] == 12.0 and known["sdxl"]["cost_tflops"] > known["sdxl-turbo"]["cost_tflops"]
+        assert (
+            known["sdxl"]["cost_seconds"] == 12.0
+            and known["sdxl"]["cost_tflops"] > known["sdxl-turbo"]["cost_tflops"]
+        )
     assert doc["statuses"]["newcomer"] == "needs calibration" and doc["statuses"]["sd15"] == "disabled"
 
 
@@ -78,8 +91,14 @@ def test_levels_are_monotone_in_cost_and_predicted_quality(timed_models: Path, t
 
     costs, quals = [], []
     for level in ("low", "medium", "high", "max"):
-        doc = explain_json("-f", str(reference_set_path("parti-geneval-50")), "--models", str(timed_models),
-                           "--budget", level)
+        doc = explain_json(
+            "-f",
+            str(reference_set_path("parti-geneval-50")),
+            "--models",
+            str(timed_models),
+            "--budget",
+            level,
+        )
         chosen = [next(g for g in p["generators"] if g["name"] == p["choice"]) for p in doc["prompts"]]
         costs.append(sum(g["cost_seconds"] for g in chosen))
         quals.append(sum(g["predicted_quality"] for g in chosen) / len(chosen))
@@ -87,7 +106,9 @@ def test_levels_are_monotone_in_cost_and_predicted_quality(timed_models: Path, t
     assert costs[0] < costs[-1]
 
 
-def test_disabling_a_generator_moves_only_the_prompts_that_chose_it(timed_models: Path, tmp_path: Path) -> None:
+def test_disabling_a_generator_moves_only_the_prompts_that_chose_it(
+    timed_models: Path, tmp_path: Path
+) -> None:
     """λ is one price of compute: the cost scale is the dearest generator the router knows, enabled or not
     (catimg.routing.rule), so disabling sdxl keeps every other prompt's choice and the λ of each switch point."""
     from catimg.prompts import reference_set_path
@@ -95,9 +116,12 @@ def test_disabling_a_generator_moves_only_the_prompts_that_chose_it(timed_models
     ref = str(reference_set_path("parti-geneval-50"))
     before = explain_json("-f", ref, "--models", str(timed_models), "--budget", "medium")
     off = tmp_path / "sdxl-off.toml"
-    off.write_text(timed_models.read_text(encoding="utf-8").replace("[generators.sdxl]\n",
-                                                                     "[generators.sdxl]\nenabled = false\n"),
-                   encoding="utf-8")
+    off.write_text(
+        timed_models.read_text(encoding="utf-8").replace(
+            "[generators.sdxl]\n", "[generators.sdxl]\nenabled = false\n"
+        ),
+        encoding="utf-8",
+    )
     after = explain_json("-f", ref, "--models", str(off), "--budget", "medium")
     assert after["statuses"]["sdxl"] == "disabled" and after["lambda"] == before["lambda"]
     moved = 0
@@ -124,8 +148,10 @@ def test_explanation_only_when_asked(timed_models: Path) -> None:
     plain = route_prompts(PROMPTS, catalog, router, cpu_device())
     full = route_prompts(PROMPTS, catalog, router, cpu_device(), explain=True)
     assert [r.rows for r in plain.routes] == [r.rows for r in full.routes]
-    assert all(r.runner_up is None and r.margin is None and r.switch_down is None and r.switch_up is None
-               for r in plain.routes)
+    assert all(
+        r.runner_up is None and r.margin is None and r.switch_down is None and r.switch_up is None
+        for r in plain.routes
+    )
     for r in full.routes:  # the choice is the argmax at the level's λ: nothing beats it
         assert r.runner_up is not None and r.margin is not None and r.margin >= -1e-12
         assert r.switch_down is None or r.switch_down[1] >= r.lam - 1e-12
@@ -171,7 +197,9 @@ def test_bad_input_is_one_line(args: list[str], needle: str, exit_code: int) -> 
 
 
 def test_total_budget_below_cheapest_plan(timed_models: Path, prompt_file: Path) -> None:
-    code, _, err = run_cli("explain", "-f", str(prompt_file), "--models", str(timed_models), "--total-budget", "1s")
+    code, _, err = run_cli(
+        "explain", "-f", str(prompt_file), "--models", str(timed_models), "--total-budget", "1s"
+    )
     assert code == 2 and "below the cheapest plan" in err
 
 
@@ -193,7 +221,11 @@ def test_doctor_reports_offline_readiness(timed_models: Path) -> None:
     doc = json.loads(out)
     assert code == 0, doc["problems"]
     # the bundled router knows the catalog's three, then the public sets' reference columns (never routed)
-    assert doc["catalog"]["origin"] == "--models" and doc["router"]["generators"][:3] == ["sdxl-turbo", "sd21", "sdxl"]
+    assert doc["catalog"]["origin"] == "--models" and doc["router"]["generators"][:3] == [
+        "sdxl-turbo",
+        "sd21",
+        "sdxl",
+    ]
     assert doc["hub"]["downloads_allowed"] is False
     gens = {g["name"]: g for g in doc["generators"]}
     assert gens["sdxl"]["router_knows"] and not gens["newcomer"]["router_knows"]
@@ -205,8 +237,11 @@ def test_generator_without_any_cost_does_not_block_the_others(tmp_path: Path) ->
     """A newly added generator of an unknown family (no FLOP estimate, no cost_seconds, not in the router) is
     listed as needing calibration with an unknown cost; forcing it works without one."""
     models = tmp_path / "models.toml"
-    models.write_text(PACKAGED_MODELS.read_text(encoding="utf-8")
-                      + '\n[generators.mystery]\nsource = "org/mystery"\nsteps = 8\n', encoding="utf-8")
+    models.write_text(
+        PACKAGED_MODELS.read_text(encoding="utf-8")
+        + '\n[generators.mystery]\nsource = "org/mystery"\nsteps = 8\n',
+        encoding="utf-8",
+    )
     doc = explain_json("a red cube", "--models", str(models))
     row = next(g for g in doc["prompts"][0]["generators"] if g["name"] == "mystery")
     assert row["cost_seconds"] is None and row["cost_tflops"] is None and row["status"] == "needs calibration"
@@ -217,4 +252,8 @@ def test_generator_without_any_cost_does_not_block_the_others(tmp_path: Path) ->
     # forcing it needs no cost (issue 10): the plan shows the cost as unknown
     forced = explain_json("a red cube", "--models", str(models), "--generator", "mystery")
     row = next(g for g in forced["prompts"][0]["generators"] if g["name"] == "mystery")
-    assert forced["prompts"][0]["choice"] == "mystery" and row["status"] == "forced" and row["cost_seconds"] is None
+    assert (
+        forced["prompts"][0]["choice"] == "mystery"
+        and row["status"] == "forced"
+        and row["cost_seconds"] is None
+    )

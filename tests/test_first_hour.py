@@ -12,8 +12,9 @@ import pytest
 
 
 def _cli(*args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "catimg", *args], capture_output=True, text=True, timeout=timeout,
-                          input=stdin)
+    return subprocess.run(
+        [sys.executable, "-m", "catimg", *args], capture_output=True, text=True, timeout=timeout, input=stdin
+    )
 
 
 @pytest.mark.parametrize(
@@ -29,7 +30,10 @@ def test_json_errors_are_one_json_object_on_stdout(args: list[str], code: int, n
     proc = _cli(*args)
     assert proc.returncode == code, proc.stderr
     doc = json.loads(proc.stdout)  # stdout is exactly one JSON document
-    assert doc == {"error": {"code": code, "message": doc["error"]["message"]}} and needle in doc["error"]["message"]
+    assert (
+        doc == {"error": {"code": code, "message": doc["error"]["message"]}}
+        and needle in doc["error"]["message"]
+    )
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "Traceback" not in proc.stderr
 
@@ -42,29 +46,64 @@ def test_without_json_stdout_stays_empty_on_error() -> None:
 def test_dry_run_json_with_missing_weights_is_still_one_document(tmp_path: Path) -> None:
     models = tmp_path / "models.toml"
     models.write_text('[generators.x]\nsource = "org/not-downloaded"\nsteps = 4\ncost_seconds = 1.0\n')
-    proc = _cli("gen", "a cat", "--models", str(models), "--generator", "x", "--dry-run", "--json",
-                "--out", str(tmp_path / "o"))
+    proc = _cli(
+        "gen",
+        "a cat",
+        "--models",
+        str(models),
+        "--generator",
+        "x",
+        "--dry-run",
+        "--json",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert proc.returncode == 6, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["plan"][0]["generator"] == "x" and doc["error"]["code"] == 6 and "org/not-downloaded" in doc["error"]["message"]
+    assert (
+        doc["plan"][0]["generator"] == "x"
+        and doc["error"]["code"] == 6
+        and "org/not-downloaded" in doc["error"]["message"]
+    )
 
 
 def _interrupt_models(tmp_path: Path, tiny_sd_dir: Path) -> Path:
     models = tmp_path / "models.toml"
-    models.write_text(f'[generators.sd]\nsource = "{tiny_sd_dir}"\nsteps = 2\nguidance = 2.0\nwidth = 64\nheight = 64\n')
+    models.write_text(
+        f'[generators.sd]\nsource = "{tiny_sd_dir}"\nsteps = 2\nguidance = 2.0\nwidth = 64\nheight = 64\n'
+    )
     return models
 
 
 @pytest.mark.parametrize("delay", [0.3, 1.0, 2.0])
-def test_ctrl_c_at_start_up_ends_with_130_and_one_line(delay: float, tmp_path: Path, tiny_sd_dir: Path) -> None:
+def test_ctrl_c_at_start_up_ends_with_130_and_one_line(
+    delay: float, tmp_path: Path, tiny_sd_dir: Path
+) -> None:
     """SIGINT while the command is still importing, loading or routing: exit 130, one line, no traceback."""
     import signal
     import time
 
     models = _interrupt_models(tmp_path, tiny_sd_dir)
-    p = subprocess.Popen([sys.executable, "-m", "catimg", "gen", "a cat", "--models", str(models), "--generator",
-                          "sd", "-n", "400", "--out", str(tmp_path / "o")], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "catimg",
+            "gen",
+            "a cat",
+            "--models",
+            str(models),
+            "--generator",
+            "sd",
+            "-n",
+            "400",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(delay)
     assert p.poll() is None, "the run ended before the interrupt"  # 400 images take far longer than 2 s
     p.send_signal(signal.SIGINT)
@@ -106,8 +145,9 @@ def test_ctrl_c_inside_an_extensions_nested_eval_still_exits_130(tmp_path: Path)
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "__main__.py").write_text(_NESTED_EVAL)
-    p = subprocess.run([sys.executable, "-m", "nested_eval"], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "nested_eval"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 130, (p.returncode, p.stderr)
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("interrupted"), p.stderr
@@ -122,9 +162,31 @@ def test_ctrl_c_mid_run_says_what_was_made_and_how_to_resume(tmp_path: Path, tin
     models = _interrupt_models(tmp_path, tiny_sd_dir)
     out = tmp_path / "o"
     env = dict(__import__("os").environ, **{TEST_PAUSE_ENV: "2"})
-    p = subprocess.Popen([sys.executable, "-m", "catimg", "gen", "a cat", "--models", str(models), "--generator",
-                          "sd", "-n", "5", "--batch-size", "1", "--seed", "3", "--out", str(out)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "catimg",
+            "gen",
+            "a cat",
+            "--models",
+            str(models),
+            "--generator",
+            "sd",
+            "-n",
+            "5",
+            "--batch-size",
+            "1",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     man, hang_guard = out / "manifest.jsonl", time.monotonic() + 600
     while p.poll() is None and not (man.exists() and man.read_bytes().count(b"\n") >= 2):
         assert time.monotonic() < hang_guard
@@ -133,7 +195,9 @@ def test_ctrl_c_mid_run_says_what_was_made_and_how_to_resume(tmp_path: Path, tin
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"interrupted: 2 image(s) made by this run are kept in {out}")
+    assert len(lines) == 1 and lines[0].startswith(
+        f"interrupted: 2 image(s) made by this run are kept in {out}"
+    )
     assert lines[0].split("resume with: ")[1].startswith("catimg gen") and "--resume" in lines[0]
 
 
@@ -164,10 +228,12 @@ def test_missing_weights_named_at_once_before_torch_is_imported(tmp_path: Path) 
     """The packaged catalog with an empty cache: every model in one line, with its size and `hf download`."""
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat\na crowded market street\n")
-    script = ("import sys\nfrom catimg.cli import main\n"
-              f"sys.argv = ['catimg', 'gen', '-f', {str(prompts)!r}, '--out', {str(tmp_path / 'o')!r}]\n"
-              "try:\n    main()\nexcept SystemExit as e:\n"
-              "    print(e.code, 'torch' in sys.modules, 'diffusers' in sys.modules)\n")
+    script = (
+        "import sys\nfrom catimg.cli import main\n"
+        f"sys.argv = ['catimg', 'gen', '-f', {str(prompts)!r}, '--out', {str(tmp_path / 'o')!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n"
+        "    print(e.code, 'torch' in sys.modules, 'diffusers' in sys.modules)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["6", "False", "False"], proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -179,17 +245,30 @@ def test_missing_weights_named_at_once_before_torch_is_imported(tmp_path: Path) 
 
 
 def test_forced_generator_with_missing_weights_stops_before_torch(tmp_path: Path) -> None:
-    script = ("import sys\nfrom catimg.cli import main\n"
-              f"sys.argv = ['catimg', 'gen', 'a cat', '--generator', 'sdxl', '--out', {str(tmp_path / 'o')!r}]\n"
-              "try:\n    main()\nexcept SystemExit as e:\n    print(e.code, 'torch' in sys.modules)\n")
+    script = (
+        "import sys\nfrom catimg.cli import main\n"
+        f"sys.argv = ['catimg', 'gen', 'a cat', '--generator', 'sdxl', '--out', {str(tmp_path / 'o')!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    print(e.code, 'torch' in sys.modules)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["6", "False"], proc.stdout + proc.stderr
     assert "`hf download stabilityai/stable-diffusion-xl-base-1.0`" in proc.stderr and "GB" in proc.stderr
 
 
 def _dry_run_seconds(tmp_path: Path, *extra: str) -> tuple[float, float]:
-    proc = _cli("gen", "a cat", "--generator", "sdxl-turbo", "--dry-run", "--json", "--device", "cpu",
-                "--out", str(tmp_path / "o"), *extra)
+    proc = _cli(
+        "gen",
+        "a cat",
+        "--generator",
+        "sdxl-turbo",
+        "--dry-run",
+        "--json",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "o"),
+        *extra,
+    )
     doc = json.loads(proc.stdout)  # the plan, with the missing-weights error in it (exit 6)
     assert proc.returncode == 6 and doc["error"]["code"] == 6
     cost = doc["routing"]["costs"]["sdxl-turbo"]

@@ -53,7 +53,9 @@ def test_denoiser_vae_text_match_torch_counter(tiny_sd_dir: Path, sd_pipe) -> No
 def test_size_changes_counts_like_torch(tiny_sd_dir: Path, sd_pipe) -> None:
     c = count_pipeline(tiny_sd_dir, 96, 128)  # latents 64 x 48
     latent = torch.randn(1, 4, 64, 48)
-    unet = _torch_count(lambda: sd_pipe.unet(latent, torch.tensor([10]), encoder_hidden_states=torch.randn(1, 77, 32)))
+    unet = _torch_count(
+        lambda: sd_pipe.unet(latent, torch.tensor([10]), encoder_hidden_states=torch.randn(1, 77, 32))
+    )
     assert c.denoiser.tflops == pytest.approx(unet, rel=1e-6)
 
 
@@ -65,9 +67,14 @@ def test_sdxl_denoiser_matches_torch(tiny_sdxl_dir: Path) -> None:
     cfg = pipe.unet.config
     pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
     added = {"text_embeds": torch.randn(1, pooled), "time_ids": torch.randn(1, 6)}
-    unet = _torch_count(lambda: pipe.unet(torch.randn(1, 4, 32, 32), torch.tensor([10]),
-                                          encoder_hidden_states=torch.randn(1, 77, cfg.cross_attention_dim),
-                                          added_cond_kwargs=added))
+    unet = _torch_count(
+        lambda: pipe.unet(
+            torch.randn(1, 4, 32, 32),
+            torch.tensor([10]),
+            encoder_hidden_states=torch.randn(1, 77, cfg.cross_attention_dim),
+            added_cond_kwargs=added,
+        )
+    )
     assert c.denoiser.tflops == pytest.approx(unet, rel=1e-6)
     assert len(c.text) == 2
 
@@ -139,7 +146,9 @@ def test_unreadable_folder_config_names_the_file(tiny_sd_dir: Path, tmp_path: Pa
 def test_counts_are_cached_on_disk(tiny_sd_dir: Path, tmp_path: Path) -> None:
     import os
 
-    cat = parse_catalog(f'[generators.a]\nsource = "{tiny_sd_dir}"\nwidth = 64\nheight = 64\n', tmp_path / "m.toml")
+    cat = parse_catalog(
+        f'[generators.a]\nsource = "{tiny_sd_dir}"\nwidth = 64\nheight = 64\n', tmp_path / "m.toml"
+    )
     first = estimate_flops(cat.get("a"))
     cache = Path(os.environ["CATIMG_CACHE_DIR"]) / "flops.json"
     doc = json.loads(cache.read_text())
@@ -151,7 +160,9 @@ def test_unknown_family_counted_from_the_hub_cache(tmp_path: Path, tiny_sd_dir: 
     import tiny
 
     tiny.install_fake_hub(hf_cache, "someone/mystery-model", tiny_sd_dir)
-    cat = parse_catalog('[generators.x]\nsource = "someone/mystery-model"\nwidth = 64\nheight = 64\n',
-                        tmp_path / "models.toml")
+    cat = parse_catalog(
+        '[generators.x]\nsource = "someone/mystery-model"\nwidth = 64\nheight = 64\n',
+        tmp_path / "models.toml",
+    )
     est = estimate_flops(cat.get("x"))
     assert est.denoiser_tflops == pytest.approx(count_pipeline(tiny_sd_dir, 64, 64).denoiser.tflops)

@@ -19,7 +19,9 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path, tiny_sdxl_dir: Path) -> dict[str, Path]:
+def setup(
+    tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path, tiny_sdxl_dir: Path
+) -> dict[str, Path]:
     """models.toml (sd@2, sd@4 sharing weights from a folder; turbo from a Hub id) and a router trained on it."""
     root = tmp_path_factory.mktemp("gencli")
     hub = root / "hub"
@@ -29,22 +31,39 @@ def setup(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path, tiny_sdxl
         f'[generators.sd]\nsource = "{tiny_sd_dir}"\nsteps = [2, 4]\nguidance = 2.0\nwidth = 64\nheight = 64\n'
         '[generators.turbo]\nsource = "stabilityai/sdxl-turbo"\nsteps = 2\nguidance = 0.0\nwidth = 64\nheight = 64\n'
     )
-    m = tiny.write_measurements(root / "m.csv", {"sd@2": (0.6, 0.3, 0.05), "sd@4": (0.62, 0.5, 0.1),
-                                                 "turbo": (0.63, 0.8, 0.2)})
+    m = tiny.write_measurements(
+        root / "m.csv", {"sd@2": (0.6, 0.3, 0.05), "sd@4": (0.62, 0.5, 0.1), "turbo": (0.63, 0.8, 0.2)}
+    )
     prompts = root / "prompts.txt"
-    prompts.write_text("# a comment\n" + "".join(f"a {tiny.WORDS[i]} in the {tiny.WORDS[-i - 1]}\n" for i in range(6)))
-    res = runner.invoke(app, ["train", "--measurements", str(m), "--models", str(models), "--out", str(root / "router")])
+    prompts.write_text(
+        "# a comment\n" + "".join(f"a {tiny.WORDS[i]} in the {tiny.WORDS[-i - 1]}\n" for i in range(6))
+    )
+    res = runner.invoke(
+        app, ["train", "--measurements", str(m), "--models", str(models), "--out", str(root / "router")]
+    )
     if res.exit_code != 0:
         pytest.skip(f"catimg train not usable yet: {res.output[-300:]} {res.exception!r}")
     return {"root": root, "models": models, "router": root / "router", "prompts": prompts, "hub": hub}
 
 
 def gen_args(s: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return ["gen", "-f", str(s["prompts"]), "--models", str(s["models"]), "--router", str(s["router"]),
-            "--out", str(out), *extra]
+    return [
+        "gen",
+        "-f",
+        str(s["prompts"]),
+        "--models",
+        str(s["models"]),
+        "--router",
+        str(s["router"]),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
-def test_gen_file_end_to_end_then_inspect(setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gen_file_end_to_end_then_inspect(
+    setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(setup["hub"]))
     out = tmp_path / "out"
     res = runner.invoke(app, gen_args(setup, out, "--seed", "3", "--budget", "max", "--json"))
@@ -60,8 +79,16 @@ def test_gen_file_end_to_end_then_inspect(setup: dict[str, Path], tmp_path: Path
     ins = runner.invoke(app, ["inspect", str(pngs[0]), "--json"])
     meta = json.loads(ins.output)["images"][0]["catimg"]
     first = next(i for i in doc["images"] if Path(i["file"]).name == pngs[0].name)
-    assert meta["prompt"] == first["prompt"] and meta["seed"] == first["seed"] and meta["generator"] == first["generator"]
-    assert meta["budget"] == "max" and meta["router_version"] is not None and meta["predicted_quality"] is not None
+    assert (
+        meta["prompt"] == first["prompt"]
+        and meta["seed"] == first["seed"]
+        and meta["generator"] == first["generator"]
+    )
+    assert (
+        meta["budget"] == "max"
+        and meta["router_version"] is not None
+        and meta["predicted_quality"] is not None
+    )
     text = runner.invoke(app, ["inspect", str(pngs[0])])
     assert text.exit_code == 0 and "prompt" in text.output and first["prompt"] in text.output
     # a second run into the same folder never overwrites, and --resume makes nothing new
@@ -70,7 +97,9 @@ def test_gen_file_end_to_end_then_inspect(setup: dict[str, Path], tmp_path: Path
     assert "6 skipped" in again.output and len(list(out.glob("*.png"))) == 6
 
 
-def test_dry_run_loads_and_writes_nothing(setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dry_run_loads_and_writes_nothing(
+    setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(setup["hub"]))
     res = runner.invoke(app, gen_args(setup, tmp_path / "o", "--dry-run", "--seed", "1"))
     assert res.exit_code == 0, res.output
@@ -82,9 +111,14 @@ def test_missing_weights_replan(setup: dict[str, Path], tmp_path: Path) -> None:
     # HF_HUB_CACHE is the empty per-test cache: turbo is absent, so the plan uses the folder generators only
     res = runner.invoke(app, gen_args(setup, tmp_path / "o", "--dry-run", "--budget", "max", "--seed", "1"))
     assert res.exit_code == 0, res.output
-    assert "weights not found for turbo; re-planned" in res.output and "hf download stabilityai/sdxl-turbo" in res.output
+    assert (
+        "weights not found for turbo; re-planned" in res.output
+        and "hf download stabilityai/sdxl-turbo" in res.output
+    )
     forced = runner.invoke(app, gen_args(setup, tmp_path / "o", "--dry-run", "--generator", "turbo"))
-    assert isinstance(forced.exception, CatimgError) and "hf download stabilityai/sdxl-turbo" in str(forced.exception)
+    assert isinstance(forced.exception, CatimgError) and "hf download stabilityai/sdxl-turbo" in str(
+        forced.exception
+    )
 
 
 def test_stop_for_missing_weights_leaves_no_empty_out_folder(setup: dict[str, Path], tmp_path: Path) -> None:
@@ -105,14 +139,30 @@ def test_forced_generator_that_does_not_exist(setup: dict[str, Path], tmp_path: 
     assert isinstance(res.exception, CatimgError) and 'did you mean "turbo"' in str(res.exception)
 
 
-def test_corrupt_manifest_is_reported_at_once_and_resume_loses_no_work(setup: dict[str, Path], tmp_path: Path) -> None:
+def test_corrupt_manifest_is_reported_at_once_and_resume_loses_no_work(
+    setup: dict[str, Path], tmp_path: Path
+) -> None:
     """Every bad line in one message; --resume sets them aside, adopts the PNG whose record was cut short (no -2
     twin) and the PNG that has no record, and removes the .tmp file of a killed process, saying so."""
     from catimg.generation.output import MANIFEST, read_manifest
 
     out = tmp_path / "o"
-    args = ["gen", "a red cube", "a blue ball", "a green tree", "--models", str(setup["models"]), "--router",
-            str(setup["router"]), "--generator", "sd@2", "--seed", "4", "--out", str(out)]
+    args = [
+        "gen",
+        "a red cube",
+        "a blue ball",
+        "a green tree",
+        "--models",
+        str(setup["models"]),
+        "--router",
+        str(setup["router"]),
+        "--generator",
+        "sd@2",
+        "--seed",
+        "4",
+        "--out",
+        str(out),
+    ]
     assert runner.invoke(app, args).exit_code == 0
     man = out / MANIFEST
     lines = man.read_text().splitlines()
@@ -133,7 +183,9 @@ def test_corrupt_manifest_is_reported_at_once_and_resume_loses_no_work(setup: di
     assert "lines 2, 3 are corrupt" in notes and "set aside" in notes
     assert "recovered the record of 2 image(s) from their PNG metadata" in notes
     assert "removed 1 temporary file(s)" in notes
-    assert len(list(out.glob("*.png"))) == 3 and not list(out.glob("*-2.png")) and not list(out.glob(".*.tmp"))
+    assert (
+        len(list(out.glob("*.png"))) == 3 and not list(out.glob("*-2.png")) and not list(out.glob(".*.tmp"))
+    )
     assert len(read_manifest(out)) == 3 and (out / f"{MANIFEST}.corrupt").read_text().count("\n") == 2
     again = runner.invoke(app, [*args, "--resume"])  # repaired for good: nothing more to say or do
     assert again.exit_code == 0 and "note:" not in again.output and "3 skipped" in again.output
@@ -158,8 +210,13 @@ def test_bad_input_is_one_line(args: list[str], needle: str, tmp_path: Path) -> 
 def test_out_is_a_file_through_the_entry_point(tmp_path: Path) -> None:
     f = tmp_path / "file"
     f.write_text("")
-    proc = subprocess.run([sys.executable, "-m", "catimg", "gen", "a cat", "--out", str(f)], capture_output=True,
-                          text=True, env=os.environ.copy(), timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "catimg", "gen", "a cat", "--out", str(f)],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=60,
+    )
     assert proc.returncode != 0
     assert "is a file, not a folder" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -185,10 +242,13 @@ def test_kill_9_loses_at_most_the_image_in_flight(setup: dict[str, Path], tmp_pa
     from catimg.generation.output import TEST_PAUSE_ENV, read_manifest
 
     out = tmp_path / "out"
-    args = gen_args(setup, out, "--seed", "5", "--budget", "max", "--images-per-prompt", "4", "--batch-size", "1")
+    args = gen_args(
+        setup, out, "--seed", "5", "--budget", "max", "--images-per-prompt", "4", "--batch-size", "1"
+    )
     env = dict(os.environ, HF_HUB_CACHE=str(setup["hub"]), OMP_NUM_THREADS="1", **{TEST_PAUSE_ENV: "3"})
-    p = subprocess.Popen([sys.executable, "-m", "catimg", *args], env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "catimg", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         man, hang_guard = out / "manifest.jsonl", time.monotonic() + 600
         while p.poll() is None and not (man.exists() and len(man.read_bytes().splitlines()) >= 3):
@@ -211,26 +271,51 @@ def test_kill_9_loses_at_most_the_image_in_flight(setup: dict[str, Path], tmp_pa
     assert after[: len(before)] == before  # nothing recorded was redone
     keys = {(r["index"], r.get("image", 0)) for r in after}
     assert len(after) == 24 and len(keys) == 24
-    assert sorted(p.name for p in out.glob("*.png")) == sorted(r["file"] for r in after)  # no orphan, none twice
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(
+        r["file"] for r in after
+    )  # no orphan, none twice
 
 
 # ------------------------------------------------------------------------------------ issue 10: a user's first hour
 
 
-def test_forced_generator_needs_no_router_for_it(setup: dict[str, Path], tmp_path: Path, tiny_sd_dir: Path) -> None:
+def test_forced_generator_needs_no_router_for_it(
+    setup: dict[str, Path], tmp_path: Path, tiny_sd_dir: Path
+) -> None:
     """--generator with a catalog no router knows (the bundled one, or one trained under other settings)."""
     own = tmp_path / "my.toml"  # the name of the setup router's generator, other settings (width/height)
-    own.write_text(f'[generators.sd]\nsource = "{tiny_sd_dir}"\nsteps = 2\nguidance = 2.0\nwidth = 32\nheight = 32\n')
+    own.write_text(
+        f'[generators.sd]\nsource = "{tiny_sd_dir}"\nsteps = 2\nguidance = 2.0\nwidth = 32\nheight = 32\n'
+    )
     for router in ([], ["--router", str(setup["router"])]):
         routed = runner.invoke(app, ["explain", "a cat", "--models", str(own), *router])
-        assert isinstance(routed.exception, CatimgError) and routed.exception.exit_code == 3  # routing needs one
-        ex = runner.invoke(app, ["explain", "a cat", "--models", str(own), "--generator", "sd", "--json", *router])
+        assert (
+            isinstance(routed.exception, CatimgError) and routed.exception.exit_code == 3
+        )  # routing needs one
+        ex = runner.invoke(
+            app, ["explain", "a cat", "--models", str(own), "--generator", "sd", "--json", *router]
+        )
         assert ex.exit_code == 0, ex.output
         doc = json.loads(ex.output)
         assert doc["prompts"][0]["choice"] == "sd" and doc["statuses"]["sd"] == "forced"
         out = tmp_path / f"o{len(router)}"
-        res = runner.invoke(app, ["gen", "a cat", "--models", str(own), "--generator", "sd", "--seed", "1",
-                                  "--out", str(out), "--json", *router])
+        res = runner.invoke(
+            app,
+            [
+                "gen",
+                "a cat",
+                "--models",
+                str(own),
+                "--generator",
+                "sd",
+                "--seed",
+                "1",
+                "--out",
+                str(out),
+                "--json",
+                *router,
+            ],
+        )
         assert res.exit_code == 0, res.output
         made = json.loads(res.output)["images"]
         assert [i["status"] for i in made] == ["ok"] and Path(made[0]["file"]).is_file()
@@ -245,8 +330,24 @@ def test_resume_matches_images_by_what_they_are(setup: dict[str, Path], tmp_path
     out = tmp_path / "o"
 
     def run(*extra: str) -> dict:
-        res = runner.invoke(app, ["gen", "-f", str(prompts), "--models", str(setup["models"]), "--router",
-                                  str(setup["router"]), "--generator", "sd@2", "--out", str(out), "--json", *extra])
+        res = runner.invoke(
+            app,
+            [
+                "gen",
+                "-f",
+                str(prompts),
+                "--models",
+                str(setup["models"]),
+                "--router",
+                str(setup["router"]),
+                "--generator",
+                "sd@2",
+                "--out",
+                str(out),
+                "--json",
+                *extra,
+            ],
+        )
         assert res.exit_code == 0, res.output
         return json.loads(res.output)["summary"]
 
@@ -264,16 +365,39 @@ def test_resume_matches_images_by_what_they_are(setup: dict[str, Path], tmp_path
     more = run("--seed", "7", "-n", "3", "--resume")  # one more image per prompt
     assert more["made"] == 3 and more["skipped"] == 6
     assert any(d.startswith("--images-per-prompt 3 (manifest: ") for d in more["resume_differences"])
-    text = runner.invoke(app, ["gen", "-f", str(prompts), "--models", str(setup["models"]), "--router",
-                               str(setup["router"]), "--generator", "sd@2", "--out", str(out), "--seed", "7",
-                               "-n", "3", "--resume", "--width", "32", "--height", "32"])
+    text = runner.invoke(
+        app,
+        [
+            "gen",
+            "-f",
+            str(prompts),
+            "--models",
+            str(setup["models"]),
+            "--router",
+            str(setup["router"]),
+            "--generator",
+            "sd@2",
+            "--out",
+            str(out),
+            "--seed",
+            "7",
+            "-n",
+            "3",
+            "--resume",
+            "--width",
+            "32",
+            "--height",
+            "32",
+        ],
+    )
     assert text.exit_code == 0, text.output
     line = next(ln for ln in text.output.splitlines() if ln.startswith("resume:"))
     assert "0 image(s) already done, 9 to make" in line and "size 32x32 (manifest: 64x64)" in line
 
 
-def test_second_run_into_a_busy_folder_is_refused_and_a_dead_runs_lock_taken_over(setup: dict[str, Path],
-                                                                                   tmp_path: Path) -> None:
+def test_second_run_into_a_busy_folder_is_refused_and_a_dead_runs_lock_taken_over(
+    setup: dict[str, Path], tmp_path: Path
+) -> None:
     """Two runs into one folder: the second is refused, naming the live one; after a kill -9 the lock is taken over."""
     import signal
     import time
@@ -281,11 +405,26 @@ def test_second_run_into_a_busy_folder_is_refused_and_a_dead_runs_lock_taken_ove
     from catimg.generation.output import LOCK, TEST_PAUSE_ENV, read_manifest
 
     out = tmp_path / "out"
-    args = ["gen", "a red cube", "a blue ball", "a green tree", "--models", str(setup["models"]), "--router",
-            str(setup["router"]), "--generator", "sd@2", "--seed", "2", "--out", str(out)]
+    args = [
+        "gen",
+        "a red cube",
+        "a blue ball",
+        "a green tree",
+        "--models",
+        str(setup["models"]),
+        "--router",
+        str(setup["router"]),
+        "--generator",
+        "sd@2",
+        "--seed",
+        "2",
+        "--out",
+        str(out),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", **{TEST_PAUSE_ENV: "1"})
-    p = subprocess.Popen([sys.executable, "-m", "catimg", *args], env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "catimg", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         man, hang_guard = out / "manifest.jsonl", time.monotonic() + 600
         while p.poll() is None and not (man.exists() and man.read_bytes().count(b"\n") >= 1):
@@ -296,7 +435,9 @@ def test_second_run_into_a_busy_folder_is_refused_and_a_dead_runs_lock_taken_ove
         assert isinstance(busy.exception, InputError), busy.output
         msg = str(busy.exception)
         assert f"another catimg run (PID {p.pid}: " in msg and "catimg" in msg.split(f"PID {p.pid}:")[1]
-        assert len(read_manifest(out)) == 1 and len(list(out.glob("*.png"))) == 1  # the second run made nothing
+        assert (
+            len(read_manifest(out)) == 1 and len(list(out.glob("*.png"))) == 1
+        )  # the second run made nothing
         p.send_signal(signal.SIGKILL)
         p.wait()
     finally:

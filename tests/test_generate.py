@@ -30,7 +30,9 @@ def manifest(out: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
 
 
-def test_each_model_loads_once_and_images_are_recorded(tmp_path: Path, tiny_sd_dir: Path, tiny_sdxl_dir: Path) -> None:
+def test_each_model_loads_once_and_images_are_recorded(
+    tmp_path: Path, tiny_sd_dir: Path, tiny_sdxl_dir: Path
+) -> None:
     g2, g3 = generator("sd@2", tiny_sd_dir, 2, "sd"), generator("sd@3", tiny_sd_dir, 3, "sd")
     xl = generator("xl", tiny_sdxl_dir, family="sdxl")
     routed = [(i, f"a cube number {i}", (g2, xl, g3)[i % 3], 0.4 + i / 100, 0.1, 0.5) for i in range(6)]
@@ -50,7 +52,9 @@ def test_each_model_loads_once_and_images_are_recorded(tmp_path: Path, tiny_sd_d
     assert [e.model for e in events if isinstance(e, ModelLoading)] == ["sd", "xl"]
     assert sum(isinstance(e, ImageDone) for e in events) == 6
     per = res.per_generator()
-    assert per["sd@2"]["images"] == 2 and per["xl"]["mean_predicted_quality"] == pytest.approx((0.41 + 0.44) / 2)
+    assert per["sd@2"]["images"] == 2 and per["xl"]["mean_predicted_quality"] == pytest.approx(
+        (0.41 + 0.44) / 2
+    )
 
 
 def test_same_seed_same_image_and_batching_does_not_matter(tmp_path: Path, tiny_sd_dir: Path) -> None:
@@ -71,7 +75,9 @@ def test_seed_and_count_validation(tiny_sd_dir: Path) -> None:
         build_plan([(0, "p", g, None, None, None)], seed=-1)
     with pytest.raises(InputError, match="--images-per-prompt 0"):
         build_plan([(0, "p", g, None, None, None)], images_per_prompt=0)
-    items = build_plan([(0, "p", g, None, None, None), (1, "q", g, None, None, None)], seed=5, images_per_prompt=2)
+    items = build_plan(
+        [(0, "p", g, None, None, None), (1, "q", g, None, None, None)], seed=5, images_per_prompt=2
+    )
     assert [i.seed for i in items] == [5, 6, 7, 8]
 
 
@@ -94,7 +100,10 @@ class Flaky:
         if any("FAIL" in p for p in kw["prompt"]):
             raise RuntimeError("pipeline exploded")
         out = self.pipe(**kw)
-        out.images = [Image.new("RGB", im.size) if "BLACK" in p else im for p, im in zip(kw["prompt"], out.images, strict=True)]
+        out.images = [
+            Image.new("RGB", im.size) if "BLACK" in p else im
+            for p, im in zip(kw["prompt"], out.images, strict=True)
+        ]
         return out
 
 
@@ -109,10 +118,16 @@ def flaky_loader(only: str) -> Any:
     return load
 
 
-def test_one_failing_prompt_does_not_stop_the_batch(tmp_path: Path, tiny_sd_dir: Path, tiny_sd2_dir: Path) -> None:
+def test_one_failing_prompt_does_not_stop_the_batch(
+    tmp_path: Path, tiny_sd_dir: Path, tiny_sd2_dir: Path
+) -> None:
     big, small = generator("big", tiny_sd_dir), generator("small", tiny_sd2_dir)
-    routed = [(0, "fine prompt", big, 0.9, 1.0, 0.1), (1, "FAIL here", big, 0.9, 1.0, 0.1),
-              (2, "BLACK here", big, 0.9, 1.0, 0.1), (3, "also fine", big, 0.9, 1.0, 0.1)]
+    routed = [
+        (0, "fine prompt", big, 0.9, 1.0, 0.1),
+        (1, "FAIL here", big, 0.9, 1.0, 0.1),
+        (2, "BLACK here", big, 0.9, 1.0, 0.1),
+        (3, "also fine", big, 0.9, 1.0, 0.1),
+    ]
     plan = build_plan(routed, seed=1, fallbacks={1: (small,)})
     res = run_plan(plan, run_options(tmp_path / "o", batch_size=4, loader=flaky_loader("big")))
     by = {r.item.index: r for r in res.records}
@@ -120,7 +135,11 @@ def test_one_failing_prompt_does_not_stop_the_batch(tmp_path: Path, tiny_sd_dir:
     assert by[1].status == "fallback" and by[1].generator.name == "small" and by[1].file is not None
     assert by[2].status == "failed" and "black" in (by[2].error or "")
     recs = {r["index"]: r for r in manifest(tmp_path / "o")}
-    assert recs[1]["status"] == "fallback" and recs[1]["routed_generator"] == "big" and "exploded" in recs[1]["note"]
+    assert (
+        recs[1]["status"] == "fallback"
+        and recs[1]["routed_generator"] == "big"
+        and "exploded" in recs[1]["note"]
+    )
     assert recs[2]["status"] == "failed" and recs[2]["file"] is None
 
 
@@ -158,8 +177,9 @@ def test_out_of_memory_is_retried_with_attention_and_vae_slicing(tmp_path: Path,
         wrapped.append(OutOfMemoryOnce(load_pipeline(gen, *a)))
         return wrapped[0]
 
-    res = run_plan(build_plan([(0, "a red cube", g, None, None, None)], seed=2),
-                   run_options(tmp_path / "o", loader=load))
+    res = run_plan(
+        build_plan([(0, "a red cube", g, None, None, None)], seed=2), run_options(tmp_path / "o", loader=load)
+    )
     rec = manifest(tmp_path / "o")[0]
     assert rec["status"] == "retried" and rec["attempts"] == 2 and len(res.made) == 1
     assert "OutOfMemoryError: CUDA out of memory" in rec["note"] and "attention/VAE slicing" in rec["note"]
@@ -167,8 +187,9 @@ def test_out_of_memory_is_retried_with_attention_and_vae_slicing(tmp_path: Path,
     assert memory_saving_on(wrapped[0].pipe) == (False, False)  # and both are off again after it
 
 
-def test_local_engine_hands_each_recorded_image_to_on_image_after_its_event(tmp_path: Path,
-                                                                             tiny_sd_dir: Path) -> None:
+def test_local_engine_hands_each_recorded_image_to_on_image_after_its_event(
+    tmp_path: Path, tiny_sd_dir: Path
+) -> None:
     g = generator("sd", tiny_sd_dir)
     plan = build_plan([(i, f"prompt {i}", g, None, None, None) for i in range(3)], seed=0)
     seen: list[object] = []

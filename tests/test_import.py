@@ -52,8 +52,13 @@ def test_root_help_imports_no_command_module() -> None:
         f"{HEAVY + ('numpy', 'rich.markdown', 'rich.traceback', 'typer.rich_utils', 'catimg.routing.route', 'catimg.routing.router')!r}]\n"
         "print(','.join(sorted(loaded)), file=sys.stderr)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "COLUMNS": "100"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "100"},
+    )
     assert out.stderr.strip() == "", f"imported by `catimg --help`: {out.stderr.strip()}"
     from catimg.cli.lazy import COMMANDS
 

@@ -17,25 +17,43 @@ from catimg.training.joint import JOINT_METRIC, compare_sets, join, parse_scales
 
 
 def _table(prompts: list[str], Y: np.ndarray, metric: str, source: str) -> MeasurementTable:
-    return MeasurementTable(prompts=prompts, generators=["cheap", "dear"], Y=Y, counts=np.ones(Y.shape, int),
-                            seconds={"cheap": None, "dear": None}, metric=metric, sources=[source])
+    return MeasurementTable(
+        prompts=prompts,
+        generators=["cheap", "dear"],
+        Y=Y,
+        counts=np.ones(Y.shape, int),
+        seconds={"cheap": None, "dear": None},
+        metric=metric,
+        sources=[source],
+    )
 
 
 def test_join_maps_each_set_by_its_metric_range_and_stacks_rows() -> None:
-    a = _table(["p1", "p2"], np.array([[1.0, 5.0], [3.0, 3.0]]), "genai_bench_alignment", "genai_bench")  # 1..5
+    a = _table(
+        ["p1", "p2"], np.array([[1.0, 5.0], [3.0, 3.0]]), "genai_bench_alignment", "genai_bench"
+    )  # 1..5
     b = _table(["p1"], np.array([[-1.0, 2.0]]), "pqpp_score", "pqpp")  # -1..2
     j = join([a, b])
-    assert j.table.metric == JOINT_METRIC and j.table.prompts == ["p1", "p2", "p1"]  # a prompt in two sets: two rows
+    assert j.table.metric == JOINT_METRIC and j.table.prompts == [
+        "p1",
+        "p2",
+        "p1",
+    ]  # a prompt in two sets: two rows
     np.testing.assert_allclose(j.table.Y, [[0.0, 1.0], [0.5, 0.5], [0.0, 1.0]])
     assert list(j.row_set) == [0, 0, 1] and [s.name for s in j.sets] == ["genai_bench", "pqpp"]
     np.testing.assert_allclose(j.sets[1].from_joint(j.table.Y[2]), [-1.0, 2.0])
-    assert j.n_measured_by_set() == {"cheap": {"genai_bench": 2, "pqpp": 1}, "dear": {"genai_bench": 2, "pqpp": 1}}
+    assert j.n_measured_by_set() == {
+        "cheap": {"genai_bench": 2, "pqpp": 1},
+        "dear": {"genai_bench": 2, "pqpp": 1},
+    }
 
 
 def test_join_refuses_an_unknown_metric_without_a_range_and_a_one_generator_set() -> None:
     a = _table(["p1", "p2"], np.array([[1.0, 5.0], [3.0, 3.0]]), "genai_bench_alignment", "genai_bench")
     odd = _table(["q1", "q2"], np.array([[0.2, 0.3], [0.1, 0.4]]), "clipscore_x", "mine")
-    with pytest.raises(MeasurementsError, match=r'metric "clipscore_x" has no known range.*--scale clipscore_x=LO:HI'):
+    with pytest.raises(
+        MeasurementsError, match=r'metric "clipscore_x" has no known range.*--scale clipscore_x=LO:HI'
+    ):
         join([a, odd])
     assert join([a, odd], scales=parse_scales(["clipscore_x=0:1"])).sets[1].hi == 1.0
     one = _table(["q1", "q2"], np.array([[1.0, np.nan], [2.0, np.nan]]), "tifa_faithfulness", "tifa")
@@ -47,9 +65,15 @@ def test_compare_sets_flags_sets_that_disagree() -> None:
     rng = np.random.default_rng(0)
     base = rng.uniform(2, 4, size=(60, 1))
     agree = _table([f"a{i}" for i in range(60)], np.hstack([base, base + 1.0]), "tifa_faithfulness", "tifa")
-    same = _table([f"b{i}" for i in range(60)], np.hstack([base, base + 1.0 + rng.normal(0, .1, (60, 1))]),
-                  "dsg_consistency", "dsg")
-    flipped = _table([f"c{i}" for i in range(60)], np.hstack([base + 1.0, base]), "genai_bench_alignment", "genai_bench")
+    same = _table(
+        [f"b{i}" for i in range(60)],
+        np.hstack([base, base + 1.0 + rng.normal(0, 0.1, (60, 1))]),
+        "dsg_consistency",
+        "dsg",
+    )
+    flipped = _table(
+        [f"c{i}" for i in range(60)], np.hstack([base + 1.0, base]), "genai_bench_alignment", "genai_bench"
+    )
     (ok,) = compare_sets(join([agree, same]))
     assert not ok.disagree and ok.by_set["tifa"][0] == pytest.approx(-0.25)
     (bad,) = compare_sets(join([agree, flipped]))
@@ -64,7 +88,9 @@ def test_parse_scales_names_a_malformed_value() -> None:
             parse_scales([bad])
 
 
-def _write(path: Path, metric: str, lo: float, hi: float, invert: bool, source: str, dear: float = 0.9) -> Path:
+def _write(
+    path: Path, metric: str, lo: float, hi: float, invert: bool, source: str, dear: float = 0.9
+) -> Path:
     """A set where the cheap generator fails on busy scenes (or, ``invert``, on simple ones), on [lo, hi]; the dear
     one scores ``dear`` (as a share of the range) everywhere."""
     rng = np.random.default_rng(len(source))
@@ -72,7 +98,10 @@ def _write(path: Path, metric: str, lo: float, hi: float, invert: bool, source: 
         w = csv.writer(fh)
         w.writerow(["prompt", "generator", "score", "metric", "source"])
         for s in SUBJECTS:
-            for p, bad in ((f"{s} on a white background", invert), (f"{s} in a crowded street full of people", not invert)):
+            for p, bad in (
+                (f"{s} on a white background", invert),
+                (f"{s} in a crowded street full of people", not invert),
+            ):
                 cheap = 0.3 if bad else 0.85
                 for g, q in (("cheap", cheap), ("dear", dear)):
                     w.writerow([p, g, f"{lo + (hi - lo) * (q + rng.normal(0, 0.03)):.4f}", metric, source])
@@ -94,46 +123,105 @@ def test_train_on_two_sets_then_explain(tmp_path: Path) -> None:
         ho = card["held_out_by_set"][name]
         router, oracle, _ = ho["summaries"]
         assert ho["n_test"] == 2 * len(SUBJECTS) and router["apgr"] > 0.5  # learned from both sets, held out
-    assert {g["name"]: g["n_measured_by_set"] for g in doc["generators"]}["cheap"] == {"genai_bench": 44, "tifa": 44}
+    assert {g["name"]: g["n_measured_by_set"] for g in doc["generators"]}["cheap"] == {
+        "genai_bench": 44,
+        "tifa": 44,
+    }
     assert card["set_comparisons"] and not any(c["disagree"] for c in card["set_comparisons"])
     from catimg.routing.encoder import PromptEncoder
     from catimg.routing.router import load_router
 
     r = load_router(tmp_path / "r")
-    assert r.sources("dear") == {"genai_bench": 44, "tifa": 44} and [s["name"] for s in r.sets] == ["genai_bench", "tifa"]
-    (near,) = r.neighbours_by_set(PromptEncoder().encode(["a cactus in a crowded street full of people"]), k=1)
+    assert r.sources("dear") == {"genai_bench": 44, "tifa": 44} and [s["name"] for s in r.sets] == [
+        "genai_bench",
+        "tifa",
+    ]
+    (near,) = r.neighbours_by_set(
+        PromptEncoder().encode(["a cactus in a crowded street full of people"]), k=1
+    )
     assert list(near) == ["genai_bench", "tifa"]
-    assert all(hits[0][0] == "a cactus in a crowded street full of people" and hits[0][1] > 0.99 for hits in near.values())
-    code, out, err = run_cli("explain", "a cactus in a crowded street full of people", "--router", tmp_path / "r",
-                             "--models", models, "--budget", "low", "--json", "--device", "cpu")
+    assert all(
+        hits[0][0] == "a cactus in a crowded street full of people" and hits[0][1] > 0.99
+        for hits in near.values()
+    )
+    code, out, err = run_cli(
+        "explain",
+        "a cactus in a crowded street full of people",
+        "--router",
+        tmp_path / "r",
+        "--models",
+        models,
+        "--budget",
+        "low",
+        "--json",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     doc = json.loads(out)
-    assert doc["prompts"][0]["choice"] == "dear" and doc["learned_from"]["dear"] == {"genai_bench": 44, "tifa": 44}
+    assert doc["prompts"][0]["choice"] == "dear" and doc["learned_from"]["dear"] == {
+        "genai_bench": 44,
+        "tifa": 44,
+    }
     assert set(doc["prompts"][0]["neighbours_by_set"]) == {"genai_bench", "tifa"}
-    code, out, err = run_cli("explain", "a cactus in a crowded street full of people", "--router", tmp_path / "r",
-                             "--models", models, "--budget", "low", "--device", "cpu")
+    code, out, err = run_cli(
+        "explain",
+        "a cactus in a crowded street full of people",
+        "--router",
+        tmp_path / "r",
+        "--models",
+        models,
+        "--budget",
+        "low",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     assert "predictions learned from: cheap (genai_bench 44, tifa 44); dear (genai_bench 44, tifa 44)" in out
-    assert 'most similar training prompt per set: genai_bench: "a cactus in a crowded street full of people" (1.00); tifa:' in out
+    assert (
+        'most similar training prompt per set: genai_bench: "a cactus in a crowded street full of people" (1.00); tifa:'
+        in out
+    )
 
 
 def test_train_warns_when_sets_disagree_and_errors_name_the_file(tmp_path: Path) -> None:
     models = tmp_path / "models.toml"
     models.write_text(MODELS_TOML, encoding="utf-8")
     a = _write(tmp_path / "a.csv", "genai_bench_alignment", 1, 5, False, "genai_bench")
-    worse = _write(tmp_path / "b.csv", "tifa_faithfulness", 1, 5, False, "tifa", dear=0.4)  # dear worse than cheap here
-    code, out, err = run_cli("train", "-M", a, "-M", worse, "--models", models, "--out", tmp_path / "r", "--json")
+    worse = _write(
+        tmp_path / "b.csv", "tifa_faithfulness", 1, 5, False, "tifa", dear=0.4
+    )  # dear worse than cheap here
+    code, out, err = run_cli(
+        "train", "-M", a, "-M", worse, "--models", models, "--out", tmp_path / "r", "--json"
+    )
     assert code == 0, err
-    assert "warning: the sets disagree on how two generators compare: cheap - dear on the joint scale: genai_bench: -0.3" in err
+    assert (
+        "warning: the sets disagree on how two generators compare: cheap - dear on the joint scale: genai_bench: -0.3"
+        in err
+    )
     (pair,) = json.loads(out)["data_card"]["set_comparisons"]
     assert pair["disagree"] and pair["by_set"]["tifa"]["mean"] > 0 > pair["by_set"]["genai_bench"]["mean"]
     odd = _write(tmp_path / "c.csv", "my_metric", 0, 1, False, "mine")
     code, out, err = run_cli("train", "-M", a, "-M", odd, "--models", models, "--out", tmp_path / "r2")
-    assert code == 4 and f"{odd}: metric \"my_metric\" has no known range" in err and "Traceback" not in err
-    code, out, err = run_cli("train", "-M", a, "-M", odd, "--scale", "my_metric=0:1", "--models", models,
-                             "--out", tmp_path / "r2", "--json")
+    assert code == 4 and f'{odd}: metric "my_metric" has no known range' in err and "Traceback" not in err
+    code, out, err = run_cli(
+        "train",
+        "-M",
+        a,
+        "-M",
+        odd,
+        "--scale",
+        "my_metric=0:1",
+        "--models",
+        models,
+        "--out",
+        tmp_path / "r2",
+        "--json",
+    )
     assert code == 0, err
-    code, out, err = run_cli("train", "-M", a, "-M", odd, "--scale", "my_metric", "--models", models, "--out", tmp_path / "r3")
+    code, out, err = run_cli(
+        "train", "-M", a, "-M", odd, "--scale", "my_metric", "--models", models, "--out", tmp_path / "r3"
+    )
     assert code == 2 and "--scale my_metric: expected METRIC=LO:HI" in err
 
 
@@ -144,12 +232,28 @@ def test_train_on_a_file_next_to_the_store(tmp_path: Path) -> None:
     a = _write(tmp_path / "a.csv", "genai_bench_alignment", 1, 5, False, "genai_bench")
     mine = _write(tmp_path / "mine.csv", "clipscore", 0, 100, False, "calibrate")
     db = tmp_path / "cal.sqlite"
-    code, _, err = run_cli("measurements", "import", mine, "--db", db, "--models", models, "--metric", "clipscore")
+    code, _, err = run_cli(
+        "measurements", "import", mine, "--db", db, "--models", models, "--metric", "clipscore"
+    )
     assert code == 0, err
-    code, out, err = run_cli("train", "-M", a, "--db", db, "--metric", "clipscore", "--models", models,
-                             "--out", tmp_path / "r", "--json")
+    code, out, err = run_cli(
+        "train",
+        "-M",
+        a,
+        "--db",
+        db,
+        "--metric",
+        "clipscore",
+        "--models",
+        models,
+        "--out",
+        tmp_path / "r",
+        "--json",
+    )
     assert code == 0, err
     card = json.loads(out)["data_card"]
     assert [(s["name"], s["metric"], s["range"]) for s in card["sets"]] == [
-        ("genai_bench", "genai_bench_alignment", [1.0, 5.0]), ("store:cal.sqlite", "clipscore", [0.0, 100.0])]
+        ("genai_bench", "genai_bench_alignment", [1.0, 5.0]),
+        ("store:cal.sqlite", "clipscore", [0.0, 100.0]),
+    ]
     assert card["held_out_by_set"]["store:cal.sqlite"]["n_test"] == 2 * len(SUBJECTS)

@@ -20,11 +20,14 @@ def _csv(path: Path, text: str) -> Path:
 
 
 def test_csv_averages_repeats_and_marks_missing(tmp_path: Path) -> None:
-    f = _csv(tmp_path / "m.csv", "prompt,generator,score,seconds,seed\n"
-             "a cat,fast,2,1.0,0\n"
-             "a cat,fast,4,3.0,1\n"
-             "a dog,slow,5,10,0\n"
-             "\"a red, round ball\",fast,3,2.0,0\n")
+    f = _csv(
+        tmp_path / "m.csv",
+        "prompt,generator,score,seconds,seed\n"
+        "a cat,fast,2,1.0,0\n"
+        "a cat,fast,4,3.0,1\n"
+        "a dog,slow,5,10,0\n"
+        '"a red, round ball",fast,3,2.0,0\n',
+    )
     t = read_measurements(f, known_generators=["fast", "slow"])
     assert t.prompts == ["a cat", "a dog", "a red, round ball"]
     assert t.generators == ["fast", "slow"]
@@ -37,14 +40,18 @@ def test_csv_averages_repeats_and_marks_missing(tmp_path: Path) -> None:
 
 def test_jsonl_with_metric_filter(tmp_path: Path) -> None:
     f = tmp_path / "m.jsonl"
-    rows = [{"prompt": "p1", "generator": "g", "score": 0.5, "metric": "clip"},
-            {"prompt": "p1", "generator": "g", "score": 4, "metric": "human"},
-            {"prompt": "p2", "generator": "g", "score": 0.7, "metric": "clip", "source": "mine"}]
+    rows = [
+        {"prompt": "p1", "generator": "g", "score": 0.5, "metric": "clip"},
+        {"prompt": "p1", "generator": "g", "score": 4, "metric": "human"},
+        {"prompt": "p2", "generator": "g", "score": 0.7, "metric": "clip", "source": "mine"},
+    ]
     f.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     t = read_measurements(f, metric="clip")
     assert t.metric == "clip" and t.prompts == ["p1", "p2"] and t.sources == ["mine"]
     assert t.seconds == {"g": None}
-    with pytest.raises(MeasurementsError, match=r"mixes metrics clip \(2 rows\), human \(1 rows\); choose one with --metric"):
+    with pytest.raises(
+        MeasurementsError, match=r"mixes metrics clip \(2 rows\), human \(1 rows\); choose one with --metric"
+    ):
         read_measurements(f)
     with pytest.raises(MeasurementsError, match='no rows with metric "clap" \\(did you mean "clip"\\?\\)'):
         read_measurements(f, metric="clap")
@@ -63,13 +70,25 @@ def test_write_then_read_round_trip(tmp_path: Path) -> None:
     [
         ("", r"m.csv: the measurements file is empty"),
         ("prompt,generator,score\n", r"m.csv: no measurement rows after the header"),
-        ("prompt,model,value\na,b,1\n", r"m.csv: line 1: missing columns generator, score; the header has prompt, model, value"),
+        (
+            "prompt,model,value\na,b,1\n",
+            r"m.csv: line 1: missing columns generator, score; the header has prompt, model, value",
+        ),
         ("prompt,generatr,score\na,b,1\n", r'missing column generator \(did you mean "generatr"\?\)'),
-        ("prompt,generator,score\na,fast,1\nb,fast,good\n", r"m.csv: line 3, column score: 'good' is not a number"),
+        (
+            "prompt,generator,score\na,fast,1\nb,fast,good\n",
+            r"m.csv: line 3, column score: 'good' is not a number",
+        ),
         ("prompt,generator,score\na,fast,\n", r"m.csv: line 2, column score: empty; give a number"),
-        ("prompt,generator,score\na,fsat,1\n", r'line 2, column generator: unknown generator "fsat" \(did you mean "fast"\?\)'),
+        (
+            "prompt,generator,score\na,fsat,1\n",
+            r'line 2, column generator: unknown generator "fsat" \(did you mean "fast"\?\)',
+        ),
         ("prompt,generator,score\n,fast,1\n", r"line 2, column prompt: empty prompt"),
-        ("prompt,generator,score,seconds\na,fast,1,-2\n", r"line 2, column seconds: -2.0 must be a positive number"),
+        (
+            "prompt,generator,score,seconds\na,fast,1,-2\n",
+            r"line 2, column seconds: -2.0 must be a positive number",
+        ),
         ("prompt,generator,score\na,fast,1,extra\n", r"line 2: 4 fields but the header has 3"),
         ("prompt,generator,score\na,fast,nan\n", r"line 2, column score: 'nan' is not a finite number"),
     ],
@@ -119,8 +138,11 @@ def test_shared_data_sets_convert(tmp_path: Path) -> None:
     assert set(t.generators) == {"sdxl-turbo", "sdxl", "sd21", "deepfloyd-if"}
     i = t.prompts.index("A baker pulling freshly baked bread out of an oven in a bakery.")
     assert t.Y[i, t.generators.index("sd21")] == pytest.approx(7 / 3)  # SDXL_2_1 ratings [3, 2, 2]
-    for name, gens in (("agiqa3k", {"sd15", "sd15-lowstep", "sd15-lowcfg", "sd15-highcfg"}),
-                       ("tifa", {"sd11", "sd15", "sd21"}), ("dsg", {"sd11", "sd15", "sd21"})):
+    for name, gens in (
+        ("agiqa3k", {"sd15", "sd15-lowstep", "sd15-lowcfg", "sd15-highcfg"}),
+        ("tifa", {"sd11", "sd15", "sd21"}),
+        ("dsg", {"sd11", "sd15", "sd21"}),
+    ):
         assert datasets.main([name, "--data", str(SHARED), "--out", str(tmp_path / f"{name}.csv")]) == 0
         t = read_measurements(tmp_path / f"{name}.csv")
         assert set(t.generators) == gens and t.n_prompts >= 150
@@ -130,8 +152,10 @@ def test_shared_data_sets_convert(tmp_path: Path) -> None:
 def test_rows_round_trip_through_both_formats(tmp_path: Path) -> None:
     from catimg.measurements import Measurement, read_rows
 
-    rows = [Measurement("a cat, \"quoted\"", "g@2", 1.25, "clip", 0.5, 3, "mine"),
-            Measurement("z ☕", "h", -2.0)]
+    rows = [
+        Measurement('a cat, "quoted"', "g@2", 1.25, "clip", 0.5, 3, "mine"),
+        Measurement("z ☕", "h", -2.0),
+    ]
     for name in ("r.csv", "r.jsonl", "r.ndjson", "r.txt"):
         assert write_measurements(rows, tmp_path / name) == 2
         assert read_rows(tmp_path / name) == rows  # `line` is where the row was read, not part of the row
@@ -153,8 +177,11 @@ def test_write_to_a_folder_or_unwritable_place_is_one_line(tmp_path: Path) -> No
 def test_pivot_orders_columns_merges_spellings_and_drops_empty_generators() -> None:
     from catimg.measurements import Measurement, pivot
 
-    rows = [Measurement("A  cat", "b", 1.0, seconds=2.0), Measurement("a cat", "b", 3.0, seconds=4.0),
-            Measurement("a dog", "a", 5.0, source="s1")]
+    rows = [
+        Measurement("A  cat", "b", 1.0, seconds=2.0),
+        Measurement("a cat", "b", 3.0, seconds=4.0),
+        Measurement("a dog", "a", 5.0, source="s1"),
+    ]
     t = pivot(rows, "m", columns=["a", "unused", "b"])
     assert t.generators == ["a", "b"] and t.prompts == ["A  cat", "a dog"]  # first spelling kept
     assert t.Y[0, 1] == 2.0 and t.counts[0, 1] == 2 and np.isnan(t.Y[0, 0])

@@ -30,9 +30,19 @@ def test_never_overwrites(tmp_path: Path) -> None:
 
 
 def test_png_metadata_round_trip(tmp_path: Path) -> None:
-    meta = {"prompt": "a red cube", "negative_prompt": "blurry", "seed": 7, "steps": 2, "guidance": 2.0,
-            "width": 32, "height": 32, "generator": "tiny", "source": "/x", "predicted_quality": 0.5,
-            "lambda": None}
+    meta = {
+        "prompt": "a red cube",
+        "negative_prompt": "blurry",
+        "seed": 7,
+        "steps": 2,
+        "guidance": 2.0,
+        "width": 32,
+        "height": 32,
+        "generator": "tiny",
+        "source": "/x",
+        "predicted_quality": 0.5,
+        "lambda": None,
+    }
     p = output.save_image(tmp_path, "a.png", Image.new("RGB", (32, 32), "red"), meta)
     got = output.read_image_metadata(p)
     assert got["catimg"] == meta
@@ -54,7 +64,9 @@ def test_read_metadata_of_non_image(tmp_path: Path) -> None:
 
 def test_manifest_append_read_and_corrupt_line(tmp_path: Path) -> None:
     output.append_manifest(tmp_path, {"index": 0, "status": "ok", "file": "a.png", "prompt": "p", "image": 0})
-    output.append_manifest(tmp_path, {"index": 1, "status": "failed", "file": None, "prompt": "q", "image": 0})
+    output.append_manifest(
+        tmp_path, {"index": 1, "status": "failed", "file": None, "prompt": "q", "image": 0}
+    )
     (tmp_path / "a.png").write_bytes(b"x")
     assert [r["index"] for r in output.read_manifest(tmp_path)] == [0, 1]
     assert output.done_keys(tmp_path) == {(0, 0, "p")}
@@ -111,10 +123,16 @@ def test_new_out_folders_left_empty_are_removed(tmp_path: Path) -> None:
         output.write_new_file(output.prepare_out_dir(out), "x.png", b"png")
     assert (out / "x.png").is_file()
     (out / "x.png").unlink()
-    with pytest.raises(KeyboardInterrupt), output.removed_if_left_empty(out):  # existed before: kept, even empty
+    with (
+        pytest.raises(KeyboardInterrupt),
+        output.removed_if_left_empty(out),
+    ):  # existed before: kept, even empty
         raise KeyboardInterrupt
     assert out.is_dir()
-    with pytest.raises(InputError), output.removed_if_left_empty(tmp_path / "c" / "d"):  # removed on errors too
+    with (
+        pytest.raises(InputError),
+        output.removed_if_left_empty(tmp_path / "c" / "d"),
+    ):  # removed on errors too
         output.prepare_out_dir(tmp_path / "c" / "d")
         raise InputError("stop")
     assert not (tmp_path / "c").exists()

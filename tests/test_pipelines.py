@@ -17,14 +17,18 @@ def test_missing_hub_weights_fail_fast_with_fetch_hint(monkeypatch: pytest.Monke
 
     g = generator("turbo", "stabilityai/sdxl-turbo")
     assert not pipelines.weights_available(g)
-    tried: list[object] = []  # fail fast = before any connection and before diffusers is asked to load anything
+    tried: list[
+        object
+    ] = []  # fail fast = before any connection and before diffusers is asked to load anything
     monkeypatch.setattr(socket.socket, "connect", lambda self, addr: tried.append(addr))
     monkeypatch.setattr(pipelines, "quiet_hf", lambda: tried.append("diffusers"))
     with pytest.raises(WeightsMissingError) as err:
         pipelines.load_pipeline(g, cpu_device())
     assert tried == []
     msg = str(err.value)
-    assert '"turbo"' in msg and "stabilityai/sdxl-turbo" in msg and "hf download stabilityai/sdxl-turbo" in msg
+    assert (
+        '"turbo"' in msg and "stabilityai/sdxl-turbo" in msg and "hf download stabilityai/sdxl-turbo" in msg
+    )
     assert "\n" not in msg
 
 
@@ -71,9 +75,13 @@ def test_scheduler_by_name(tiny_sd_dir: Path) -> None:
     euler = generator("sd", tiny_sd_dir, scheduler="EulerDiscreteScheduler")
     assert loaded.use_scheduler(euler) == "EulerDiscreteScheduler" == loaded.scheduler_name(euler)
     assert type(loaded.pipe.scheduler).__name__ == "EulerDiscreteScheduler"
-    assert loaded.use_scheduler(generator("sd", tiny_sd_dir)) == "DDIMScheduler"  # the pipeline's own, back again
+    assert (
+        loaded.use_scheduler(generator("sd", tiny_sd_dir)) == "DDIMScheduler"
+    )  # the pipeline's own, back again
     assert type(loaded.pipe.scheduler).__name__ == "DDIMScheduler"
-    assert not any(name.startswith("_catimg") for name in vars(loaded.pipe))  # nothing stuck on diffusers' object
+    assert not any(
+        name.startswith("_catimg") for name in vars(loaded.pipe)
+    )  # nothing stuck on diffusers' object
 
 
 def test_dtype_by_device_unless_set(tiny_sd_dir: Path) -> None:
@@ -107,7 +115,9 @@ def test_downloads_allowed_but_hub_unreachable_fails_fast(monkeypatch: pytest.Mo
     real_connect = socket.create_connection
     attempts: list[tuple[object, object]] = []
 
-    def connect(address: tuple[str, int], timeout: float | None = None, *args: object, **kw: object) -> socket.socket:
+    def connect(
+        address: tuple[str, int], timeout: float | None = None, *args: object, **kw: object
+    ) -> socket.socket:
         attempts.append((address, timeout))
         return real_connect(address, timeout, *args, **kw)  # type: ignore[arg-type]
 

@@ -17,14 +17,34 @@ from catimg.routing.predictor import (
     split_anchor,
 )
 
-SIMPLE = ["a white wall", "a red apple", "a blue cup", "a wooden chair", "a green leaf", "a plain sky",
-          "a glass of water", "a single stone", "a yellow lemon", "a black cat", "a closed door", "a paper plane"]
-BUSY = ["a crowded market with many people and colourful stalls", "a busy train station full of travellers at rush hour",
-        "a festival crowd dancing under fireworks", "a packed stadium cheering at night",
-        "a street parade with hundreds of musicians", "children playing in a crowded park with balloons",
-        "a bustling harbour with boats and fishermen", "a noisy city square full of tourists and pigeons",
-        "a concert hall full of people applauding", "a crowded beach with umbrellas and surfers",
-        "a school yard full of running children", "a night market crowded with shoppers and lanterns"]
+SIMPLE = [
+    "a white wall",
+    "a red apple",
+    "a blue cup",
+    "a wooden chair",
+    "a green leaf",
+    "a plain sky",
+    "a glass of water",
+    "a single stone",
+    "a yellow lemon",
+    "a black cat",
+    "a closed door",
+    "a paper plane",
+]
+BUSY = [
+    "a crowded market with many people and colourful stalls",
+    "a busy train station full of travellers at rush hour",
+    "a festival crowd dancing under fireworks",
+    "a packed stadium cheering at night",
+    "a street parade with hundreds of musicians",
+    "children playing in a crowded park with balloons",
+    "a bustling harbour with boats and fishermen",
+    "a noisy city square full of tourists and pigeons",
+    "a concert hall full of people applauding",
+    "a crowded beach with umbrellas and surfers",
+    "a school yard full of running children",
+    "a night market crowded with shoppers and lanterns",
+]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +113,9 @@ def test_ridge_uncertainty_reflects_few_measurements(data: tuple[np.ndarray, np.
     mean, std = p.predict(X)
     assert std[:, 2].mean() > 1.5 * std[:, 1].mean()
     assert abs(mean[:, 2].mean() - 4.0) < 0.3  # its level comes from its four measurements
-    far = PromptEncoder(use_cache=False).encode(["zxqv 12345 lorem ipsum tensor eigenvalue"]).astype(np.float64)
+    far = (
+        PromptEncoder(use_cache=False).encode(["zxqv 12345 lorem ipsum tensor eigenvalue"]).astype(np.float64)
+    )
     _, s_far = p.predict(far)
     _, s_near = p.predict(X[:1])
     assert s_far[0, 0] > s_near[0, 0]
@@ -147,6 +169,8 @@ def test_ridge_prediction_is_linear_in_the_data_size() -> None:
     assert max(sizes.values()) <= 384 * 384  # nothing grows with the number of prompts
     mean, std = p.predict(X[:10000])
     assert mean.shape == std.shape == (10000, 6) and np.isfinite(mean).all() and (std > 0).all()
+
+
 def test_fit_rejects_unmeasured_generator(data: tuple[np.ndarray, np.ndarray]) -> None:
     X, Y = data
     Y = Y.copy()

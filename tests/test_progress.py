@@ -37,7 +37,9 @@ def _fresh_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("catimg.routing.encoder._DEFAULT", None)
 
 
-def test_explain_embedding_progress_lines_off_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_explain_embedding_progress_lines_off_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CATIMG_PROGRESS_EVERY", "0")
     f = tmp_path / "prompts.txt"
     f.write_text("\n".join(_prompts(300)) + "\n", encoding="utf-8")
@@ -51,7 +53,9 @@ def test_explain_embedding_progress_lines_off_a_terminal(tmp_path: Path, monkeyp
     assert "about" in err and "left" in err  # an ETA while it runs
     assert re.search(r"^embedding prompts: 300/300 done in ", err, re.M)
 
-    code, out, err = run_cli("explain", "-f", f, "--json")  # all cached now: nothing to embed, nothing printed
+    code, out, err = run_cli(
+        "explain", "-f", f, "--json"
+    )  # all cached now: nothing to embed, nothing printed
     assert code == 0 and not _lines(err, "embedding prompts") and "embedding" not in err
 
 
@@ -75,16 +79,34 @@ def test_train_and_eval_progress_lines(tmp_path: Path, monkeypatch: pytest.Monke
     assert "held-out prompts" not in out and "500 prompts of" in out and "not held out" in out
 
 
-def test_calibrate_progress_lines(tmp_path: Path, tiny_sd_dir: Path, tiny_clip_dir: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_calibrate_progress_lines(
+    tmp_path: Path, tiny_sd_dir: Path, tiny_clip_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CATIMG_PROGRESS_EVERY", "0")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(f"a red cube number {i}" for i in range(6)) + "\n", encoding="utf-8")
     models = tmp_path / "models.toml"
-    models.write_text(f'[generators.fast]\nsource = "{tiny_sd_dir}"\nsteps = 1\nguidance = 1.0\nwidth = 64\n'
-                      'height = 64\ncost_seconds = 0.05\n', encoding="utf-8")
-    code, out, err = run_cli("calibrate", "--prompts", prompts, "--models", models, "--db", tmp_path / "cal.sqlite",
-                             "--scorer-model", tiny_clip_dir, "--out", tmp_path / "imgs", "--device", "cpu", "--json")
+    models.write_text(
+        f'[generators.fast]\nsource = "{tiny_sd_dir}"\nsteps = 1\nguidance = 1.0\nwidth = 64\n'
+        "height = 64\ncost_seconds = 0.05\n",
+        encoding="utf-8",
+    )
+    code, out, err = run_cli(
+        "calibrate",
+        "--prompts",
+        prompts,
+        "--models",
+        models,
+        "--db",
+        tmp_path / "cal.sqlite",
+        "--scorer-model",
+        tiny_clip_dir,
+        "--out",
+        tmp_path / "imgs",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert code == 0, err
     assert json.loads(out)["recorded"] == 6
     done = [d for d, t in _lines(err, "calibrating") if t == 6]

@@ -12,7 +12,10 @@ from catimg.prompts import list_reference_sets, read_prompt_file, reference_set,
 
 def test_read_prompt_file_skips_blank_and_comment_lines(tmp_path: Path) -> None:
     f = tmp_path / "p.txt"
-    f.write_text("# header\n\na red cube\n   \n  # indented comment\n  a blue sphere  \nnaïve café ☕\n", encoding="utf-8")
+    f.write_text(
+        "# header\n\na red cube\n   \n  # indented comment\n  a blue sphere  \nnaïve café ☕\n",
+        encoding="utf-8",
+    )
     assert read_prompt_file(f) == ["a red cube", "a blue sphere", "naïve café ☕"]
 
 

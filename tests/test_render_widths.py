@@ -30,8 +30,10 @@ PROMPTS = [
 def catalog(tmp_path: Path) -> Path:
     """The default catalog plus a generator with a long name and a long Hub id (needs calibration)."""
     text = PACKAGED_MODELS.read_text(encoding="utf-8")
-    text += ('\n[generators.sdxl-lightning-4step]\nsource = "some-organisation/a-rather-long-model-name-v2"\n'
-             'family = "sd1"\nsteps = 25\n')
+    text += (
+        '\n[generators.sdxl-lightning-4step]\nsource = "some-organisation/a-rather-long-model-name-v2"\n'
+        'family = "sd1"\nsteps = 25\n'
+    )
     path = tmp_path / "models.toml"
     path.write_text(text, encoding="utf-8")
     return path
@@ -54,7 +56,9 @@ def _check(out: str, width: int, what: str, prompt_rows: bool = False) -> None:
 
 
 @pytest.mark.parametrize("width", WIDTHS)
-def test_tables_fit_every_width(width: int, catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tables_fit_every_width(
+    width: int, catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CATIMG_WIDTH", str(width))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(f"{p} #{i}" for i, p in enumerate(PROMPTS)) + "\n", encoding="utf-8")
@@ -72,7 +76,14 @@ def test_tables_fit_every_width(width: int, catalog: Path, tmp_path: Path, monke
     assert code == 0, err
     _check(out, width, "explain --no-detail", prompt_rows=True)
     assert re.search(r"^\s*#\s*┃ prompt\s+┃ generator\s+┃\s+quality ┃\s+seconds\s*$", out, re.M), out
-    for field in ("device: ", "budget: ", "λ: ", "catalog: ", "router: ", "metric: "):  # whole fields on a line
+    for field in (
+        "device: ",
+        "budget: ",
+        "λ: ",
+        "catalog: ",
+        "router: ",
+        "metric: ",
+    ):  # whole fields on a line
         assert any(line.startswith(field) or f"   {field}" in line for line in out.splitlines()), (field, out)
 
     code, out, err = run_cli("explain", *PROMPTS[:2], "--models", catalog)
@@ -87,8 +98,19 @@ def test_tables_fit_every_width(width: int, catalog: Path, tmp_path: Path, monke
         assert re.search(rf"^{re.escape(name)} ", out, re.M), f"doctor at {width}: {name} missing or cut"
     assert "some-organisation/a-rather-long-model-name-v2" in out  # in the table or listed below it, whole
 
-    code, out, err = run_cli("plan", "-f", prompts, "--models", catalog, "--gpu", "H100", "--scale-to", "1000000",
-                             "--gpus", "1,8,64")
+    code, out, err = run_cli(
+        "plan",
+        "-f",
+        prompts,
+        "--models",
+        catalog,
+        "--gpu",
+        "H100",
+        "--scale-to",
+        "1000000",
+        "--gpus",
+        "1,8,64",
+    )
     assert code == 0, err
     _check(out, width, "plan")
     assert "per image" in out and "makespan" in out
@@ -102,4 +124,7 @@ def test_one_number_format() -> None:
     assert fmt_tflops(0.000412) == "0.000412" and fmt_tflops(4.2133) == "4.21" and fmt_tflops(687.2) == "687"
     assert fmt_tflops(0) == "-"  # unknown, not "0.00"
     assert fmt_fixed(-0.0001, 3) == "0.000" and fmt_fixed(0.1234, 3, signed=True) == "+0.123"
-    assert fmt_value({"quality": 0.07961377280000001, "seed": 7, "size": [512, 512]}) == "quality: 0.0796138, seed: 7, size: 512, 512"
+    assert (
+        fmt_value({"quality": 0.07961377280000001, "seed": 7, "size": [512, 512]})
+        == "quality: 0.0796138, seed: 7, size: 512, 512"
+    )

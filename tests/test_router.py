@@ -33,9 +33,30 @@ width = 1024
 height = 1024
 """
 
-SUBJECTS = ["a cat", "a teapot", "a bicycle", "a lighthouse", "an owl", "a violin", "a sailboat", "a cactus",
-            "a robot", "a castle", "a fox", "a lamp", "a tractor", "a penguin", "a clock", "a mushroom",
-            "a dragon", "a piano", "a tiger", "a kite", "a bridge", "a horse"]
+SUBJECTS = [
+    "a cat",
+    "a teapot",
+    "a bicycle",
+    "a lighthouse",
+    "an owl",
+    "a violin",
+    "a sailboat",
+    "a cactus",
+    "a robot",
+    "a castle",
+    "a fox",
+    "a lamp",
+    "a tractor",
+    "a penguin",
+    "a clock",
+    "a mushroom",
+    "a dragon",
+    "a piano",
+    "a tiger",
+    "a kite",
+    "a bridge",
+    "a horse",
+]
 
 
 def prompts_and_scores() -> list[tuple[str, str, float, float]]:
@@ -58,7 +79,9 @@ def write_case(folder: Path, seconds: bool = True) -> tuple[Path, Path]:
     m = folder / "m.csv"
     with m.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["prompt", "generator", "score", "seconds"] if seconds else ["prompt", "generator", "score"])
+        w.writerow(
+            ["prompt", "generator", "score", "seconds"] if seconds else ["prompt", "generator", "score"]
+        )
         for p, g, s, sec in prompts_and_scores():
             w.writerow([p, g, f"{s:.4f}", sec] if seconds else [p, g, f"{s:.4f}"])
     return models, m
@@ -95,14 +118,20 @@ def test_loaded_router_predicts_and_routes(trained: Path) -> None:
     lv = r.levels
     assert list(lv) == ["low", "medium", "high", "max"]
     assert lv["low"] > lv["medium"] > lv["high"] > lv["max"] == 0.0
-    emb = PromptEncoder(use_cache=False).encode(["a giraffe on a white background",
-                                                 "a giraffe in a crowded street full of people, cars and colourful signs"])
+    emb = PromptEncoder(use_cache=False).encode(
+        [
+            "a giraffe on a white background",
+            "a giraffe in a crowded street full of people, cars and colourful signs",
+        ]
+    )
     mean, std = r.predict(emb)
     assert mean.shape == std.shape == (2, 2) and (std > 0).all()
     assert mean[0, 0] > mean[1, 0] + 0.5  # the cheap generator is predicted worse on the crowded scene
     ch = [r.choose(mean, lam) for lam in (lv["low"], lv["max"])]
     assert ch[0][0] == 0 and ch[1][1] == 1
-    nb = r.neighbours(emb, k=2)  # the neighbour index keeps the training prompts: explain can show the closest
+    nb = r.neighbours(
+        emb, k=2
+    )  # the neighbour index keeps the training prompts: explain can show the closest
     assert [len(x) for x in nb] == [2, 2] and all(-1.0 <= s <= 1.0 for row in nb for _, s in row)
     assert nb[0][0][1] >= nb[0][1][1]
 
@@ -110,7 +139,9 @@ def test_loaded_router_predicts_and_routes(trained: Path) -> None:
 def test_knn_router_shows_neighbours(tmp_path: Path) -> None:
     models, m = write_case(tmp_path, seconds=False)
     cat = load_catalog(models)
-    r = train_router(read_measurements(m), cat, tmp_path / "k", predictor="knn", encoder=PromptEncoder(use_cache=False))
+    r = train_router(
+        read_measurements(m), cat, tmp_path / "k", predictor="knn", encoder=PromptEncoder(use_cache=False)
+    )
     assert r.cost_unit == "tflops" and r.costs["cheap"] < r.costs["dear"]
     nb = r.neighbours(PromptEncoder(use_cache=False).encode(["a cat on a white background"]), k=2)
     assert nb[0][0][0] == "a cat on a white background" and nb[0][0][1] == pytest.approx(1.0, abs=1e-4)
@@ -126,9 +157,13 @@ def test_changed_settings_need_calibration(trained: Path, tmp_path: Path) -> Non
     r.check(cat, ENCODER_ID)  # one generator still known: fine
     other = tmp_path / "other.toml"
     other.write_text('[generators.flux]\nsource = "black-forest-labs/FLUX.1-schnell"\n', encoding="utf-8")
-    with pytest.raises(RouterError, match=r"knows none of the enabled generators in .*other.toml \(flux: not in the router"):
+    with pytest.raises(
+        RouterError, match=r"knows none of the enabled generators in .*other.toml \(flux: not in the router"
+    ):
         r.check(load_catalog(other), ENCODER_ID)
-    with pytest.raises(RouterError, match=r"trained on prompt encoder .*MiniLM.*but catimg uses other/encoder"):
+    with pytest.raises(
+        RouterError, match=r"trained on prompt encoder .*MiniLM.*but catimg uses other/encoder"
+    ):
         r.check(cat, "other/encoder")
 
 
@@ -151,12 +186,17 @@ def test_bad_artifacts(trained: Path, tmp_path: Path) -> None:
     with pytest.raises(RouterError, match=r"config.json: corrupt JSON .* line 1, column 2"):
         load_router(d)
     cfg = json.loads((trained / "r" / "config.json").read_text())
-    for change, msg in ((dict(format_version=99), r"router format version 99, but this catimg reads version 2"),
-                        (dict(format_version=1), r"router format version 1 \(catimg 0.1.0\).*retrain it from the same "
-                                                 r"measurements with `catimg train`"),
-                        (dict(format="other"), r"not a catimg router config"),
-                        (dict(encoder={"id": "x"}), r'missing key "encoder.dim"'),
-                        (dict(generators=[]), r'"generators" must be a non-empty list')):
+    for change, msg in (
+        (dict(format_version=99), r"router format version 99, but this catimg reads version 2"),
+        (
+            dict(format_version=1),
+            r"router format version 1 \(catimg 0.1.0\).*retrain it from the same "
+            r"measurements with `catimg train`",
+        ),
+        (dict(format="other"), r"not a catimg router config"),
+        (dict(encoder={"id": "x"}), r'missing key "encoder.dim"'),
+        (dict(generators=[]), r'"generators" must be a non-empty list'),
+    ):
         (d / "config.json").write_text(json.dumps({**cfg, **change}), encoding="utf-8")
         with pytest.raises(RouterError, match=msg):
             load_router(d)
@@ -179,8 +219,15 @@ def test_training_rejects_generators_outside_the_catalog(trained: Path, tmp_path
     m = tmp_path / "m.csv"
     m.write_text("prompt,generator,score\na,cheap,1\nb,deer,2\n", encoding="utf-8")
     table = read_measurements(m)
-    with pytest.raises(MeasurementsError, match=r'generator "deer" is not in .*models.toml \(did you mean "dear"\?\)'):
-        train_router(table, load_catalog(trained / "models.toml"), tmp_path / "x", encoder=PromptEncoder(use_cache=False))
+    with pytest.raises(
+        MeasurementsError, match=r'generator "deer" is not in .*models.toml \(did you mean "dear"\?\)'
+    ):
+        train_router(
+            table,
+            load_catalog(trained / "models.toml"),
+            tmp_path / "x",
+            encoder=PromptEncoder(use_cache=False),
+        )
 
 
 def test_training_warns_about_one_shot_and_constant_generators(trained: Path, tmp_path: Path) -> None:
@@ -216,5 +263,9 @@ def test_bundled_router_matches_default_catalog() -> None:
     card = r.data_card
     assert card["licenses"] and card["n_prompts"] > 100
     assert all("license" in s and s.get("citations") for s in card["sources"])  # every source attributed
-    assert {s["id"] for s in card["sources"]} == {x["name"] for x in card["sets"]} == set(card["held_out_by_set"])
+    assert (
+        {s["id"] for s in card["sources"]}
+        == {x["name"] for x in card["sets"]}
+        == set(card["held_out_by_set"])
+    )
     assert any("PQPP" in c for c in card["citations"]) and any("CC BY 4.0" in lic for lic in card["licenses"])

@@ -148,7 +148,9 @@ def test_breakpoints_visit_every_choice_of_a_dense_sweep() -> None:
     lams = breakpoints(q, cost, (1.0, 5.0))
     assert lams[0] == 0.0 and (np.diff(lams) > 0).all()
     at_breakpoints = {tuple(choose_metric(q, cost, float(lam), (1.0, 5.0))) for lam in lams}
-    dense = {tuple(choose_metric(q, cost, float(lam), (1.0, 5.0))) for lam in np.linspace(0.0, lams[-1] * 2, 4001)}
+    dense = {
+        tuple(choose_metric(q, cost, float(lam), (1.0, 5.0))) for lam in np.linspace(0.0, lams[-1] * 2, 4001)
+    }
     assert dense <= at_breakpoints
     # past the last breakpoint every prompt goes to the cheapest generator
     assert choose_metric(q, cost, float(lams[-1]), (1.0, 5.0)).tolist() == [0] * 12

@@ -105,8 +105,12 @@ def test_work_from_shares_scales_exactly() -> None:
         def __init__(self, s: float, load: float) -> None:
             self.seconds, self.load_seconds = s, load
 
-    w = work_from_shares({"t": 1, "s": 1, "x": 1}, {"t": C(0.1, 3), "s": C(2, 4), "x": C(5, 6)},
-                         {"t": "t", "s": "s", "x": "x"}, scale_to=1_000_000)
+    w = work_from_shares(
+        {"t": 1, "s": 1, "x": 1},
+        {"t": C(0.1, 3), "s": C(2, 4), "x": C(5, 6)},
+        {"t": "t", "s": "s", "x": "x"},
+        scale_to=1_000_000,
+    )
     assert sum(x.images for x in w) == 1_000_000
     assert {x.generator: x.images for x in w} == {"t": 333333, "s": 333334, "x": 333333}  # tie: by name
 
@@ -134,8 +138,22 @@ def test_plan_command_predicts_for_k_gpus() -> None:
 
     from catimg.cli import app
 
-    r = CliRunner().invoke(app, ["plan", "a red apple", "a crowd in a colourful park", "an empty wall",
-                                 "--gpu", "H100", "--scale-to", "1000000", "--gpus", "8,64", "--json"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "plan",
+            "a red apple",
+            "a crowd in a colourful park",
+            "an empty wall",
+            "--gpu",
+            "H100",
+            "--scale-to",
+            "1000000",
+            "--gpus",
+            "8,64",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
     assert doc["prompts"] == 1_000_000 and doc["routed_prompts"] == 3

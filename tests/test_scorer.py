@@ -34,7 +34,9 @@ def test_tiny_clip_scores_images(tiny_clip_dir: Path) -> None:
     again = s.score([red], ["a red square"])
     assert again[0] == pytest.approx(vals[0], abs=1e-4)  # deterministic, batch independent
     # differing prompts give differing scores (the text side is really used)
-    assert s.score([red, red], ["a red square", "zzzz qqqq"])[0] != pytest.approx(s.score([red], ["zzzz qqqq"])[0])
+    assert s.score([red, red], ["a red square", "zzzz qqqq"])[0] != pytest.approx(
+        s.score([red], ["zzzz qqqq"])[0]
+    )
 
 
 def _with_logit_scale(src: Path, dest: Path, scale: float) -> Path:
@@ -57,8 +59,10 @@ def test_pickscore_mode_uses_logit_scale(tiny_clip_dir: Path, tmp_path: Path) ->
     every pair exactly 5x apart (a raw cosine would not change; logit_scale itself would give ln 10 / ln 2)."""
     images = [Image.new("RGB", (32, 32), c) for c in ((0, 255, 0), (200, 30, 90), (10, 10, 240))]
     prompts = ["green", "a pink square", "deep blue sea"]
-    low, high = (load_scorer("pickscore", str(_with_logit_scale(tiny_clip_dir, tmp_path / f"s{k}", k)))
-                 for k in (2.0, 10.0))  # the folder has its own processor: no LAION repo needed
+    low, high = (
+        load_scorer("pickscore", str(_with_logit_scale(tiny_clip_dir, tmp_path / f"s{k}", k)))
+        for k in (2.0, 10.0)
+    )  # the folder has its own processor: no LAION repo needed
     a, b = low.score(images, prompts), high.score(images, prompts)
     assert all(abs(x) > 1e-4 for x in a)
     assert b == pytest.approx([5.0 * x for x in a], rel=1e-4)
@@ -74,7 +78,12 @@ def test_missing_hub_checkpoint_fails_fast_and_names_it(monkeypatch: pytest.Monk
         check_scorer("clipscore")
     assert tried == []
     msg = str(e.value)
-    assert "openai/clip-vit-large-patch14" in msg and "hf download" in msg and "--scorer-model" in msg and "\n" not in msg
+    assert (
+        "openai/clip-vit-large-patch14" in msg
+        and "hf download" in msg
+        and "--scorer-model" in msg
+        and "\n" not in msg
+    )
 
 
 def test_missing_or_bad_folder(tmp_path: Path) -> None:

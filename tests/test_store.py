@@ -67,7 +67,9 @@ def test_to_table_averages_seeds_and_keeps_unmeasured_as_nan(tmp_path: Path) -> 
         assert t.Y[0, 0] == pytest.approx(21.0) and t.counts[0, 0] == 2
         assert np.isnan(t.Y[1, 1])
         assert t.seconds == {"a": pytest.approx(2.0), "b": pytest.approx(4.0)}
-        with pytest.raises(MeasurementsError, match='no measurements of metric "pickscore".*clipscore \\(4 images\\)'):
+        with pytest.raises(
+            MeasurementsError, match='no measurements of metric "pickscore".*clipscore \\(4 images\\)'
+        ):
             s.to_table("pickscore", [a, b])
 
 
@@ -75,7 +77,7 @@ def test_export_import_round_trip_matches_measurements_reader(tmp_path: Path) ->
     a, b = generator("a"), generator("b")
     with Store.open(tmp_path / "one.sqlite") as s:
         ha, hb = s.register_generator(a), s.register_generator(b)
-        for i, p in enumerate(["x, with comma", "y \"quoted\"", "z ☕"]):
+        for i, p in enumerate(["x, with comma", 'y "quoted"', "z ☕"]):
             s.record(p, ha, 0, {"clipscore": 20.0 + i}, seconds=1.0)
             s.record(p, hb, 0, {"clipscore": 25.0 - i, "other": 1.0}, seconds=2.0)
         n = s.export(tmp_path / "out.csv", metric="clipscore")
@@ -137,12 +139,15 @@ def test_campaign_lock_held_by_another_process(tmp_path: Path) -> None:
         "import sys, time; from catimg.calibration.store import Store; s = Store.open(sys.argv[1]); s.acquire_campaign();"
         "print('locked', flush=True); sys.stdin.readline()"
     )
-    with subprocess.Popen([sys.executable, "-c", code, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          text=True) as proc:  # closes the pipes
+    with subprocess.Popen(
+        [sys.executable, "-c", code, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as proc:  # closes the pipes
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
             with Store.open(db) as s:
-                with pytest.raises(StoreError, match=f"another catimg calibrate is running on {db}; wait .* --db"):
+                with pytest.raises(
+                    StoreError, match=f"another catimg calibrate is running on {db}; wait .* --db"
+                ):
                     s.acquire_campaign()
         finally:
             assert proc.stdin is not None

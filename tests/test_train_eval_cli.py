@@ -37,21 +37,52 @@ def test_contract_train_then_explain(case: Path, tmp_path: Path, monkeypatch: py
     r = load_router(case / "r")
     assert r.generators == ["cheap", "dear"]
     prompts = tmp_path / "p.txt"
-    prompts.write_text("# two prompts\na zebra on a white background\n\na zebra in a crowded street full of people\n", encoding="utf-8")
-    code, out = run("explain", "-f", str(prompts), "--router", str(case / "r"), "--models", str(models),
-                    "--budget", "low", "--json", "--device", "cpu")
+    prompts.write_text(
+        "# two prompts\na zebra on a white background\n\na zebra in a crowded street full of people\n",
+        encoding="utf-8",
+    )
+    code, out = run(
+        "explain",
+        "-f",
+        str(prompts),
+        "--router",
+        str(case / "r"),
+        "--models",
+        str(models),
+        "--budget",
+        "low",
+        "--json",
+        "--device",
+        "cpu",
+    )
     assert code == 0, out
     doc = json.loads(out)
-    assert [p["prompt"] for p in doc["prompts"]] == ["a zebra on a white background", "a zebra in a crowded street full of people"]
+    assert [p["prompt"] for p in doc["prompts"]] == [
+        "a zebra on a white background",
+        "a zebra in a crowded street full of people",
+    ]
     for p in doc["prompts"]:
         assert p["choice"] in ("cheap", "dear")
         assert {g["name"] for g in p["generators"]} == {"cheap", "dear"}
-        assert all(isinstance(g["predicted_quality"], float) and g["cost_seconds"] > 0 for g in p["generators"])
+        assert all(
+            isinstance(g["predicted_quality"], float) and g["cost_seconds"] > 0 for g in p["generators"]
+        )
 
 
 def test_train_json_and_knn(case: Path, tmp_path: Path) -> None:
     models, m = write_case(tmp_path, seconds=False)
-    code, out = run("train", "-M", str(m), "--models", str(models), "--out", str(tmp_path / "k"), "--predictor", "knn", "--json")
+    code, out = run(
+        "train",
+        "-M",
+        str(m),
+        "--models",
+        str(models),
+        "--out",
+        str(tmp_path / "k"),
+        "--predictor",
+        "knn",
+        "--json",
+    )
     assert code == 0, out
     doc = json.loads(out)
     assert doc["predictor"]["name"] == "knn" and doc["cost_unit"] == "tflops"
@@ -60,7 +91,17 @@ def test_train_json_and_knn(case: Path, tmp_path: Path) -> None:
 
 def test_train_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     models, m = write_case(tmp_path, seconds=False)
-    args = ("train", "-M", str(m), "--models", str(models), "--out", str(tmp_path / "k"), "--predictor", "knn")
+    args = (
+        "train",
+        "-M",
+        str(m),
+        "--models",
+        str(models),
+        "--out",
+        str(tmp_path / "k"),
+        "--predictor",
+        "knn",
+    )
     assert run(*args)[0] == 0
     code, out = run(*args)
     assert code == 2 and "holds a router; pass --force to overwrite it" in out
@@ -89,8 +130,17 @@ def test_eval_table_json_and_plot(case: Path, tmp_path: Path) -> None:
     m = case / "m.csv"
     code, out = run("eval", "--router", str(case / "r"), "--measurements", str(m))
     assert code == 0, out
-    for text in ("Single generators (score)", "dear (best)", "Routing: best single generator dear", "router (ridge)",
-                 "oracle", "random", "Budget levels on these prompts", "low", "max"):
+    for text in (
+        "Single generators (score)",
+        "dear (best)",
+        "Routing: best single generator dear",
+        "router (ridge)",
+        "oracle",
+        "random",
+        "Budget levels on these prompts",
+        "low",
+        "max",
+    ):
         assert text in out
     res = runner.invoke(app, ["eval", "--router", str(case / "r"), "--measurements", str(m), "--json"])
     assert res.exit_code == 0
@@ -109,17 +159,23 @@ def test_eval_table_json_and_plot(case: Path, tmp_path: Path) -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        code, msg = run("eval", "--router", str(case / "r"), "--measurements", str(m), "--plot", str(tmp_path / "c.png"))
+        code, msg = run(
+            "eval", "--router", str(case / "r"), "--measurements", str(m), "--plot", str(tmp_path / "c.png")
+        )
         assert code != 0 and "matplotlib is not installed" in msg
     else:
-        code, _ = run("eval", "--router", str(case / "r"), "--measurements", str(m), "--plot", str(tmp_path / "c.png"))
+        code, _ = run(
+            "eval", "--router", str(case / "r"), "--measurements", str(m), "--plot", str(tmp_path / "c.png")
+        )
         assert code == 0 and (tmp_path / "c.png").stat().st_size > 1000
 
 
 def test_eval_warns_unknown_generators(case: Path, tmp_path: Path) -> None:
     if not (case / "r").is_dir():
         pytest.skip("needs the router of the contract test")
-    clean = runner.invoke(app, ["eval", "--router", str(case / "r"), "--measurements", str(case / "m.csv"), "--json"])
+    clean = runner.invoke(
+        app, ["eval", "--router", str(case / "r"), "--measurements", str(case / "m.csv"), "--json"]
+    )
     assert clean.exit_code == 0 and "not in the router" not in clean.stderr
     m = tmp_path / "typo.csv"
     lines = (case / "m.csv").read_text(encoding="utf-8").splitlines()
@@ -127,7 +183,9 @@ def test_eval_warns_unknown_generators(case: Path, tmp_path: Path) -> None:
     m.write_text("\n".join(lines + extra + ['"a lone prompt",zzz,0.5,1.0']) + "\n", encoding="utf-8")
     res = runner.invoke(app, ["eval", "--router", str(case / "r"), "--measurements", str(m), "--json"])
     assert res.exit_code == 0, res.output
-    warned = [w.strip() for w in " ".join(res.stderr.split()).split("warning: ")[1:] if "not in the router" in w]
+    warned = [
+        w.strip() for w in " ".join(res.stderr.split()).split("warning: ")[1:] if "not in the router" in w
+    ]
     assert warned == [f'{m}: generators not in the router, ignored: chep (did you mean "cheap"?), zzz']
 
     doc = json.loads(res.stdout)
@@ -140,14 +198,19 @@ def test_eval_warns_unknown_generators(case: Path, tmp_path: Path) -> None:
     [
         ("prompt,generator\na,cheap\n", "m.csv: line 1: missing column score"),
         ("prompt,generator,score\na,cheap,high\n", "m.csv: line 2, column score: 'high' is not a number"),
-        ("prompt,generator,score\na,chaep,1\n", 'line 2, column generator: unknown generator "chaep" (did you mean "cheap"?)'),
+        (
+            "prompt,generator,score\na,chaep,1\n",
+            'line 2, column generator: unknown generator "chaep" (did you mean "cheap"?)',
+        ),
         ("", "m.csv: the measurements file is empty"),
     ],
 )
 def test_train_bad_measurements(tmp_path: Path, csv_text: str, message: str) -> None:
     models, _ = write_case(tmp_path)
     (tmp_path / "m.csv").write_text(csv_text, encoding="utf-8")
-    code, msg = run("train", "-M", str(tmp_path / "m.csv"), "--models", str(models), "--out", str(tmp_path / "o"))
+    code, msg = run(
+        "train", "-M", str(tmp_path / "m.csv"), "--models", str(models), "--out", str(tmp_path / "o")
+    )
     assert code == 4 and message in msg and "\n" not in msg.strip()
 
 
@@ -155,7 +218,9 @@ def test_bad_router_and_options(tmp_path: Path) -> None:
     models, m = write_case(tmp_path)
     code, msg = run("eval", "--router", str(tmp_path / "missing"), "--measurements", str(m))
     assert code == 3 and "router folder not found" in msg
-    code, msg = run("train", "-M", str(m), "--models", str(models), "--out", str(tmp_path / "o"), "--predictor", "knm")
+    code, msg = run(
+        "train", "-M", str(m), "--models", str(models), "--out", str(tmp_path / "o"), "--predictor", "knm"
+    )
     assert code != 0 and 'did you mean "knn"' in msg
     code, msg = run("train", "--models", str(models), "--out", str(tmp_path / "o"))
     assert code == 2 and "give --measurements FILE (CSV or JSONL, repeatable) and/or --db PATH" in msg
@@ -168,8 +233,23 @@ def test_main_prints_one_line_without_traceback(tmp_path: Path) -> None:
     models, _ = write_case(tmp_path)
     bad = tmp_path / "bad.csv"
     bad.write_text("prompt,generator,score\na,cheap,x\n", encoding="utf-8")
-    p = subprocess.run([sys.executable, "-m", "catimg", "train", "-M", str(bad), "--models", str(models), "--out",
-                        str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "catimg",
+            "train",
+            "-M",
+            str(bad),
+            "--models",
+            str(models),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 4
     assert p.stderr.strip() == f"error: {bad}: line 2, column score: 'x' is not a number"
     assert "Traceback" not in p.stderr

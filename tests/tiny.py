@@ -28,7 +28,11 @@ TINY_SIZE = 64  # pixels; the VAE below downsamples by 2, so latents are 32x32
 
 def _bytes_to_unicode() -> dict[int, str]:
     """The GPT-2/CLIP reversible byte -> printable unicode table (written out here, not imported)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     extra = 0
     for b in range(256):
@@ -117,7 +121,11 @@ def build_tiny_sd(path: str | Path, seed: int = 0) -> Path:
         attention_head_dim=4,
     ).eval()
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
         steps_offset=1,
     )
     pipe = StableDiffusionPipeline(
@@ -158,7 +166,11 @@ def build_tiny_sdxl(path: str | Path, seed: int = 0) -> Path:
         norm_num_groups=8,
     ).eval()
     scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        timestep_spacing="leading",
+        steps_offset=1,
     )
     pipe = StableDiffusionXLPipeline(
         unet=unet,
@@ -200,12 +212,26 @@ def build_tiny_pixart(path: str | Path, seed: int = 0) -> Path:
     ).eval()
     _seed(seed + 2)
     t5 = T5EncoderModel(
-        T5Config(vocab_size=600, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-                 pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+        T5Config(
+            vocab_size=600,
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
     ).eval()
     tokenizer = _tiny_t5_tokenizer(T5TokenizerFast)
     pipe = PixArtAlphaPipeline(
-        transformer=transformer, vae=_vae(seed + 1), text_encoder=t5, tokenizer=tokenizer, scheduler=DDIMScheduler()
+        transformer=transformer,
+        vae=_vae(seed + 1),
+        text_encoder=t5,
+        tokenizer=tokenizer,
+        scheduler=DDIMScheduler(),
     )
     pipe.save_pretrained(path, safe_serialization=True)
     return path
@@ -219,8 +245,14 @@ def _tiny_t5_tokenizer(cls: Any) -> Any:
         pieces.append((c, -1.0))
     tk = Tokenizer(models.Unigram(pieces, unk_id=2))
     tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    return cls(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=32,
-               extra_ids=0)
+    return cls(
+        tokenizer_object=tk,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=32,
+        extra_ids=0,
+    )
 
 
 def install_fake_hub(cache_root: str | Path, repo_id: str, folder: str | Path) -> Path:
@@ -248,8 +280,12 @@ WORDS = ["cat", "dog", "house", "tree", "car", "park", "crowd", "wall", "sky", "
 HARD_WORDS = ("crowd", "city")
 
 
-def write_measurements(path: str | Path, scores: dict[str, tuple[float, float, float]], n: int = 40,
-                       hard_words: tuple[str, ...] = HARD_WORDS) -> Path:
+def write_measurements(
+    path: str | Path,
+    scores: dict[str, tuple[float, float, float]],
+    n: int = 40,
+    hard_words: tuple[str, ...] = HARD_WORDS,
+) -> Path:
     """A synthetic long-format CSV (prompt,generator,score,seconds) for routers over tiny generators.
 
     ``scores`` maps a generator name to (score on easy prompts, score on hard prompts, seconds); a prompt is hard
@@ -268,15 +304,32 @@ def write_measurements(path: str | Path, scores: dict[str, tuple[float, float, f
     return path
 
 
-def generator(name: str, source: str | Path | None = None, steps: int = 2, model: str | None = None, *,
-              family: str = "sd1", guidance: float = 2.0, **kw: Any) -> Generator:
+def generator(
+    name: str,
+    source: str | Path | None = None,
+    steps: int = 2,
+    model: str | None = None,
+    *,
+    family: str = "sd1",
+    guidance: float = 2.0,
+    **kw: Any,
+) -> Generator:
     """A 64-px catalog entry for the tiny pipelines. ``model`` defaults to the part of ``name`` before "@" (step
     variants share weights), ``source`` to ``/models/<model>``; other Generator fields go through ``kw``."""
     from catimg.config import Generator
 
     model = model or name.split("@")[0]
-    return Generator(name=name, model=model, source=str(source if source is not None else f"/models/{model}"),
-                     family=family, steps=steps, guidance=guidance, width=TINY_SIZE, height=TINY_SIZE, **kw)
+    return Generator(
+        name=name,
+        model=model,
+        source=str(source if source is not None else f"/models/{model}"),
+        family=family,
+        steps=steps,
+        guidance=guidance,
+        width=TINY_SIZE,
+        height=TINY_SIZE,
+        **kw,
+    )
 
 
 def run_options(out: str | Path, **kw: Any) -> RunOptions:

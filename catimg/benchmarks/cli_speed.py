@@ -24,10 +24,30 @@ import tempfile
 import time
 from pathlib import Path
 
-STYLES = ["", ", oil painting", ", photograph", ", watercolour", ", pixel art", ", at night", ", in the snow",
-          ", seen from above", ", studio lighting", ", in the style of a children's book"]
-EXTRAS = ["", " with a red balloon", " next to a bicycle", " under a rainbow", " on a wooden table", " in a forest",
-          " near the sea", " in a busy market", " made of glass", " covered in moss"]
+STYLES = [
+    "",
+    ", oil painting",
+    ", photograph",
+    ", watercolour",
+    ", pixel art",
+    ", at night",
+    ", in the snow",
+    ", seen from above",
+    ", studio lighting",
+    ", in the style of a children's book",
+]
+EXTRAS = [
+    "",
+    " with a red balloon",
+    " next to a bicycle",
+    " under a rainbow",
+    " on a wooden table",
+    " in a forest",
+    " near the sea",
+    " in a busy market",
+    " made of glass",
+    " covered in moss",
+]
 
 
 def make_prompts(n: int) -> list[str]:
@@ -100,7 +120,9 @@ def startup(repeat: int) -> None:
             runs = [timed_cpu(exe + args, env) for _ in range(repeat)]
             wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
             ok = (cpu if kind == "cpu" else wall) <= target
-            print(f"{label:30s} {wall:7.2f} {cpu:7.2f} {f'<= {target:g} s {kind}':>14s} {'ok' if ok else 'OVER'}")
+            print(
+                f"{label:30s} {wall:7.2f} {cpu:7.2f} {f'<= {target:g} s {kind}':>14s} {'ok' if ok else 'OVER'}"
+            )
     print(f"load after: {machine().rsplit(': ', 1)[1]}")
 
 
@@ -108,7 +130,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--startup", action="store_true", help="Only the start-up targets (--help, models, doctor, explain).")
+    ap.add_argument(
+        "--startup", action="store_true", help="Only the start-up targets (--help, models, doctor, explain)."
+    )
     args = ap.parse_args()
     if args.startup:
         startup(max(args.repeat, 5))
@@ -121,8 +145,14 @@ def main() -> None:
         cases = [
             ("catimg --help", exe + ["--help"]),
             ('catimg explain "one prompt" (cold)', exe + ["explain", "a lighthouse at dusk, oil painting"]),
-            (f"catimg explain -f <{args.prompts} prompts> --json (cold)", exe + ["explain", "-f", str(pfile), "--json"]),
-            (f"catimg explain -f <{args.prompts} prompts> (cold, table)", exe + ["explain", "-f", str(pfile)]),
+            (
+                f"catimg explain -f <{args.prompts} prompts> --json (cold)",
+                exe + ["explain", "-f", str(pfile), "--json"],
+            ),
+            (
+                f"catimg explain -f <{args.prompts} prompts> (cold, table)",
+                exe + ["explain", "-f", str(pfile)],
+            ),
         ]
         for c, (label, cmd) in enumerate(cases):
             times = []

@@ -42,20 +42,33 @@ def main(argv: list[str] | None = None) -> None:
     if args.load_seconds is not None:
         costs = {k: replace(c, load_seconds=args.load_seconds) for k, c in costs.items()}
     ks = [int(k) for k in args.gpus.split(",")]
-    cp = cluster_plan(result.shares(), costs, {g.name: g.model for g in catalog.generators}, ks,
-                      scale_to=args.prompts, chunk_size=args.chunk_size, device=dev.name)
-    print(f"{args.prompts:,} prompts with the shares of {len(prompts)} routed prompts ({args.prompt_set}, "
-          f"--budget {args.budget}, λ {result.lam:.4g}); costs for {dev.name} ({', '.join(sorted({c.kind for c in costs.values()}))}); "
-          f"chunks of {args.chunk_size}")
+    cp = cluster_plan(
+        result.shares(),
+        costs,
+        {g.name: g.model for g in catalog.generators},
+        ks,
+        scale_to=args.prompts,
+        chunk_size=args.chunk_size,
+        device=dev.name,
+    )
+    print(
+        f"{args.prompts:,} prompts with the shares of {len(prompts)} routed prompts ({args.prompt_set}, "
+        f"--budget {args.budget}, λ {result.lam:.4g}); costs for {dev.name} ({', '.join(sorted({c.kind for c in costs.values()}))}); "
+        f"chunks of {args.chunk_size}"
+    )
     for w in cp.work:
-        print(f"  {w.generator:<12} {w.images:>9,} images  {w.seconds:8.4f} s/image  load {w.load_seconds:6.1f} s  "
-              f"{w.total_seconds / 3600:8.1f} GPU-h")
+        print(
+            f"  {w.generator:<12} {w.images:>9,} images  {w.seconds:8.4f} s/image  load {w.load_seconds:6.1f} s  "
+            f"{w.total_seconds / 3600:8.1f} GPU-h"
+        )
     total = sum(w.total_seconds for w in cp.work) / 3600
     print(f"  total {total:.1f} GPU-hours of generation")
     print(f"{'GPUs':>5} {'policy':<30} {'makespan':>10} {'util':>7} {'loads':>8} {'ideal':>10}")
     for k, (c, r) in sorted(cp.predictions.items()):
         for p in (c, r):
-            print(f"{k:>5} {p.policy:<30} {p.makespan / 3600:9.2f}h {p.utilisation:7.1%} {p.loads:>8,} {p.ideal / 3600:9.2f}h")
+            print(
+                f"{k:>5} {p.policy:<30} {p.makespan / 3600:9.2f}h {p.utilisation:7.1%} {p.loads:>8,} {p.ideal / 3600:9.2f}h"
+            )
         print(f"{'':>5} round-robin / catimg makespan: {r.makespan / c.makespan:.3f}")
 
 

@@ -76,18 +76,45 @@ def main(argv: list[str] | None = None) -> int:
             est = generator_cost(g, dev, use_measured=False)
             t0 = time.perf_counter()
             r = measure(g, dev, repeats=args.repeats, warmup=1)
-            rows.append((g.name, g.steps, g.width, est.tflops * 1e3, est.seconds, r.seconds_per_image(g.steps),
-                         r.step_seconds, r.fixed_seconds, time.perf_counter() - t0))
+            rows.append(
+                (
+                    g.name,
+                    g.steps,
+                    g.width,
+                    est.tflops * 1e3,
+                    est.seconds,
+                    r.seconds_per_image(g.steps),
+                    r.step_seconds,
+                    r.fixed_seconds,
+                    time.perf_counter() - t0,
+                )
+            )
     tp = device_throughput(dev)
-    print(f"device: {dev.describe()}; torch threads: {torch.get_num_threads()}; throughput row: {tp.label} "
-          f"({tp.effective_tflops * 1000:.0f} GFLOP/s effective, {tp.launch_ms * 1000:.0f} µs/op)")
-    est_rank = {n: i for i, n in enumerate(sorted((r[0] for r in rows), key=lambda n: next(x[4] for x in rows if x[0] == n)))}
-    mea_rank = {n: i for i, n in enumerate(sorted((r[0] for r in rows), key=lambda n: next(x[5] for x in rows if x[0] == n)))}
-    print(f"{'generator':<14}{'steps':>6}{'px':>5}{'GFLOPs':>9}{'est s':>9}{'meas s':>9}{'ratio':>7}"
-          f"{'s/step':>9}{'fixed s':>9}{'rank e/m':>10}")
+    print(
+        f"device: {dev.describe()}; torch threads: {torch.get_num_threads()}; throughput row: {tp.label} "
+        f"({tp.effective_tflops * 1000:.0f} GFLOP/s effective, {tp.launch_ms * 1000:.0f} µs/op)"
+    )
+    est_rank = {
+        n: i
+        for i, n in enumerate(
+            sorted((r[0] for r in rows), key=lambda n: next(x[4] for x in rows if x[0] == n))
+        )
+    }
+    mea_rank = {
+        n: i
+        for i, n in enumerate(
+            sorted((r[0] for r in rows), key=lambda n: next(x[5] for x in rows if x[0] == n))
+        )
+    }
+    print(
+        f"{'generator':<14}{'steps':>6}{'px':>5}{'GFLOPs':>9}{'est s':>9}{'meas s':>9}{'ratio':>7}"
+        f"{'s/step':>9}{'fixed s':>9}{'rank e/m':>10}"
+    )
     for name, steps, px, gf, es, ms, st, fx, _ in rows:
-        print(f"{name:<14}{steps:>6}{px:>5}{gf:>9.3f}{es:>9.3f}{ms:>9.3f}{ms / es:>7.2f}{st:>9.4f}{fx:>9.4f}"
-              f"{est_rank[name] + 1:>6}/{mea_rank[name] + 1}")
+        print(
+            f"{name:<14}{steps:>6}{px:>5}{gf:>9.3f}{es:>9.3f}{ms:>9.3f}{ms / es:>7.2f}{st:>9.4f}{fx:>9.4f}"
+            f"{est_rank[name] + 1:>6}/{mea_rank[name] + 1}"
+        )
     from statistics import correlation
 
     def ranks(key: int) -> list[float]:

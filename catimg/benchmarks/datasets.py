@@ -57,13 +57,21 @@ TIFA_NAMES = {
     "vq_diffusion": "vq-diffusion",
     "mini_dalle": "mini-dalle",
 }
-DSG_NAMES = {"sd1dot1": "sd11", "sd1dot5": "sd15", "sd2dot1": "sd21", "vq-diffusion": "vq-diffusion", "mini-dalle": "mini-dalle"}
+DSG_NAMES = {
+    "sd1dot1": "sd11",
+    "sd1dot5": "sd15",
+    "sd2dot1": "sd21",
+    "vq-diffusion": "vq-diffusion",
+    "mini-dalle": "mini-dalle",
+}
 TIFA_LOCAL = ("sd11", "sd15", "sd21", "vq-diffusion", "mini-dalle")
 
 
 def _need(path: Path) -> Path:
     if not path.is_file():
-        raise InputError(f"{path}: data file not found; pass --data pointing at the shared data folder (holding genai_bench/, agiqa3k/ ...)")
+        raise InputError(
+            f"{path}: data file not found; pass --data pointing at the shared data folder (holding genai_bench/, agiqa3k/ ...)"
+        )
     return path
 
 
@@ -76,15 +84,22 @@ def genai_bench(data: Path, include_all: bool = False) -> list[dict[str, Any]]:
             name = GENAI_BENCH_NAMES.get(key, key)
             if not include_all and name not in GENAI_BENCH_LOCAL:
                 continue
-            rows.append({"prompt": item["prompt"], "generator": name, "score": round(sum(ratings) / len(ratings), 6),
-                         "metric": "genai_bench_alignment", "source": "genai_bench"})
+            rows.append(
+                {
+                    "prompt": item["prompt"],
+                    "generator": name,
+                    "score": round(sum(ratings) / len(ratings), 6),
+                    "metric": "genai_bench_alignment",
+                    "source": "genai_bench",
+                }
+            )
     return rows
 
 
 def agiqa3k(data: Path, include_all: bool = False, metric: str = "mos_align") -> list[dict[str, Any]]:
     """One row per image: its MOS for alignment (``mos_align``) or perceptual quality (``mos_quality``)."""
     if metric not in ("mos_align", "mos_quality"):
-        raise InputError(f"agiqa3k: metric \"{metric}\" is unknown; use mos_align or mos_quality")
+        raise InputError(f'agiqa3k: metric "{metric}" is unknown; use mos_align or mos_quality')
     rows = []
     with _need(data / "agiqa3k" / "data.csv").open(encoding="utf-8") as fh:
         for r in csv.DictReader(fh):
@@ -92,8 +107,15 @@ def agiqa3k(data: Path, include_all: bool = False, metric: str = "mos_align") ->
             name = AGIQA_NAMES.get(key, key)
             if not include_all and name not in AGIQA_LOCAL[:4]:
                 continue
-            rows.append({"prompt": r["prompt"], "generator": name, "score": float(r[metric]),
-                         "metric": f"agiqa3k_{metric}", "source": "agiqa3k"})
+            rows.append(
+                {
+                    "prompt": r["prompt"],
+                    "generator": name,
+                    "score": float(r[metric]),
+                    "metric": f"agiqa3k_{metric}",
+                    "source": "agiqa3k",
+                }
+            )
     return rows
 
 
@@ -106,8 +128,15 @@ def tifa(data: Path, include_all: bool = False) -> list[dict[str, Any]]:
         name = TIFA_NAMES.get(model, model)
         if not include_all and name not in TIFA_LOCAL[:3]:
             continue
-        rows.append({"prompt": item["text"], "generator": name, "score": float(item["human_avg"]),
-                     "metric": "tifa_faithfulness", "source": "tifa"})
+        rows.append(
+            {
+                "prompt": item["text"],
+                "generator": name,
+                "score": float(item["human_avg"]),
+                "metric": "tifa_faithfulness",
+                "source": "tifa",
+            }
+        )
     return rows
 
 
@@ -125,8 +154,17 @@ def dsg(data: Path, include_all: bool = False) -> list[dict[str, Any]]:
                 ratings[(r["source_id"], name)].append(float(r["answer"]))
             except ValueError:
                 continue
-    return [{"prompt": text[sid], "generator": g, "score": round(sum(v) / len(v), 6), "metric": "dsg_consistency",
-             "source": "dsg"} for (sid, g), v in ratings.items() if sid in text]
+    return [
+        {
+            "prompt": text[sid],
+            "generator": g,
+            "score": round(sum(v) / len(v), 6),
+            "metric": "dsg_consistency",
+            "source": "dsg",
+        }
+        for (sid, g), v in ratings.items()
+        if sid in text
+    ]
 
 
 PQPP_NAMES = {"sdxl_score": "sdxl", "glide_score": "glide"}
@@ -141,19 +179,30 @@ def pqpp(data: Path, include_all: bool = False, split: str = "both") -> list[dic
     has one generator and nothing to route.
     """
     if split not in (*PQPP_SPLITS, "both"):
-        raise InputError(f"pqpp: split \"{split}\" is unknown; use train, validation or both")
+        raise InputError(f'pqpp: split "{split}" is unknown; use train, validation or both')
     rows = []
     for part in PQPP_SPLITS if split == "both" else (split,):
         with _need(data / "pqpp" / f"{part}.csv").open(encoding="utf-8") as fh:
             for r in csv.DictReader(fh):
                 for column, name in PQPP_NAMES.items():
-                    rows.append({"prompt": r["best_caption"], "generator": name, "score": float(r[column]),
-                                 "metric": "pqpp_score", "source": "pqpp"})
+                    rows.append(
+                        {
+                            "prompt": r["best_caption"],
+                            "generator": name,
+                            "score": float(r[column]),
+                            "metric": "pqpp_score",
+                            "source": "pqpp",
+                        }
+                    )
     return rows
 
 
 DATASETS: dict[str, Callable[..., list[dict[str, Any]]]] = {
-    "genai_bench": genai_bench, "agiqa3k": agiqa3k, "tifa": tifa, "dsg": dsg, "pqpp": pqpp,
+    "genai_bench": genai_bench,
+    "agiqa3k": agiqa3k,
+    "tifa": tifa,
+    "dsg": dsg,
+    "pqpp": pqpp,
 }
 
 
@@ -164,18 +213,31 @@ def default_data_dir() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m catimg.benchmarks.datasets", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m catimg.benchmarks.datasets",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("dataset", choices=sorted(DATASETS))
-    ap.add_argument("--data", type=Path, default=None, help="shared data folder (default $CATIMG_SHARED_DATA or ../shared/data)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="shared data folder (default $CATIMG_SHARED_DATA or ../shared/data)",
+    )
     ap.add_argument("--out", type=Path, required=True, help="output file (.csv or .jsonl)")
     ap.add_argument("--all", action="store_true", help="also write generators that cannot run locally")
     ap.add_argument("--metric", default="mos_align", help="agiqa3k only: mos_align or mos_quality")
     ap.add_argument("--split", default="both", help="pqpp only: train, validation or both")
-    ap.add_argument("--generators", default=None, help="comma-separated generator names to keep (default: all written)")
-    ap.add_argument("--rename", default=None,
-                    help="comma-separated OLD=NEW generator names, e.g. sd15=sd15-tifa (a generator whose settings the "
-                         "data does not pin down, kept apart from the catalog's)")
+    ap.add_argument(
+        "--generators", default=None, help="comma-separated generator names to keep (default: all written)"
+    )
+    ap.add_argument(
+        "--rename",
+        default=None,
+        help="comma-separated OLD=NEW generator names, e.g. sd15=sd15-tifa (a generator whose settings the "
+        "data does not pin down, kept apart from the catalog's)",
+    )
     args = ap.parse_args(argv)
     data = args.data or default_data_dir()
     try:
@@ -193,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         have = {r["generator"] for r in rows}
         missing = [g for g in keep if g not in have]
         if missing:
-            print(f"error: {args.dataset}: no generator {', '.join(missing)}; it has {', '.join(sorted(have))}", file=sys.stderr)
+            print(
+                f"error: {args.dataset}: no generator {', '.join(missing)}; it has {', '.join(sorted(have))}",
+                file=sys.stderr,
+            )
             return 2
         rows = [r for r in rows if r["generator"] in keep]
     if args.rename:

@@ -65,8 +65,15 @@ def catalog_tflops(gens: list[str]) -> np.ndarray:
     return np.array([generator_cost(catalog.get(g), dev, use_measured=False).tflops for g in gens])
 
 
-def run(data: Path, target: str, sizes: tuple[int, ...], repeats: int, predictor: str, test_share: float,
-        seed: int) -> dict[str, Any]:
+def run(
+    data: Path,
+    target: str,
+    sizes: tuple[int, ...],
+    repeats: int,
+    predictor: str,
+    test_share: float,
+    seed: int,
+) -> dict[str, Any]:
     from catimg.routing.encoder import default_encoder
     from catimg.routing.predictor import make_predictor
     from catimg.training.evaluate import choose, evaluate_predictions
@@ -99,7 +106,11 @@ def run(data: Path, target: str, sizes: tuple[int, ...], repeats: int, predictor
             mean, std = model.predict(X[test])
             # the few-shot generator's own epistemic uncertainty: ridge's deviation part (the anchor part is
             # shared by every generator and cancels when generators are compared)
-            own = np.sqrt(model.predict_parts(X[test])[3][:, j]) if k and hasattr(model, "predict_parts") else None
+            own = (
+                np.sqrt(model.predict_parts(X[test])[3][:, j])
+                if k and hasattr(model, "predict_parts")
+                else None
+            )
             if k == 0:
                 mean = np.insert(mean, j, -1e9, axis=1)
                 std = np.insert(std, j, np.nan, axis=1)
@@ -110,18 +121,29 @@ def run(data: Path, target: str, sizes: tuple[int, ...], repeats: int, predictor
             lams = np.geomspace(1e-6, 10.0, 200) / max(costs.max(), 1e-9)
             picks = [choose(mean, costs, lam, scale) for lam in lams]
             at = min(picks, key=lambda ch: abs(costs[ch].mean() - costs[best]))
-            results[size].append({
-                "auc": s.auc, "q_at_best": s.quality_at_best_cost,
-                "ctm_pct": s.cost_to_match_pct if s.cost_to_match_pct is not None else np.nan,
-                "share": float(np.mean(at == j)),
-                "std": float(np.nanmean(std[:, j])) if k else np.nan,
-                "own": float(np.mean(own)) if own is not None else np.nan,
-                "measured": float(k),
-            })
+            results[size].append(
+                {
+                    "auc": s.auc,
+                    "q_at_best": s.quality_at_best_cost,
+                    "ctm_pct": s.cost_to_match_pct if s.cost_to_match_pct is not None else np.nan,
+                    "share": float(np.mean(at == j)),
+                    "std": float(np.nanmean(std[:, j])) if k else np.nan,
+                    "own": float(np.mean(own)) if own is not None else np.nan,
+                    "measured": float(k),
+                }
+            )
     oracle = rep.summaries[1]
     single = {d["name"]: d["quality"] for d in rep.single}
-    return {"gens": gens, "target": target, "results": results, "n_train": n - n_test, "n_test": n_test,
-            "costs": dict(zip(gens, costs.tolist(), strict=True)), "oracle_auc_last": oracle.auc, "single_last": single}
+    return {
+        "gens": gens,
+        "target": target,
+        "results": results,
+        "n_train": n - n_test,
+        "n_test": n_test,
+        "costs": dict(zip(gens, costs.tolist(), strict=True)),
+        "oracle_auc_last": oracle.auc,
+        "single_last": single,
+    }
 
 
 def _fmt(vals: list[float], digits: int = 3) -> str:
@@ -137,10 +159,14 @@ def _fmt(vals: list[float], digits: int = 3) -> str:
 def main(argv: list[str] | None = None) -> int:
     from catimg.benchmarks.datasets import default_data_dir
 
-    ap = argparse.ArgumentParser(prog="python -m catimg.benchmarks.fewshot", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m catimg.benchmarks.fewshot", description=__doc__.splitlines()[0]
+    )
     ap.add_argument("--data", type=Path, default=None, help="the shared data folder (holding genai_bench/)")
     ap.add_argument("--generator", default="sdxl", help="the few-shot generator (default sdxl)")
-    ap.add_argument("--sizes", default=",".join(str(s) for s in DEFAULT_SIZES), help="measured prompts; -1 = all")
+    ap.add_argument(
+        "--sizes", default=",".join(str(s) for s in DEFAULT_SIZES), help="measured prompts; -1 = all"
+    )
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--predictor", default="ridge", help="ridge, blend or knn")
     ap.add_argument("--test-share", type=float, default=0.3)
@@ -150,19 +176,28 @@ def main(argv: list[str] | None = None) -> int:
     sizes = tuple(int(s) for s in a.sizes.split(","))
     t0 = time.perf_counter()
     out = run(data, a.generator, sizes, a.repeats, a.predictor, a.test_share, a.seed)
-    print(f"few-shot routing on GenAI-Bench: generators {', '.join(out['gens'])}; few-shot generator {out['target']}")
+    print(
+        f"few-shot routing on GenAI-Bench: generators {', '.join(out['gens'])}; few-shot generator {out['target']}"
+    )
     print("costs (TFLOPs/image): " + ", ".join(f"{g} {c:.1f}" for g, c in out["costs"].items()))
-    print(f"{a.repeats} repeats x ({out['n_train']} train / {out['n_test']} test prompts), predictor {a.predictor}, seed {a.seed}")
-    print("last split: single-generator quality " + ", ".join(f"{g} {q:.3f}" for g, q in out["single_last"].items())
-          + f"; oracle AUC {out['oracle_auc_last']:.3f}")
+    print(
+        f"{a.repeats} repeats x ({out['n_train']} train / {out['n_test']} test prompts), predictor {a.predictor}, seed {a.seed}"
+    )
+    print(
+        "last split: single-generator quality "
+        + ", ".join(f"{g} {q:.3f}" for g, q in out["single_last"].items())
+        + f"; oracle AUC {out['oracle_auc_last']:.3f}"
+    )
     print()
     head = f"{'measured':>9}  {'AUC':>16}  {'quality@best cost':>18}  {'cost to match %':>22}  {'share':>15}  {'pred. std':>15}  {'own std':>15}"
     print(head)
     for size, rows in out["results"].items():
         label = "all" if size < 0 else str(size)
-        print(f"{label:>9}  {_fmt([r['auc'] for r in rows]):>16}  {_fmt([r['q_at_best'] for r in rows]):>18}  "
-              f"{_fmt([r['ctm_pct'] for r in rows], 1):>22}  {_fmt([r['share'] for r in rows], 2):>15}  "
-              f"{_fmt([r['std'] for r in rows]):>15}  {_fmt([r['own'] for r in rows]):>15}")
+        print(
+            f"{label:>9}  {_fmt([r['auc'] for r in rows]):>16}  {_fmt([r['q_at_best'] for r in rows]):>18}  "
+            f"{_fmt([r['ctm_pct'] for r in rows], 1):>22}  {_fmt([r['share'] for r in rows], 2):>15}  "
+            f"{_fmt([r['std'] for r in rows]):>15}  {_fmt([r['own'] for r in rows]):>15}"
+        )
     print(f"\n({time.perf_counter() - t0:.1f} s)")
     return 0
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from catimg.benchmarks import tiny_module
 
-PLAIN = r'''
+PLAIN = r"""
 import json, sys, torch
 from pathlib import Path
 from diffusers import DiffusionPipeline
@@ -42,9 +42,7 @@ for j in jobs:
     img = pipe(prompt=j["prompt"], num_inference_steps=j["steps"], guidance_scale=j["guidance"], width=j["width"],
                height=j["height"], generator=torch.Generator().manual_seed(j["seed"])).images[0]
     img.save(out / f"{j['index']:04d}.png")
-'''
-
-
+"""
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> float:
@@ -66,9 +64,16 @@ def main() -> None:
 
     tiny = tiny_module()
     root = Path(tempfile.mkdtemp(prefix="catimg-overhead-"))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(root / "hub"), CATIMG_CACHE_DIR=str(root / "cache"),
-               CATIMG_DATA_DIR=str(root / "data"), OMP_NUM_THREADS=str(args.threads), NO_COLOR="1",
-               TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_HUB_CACHE=str(root / "hub"),
+        CATIMG_CACHE_DIR=str(root / "cache"),
+        CATIMG_DATA_DIR=str(root / "data"),
+        OMP_NUM_THREADS=str(args.threads),
+        NO_COLOR="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
     os.environ.update({k: env[k] for k in ("HF_HUB_OFFLINE", "OMP_NUM_THREADS")})
     sd = tiny.build_tiny_sd(root / "tiny-sd")
     xl = tiny.build_tiny_sdxl(root / "tiny-sdxl")
@@ -78,12 +83,33 @@ def main() -> None:
         f'[generators.sd]\nsource = "{sd}"\nsteps = [2, 4]\nguidance = 2.0\nwidth = 64\nheight = 64\n'
         '[generators.turbo]\nsource = "stabilityai/sdxl-turbo"\nsteps = 2\nguidance = 0.0\nwidth = 64\nheight = 64\n'
     )
-    tiny.write_measurements(root / "m.csv", {"sd@2": (0.6, 0.3, 0.05), "sd@4": (0.62, 0.5, 0.1),
-                                             "turbo": (0.63, 0.8, 0.2)}, n=60, hard_words=("crowd", "city", "park"))
+    tiny.write_measurements(
+        root / "m.csv",
+        {"sd@2": (0.6, 0.3, 0.05), "sd@4": (0.62, 0.5, 0.1), "turbo": (0.63, 0.8, 0.2)},
+        n=60,
+        hard_words=("crowd", "city", "park"),
+    )
     prompts = root / "prompts.txt"
-    prompts.write_text("".join(f"a {tiny.WORDS[i % 12]} in the {tiny.WORDS[(i * 7 + 3) % 12]}, view {i}\n" for i in range(args.prompts)))
+    prompts.write_text(
+        "".join(
+            f"a {tiny.WORDS[i % 12]} in the {tiny.WORDS[(i * 7 + 3) % 12]}, view {i}\n"
+            for i in range(args.prompts)
+        )
+    )
     cat = [sys.executable, "-m", "catimg"]
-    _run(cat + ["train", "--measurements", str(root / "m.csv"), "--models", str(models), "--out", str(root / "router")], env)
+    _run(
+        cat
+        + [
+            "train",
+            "--measurements",
+            str(root / "m.csv"),
+            "--models",
+            str(models),
+            "--out",
+            str(root / "router"),
+        ],
+        env,
+    )
 
     cat_times, plain_times = [], []
     jobs_file = root / "jobs.json"
@@ -91,12 +117,42 @@ def main() -> None:
     script.write_text(PLAIN)
     for r in range(args.repeat):
         out = root / f"cat-{r}"
-        cat_times.append(_run(cat + ["gen", "-f", str(prompts), "--models", str(models), "--router", str(root / "router"),
-                                     "--out", str(out), "--seed", "0", "--budget", args.budget, "--json"], env))
+        cat_times.append(
+            _run(
+                cat
+                + [
+                    "gen",
+                    "-f",
+                    str(prompts),
+                    "--models",
+                    str(models),
+                    "--router",
+                    str(root / "router"),
+                    "--out",
+                    str(out),
+                    "--seed",
+                    "0",
+                    "--budget",
+                    args.budget,
+                    "--json",
+                ],
+                env,
+            )
+        )
         recs = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
-        jobs = [{"index": x["index"], "prompt": x["prompt"], "seed": x["seed"], "steps": x["steps"],
-                 "guidance": x["guidance"], "width": x["width"], "height": x["height"],
-                 "source": str(snap) if x["source"] == "stabilityai/sdxl-turbo" else x["source"]} for x in recs]
+        jobs = [
+            {
+                "index": x["index"],
+                "prompt": x["prompt"],
+                "seed": x["seed"],
+                "steps": x["steps"],
+                "guidance": x["guidance"],
+                "width": x["width"],
+                "height": x["height"],
+                "source": str(snap) if x["source"] == "stabilityai/sdxl-turbo" else x["source"],
+            }
+            for x in recs
+        ]
         jobs.sort(key=lambda j: (j["source"], j["index"]))
         jobs_file.write_text(json.dumps(jobs))
         plain_times.append(_run([sys.executable, str(script), str(jobs_file), str(root / f"plain-{r}")], env))
@@ -106,7 +162,9 @@ def main() -> None:
     c, plain = statistics.median(cat_times), statistics.median(plain_times)
     print(f"prompts: {args.prompts}, images: {len(recs)}, generators used: {shares}, threads: {args.threads}")
     print(f"catimg gen -f (routing included): median {c:.2f} s  runs {[round(t, 2) for t in cat_times]}")
-    print(f"plain diffusers script:           median {plain:.2f} s  runs {[round(t, 2) for t in plain_times]}")
+    print(
+        f"plain diffusers script:           median {plain:.2f} s  runs {[round(t, 2) for t in plain_times]}"
+    )
     print(f"ratio catimg / plain: {c / plain:.3f} (target <= 1.15)")
 
 

@@ -32,11 +32,29 @@ def _plan(root: Path, images: int, steps: int, size: int) -> list[Any]:
     tiny = tiny_module()
     a = tiny.build_tiny_sd(root / "tiny-a", seed=0)
     b = tiny.build_tiny_sd(root / "tiny-b", seed=1)
-    ga = Generator(name="tiny-a", model="tiny-a", source=str(a), family="sd1", steps=steps, guidance=2.0,
-                   width=size, height=size)
-    gb = Generator(name="tiny-b", model="tiny-b", source=str(b), family="sd1", steps=steps, guidance=2.0,
-                   width=size, height=size)
-    routed = [(i, f"a tiny test image number {i}", ga if i % 3 else gb, None, 1.0, None) for i in range(images)]
+    ga = Generator(
+        name="tiny-a",
+        model="tiny-a",
+        source=str(a),
+        family="sd1",
+        steps=steps,
+        guidance=2.0,
+        width=size,
+        height=size,
+    )
+    gb = Generator(
+        name="tiny-b",
+        model="tiny-b",
+        source=str(b),
+        family="sd1",
+        steps=steps,
+        guidance=2.0,
+        width=size,
+        height=size,
+    )
+    routed = [
+        (i, f"a tiny test image number {i}", ga if i % 3 else gb, None, 1.0, None) for i in range(images)
+    ]
     return build_plan(routed, seed=11)
 
 
@@ -47,8 +65,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads per Ray worker (default: the local engine's count, for identical pixels)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per Ray worker (default: the local engine's count, for identical pixels)",
+    )
     args = ap.parse_args(argv)
 
     import os
@@ -96,9 +118,15 @@ def main(argv: list[str] | None = None) -> None:
             ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, logging_level=40)
             stats = RayRun()
             t1 = time.perf_counter()
-            res = run_plan_ray(plan, RunOptions(out_dir=root / f"ray{rep}", device=cpu_device()), on_event,
-                               workers=args.workers,
-                               threads=args.threads, load_seconds=measured_loads, stats=stats)
+            res = run_plan_ray(
+                plan,
+                RunOptions(out_dir=root / f"ray{rep}", device=cpu_device()),
+                on_event,
+                workers=args.workers,
+                threads=args.threads,
+                load_seconds=measured_loads,
+                stats=stats,
+            )
             t2 = time.perf_counter()
             ray.shutdown()
             ray_t.append(t2 - t0)
@@ -116,17 +144,27 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         wt = args.threads if args.threads is not None else torch.get_num_threads()
-        print(f"images: {n} ({args.size}x{args.size}, {args.steps} steps, 2 tiny models), cores: {os.cpu_count()}, "
-              f"repeats: {args.repeat}, torch threads: local {torch.get_num_threads()}, each Ray worker {wt}")
+        print(
+            f"images: {n} ({args.size}x{args.size}, {args.steps} steps, 2 tiny models), cores: {os.cpu_count()}, "
+            f"repeats: {args.repeat}, torch threads: local {torch.get_num_threads()}, each Ray worker {wt}"
+        )
         print(f"local engine:           {lt:7.2f} s  {n / lt:6.2f} images/s  loads {loads['local']}")
-        print(f"ray engine ({args.workers} workers):  {rt:7.2f} s  {n / rt:6.2f} images/s  loads {loads['ray']}  "
-              "(starting Ray included)")
-        print(f"ray engine, Ray running: {rr:7.2f} s  {n / rr:6.2f} images/s  (workers' start and imports included)")
-        print(f"steady state (first to last image, loads and starts excluded): local "
-              f"{statistics.median(local_rate):.2f} images/s, ray {statistics.median(ray_rate):.2f} images/s")
+        print(
+            f"ray engine ({args.workers} workers):  {rt:7.2f} s  {n / rt:6.2f} images/s  loads {loads['ray']}  "
+            "(starting Ray included)"
+        )
+        print(
+            f"ray engine, Ray running: {rr:7.2f} s  {n / rr:6.2f} images/s  (workers' start and imports included)"
+        )
+        print(
+            f"steady state (first to last image, loads and starts excluded): local "
+            f"{statistics.median(local_rate):.2f} images/s, ray {statistics.median(ray_rate):.2f} images/s"
+        )
         if args.repeat > 1:
-            print(f"best of {args.repeat} (least disturbed by other load): local {min(local_t):.2f} s, "
-                  f"ray {min(ray_t):.2f} s with Ray start, {min(ray_run_t):.2f} s with Ray running")
+            print(
+                f"best of {args.repeat} (least disturbed by other load): local {min(local_t):.2f} s, "
+                f"ray {min(ray_t):.2f} s with Ray start, {min(ray_run_t):.2f} s with Ray running"
+            )
         print(f"ray / local wall time: {rt / lt:.2f} (with Ray start), {rr / lt:.2f} (Ray already running)")
         print(f"identical pixels: {same}/{n}")
 

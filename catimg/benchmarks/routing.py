@@ -220,8 +220,14 @@ class SetResult:
     n_train: int
 
 
-def _predictions_cv(table: Table, X: np.ndarray, repeats: int, folds: int,
-                    predictors: list[tuple[str, str, dict[str, Any]]], timing: dict[str, float]) -> list[dict[str, np.ndarray]]:
+def _predictions_cv(
+    table: Table,
+    X: np.ndarray,
+    repeats: int,
+    folds: int,
+    predictors: list[tuple[str, str, dict[str, Any]]],
+    timing: dict[str, float],
+) -> list[dict[str, np.ndarray]]:
     from catimg.training.train import out_of_fold
 
     out: list[dict[str, np.ndarray]] = []
@@ -235,8 +241,13 @@ def _predictions_cv(table: Table, X: np.ndarray, repeats: int, folds: int,
     return out
 
 
-def _predictions_split(train: Table, Xtr: np.ndarray, Xte: np.ndarray,
-                       predictors: list[tuple[str, str, dict[str, Any]]], timing: dict[str, float]) -> dict[str, np.ndarray]:
+def _predictions_split(
+    train: Table,
+    Xtr: np.ndarray,
+    Xte: np.ndarray,
+    predictors: list[tuple[str, str, dict[str, Any]]],
+    timing: dict[str, float],
+) -> dict[str, np.ndarray]:
     from catimg.routing.predictor import make_predictor
 
     preds = {}
@@ -265,8 +276,9 @@ def summaries_of(preds: dict[str, np.ndarray], table: Table, scale: tuple[float,
 METRICS = ("auc", "quality_at_best_cost", "cost_to_match_pct", "apgr")
 
 
-def bootstrap_se(preds: dict[str, np.ndarray], table: Table, scale: tuple[float, float], b: int,
-                 seed: int = 0) -> dict[str, dict[str, float]]:
+def bootstrap_se(
+    preds: dict[str, np.ndarray], table: Table, scale: tuple[float, float], b: int, seed: int = 0
+) -> dict[str, dict[str, float]]:
     """Bootstrap standard error over prompts of each metric, and of APGR minus the reference's (``d_apgr``)."""
     rng = np.random.default_rng(seed)
     draws: dict[str, dict[str, list[float]]] = {}
@@ -286,9 +298,11 @@ def bootstrap_se(preds: dict[str, np.ndarray], table: Table, scale: tuple[float,
                 d.setdefault("d_apgr", []).append(float(s.apgr - ref))
             if single is not None and s.apgr is not None:
                 d.setdefault("d_single", []).append(float(s.apgr - single))
-    return {label: {m: float(np.std(v, ddof=1)) for m, v in d.items() if len(v) > 1} | {
-        f"{m}_mean": float(np.mean(d[m])) if d.get(m) else float("nan") for m in ("d_apgr", "d_single")}
-        for label, d in draws.items()}
+    return {
+        label: {m: float(np.std(v, ddof=1)) for m, v in d.items() if len(v) > 1}
+        | {f"{m}_mean": float(np.mean(d[m])) if d.get(m) else float("nan") for m in ("d_apgr", "d_single")}
+        for label, d in draws.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -310,8 +324,13 @@ def load(spec: BenchSet, data: Path) -> Loaded:
 JOINT_LABEL = "joint ridge (all sets)"
 
 
-def joint_predictions(sets: list[Loaded], encode: Callable[[list[str]], np.ndarray], repeats: int, folds: int,
-                      timing: dict[str, float]) -> dict[str, list[np.ndarray]]:
+def joint_predictions(
+    sets: list[Loaded],
+    encode: Callable[[list[str]], np.ndarray],
+    repeats: int,
+    folds: int,
+    timing: dict[str, float],
+) -> dict[str, list[np.ndarray]]:
     """Per set, per repeat: predictions (in the set's units, its own generators) of one ridge predictor trained on
     every set at once (:mod:`catimg.training.joint`): CV sets out of fold (the held-out prompts left out of every set), the
     split set's validation prompts by a model fitted on all training rows."""
@@ -320,9 +339,18 @@ def joint_predictions(sets: list[Loaded], encode: Callable[[list[str]], np.ndarr
     from catimg.training.joint import join
     from catimg.training.train import joint_out_of_fold
 
-    tables = [MeasurementTable(prompts=s.train.prompts, generators=s.train.generators, Y=s.train.Y,
-                               counts=np.ones(s.train.Y.shape, np.int64), seconds=dict.fromkeys(s.train.generators),
-                               metric=s.train.metric, sources=[s.spec.name]) for s in sets]
+    tables = [
+        MeasurementTable(
+            prompts=s.train.prompts,
+            generators=s.train.generators,
+            Y=s.train.Y,
+            counts=np.ones(s.train.Y.shape, np.int64),
+            seconds=dict.fromkeys(s.train.generators),
+            metric=s.train.metric,
+            sources=[s.spec.name],
+        )
+        for s in sets
+    ]
     joint = join(tables)
     X = encode(joint.table.prompts)
     out: dict[str, list[np.ndarray]] = {}
@@ -344,16 +372,27 @@ def joint_predictions(sets: list[Loaded], encode: Callable[[list[str]], np.ndarr
     return out
 
 
-def run_set(loaded: Loaded, repeats: int, folds: int, b: int, predictors: list[tuple[str, str, dict[str, Any]]],
-            encode: Callable[[list[str]], np.ndarray], extra: dict[str, list[np.ndarray]] | None = None,
-            extra_timing: dict[str, float] | None = None) -> SetResult:
+def run_set(
+    loaded: Loaded,
+    repeats: int,
+    folds: int,
+    b: int,
+    predictors: list[tuple[str, str, dict[str, Any]]],
+    encode: Callable[[list[str]], np.ndarray],
+    extra: dict[str, list[np.ndarray]] | None = None,
+    extra_timing: dict[str, float] | None = None,
+) -> SetResult:
     """Every predictor on one set; ``extra`` adds ready predictions per label (one array per repeat)."""
     from catimg.training.train import metric_scale
 
     timing: dict[str, float] = dict(extra_timing or {})
     spec, table = loaded.spec, loaded.test
     if spec.protocol == "split":
-        runs = [_predictions_split(loaded.train, encode(loaded.train.prompts), encode(table.prompts), predictors, timing)]
+        runs = [
+            _predictions_split(
+                loaded.train, encode(loaded.train.prompts), encode(table.prompts), predictors, timing
+            )
+        ]
         n_train = len(loaded.train.Y)
     else:
         runs = _predictions_cv(table, encode(table.prompts), repeats, folds, predictors, timing)
@@ -388,27 +427,41 @@ def _cell(vals: list[float | None], se: float | None, pct: bool = False, share: 
 
 def render(res: SetResult, repeats: int, folds: int) -> str:
     t = res.table
-    proto = (f"fitted on {res.n_train} train prompts, scored on {len(t.Y)} validation prompts" if res.protocol == "split"
-             else f"{repeats}x{folds}-fold cross-validation over {len(t.Y)} prompts")
+    proto = (
+        f"fitted on {res.n_train} train prompts, scored on {len(t.Y)} validation prompts"
+        if res.protocol == "split"
+        else f"{repeats}x{folds}-fold cross-validation over {len(t.Y)} prompts"
+    )
     lines = [f"== {res.name}: metric {t.metric} (scale {res.scale[0]:g} to {res.scale[1]:g}), {proto}"]
     single = t.Y.mean(0)
     best = int(np.argmax(single))
     for j, g in enumerate(t.generators):
         mark = "  <- best single" if j == best else ""
         lines.append(f"   {g:<14} {t.costs[j]:9.2f} TFLOPs   mean quality {single[j]:.3f}{mark}")
-    head = (f"   {'policy':<24} {'AUC':>15} {'quality at best cost':>21} {'cost to match %':>18} {'APGR %':>12} "
-            f"{'Δ APGR vs knn %':>16} {'Δ vs ridge %':>13} {'fit+predict s':>13}")
+    head = (
+        f"   {'policy':<24} {'AUC':>15} {'quality at best cost':>21} {'cost to match %':>18} {'APGR %':>12} "
+        f"{'Δ APGR vs knn %':>16} {'Δ vs ridge %':>13} {'fit+predict s':>13}"
+    )
     lines += [head, "   " + "-" * (len(head) - 3)]
     for label, sums in res.summaries.items():
         se = res.se.get(label, {})
-        d = "" if label in (REFERENCE, "oracle", "random") or "d_apgr" not in se else _cell([se["d_apgr_mean"]], se["d_apgr"], share=True)
-        ds = "" if label in (SINGLE, "oracle", "random") or "d_single" not in se else _cell([se["d_single_mean"]], se["d_single"], share=True)
+        d = (
+            ""
+            if label in (REFERENCE, "oracle", "random") or "d_apgr" not in se
+            else _cell([se["d_apgr_mean"]], se["d_apgr"], share=True)
+        )
+        ds = (
+            ""
+            if label in (SINGLE, "oracle", "random") or "d_single" not in se
+            else _cell([se["d_single_mean"]], se["d_single"], share=True)
+        )
         tm = res.timing.get(label)
         lines.append(
             f"   {label:<24} {_cell([s.auc for s in sums], se.get('auc')):>15} "
             f"{_cell([s.quality_at_best_cost for s in sums], se.get('quality_at_best_cost')):>21} "
             f"{_cell([s.cost_to_match_pct for s in sums], se.get('cost_to_match_pct'), pct=True):>18} "
-            f"{_cell([s.apgr for s in sums], se.get('apgr'), share=True):>12} {d:>16} {ds:>13} {f'{tm:.1f}' if tm else '-':>13}")
+            f"{_cell([s.apgr for s in sums], se.get('apgr'), share=True):>12} {d:>16} {ds:>13} {f'{tm:.1f}' if tm else '-':>13}"
+        )
     return "\n".join(lines)
 
 
@@ -416,14 +469,28 @@ def main(argv: list[str] | None = None) -> int:
     from catimg.benchmarks.datasets import default_data_dir
     from catimg.routing.encoder import PromptEncoder
 
-    ap = argparse.ArgumentParser(prog="python -m catimg.benchmarks.routing", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=None, help="shared data folder (default $CATIMG_SHARED_DATA or ../shared/data)")
+    ap = argparse.ArgumentParser(
+        prog="python -m catimg.benchmarks.routing",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="shared data folder (default $CATIMG_SHARED_DATA or ../shared/data)",
+    )
     ap.add_argument("--repeats", type=int, default=5, help="cross-validation repeats for the small sets")
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the standard errors (0: none)")
+    ap.add_argument(
+        "--bootstrap", type=int, default=200, help="bootstrap resamples for the standard errors (0: none)"
+    )
     ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, from {', '.join(SETS)}")
-    ap.add_argument("--no-joint", action="store_true", help="skip the joint router (one ridge predictor over all the sets)")
+    ap.add_argument(
+        "--no-joint",
+        action="store_true",
+        help="skip the joint router (one ridge predictor over all the sets)",
+    )
     args = ap.parse_args(argv)
     data = args.data or default_data_dir()
     if not data.is_dir():
@@ -441,11 +508,23 @@ def main(argv: list[str] | None = None) -> int:
 
     loaded = [load(SETS[n], data) for n in names]
     joint_timing: dict[str, float] = {}
-    joint = {} if args.no_joint or len(loaded) < 2 else joint_predictions(loaded, encode, args.repeats, args.folds, joint_timing)
+    joint = (
+        {}
+        if args.no_joint or len(loaded) < 2
+        else joint_predictions(loaded, encode, args.repeats, args.folds, joint_timing)
+    )
     for s in loaded:
         extra = {JOINT_LABEL: joint[s.spec.name]} if s.spec.name in joint else None
-        res = run_set(s, args.repeats, args.folds, args.bootstrap, PREDICTORS, encode, extra,
-                      {JOINT_LABEL: joint_timing[s.spec.name]} if extra else None)
+        res = run_set(
+            s,
+            args.repeats,
+            args.folds,
+            args.bootstrap,
+            PREDICTORS,
+            encode,
+            extra,
+            {JOINT_LABEL: joint_timing[s.spec.name]} if extra else None,
+        )
         print(render(res, args.repeats, args.folds), flush=True)
         print()
     return 0

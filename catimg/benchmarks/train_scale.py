@@ -29,15 +29,66 @@ from pathlib import Path
 
 import numpy as np
 
-SUBJECTS = ("cat", "dog", "horse", "bicycle", "lighthouse", "teapot", "robot", "violin", "castle", "forest", "child",
-            "crowd of people", "old man", "sailboat", "train", "bowl of fruit", "mountain", "city street", "owl", "car")
-SCENES = ("on a beach", "in a kitchen", "at night", "in the rain", "on a table", "in a busy market", "under a bridge",
-          "in the snow", "next to a window", "in a field of flowers", "on a rooftop", "inside a museum")
-STYLES = ("photo", "oil painting", "watercolour", "pencil sketch", "3d render", "pixel art", "anime still",
-          "studio portrait", "vintage postcard", "blueprint")
-DETAILS = ("", "with three red balloons", "holding a sign that says hello", "reflected in a mirror",
-           "surrounded by tiny robots", "in soft morning light", "with a long shadow", "made of glass",
-           "next to two blue cups", "seen from above")
+SUBJECTS = (
+    "cat",
+    "dog",
+    "horse",
+    "bicycle",
+    "lighthouse",
+    "teapot",
+    "robot",
+    "violin",
+    "castle",
+    "forest",
+    "child",
+    "crowd of people",
+    "old man",
+    "sailboat",
+    "train",
+    "bowl of fruit",
+    "mountain",
+    "city street",
+    "owl",
+    "car",
+)
+SCENES = (
+    "on a beach",
+    "in a kitchen",
+    "at night",
+    "in the rain",
+    "on a table",
+    "in a busy market",
+    "under a bridge",
+    "in the snow",
+    "next to a window",
+    "in a field of flowers",
+    "on a rooftop",
+    "inside a museum",
+)
+STYLES = (
+    "photo",
+    "oil painting",
+    "watercolour",
+    "pencil sketch",
+    "3d render",
+    "pixel art",
+    "anime still",
+    "studio portrait",
+    "vintage postcard",
+    "blueprint",
+)
+DETAILS = (
+    "",
+    "with three red balloons",
+    "holding a sign that says hello",
+    "reflected in a mirror",
+    "surrounded by tiny robots",
+    "in soft morning light",
+    "with a long shadow",
+    "made of glass",
+    "next to two blue cups",
+    "seen from above",
+)
 
 
 def synthetic_prompts(n: int, seed: int = 0) -> list[str]:
@@ -59,7 +110,9 @@ def write_measurements(path: Path, n: int, g: int, missing: float, seed: int = 0
     """Write the synthetic long-format CSV; return the number of rows."""
     rng = np.random.default_rng(seed)
     prompts = synthetic_prompts(n, seed)
-    hard = np.array([("crowd" in p) + ("sign" in p) + ("three" in p or "two" in p) + ("glass" in p) for p in prompts])
+    hard = np.array(
+        [("crowd" in p) + ("sign" in p) + ("three" in p or "two" in p) + ("glass" in p) for p in prompts]
+    )
     skill = np.linspace(0.0, 1.0, g)  # generator j: better at hard prompts the larger j is
     seconds = np.geomspace(0.3, 20.0, g)
     rows = 0
@@ -79,7 +132,12 @@ def write_measurements(path: Path, n: int, g: int, missing: float, seed: int = 0
 def write_models(path: Path, g: int) -> None:
     lines = []
     for j in range(g):
-        lines += [f"[generators.gen{j}]", 'source = "stable-diffusion-v1-5/stable-diffusion-v1-5"', f"steps = {5 * (j + 1)}", ""]
+        lines += [
+            f"[generators.gen{j}]",
+            'source = "stable-diffusion-v1-5/stable-diffusion-v1-5"',
+            f"steps = {5 * (j + 1)}",
+            "",
+        ]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -100,11 +158,16 @@ def folder_mb(path: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m catimg.benchmarks.train_scale", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m catimg.benchmarks.train_scale",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--prompts", type=int, default=100_000)
     ap.add_argument("--generators", type=int, default=10)
-    ap.add_argument("--missing", type=float, default=0.2, help="share of (prompt, generator) cells left unmeasured")
+    ap.add_argument(
+        "--missing", type=float, default=0.2, help="share of (prompt, generator) cells left unmeasured"
+    )
     ap.add_argument("--predictor", default="auto")
     ap.add_argument("--explain", type=int, default=10_000, help="prompts for the explain -f timing (0: skip)")
     ap.add_argument("--work", type=Path, default=None)
@@ -117,16 +180,34 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         rows = write_measurements(m, args.prompts, args.generators, args.missing)
         write_models(models, args.generators)
-        print(f"synthetic measurements: {args.prompts} prompts x {args.generators} generators, {rows} rows "
-              f"({m.stat().st_size / 1e6:.0f} MB), written in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"synthetic measurements: {args.prompts} prompts x {args.generators} generators, {rows} rows "
+            f"({m.stat().st_size / 1e6:.0f} MB), written in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
         cache = work / "cache"
         env = {**os.environ, "CATIMG_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
-        train = [sys.executable, "-m", "catimg", "train", "--measurements", str(m), "--models", str(models),
-                 "--out", str(work / "router"), "--predictor", args.predictor, "--force"]
+        train = [
+            sys.executable,
+            "-m",
+            "catimg",
+            "train",
+            "--measurements",
+            str(m),
+            "--models",
+            str(models),
+            "--out",
+            str(work / "router"),
+            "--predictor",
+            args.predictor,
+            "--force",
+        ]
         for label in ("cold (empty embedding cache)", "warm (embeddings cached)"):
             shutil.rmtree(work / "router", ignore_errors=True)
             wall, peak, err = run(train, env)
-            print(f"train {label}: {wall:.1f} s wall, peak memory {peak:.2f} GB, artifact {folder_mb(work / 'router'):.1f} MB")
+            print(
+                f"train {label}: {wall:.1f} s wall, peak memory {peak:.2f} GB, artifact {folder_mb(work / 'router'):.1f} MB"
+            )
             for line in err.splitlines():
                 if line.startswith("["):
                     print(f"    {line}")
@@ -134,12 +215,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.explain:
             pf = work / "prompts.txt"
             pf.write_text("\n".join(synthetic_prompts(args.explain, seed=1)) + "\n", encoding="utf-8")
-            explain = [sys.executable, "-m", "catimg", "explain", "-f", str(pf), "--router", str(work / "router"),
-                       "--models", str(models), "--budget", "medium", "--json"]
+            explain = [
+                sys.executable,
+                "-m",
+                "catimg",
+                "explain",
+                "-f",
+                str(pf),
+                "--router",
+                str(work / "router"),
+                "--models",
+                str(models),
+                "--budget",
+                "medium",
+                "--json",
+            ]
             for label, c in (("cold", work / "cache-explain"), ("warm", work / "cache-explain")):
                 wall, peak, _ = run(explain, {**env, "CATIMG_CACHE_DIR": str(c)})
-                print(f"explain -f {args.explain} prompts --json, {label}: {wall:.1f} s wall, peak memory {peak:.2f} GB",
-                      flush=True)
+                print(
+                    f"explain -f {args.explain} prompts --json, {label}: {wall:.1f} s wall, peak memory {peak:.2f} GB",
+                    flush=True,
+                )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -103,9 +103,15 @@ class CampaignPlan:
             "already_measured": self.done,
             "estimated_seconds": self.estimated_seconds,
             "generators": [
-                {"name": g.name, "hash": g.hash, "images": g.todo, "already_measured": g.done,
-                 "seconds_per_image": g.seconds_per_image, "seconds_kind": g.seconds_kind,
-                 "estimated_seconds": g.estimated_seconds}
+                {
+                    "name": g.name,
+                    "hash": g.hash,
+                    "images": g.todo,
+                    "already_measured": g.done,
+                    "seconds_per_image": g.seconds_per_image,
+                    "seconds_kind": g.seconds_kind,
+                    "estimated_seconds": g.estimated_seconds,
+                }
                 for g in self.per_generator
             ],
             "not_measured": self.skipped_generators,
@@ -135,7 +141,9 @@ def select_prompts(prompts: Sequence[str], limit: int | None, origin: str) -> tu
         if limit < 1:
             raise InputError(f"--limit {limit}: must be 1 or more")
         if len(uniq) < limit:
-            notes.append(f"{origin} has {len(uniq)} prompts, fewer than --limit {limit}; measuring all {len(uniq)}")
+            notes.append(
+                f"{origin} has {len(uniq)} prompts, fewer than --limit {limit}; measuring all {len(uniq)}"
+            )
         uniq = uniq[:limit]
     return uniq, notes
 
@@ -158,7 +166,9 @@ def select_generators(catalog: Catalog, names: Sequence[str] | None) -> list[Gen
         if g not in out:
             out.append(g)
     if not out:
-        raise InputError("--generators: empty list; name one or more generators from models.toml, comma-separated")
+        raise InputError(
+            "--generators: empty list; name one or more generators from models.toml, comma-separated"
+        )
     return out
 
 
@@ -199,7 +209,9 @@ def plan_campaign(
     if not gens:
         first, why = next(iter(skipped.items()))
         more = f" (and {len(skipped) - 1} more: {', '.join(list(skipped)[1:])})" if len(skipped) > 1 else ""
-        raise InputError(f"no generator to measure: {why}{more}; fetch the weights or choose others with --generators")
+        raise InputError(
+            f"no generator to measure: {why}{more}; fetch the weights or choose others with --generators"
+        )
     hashes = {g.name: store.register_generator(g) for g in gens}
     done = store.done(metric, hashes.values())
     jobs: list[Job] = []
@@ -213,13 +225,24 @@ def plan_campaign(
         first_of_model = g.model not in loaded_models and bool(todo)
         if todo:
             loaded_models.add(g.model)
-        per.append(GeneratorPlan(g.name, h, len(todo), len(plist) * len(seed_list) - len(todo), sec, kind,
-                                 load if first_of_model else 0.0))
+        per.append(
+            GeneratorPlan(
+                g.name,
+                h,
+                len(todo),
+                len(plist) * len(seed_list) - len(todo),
+                sec,
+                kind,
+                load if first_of_model else 0.0,
+            )
+        )
         jobs.extend(todo)
     return CampaignPlan(plist, gens, seed_list, metric, jobs, per, list(notes), skipped)
 
 
-def _costs(gens: Sequence[Generator], device: DeviceInfo | None, store: Store) -> dict[str, tuple[float | None, str, float]]:
+def _costs(
+    gens: Sequence[Generator], device: DeviceInfo | None, store: Store
+) -> dict[str, tuple[float | None, str, float]]:
     out: dict[str, tuple[float | None, str, float]] = {}
     dclass = None
     if device is not None:
@@ -270,8 +293,17 @@ def run_campaign(
     res = CampaignResult(plan=plan)
     hashes = {g.name: g.hash for g in plan.per_generator}
     dclass = device_class(device)
-    items = [PlanItem(index=j.index, prompt=j.prompt, generator=j.generator, seed=j.seed, image=j.seed,
-                      negative=j.generator.negative_prompt) for j in plan.jobs]
+    items = [
+        PlanItem(
+            index=j.index,
+            prompt=j.prompt,
+            generator=j.generator,
+            seed=j.seed,
+            image=j.seed,
+            negative=j.generator.negative_prompt,
+        )
+        for j in plan.jobs
+    ]
     if not items:
         return res
     t0 = time.perf_counter()
@@ -282,21 +314,48 @@ def run_campaign(
             res.failed.append((it.generator.name, it.prompt, it.seed, rec.error or "failed"))
             emit(ImageFailed(generator=it.generator.name, prompt=it.prompt, seed=it.seed, error=rec.error))
             return
-        value = record_image(store, scorer, plan.metric, hashes[it.generator.name], it.prompt, it.seed, rec.file,
-                             rec.seconds, dclass, "calibrate")
+        value = record_image(
+            store,
+            scorer,
+            plan.metric,
+            hashes[it.generator.name],
+            it.prompt,
+            it.seed,
+            rec.file,
+            rec.seconds,
+            dclass,
+            "calibrate",
+        )
         res.recorded += 1
         name = it.generator.name
         res.seconds_by_generator[name] = res.seconds_by_generator.get(name, 0.0) + rec.seconds
         res.images_by_generator[name] = res.images_by_generator.get(name, 0) + 1
-        emit(ImageScored(generator=name, prompt=it.prompt, seed=it.seed, score=value, seconds=rec.seconds,
-                         file=rec.file))
+        emit(
+            ImageScored(
+                generator=name,
+                prompt=it.prompt,
+                seed=it.seed,
+                score=value,
+                seconds=rec.seconds,
+                file=rec.file,
+            )
+        )
 
     def on_gen_event(event: Event) -> None:  # progress only: the engine's loads and steps go through
         if isinstance(event, (ModelLoading, Step)):
             emit(event)
 
-    options = RunOptions(out_dir=Path(out_dir), device=device, dtype=dtype, allow_download=allow_download,
-                         batch_size=batch_size, metadata=True, resume=False, budget="calibrate", loader=loader)
+    options = RunOptions(
+        out_dir=Path(out_dir),
+        device=device,
+        dtype=dtype,
+        allow_download=allow_download,
+        batch_size=batch_size,
+        metadata=True,
+        resume=False,
+        budget="calibrate",
+        loader=loader,
+    )
     try:
         run = (engine or LocalEngine()).run(items, options, on_gen_event, on_image)
         res.interrupted = run.interrupted
@@ -314,16 +373,35 @@ OWN_SOURCES = ("gen", "calibrate")
 _MADE = ("ok", "retried", "fallback")
 
 
-def record_image(store: Store, scorer: Scorer, metric: str, generator_hash: str, prompt: str, seed: int,
-                 file: str | Path, seconds: float | None, device: str | None, source: str) -> float:
+def record_image(
+    store: Store,
+    scorer: Scorer,
+    metric: str,
+    generator_hash: str,
+    prompt: str,
+    seed: int,
+    file: str | Path,
+    seconds: float | None,
+    device: str | None,
+    source: str,
+) -> float:
     """Score the image in ``file`` against ``prompt`` and record it (one transaction); returns the score."""
     from PIL import Image
 
     with Image.open(file) as im:
         im.load()
         value = scorer.score([im], [prompt])[0]
-    store.record(prompt, generator_hash, seed, {metric: value}, seconds=seconds, path=file, device=device,
-                 source=source, scorer=scorer.model_id)
+    store.record(
+        prompt,
+        generator_hash,
+        seed,
+        {metric: value},
+        seconds=seconds,
+        path=file,
+        device=device,
+        source=source,
+        scorer=scorer.model_id,
+    )
     return value
 
 
@@ -367,16 +445,33 @@ class RunScoring:
         if rec.status in _MADE and rec.file is not None:
             self.score(rec.generator, rec.item.prompt, rec.item.seed, Path(rec.file), rec.seconds)
 
-    def score(self, gen: Generator, prompt: str, seed: int, file: Path, seconds: float | None,
-              device: str | None = None) -> ScoredImage | None:
+    def score(
+        self,
+        gen: Generator,
+        prompt: str,
+        seed: int,
+        file: Path,
+        seconds: float | None,
+        device: str | None = None,
+    ) -> ScoredImage | None:
         """Score and record one image (None once the scoring has stopped, or when it stops now)."""
         if self.error is not None:
             self.unscored += 1
             return None
         try:
             h = self._register(gen)
-            value = record_image(self.store, self.scorer, self.metric, h, prompt, seed, file, seconds,
-                                 device or self.device_class, self.source)
+            value = record_image(
+                self.store,
+                self.scorer,
+                self.metric,
+                h,
+                prompt,
+                seed,
+                file,
+                seconds,
+                device or self.device_class,
+                self.source,
+            )
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - kept and reported in one line by the caller; the run goes on
@@ -394,8 +489,13 @@ class RunScoring:
             self._hashes[h] = gen.name
         return h
 
-    def backlog(self, out_dir: Path, records: Sequence[dict[str, Any]], generators: Sequence[Generator],
-                device_name: str | None = None) -> list[str]:
+    def backlog(
+        self,
+        out_dir: Path,
+        records: Sequence[dict[str, Any]],
+        generators: Sequence[Generator],
+        device_name: str | None = None,
+    ) -> list[str]:
         """Score the images of ``records`` (an output folder's manifest) that the store does not have yet.
 
         ``generators``: the run's generators (routed ones and their fallbacks, with the run's settings); a record
@@ -407,7 +507,10 @@ class RunScoring:
         for rec in records:
             if rec.get("status") not in _MADE or not rec.get("file"):
                 continue
-            gen, routed = by_name.get(str(rec.get("generator"))), by_name.get(str(rec.get("routed_generator")))
+            gen, routed = (
+                by_name.get(str(rec.get("generator"))),
+                by_name.get(str(rec.get("routed_generator"))),
+            )
             if gen is None or routed is None or routed.settings_hash() != rec.get("settings_hash"):
                 other += 1
                 continue
@@ -423,18 +526,31 @@ class RunScoring:
                 continue
             same_device = device_name is None or rec.get("device_name") == device_name
             secs = rec.get("measured_seconds")
-            if self.score(gen, rec["prompt"], int(rec["seed"]), file, None if secs is None else float(secs),
-                          self.device_class if same_device else None) is not None:
+            if (
+                self.score(
+                    gen,
+                    rec["prompt"],
+                    int(rec["seed"]),
+                    file,
+                    None if secs is None else float(secs),
+                    self.device_class if same_device else None,
+                )
+                is not None
+            ):
                 self.from_backlog += 1
         notes = []
         if other:
             notes.append(f"{other} image(s) of {out_dir} made with other generator settings were not scored")
         if missing:
-            notes.append(f"{missing} image(s) of the manifest of {out_dir} are not on disk and were not scored")
+            notes.append(
+                f"{missing} image(s) of the manifest of {out_dir} are not on disk and were not scored"
+            )
         return notes
 
 
-def store_card(store: Store, metric: str, generators: Sequence[Generator], prompts: Sequence[str]) -> dict[str, Any]:
+def store_card(
+    store: Store, metric: str, generators: Sequence[Generator], prompts: Sequence[str]
+) -> dict[str, Any]:
     """What a router trained on ``prompts`` of the store stands on, for its data card.
 
     Rows (one per scored image) and prompts of ``metric`` for ``generators`` (their current settings), by source;
@@ -451,6 +567,10 @@ def store_card(store: Store, metric: str, generators: Sequence[Generator], promp
         by_source[src] = by_source.get(src, 0) + 1
     own = [m for m in rows if m.source in OWN_SOURCES]
     return {
-        "path": str(store.path.resolve()), "metric": metric, "rows": len(rows), "rows_by_source": dict(sorted(by_source.items())),
-        "own_rows": len(own), "own_prompts": len({prompt_key(m.prompt) for m in own}),
+        "path": str(store.path.resolve()),
+        "metric": metric,
+        "rows": len(rows),
+        "rows_by_source": dict(sorted(by_source.items())),
+        "own_rows": len(own),
+        "own_prompts": len({prompt_key(m.prompt) for m in own}),
     }

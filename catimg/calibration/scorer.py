@@ -39,7 +39,9 @@ class Scorer:
     scale: tuple[float, float] = (0.0, 1.0)
     model_id: str = ""  # the checkpoint (Hub id or folder) that produced the scores
 
-    def score(self, images: Sequence[Any], prompts: Sequence[str]) -> list[float]:  # pragma: no cover - interface
+    def score(
+        self, images: Sequence[Any], prompts: Sequence[str]
+    ) -> list[float]:  # pragma: no cover - interface
         """One score per (image, prompt) pair, in metric units."""
         raise NotImplementedError
 
@@ -82,11 +84,20 @@ def get_spec(metric: str) -> ScorerSpec:
 
 # --- finding checkpoints offline ---------------------------------------------------------------------------
 
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
 
 
 def _is_path(model: str) -> bool:
-    return model.startswith((".", "/", "~")) or os.sep in model.replace("/", "", 1) or Path(model).expanduser().exists()
+    return (
+        model.startswith((".", "/", "~"))
+        or os.sep in model.replace("/", "", 1)
+        or Path(model).expanduser().exists()
+    )
 
 
 def resolve_checkpoint(model: str, metric: str, *, need_weights: bool = True) -> Path:
@@ -107,7 +118,9 @@ def resolve_checkpoint(model: str, metric: str, *, need_weights: bool = True) ->
                 "with a folder saved by save_pretrained"
             )
         if need_weights and not any((folder / f).is_file() for f in _WEIGHT_FILES):
-            raise WeightsMissingError(f"{folder}: scorer checkpoint for metric {metric} has no weights file; re-save it")
+            raise WeightsMissingError(
+                f"{folder}: scorer checkpoint for metric {metric} has no weights file; re-save it"
+            )
         return folder
     from huggingface_hub import snapshot_download
 
@@ -188,7 +201,14 @@ class CLIPFamilyScorer(Scorer):
     batch_size = 16
 
     def __init__(
-        self, folder: Path, model_id: str, device: str, *, name: str, mode: str, scale: tuple[float, float],
+        self,
+        folder: Path,
+        model_id: str,
+        device: str,
+        *,
+        name: str,
+        mode: str,
+        scale: tuple[float, float],
         processor_source: str | None = None,
     ) -> None:
         import torch
@@ -225,8 +245,12 @@ class CLIPFamilyScorer(Scorer):
         for i in range(0, len(images), self.batch_size):
             imgs = [im.convert("RGB") for im in images[i : i + self.batch_size]]
             txt = list(prompts[i : i + self.batch_size])
-            pixels = self.processor(images=imgs, return_tensors="pt")["pixel_values"].to(self.device, self.model.dtype)
-            tokens = self.tokenizer(txt, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            pixels = self.processor(images=imgs, return_tensors="pt")["pixel_values"].to(
+                self.device, self.model.dtype
+            )
+            tokens = self.tokenizer(
+                txt, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
             tokens = {k: v.to(self.device) for k, v in tokens.items()}
             with torch.inference_mode():
                 img = _features(self.model.get_image_features(pixel_values=pixels)).float()
@@ -255,7 +279,9 @@ def _features(out: Any) -> Any:
 def _image_processor(folder: Path) -> Any:
     import transformers
 
-    cls = getattr(transformers, "CLIPImageProcessorPil", None)  # no torchvision here: the PIL backend, quietly
+    cls = getattr(
+        transformers, "CLIPImageProcessorPil", None
+    )  # no torchvision here: the PIL backend, quietly
     if cls is not None:
         try:
             return cls.from_pretrained(str(folder))
@@ -264,24 +290,34 @@ def _image_processor(folder: Path) -> Any:
     return transformers.AutoImageProcessor.from_pretrained(str(folder))
 
 
-register_scorer(ScorerSpec(
-    name="clipscore",
-    factory=lambda folder, model_id, device: CLIPFamilyScorer(
-        folder, model_id, device, name="clipscore", mode="clipscore", scale=(0.0, 100.0)
-    ),
-    default_model="openai/clip-vit-large-patch14",
-    description="CLIPScore: 100 x max(cosine(image, prompt), 0) with a CLIP model",
-    scale=(0.0, 100.0),
-))
+register_scorer(
+    ScorerSpec(
+        name="clipscore",
+        factory=lambda folder, model_id, device: CLIPFamilyScorer(
+            folder, model_id, device, name="clipscore", mode="clipscore", scale=(0.0, 100.0)
+        ),
+        default_model="openai/clip-vit-large-patch14",
+        description="CLIPScore: 100 x max(cosine(image, prompt), 0) with a CLIP model",
+        scale=(0.0, 100.0),
+    )
+)
 
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-register_scorer(ScorerSpec(
-    name="pickscore",
-    factory=lambda folder, model_id, device: CLIPFamilyScorer(
-        folder, model_id, device, name="pickscore", mode="logit", scale=(0.0, 30.0), processor_source=PICKSCORE_PROCESSOR
-    ),
-    default_model="yuvalkirstain/PickScore_v1",
-    description="PickScore: human-preference CLIP-H, exp(logit_scale) x cosine",
-    scale=(0.0, 30.0),
-    requires=(PICKSCORE_PROCESSOR,),
-))
+register_scorer(
+    ScorerSpec(
+        name="pickscore",
+        factory=lambda folder, model_id, device: CLIPFamilyScorer(
+            folder,
+            model_id,
+            device,
+            name="pickscore",
+            mode="logit",
+            scale=(0.0, 30.0),
+            processor_source=PICKSCORE_PROCESSOR,
+        ),
+        default_model="yuvalkirstain/PickScore_v1",
+        description="PickScore: human-preference CLIP-H, exp(logit_scale) x cosine",
+        scale=(0.0, 30.0),
+        requires=(PICKSCORE_PROCESSOR,),
+    )
+)

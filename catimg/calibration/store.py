@@ -154,7 +154,12 @@ class Store:
 
     @classmethod
     def open(
-        cls, path: str | Path | None = None, *, create: bool = True, busy_timeout: float = 5.0, dry_run: bool = False
+        cls,
+        path: str | Path | None = None,
+        *,
+        create: bool = True,
+        busy_timeout: float = 5.0,
+        dry_run: bool = False,
     ) -> Store:
         """Open (and with ``create`` make) the store at ``path`` (default :func:`default_db_path`).
 
@@ -165,10 +170,14 @@ class Store:
         """
         p = Path(path).expanduser() if path is not None else default_db_path()
         if p.is_dir():
-            raise StoreError(f"{p}: is a folder, not a catimg measurement database; pass --db PATH/{DB_FILENAME}")
+            raise StoreError(
+                f"{p}: is a folder, not a catimg measurement database; pass --db PATH/{DB_FILENAME}"
+            )
         exists = p.exists() and p.stat().st_size > 0
         if not exists and not create:
-            raise StoreError(f"{p}: no measurement database here; run `catimg calibrate` first or pass --db PATH")
+            raise StoreError(
+                f"{p}: no measurement database here; run `catimg calibrate` first or pass --db PATH"
+            )
         if exists and not _looks_like_sqlite(p):
             raise StoreError(f"{p}: not a catimg measurement database (not SQLite); pass another --db PATH")
         if dry_run and (not exists or not _has_tables(p, busy_timeout)):
@@ -180,7 +189,9 @@ class Store:
             try:
                 p.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise StoreError(f"{p.parent}: cannot create the data folder ({exc.strerror}); pass --db PATH") from exc
+                raise StoreError(
+                    f"{p.parent}: cannot create the data folder ({exc.strerror}); pass --db PATH"
+                ) from exc
         try:
             conn = sqlite3.connect(str(p), timeout=busy_timeout, isolation_level=None)
         except sqlite3.Error as exc:
@@ -191,11 +202,15 @@ class Store:
         except sqlite3.OperationalError as exc:
             conn.close()
             if "locked" in str(exc) or "busy" in str(exc):
-                raise StoreError(f"{p}: database is locked by another catimg process; wait or pass --db PATH") from exc
+                raise StoreError(
+                    f"{p}: database is locked by another catimg process; wait or pass --db PATH"
+                ) from exc
             raise StoreError(f"{p}: cannot use database ({exc}); pass another --db PATH") from exc
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise StoreError(f"{p}: not a catimg measurement database ({exc}); pass another --db PATH") from exc
+            raise StoreError(
+                f"{p}: not a catimg measurement database ({exc}); pass another --db PATH"
+            ) from exc
         except StoreError:
             conn.close()
             raise
@@ -207,7 +222,9 @@ class Store:
         tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if exists and tables:
             if "meta" not in tables:
-                raise StoreError(f"{self.path}: not a catimg measurement database (no meta table); pass another --db PATH")
+                raise StoreError(
+                    f"{self.path}: not a catimg measurement database (no meta table); pass another --db PATH"
+                )
             meta = dict(c.execute("SELECT key, value FROM meta").fetchall())
             if meta.get("application_id") != APPLICATION_ID:
                 raise StoreError(
@@ -224,7 +241,9 @@ class Store:
                     f"{SCHEMA_VERSION}); upgrade catimg or pass another --db PATH"
                 )
             if version < 1:
-                raise StoreError(f"{self.path}: unknown schema version {meta.get('schema_version')!r}; pass another --db PATH")
+                raise StoreError(
+                    f"{self.path}: unknown schema version {meta.get('schema_version')!r}; pass another --db PATH"
+                )
             return
         # a new or empty SQLite file: make it ours, in one transaction
         c.execute("BEGIN IMMEDIATE")
@@ -250,7 +269,9 @@ class Store:
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            raise StoreError(f"{self.path}: database is locked by another catimg process; wait or pass --db PATH") from exc
+            raise StoreError(
+                f"{self.path}: database is locked by another catimg process; wait or pass --db PATH"
+            ) from exc
         try:
             yield self._conn
         except BaseException:
@@ -277,7 +298,9 @@ class Store:
             return
         lock = _Lock(self.path.with_name(self.path.name + ".lock"))
         if not lock.acquire():
-            raise StoreError(f"another catimg calibrate is running on {self.path}; wait for it to finish or pass --db PATH")
+            raise StoreError(
+                f"another catimg calibrate is running on {self.path}; wait for it to finish or pass --db PATH"
+            )
         self._lock = lock
 
     def release_campaign(self) -> None:
@@ -371,11 +394,20 @@ class Store:
 
     def metrics(self) -> dict[str, int]:
         """Metric name -> number of scored images."""
-        return dict(self._conn.execute("SELECT metric, COUNT(*) FROM scores GROUP BY metric ORDER BY metric").fetchall())
+        return dict(
+            self._conn.execute(
+                "SELECT metric, COUNT(*) FROM scores GROUP BY metric ORDER BY metric"
+            ).fetchall()
+        )
 
     def generators(self) -> list[tuple[str, str, dict[str, Any]]]:
         """(hash, name, settings) of every generator ever recorded."""
-        return [(h, n, json.loads(s)) for h, n, s in self._conn.execute("SELECT hash, name, settings FROM generators ORDER BY name, first_seen")]
+        return [
+            (h, n, json.loads(s))
+            for h, n, s in self._conn.execute(
+                "SELECT hash, name, settings FROM generators ORDER BY name, first_seen"
+            )
+        ]
 
     def measurements(
         self, metric: str | None = None, generators: Sequence[Generator] | Sequence[str] | None = None
@@ -434,7 +466,11 @@ class Store:
                 "JOIN scores s ON s.image_id = i.id WHERE i.generator_hash = ? AND s.metric = ?",
                 (h, metric),
             ).fetchone()
-            out.append(GeneratorSummary(g.name, h, int(n), float(secs), None if mean is None else float(mean), int(prompts)))
+            out.append(
+                GeneratorSummary(
+                    g.name, h, int(n), float(secs), None if mean is None else float(mean), int(prompts)
+                )
+            )
         return out
 
     def measured_seconds(self, gen: Generator, device: str | None = None) -> float | None:
@@ -450,22 +486,28 @@ class Store:
         mid = len(vals) // 2
         return vals[mid] if len(vals) % 2 else 0.5 * (vals[mid - 1] + vals[mid])
 
-    def to_rows(self, metric: str, generators: Sequence[Generator] | Sequence[str] | None = None) -> list[dict[str, Any]]:
+    def to_rows(
+        self, metric: str, generators: Sequence[Generator] | Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
         """Long-format dicts for ``metric``; :class:`MeasurementsError` when the metric has no measurements."""
         return [m.as_dict() for m in self._of_metric(metric, generators)]
 
-    def _of_metric(self, metric: str, generators: Sequence[Generator] | Sequence[str] | None) -> list[Measurement]:
+    def _of_metric(
+        self, metric: str, generators: Sequence[Generator] | Sequence[str] | None
+    ) -> list[Measurement]:
         rows = self.measurements(metric, generators)
         if not rows:
             have = self.metrics()
             what = ", ".join(f"{k} ({v} images)" for k, v in have.items()) or "none"
             raise MeasurementsError(
-                f"{self.path}: no measurements of metric \"{metric}\" for the selected generators "
+                f'{self.path}: no measurements of metric "{metric}" for the selected generators '
                 f"(stored metrics: {what}); run `catimg calibrate --metric {metric}` or choose --metric"
             )
         return rows
 
-    def to_table(self, metric: str, generators: Sequence[Generator] | Sequence[str] | None = None) -> MeasurementTable:
+    def to_table(
+        self, metric: str, generators: Sequence[Generator] | Sequence[str] | None = None
+    ) -> MeasurementTable:
         """The store's ``metric`` measurements as a table (:func:`catimg.measurements.pivot`; catalog order first)."""
         columns = [g.name if isinstance(g, Generator) else str(g) for g in generators or ()]
         return pivot(self._of_metric(metric, generators), metric, columns=columns, path=self.path)
@@ -473,7 +515,10 @@ class Store:
     # --- export / import ------------------------------------------------------------------------------------
 
     def export(
-        self, path: str | Path, metric: str | None = None, generators: Sequence[Generator] | Sequence[str] | None = None
+        self,
+        path: str | Path,
+        metric: str | None = None,
+        generators: Sequence[Generator] | Sequence[str] | None = None,
     ) -> int:
         """Write the long format to ``path`` (:func:`catimg.measurements.write_measurements`); returns the row count."""
         return write_measurements(self.measurements(metric, generators), path)
@@ -520,10 +565,12 @@ class Store:
                         (r.seconds, pid, h, seed),
                     )
                 image_id = c.execute(
-                    "SELECT id FROM images WHERE prompt_id = ? AND generator_hash = ? AND seed = ?", (pid, h, seed)
+                    "SELECT id FROM images WHERE prompt_id = ? AND generator_hash = ? AND seed = ?",
+                    (pid, h, seed),
                 ).fetchone()[0]
-                before = c.execute("SELECT value FROM scores WHERE image_id = ? AND metric = ?",
-                                   (image_id, metric)).fetchone()
+                before = c.execute(
+                    "SELECT value FROM scores WHERE image_id = ? AND metric = ?", (image_id, metric)
+                ).fetchone()
                 if before is not None and float(before[0]) == float(r.score):
                     unchanged += 1
                     continue
@@ -552,8 +599,10 @@ class ImportCounts:
 
     def describe(self) -> str:
         """``120 scores: 0 new, 0 updated, 120 unchanged (already in the database)``."""
-        return (f"{self.total:,} scores: {self.new:,} new, {self.updated:,} updated, {self.unchanged:,} unchanged"
-                + (" (already in the database)" if self.unchanged and not (self.new or self.updated) else ""))
+        return (
+            f"{self.total:,} scores: {self.new:,} new, {self.updated:,} updated, {self.unchanged:,} unchanged"
+            + (" (already in the database)" if self.unchanged and not (self.new or self.updated) else "")
+        )
 
 
 def _has_tables(p: Path, busy_timeout: float) -> bool:
@@ -577,4 +626,6 @@ def _looks_like_sqlite(p: Path) -> bool:
         with open(p, "rb") as fh:
             return fh.read(16) == b"SQLite format 3\x00"
     except OSError as exc:
-        raise StoreError(f"{p}: cannot read ({exc.strerror}); check its permissions or pass --db PATH") from exc
+        raise StoreError(
+            f"{p}: cannot read ({exc.strerror}); check its permissions or pass --db PATH"
+        ) from exc

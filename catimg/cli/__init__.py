@@ -29,9 +29,9 @@ app = typer.Typer(
         "Cost-aware text-to-image generation: route each prompt to the local generator that gives the most "
         "predicted quality for your budget (CATImage, arXiv 2506.14753).\n\n"
         "Examples:\n\n"
-        "  catimg gen \"a lighthouse at dusk\" --budget low\n\n"
+        '  catimg gen "a lighthouse at dusk" --budget low\n\n'
         "  catimg gen -f prompts.txt --budget medium\n\n"
-        "  catimg explain \"a colourful park with a crowd\""
+        '  catimg explain "a colourful park with a crowd"'
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -49,7 +49,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """catimg: cost-aware routing for local text-to-image generation."""
 
@@ -160,8 +162,9 @@ def _usage_error(exc: Exception) -> int:
         message += f" (got {got!r})"
     ctx = getattr(exc, "ctx", None)
     path = getattr(ctx, "command_path", None) or "catimg"
-    error_console().print(label("error:", "bold red", f"{message}; see `{path} --help`"), highlight=False,
-                          soft_wrap=True)
+    error_console().print(
+        label("error:", "bold red", f"{message}; see `{path} --help`"), highlight=False, soft_wrap=True
+    )
     code = int(getattr(exc, "exit_code", ExitStatus.BAD_INPUT))
     _json_error(code, f"{message}; see `{path} --help`")
     return code

@@ -15,7 +15,9 @@ from catimg.cli.render import console, error_console, fmt_seconds, label, print_
 @app.command()
 def bench(
     generators: list[str] | None = typer.Argument(
-        None, help="Generators to measure (default: every enabled generator of the catalog).", show_default=False
+        None,
+        help="Generators to measure (default: every enabled generator of the catalog).",
+        show_default=False,
     ),
     models: Path | None = MODELS_OPT,
     device: str | None = DEVICE_OPT,
@@ -74,8 +76,15 @@ def bench(
         rows.extend(_store_variants(result, variants, dev, estimate is not None))
     warnings = pop_warnings()
     if as_json:
-        print_json({"device": dev.to_dict(), "cache": str(cache_path()), "results": rows,
-                    "errors": [f.message for f in failures], "warnings": warnings})
+        print_json(
+            {
+                "device": dev.to_dict(),
+                "cache": str(cache_path()),
+                "results": rows,
+                "errors": [f.message for f in failures],
+                "warnings": warnings,
+            }
+        )
     else:
         _render_bench(rows, warnings, str(cache_path()))
     if failures:
@@ -89,20 +98,32 @@ def _store_variants(result: Any, variants: list[Any], dev: Any, estimated: bool)
     from catimg.costs.bench import model_hash, save_results
     from catimg.costs.model import generator_cost
 
-    stored = [replace(result, generator=g.name, settings_hash=g.settings_hash(), model_hash=model_hash(g))
-              for g in variants]
+    stored = [
+        replace(result, generator=g.name, settings_hash=g.settings_hash(), model_hash=model_hash(g))
+        for g in variants
+    ]
     save_results(stored, dev)
     rows = []
     for g, r in zip(variants, stored, strict=True):
         est = generator_cost(g, dev, use_measured=False) if estimated else None
-        rows.append({
-            "generator": g.name, "steps": g.steps, "load_seconds": r.load_seconds,
-            "step_seconds": r.step_seconds, "fixed_seconds": r.fixed_seconds,
-            "seconds_per_image": r.seconds_per_image(g.steps),
-            "estimated_seconds": est.seconds if est else None, "tflops": est.tflops if est else None,
-            "peak_memory_gb": r.peak_memory_gb, "estimated_peak_memory_gb": est.peak_memory_gb if est else None,
-            "dtype": r.dtype, "repeats": r.repeats, "warmup": r.warmup, "note": r.note,
-        })
+        rows.append(
+            {
+                "generator": g.name,
+                "steps": g.steps,
+                "load_seconds": r.load_seconds,
+                "step_seconds": r.step_seconds,
+                "fixed_seconds": r.fixed_seconds,
+                "seconds_per_image": r.seconds_per_image(g.steps),
+                "estimated_seconds": est.seconds if est else None,
+                "tflops": est.tflops if est else None,
+                "peak_memory_gb": r.peak_memory_gb,
+                "estimated_peak_memory_gb": est.peak_memory_gb if est else None,
+                "dtype": r.dtype,
+                "repeats": r.repeats,
+                "warmup": r.warmup,
+                "note": r.note,
+            }
+        )
     return rows
 
 
@@ -120,9 +141,16 @@ def _render_bench(rows: list[dict[str, Any]], warnings: list[str], cache: str) -
         t.add_column(col, justify="left" if col == "generator" else "right")
     for row in rows:
         mem = f"{row['peak_memory_gb']:.2f} GB" if row["peak_memory_gb"] is not None else "-"
-        t.add_row(row["generator"], str(row["steps"]), fmt_seconds(row["load_seconds"]),
-                  fmt_seconds(row["step_seconds"]), fmt_seconds(row["fixed_seconds"]),
-                  fmt_seconds(row["seconds_per_image"]), fmt_seconds(row["estimated_seconds"]), mem)
+        t.add_row(
+            row["generator"],
+            str(row["steps"]),
+            fmt_seconds(row["load_seconds"]),
+            fmt_seconds(row["step_seconds"]),
+            fmt_seconds(row["fixed_seconds"]),
+            fmt_seconds(row["seconds_per_image"]),
+            fmt_seconds(row["estimated_seconds"]),
+            mem,
+        )
     print_table(con, t, drop=("fixed", "peak mem", "estimated", "steps"))
     con.print(f"saved to {cache}; `catimg models` and `catimg explain` now use these costs")
 

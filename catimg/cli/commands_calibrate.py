@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from catimg.generation.execution import Engine
 
 DB_OPT = typer.Option(
-    None, "--db", help="Measurement database (default: measurements.sqlite in the catimg user data dir, or $CATIMG_DATA_DIR).",
+    None,
+    "--db",
+    help="Measurement database (default: measurements.sqlite in the catimg user data dir, or $CATIMG_DATA_DIR).",
     show_default=False,
 )
 
@@ -31,7 +33,8 @@ measurements_app = typer.Typer(
         "  catimg measurements import colleague-scores.csv\n\n"
         "  catimg train --measurements scores.csv --out my-router"
     ),
-    no_args_is_help=True, add_completion=False,
+    no_args_is_help=True,
+    add_completion=False,
 )
 app.add_typer(measurements_app, name="measurements")
 
@@ -42,38 +45,78 @@ def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-SET_OPT = typer.Option(None, "--set", help="Built-in reference prompt set (default parti-geneval-200; see --list-sets).",
-                       show_default=False)
-GENERATORS_OPT = typer.Option(None, "--generators", "-g", show_default=False,
-                              help="Comma-separated generators to measure (default: every enabled one).")
-SCORER_MODEL_OPT = typer.Option(None, "--scorer-model", help="Scorer checkpoint: Hub id in the HF cache or a local folder.",
-                                show_default=False)
-OUT_OPT = typer.Option(None, "--out", "-o", show_default=False,
-                       help="Folder for the calibration images (default: images/ next to the database).")
-RAY_ADDRESS_OPT = typer.Option(None, "--ray-address", show_default=False, help=(
-    "With --engine ray: the cluster head (host:port, ray://host:10001 or auto). Default: a local Ray instance."))
+SET_OPT = typer.Option(
+    None,
+    "--set",
+    help="Built-in reference prompt set (default parti-geneval-200; see --list-sets).",
+    show_default=False,
+)
+GENERATORS_OPT = typer.Option(
+    None,
+    "--generators",
+    "-g",
+    show_default=False,
+    help="Comma-separated generators to measure (default: every enabled one).",
+)
+SCORER_MODEL_OPT = typer.Option(
+    None,
+    "--scorer-model",
+    help="Scorer checkpoint: Hub id in the HF cache or a local folder.",
+    show_default=False,
+)
+OUT_OPT = typer.Option(
+    None,
+    "--out",
+    "-o",
+    show_default=False,
+    help="Folder for the calibration images (default: images/ next to the database).",
+)
+RAY_ADDRESS_OPT = typer.Option(
+    None,
+    "--ray-address",
+    show_default=False,
+    help=(
+        "With --engine ray: the cluster head (host:port, ray://host:10001 or auto). Default: a local Ray instance."
+    ),
+)
 
 
 @app.command()
 def calibrate(
-    prompts: Path = typer.Option(None, "--prompts", "-f", help="Prompt file (UTF-8, one prompt a line).", show_default=False),
+    prompts: Path = typer.Option(
+        None, "--prompts", "-f", help="Prompt file (UTF-8, one prompt a line).", show_default=False
+    ),
     prompt_set: str = SET_OPT,
     list_sets: bool = typer.Option(False, "--list-sets", help="List the built-in prompt sets and exit."),
     generators: str = GENERATORS_OPT,
     seeds: int = typer.Option(1, "--seeds", help="Images per prompt and generator (seeds 0..N-1)."),
-    limit: int = typer.Option(None, "--limit", "-n", help="Measure only the first N prompts of the set.", show_default=False),
-    metric: str = typer.Option("clipscore", "--metric", help="Scorer / metric to record (clipscore, pickscore)."),
+    limit: int = typer.Option(
+        None, "--limit", "-n", help="Measure only the first N prompts of the set.", show_default=False
+    ),
+    metric: str = typer.Option(
+        "clipscore", "--metric", help="Scorer / metric to record (clipscore, pickscore)."
+    ),
     scorer_model: str = SCORER_MODEL_OPT,
     db: Path = DB_OPT,
     models: Path = MODELS_OPT,
     out: Path = OUT_OPT,
     device: str = DEVICE_OPT,
     dtype: str = DTYPE_OPT,
-    batch_size: int = typer.Option(None, "--batch-size", help="Prompts per pipeline call (default: by device memory).", show_default=False),
+    batch_size: int = typer.Option(
+        None,
+        "--batch-size",
+        help="Prompts per pipeline call (default: by device memory).",
+        show_default=False,
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show how many images and how long, then stop."),
     engine: str = ENGINE_OPT,
     ray_address: str = RAY_ADDRESS_OPT,
-    workers: int = typer.Option(None, "--workers", help="With --engine ray: workers (default: one per GPU, else per CPU).", show_default=False),
+    workers: int = typer.Option(
+        None,
+        "--workers",
+        help="With --engine ray: workers (default: one per GPU, else per CPU).",
+        show_default=False,
+    ),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Measure your generators: generate, score and store images for a prompt set (resumable, incremental).
@@ -109,8 +152,17 @@ def calibrate(
     with Store.open(db, dry_run=dry_run) as store:
         if not dry_run:
             store.acquire_campaign()
-        plan = plan_campaign(plist, gens, store, metric, seeds=seeds, device=dev, check_weights=not dry_run,
-                             explicit_generators=bool(generators), notes=notes)
+        plan = plan_campaign(
+            plist,
+            gens,
+            store,
+            metric,
+            seeds=seeds,
+            device=dev,
+            check_weights=not dry_run,
+            explicit_generators=bool(generators),
+            notes=notes,
+        )
         scorer_note = _scorer_status(metric, scorer_model)
         if _plan_only(plan, catalog, store.path, dev.name, scorer_note, dry_run, bool(generators), json_out):
             return
@@ -120,8 +172,11 @@ def calibrate(
         if not json_out:
             _render_plan(plan, store.path, dev.name, scorer_note, dry=False)
         out_dir = out if out is not None else store.path.parent / "images"
-        result = None if scorer is None else _run_with_progress(plan, store, scorer, dev, out_dir, dtype, batch_size,
-                                                                  engine=run_engine)  # progress on stderr
+        result = (
+            None
+            if scorer is None
+            else _run_with_progress(plan, store, scorer, dev, out_dir, dtype, batch_size, engine=run_engine)
+        )  # progress on stderr
         summary = store.summary(metric, plan.generators)
     doc = _campaign_doc(str(store.path), metric, plan, result, summary)
     if json_out:
@@ -135,8 +190,16 @@ def calibrate(
         raise typer.Exit(ExitStatus.INTERRUPTED)
 
 
-def _plan_only(plan: Any, catalog: Any, db: Path, device: str, scorer_note: str, dry_run: bool, named: bool,
-               json_out: bool) -> bool:
+def _plan_only(
+    plan: Any,
+    catalog: Any,
+    db: Path,
+    device: str,
+    scorer_note: str,
+    dry_run: bool,
+    named: bool,
+    json_out: bool,
+) -> bool:
     """Note what the plan leaves out (disabled generators unless --generators named them; with --dry-run, missing
     weights); with --dry-run, show the plan and return True (nothing else is done)."""
     if dry_run:
@@ -144,18 +207,28 @@ def _plan_only(plan: Any, catalog: Any, db: Path, device: str, scorer_note: str,
     if not named:
         for g in catalog.generators:
             if not g.enabled:
-                plan.skipped_generators.setdefault(g.name, "disabled in models.toml; name it with --generators to measure it")
+                plan.skipped_generators.setdefault(
+                    g.name, "disabled in models.toml; name it with --generators to measure it"
+                )
     if not dry_run:
         return False
     if json_out:
-        print_json({"dry_run": True, "db": str(db), "device": device, "scorer": scorer_note, **plan.to_dict()})
+        print_json(
+            {"dry_run": True, "db": str(db), "device": device, "scorer": scorer_note, **plan.to_dict()}
+        )
     else:
         _render_plan(plan, db, device, scorer_note, dry=True)
     return True
 
 
-def _engine(engine: str, dtype: str | None, dry_run: bool, ray_address: str | None, workers: int | None,
-            device: str | None) -> Engine | None:
+def _engine(
+    engine: str,
+    dtype: str | None,
+    dry_run: bool,
+    ray_address: str | None,
+    workers: int | None,
+    device: str | None,
+) -> Engine | None:
     """--engine and --dtype checked; the Ray engine (preflighted) for a real run with --engine ray, else None."""
     check_choice("--engine", engine, ENGINES)
     check_choice("--dtype", dtype, DTYPES)
@@ -193,15 +266,26 @@ def _campaign_prompts(prompts: Path | None, prompt_set: str | None) -> tuple[lis
 def _campaign_doc(db: str, metric: str, plan: Any, result: Any, summary: Any) -> dict[str, Any]:
     """What a campaign did: the --json document, also the input of the text summary."""
     return {
-        "db": db, "metric": metric, "plan": plan.to_dict(),
+        "db": db,
+        "metric": metric,
+        "plan": plan.to_dict(),
         "recorded": result.recorded if result else 0,
-        "failed": [{"generator": g, "prompt": p, "seed": s, "error": e} for g, p, s, e in (result.failed if result else [])],
+        "failed": [
+            {"generator": g, "prompt": p, "seed": s, "error": e}
+            for g, p, s, e in (result.failed if result else [])
+        ],
         "interrupted": bool(result and result.interrupted),
         "wall_seconds": result.wall_seconds if result else 0.0,
         "generators": [
-            {"name": s.name, "hash": s.hash, "images": s.images, "prompts": s.prompts, "mean_score": s.mean_score,
-             "seconds_this_run": (result.seconds_by_generator.get(s.name, 0.0) if result else 0.0),
-             "images_this_run": (result.images_by_generator.get(s.name, 0) if result else 0)}
+            {
+                "name": s.name,
+                "hash": s.hash,
+                "images": s.images,
+                "prompts": s.prompts,
+                "mean_score": s.mean_score,
+                "seconds_this_run": (result.seconds_by_generator.get(s.name, 0.0) if result else 0.0),
+                "images_this_run": (result.images_by_generator.get(s.name, 0) if result else 0),
+            }
             for s in summary
         ],
     }
@@ -218,7 +302,9 @@ def _note_missing_weights(plan: Any) -> None:
             from catimg.pipelines import fetch_hint
 
             del exc
-            plan.notes.append(f"weights missing for {g.name} ({g.source}): a real run leaves it out; {fetch_hint(g.source)}")
+            plan.notes.append(
+                f"weights missing for {g.name} ({g.source}): a real run leaves it out; {fetch_hint(g.source)}"
+            )
 
 
 def _scorer_status(metric: str, model: str | None) -> str:
@@ -241,23 +327,39 @@ def _render_plan(plan: Any, db: Path, device: str, scorer_note: str, dry: bool) 
         c.print(f"note: {n}")
     for name, why in plan.skipped_generators.items():
         c.print(f"not measured: {name}: {why}")
-    t = Table(title=f"calibration plan: {len(plan.prompts)} prompts x {len(plan.seeds)} seed(s), metric {plan.metric}")
+    t = Table(
+        title=f"calibration plan: {len(plan.prompts)} prompts x {len(plan.seeds)} seed(s), metric {plan.metric}"
+    )
     for col in ("generator", "to measure", "already stored", "per image", "estimate"):
         t.add_column(col, justify="left" if col == "generator" else "right")
     for g in plan.per_generator:
-        per = f"{fmt_seconds(g.seconds_per_image)} ({g.seconds_kind})" if g.seconds_per_image is not None else "unknown"
+        per = (
+            f"{fmt_seconds(g.seconds_per_image)} ({g.seconds_kind})"
+            if g.seconds_per_image is not None
+            else "unknown"
+        )
         t.add_row(g.name, str(g.todo), str(g.done), per, fmt_seconds(g.estimated_seconds))
     c.print(t)
     est = plan.estimated_seconds
-    c.print(f"{plan.images} images to make on {device}, estimated {fmt_seconds(est) if est is not None else 'unknown'} "
-            f"(plus scoring); database {db}")
+    c.print(
+        f"{plan.images} images to make on {device}, estimated {fmt_seconds(est) if est is not None else 'unknown'} "
+        f"(plus scoring); database {db}"
+    )
     c.print(f"scorer: {scorer_note}")
     if dry:
         c.print("dry run: nothing was generated")
 
 
-def _run_with_progress(plan: Any, store: Any, scorer: Any, dev: Any, out_dir: Path, dtype: str | None,
-                       batch_size: int | None, engine: Engine | None = None) -> Any:
+def _run_with_progress(
+    plan: Any,
+    store: Any,
+    scorer: Any,
+    dev: Any,
+    out_dir: Path,
+    dtype: str | None,
+    batch_size: int | None,
+    engine: Engine | None = None,
+) -> Any:
     from catimg.calibration.calibrate import run_campaign
     from catimg.cli.progress import StepProgress
     from catimg.generation.events import Event, ImageFailed, ImageScored, ModelLoading
@@ -271,10 +373,21 @@ def _run_with_progress(plan: Any, store: Any, scorer: Any, dev: Any, out_dir: Pa
             elif isinstance(event, (ImageScored, ImageFailed)):
                 progress.advance(label=f"calibrating {event.generator}")
                 if isinstance(event, ImageFailed):
-                    progress.note(f"failed: {event.generator} seed {event.seed}: {event.prompt[:60]}: {event.error}")
+                    progress.note(
+                        f"failed: {event.generator} seed {event.seed}: {event.prompt[:60]}: {event.error}"
+                    )
 
-        return run_campaign(plan, store, scorer, dev, out_dir, on_event=on_event, dtype=dtype, batch_size=batch_size,
-                            engine=engine)
+        return run_campaign(
+            plan,
+            store,
+            scorer,
+            dev,
+            out_dir,
+            on_event=on_event,
+            dtype=dtype,
+            batch_size=batch_size,
+            engine=engine,
+        )
 
 
 def _render_summary(doc: dict[str, Any], metric: str) -> None:
@@ -282,16 +395,27 @@ def _render_summary(doc: dict[str, Any], metric: str) -> None:
 
     c = console()
     t = Table(title=f"calibration summary ({metric}, database {doc['db']})")
-    for col in ("generator", "images this run", "time this run", "s/image", "prompts stored", f"mean {metric}"):
+    for col in (
+        "generator",
+        "images this run",
+        "time this run",
+        "s/image",
+        "prompts stored",
+        f"mean {metric}",
+    ):
         t.add_column(col, justify="left" if col == "generator" else "right")
     for g in doc["generators"]:
         n = g["images_this_run"]
         per = fmt_seconds(g["seconds_this_run"] / n) if n else "-"
         mean = f"{g['mean_score']:.3f}" if g["mean_score"] is not None else "-"
-        t.add_row(g["name"], str(n), fmt_seconds(g["seconds_this_run"]) if n else "-", per, str(g["prompts"]), mean)
+        t.add_row(
+            g["name"], str(n), fmt_seconds(g["seconds_this_run"]) if n else "-", per, str(g["prompts"]), mean
+        )
     c.print(t)
-    c.print(f"{doc['recorded']} images recorded in {fmt_seconds(doc['wall_seconds'])}"
-            + (f"; {len(doc['failed'])} failed (re-run to retry them)" if doc["failed"] else ""))
+    c.print(
+        f"{doc['recorded']} images recorded in {fmt_seconds(doc['wall_seconds'])}"
+        + (f"; {len(doc['failed'])} failed (re-run to retry them)" if doc["failed"] else "")
+    )
     if doc["interrupted"]:
         c.print("interrupted: everything recorded so far is kept; run the same command again to continue")
 
@@ -301,7 +425,9 @@ def export_cmd(
     file: Path = typer.Argument(..., help="Output file: JSON lines for .jsonl, .ndjson or .json, else CSV."),
     db: Path = DB_OPT,
     metric: str = typer.Option(None, "--metric", help="Only this metric (default: all).", show_default=False),
-    generators: str = typer.Option(None, "--generators", "-g", help="Only these generators (comma-separated).", show_default=False),
+    generators: str = typer.Option(
+        None, "--generators", "-g", help="Only these generators (comma-separated).", show_default=False
+    ),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Write the database's measurements in the long format that `catimg train --measurements` reads."""
@@ -318,7 +444,9 @@ def export_cmd(
 
 @measurements_app.command("import")
 def import_cmd(
-    file: Path = typer.Argument(..., help="Long-format CSV or JSONL (prompt, generator, score; metric, seconds, seed, source)."),
+    file: Path = typer.Argument(
+        ..., help="Long-format CSV or JSONL (prompt, generator, score; metric, seconds, seed, source)."
+    ),
     db: Path = DB_OPT,
     models: Path = MODELS_OPT,
     metric: str = typer.Option("score", "--metric", help="Metric for rows that name none."),
@@ -345,7 +473,15 @@ def import_cmd(
         counts = store.import_file(file, gens, default_metric=metric)
         path = store.path
     if json_out:
-        print_json({"db": str(path), "file": str(file), "scores": counts.total, "new": counts.new,
-                    "updated": counts.updated, "unchanged": counts.unchanged})
+        print_json(
+            {
+                "db": str(path),
+                "file": str(file),
+                "scores": counts.total,
+                "new": counts.new,
+                "updated": counts.updated,
+                "unchanged": counts.unchanged,
+            }
+        )
     else:
         console().print(f"imported {file} into {path}: {counts.describe()}", soft_wrap=True)

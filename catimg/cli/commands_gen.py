@@ -59,51 +59,80 @@ def gen(
     models: Path | None = MODELS_OPT,
     router: Path | None = ROUTER_OPT,
     generator: str | None = GENERATOR_OPT,
-    out: Path = typer.Option(Path(DEFAULT_OUT), "--out", "-o", help="Folder for the images and manifest.jsonl."),
+    out: Path = typer.Option(
+        Path(DEFAULT_OUT), "--out", "-o", help="Folder for the images and manifest.jsonl."
+    ),
     seed: int | None = typer.Option(
-        None, "--seed", "-s", help="Base seed (image k of prompt i gets seed + i*n + k). Default: random, recorded.",
+        None,
+        "--seed",
+        "-s",
+        help="Base seed (image k of prompt i gets seed + i*n + k). Default: random, recorded.",
         show_default=False,
     ),
     images_per_prompt: int = typer.Option(1, "--images-per-prompt", "-n", help="Images per prompt."),
-    negative: str | None = typer.Option(None, "--negative", help="Negative prompt (overrides the catalog's).", show_default=False),
+    negative: str | None = typer.Option(
+        None, "--negative", help="Negative prompt (overrides the catalog's).", show_default=False
+    ),
     negative_file: Path | None = typer.Option(
         None, "--negative-file", help="Read the negative prompt from this UTF-8 file.", show_default=False
     ),
-    width: int | None = typer.Option(None, "--width", help="Image width, a multiple of 8 (default: the generator's).", show_default=False),
-    height: int | None = typer.Option(None, "--height", help="Image height, a multiple of 8 (default: the generator's).", show_default=False),
+    width: int | None = typer.Option(
+        None, "--width", help="Image width, a multiple of 8 (default: the generator's).", show_default=False
+    ),
+    height: int | None = typer.Option(
+        None, "--height", help="Image height, a multiple of 8 (default: the generator's).", show_default=False
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan only; load nothing, write nothing."),
     resume: bool = typer.Option(
-        False, "--resume",
+        False,
+        "--resume",
         help="Make only the images not yet in OUT/manifest.jsonl and on disk. Images are matched by what they are "
-             "(prompt, image number, seed, generator settings, size), not by position; what differs from the "
-             "manifest is named in one line and the run goes on with what is still to do.",
+        "(prompt, image number, seed, generator settings, size), not by position; what differs from the "
+        "manifest is named in one line and the run goes on with what is still to do.",
     ),
     device: str | None = DEVICE_OPT,
     dtype: str | None = DTYPE_OPT,
     no_metadata: bool = typer.Option(False, "--no-metadata", help="Write PNGs without catimg's text chunks."),
     allow_download: bool = typer.Option(
-        False, "--allow-download",
+        False,
+        "--allow-download",
         help="Let diffusers download missing weights from the Hugging Face Hub (also CATIMG_ALLOW_DOWNLOAD=1). Default: off.",
     ),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per pipeline call (default: by device memory).", show_default=False),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Images per pipeline call (default: by device memory).", show_default=False
+    ),
     engine: str = ENGINE_OPT,
     ray_address: str | None = typer.Option(
-        None, "--ray-address", help="With --engine ray: the cluster head (host:port, ray://host:10001 or auto). Default: a local Ray instance.",
+        None,
+        "--ray-address",
+        help="With --engine ray: the cluster head (host:port, ray://host:10001 or auto). Default: a local Ray instance.",
         show_default=False,
     ),
-    workers: int | None = typer.Option(None, "--workers", help="With --engine ray: workers (default: one per GPU, else per CPU).", show_default=False),
-    score: bool = typer.Option(
-        False, "--score",
-        help="Score every image made (CLIPScore or PickScore weights from the Hugging Face cache) and record it in "
-             "the measurement store that calibrate fills; `catimg train --db` then refreshes the router.",
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        help="With --engine ray: workers (default: one per GPU, else per CPU).",
+        show_default=False,
     ),
-    metric: str = typer.Option("clipscore", "--metric", help="With --score: the scorer (clipscore, pickscore)."),
+    score: bool = typer.Option(
+        False,
+        "--score",
+        help="Score every image made (CLIPScore or PickScore weights from the Hugging Face cache) and record it in "
+        "the measurement store that calibrate fills; `catimg train --db` then refreshes the router.",
+    ),
+    metric: str = typer.Option(
+        "clipscore", "--metric", help="With --score: the scorer (clipscore, pickscore)."
+    ),
     scorer_model: str | None = typer.Option(
-        None, "--scorer-model", help="With --score: scorer checkpoint (Hub id in the HF cache or a local folder).",
+        None,
+        "--scorer-model",
+        help="With --score: scorer checkpoint (Hub id in the HF cache or a local folder).",
         show_default=False,
     ),
     db: Path | None = typer.Option(
-        None, "--db", help="With --score: the measurement database (default: the one `catimg calibrate` uses).",
+        None,
+        "--db",
+        help="With --score: the measurement database (default: the one `catimg calibrate` uses).",
         show_default=False,
     ),
     as_json: bool = JSON_OPT,
@@ -140,7 +169,9 @@ def gen(
     if score or db is not None or scorer_model is not None or metric != "clipscore":
         from catimg.cli.scoring import check_scoring
 
-        check_scoring(score, metric, scorer_model, db)  # no scorer, a store catimg cannot write: before any work
+        check_scoring(
+            score, metric, scorer_model, db
+        )  # no scorer, a store catimg cannot write: before any work
     # a run that stops before its first image leaves no new, empty --out folder behind
     with removed_if_left_empty(out), ExitStack() as held:
         locked: list[str] = []
@@ -151,20 +182,35 @@ def gen(
         texts = collect_prompts(prompts, file)
         bud, total = parse_budgets(budget, total_budget)
         repaired, seed = _resume_state(out, resume and not dry_run, seed)
-        if not dry_run:  # weights first: a missing model stops the run within a second, before torch is imported
+        if (
+            not dry_run
+        ):  # weights first: a missing model stops the run within a second, before torch is imported
             _check_weights_early(models, generator, allow_download)
         catalog, rt, dev = load_setup(models, router, device)
         from catimg.generation.generate import run_settings
 
         # costs follow the settings the run will use: size, dtype, device and batch overrides
         run_as = partial(run_settings, width=width, height=height, dtype=dtype)
-        result, notes, stop = _route_run(texts, catalog, rt, dev, bud, total, generator, allow_download, run_as,
-                                         batch_size or 1, dry_run, as_json)
+        result, notes, stop = _route_run(
+            texts,
+            catalog,
+            rt,
+            dev,
+            bud,
+            total,
+            generator,
+            allow_download,
+            run_as,
+            batch_size or 1,
+            dry_run,
+            as_json,
+        )
         notes = [*locked, *repaired, *notes]
         from catimg.generation.generate import RunOptions, plan_from_routing
 
-        plan = plan_from_routing(result, seed=seed, images_per_prompt=images_per_prompt, negative=negative,
-                                 size=(width, height))
+        plan = plan_from_routing(
+            result, seed=seed, images_per_prompt=images_per_prompt, negative=negative, size=(width, height)
+        )
         con = console()
         if dry_run:
             _show_dry_run(con, result, plan, out, seed, notes, stop, as_json)
@@ -180,9 +226,17 @@ def gen(
             scoring = start_scoring(held, metric, scorer_model, db, dev, out, plan, resume, say)
         progress = _Progress(con, enabled=not as_json, total=len(plan))
         opts = RunOptions(
-            out_dir=out, device=dev, dtype=dtype, allow_download=allow_download, batch_size=batch_size,
-            metadata=not no_metadata, resume=resume, budget=result.budget, router_version=getattr(rt, "version", None),
-            base_seed=seed, images_per_prompt=images_per_prompt,
+            out_dir=out,
+            device=dev,
+            dtype=dtype,
+            allow_download=allow_download,
+            batch_size=batch_size,
+            metadata=not no_metadata,
+            resume=resume,
+            budget=result.budget,
+            router_version=getattr(rt, "version", None),
+            base_seed=seed,
+            images_per_prompt=images_per_prompt,
         )
         try:
             with progress:
@@ -190,7 +244,9 @@ def gen(
                 res = runner.run(plan, opts, _events(progress, engine, as_json), scoring_hook(scoring))
         except KeyboardInterrupt:  # pragma: no cover - the executor catches it; belt and braces
             res = None
-        if res is not None and engine != "ray":  # measured seconds feed this device's cost cache (as bench does)
+        if (
+            res is not None and engine != "ray"
+        ):  # measured seconds feed this device's cost cache (as bench does)
             from catimg.costs.bench import record_run
 
             record_run([(r.generator, r.seconds) for r in res.made], res.load_seconds, dev, dtype)
@@ -219,12 +275,28 @@ def _resume_state(out: Path, resume: bool, seed: int | None) -> tuple[list[str],
     return repaired, seed
 
 
-def _report_done(con: Console, result: RoutingResult, plan: list[PlanItem], res: RunResult, out: Path, seed: int,
-                 notes: list[str], scoring: Any, resume_cmd: str, as_json: bool) -> None:
+def _report_done(
+    con: Console,
+    result: RoutingResult,
+    plan: list[PlanItem],
+    res: RunResult,
+    out: Path,
+    seed: int,
+    notes: list[str],
+    scoring: Any,
+    resume_cmd: str,
+    as_json: bool,
+) -> None:
     """A finished run: one JSON document or the summary; exit 7 when nothing could be made."""
     if as_json:
-        print_json({**_plan_doc(result, plan, out, seed, notes), **_run_doc(result, res, plan), "interrupted": False,
-                    **scoring_doc(scoring)})
+        print_json(
+            {
+                **_plan_doc(result, plan, out, seed, notes),
+                **_run_doc(result, res, plan),
+                "interrupted": False,
+                **scoring_doc(scoring),
+            }
+        )
     else:
         _render_summary(con, result, res, plan)
         report_scoring(con, scoring)
@@ -233,8 +305,9 @@ def _report_done(con: Console, result: RoutingResult, plan: list[PlanItem], res:
         raise typer.Exit(ExitStatus.GENERATION)
 
 
-def _engine(engine: str, result: RoutingResult, address: str | None, workers: int | None,
-            device: str | None) -> Engine:
+def _engine(
+    engine: str, result: RoutingResult, address: str | None, workers: int | None, device: str | None
+) -> Engine:
     """The --engine's :class:`~catimg.generation.execution.Engine` (Ray: with each model's predicted load seconds)."""
     if engine != "ray":
         from catimg.generation.generate import LocalEngine
@@ -255,12 +328,29 @@ def _events(progress: _Progress, engine: str, as_json: bool) -> OnEvent:
     return cli_events(progress.event, progress._line)
 
 
-def _stop_interrupted(con: Console, result: RoutingResult, plan: list[PlanItem], res: RunResult | None, out: Path,
-                      seed: int, notes: list[str], scoring: Any, resume_cmd: str, as_json: bool) -> NoReturn:
+def _stop_interrupted(
+    con: Console,
+    result: RoutingResult,
+    plan: list[PlanItem],
+    res: RunResult | None,
+    out: Path,
+    seed: int,
+    notes: list[str],
+    scoring: Any,
+    resume_cmd: str,
+    as_json: bool,
+) -> NoReturn:
     """After Ctrl-C: what was made (JSON or summary), one line on stderr (with --json too), exit 130."""
     if as_json:
-        print_json({**_plan_doc(result, plan, out, seed, notes), **(_run_doc(result, res, plan) if res else {}),
-                    "interrupted": True, "resume_command": resume_cmd, **scoring_doc(scoring)})
+        print_json(
+            {
+                **_plan_doc(result, plan, out, seed, notes),
+                **(_run_doc(result, res, plan) if res else {}),
+                "interrupted": True,
+                "resume_command": resume_cmd,
+                **scoring_doc(scoring),
+            }
+        )
     elif res is not None:
         _render_summary(con, result, res, plan)
         report_scoring(con, scoring)
@@ -268,17 +358,30 @@ def _stop_interrupted(con: Console, result: RoutingResult, plan: list[PlanItem],
 
     interrupts.mark_reported()
     made = len(res.made) if res is not None else 0
-    _stderr().print(f"interrupted: {made} image(s) made by this run are kept in {out}; resume with: "
-                    f"{resume_cmd}", soft_wrap=True)
+    _stderr().print(
+        f"interrupted: {made} image(s) made by this run are kept in {out}; resume with: {resume_cmd}",
+        soft_wrap=True,
+    )
     raise typer.Exit(ExitStatus.INTERRUPTED)
 
 
 # ------------------------------------------------------------------------------------------------- routing
 
 
-def _route_run(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, total: float | None,
-               forced: str | None, allow_download: bool, run_as: Any, batch: int, dry_run: bool,
-               as_json: bool) -> tuple[RoutingResult, list[str], WeightsMissingError | None]:
+def _route_run(
+    texts: list[str],
+    catalog: Catalog,
+    rt: Any,
+    dev: Any,
+    bud: Any,
+    total: float | None,
+    forced: str | None,
+    allow_download: bool,
+    run_as: Any,
+    batch: int,
+    dry_run: bool,
+    as_json: bool,
+) -> tuple[RoutingResult, list[str], WeightsMissingError | None]:
     """(routing, notes for the run, the missing-weights error a dry run shows after its plan, else None).
 
     Long prompts are routed as the generator's text encoder cuts them, and said once (a note); that estimates
@@ -288,7 +391,9 @@ def _route_run(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, 
     fit = fit_for_run(texts, catalog, forced)
     stop: WeightsMissingError | None = None
     try:
-        result, notes = _route(texts, catalog, rt, dev, bud, total, forced, allow_download, run_as, batch, fit.texts)
+        result, notes = _route(
+            texts, catalog, rt, dev, bud, total, forced, allow_download, run_as, batch, fit.texts
+        )
     except WeightsMissingError as exc:
         if not dry_run:
             raise
@@ -296,8 +401,18 @@ def _route_run(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, 
         from catimg.routing.route import route_prompts
 
         stop = exc
-        result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=forced,
-                               run_as=run_as, batch=batch, router_texts=fit.texts)
+        result = route_prompts(
+            texts,
+            catalog,
+            rt,
+            dev,
+            budget=bud,
+            total_budget=total,
+            forced=forced,
+            run_as=run_as,
+            batch=batch,
+            router_texts=fit.texts,
+        )
         notes = ["a real run stops before loading anything: the weights are missing (see the error below)"]
     from catimg.cli.commands_routing import cost_notice, print_warnings
 
@@ -306,15 +421,24 @@ def _route_run(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, 
     return result, notes, stop
 
 
-def _show_plan(con: Console, result: RoutingResult, plan: list[PlanItem], out: Path, seed: int,
-               notes: list[str]) -> None:
+def _show_plan(
+    con: Console, result: RoutingResult, plan: list[PlanItem], out: Path, seed: int, notes: list[str]
+) -> None:
     for n in notes:
         con.print(label("note:", "yellow", n))
     _render_plan(con, result, plan, out, seed)
 
 
-def _show_dry_run(con: Console, result: RoutingResult, plan: list[PlanItem], out: Path, seed: int, notes: list[str],
-                  stop: WeightsMissingError | None, as_json: bool) -> None:
+def _show_dry_run(
+    con: Console,
+    result: RoutingResult,
+    plan: list[PlanItem],
+    out: Path,
+    seed: int,
+    notes: list[str],
+    stop: WeightsMissingError | None,
+    as_json: bool,
+) -> None:
     """The plan of a dry run (text or one JSON document), then the error a real run would stop with, if any."""
     if as_json:
         doc = _plan_doc(result, plan, out, seed, notes, dry_run=True)
@@ -329,9 +453,19 @@ def _show_dry_run(con: Console, result: RoutingResult, plan: list[PlanItem], out
         raise stop
 
 
-def _route(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, total: float | None,
-           forced: str | None, allow_download: bool, run_as: Any = None,
-           batch: int = 1, router_texts: list[str] | None = None) -> tuple[RoutingResult, list[str]]:
+def _route(
+    texts: list[str],
+    catalog: Catalog,
+    rt: Any,
+    dev: Any,
+    bud: Any,
+    total: float | None,
+    forced: str | None,
+    allow_download: bool,
+    run_as: Any = None,
+    batch: int = 1,
+    router_texts: list[str] | None = None,
+) -> tuple[RoutingResult, list[str]]:
     """Route; if a chosen generator's weights are missing, re-plan among those that are there (and say so)."""
     from dataclasses import replace
 
@@ -341,9 +475,21 @@ def _route(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, tota
     from catimg.pipelines import check_weights, missing_weights
     from catimg.routing.route import route_prompts
 
-    with embedding_progress():  # a file of thousands of new prompts takes minutes to embed: progress on stderr
-        result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=forced,
-                               run_as=run_as, batch=batch, router_texts=router_texts)
+    with (
+        embedding_progress()
+    ):  # a file of thousands of new prompts takes minutes to embed: progress on stderr
+        result = route_prompts(
+            texts,
+            catalog,
+            rt,
+            dev,
+            budget=bud,
+            total_budget=total,
+            forced=forced,
+            run_as=run_as,
+            batch=batch,
+            router_texts=router_texts,
+        )
     chosen = {r.choice for r in result.routes}
     missing: dict[str, WeightsMissingError] = {}
     for name in sorted(chosen):
@@ -364,18 +510,30 @@ def _route(texts: list[str], catalog: Catalog, rt: Any, dev: Any, bud: Any, tota
                 missing[g.name] = exc
     keep = tuple(replace(g, enabled=False) if g.name in missing else g for g in catalog.generators)
     # one message for every missing model (with sizes), not one per run
-    every = missing_weights([g for g in catalog.generators if g.name in missing], allow_download) or \
-        next(iter(missing.values()))
+    every = missing_weights([g for g in catalog.generators if g.name in missing], allow_download) or next(
+        iter(missing.values())
+    )
     if not any(g.enabled for g in keep):
         raise every
     reduced = Catalog(path=catalog.path, origin=catalog.origin, generators=keep)
     try:
-        result = route_prompts(texts, reduced, rt, dev, budget=bud, total_budget=total, run_as=run_as, batch=batch,
-                               router_texts=router_texts)
+        result = route_prompts(
+            texts,
+            reduced,
+            rt,
+            dev,
+            budget=bud,
+            total_budget=total,
+            run_as=run_as,
+            batch=batch,
+            router_texts=router_texts,
+        )
     except InputError:
         raise every from None
-    note = (f"weights not found for {', '.join(sorted(missing))}; re-planned among the generators that are "
-            f"available ({', '.join(sorted(g.name for g in keep if g.enabled))}). {every.message}")
+    note = (
+        f"weights not found for {', '.join(sorted(missing))}; re-planned among the generators that are "
+        f"available ({', '.join(sorted(g.name for g in keep if g.enabled))}). {every.message}"
+    )
     return result, [note]
 
 
@@ -400,8 +558,9 @@ def _check_weights_early(models: Path | None, forced: str | None, allow_download
         raise err
 
 
-def _check_numbers(seed: int | None, images_per_prompt: int, width: int | None, height: int | None,
-                   batch_size: int | None) -> None:
+def _check_numbers(
+    seed: int | None, images_per_prompt: int, width: int | None, height: int | None, batch_size: int | None
+) -> None:
     from catimg.generation.generate import check_seed, check_size
 
     if seed is not None:
@@ -451,16 +610,23 @@ def _render_plan(con: Console, result: RoutingResult, plan: list[PlanItem], out:
     t.add_column("model")
     t.add_column("images", justify="right")
     t.add_column("predicted", justify="right")
-    t.add_column("cost from")  # the one cost rule (catimg.costs.model): explicit, measured, router data or estimated
+    t.add_column(
+        "cost from"
+    )  # the one cost rule (catimg.costs.model): explicit, measured, router data or estimated
     t.add_column("mean q̂", justify="right")
     per_gen: dict[str, list[PlanItem]] = {}
     for it in plan:
         per_gen.setdefault(it.generator.name, []).append(it)
     for name, its in per_gen.items():
         qs = [i.predicted_quality for i in its if i.predicted_quality is not None]
-        t.add_row(name, its[0].generator.model, str(len(its)),
-                  fmt_seconds(sum(i.predicted_seconds or 0.0 for i in its)), result.costs[name].source,
-                  f"{sum(qs) / len(qs):.3f}" if qs else "-")
+        t.add_row(
+            name,
+            its[0].generator.model,
+            str(len(its)),
+            fmt_seconds(sum(i.predicted_seconds or 0.0 for i in its)),
+            result.costs[name].source,
+            f"{sum(qs) / len(qs):.3f}" if qs else "-",
+        )
     con.print(t)
     del shares
     est = sum(it.predicted_seconds or 0.0 for it in plan) + result.planned_load_seconds
@@ -473,7 +639,9 @@ def _render_plan(con: Console, result: RoutingResult, plan: list[PlanItem], out:
     con.print(line)
 
 
-def _render_summary(con: Console, result: RoutingResult, res: RunResult, plan: list[PlanItem] | None = None) -> None:
+def _render_summary(
+    con: Console, result: RoutingResult, res: RunResult, plan: list[PlanItem] | None = None
+) -> None:
     sp = spend(result, res, plan)
     t = Table(title="summary", show_edge=False, pad_edge=False)
     for col in ("generator", "images", "planned", "actual", "load planned", "load actual", "mean q̂"):
@@ -481,9 +649,15 @@ def _render_summary(con: Console, result: RoutingResult, res: RunResult, plan: l
     quality = {name: d["mean_predicted_quality"] for name, d in res.per_generator().items()}
     for g in sp.generators:
         q = quality.get(g.generator)
-        t.add_row(g.generator, f"{g.images_made}/{g.images_planned}", fmt_seconds(g.planned_seconds),
-                  fmt_seconds(g.actual_seconds), fmt_seconds(g.planned_load_seconds),
-                  fmt_seconds(g.actual_load_seconds), "-" if q is None else f"{q:.3f}")
+        t.add_row(
+            g.generator,
+            f"{g.images_made}/{g.images_planned}",
+            fmt_seconds(g.planned_seconds),
+            fmt_seconds(g.actual_seconds),
+            fmt_seconds(g.planned_load_seconds),
+            fmt_seconds(g.actual_load_seconds),
+            "-" if q is None else f"{q:.3f}",
+        )
     con.print(t)
     con.print(sp.line())
     loads = ", ".join(f"{m} {fmt_seconds(s)}" for m, s in res.load_seconds.items()) or "none"
@@ -494,10 +668,17 @@ def _render_summary(con: Console, result: RoutingResult, res: RunResult, plan: l
     if res.failed:
         line += f", {len(res.failed)} failed (see manifest.jsonl)"
     con.print(line)
-    if result.best_single and result.best_single_seconds is not None and result.routes and (res.made or res.failed):
+    if (
+        result.best_single
+        and result.best_single_seconds is not None
+        and result.routes
+        and (res.made or res.failed)
+    ):
         per_img = (len(res.made) + len(res.failed)) / len(result.routes)
-        con.print(f"always the best single generator ({result.best_single}): estimated "
-                  f"{fmt_seconds(_best_single_seconds(result, per_img))}")
+        con.print(
+            f"always the best single generator ({result.best_single}): estimated "
+            f"{fmt_seconds(_best_single_seconds(result, per_img))}"
+        )
     for r in res.records:
         if r.status != "ok":
             con.print(f"{r.status}: #{r.item.index} {r.item.prompt[:50]!r}: {r.note or r.error}")
@@ -510,8 +691,9 @@ def _best_single_seconds(result: RoutingResult, images_per_prompt: float) -> flo
     return (result.best_single_seconds - load) * images_per_prompt + load
 
 
-def _plan_doc(result: RoutingResult, plan: list[PlanItem], out: Path, seed: int, notes: list[str],
-              dry_run: bool = False) -> dict[str, Any]:
+def _plan_doc(
+    result: RoutingResult, plan: list[PlanItem], out: Path, seed: int, notes: list[str], dry_run: bool = False
+) -> dict[str, Any]:
     return {
         "out": str(out),
         "seed": seed,
@@ -519,9 +701,16 @@ def _plan_doc(result: RoutingResult, plan: list[PlanItem], out: Path, seed: int,
         "notes": notes,
         "routing": result.to_dict(),
         "plan": [
-            {"index": it.index, "image": it.image, "prompt": it.prompt, "generator": it.generator.name,
-             "seed": it.seed, "predicted_quality": it.predicted_quality, "predicted_seconds": it.predicted_seconds,
-             "negative_prompt": it.negative}
+            {
+                "index": it.index,
+                "image": it.image,
+                "prompt": it.prompt,
+                "generator": it.generator.name,
+                "seed": it.seed,
+                "predicted_quality": it.predicted_quality,
+                "predicted_seconds": it.predicted_seconds,
+                "negative_prompt": it.negative,
+            }
             for it in plan
         ],
     }
@@ -530,9 +719,19 @@ def _plan_doc(result: RoutingResult, plan: list[PlanItem], out: Path, seed: int,
 def _run_doc(result: RoutingResult, res: RunResult, plan: list[PlanItem] | None = None) -> dict[str, Any]:
     return {
         "images": [
-            {"index": r.item.index, "image": r.item.image, "prompt": r.item.prompt, "generator": r.generator.name,
-             "routed_generator": r.item.generator.name, "seed": r.item.seed, "status": r.status,
-             "file": str(r.file) if r.file else None, "seconds": r.seconds, "error": r.error, "note": r.note}
+            {
+                "index": r.item.index,
+                "image": r.item.image,
+                "prompt": r.item.prompt,
+                "generator": r.generator.name,
+                "routed_generator": r.item.generator.name,
+                "seed": r.item.seed,
+                "status": r.status,
+                "file": str(r.file) if r.file else None,
+                "seconds": r.seconds,
+                "error": r.error,
+                "note": r.note,
+            }
             for r in res.records
         ],
         "summary": {
@@ -587,14 +786,19 @@ class Spend:
         head = f"spent {fmt_seconds(self.actual_seconds)}"
         if self.budget_seconds is not None:
             head += f" of the {fmt_seconds(self.budget_seconds)} budget"
-        text = (f"{head} (planned {fmt_seconds(self.planned_seconds)}, loading included): images "
-                f"{fmt_seconds(self.images_seconds)}, loading {fmt_seconds(self.load_seconds)} (planned "
-                f"{fmt_seconds(self.planned_load_seconds)}), other {fmt_seconds(other)}")
+        text = (
+            f"{head} (planned {fmt_seconds(self.planned_seconds)}, loading included): images "
+            f"{fmt_seconds(self.images_seconds)}, loading {fmt_seconds(self.load_seconds)} (planned "
+            f"{fmt_seconds(self.planned_load_seconds)}), other {fmt_seconds(other)}"
+        )
         over = self.over_seconds
         if over is not None and self.budget_seconds:
             pct = 100 * abs(over) / self.budget_seconds
-            text += (f"; {fmt_seconds(over)} ({pct:.0f}%) over budget" if over > 0 else
-                     f"; {fmt_seconds(-over)} ({pct:.0f}%) under budget")
+            text += (
+                f"; {fmt_seconds(over)} ({pct:.0f}%) over budget"
+                if over > 0
+                else f"; {fmt_seconds(-over)} ({pct:.0f}%) under budget"
+            )
         if self.interrupted:
             text += "; interrupted before the plan was done"
         return text
@@ -623,18 +827,29 @@ def spend(result: RoutingResult, res: RunResult, plan: list[PlanItem] | None = N
         first = model not in seen
         seen.add(model)
         cost = result.costs.get(name)
-        gens.append(GeneratorSpend(
-            generator=name, model=model, images_planned=len(planned.get(name, [])),
-            images_made=sum(1 for r in res.made if r.generator.name == name),
-            planned_seconds=sum(planned.get(name, [])), actual_seconds=sum(made.get(name, [])),
-            planned_load_seconds=(cost.load_seconds if cost is not None else None) if first else None,
-            actual_load_seconds=res.load_seconds.get(model) if first else None))
+        gens.append(
+            GeneratorSpend(
+                generator=name,
+                model=model,
+                images_planned=len(planned.get(name, [])),
+                images_made=sum(1 for r in res.made if r.generator.name == name),
+                planned_seconds=sum(planned.get(name, [])),
+                actual_seconds=sum(made.get(name, [])),
+                planned_load_seconds=(cost.load_seconds if cost is not None else None) if first else None,
+                actual_load_seconds=res.load_seconds.get(model) if first else None,
+            )
+        )
     planned_load = sum(g.planned_load_seconds or 0.0 for g in gens if g.images_planned)
-    return Spend(budget_seconds=result.total_budget_seconds,
-                 planned_seconds=sum(g.planned_seconds for g in gens) + planned_load,
-                 actual_seconds=res.wall_seconds, images_seconds=sum(g.actual_seconds for g in gens),
-                 load_seconds=sum(res.load_seconds.values()), planned_load_seconds=planned_load,
-                 interrupted=res.interrupted, generators=tuple(gens))
+    return Spend(
+        budget_seconds=result.total_budget_seconds,
+        planned_seconds=sum(g.planned_seconds for g in gens) + planned_load,
+        actual_seconds=res.wall_seconds,
+        images_seconds=sum(g.actual_seconds for g in gens),
+        load_seconds=sum(res.load_seconds.values()),
+        planned_load_seconds=planned_load,
+        interrupted=res.interrupted,
+        generators=tuple(gens),
+    )
 
 
 def _stderr() -> Console:
@@ -659,8 +874,14 @@ class _Progress:
         if self.tty:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.rich = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), console=self.con, transient=False)
+            self.rich = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=self.con,
+                transient=False,
+            )
             self.rich.__enter__()
             self.batch_task = self.rich.add_task("images", total=self.total)
             self.step_task = self.rich.add_task("steps", total=1)
@@ -676,16 +897,19 @@ class _Progress:
         if isinstance(event, RunStarted) and (event.skipped or event.differences):
             line = f"resume: {event.skipped} image(s) already done, {event.images} to make"
             if event.differences:  # one line, matched by what the images are, not by position
-                line += (f"; differs from the manifest: {'; '.join(event.differences)} (images are matched by "
-                         "prompt, image number, seed, generator settings and size)")
+                line += (
+                    f"; differs from the manifest: {'; '.join(event.differences)} (images are matched by "
+                    "prompt, image number, seed, generator settings and size)"
+                )
             self._line(line)
             if self.rich is not None:
                 self.rich.update(self.batch_task, total=event.images)
         elif isinstance(event, ModelLoading):
             self._line(f"loading {event.model} ({event.source})")
         elif isinstance(event, Step) and self.rich is not None:
-            self.rich.update(self.step_task, total=event.steps, completed=event.step,
-                             description=f"{event.generator} step")
+            self.rich.update(
+                self.step_task, total=event.steps, completed=event.step, description=f"{event.generator} step"
+            )
         elif isinstance(event, Retrying):
             self._line(f"retrying #{event.item.index} ({event.error})")
         elif isinstance(event, ImageDone):
@@ -695,7 +919,9 @@ class _Progress:
                 self.rich.update(self.batch_task, advance=1)
             else:
                 where = r.file.name if r.file else r.error
-                self._line(f"[{self.done}/{self.total}] {r.status} {r.generator.name} {fmt_seconds(r.seconds)} {where}")
+                self._line(
+                    f"[{self.done}/{self.total}] {r.status} {r.generator.name} {fmt_seconds(r.seconds)} {where}"
+                )
 
     def _line(self, text: str) -> None:
         if self.rich is not None:
@@ -729,7 +955,9 @@ def inspect(
         con.print(f"{d['path']}  ({d['format']} {d['size'][0]}x{d['size'][1]})")
         rec = d["catimg"]
         if rec is None:
-            con.print("  no catimg metadata" + (f"; parameters: {d['parameters']}" if d["parameters"] else ""))
+            con.print(
+                "  no catimg metadata" + (f"; parameters: {d['parameters']}" if d["parameters"] else "")
+            )
             continue
         t = Table(show_header=False, show_edge=False, pad_edge=False, box=None)
         t.add_column("key", style="bold")

@@ -40,16 +40,31 @@ def _parse_gpus(text: str) -> list[int]:
 def plan(
     prompts: list[str] | None = PROMPTS_ARG,
     file: Path | None = FILE_OPT,
-    prompt_set: str | None = typer.Option(None, "--set", help="A built-in prompt set instead of -f (e.g. parti-geneval-200).", show_default=False),
+    prompt_set: str | None = typer.Option(
+        None,
+        "--set",
+        help="A built-in prompt set instead of -f (e.g. parti-geneval-200).",
+        show_default=False,
+    ),
     budget: str | None = BUDGET_OPT,
     total_budget: str | None = TOTAL_BUDGET_OPT,
     models: Path | None = MODELS_OPT,
     router: Path | None = ROUTER_OPT,
     generator: str | None = GENERATOR_OPT,
     gpus: str = typer.Option("1,8,64", "--gpus", help="GPU counts to predict for, comma-separated."),
-    gpu: str | None = typer.Option(None, "--gpu", help="Cost the plan for this GPU (H100, A100, L4 ...) instead of this machine's device.", show_default=False),
+    gpu: str | None = typer.Option(
+        None,
+        "--gpu",
+        help="Cost the plan for this GPU (H100, A100, L4 ...) instead of this machine's device.",
+        show_default=False,
+    ),
     device: str | None = DEVICE_OPT,
-    scale_to: int | None = typer.Option(None, "--scale-to", help="Predict for this many prompts with the routed shares (e.g. 1000000).", show_default=False),
+    scale_to: int | None = typer.Option(
+        None,
+        "--scale-to",
+        help="Predict for this many prompts with the routed shares (e.g. 1000000).",
+        show_default=False,
+    ),
     images_per_prompt: int = typer.Option(1, "--images-per-prompt", "-n", help="Images per prompt."),
     chunk_size: int = typer.Option(16, "--chunk-size", help="Images a worker takes at a time."),
     as_json: bool = JSON_OPT,
@@ -77,7 +92,9 @@ def plan(
     if chunk_size < 1:
         raise InputError(f"--chunk-size {chunk_size}: must be 1 or more")
     if gpu is not None and device is not None:
-        raise InputError("--gpu and --device both given; use --gpu to cost another GPU, --device for one here")
+        raise InputError(
+            "--gpu and --device both given; use --gpu to cost another GPU, --device for one here"
+        )
     if prompt_set is not None:
         from catimg.prompts import reference_set
 
@@ -87,21 +104,47 @@ def plan(
     bud, total = parse_budgets(budget, total_budget)
     catalog = load_catalog(models)
     rt = load_router(router)
-    dev = hypothetical_gpu(gpu) if gpu is not None else lookup_device(device).info  # nothing runs: no torch needed
+    dev = (
+        hypothetical_gpu(gpu) if gpu is not None else lookup_device(device).info
+    )  # nothing runs: no torch needed
     from catimg.prompts import fit_for_run
 
-    fit = fit_for_run(texts, catalog, generator)  # the router sees long prompts as the generator's encoder cuts them
+    fit = fit_for_run(
+        texts, catalog, generator
+    )  # the router sees long prompts as the generator's encoder cuts them
     costs = None
-    if gpu is not None:  # another GPU: the router's seconds were not measured on it (the rule's step 3 is skipped)
+    if (
+        gpu is not None
+    ):  # another GPU: the router's seconds were not measured on it (the rule's step 3 is skipped)
         from catimg.costs.model import routing_costs
 
-        costs = routing_costs(catalog.generators, dev, unknown_ok=lambda g: generator is not None or not (
-            g.enabled and rt.knows(g)))
-    result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator,
-                           router_texts=fit.texts, costs=costs)
+        costs = routing_costs(
+            catalog.generators,
+            dev,
+            unknown_ok=lambda g: generator is not None or not (g.enabled and rt.knows(g)),
+        )
+    result = route_prompts(
+        texts,
+        catalog,
+        rt,
+        dev,
+        budget=bud,
+        total_budget=total,
+        forced=generator,
+        router_texts=fit.texts,
+        costs=costs,
+    )
     gmodels = {g.name: g.model for g in catalog.generators}
-    cp = cluster_plan(result.shares(), result.costs, gmodels, ks, scale_to=scale_to, chunk_size=chunk_size,
-                      device=dev.name, images_per_prompt=images_per_prompt)
+    cp = cluster_plan(
+        result.shares(),
+        result.costs,
+        gmodels,
+        ks,
+        scale_to=scale_to,
+        chunk_size=chunk_size,
+        device=dev.name,
+        images_per_prompt=images_per_prompt,
+    )
     if as_json:
         print_json({"budget": result.budget, "lambda": result.lam, **cp.to_dict()})
         return
@@ -112,24 +155,52 @@ def _render_plan(cp: Any, budget: str, device_name: str, chunk_size: int) -> Non
     """plan's text output: the work per generator, the predictions per GPU count and policy, the speed-up."""
     con = console()
     scaled = f" (shares of {cp.routed_prompts} routed prompts)" if cp.prompts != cp.routed_prompts else ""
-    print_fields(con, [f"plan: {cp.prompts:,} prompt(s){scaled}", f"budget {budget}", f"costs for {device_name}",
-                       f"chunks of {chunk_size} image(s)"], sep=", ")
+    print_fields(
+        con,
+        [
+            f"plan: {cp.prompts:,} prompt(s){scaled}",
+            f"budget {budget}",
+            f"costs for {device_name}",
+            f"chunks of {chunk_size} image(s)",
+        ],
+        sep=", ",
+    )
     t = Table(show_edge=False, pad_edge=False)
-    for col, just in (("generator", "left"), ("model", "left"), ("images", "right"), ("per image", "right"),
-                      ("load", "right"), ("GPU time", "right")):
+    for col, just in (
+        ("generator", "left"),
+        ("model", "left"),
+        ("images", "right"),
+        ("per image", "right"),
+        ("load", "right"),
+        ("GPU time", "right"),
+    ):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for w in cp.work:
-        t.add_row(w.generator, w.model, f"{w.images:,}", fmt_seconds(w.seconds), fmt_seconds(w.load_seconds),
-                  fmt_seconds(w.total_seconds))
+        t.add_row(
+            w.generator,
+            w.model,
+            f"{w.images:,}",
+            fmt_seconds(w.seconds),
+            fmt_seconds(w.load_seconds),
+            fmt_seconds(w.total_seconds),
+        )
     print_table(con, t, drop=("model", "load"))
     p = Table(show_edge=False, pad_edge=False)
     for col in ("GPUs", "policy", "makespan", "utilisation", "loads", "ideal"):
         p.add_column(col, justify="left" if col == "policy" else "right")
     for k, (c, r) in sorted(cp.predictions.items()):
         for pred in (c, r):
-            p.add_row(f"{k:,}", pred.policy, fmt_seconds(pred.makespan), f"{pred.utilisation:.1%}", f"{pred.loads:,}",
-                      fmt_seconds(pred.ideal))
+            p.add_row(
+                f"{k:,}",
+                pred.policy,
+                fmt_seconds(pred.makespan),
+                f"{pred.utilisation:.1%}",
+                f"{pred.loads:,}",
+                fmt_seconds(pred.ideal),
+            )
     print_table(con, p, drop=("ideal", "loads"))
     for k, (c, r) in sorted(cp.predictions.items()):
         if c.makespan > 0:
-            con.print(f"{k} GPU(s): round-robin takes {r.makespan / c.makespan:.2f}x as long as catimg's scheduling")
+            con.print(
+                f"{k} GPU(s): round-robin takes {r.makespan / c.makespan:.2f}x as long as catimg's scheduling"
+            )

@@ -61,9 +61,13 @@ def explain(
     router: Path | None = ROUTER_OPT,
     generator: str | None = GENERATOR_OPT,
     device: str | None = DEVICE_OPT,
-    neighbours: int = typer.Option(3, "--neighbours", "-k", min=0, max=20, help="Similar training prompts to show per prompt."),
+    neighbours: int = typer.Option(
+        3, "--neighbours", "-k", min=0, max=20, help="Similar training prompts to show per prompt."
+    ),
     detail: bool | None = typer.Option(
-        None, "--detail/--no-detail", help=f"Per-prompt tables (default: on for up to {DETAIL_LIMIT} prompts).",
+        None,
+        "--detail/--no-detail",
+        help=f"Per-prompt tables (default: on for up to {DETAIL_LIMIT} prompts).",
         show_default=False,
     ),
     as_json: bool = JSON_OPT,
@@ -84,15 +88,29 @@ def explain(
 
     texts = collect_prompts(prompts, file)
     bud, total = parse_budgets(budget, total_budget)
-    catalog, rt, found = describe_setup(models, router, device)  # no torch where the device is known without it
+    catalog, rt, found = describe_setup(
+        models, router, device
+    )  # no torch where the device is known without it
     dev = found.info
     from catimg.cli.progress import embedding_progress
     from catimg.prompts import fit_for_run
 
-    fit = fit_for_run(texts, catalog, generator)  # prompts longer than the text encoder: routed as the generator sees them
+    fit = fit_for_run(
+        texts, catalog, generator
+    )  # prompts longer than the text encoder: routed as the generator sees them
     with embedding_progress():  # 10,000 new prompts take minutes to embed: progress on stderr, never stdout
-        result = route_prompts(texts, catalog, rt, dev, budget=bud, total_budget=total, forced=generator,
-                               neighbours=neighbours, explain=True, router_texts=fit.texts)
+        result = route_prompts(
+            texts,
+            catalog,
+            rt,
+            dev,
+            budget=bud,
+            total_budget=total,
+            forced=generator,
+            neighbours=neighbours,
+            explain=True,
+            router_texts=fit.texts,
+        )
     print_warnings(result, notice=not as_json)
     renamed = {g.name: old for g in catalog.generators if g.enabled and (old := known_as(rt, g))}
     if fit.note() and not as_json:
@@ -101,21 +119,30 @@ def explain(
         error_console().print(label("note:", "yellow", str(fit.note())), highlight=False)
     if as_json:
         doc = result.to_dict()
-        doc["notes"] = [n for n in [cost_notice(result), fit.note()] if n]  # stdout holds only the JSON document
+        doc["notes"] = [
+            n for n in [cost_notice(result), fit.note()] if n
+        ]  # stdout holds only the JSON document
         doc["catalog"] = str(catalog.path)
         doc["router"] = str(rt.path)
-        doc["renamed"] = renamed  # {catalog name: the router's name} for generators renamed with the same settings
+        doc["renamed"] = (
+            renamed  # {catalog name: the router's name} for generators renamed with the same settings
+        )
         from catimg.cli.scoring import own_measurements
 
-        doc["own_measurements"] = own_measurements(rt.data_card)  # gen --score / calibrate rows it was trained on
-        doc["learned_from"] = {g: rt.sources(g) for g in rt.generators}  # sets and prompts behind each prediction
+        doc["own_measurements"] = own_measurements(
+            rt.data_card
+        )  # gen --score / calibrate rows it was trained on
+        doc["learned_from"] = {
+            g: rt.sources(g) for g in rt.generators
+        }  # sets and prompts behind each prediction
         print_json(doc)
         return
     render_explain(result, catalog, rt, found, renamed, detail)
 
 
-def render_explain(result: RoutingResult, catalog: Any, rt: Any, found: Any, renamed: dict[str, str],
-                   detail: bool | None) -> None:
+def render_explain(
+    result: RoutingResult, catalog: Any, rt: Any, found: Any, renamed: dict[str, str], detail: bool | None
+) -> None:
     """explain's text output: header lines, notes, a table per prompt (or one compact table), the plan summary."""
     con = console()
     render_header(con, result, str(catalog.path), str(rt.path), found.note(REFRESH_HINT))
@@ -145,15 +172,31 @@ def learned_from_line(rt: Any, result: RoutingResult) -> str:
     for g in result.generators:
         if g.name in rt.generators and result.statuses.get(g.name) in (ROUTABLE, FORCED):
             parts.append(f"{g.name} ({', '.join(f'{s} {n:,}' for s, n in rt.sources(g.name).items())})")
-    return "predictions learned from: " + ("; ".join(parts) if parts else "no measurements (forced generator)")
+    return "predictions learned from: " + (
+        "; ".join(parts) if parts else "no measurements (forced generator)"
+    )
 
 
-def render_header(con: Console, result: RoutingResult, catalog: str, router: str, device_note: str = "") -> None:
+def render_header(
+    con: Console, result: RoutingResult, catalog: str, router: str, device_note: str = ""
+) -> None:
     lam = "-" if result.lam is None else f"{fmt_number(result.lam, 4)} ({result.level_for(result.lam)})"
-    print_fields(con, [" ".join(filter(None, [f"device: {result.device.describe()}", device_note])),
-                       f"budget: {result.budget}", f"λ: {lam}"])
-    print_fields(con, [f"catalog: {catalog}", f"router: {router}",
-                       f"metric: {result.metric} [{result.scale[0]:g}..{result.scale[1]:g}]"])
+    print_fields(
+        con,
+        [
+            " ".join(filter(None, [f"device: {result.device.describe()}", device_note])),
+            f"budget: {result.budget}",
+            f"λ: {lam}",
+        ],
+    )
+    print_fields(
+        con,
+        [
+            f"catalog: {catalog}",
+            f"router: {router}",
+            f"metric: {result.metric} [{result.scale[0]:g}..{result.scale[1]:g}]",
+        ],
+    )
 
 
 def print_warnings(result: RoutingResult | None = None, notice: bool = True) -> None:
@@ -176,8 +219,11 @@ def cost_notice(result: RoutingResult) -> str | None:
 
     if result.lam is None:
         return None
-    return estimate_notice(result.costs, [n for n, st in result.statuses.items() if st == "routable"],
-                           models={g.name: g.model for g in result.generators})
+    return estimate_notice(
+        result.costs,
+        [n for n, st in result.statuses.items() if st == "routable"],
+        models={g.name: g.model for g in result.generators},
+    )
 
 
 def render_cost_notes(con: Console, result: RoutingResult) -> None:
@@ -196,11 +242,15 @@ def _q(v: float | None, u: float | None = None) -> str:
 def render_route(con: Console, result: RoutingResult, route: PromptRoute) -> None:
     from catimg.costs.model import COST_SOURCES
 
-    t = Table(title=f"[{route.index + 1}] {route.prompt}", title_justify="left", show_edge=False, pad_edge=False)
+    t = Table(
+        title=f"[{route.index + 1}] {route.prompt}", title_justify="left", show_edge=False, pad_edge=False
+    )
     t.add_column("generator")
     t.add_column("predicted quality", justify="right")
     t.add_column("seconds", justify="right")
-    t.add_column("cost from")  # the one cost rule: explicit, measured, router data or estimated (catimg.costs.model)
+    t.add_column(
+        "cost from"
+    )  # the one cost rule: explicit, measured, router data or estimated (catimg.costs.model)
     t.add_column("TFLOPs", justify="right")
     t.add_column("value", justify="right")
     t.add_column("status")
@@ -218,7 +268,9 @@ def render_route(con: Console, result: RoutingResult, route: PromptRoute) -> Non
     print_table(con, t, drop=("TFLOPs", "value", "cost from"), wrap=("status",))
     lines = []
     if route.runner_up is not None and route.margin is not None:
-        lines.append(f"pick {route.choice}; runner-up {route.runner_up}, behind by {fmt_fixed(route.margin, 3)} in value")
+        lines.append(
+            f"pick {route.choice}; runner-up {route.runner_up}, behind by {fmt_fixed(route.margin, 3)} in value"
+        )
     if route.switch_up:
         g, lam = route.switch_up
         lines.append(f"would switch to {g} at λ < {fmt_number(lam, 4)} ({result.level_for(lam)})")
@@ -226,8 +278,11 @@ def render_route(con: Console, result: RoutingResult, route: PromptRoute) -> Non
         g, lam = route.switch_down
         lines.append(f"would switch to {g} at λ > {fmt_number(lam, 4)} ({result.level_for(lam)})")
     if route.neighbours_by_set:  # a router trained on several sets: the nearest prompt of each
-        sims = "; ".join(f'{name}: "{hits[0][0]}" ({fmt_fixed(hits[0][1], 2)})'
-                         for name, hits in route.neighbours_by_set.items() if hits)
+        sims = "; ".join(
+            f'{name}: "{hits[0][0]}" ({fmt_fixed(hits[0][1], 2)})'
+            for name, hits in route.neighbours_by_set.items()
+            if hits
+        )
         lines.append(f"most similar training prompt per set: {sims}")
     elif route.neighbours:
         sims = "; ".join(f'"{p}" ({fmt_fixed(s, 2)})' for p, s in route.neighbours)
@@ -242,15 +297,27 @@ def render_compact(con: Console, result: RoutingResult) -> None:
     rows = []
     for route in result.routes[:COMPACT_LIMIT]:
         r = route.row(route.choice)
-        rows.append((str(route.index + 1), route.prompt, route.choice, _q(r.predicted_quality, r.uncertainty),
-                     fmt_seconds(r.cost_seconds)))
+        rows.append(
+            (
+                str(route.index + 1),
+                route.prompt,
+                route.choice,
+                _q(r.predicted_quality, r.uncertainty),
+                fmt_seconds(r.cost_seconds),
+            )
+        )
     headers = ("#", "prompt", "generator", "quality", "seconds")
     widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
     # the prompt takes what the other columns (whole, never cut) and the 4 separators leave, at least 12
     widths[1] = max(12, min(widths[1], con.width - (sum(widths) - widths[1]) - 4 * 3))
     for i, header in enumerate(headers):
-        t.add_column(header, justify="left" if header in ("prompt", "generator") else "right", no_wrap=True,
-                     overflow="ellipsis" if header == "prompt" else "fold", width=widths[i])
+        t.add_column(
+            header,
+            justify="left" if header in ("prompt", "generator") else "right",
+            no_wrap=True,
+            overflow="ellipsis" if header == "prompt" else "fold",
+            width=widths[i],
+        )
     for row in rows:
         t.add_row(*row)
     con.print(t)
@@ -271,8 +338,14 @@ def render_summary(con: Console, result: RoutingResult) -> None:
     for name, count in sorted(result.shares().items(), key=lambda kv: -kv[1]):
         rows = [rt.row(name) for rt in result.routes if rt.choice == name]
         qs = [r.predicted_quality for r in rows if r.predicted_quality is not None]
-        t.add_row(name, f"{count:,}", f"{100 * count / n:.0f}%", fmt_seconds(sum(r.cost_seconds for r in rows)),
-                  result.costs[name].source, _q(sum(qs) / len(qs)) if qs else "-")
+        t.add_row(
+            name,
+            f"{count:,}",
+            f"{100 * count / n:.0f}%",
+            fmt_seconds(sum(r.cost_seconds for r in rows)),
+            result.costs[name].source,
+            _q(sum(qs) / len(qs)) if qs else "-",
+        )
     print_table(con, t, drop=("share", "cost from"), wrap=("mean predicted quality",))
     total = result.planned_seconds + result.planned_load_seconds
     line = f"planned: {fmt_seconds(total)} ({fmt_seconds(result.planned_seconds)} generating + {fmt_seconds(result.planned_load_seconds)} loading)"
@@ -325,33 +398,78 @@ def models(
             status = "needs calibration"
         statuses[g.name] = status
         local[g.name] = _weights_local(g)
-        rows.append({
-            "name": g.name, "source": g.source, "family": g.family, "steps": g.steps, "guidance": g.guidance,
-            "width": g.width, "height": g.height, "scheduler": g.scheduler, "enabled": g.enabled,
-            "cost_seconds": c.seconds, "cost_tflops": c.tflops, "cost_kind": c.kind, "cost_source": c.source, "feasible": c.feasible,
-            "offload": c.offload, "cost_note": c.note, "weights_local": local[g.name], "router": status,
-            "note": g.note,
-        })
+        rows.append(
+            {
+                "name": g.name,
+                "source": g.source,
+                "family": g.family,
+                "steps": g.steps,
+                "guidance": g.guidance,
+                "width": g.width,
+                "height": g.height,
+                "scheduler": g.scheduler,
+                "enabled": g.enabled,
+                "cost_seconds": c.seconds,
+                "cost_tflops": c.tflops,
+                "cost_kind": c.kind,
+                "cost_source": c.source,
+                "feasible": c.feasible,
+                "offload": c.offload,
+                "cost_note": c.note,
+                "weights_local": local[g.name],
+                "router": status,
+                "note": g.note,
+            }
+        )
     if as_json:
-        print_json({"catalog": str(catalog.path), "origin": catalog.origin, "device": dev.to_dict(),
-                    "device_source": found.source, "generators": rows})
+        print_json(
+            {
+                "catalog": str(catalog.path),
+                "origin": catalog.origin,
+                "device": dev.to_dict(),
+                "device_source": found.source,
+                "generators": rows,
+            }
+        )
         return
     con = console()
     con.print(f"catalog: {catalog.path} ({catalog.origin})")
     con.print(" ".join(filter(None, [f"device: {dev.describe()}", found.note(REFRESH_HINT)])))
     t = Table(show_edge=False, pad_edge=False)
-    for col, just in (("name", "left"), ("source", "left"), ("steps", "right"), ("size", "right"), ("cfg", "right"),
-                      ("seconds", "right"), ("TFLOPs", "right"), ("weights", "left"), ("router", "left")):
+    for col, just in (
+        ("name", "left"),
+        ("source", "left"),
+        ("steps", "right"),
+        ("size", "right"),
+        ("cfg", "right"),
+        ("seconds", "right"),
+        ("TFLOPs", "right"),
+        ("weights", "left"),
+        ("router", "left"),
+    ):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for g in catalog.generators:
         c = costs[g.name]
-        secs = fmt_seconds(c.seconds) + ("*" if c.kind == "estimated" else "") + ("!" if c.offload or not c.feasible else "")
-        t.add_row(g.name, g.source, str(g.steps), (f"{g.width}²" if g.width == g.height else f"{g.width}×{g.height}"),
-                  fmt_number(g.guidance), secs, fmt_tflops(c.tflops), "local" if local[g.name] else "missing",
-                  statuses[g.name])
+        secs = (
+            fmt_seconds(c.seconds)
+            + ("*" if c.kind == "estimated" else "")
+            + ("!" if c.offload or not c.feasible else "")
+        )
+        t.add_row(
+            g.name,
+            g.source,
+            str(g.steps),
+            (f"{g.width}²" if g.width == g.height else f"{g.width}×{g.height}"),
+            fmt_number(g.guidance),
+            secs,
+            fmt_tflops(c.tflops),
+            "local" if local[g.name] else "missing",
+            statuses[g.name],
+        )
     # Cells keep their full text: on a narrow terminal columns go, the sources (long Hub ids) below the table.
-    if "source" in print_table(con, t, drop=("cfg", "source", "TFLOPs", "size", "steps"), wrap=("router",),
-                               below=("source",)):
+    if "source" in print_table(
+        con, t, drop=("cfg", "source", "TFLOPs", "size", "steps"), wrap=("router",), below=("source",)
+    ):
         for g in catalog.generators:
             con.print(f"  {g.name}: {g.source}", highlight=False)
     if any(costs[g.name].offload or not costs[g.name].feasible for g in catalog.generators):
@@ -460,8 +578,13 @@ def _doctor_router(router: Path | None, catalog: Any, doc: dict[str, Any], probl
     except CatimgError as exc:
         problems.append(exc.message)
         return None
-    doc["router"] = {"path": str(rt.path), "generators": rt.generators, "metric": rt.metric,
-                     "levels": rt.levels, "version": rt.version}
+    doc["router"] = {
+        "path": str(rt.path),
+        "generators": rt.generators,
+        "metric": rt.metric,
+        "levels": rt.levels,
+        "version": rt.version,
+    }
     if catalog is not None:
         try:
             from catimg.routing.encoder import ENCODER_ID
@@ -474,21 +597,35 @@ def _doctor_router(router: Path | None, catalog: Any, doc: dict[str, Any], probl
 
 def _doctor_row(g: Any, rt: Any) -> dict[str, Any]:
     old = known_as(rt, g) if rt is not None else None
-    return {"name": g.name, "source": g.source, "enabled": g.enabled, "weights_local": _weights_local(g),
-            "local_folder": bool(g.is_local_folder), "router_knows": bool(rt.knows(g)) if rt else False,
-            "router_name": old}
+    return {
+        "name": g.name,
+        "source": g.source,
+        "enabled": g.enabled,
+        "weights_local": _weights_local(g),
+        "local_folder": bool(g.is_local_folder),
+        "router_knows": bool(rt.knows(g)) if rt else False,
+        "router_name": old,
+    }
 
 
 def _render_doctor(doc: dict[str, Any], found: Any, rt: Any) -> None:
     con = console()
-    print_fields(con, [f"versions: {k} {v}" if i == 0 else f"{k} {v}" for i, (k, v) in enumerate(doc["versions"].items())],
-                 sep=", ")
+    print_fields(
+        con,
+        [f"versions: {k} {v}" if i == 0 else f"{k} {v}" for i, (k, v) in enumerate(doc["versions"].items())],
+        sep=", ",
+    )
     con.print(f"catalog: {doc['catalog']['path']} (from {doc['catalog']['origin']})")
     if found is not None:
         con.print(" ".join(filter(None, [f"device: {found.info.describe()}", found.note(REFRESH_HINT)])))
     hub = doc["hub"]
-    downloads = ("off: HF_HUB_OFFLINE is set" if hub["offline"] else "allowed" if hub["downloads_allowed"]
-                 else "off (set CATIMG_ALLOW_DOWNLOAD=1 or pass --allow-download to gen)")
+    downloads = (
+        "off: HF_HUB_OFFLINE is set"
+        if hub["offline"]
+        else "allowed"
+        if hub["downloads_allowed"]
+        else "off (set CATIMG_ALLOW_DOWNLOAD=1 or pass --allow-download to gen)"
+    )
     print_fields(con, [f"hub cache: {hub['cache']}", f"downloads: {downloads}"])
     if rt is not None:
         con.print(f"router: {rt.path} ({rt.metric}; knows {', '.join(rt.generators)})")
@@ -497,10 +634,20 @@ def _render_doctor(doc: dict[str, Any], found: Any, rt: Any) -> None:
     for c in ("generator", "source", "enabled", "weights", "router"):
         t.add_column(c)
     for row in gens:
-        router_cell = ("knows" if row["router_knows"] else f"known as {row['router_name']}" if row["router_name"]
-                       else "needs calibration")
-        t.add_row(row["name"], row["source"], "yes" if row["enabled"] else "no",
-                  "local" if row["weights_local"] else "missing", router_cell)
+        router_cell = (
+            "knows"
+            if row["router_knows"]
+            else f"known as {row['router_name']}"
+            if row["router_name"]
+            else "needs calibration"
+        )
+        t.add_row(
+            row["name"],
+            row["source"],
+            "yes" if row["enabled"] else "no",
+            "local" if row["weights_local"] else "missing",
+            router_cell,
+        )
     if "source" in print_table(con, t, drop=("source", "enabled"), wrap=("router",), below=("source",)):
         for row in gens:
             con.print(f"  {row['name']}: {row['source']}", highlight=False)
@@ -508,11 +655,17 @@ def _render_doctor(doc: dict[str, Any], found: Any, rt: Any) -> None:
         con.print(line, highlight=False)
     for row in gens:
         if row["router_name"]:
-            con.print(label("note:", "yellow", renamed_note(row["name"], row["router_name"], doc["catalog"]["path"])))
+            con.print(
+                label(
+                    "note:", "yellow", renamed_note(row["name"], row["router_name"], doc["catalog"]["path"])
+                )
+            )
     for p in doc["problems"]:
         con.print(label("problem:", "red", p))
     if not doc["problems"]:
-        con.print("ok: routing works offline; generators marked missing need their weights before `catimg gen`")
+        con.print(
+            "ok: routing works offline; generators marked missing need their weights before `catimg gen`"
+        )
 
 
 def _fetch_lines(gens: list[dict[str, Any]], hub: dict[str, Any]) -> list[str]:

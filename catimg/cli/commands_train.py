@@ -12,17 +12,26 @@ from catimg.cli.common import DEVICE_OPT, JSON_OPT, MODELS_OPT
 from catimg.errors import InputError, MeasurementsError
 
 
-def _load_tables(measurements: list[Path] | None, db: Path | None, catalog: Any, metric: str | None,
-                 generators: list[str] | None = None) -> list[Any]:
+def _load_tables(
+    measurements: list[Path] | None,
+    db: Path | None,
+    catalog: Any,
+    metric: str | None,
+    generators: list[str] | None = None,
+) -> list[Any]:
     """One MeasurementTable per --measurements file, then the --db store's; at least one source is required.
     With several sets, --metric applies to a set only where that set has rows of it."""
     files = list(measurements or [])
     if not files and db is None:
-        raise InputError("give --measurements FILE (CSV or JSONL, repeatable) and/or --db PATH (a calibration database)")
+        raise InputError(
+            "give --measurements FILE (CSV or JSONL, repeatable) and/or --db PATH (a calibration database)"
+        )
     if len(files) + (db is not None) == 1:
         return [_load_table(files[0] if files else None, db, catalog, metric, generators)]
-    return [_load_table(f, None, catalog, metric if metric and _has_metric(f, metric) else None, generators) for f in files] + (
-        [_load_table(None, db, catalog, metric, generators)] if db is not None else [])
+    return [
+        _load_table(f, None, catalog, metric if metric and _has_metric(f, metric) else None, generators)
+        for f in files
+    ] + ([_load_table(None, db, catalog, metric, generators)] if db is not None else [])
 
 
 def _has_metric(path: Path, metric: str) -> bool:
@@ -31,16 +40,25 @@ def _has_metric(path: Path, metric: str) -> bool:
     return any((r.metric or "score") == metric for r in read_rows(path))
 
 
-def _load_table(measurements: Path | None, db: Path | None, catalog: Any, metric: str | None,
-                generators: list[str] | None = None) -> Any:
+def _load_table(
+    measurements: Path | None,
+    db: Path | None,
+    catalog: Any,
+    metric: str | None,
+    generators: list[str] | None = None,
+) -> Any:
     if (measurements is None) == (db is None):
-        raise InputError("give exactly one of --measurements FILE (CSV or JSONL) or --db PATH (a calibration database)")
+        raise InputError(
+            "give exactly one of --measurements FILE (CSV or JSONL) or --db PATH (a calibration database)"
+        )
     if measurements is not None:
         from catimg.measurements import read_measurements
 
         if catalog is None:
             return read_measurements(measurements, metric=metric)
-        return read_measurements(measurements, known_generators=catalog.names, metric=metric, catalog_path=catalog.path)
+        return read_measurements(
+            measurements, known_generators=catalog.names, metric=metric, catalog_path=catalog.path
+        )
     from catimg.calibration.store import Store
 
     store = Store.open(db, create=False)
@@ -49,7 +67,9 @@ def _load_table(measurements: Path | None, db: Path | None, catalog: Any, metric
             have = store.metrics()
             if len(have) != 1:
                 listing = ", ".join(have) or "none"
-                raise MeasurementsError(f"{store.path}: choose a metric with --metric (stored metrics: {listing})")
+                raise MeasurementsError(
+                    f"{store.path}: choose a metric with --metric (stored metrics: {listing})"
+                )
             metric = next(iter(have))
         if catalog is not None:
             # the catalog's current settings only: a generator changed since it was measured is not trained on
@@ -72,15 +92,54 @@ def _load_table(measurements: Path | None, db: Path | None, catalog: Any, metric
 
 @app.command()
 def train(
-    measurements: list[Path] = typer.Option(None, "--measurements", "-M", help="Long-format CSV or JSONL: prompt,generator,score[,metric,seconds,seed,source]. Repeat it to train on several sets at once (each keeps its metric; see --scale).", show_default=False),
-    db: Path = typer.Option(None, "--db", help="Train from a calibration database (see `catimg calibrate`), alone or as one more set next to --measurements.", show_default=False),
+    measurements: list[Path] = typer.Option(
+        None,
+        "--measurements",
+        "-M",
+        help="Long-format CSV or JSONL: prompt,generator,score[,metric,seconds,seed,source]. Repeat it to train on several sets at once (each keeps its metric; see --scale).",
+        show_default=False,
+    ),
+    db: Path = typer.Option(
+        None,
+        "--db",
+        help="Train from a calibration database (see `catimg calibrate`), alone or as one more set next to --measurements.",
+        show_default=False,
+    ),
     models: Path = MODELS_OPT,
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the router artifact to.", show_default=False),
-    scale: list[str] = typer.Option(None, "--scale", help="With several sets: the range METRIC=LO:HI of a metric catimg does not know (its worst and best possible scores).", show_default=False),
-    predictor: str = typer.Option("auto", "--predictor", "-p", help="auto (the best on held-out data: ridge), ridge, blend or knn (the paper's reference)."),
-    metric: str = typer.Option(None, "--metric", help="Use only rows of this metric (required when the file mixes metrics).", show_default=False),
-    holdout: float = typer.Option(None, "--holdout", help="Keep this share of prompts out (a stable split by prompt text; `catimg eval --holdout` uses the same).", show_default=False),
-    generators: str = typer.Option(None, "--generators", "-g", help="With --db: comma-separated generators to train on (default: every catalog generator with measurements).", show_default=False),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Folder to write the router artifact to.", show_default=False
+    ),
+    scale: list[str] = typer.Option(
+        None,
+        "--scale",
+        help="With several sets: the range METRIC=LO:HI of a metric catimg does not know (its worst and best possible scores).",
+        show_default=False,
+    ),
+    predictor: str = typer.Option(
+        "auto",
+        "--predictor",
+        "-p",
+        help="auto (the best on held-out data: ridge), ridge, blend or knn (the paper's reference).",
+    ),
+    metric: str = typer.Option(
+        None,
+        "--metric",
+        help="Use only rows of this metric (required when the file mixes metrics).",
+        show_default=False,
+    ),
+    holdout: float = typer.Option(
+        None,
+        "--holdout",
+        help="Keep this share of prompts out (a stable split by prompt text; `catimg eval --holdout` uses the same).",
+        show_default=False,
+    ),
+    generators: str = typer.Option(
+        None,
+        "--generators",
+        "-g",
+        help="With --db: comma-separated generators to train on (default: every catalog generator with measurements).",
+        show_default=False,
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite a router already in --out."),
     json_out: bool = JSON_OPT,
 ) -> None:
@@ -114,7 +173,9 @@ def train(
         from catimg.training.joint import join, parse_scales, set_name
 
         names = [set_name(t, f"set{i + 1}") for i, t in enumerate(tables)]
-        if db is not None:  # the store's rows come from several sources (calibrate, gen): name the set after it
+        if (
+            db is not None
+        ):  # the store's rows come from several sources (calibrate, gen): name the set after it
             names[-1] = f"store:{db.expanduser().name}"
         joint = join(tables, names=names, scales=parse_scales(scale))
     table = joint.table if joint is not None else tables[0]
@@ -122,15 +183,31 @@ def train(
     from catimg.cli.progress import embedding_progress
 
     with embedding_progress():  # the embedding stage of thousands of prompts takes minutes
-        router = train_router(table, catalog, out, predictor=predictor, metric=metric, joint=joint, data_card=extra,
-                              progress=_progress_line(table.n_prompts < PROGRESS_FROM))
+        router = train_router(
+            table,
+            catalog,
+            out,
+            predictor=predictor,
+            metric=metric,
+            joint=joint,
+            data_card=extra,
+            progress=_progress_line(table.n_prompts < PROGRESS_FROM),
+        )
     cfg = router.config
     from catimg.cli.render import error_console, label
 
     for w in router.data_card.get("warnings", []):
         error_console().print(label("warning:", "yellow", w), highlight=False, soft_wrap=True)
     if json_out:
-        print_json({"router": str(router.path), **{k: cfg[k] for k in ("generators", "cost_unit", "metric", "budget", "predictor", "data_card")}})
+        print_json(
+            {
+                "router": str(router.path),
+                **{
+                    k: cfg[k]
+                    for k in ("generators", "cost_unit", "metric", "budget", "predictor", "data_card")
+                },
+            }
+        )
         return
     _render_train(router)
 
@@ -144,8 +221,10 @@ def _render_train(router: Any) -> None:
     cfg = router.config
     con = console()
     card = router.data_card
-    con.print(f"Trained a {router.predictor_name} router on {card['n_prompts']} prompts "
-              f"(metric {router.metric}, scale {router.scale[0]:g}-{router.scale[1]:g}) -> {router.path}")
+    con.print(
+        f"Trained a {router.predictor_name} router on {card['n_prompts']} prompts "
+        f"(metric {router.metric}, scale {router.scale[0]:g}-{router.scale[1]:g}) -> {router.path}"
+    )
     t = Table(title="Generators", title_justify="left")
     for col in ("generator", "measured prompts", f"cost ({router.cost_unit})", "cost source"):
         t.add_column(col, justify="right" if col != "generator" else "left")
@@ -160,16 +239,30 @@ def _render_train(router: Any) -> None:
     con.print(lv)
     ho = card.get("held_out", {})
     if "summaries" in ho:
-        con.print(_summary_table(ho["summaries"], ho["single"], ho["best_single"], router.cost_unit,
-                                 f"Held-out ({ho['n_test']} prompts)"))
+        con.print(
+            _summary_table(
+                ho["summaries"],
+                ho["single"],
+                ho["best_single"],
+                router.cost_unit,
+                f"Held-out ({ho['n_test']} prompts)",
+            )
+        )
     elif "held_out_by_set" not in card:
         con.print(f"held-out: {ho.get('note', 'not computed')}")
     for set_name, sh in card.get("held_out_by_set", {}).items():
         if "summaries" not in sh:
             con.print(f"held-out on {set_name}: {sh['note']}")
             continue
-        con.print(_summary_table(sh["summaries"], sh["single"], sh["best_single"], router.cost_unit,
-                                 f"Held-out on {set_name} ({sh['n_test']} prompts, {sh['metric']})"))
+        con.print(
+            _summary_table(
+                sh["summaries"],
+                sh["single"],
+                sh["best_single"],
+                router.cost_unit,
+                f"Held-out on {set_name} ({sh['n_test']} prompts, {sh['metric']})",
+            )
+        )
 
 
 #: Training on this many prompts or more prints one line per stage on stderr (smaller runs take seconds).
@@ -206,19 +299,35 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def _summary_table(summaries: list[dict[str, Any]], single: list[dict[str, Any]], best: str, unit: str, title: str) -> Any:
+def _summary_table(
+    summaries: list[dict[str, Any]], single: list[dict[str, Any]], best: str, unit: str, title: str
+) -> Any:
     from rich.table import Table
 
     best_cost = next(s["cost"] for s in single if s["name"] == best)
     best_q = next(s["quality"] for s in single if s["name"] == best)
-    t = Table(title=f"{title}: best single generator {best} (quality {best_q:.3f} at {best_cost:.4g} {unit})", title_justify="left")
-    for col in ("policy", "AUC", "quality at best single's cost", f"cost to match ({unit})", "cost to match (% of best single)",
-                "APGR (share of the oracle's gain)"):
+    t = Table(
+        title=f"{title}: best single generator {best} (quality {best_q:.3f} at {best_cost:.4g} {unit})",
+        title_justify="left",
+    )
+    for col in (
+        "policy",
+        "AUC",
+        "quality at best single's cost",
+        f"cost to match ({unit})",
+        "cost to match (% of best single)",
+        "APGR (share of the oracle's gain)",
+    ):
         t.add_column(col, justify="right" if col != "policy" else "left")
     for s in summaries:
-        t.add_row(s["name"], _fmt(s["auc"]), _fmt(s["quality_at_best_cost"]), _fmt(s["cost_to_match"], ".4g"),
-                  "never" if s["cost_to_match_pct"] is None else f"{s['cost_to_match_pct']:.1f}%",
-                  "-" if s.get("apgr") is None else f"{100 * s['apgr']:.1f}%")
+        t.add_row(
+            s["name"],
+            _fmt(s["auc"]),
+            _fmt(s["quality_at_best_cost"]),
+            _fmt(s["cost_to_match"], ".4g"),
+            "never" if s["cost_to_match_pct"] is None else f"{s['cost_to_match_pct']:.1f}%",
+            "-" if s.get("apgr") is None else f"{100 * s['apgr']:.1f}%",
+        )
     return t
 
 
@@ -235,18 +344,53 @@ def _eval_costs(rt: Any, models: Path | None, device: str | None) -> tuple[Any, 
     except ConfigError as exc:
         if models is not None:
             raise
-        return None, f"costs are the router's training costs ({rt.cost_unit}): no usable catalog ({exc.message})"
+        return (
+            None,
+            f"costs are the router's training costs ({rt.cost_unit}): no usable catalog ({exc.message})",
+        )
     return router_generator_costs(rt, catalog, detect_device(device))
 
 
 @app.command(name="eval")
 def eval_(
-    router: Path = typer.Option(None, "--router", "-r", help="Router artifact folder (default: the bundled router).", show_default=False),
-    measurements: Path = typer.Option(None, "--measurements", "-M", help="Held-out long-format CSV or JSONL measured on the router's generators.", show_default=False),
-    db: Path = typer.Option(None, "--db", help="Evaluate on a calibration database instead (with --holdout: its held-out part).", show_default=False),
-    holdout: float = typer.Option(None, "--holdout", help="Evaluate only on this held-out share (the same stable split as `train --holdout`).", show_default=False),
-    metric: str = typer.Option(None, "--metric", help="Use only rows of this metric (default: the router's metric when the file has it).", show_default=False),
-    plot: Path = typer.Option(None, "--plot", help="Also draw the quality-cost curves to this PNG (needs matplotlib: pip install 'catimg\\[plot]').", show_default=False),
+    router: Path = typer.Option(
+        None,
+        "--router",
+        "-r",
+        help="Router artifact folder (default: the bundled router).",
+        show_default=False,
+    ),
+    measurements: Path = typer.Option(
+        None,
+        "--measurements",
+        "-M",
+        help="Held-out long-format CSV or JSONL measured on the router's generators.",
+        show_default=False,
+    ),
+    db: Path = typer.Option(
+        None,
+        "--db",
+        help="Evaluate on a calibration database instead (with --holdout: its held-out part).",
+        show_default=False,
+    ),
+    holdout: float = typer.Option(
+        None,
+        "--holdout",
+        help="Evaluate only on this held-out share (the same stable split as `train --holdout`).",
+        show_default=False,
+    ),
+    metric: str = typer.Option(
+        None,
+        "--metric",
+        help="Use only rows of this metric (default: the router's metric when the file has it).",
+        show_default=False,
+    ),
+    plot: Path = typer.Option(
+        None,
+        "--plot",
+        help="Also draw the quality-cost curves to this PNG (needs matplotlib: pip install 'catimg\\[plot]').",
+        show_default=False,
+    ),
     models: Path | None = MODELS_OPT,
     device: str | None = DEVICE_OPT,
     json_out: bool = JSON_OPT,
@@ -276,31 +420,48 @@ def eval_(
     from catimg.cli.progress import embedding_progress
 
     with embedding_progress():  # embedding thousands of prompts takes minutes: progress on stderr
-        report = evaluate_router(rt, source, metric=metric,
-                                 costs=None if costs is None else {n: c.seconds for n, c in costs.items()},
-                                 cost_unit=None if costs is None else "seconds")
+        report = evaluate_router(
+            rt,
+            source,
+            metric=metric,
+            costs=None if costs is None else {n: c.seconds for n, c in costs.items()},
+            cost_unit=None if costs is None else "seconds",
+        )
     if report.ignored:
         from catimg.cli.render import error_console, label
         from catimg.errors import did_you_mean
 
         names = ", ".join(g + did_you_mean(g, rt.generators) for g in report.ignored)
-        error_console().print(label("warning:", "yellow", f"{measurements or db}: generators not in the router, ignored: {names}"),
-                              highlight=False)
+        error_console().print(
+            label(
+                "warning:", "yellow", f"{measurements or db}: generators not in the router, ignored: {names}"
+            ),
+            highlight=False,
+        )
     if report.seen_in_training:
         from catimg.cli.render import error_console, label
 
-        error_console().print(label(
-            "warning:", "yellow",
-            f"{report.seen_in_training} of the {report.n_prompts} prompts are in the router's training data, so these "
-            "numbers are not held-out; evaluate on prompts it was not trained on (train --holdout / eval --holdout)"),
-            highlight=False)
+        error_console().print(
+            label(
+                "warning:",
+                "yellow",
+                f"{report.seen_in_training} of the {report.n_prompts} prompts are in the router's training data, so these "
+                "numbers are not held-out; evaluate on prompts it was not trained on (train --holdout / eval --holdout)",
+            ),
+            highlight=False,
+        )
     if plot is not None:
         from catimg.training.evaluate import plot_report
 
         plot_report(report, plot)
     if json_out:
-        print_json({**report.to_json(), "costs_note": costs_note,
-                    "cost_sources": {n: c.source for n, c in costs.items()} if costs else None})
+        print_json(
+            {
+                **report.to_json(),
+                "costs_note": costs_note,
+                "cost_sources": {n: c.source for n, c in costs.items()} if costs else None,
+            }
+        )
         return
     _render_eval(rt, report, measurements or db, costs, costs_note, plot)
 
@@ -312,21 +473,37 @@ def _render_eval(rt: Any, report: Any, source: Any, costs: Any, costs_note: str,
     from catimg.cli.render import console
 
     con = console()
-    seen = (f" ({report.seen_in_training} of them in its training data: not held out)" if report.seen_in_training
-            else "")
-    con.print(f"Router {rt.path} ({rt.predictor_name}) on {report.n_prompts} "
-              f"{'' if report.seen_in_training else 'held-out '}prompts of {source}{seen}"
-              + (f" ({report.n_dropped} dropped: not measured on every generator)" if report.n_dropped else ""))
+    seen = (
+        f" ({report.seen_in_training} of them in its training data: not held out)"
+        if report.seen_in_training
+        else ""
+    )
+    con.print(
+        f"Router {rt.path} ({rt.predictor_name}) on {report.n_prompts} "
+        f"{'' if report.seen_in_training else 'held-out '}prompts of {source}{seen}"
+        + (f" ({report.n_dropped} dropped: not measured on every generator)" if report.n_dropped else "")
+    )
     con.print(costs_note)
     st = Table(title=f"Single generators ({report.metric})", title_justify="left")
     for col in ("generator", f"cost ({report.cost_unit})", "cost from", "mean quality"):
         st.add_column(col, justify="right" if col not in ("generator", "cost from") else "left")
     for s in report.single:
-        st.add_row(s["name"] + (" (best)" if s["name"] == report.best_single else ""), f"{s['cost']:.4g}",
-                   costs[s["name"]].source if costs else "router training", f"{s['quality']:.3f}")
+        st.add_row(
+            s["name"] + (" (best)" if s["name"] == report.best_single else ""),
+            f"{s['cost']:.4g}",
+            costs[s["name"]].source if costs else "router training",
+            f"{s['quality']:.3f}",
+        )
     con.print(st)
-    con.print(_summary_table([s.__dict__ for s in report.summaries], report.single, report.best_single,
-                             report.cost_unit, "Routing"))
+    con.print(
+        _summary_table(
+            [s.__dict__ for s in report.summaries],
+            report.single,
+            report.best_single,
+            report.cost_unit,
+            "Routing",
+        )
+    )
     lv = Table(title="Budget levels on these prompts", title_justify="left")
     lv.add_column("level")
     lv.add_column("lambda", justify="right")
@@ -335,8 +512,13 @@ def _render_eval(rt: Any, report: Any, source: Any, costs: Any, costs_note: str,
     for g in report.generators:
         lv.add_column(g, justify="right")
     for row in report.levels:
-        lv.add_row(row["name"], f"{row['lambda']:.4f}", f"{row['cost']:.4g}", f"{row['quality']:.3f}",
-                   *[f"{100 * row['shares'][g]:.0f}%" for g in report.generators])
+        lv.add_row(
+            row["name"],
+            f"{row['lambda']:.4f}",
+            f"{row['cost']:.4g}",
+            f"{row['quality']:.3f}",
+            *[f"{100 * row['shares'][g]:.0f}%" for g in report.generators],
+        )
     con.print(lv)
     if plot is not None:
         con.print(f"plot written to {plot}")

@@ -19,34 +19,54 @@ if TYPE_CHECKING:
     from catimg.routing.router import Router
 
 # Reusable option declarations: one place for names, defaults and help.
-PROMPTS_ARG = typer.Argument(None, help="One or more prompts (quote each). Use -f FILE for a prompt file.", show_default=False)
+PROMPTS_ARG = typer.Argument(
+    None, help="One or more prompts (quote each). Use -f FILE for a prompt file.", show_default=False
+)
 FILE_OPT = typer.Option(
-    None, "--file", "-f",
+    None,
+    "--file",
+    "-f",
     help="Prompt file: UTF-8, one prompt a line; blank lines and lines starting with # are skipped. - reads standard input.",
     show_default=False,
 )
 BUDGET_OPT = typer.Option(
-    None, "--budget", "-b",
+    None,
+    "--budget",
+    "-b",
     help="Per-image budget: low, medium (default), high, max, or mean seconds per image on this device such as 2.5s.",
     show_default=False,
 )
 TOTAL_BUDGET_OPT = typer.Option(
-    None, "--total-budget", "-T",
+    None,
+    "--total-budget",
+    "-T",
     help="One budget for all prompts (with loading), e.g. 90s, 10m, 1h30m: most total predicted quality that fits.",
     show_default=False,
 )
 MODELS_OPT = typer.Option(
-    None, "--models", "-m",
+    None,
+    "--models",
+    "-m",
     help="models.toml to use (default: $CATIMG_MODELS, ./models.toml, the user config dir, then the packaged default).",
     show_default=False,
 )
-ROUTER_OPT = typer.Option(None, "--router", "-r", help="Router artifact folder (default: the bundled router).", show_default=False)
-GENERATOR_OPT = typer.Option(
-    None, "--generator", "-g", help="Force this generator for every prompt (skips routing).", show_default=False
+ROUTER_OPT = typer.Option(
+    None, "--router", "-r", help="Router artifact folder (default: the bundled router).", show_default=False
 )
-DEVICE_OPT = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: detected).", show_default=False)
+GENERATOR_OPT = typer.Option(
+    None,
+    "--generator",
+    "-g",
+    help="Force this generator for every prompt (skips routing).",
+    show_default=False,
+)
+DEVICE_OPT = typer.Option(
+    None, "--device", help="cpu, cuda, cuda:N or mps (default: detected).", show_default=False
+)
 DTYPE_OPT = typer.Option(
-    None, "--dtype", help=f"{', '.join(DTYPES[:-1])} or {DTYPES[-1]} (default: the generator's dtype, else by device).",
+    None,
+    "--dtype",
+    help=f"{', '.join(DTYPES[:-1])} or {DTYPES[-1]} (default: the generator's dtype, else by device).",
     show_default=False,
 )
 ENGINES = ("local", "ray")
@@ -59,8 +79,10 @@ JSON_OPT = typer.Option(False, "--json", help="Print one JSON document and nothi
 def check_choice(option: str, value: str | None, choices: Sequence[str]) -> None:
     """An InputError naming ``option``, the value and the closest choice unless ``value`` is None or a choice."""
     if value is not None and value not in choices:
-        raise InputError(f'{option} "{value}" is unknown{did_you_mean(value, choices)}; '
-                         f"use {', '.join(choices[:-1])} or {choices[-1]}")
+        raise InputError(
+            f'{option} "{value}" is unknown{did_you_mean(value, choices)}; '
+            f"use {', '.join(choices[:-1])} or {choices[-1]}"
+        )
 
 
 def collect_prompts(prompts: list[str] | None, file: Path | None) -> list[str]:
@@ -71,7 +93,9 @@ def collect_prompts(prompts: list[str] | None, file: Path | None) -> list[str]:
     for i, p in enumerate(given):
         if not p.strip():  # the command the user typed is the right one: say what is wrong with the prompt
             which = "the prompt" if len(given) == 1 else f"prompt {i + 1} of {len(given)}"
-            raise InputError(f'{which} is empty ("{p}"); put the text to draw in quotes, e.g. "a lighthouse at dusk"')
+            raise InputError(
+                f'{which} is empty ("{p}"); put the text to draw in quotes, e.g. "a lighthouse at dusk"'
+            )
     out = [validate_prompt(p) for p in given]
     if file is not None:
         out.extend(read_stdin_prompts() if str(file) == "-" else read_prompt_file(file))
@@ -90,13 +114,17 @@ def read_stdin_prompts() -> list[str]:
         try:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            raise InputError(f"standard input (-f -): not UTF-8 at byte {exc.start}; convert it to UTF-8") from None
+            raise InputError(
+                f"standard input (-f -): not UTF-8 at byte {exc.start}; convert it to UTF-8"
+            ) from None
     else:
         text = sys.stdin.read()
     found = parse_prompt_lines(text)
     if not found:
-        raise InputError("standard input (-f -): no prompts; send one prompt a line, e.g. "
-                         "`cat prompts.txt | catimg explain -f -`")
+        raise InputError(
+            "standard input (-f -): no prompts; send one prompt a line, e.g. "
+            "`cat prompts.txt | catimg explain -f -`"
+        )
     return found
 
 
@@ -115,7 +143,9 @@ def load_setup(
 
 
 REFRESH_DEVICE_OPT = typer.Option(
-    False, "--refresh-device", help="Probe the device with torch now instead of using the cached description.",
+    False,
+    "--refresh-device",
+    help="Probe the device with torch now instead of using the cached description.",
 )
 REFRESH_HINT = "`catimg doctor --refresh-device`"
 
@@ -147,14 +177,18 @@ def known_as(rt: Router, gen: Generator) -> str | None:
 
 
 def renamed_note(name: str, router_name: str, catalog: str) -> str:
-    return (f'{name}: known to the router as {router_name} (same settings, another name), so it is not routed; '
-            f'rename it back to "{router_name}" in {catalog} or retrain the router (`catimg train`)')
+    return (
+        f"{name}: known to the router as {router_name} (same settings, another name), so it is not routed; "
+        f'rename it back to "{router_name}" in {catalog} or retrain the router (`catimg train`)'
+    )
 
 
 def parse_budgets(budget: str | None, total_budget: str | None) -> tuple[Budget, float | None]:
     from catimg.routing.budget import parse_budget, parse_duration
 
     if budget is not None and total_budget is not None:
-        raise InputError("--budget and --total-budget both given; use --budget per image or --total-budget for the run")
+        raise InputError(
+            "--budget and --total-budget both given; use --budget per image or --total-budget for the run"
+        )
     total = parse_duration(total_budget) if total_budget is not None else None
     return parse_budget(budget), total

@@ -26,43 +26,58 @@ class CommandEntry:
 
 
 COMMANDS: dict[str, CommandEntry] = {
-    "gen": CommandEntry("commands_gen", "Route each prompt to a generator, then generate and save the images.",
-                        "Make images"),
+    "gen": CommandEntry(
+        "commands_gen", "Route each prompt to a generator, then generate and save the images.", "Make images"
+    ),
     "explain": CommandEntry(
         "commands_routing",
-        "Show, per prompt, what every generator would give and cost, which one is picked, and why.", "Make images"),
+        "Show, per prompt, what every generator would give and cost, which one is picked, and why.",
+        "Make images",
+    ),
     "inspect": CommandEntry(
-        "commands_gen", "Print what an image carries: prompt, seed, generator, settings, predictions, versions.",
-        "Make images"),
+        "commands_gen",
+        "Print what an image carries: prompt, seed, generator, settings, predictions, versions.",
+        "Make images",
+    ),
     "models": CommandEntry(
         "commands_routing",
         "List the generators of the catalog: source, settings, cost on this device, weights present, router status.",
-        "Your generators"),
+        "Your generators",
+    ),
     "bench": CommandEntry(
         "commands_bench",
         "Measure load time, seconds per step, fixed seconds per image and peak memory on this device.",
-        "Your generators"),
+        "Your generators",
+    ),
     "calibrate": CommandEntry(
         "commands_calibrate",
         "Measure your generators: generate, score and store images for a prompt set (resumable, incremental).",
-        "Your generators"),
+        "Your generators",
+    ),
     "doctor": CommandEntry(
         "commands_routing",
         "Check the installation: versions, device, Hub cache and offline readiness, router and catalog in use.",
-        "Your generators"),
+        "Your generators",
+    ),
     "measurements": CommandEntry(
         "commands_calibrate",
-        "Move measurements between the calibration database and long-format CSV/JSONL files.", "Your generators"),
-    "train": CommandEntry("commands_train", "Train a router from measured quality (no generator weights needed).",
-                          "Routers"),
+        "Move measurements between the calibration database and long-format CSV/JSONL files.",
+        "Your generators",
+    ),
+    "train": CommandEntry(
+        "commands_train", "Train a router from measured quality (no generator weights needed).", "Routers"
+    ),
     "eval": CommandEntry(
         "commands_train",
         "Evaluate a router on held-out measurements: quality-cost curve against single generators, oracle, random.",
-        "Routers"),
+        "Routers",
+    ),
     "plan": CommandEntry(
         "commands_plan",
         "Predict how long a plan takes on K GPUs: catimg's scheduling (actors per model in proportion to cost, "
-        "work stealing) against naive round-robin. Nothing is loaded.", "Routers"),
+        "work stealing) against naive round-robin. Nothing is loaded.",
+        "Routers",
+    ),
 }
 
 
@@ -77,12 +92,18 @@ def load_command(app: Any, name: str) -> Any:
     for info in app.registered_commands:
         if (info.name or typer.main.get_command_name(info.callback.__name__)) == name:
             return typer.main.get_command_from_info(
-                info, pretty_exceptions_short=app.pretty_exceptions_short, rich_markup_mode=app.rich_markup_mode)
+                info,
+                pretty_exceptions_short=app.pretty_exceptions_short,
+                rich_markup_mode=app.rich_markup_mode,
+            )
     for group in app.registered_groups:
         if group.name == name:
             return typer.main.get_group_from_info(
-                group, pretty_exceptions_short=app.pretty_exceptions_short, rich_markup_mode=app.rich_markup_mode,
-                suggest_commands=app.suggest_commands)
+                group,
+                pretty_exceptions_short=app.pretty_exceptions_short,
+                rich_markup_mode=app.rich_markup_mode,
+                suggest_commands=app.suggest_commands,
+            )
     raise RuntimeError(f"catimg.cli.{entry.module} does not define the command {name!r}")  # pragma: no cover
 
 
@@ -144,7 +165,9 @@ class LazyGroup(TyperGroup):
 
             matches = get_close_matches(args[0], list(COMMANDS)) if args and hasattr(exc, "message") else []
             if matches:
-                exc.message = f"{exc.message.rstrip('.')}. Did you mean {', '.join(repr(m) for m in matches)}?"  # type: ignore[attr-defined]
+                exc.message = (
+                    f"{exc.message.rstrip('.')}. Did you mean {', '.join(repr(m) for m in matches)}?"  # type: ignore[attr-defined]
+                )
             raise
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
@@ -163,8 +186,10 @@ def render_root_help(ctx: Any, group: Any) -> None:
     from rich.text import Text
 
     con = Console(highlight=False)
-    parts: list[Any] = [Text.assemble(("Usage: ", "yellow"), (f"{ctx.command_path} [OPTIONS] COMMAND [ARGS]...", "bold")),
-                        Text("")]
+    parts: list[Any] = [
+        Text.assemble(("Usage: ", "yellow"), (f"{ctx.command_path} [OPTIONS] COMMAND [ARGS]...", "bold")),
+        Text(""),
+    ]
     for para in (group.help or "").split("\n\n"):
         parts.extend([Text(para if para.startswith("  ") else " ".join(para.split())), Text("")])
 

@@ -61,8 +61,11 @@ class StepProgress:
         now = time.perf_counter()
         if self.tty:
             self._draw_bar(now)
-        elif self._last_line is None and now - self.t0 >= self.every or (
-                self._last_line is not None and now - self._last_line >= self.every):
+        elif (
+            self._last_line is None
+            and now - self.t0 >= self.every
+            or (self._last_line is not None and now - self._last_line >= self.every)
+        ):
             self._line(now)
 
     def advance(self, n: int = 1, label: str | None = None) -> None:
@@ -82,8 +85,12 @@ class StepProgress:
         if self.enabled and not self.tty and self._last_line is not None:
             from catimg.durations import format_duration
 
-            print(f"{self.label}: {self.done:,}/{self.total:,} done in "
-                  f"{format_duration(time.perf_counter() - self.t0)}", file=sys.stderr, flush=True)
+            print(
+                f"{self.label}: {self.done:,}/{self.total:,} done in "
+                f"{format_duration(time.perf_counter() - self.t0)}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def __enter__(self) -> StepProgress:
         return self
@@ -119,9 +126,16 @@ class StepProgress:
                 TimeRemainingColumn,
             )
 
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                 console=Console(stderr=True), transient=True)
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self._bar.start()
             self._task = self._bar.add_task(self.label, total=self.total)
         self._bar.update(self._task, completed=self.done, total=self.total, description=self.label)

@@ -28,13 +28,23 @@ def console() -> Console:
     Markup is off: prompts, paths and messages ("[generators.x]", "a sign reading [bold]") print as they are.
     Style a label with :func:`label` instead.
     """
-    return Console(width=_width(), no_color=bool(os.environ.get("NO_COLOR")), highlight=False, soft_wrap=False,
-                   markup=False)
+    return Console(
+        width=_width(),
+        no_color=bool(os.environ.get("NO_COLOR")),
+        highlight=False,
+        soft_wrap=False,
+        markup=False,
+    )
 
 
 def error_console() -> Console:
-    return Console(stderr=True, width=_width() or 200, no_color=bool(os.environ.get("NO_COLOR")), highlight=False,
-                   markup=False)
+    return Console(
+        stderr=True,
+        width=_width() or 200,
+        no_color=bool(os.environ.get("NO_COLOR")),
+        highlight=False,
+        markup=False,
+    )
 
 
 def label(name: str, style: str, text: str) -> Text:
@@ -83,7 +93,9 @@ def fmt_seconds(s: float | None) -> str:
 
 
 def fmt_tflops(t: float | None) -> str:
-    if t is None or not t > 0:  # NaN fails the test too  # 0: unknown (no FLOP estimate and no explicit cost_tflops)
+    if (
+        t is None or not t > 0
+    ):  # NaN fails the test too  # 0: unknown (no FLOP estimate and no explicit cost_tflops)
         return "-"
     return fmt_number(t)
 
@@ -135,8 +147,14 @@ def print_fields(con: Console, fields: list[str], sep: str = "   ") -> None:
         con.print(line, soft_wrap=True)
 
 
-def print_table(con: Console, table: Table, drop: tuple[str, ...] = (), wrap: tuple[str, ...] = (),
-                what: str = "columns", below: tuple[str, ...] = ()) -> list[str]:
+def print_table(
+    con: Console,
+    table: Table,
+    drop: tuple[str, ...] = (),
+    wrap: tuple[str, ...] = (),
+    what: str = "columns",
+    below: tuple[str, ...] = (),
+) -> list[str]:
     """Print ``table`` so that it fits the console without cutting a cell: every column keeps its cells whole
     (``no_wrap``) except the ``wrap`` ones, which may wrap between words; while the table is still too wide the
     ``drop`` columns are removed, in that order; if even that is not enough, cells fold onto more lines. Returns the headers of the columns removed and says which below
@@ -162,7 +180,9 @@ def print_table(con: Console, table: Table, drop: tuple[str, ...] = (), wrap: tu
     con.print(table)
     hidden = [h for h in dropped if h not in below]
     if hidden:
-        con.print(f"({', '.join(hidden)} not shown at this width; a wider terminal or --json shows all {what})")
+        con.print(
+            f"({', '.join(hidden)} not shown at this width; a wider terminal or --json shows all {what})"
+        )
     return dropped
 
 

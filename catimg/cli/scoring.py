@@ -36,16 +36,34 @@ def check_scoring(score: bool, metric: str, scorer_model: str | None, db: Path |
     from catimg.calibration.store import Store
 
     if not score:
-        given = [o for o, v in (("--metric", metric != "clipscore"), ("--scorer-model", scorer_model is not None),
-                                ("--db", db is not None)) if v]
-        raise InputError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for scoring the images; add --score")
+        given = [
+            o
+            for o, v in (
+                ("--metric", metric != "clipscore"),
+                ("--scorer-model", scorer_model is not None),
+                ("--db", db is not None),
+            )
+            if v
+        ]
+        raise InputError(
+            f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for scoring the images; add --score"
+        )
     get_spec(metric)
     check_scorer(metric, scorer_model)
     Store.open(db, dry_run=True).close()
 
 
-def start_scoring(held: ExitStack, metric: str, scorer_model: str | None, db: Path | None, dev: DeviceInfo,
-                  out: Path, plan: Sequence[PlanItem], resume: bool, say: Callable[[str], None]) -> RunScoring:
+def start_scoring(
+    held: ExitStack,
+    metric: str,
+    scorer_model: str | None,
+    db: Path | None,
+    dev: DeviceInfo,
+    out: Path,
+    plan: Sequence[PlanItem],
+    resume: bool,
+    say: Callable[[str], None],
+) -> RunScoring:
     """Open the store (closed by ``held``), load the scorer (corrupt weights: one line, nothing generated yet)
     and, with ``resume``, score the images of ``out``'s manifest that the store does not have yet."""
     from catimg.calibration.calibrate import RunScoring
@@ -76,14 +94,29 @@ def scoring_doc(scoring: RunScoring | None) -> dict[str, Any]:
     if scoring is None:
         return {}
     vals = [s.score for s in scoring.scored]
-    return {"scoring": {
-        "metric": scoring.metric, "scorer": scoring.scorer.model_id, "db": str(scoring.store.path),
-        "scored": len(vals), "from_earlier_runs": scoring.from_backlog,
-        "mean_score": sum(vals) / len(vals) if vals else None, "unscored": scoring.unscored,
-        "error": None if scoring.error is None else first_line(scoring.error, typed=True),
-        "images": [{"file": s.file.name, "generator": s.generator, "settings_hash": s.settings_hash, "seed": s.seed,
-                    "score": s.score, "seconds": s.seconds} for s in scoring.scored],
-    }}
+    return {
+        "scoring": {
+            "metric": scoring.metric,
+            "scorer": scoring.scorer.model_id,
+            "db": str(scoring.store.path),
+            "scored": len(vals),
+            "from_earlier_runs": scoring.from_backlog,
+            "mean_score": sum(vals) / len(vals) if vals else None,
+            "unscored": scoring.unscored,
+            "error": None if scoring.error is None else first_line(scoring.error, typed=True),
+            "images": [
+                {
+                    "file": s.file.name,
+                    "generator": s.generator,
+                    "settings_hash": s.settings_hash,
+                    "seed": s.seed,
+                    "score": s.score,
+                    "seconds": s.seconds,
+                }
+                for s in scoring.scored
+            ],
+        }
+    }
 
 
 def report_scoring(con: Console, scoring: RunScoring | None) -> None:
@@ -93,9 +126,13 @@ def report_scoring(con: Console, scoring: RunScoring | None) -> None:
     vals = [s.score for s in scoring.scored]
     mean = f", mean {sum(vals) / len(vals):.3g}" if vals else ""
     earlier = f" ({scoring.from_backlog} made by earlier runs)" if scoring.from_backlog else ""
-    con.print(f"scored {len(vals)} image(s){earlier} with {scoring.metric} ({scoring.scorer.model_id}){mean} into "
-              f"{scoring.store.path}; `catimg train --db {scoring.store.path} --out ROUTER` refreshes the router",
-              markup=False, highlight=False, soft_wrap=True)
+    con.print(
+        f"scored {len(vals)} image(s){earlier} with {scoring.metric} ({scoring.scorer.model_id}){mean} into "
+        f"{scoring.store.path}; `catimg train --db {scoring.store.path} --out ROUTER` refreshes the router",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def finish_scoring(scoring: RunScoring | None, out: Path, resume_cmd: str, as_json: bool) -> None:
@@ -103,9 +140,11 @@ def finish_scoring(scoring: RunScoring | None, out: Path, resume_cmd: str, as_js
     if scoring is None or scoring.error is None:
         return
     err = scoring.error
-    msg = (f"scoring stopped after {len(scoring.scored)} image(s) ({first_line(err, typed=not isinstance(err, CatimgError), limit=200)}); "
-           f"{scoring.unscored} image(s) made since are kept in {out} and its manifest but not scored: once the scorer "
-           f"works, score them with: {resume_cmd}")
+    msg = (
+        f"scoring stopped after {len(scoring.scored)} image(s) ({first_line(err, typed=not isinstance(err, CatimgError), limit=200)}); "
+        f"{scoring.unscored} image(s) made since are kept in {out} and its manifest but not scored: once the scorer "
+        f"works, score them with: {resume_cmd}"
+    )
     cls = type(err) if isinstance(err, CatimgError) else CatimgError
     exc = cls(msg)
     if as_json:
@@ -118,8 +157,12 @@ def own_measurements(card: dict[str, Any]) -> dict[str, Any]:
     router was trained on, by source, and from which store (zeros for a router not trained with ``--db``)."""
     store = card.get("store") or {}
     by_source = {k: int(v) for k, v in (store.get("rows_by_source") or {}).items()}
-    return {"rows": int(store.get("own_rows", 0)), "prompts": int(store.get("own_prompts", 0)),
-            "by_source": by_source, "store": store.get("path")}
+    return {
+        "rows": int(store.get("own_rows", 0)),
+        "prompts": int(store.get("own_prompts", 0)),
+        "by_source": by_source,
+        "store": store.get("path"),
+    }
 
 
 def own_measurements_line(card: dict[str, Any]) -> str | None:
@@ -128,5 +171,7 @@ def own_measurements_line(card: dict[str, Any]) -> str | None:
         return None
     own = own_measurements(card)
     parts = [f"{'gen --score' if s == 'gen' else s} {n}" for s, n in own["by_source"].items()]
-    return (f"router data: {own['rows']} of your own measurements on {own['prompts']} prompt(s), from "
-            f"{own['store']} (rows by source: {', '.join(parts) or 'none'})")
+    return (
+        f"router data: {own['rows']} of your own measurements on {own['prompts']} prompt(s), from "
+        f"{own['store']} (rows by source: {', '.join(parts) or 'none'})"
+    )

@@ -108,7 +108,11 @@ def load_cache(path: Path | None = None) -> dict[str, dict[str, Any]]:
         return {}
     try:
         doc = json.loads(text)
-        if not isinstance(doc, dict) or doc.get("format") != CACHE_FORMAT or not isinstance(doc.get("entries"), dict):
+        if (
+            not isinstance(doc, dict)
+            or doc.get("format") != CACHE_FORMAT
+            or not isinstance(doc.get("entries"), dict)
+        ):
             raise ValueError("not a catimg bench cache of format 1")
         entries: dict[str, dict[str, Any]] = doc["entries"]
         for entry in entries.values():
@@ -155,9 +159,15 @@ def lookup(gen: Generator, device: DeviceInfo, dtype: str | None = None) -> Benc
     dclass = device_class(device)
     mh = model_hash(gen)
     for entry in entries.values():
-        if entry.get("device_class") == dclass and entry.get("dtype") == dtype and entry.get("model_hash") == mh:
+        if (
+            entry.get("device_class") == dclass
+            and entry.get("dtype") == dtype
+            and entry.get("model_hash") == mh
+        ):
             r = BenchResult.from_dict(entry)
-            return BenchResult.from_dict({**entry, "note": f"from the measurement of {r.generator} ({r.steps_run} steps)"})
+            return BenchResult.from_dict(
+                {**entry, "note": f"from the measurement of {r.generator} ({r.steps_run} steps)"}
+            )
     return None
 
 
@@ -165,8 +175,13 @@ def lookup(gen: Generator, device: DeviceInfo, dtype: str | None = None) -> Benc
 RUN_HISTORY = 20
 
 
-def record_run(images: Iterable[tuple[Generator, float]], load_seconds: Mapping[str, float], device: DeviceInfo,
-               dtype: str | None = None, path: Path | None = None) -> list[BenchResult]:
+def record_run(
+    images: Iterable[tuple[Generator, float]],
+    load_seconds: Mapping[str, float],
+    device: DeviceInfo,
+    dtype: str | None = None,
+    path: Path | None = None,
+) -> list[BenchResult]:
     """Feed what a ``gen`` run measured into the cache, so that the next plan on this device uses it.
 
     ``images``: (generator as run, measured seconds per image) for every image made, in the order made;
@@ -188,14 +203,22 @@ def record_run(images: Iterable[tuple[Generator, float]], load_seconds: Mapping[
     try:
         save_results(out, device, path)
     except OSError as exc:
-        _warnings.append(f"bench cache {path or cache_path()} could not be written ({exc.strerror}); "
-                         "this run's measured seconds were not kept")
+        _warnings.append(
+            f"bench cache {path or cache_path()} could not be written ({exc.strerror}); "
+            "this run's measured seconds were not kept"
+        )
         return []
     return out
 
 
-def _run_entry(gen: Generator, times: list[float], load_seconds: Mapping[str, float], device: DeviceInfo,
-               dtype: str | None, entries: dict[str, dict[str, Any]]) -> BenchResult:
+def _run_entry(
+    gen: Generator,
+    times: list[float],
+    load_seconds: Mapping[str, float],
+    device: DeviceInfo,
+    dtype: str | None,
+    entries: dict[str, dict[str, Any]],
+) -> BenchResult:
     import sys
 
     d = default_dtype(device, dtype if dtype and dtype != "auto" else gen.dtype)
@@ -213,10 +236,19 @@ def _run_entry(gen: Generator, times: list[float], load_seconds: Mapping[str, fl
     load = load_seconds.get(gen.model, old.load_seconds if old is not None else 0.0)
     torch = sys.modules.get("torch")
     return BenchResult(
-        generator=gen.name, settings_hash=gen.settings_hash(), model_hash=model_hash(gen),
-        device_class=device_class(device), dtype=d, load_seconds=round(float(load), 4), step_seconds=step,
-        fixed_seconds=fixed, peak_memory_gb=old.peak_memory_gb if old is not None else None, steps_run=steps,
-        repeats=len(kept), warmup=warm, image_seconds=[round(x, 5) for x in kept],
+        generator=gen.name,
+        settings_hash=gen.settings_hash(),
+        model_hash=model_hash(gen),
+        device_class=device_class(device),
+        dtype=d,
+        load_seconds=round(float(load), 4),
+        step_seconds=step,
+        fixed_seconds=fixed,
+        peak_memory_gb=old.peak_memory_gb if old is not None else None,
+        steps_run=steps,
+        repeats=len(kept),
+        warmup=warm,
+        image_seconds=[round(x, 5) for x in kept],
         measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         torch_version=str(getattr(torch, "__version__", "")),
         note=f"seconds per image of gen runs (median of the last {len(kept)} images, batched as the runs were)",
@@ -236,7 +268,9 @@ def _load(gen: Generator, device: DeviceInfo, dtype: str, allow_download: bool) 
     return load_pipeline(gen, device, dtype, allow_download)
 
 
-def _load_plain(gen: Generator, device: DeviceInfo, dtype: str) -> Any:  # pragma: no cover - until pipelines.py
+def _load_plain(
+    gen: Generator, device: DeviceInfo, dtype: str
+) -> Any:  # pragma: no cover - until pipelines.py
     if not gen.is_local_folder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from diffusers import DiffusionPipeline
@@ -248,7 +282,9 @@ def _load_plain(gen: Generator, device: DeviceInfo, dtype: str) -> Any:  # pragm
     try:
         pipe = DiffusionPipeline.from_pretrained(gen.source, dtype=torch_dtype(dtype), variant=gen.variant)
     except Exception as exc:
-        raise GenerationError(f"[generators.{gen.model}]: cannot load {gen.source} ({first_line(exc)})") from exc
+        raise GenerationError(
+            f"[generators.{gen.model}]: cannot load {gen.source} ({first_line(exc)})"
+        ) from exc
     if gen.scheduler:
         import diffusers
 
@@ -276,7 +312,9 @@ def _preimport(gen: Generator) -> None:
     except (OSError, ValueError):
         return
     wanted = [("diffusers", index.get("_class_name"))]
-    wanted += [tuple(v) for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and len(v) == 2]
+    wanted += [
+        tuple(v) for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and len(v) == 2
+    ]
     for lib, cls in wanted:
         if not lib or not cls:
             continue
@@ -286,14 +324,22 @@ def _preimport(gen: Generator) -> None:
             continue
 
 
-def measure(gen: Generator, device: DeviceInfo, repeats: int = 3, warmup: int = 1, allow_download: bool = False,
-            prompt: str = "a photograph of a red bicycle leaning on a blue wall",
-            loader: Callable[[Generator, DeviceInfo, str, bool], Any] | None = None) -> BenchResult:
+def measure(
+    gen: Generator,
+    device: DeviceInfo,
+    repeats: int = 3,
+    warmup: int = 1,
+    allow_download: bool = False,
+    prompt: str = "a photograph of a red bicycle leaning on a blue wall",
+    loader: Callable[[Generator, DeviceInfo, str, bool], Any] | None = None,
+) -> BenchResult:
     """Load ``gen``'s pipeline on ``device`` and time it (see the module doc for what is measured)."""
     import torch
 
     if repeats < 1 or warmup < 0:
-        raise CatimgError(f"--repeats {repeats} / --warmup {warmup}: need at least 1 repeat and 0 or more warm-ups")
+        raise CatimgError(
+            f"--repeats {repeats} / --warmup {warmup}: need at least 1 repeat and 0 or more warm-ups"
+        )
     dtype = default_dtype(device, gen.dtype)
     cuda = device.kind == "cuda"
 
@@ -341,8 +387,15 @@ def measure(gen: Generator, device: DeviceInfo, repeats: int = 3, warmup: int = 
         generator = torch.Generator("cpu").manual_seed(i)
         sync()
         start = time.perf_counter()
-        call: dict[str, Any] = dict(prompt=prompt, num_inference_steps=steps, width=gen.width, height=gen.height,
-                                    guidance_scale=gen.guidance, generator=generator, output_type="pil")
+        call: dict[str, Any] = dict(
+            prompt=prompt,
+            num_inference_steps=steps,
+            width=gen.width,
+            height=gen.height,
+            guidance_scale=gen.guidance,
+            generator=generator,
+            output_type="pil",
+        )
         if gen.negative_prompt and "negative_prompt" in params:
             call["negative_prompt"] = gen.negative_prompt
         if "clean_caption" in params:
@@ -371,16 +424,24 @@ def measure(gen: Generator, device: DeviceInfo, repeats: int = 3, warmup: int = 
 
     peak = torch.cuda.max_memory_allocated(device.torch_device) / 1024**3 if cuda else None
     result = BenchResult(
-        generator=gen.name, settings_hash=gen.settings_hash(), model_hash=model_hash(gen),
-        device_class=device_class(device), dtype=dtype, load_seconds=round(load_seconds, 4),
-        step_seconds=statistics.median(per_step), fixed_seconds=statistics.median(fixed),
-        peak_memory_gb=None if peak is None else round(peak, 3), steps_run=steps, repeats=repeats, warmup=warmup,
+        generator=gen.name,
+        settings_hash=gen.settings_hash(),
+        model_hash=model_hash(gen),
+        device_class=device_class(device),
+        dtype=dtype,
+        load_seconds=round(load_seconds, 4),
+        step_seconds=statistics.median(per_step),
+        fixed_seconds=statistics.median(fixed),
+        peak_memory_gb=None if peak is None else round(peak, 3),
+        steps_run=steps,
+        repeats=repeats,
+        warmup=warmup,
         image_seconds=[round(x, 5) for x in images],
-        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), torch_version=torch.__version__,
+        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        torch_version=torch.__version__,
         note="" if cuda else f"peak memory is measured on CUDA only (device: {device.kind})",
     )
     del pipe
     if cuda:
         torch.cuda.empty_cache()
     return result
-

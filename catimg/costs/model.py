@@ -39,8 +39,13 @@ from catimg.errors import ConfigError
 
 CostKind = Literal["explicit", "measured", "router", "estimated", "unknown"]
 #: How each kind is named to a person (tables, --json ``cost_source``).
-COST_SOURCES: dict[str, str] = {"explicit": "explicit", "measured": "measured", "router": "router data",
-                                "estimated": "estimated", "unknown": "unknown"}
+COST_SOURCES: dict[str, str] = {
+    "explicit": "explicit",
+    "measured": "measured",
+    "router": "router data",
+    "estimated": "estimated",
+    "unknown": "unknown",
+}
 
 
 @dataclass(frozen=True)
@@ -133,8 +138,15 @@ def device_throughput(device: DeviceInfo) -> Throughput:
         import os
 
         cores = os.cpu_count() or 1
-        return Throughput(r".*", f"CPU ({cores} cores)", CPU_GFLOPS_PER_CORE * cores / 1000.0, CPU_EFFICIENCY,
-                          CPU_LAUNCH_MS, 1000.0, 1.0)
+        return Throughput(
+            r".*",
+            f"CPU ({cores} cores)",
+            CPU_GFLOPS_PER_CORE * cores / 1000.0,
+            CPU_EFFICIENCY,
+            CPU_LAUNCH_MS,
+            1000.0,
+            1.0,
+        )
     for row in DEVICE_THROUGHPUT:
         if re.search(row.pattern, name):
             return row
@@ -144,8 +156,14 @@ def device_throughput(device: DeviceInfo) -> Throughput:
 # ------------------------------------------------------------------------------------------ costs
 
 
-def generator_cost(gen: Generator, device: DeviceInfo, use_measured: bool = True, batch: int = 1,
-                   router_seconds: float | None = None, base: Generator | None = None) -> Cost:
+def generator_cost(
+    gen: Generator,
+    device: DeviceInfo,
+    use_measured: bool = True,
+    batch: int = 1,
+    router_seconds: float | None = None,
+    base: Generator | None = None,
+) -> Cost:
     """The cost of one image from ``gen`` on ``device`` by the one rule of the module doc.
 
     ``gen`` carries the settings the run will use (size and dtype overrides applied) and ``base`` is its catalog
@@ -164,8 +182,14 @@ def generator_cost(gen: Generator, device: DeviceInfo, use_measured: bool = True
     scale, scaled_note = _flops_scale(est.total_tflops, gen, base)
     tflops = gen.cost_tflops * scale if gen.cost_tflops is not None else est.total_tflops
     tp = device_throughput(device)
-    seconds = estimated_seconds(est, tp, tflops_override=tflops if gen.cost_tflops is not None else None,
-                                device=device, dtype=dtype, batch=batch)
+    seconds = estimated_seconds(
+        est,
+        tp,
+        tflops_override=tflops if gen.cost_tflops is not None else None,
+        device=device,
+        dtype=dtype,
+        batch=batch,
+    )
     weights_gb = est.weights_gb(dtype)
     load_seconds = weights_gb / tp.disk_gbs + 1.0  # + pipeline construction
     peak = est.peak_memory_gb(dtype)
@@ -183,16 +207,25 @@ def generator_cost(gen: Generator, device: DeviceInfo, use_measured: bool = True
         notes = [f"measured by {m.source} on {m.measured_at[:10]}{reused}"]
     elif router_seconds is not None and gen.cost_seconds is None:
         seconds, kind = router_seconds * scale, "router"
-        notes = [f"seconds per image the router was trained with{scaled_note} (the measurements' seconds column; "
-                 "`catimg bench` measures this device)"]
+        notes = [
+            f"seconds per image the router was trained with{scaled_note} (the measurements' seconds column; "
+            "`catimg bench` measures this device)"
+        ]
     seconds, offload, feasible, mem_notes = _fit_memory(seconds, est, dtype, weights_gb, peak, device, tp)
     notes += mem_notes
     if gen.cost_seconds is not None:
         seconds, kind = gen.cost_seconds * scale, "explicit"
         notes[0] = f"explicit cost_seconds = {gen.cost_seconds:g} from models.toml{scaled_note}"
-    return Cost(seconds=float(seconds), tflops=float(tflops), kind=kind, load_seconds=float(load_seconds),
-                peak_memory_gb=None if peak is None else round(float(peak), 2), offload=offload,
-                feasible=feasible, note="; ".join(notes))
+    return Cost(
+        seconds=float(seconds),
+        tflops=float(tflops),
+        kind=kind,
+        load_seconds=float(load_seconds),
+        peak_memory_gb=None if peak is None else round(float(peak), 2),
+        offload=offload,
+        feasible=feasible,
+        note="; ".join(notes),
+    )
 
 
 def _measured(gen: Generator, device: DeviceInfo) -> Any:
@@ -214,31 +247,51 @@ def _flops_scale(run_tflops: float, gen: Generator, base: Generator | None) -> t
     if not base_tflops > 0:
         return 1.0, ""
     ratio = run_tflops / base_tflops
-    return ratio, (f" for {base.width}x{base.height}, scaled by FLOPs to {gen.width}x{gen.height} "
-                   f"(x{ratio:.3g})")
+    return ratio, (
+        f" for {base.width}x{base.height}, scaled by FLOPs to {gen.width}x{gen.height} (x{ratio:.3g})"
+    )
 
 
-def _cost_without_estimate(gen: Generator, exc: ConfigError, router_seconds: float | None,
-                           base: Generator | None) -> Cost:
+def _cost_without_estimate(
+    gen: Generator, exc: ConfigError, router_seconds: float | None, base: Generator | None
+) -> Cost:
     """An explicit cost, else the router's seconds, for a generator with no FLOP estimate; else the ConfigError."""
     resized = base is not None and base.settings_hash() != gen.settings_hash()
     caveat = "; not rescaled for the run's size (no FLOP estimate)" if resized else ""
     tflops = gen.cost_tflops if gen.cost_tflops is not None else 0.0
     if gen.cost_seconds is not None:
-        return Cost(seconds=gen.cost_seconds, tflops=tflops, kind="explicit", load_seconds=0.0, peak_memory_gb=None,
-                    note=f"explicit cost_seconds from models.toml; no FLOP estimate ({exc}){caveat}")
+        return Cost(
+            seconds=gen.cost_seconds,
+            tflops=tflops,
+            kind="explicit",
+            load_seconds=0.0,
+            peak_memory_gb=None,
+            note=f"explicit cost_seconds from models.toml; no FLOP estimate ({exc}){caveat}",
+        )
     if router_seconds is not None:
-        return Cost(seconds=float(router_seconds), tflops=float(tflops), kind="router", load_seconds=0.0,
-                    peak_memory_gb=None,
-                    note=f"seconds per image the router was trained with; no FLOP estimate for source \"{gen.source}\" "
-                         f"(family \"{gen.family}\"), so TFLOPs are unknown (give cost_tflops in models.toml){caveat}")
+        return Cost(
+            seconds=float(router_seconds),
+            tflops=float(tflops),
+            kind="router",
+            load_seconds=0.0,
+            peak_memory_gb=None,
+            note=f'seconds per image the router was trained with; no FLOP estimate for source "{gen.source}" '
+            f'(family "{gen.family}"), so TFLOPs are unknown (give cost_tflops in models.toml){caveat}',
+        )
     raise ConfigError(
         f"{exc}; give cost_seconds (and optionally cost_tflops) for [generators.{gen.model}] in models.toml"
     ) from exc
 
 
-def _fit_memory(seconds: float, est: Any, dtype: str, weights_gb: float, peak: float | None, device: DeviceInfo,
-                tp: Throughput) -> tuple[float, bool, bool, list[str]]:
+def _fit_memory(
+    seconds: float,
+    est: Any,
+    dtype: str,
+    weights_gb: float,
+    peak: float | None,
+    device: DeviceInfo,
+    tp: Throughput,
+) -> tuple[float, bool, bool, list[str]]:
     """(seconds, offload, feasible, notes): plan CPU offload, or mark infeasible, when the peak exceeds the GPU."""
     if not (device.is_gpu and device.total_memory_gb is not None and peak is not None):
         return seconds, False, True, []
@@ -247,21 +300,39 @@ def _fit_memory(seconds: float, est: Any, dtype: str, weights_gb: float, peak: f
         return seconds, False, True, []
     largest = est.largest_component_gb(dtype) + est.activation_gb(dtype)
     if largest > budget:
-        return seconds, False, False, [
-            f"needs {peak:.1f} GB; even its largest part ({largest:.1f} GB) exceeds {budget:.1f} GB "
-            f"usable on {device.name}: cannot run here"]
+        return (
+            seconds,
+            False,
+            False,
+            [
+                f"needs {peak:.1f} GB; even its largest part ({largest:.1f} GB) exceeds {budget:.1f} GB "
+                f"usable on {device.name}: cannot run here"
+            ],
+        )
     from catimg.durations import format_duration
 
     # model CPU offload (diffusers enable_model_cpu_offload, as catimg.pipelines loads it): each component moves
     # to the GPU when it runs, so every image moves all the weights over the bus once
     extra = weights_gb / tp.bandwidth_gbs
-    return seconds + extra, True, True, [
-        f"needs {peak:.1f} GB > {budget:.1f} GB usable on {device.name}: planned with CPU offload "
-        f"(+{format_duration(extra)} per image)"]
+    return (
+        seconds + extra,
+        True,
+        True,
+        [
+            f"needs {peak:.1f} GB > {budget:.1f} GB usable on {device.name}: planned with CPU offload "
+            f"(+{format_duration(extra)} per image)"
+        ],
+    )
 
 
-def estimated_seconds(est: Any, tp: Throughput, tflops_override: float | None = None,
-                      device: DeviceInfo | None = None, dtype: str = "fp16", batch: int = 1) -> float:
+def estimated_seconds(
+    est: Any,
+    tp: Throughput,
+    tflops_override: float | None = None,
+    device: DeviceInfo | None = None,
+    dtype: str = "fp16",
+    batch: int = 1,
+) -> float:
     """Seconds per image from a FLOP estimate and a throughput row: compute time + op launch overhead (shared by
     the ``batch`` images of one pipeline call)."""
     eff = tp.effective_tflops
@@ -273,10 +344,15 @@ def estimated_seconds(est: Any, tp: Throughput, tflops_override: float | None = 
     return compute + launches
 
 
-def catalog_costs(gens: Iterable[Generator], device: DeviceInfo, use_measured: bool = True,
-                  fallback_seconds: dict[str, float] | None = None,
-                  unknown_ok: Callable[[Generator], bool] | None = None, batch: int = 1,
-                  bases: dict[str, Generator] | None = None) -> dict[str, Cost]:
+def catalog_costs(
+    gens: Iterable[Generator],
+    device: DeviceInfo,
+    use_measured: bool = True,
+    fallback_seconds: dict[str, float] | None = None,
+    unknown_ok: Callable[[Generator], bool] | None = None,
+    batch: int = 1,
+    bases: dict[str, Generator] | None = None,
+) -> dict[str, Cost]:
     """Costs of every generator, by name, by the one rule of the module doc.
 
     ``fallback_seconds``: the seconds a router was trained with, by generator name (rule step 3). ``bases``: the
@@ -289,22 +365,37 @@ def catalog_costs(gens: Iterable[Generator], device: DeviceInfo, use_measured: b
     out: dict[str, Cost] = {}
     for g in gens:
         try:
-            out[g.name] = generator_cost(g, device, use_measured=use_measured, batch=batch,
-                                         router_seconds=(fallback_seconds or {}).get(g.name),
-                                         base=(bases or {}).get(g.name))
+            out[g.name] = generator_cost(
+                g,
+                device,
+                use_measured=use_measured,
+                batch=batch,
+                router_seconds=(fallback_seconds or {}).get(g.name),
+                base=(bases or {}).get(g.name),
+            )
         except ConfigError:
             if unknown_ok is None or not unknown_ok(g):
                 raise
-            out[g.name] = Cost(seconds=math.nan, tflops=math.nan, kind="unknown", load_seconds=0.0,
-                               peak_memory_gb=None,
-                               note=f"no cost known: family \"{g.family}\" has no FLOP estimate; give cost_seconds "
-                                    f"for [generators.{g.model}] in models.toml or run catimg bench")
+            out[g.name] = Cost(
+                seconds=math.nan,
+                tflops=math.nan,
+                kind="unknown",
+                load_seconds=0.0,
+                peak_memory_gb=None,
+                note=f'no cost known: family "{g.family}" has no FLOP estimate; give cost_seconds '
+                f"for [generators.{g.model}] in models.toml or run catimg bench",
+            )
     return out
 
 
-def routing_costs(gens: Iterable[Generator], device: DeviceInfo, router: Any = None,
-                  run_as: Callable[[Generator], Generator] | None = None,
-                  unknown_ok: Callable[[Generator], bool] | None = None, batch: int = 1) -> dict[str, Cost]:
+def routing_costs(
+    gens: Iterable[Generator],
+    device: DeviceInfo,
+    router: Any = None,
+    run_as: Callable[[Generator], Generator] | None = None,
+    unknown_ok: Callable[[Generator], bool] | None = None,
+    batch: int = 1,
+) -> dict[str, Cost]:
     """The costs that route ``gens`` (catalog entries) on ``device``: what explain, gen, plan, models and eval use.
 
     ``router``: its trained-with seconds count for the generators it knows with unchanged settings (rule step 3).
@@ -313,13 +404,19 @@ def routing_costs(gens: Iterable[Generator], device: DeviceInfo, router: Any = N
     gens = list(gens)
     trained: dict[str, float] = {}
     if router is not None:
-        trained = {g.name: s for g in gens if router.knows(g) and (s := router.trained_seconds(g)) is not None}
+        trained = {
+            g.name: s for g in gens if router.knows(g) and (s := router.trained_seconds(g)) is not None
+        }
     runs = [run_as(g) if run_as else g for g in gens]
     bases = {g.name: g for g, r in zip(gens, runs, strict=True) if r is not g}
-    return catalog_costs(runs, device, fallback_seconds=trained, unknown_ok=unknown_ok, batch=batch, bases=bases)
+    return catalog_costs(
+        runs, device, fallback_seconds=trained, unknown_ok=unknown_ok, batch=batch, bases=bases
+    )
 
 
-def router_generator_costs(router: Any, catalog: Any, device: DeviceInfo) -> tuple[dict[str, Cost] | None, str]:
+def router_generator_costs(
+    router: Any, catalog: Any, device: DeviceInfo
+) -> tuple[dict[str, Cost] | None, str]:
     """The routing costs (the one rule) of every generator of ``router``, for ``catimg eval``; or (None, why not).
 
     Every router generator must be in ``catalog`` with the settings it was trained on (else its cost on this device
@@ -339,8 +436,13 @@ def router_generator_costs(router: Any, catalog: Any, device: DeviceInfo) -> tup
     return costs, f"costs are seconds per image on {device.name}, as explain and gen route by them"
 
 
-def estimate_notice(costs: dict[str, Cost], names: Iterable[str] | None = None, repeats: int = 3,
-                    warmup: int = 1, models: dict[str, str] | None = None) -> str | None:
+def estimate_notice(
+    costs: dict[str, Cost],
+    names: Iterable[str] | None = None,
+    repeats: int = 3,
+    warmup: int = 1,
+    models: dict[str, str] | None = None,
+) -> str | None:
     """One line for stderr when estimates drive routing: which generators, and how long `catimg bench` takes.
 
     The bench time is the estimated load plus ``warmup + repeats`` images (bench's defaults) per model: bench
@@ -359,9 +461,11 @@ def estimate_notice(costs: dict[str, Cost], names: Iterable[str] | None = None, 
         if m not in per_model or c.seconds < per_model[m].seconds:
             per_model[m] = c
     secs = sum(c.load_seconds + (warmup + repeats) * c.seconds for c in per_model.values())
-    return (f"the costs of {', '.join(sorted(est))} are estimated from FLOPs, not measured on this device; "
-            f"`catimg bench` measures them (about {format_duration(secs)}: a load and {warmup + repeats} images "
-            "per model), and gen runs measure what they make")
+    return (
+        f"the costs of {', '.join(sorted(est))} are estimated from FLOPs, not measured on this device; "
+        f"`catimg bench` measures them (about {format_duration(secs)}: a load and {warmup + repeats} images "
+        "per model), and gen runs measure what they make"
+    )
 
 
 def with_note(cost: Cost, note: str) -> Cost:
@@ -369,7 +473,16 @@ def with_note(cost: Cost, note: str) -> Cost:
 
 
 __all__ = [
-    "Cost", "Throughput", "DEVICE_THROUGHPUT", "device_throughput", "generator_cost", "catalog_costs",
-    "routing_costs", "estimate_notice", "COST_SOURCES",
-    "estimated_seconds", "device_class", "dtype_bytes",
+    "Cost",
+    "Throughput",
+    "DEVICE_THROUGHPUT",
+    "device_throughput",
+    "generator_cost",
+    "catalog_costs",
+    "routing_costs",
+    "estimate_notice",
+    "COST_SOURCES",
+    "estimated_seconds",
+    "device_class",
+    "dtype_bytes",
 ]

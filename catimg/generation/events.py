@@ -135,8 +135,20 @@ class ImageFailed:
 
 
 #: Any progress event.
-Event: TypeAlias = (RunStarted | RunEnded | ModelLoading | BatchStarted | Step | Retrying | ImageDone | WorkersStarted
-                    | Replanned | WorkerLost | ImageScored | ImageFailed)
+Event: TypeAlias = (
+    RunStarted
+    | RunEnded
+    | ModelLoading
+    | BatchStarted
+    | Step
+    | Retrying
+    | ImageDone
+    | WorkersStarted
+    | Replanned
+    | WorkerLost
+    | ImageScored
+    | ImageFailed
+)
 #: The progress callback both engines and the calibration campaign take.
 OnEvent: TypeAlias = Callable[[Event], None]
 #: The engines' per-image hook: called with each image's record once it is recorded (after its ImageDone event).
@@ -145,4 +157,3 @@ OnImage: TypeAlias = Callable[["ImageRecord"], None]
 
 def no_events(event: Event) -> None:
     """An :data:`OnEvent` callback that ignores everything."""
-

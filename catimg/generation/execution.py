@@ -66,7 +66,6 @@ if TYPE_CHECKING:
     from catimg.generation.generate import PlanItem
 
 
-
 # ------------------------------------------------------------------------------------------------ run types
 
 
@@ -124,8 +123,16 @@ class RunResult:
         """Per generator that made images: count, measured seconds, predicted seconds, mean predicted quality."""
         out: dict[str, dict[str, Any]] = {}
         for r in self.made:
-            d = out.setdefault(r.generator.name, {"images": 0, "measured_seconds": 0.0, "predicted_seconds": 0.0,
-                                                 "_q": [], "model": r.generator.model})
+            d = out.setdefault(
+                r.generator.name,
+                {
+                    "images": 0,
+                    "measured_seconds": 0.0,
+                    "predicted_seconds": 0.0,
+                    "_q": [],
+                    "model": r.generator.model,
+                },
+            )
             d["images"] += 1
             d["measured_seconds"] += r.seconds
             d["predicted_seconds"] += r.item.predicted_seconds or 0.0
@@ -174,8 +181,13 @@ class Engine(Protocol):
     :class:`RunResult`; progress to ``on_event``; each recorded image to ``on_image`` after its ``ImageDone`` event.
     """
 
-    def run(self, plan: Sequence[PlanItem], options: RunOptions, on_event: OnEvent | None = None,
-            on_image: OnImage | None = None) -> RunResult: ...
+    def run(
+        self,
+        plan: Sequence[PlanItem],
+        options: RunOptions,
+        on_event: OnEvent | None = None,
+        on_image: OnImage | None = None,
+    ) -> RunResult: ...
 
 
 # ------------------------------------------------------------------------------------- the start of a run
@@ -226,7 +238,7 @@ def batch_size(options: RunOptions, device: DeviceInfo, item: PlanItem) -> int:
 
 def batches(positions: Sequence[int], size: int) -> list[list[int]]:
     """``positions`` cut into consecutive batches of ``size`` (the last may be shorter)."""
-    return [list(positions[s:s + size]) for s in range(0, len(positions), size)]
+    return [list(positions[s : s + size]) for s in range(0, len(positions), size)]
 
 
 # ------------------------------------------------------------------------------------------ the image maker
@@ -250,7 +262,9 @@ def _memory_saving(pipe: Any, on: bool) -> None:
 
     Newer diffusers pipelines have no ``enable_vae_slicing``: their VAE slices itself (``vae.enable_slicing``).
     """
-    switches: list[tuple[Any, str]] = [(pipe, "enable_attention_slicing" if on else "disable_attention_slicing")]
+    switches: list[tuple[Any, str]] = [
+        (pipe, "enable_attention_slicing" if on else "disable_attention_slicing")
+    ]
     if hasattr(pipe, "enable_vae_slicing"):
         switches.append((pipe, "enable_vae_slicing" if on else "disable_vae_slicing"))
     else:
@@ -271,8 +285,9 @@ class ImageMaker:
         self.device = device
         self.on_event = on_event
 
-    def make(self, loaded: LoadedPipeline, gen: Generator, items: Sequence[PlanItem],
-             memory_saving: bool = False) -> tuple[list[Any], float]:
+    def make(
+        self, loaded: LoadedPipeline, gen: Generator, items: Sequence[PlanItem], memory_saving: bool = False
+    ) -> tuple[list[Any], float]:
         """(PIL images in ``items`` order, seconds of the call); ``memory_saving`` slices attention and VAE."""
         if memory_saving:
             _memory_saving(loaded.pipe, True)
@@ -282,7 +297,9 @@ class ImageMaker:
             if memory_saving:
                 _memory_saving(loaded.pipe, False)
 
-    def _call(self, loaded: LoadedPipeline, gen: Generator, items: Sequence[PlanItem]) -> tuple[list[Any], float]:
+    def _call(
+        self, loaded: LoadedPipeline, gen: Generator, items: Sequence[PlanItem]
+    ) -> tuple[list[Any], float]:
         import torch
 
         loaded.use_scheduler(gen)
@@ -325,6 +342,7 @@ class ImageMaker:
             self.on_event(Step(generator=gen.name, step=n, steps=gen.steps, prompts=names))
 
         if "callback_on_step_end" in params:
+
             def on_step_end(p: Any, i: int, t: Any, cb_kwargs: dict[str, Any]) -> dict[str, Any]:
                 step(i + 1)
                 return cb_kwargs
@@ -364,21 +382,53 @@ def retry_policy(item: PlanItem, gen: Generator, error: str, fault: BaseExceptio
 # --------------------------------------------------------------------------------------- records and runs
 
 
-def describe(item: PlanItem, gen: Generator, options: RunOptions, device: DeviceInfo, *, scheduler: str | None,
-             seconds: float, status: ImageStatus, attempts: int, note: str,
-             error: str | None = None) -> ManifestRecord:
+def describe(
+    item: PlanItem,
+    gen: Generator,
+    options: RunOptions,
+    device: DeviceInfo,
+    *,
+    scheduler: str | None,
+    seconds: float,
+    status: ImageStatus,
+    attempts: int,
+    note: str,
+    error: str | None = None,
+) -> ManifestRecord:
     """The manifest record of ``item`` made (or tried) with ``gen`` on ``device``; both engines use it."""
     return ManifestRecord(
-        index=item.index, image=item.image, prompt=item.prompt, negative_prompt=item.negative, seed=item.seed,
-        base_seed=options.base_seed, images_per_prompt=options.images_per_prompt, generator=gen.name,
+        index=item.index,
+        image=item.image,
+        prompt=item.prompt,
+        negative_prompt=item.negative,
+        seed=item.seed,
+        base_seed=options.base_seed,
+        images_per_prompt=options.images_per_prompt,
+        generator=gen.name,
         routed_generator=item.generator.name,
         settings_hash=item.generator.settings_hash(),  # the routed generator's, with --width/--height
-        model=gen.model, source=gen.source, family=gen.family, steps=gen.steps, guidance=gen.guidance,
-        width=gen.width, height=gen.height, scheduler=scheduler, dtype=resolve_dtype(gen, device, options.dtype),
-        device=device.torch_device, device_name=device.name, predicted_quality=item.predicted_quality,
-        predicted_seconds=item.predicted_seconds, measured_seconds=round(seconds, 4), budget=options.budget,
-        lam=item.lam, catimg_version=__version__, router_version=options.router_version, status=status,
-        attempts=attempts, note=note, error=error,
+        model=gen.model,
+        source=gen.source,
+        family=gen.family,
+        steps=gen.steps,
+        guidance=gen.guidance,
+        width=gen.width,
+        height=gen.height,
+        scheduler=scheduler,
+        dtype=resolve_dtype(gen, device, options.dtype),
+        device=device.torch_device,
+        device_name=device.name,
+        predicted_quality=item.predicted_quality,
+        predicted_seconds=item.predicted_seconds,
+        measured_seconds=round(seconds, 4),
+        budget=options.budget,
+        lam=item.lam,
+        catimg_version=__version__,
+        router_version=options.router_version,
+        status=status,
+        attempts=attempts,
+        note=note,
+        error=error,
     )
 
 
@@ -386,7 +436,9 @@ class Pipelines:
     """The pipelines of one process's run: a :class:`PipelineCache` that says ``load`` before each model loads."""
 
     def __init__(self, options: RunOptions, on_event: OnEvent = no_events) -> None:
-        self.cache = PipelineCache(options.device, options.dtype, options.allow_download, loader=options.loader)
+        self.cache = PipelineCache(
+            options.device, options.dtype, options.allow_download, loader=options.loader
+        )
         self.on_event = on_event
 
     def get(self, gen: Generator, item: PlanItem) -> LoadedPipeline:
@@ -399,8 +451,13 @@ class BatchRunner:
     """Makes batches of one generator's images with one retry each (:func:`retry_policy`); every image's
     :class:`Outcome` goes to ``sink``. Used as it is by the local engine and by each Ray worker."""
 
-    def __init__(self, options: RunOptions, pipes: Pipelines, sink: Callable[[Outcome], object],
-                 on_event: OnEvent = no_events) -> None:
+    def __init__(
+        self,
+        options: RunOptions,
+        pipes: Pipelines,
+        sink: Callable[[Outcome], object],
+        on_event: OnEvent = no_events,
+    ) -> None:
         self.opt = options
         self.pipes = pipes
         self.sink = sink
@@ -445,13 +502,36 @@ class BatchRunner:
             why = f"{error}; retry: {first_line(exc, typed=True, limit=200)}"
             self.sink(self._outcome(job, retry.target, loaded, 0.0, "failed", 2, retry.note, error=why))
             return
-        self.sink(self._outcome(job, retry.target, loaded, secs, retry.status, 2, retry.note, image=images[0]))
+        self.sink(
+            self._outcome(job, retry.target, loaded, secs, retry.status, 2, retry.note, image=images[0])
+        )
 
-    def _outcome(self, job: Job, gen: Generator, loaded: LoadedPipeline | None, seconds: float,
-                 status: ImageStatus, attempts: int, note: str, *, image: Any = None, error: str | None = None) -> Outcome:
+    def _outcome(
+        self,
+        job: Job,
+        gen: Generator,
+        loaded: LoadedPipeline | None,
+        seconds: float,
+        status: ImageStatus,
+        attempts: int,
+        note: str,
+        *,
+        image: Any = None,
+        error: str | None = None,
+    ) -> Outcome:
         scheduler = loaded.scheduler_name(gen) if loaded is not None else gen.scheduler
-        record = describe(job.item, gen, self.opt, self.opt.device, scheduler=scheduler, seconds=seconds,
-                          status=status, attempts=attempts, note=note, error=error)
+        record = describe(
+            job.item,
+            gen,
+            self.opt,
+            self.opt.device,
+            scheduler=scheduler,
+            seconds=seconds,
+            status=status,
+            attempts=attempts,
+            note=note,
+            error=error,
+        )
         return Outcome(job, gen, record, seconds, image)
 
 
@@ -460,8 +540,9 @@ class Recorder:
     worker wrote it already), one manifest line, an :class:`ImageRecord` in ``result``, the
     :class:`~catimg.generation.events.ImageDone` event and then ``on_image`` (the caller's per-image hook, e.g. scoring)."""
 
-    def __init__(self, options: RunOptions, on_event: OnEvent, result: RunResult,
-                 on_image: OnImage | None = None) -> None:
+    def __init__(
+        self, options: RunOptions, on_event: OnEvent, result: RunResult, on_image: OnImage | None = None
+    ) -> None:
         self.opt = options
         self.on_event = on_event
         self.result = result
@@ -472,21 +553,45 @@ class Recorder:
         png = outcome.png(self.opt.metadata) if outcome.image is not None else None
         return self.record(outcome.job.item, outcome, png=png)
 
-    def record(self, item: PlanItem, outcome: Outcome, *, png: bytes | None = None, file: str | None = None,
-               worker: str | None = None, note: str | None = None) -> ImageRecord:
+    def record(
+        self,
+        item: PlanItem,
+        outcome: Outcome,
+        *,
+        png: bytes | None = None,
+        file: str | None = None,
+        worker: str | None = None,
+        note: str | None = None,
+    ) -> ImageRecord:
         """Record ``outcome`` for ``item``: ``png`` bytes still to write, or the ``file`` a worker wrote;
         ``note`` replaces the record's note (the Ray driver prefixes what it re-planned)."""
         out = Path(self.opt.out_dir)
-        path = write_new_file(out, outcome.file_name(), png) if png is not None else (out / file if file else None)
+        path = (
+            write_new_file(out, outcome.file_name(), png)
+            if png is not None
+            else (out / file if file else None)
+        )
         rec = outcome.record
-        line = replace(rec, file=path.name if path is not None else None, worker=worker,
-                       note=rec.note if note is None else note, time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        image = ImageRecord(item=item, status=rec.status, generator=outcome.generator, file=path,
-                            seconds=outcome.seconds, attempts=rec.attempts, error=rec.error, note=line.note)
+        line = replace(
+            rec,
+            file=path.name if path is not None else None,
+            worker=worker,
+            note=rec.note if note is None else note,
+            time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+        image = ImageRecord(
+            item=item,
+            status=rec.status,
+            generator=outcome.generator,
+            file=path,
+            seconds=outcome.seconds,
+            attempts=rec.attempts,
+            error=rec.error,
+            note=line.note,
+        )
         self.result.records.append(image)
         append_manifest(out, line.line())
         self.on_event(ImageDone(record=image))
         if self.on_image is not None:
             self.on_image(image)
         return image
-

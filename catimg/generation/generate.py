@@ -52,8 +52,20 @@ if TYPE_CHECKING:
     from catimg.routing.route import RoutingResult
 
 __all__ = [
-    "MAX_SEED", "Executor", "ImageRecord", "LocalEngine", "PlanItem", "RunOptions", "RunResult", "auto_batch_size", "build_plan",
-    "check_seed", "check_size", "plan_from_routing", "run_plan", "run_settings",
+    "MAX_SEED",
+    "Executor",
+    "ImageRecord",
+    "LocalEngine",
+    "PlanItem",
+    "RunOptions",
+    "RunResult",
+    "auto_batch_size",
+    "build_plan",
+    "check_seed",
+    "check_size",
+    "plan_from_routing",
+    "run_plan",
+    "run_settings",
 ]
 
 MAX_SEED = 2**32 - 1
@@ -109,9 +121,15 @@ def build_plan(
         for k in range(images_per_prompt):
             items.append(
                 PlanItem(
-                    index=index, prompt=prompt, generator=gen, seed=seed + index * images_per_prompt + k, image=k,
+                    index=index,
+                    prompt=prompt,
+                    generator=gen,
+                    seed=seed + index * images_per_prompt + k,
+                    image=k,
                     negative=gen.negative_prompt if negative is None else negative,
-                    predicted_quality=q, predicted_seconds=c, lam=lam,
+                    predicted_quality=q,
+                    predicted_seconds=c,
+                    lam=lam,
                     fallbacks=(fallbacks or {}).get(index, ()),
                     offload=cost is not None and cost.offload,
                     peak_memory_gb=cost.peak_memory_gb if cost is not None else None,
@@ -134,17 +152,25 @@ def plan_from_routing(
     fallbacks: dict[int, tuple[Generator, ...]] = {}
     for r in result.routes:
         row = r.row(r.choice)
-        routed.append((r.index, r.prompt, gens[r.choice], row.predicted_quality, row.cost_seconds,
-                       result.lam))
-        cheaper = [x for x in r.rows if x.name != r.choice and x.status in ("routable", "chosen")
-                   and x.cost_seconds < row.cost_seconds and x.value is not None]
+        routed.append(
+            (r.index, r.prompt, gens[r.choice], row.predicted_quality, row.cost_seconds, result.lam)
+        )
+        cheaper = [
+            x
+            for x in r.rows
+            if x.name != r.choice
+            and x.status in ("routable", "chosen")
+            and x.cost_seconds < row.cost_seconds
+            and x.value is not None
+        ]
         cheaper.sort(key=lambda x: (-(x.value or 0.0), x.cost_seconds))
         fallbacks[r.index] = tuple(gens[x.name] for x in cheaper)
     return build_plan(routed, seed, images_per_prompt, negative, fallbacks, result.costs)
 
 
-def run_settings(gen: Generator, width: int | None = None, height: int | None = None,
-                 dtype: str | None = None) -> Generator:
+def run_settings(
+    gen: Generator, width: int | None = None, height: int | None = None, dtype: str | None = None
+) -> Generator:
     """``gen`` as a run will use it: the --width/--height/--dtype overrides applied (for costs and plans)."""
     out = _resize(gen, width, height)
     if dtype is not None and dtype != "auto" and dtype != out.dtype:
@@ -168,7 +194,9 @@ def check_size(value: int | None, option: str) -> None:
 class Executor:
     """The local engine: a plan made in this process by the shared execution core; see the module docstring."""
 
-    def __init__(self, options: RunOptions, on_event: OnEvent | None = None, on_image: OnImage | None = None) -> None:
+    def __init__(
+        self, options: RunOptions, on_event: OnEvent | None = None, on_image: OnImage | None = None
+    ) -> None:
         self.opt = options
         self.on_event = on_event or no_events
         self.on_image = on_image
@@ -178,7 +206,9 @@ class Executor:
         t0 = time.perf_counter()
         opt, todo, res = start_run(plan, self.opt)
         self.on_event(RunStarted(images=len(todo), skipped=res.skipped, differences=tuple(res.differences)))
-        runner = BatchRunner(opt, self.pipes, Recorder(opt, self.on_event, res, self.on_image).save, self.on_event)
+        runner = BatchRunner(
+            opt, self.pipes, Recorder(opt, self.on_event, res, self.on_image).save, self.on_event
+        )
         cache = self.pipes.cache
         try:
             for gen, positions in group_plan(plan, todo):
@@ -197,8 +227,12 @@ class Executor:
         return res
 
 
-def run_plan(plan: Sequence[PlanItem], options: RunOptions, on_event: OnEvent | None = None,
-             on_image: OnImage | None = None) -> RunResult:
+def run_plan(
+    plan: Sequence[PlanItem],
+    options: RunOptions,
+    on_event: OnEvent | None = None,
+    on_image: OnImage | None = None,
+) -> RunResult:
     """Make every image of ``plan`` in this process; see :class:`Executor`."""
     return Executor(options, on_event, on_image).run(plan)
 
@@ -207,6 +241,11 @@ def run_plan(plan: Sequence[PlanItem], options: RunOptions, on_event: OnEvent | 
 class LocalEngine:
     """The local engine as an :class:`~catimg.generation.execution.Engine` (``--engine local``): :func:`run_plan`."""
 
-    def run(self, plan: Sequence[PlanItem], options: RunOptions, on_event: OnEvent | None = None,
-            on_image: OnImage | None = None) -> RunResult:
+    def run(
+        self,
+        plan: Sequence[PlanItem],
+        options: RunOptions,
+        on_event: OnEvent | None = None,
+        on_image: OnImage | None = None,
+    ) -> RunResult:
         return run_plan(plan, options, on_event, on_image)

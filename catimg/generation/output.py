@@ -78,7 +78,9 @@ def prepare_out_dir(path: str | Path) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise InputError(f"--out {p}: folder is not writable ({exc.strerror}); fix its permissions or pick another --out") from exc
+        raise InputError(
+            f"--out {p}: folder is not writable ({exc.strerror}); fix its permissions or pick another --out"
+        ) from exc
     return p
 
 
@@ -122,7 +124,9 @@ def _disk_error(path: Path, exc: OSError) -> GenerationError:
             f"{path}: disk full while saving; images saved so far are kept and recorded in {MANIFEST}: "
             "free some space and rerun with --resume"
         )
-    return GenerationError(f"{path}: cannot write ({exc.strerror or exc}); check the folder and rerun with --resume")
+    return GenerationError(
+        f"{path}: cannot write ({exc.strerror or exc}); check the folder and rerun with --resume"
+    )
 
 
 def write_new_file(folder: Path, name: str, data: bytes) -> Path:
@@ -224,15 +228,23 @@ def read_image_metadata(path: str | Path) -> dict[str, Any]:
             size = im.size
             fmt = im.format
     except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"{p}: not an image file ({exc.__class__.__name__}); pass a PNG written by catimg") from exc
+        raise InputError(
+            f"{p}: not an image file ({exc.__class__.__name__}); pass a PNG written by catimg"
+        ) from exc
     record = None
     if "catimg" in text:
         try:
             record = json.loads(text["catimg"])
         except ValueError:
             record = None
-    return {"path": str(p), "format": fmt, "size": list(size), "catimg": record,
-            "parameters": text.get("parameters"), "text": {k: v for k, v in text.items() if k not in ("catimg",)}}
+    return {
+        "path": str(p),
+        "format": fmt,
+        "size": list(size),
+        "catimg": record,
+        "parameters": text.get("parameters"),
+        "text": {k: v for k, v in text.items() if k not in ("catimg",)},
+    }
 
 
 # -------------------------------------------------------------------------------------------------- manifest
@@ -299,7 +311,6 @@ class ManifestRecord:
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
-
 
 
 @contextmanager
@@ -376,7 +387,9 @@ def _parse_manifest(path: Path) -> tuple[list[dict[str, Any]], list[tuple[int, b
 
 
 def _line_list(numbers: list[int]) -> str:
-    shown = ", ".join(str(n) for n in numbers[:20]) + (f" and {len(numbers) - 20} more" if len(numbers) > 20 else "")
+    shown = ", ".join(str(n) for n in numbers[:20]) + (
+        f" and {len(numbers) - 20} more" if len(numbers) > 20 else ""
+    )
     return f"line {shown} is" if len(numbers) == 1 else f"lines {shown} are"
 
 
@@ -398,7 +411,9 @@ LOCK = ".catimg.lock"
 def _describe_process(pid: int, recorded: str) -> str:
     """``PID 123: catimg gen ...`` from /proc when it can be read, else from what the lock recorded."""
     try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        cmd = (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        )
     except OSError:
         cmd = ""
     cmd = cmd or recorded
@@ -426,7 +441,9 @@ def out_dir_lock(folder: str | Path, command: str = "") -> Iterator[list[str]]:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise InputError(f"--out {folder}: cannot create {LOCK} ({exc.strerror}); check the folder's permissions") from exc
+            raise InputError(
+                f"--out {folder}: cannot create {LOCK} ({exc.strerror}); check the folder's permissions"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -436,7 +453,11 @@ def out_dir_lock(folder: str | Path, command: str = "") -> Iterator[list[str]]:
                 info = json.loads(held)
             except ValueError:
                 info = {}
-            who = _describe_process(int(info.get("pid") or 0), str(info.get("command") or "")) if info else "another process"
+            who = (
+                _describe_process(int(info.get("pid") or 0), str(info.get("command") or ""))
+                if info
+                else "another process"
+            )
             raise InputError(
                 f"--out {folder}: another catimg run ({who}) is writing into this folder; wait for it to finish "
                 f"(then add --resume), stop it, or pick another --out"
@@ -501,8 +522,10 @@ def repair_out_dir(folder: str | Path) -> list[str]:
     notes: list[str] = []
     records, bad = _parse_manifest(path)
     if bad:
-        keep = b"".join(json.dumps(r, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8") + b"\n"
-                        for r in records)
+        keep = b"".join(
+            json.dumps(r, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8") + b"\n"
+            for r in records
+        )
         try:
             fd = os.open(path, os.O_RDWR)
             try:
@@ -516,8 +539,10 @@ def repair_out_dir(folder: str | Path) -> list[str]:
                 os.close(fd)
         except OSError as exc:
             raise _disk_error(path, exc) from exc
-        notes.append(f"{path}: {_line_list([n for n, _ in bad])} corrupt (cut short or not JSON); set aside in "
-                     f"{MANIFEST}.corrupt")
+        notes.append(
+            f"{path}: {_line_list([n for n, _ in bad])} corrupt (cut short or not JSON); set aside in "
+            f"{MANIFEST}.corrupt"
+        )
     removed = []
     for p in sorted(folder.iterdir()):
         m = _TMP_RE.match(p.name)
@@ -528,8 +553,10 @@ def repair_out_dir(folder: str | Path) -> list[str]:
             except OSError:
                 pass
     if removed:
-        notes.append(f"removed {len(removed)} temporary file(s) of a killed run ({', '.join(removed[:3])}"
-                     f"{', ...' if len(removed) > 3 else ''})")
+        notes.append(
+            f"removed {len(removed)} temporary file(s) of a killed run ({', '.join(removed[:3])}"
+            f"{', ...' if len(removed) > 3 else ''})"
+        )
     known = {str(r.get("file")) for r in records if r.get("file")}
     adopted, foreign = [], []
     for p in sorted(folder.glob("*.png")):
@@ -539,16 +566,25 @@ def repair_out_dir(folder: str | Path) -> list[str]:
         if rec is None:
             foreign.append(p.name)
             continue
-        rec.update({"file": p.name, "note": (str(rec.get("note") or "") + "; " if rec.get("note") else "")
-                    + "record recovered from the PNG's metadata"})
+        rec.update(
+            {
+                "file": p.name,
+                "note": (str(rec.get("note") or "") + "; " if rec.get("note") else "")
+                + "record recovered from the PNG's metadata",
+            }
+        )
         append_manifest(folder, rec)
         adopted.append(p.name)
     if adopted:
-        notes.append(f"recovered the record of {len(adopted)} image(s) from their PNG metadata "
-                     f"({', '.join(adopted[:3])}{', ...' if len(adopted) > 3 else ''})")
+        notes.append(
+            f"recovered the record of {len(adopted)} image(s) from their PNG metadata "
+            f"({', '.join(adopted[:3])}{', ...' if len(adopted) > 3 else ''})"
+        )
     if foreign:
-        notes.append(f"{len(foreign)} PNG(s) without catimg metadata have no record and are left as they are "
-                     f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})")
+        notes.append(
+            f"{len(foreign)} PNG(s) without catimg metadata have no record and are left as they are "
+            f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})"
+        )
     return notes
 
 

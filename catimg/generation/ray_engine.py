@@ -111,7 +111,7 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
     target = address
     default_port = 6379
     if target.startswith("ray://"):
-        target, default_port = target[len("ray://"):], 10001
+        target, default_port = target[len("ray://") :], 10001
     host, sep, port_s = target.rpartition(":")
     if not sep:
         host, port_s = target, str(default_port)
@@ -119,12 +119,18 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
     try:
         port = int(port_s)
     except ValueError:
-        raise InputError(f"--ray-address {address}: expected host:port (e.g. 10.0.0.5:6379) or ray://host:10001") from None
+        raise InputError(
+            f"--ray-address {address}: expected host:port (e.g. 10.0.0.5:6379) or ray://host:10001"
+        ) from None
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as exc:
-        reason = f"no answer within {timeout:g}s" if isinstance(exc, socket.timeout) else (exc.strerror or type(exc).__name__)
+        reason = (
+            f"no answer within {timeout:g}s"
+            if isinstance(exc, socket.timeout)
+            else (exc.strerror or type(exc).__name__)
+        )
         raise DeviceError(
             f"--ray-address {address}: cannot reach a Ray cluster there ({reason}); "
             "check the address and that `ray start --head` runs there, or leave --ray-address out to start a local one"
@@ -188,14 +194,20 @@ def connect(address: str | None, num_cpus: int | None = None) -> tuple[Any, bool
     if address is not None and address != "local":
         check_address(address)
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+            ray.init(
+                address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR
+            )
         except Exception as exc:
-            raise DeviceError(f"--ray-address {address}: cannot connect ({first_line(exc, typed=True, limit=200)}); check the address") from None
+            raise DeviceError(
+                f"--ray-address {address}: cannot connect ({first_line(exc, typed=True, limit=200)}); check the address"
+            ) from None
         return ray, True
     try:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     except Exception as exc:
-        raise DeviceError(f"--engine ray: could not start a local Ray instance ({first_line(exc, typed=True, limit=200)})") from None
+        raise DeviceError(
+            f"--engine ray: could not start a local Ray instance ({first_line(exc, typed=True, limit=200)})"
+        ) from None
     return ray, True
 
 
@@ -207,8 +219,10 @@ def describe_event(event: Event) -> str | None:
         mode = "write PNGs directly" if all(w.shared for w in ws) else "send PNGs to the driver"
         return f"ray: {len(ws)} worker(s) on {', '.join(where)}; workers {mode}"
     if isinstance(event, Replanned):
-        return (f"note: {event.model} failed to load on a Ray worker ({event.reason}); its images are "
-                "re-planned to the next cheaper generator each prompt allows")
+        return (
+            f"note: {event.model} failed to load on a Ray worker ({event.reason}); its images are "
+            "re-planned to the next cheaper generator each prompt allows"
+        )
     if isinstance(event, WorkerLost):
         return f"ray: worker {event.worker} died; {event.images} unfinished image(s) re-queued"
     return None
@@ -242,8 +256,14 @@ class WorkerInfo:
 
     def summary(self) -> dict[str, Any]:
         """For :class:`RayRun` (the device by name)."""
-        return {"label": self.label, "pid": self.pid, "host": self.host, "shared": self.shared,
-                "write_error": self.write_error, "device": self.device.name}
+        return {
+            "label": self.label,
+            "pid": self.pid,
+            "host": self.host,
+            "shared": self.shared,
+            "write_error": self.write_error,
+            "device": self.device.name,
+        }
 
 
 @dataclass(frozen=True)
@@ -283,8 +303,15 @@ class RayWorker:
     """One Ray actor: holds one loaded pipeline (one model) at a time and makes batches of its images with the
     local engine's :class:`catimg.generation.execution.BatchRunner` (same seeding, same retries)."""
 
-    def __init__(self, label: str, device: str | None, options: RunOptions, env: dict[str, str],
-                 marker: str | None, threads: int) -> None:
+    def __init__(
+        self,
+        label: str,
+        device: str | None,
+        options: RunOptions,
+        env: dict[str, str],
+        marker: str | None,
+        threads: int,
+    ) -> None:
         os.environ.update(env)
         from catimg.device import detect_device
 
@@ -302,7 +329,9 @@ class RayWorker:
     def info(self) -> WorkerInfo:
         import platform
 
-        return WorkerInfo(self.label, os.getpid(), platform.node(), self.device, self.shared, self.write_error)
+        return WorkerInfo(
+            self.label, os.getpid(), platform.node(), self.device, self.shared, self.write_error
+        )
 
     def run(self, jobs: list[Job]) -> BatchReply:
         """Make one batch of one generator's images (the driver cut it exactly as the local engine would)."""
@@ -320,11 +349,17 @@ class RayWorker:
         try:
             loaded = self.pipes.get(gen, jobs[0].item)
         except Exception as exc:
-            why = exc.args[0] if isinstance(exc, CatimgError) and exc.args else first_line(exc, typed=True, limit=200)
+            why = (
+                exc.args[0]
+                if isinstance(exc, CatimgError) and exc.args
+                else first_line(exc, typed=True, limit=200)
+            )
             return BatchReply(gen.model, load_error=why)
         self.runner.run_batch(loaded, gen, jobs)
         loads = tuple(cache.loads[loads_before:])
-        return BatchReply(gen.model, tuple(self.made), loads, {m: cache.load_seconds.get(m, 0.0) for m in loads})
+        return BatchReply(
+            gen.model, tuple(self.made), loads, {m: cache.load_seconds.get(m, 0.0) for m in loads}
+        )
 
     def _collect(self, outcome: Outcome) -> None:
         if outcome.image is None:  # failed: nothing to write
@@ -333,7 +368,9 @@ class RayWorker:
         data = outcome.png(self.options.metadata)
         bare = replace(outcome, image=None)
         if self.shared:
-            self.made.append(WorkerImage(bare, file=write_new_file(self.options.out_dir, outcome.file_name(), data).name))
+            self.made.append(
+                WorkerImage(bare, file=write_new_file(self.options.out_dir, outcome.file_name(), data).name)
+            )
         else:
             self.made.append(WorkerImage(bare, png=data))
 
@@ -352,16 +389,22 @@ class RayRun:
     chunks: int = 0
 
 
-def cluster_workers(resources: dict[str, float], device: str | None, workers: int | None,
-                    cpus_per_worker: float) -> tuple[int, float, float]:
+def cluster_workers(
+    resources: dict[str, float], device: str | None, workers: int | None, cpus_per_worker: float
+) -> tuple[int, float, float]:
     """(actors, CPUs each, GPUs each) for a cluster's resources; DeviceError when none fits."""
     gpus = float(resources.get("GPU", 0.0))
     cpus = float(resources.get("CPU", 0.0))
     want_gpu = device is not None and device.startswith(("cuda", "gpu"))
     use_gpu = gpus >= 1 and (device is None or want_gpu)
-    have = ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()) if k in ("CPU", "GPU", "memory")) or "nothing"
+    have = (
+        ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()) if k in ("CPU", "GPU", "memory"))
+        or "nothing"
+    )
     if want_gpu and gpus < 1:
-        raise DeviceError(f"--device {device}: the Ray cluster has no GPU ({have}); drop --device or add GPU nodes")
+        raise DeviceError(
+            f"--device {device}: the Ray cluster has no GPU ({have}); drop --device or add GPU nodes"
+        )
     if use_gpu:
         n = int(gpus)
         if workers is not None:
@@ -377,8 +420,10 @@ def cluster_workers(resources: dict[str, float], device: str | None, workers: in
     n = max(1, int(cpus // cpus_per_worker))
     if workers is not None:
         if workers * cpus_per_worker > cpus:
-            raise DeviceError(f"--workers {workers}: the Ray cluster has only {cpus:g} CPU(s) for "
-                              f"{cpus_per_worker:g} CPU per worker ({have})")
+            raise DeviceError(
+                f"--workers {workers}: the Ray cluster has only {cpus:g} CPU(s) for "
+                f"{cpus_per_worker:g} CPU per worker ({have})"
+            )
         n = workers
     return n, cpus_per_worker, 0.0
 
@@ -429,8 +474,10 @@ class WorkerPool:
                 "no resources for the plan's generators: add nodes or lower --workers"
             ) from None
         except ray.exceptions.RayError as exc:
-            raise DeviceError(f"a Ray worker failed to start ({first_line(exc, typed=True, limit=200)}); "
-                              "is catimg installed on every node?") from None
+            raise DeviceError(
+                f"a Ray worker failed to start ({first_line(exc, typed=True, limit=200)}); "
+                "is catimg installed on every node?"
+            ) from None
 
     def remove(self, i: int) -> None:
         self.actors.pop(i, None)
@@ -484,13 +531,23 @@ def run_plan_ray(
     marker = options.out_dir / f".catimg-ray-{uuid.uuid4().hex}"
     try:
         marker.write_bytes(b"")
-        _start_workers(pool, options, len(positions), None if shared_output is False else marker.name,
-                       workers=workers, device=device, cpus_per_worker=cpus_per_worker, threads=threads)
+        _start_workers(
+            pool,
+            options,
+            len(positions),
+            None if shared_output is False else marker.name,
+            workers=workers,
+            device=device,
+            cpus_per_worker=cpus_per_worker,
+            threads=threads,
+        )
         _check_output(pool, options.out_dir, shared_output)
         st.workers = [info.summary() for info in pool.infos.values()]
         emit(WorkersStarted(workers=tuple(pool.infos.values())))
         emit(RunStarted(images=len(positions), skipped=res.skipped, differences=tuple(res.differences)))
-        RayDriver(pool, plan, positions, options, emit, res, st, chunk_size, load_seconds or {}, on_image).run()
+        RayDriver(
+            pool, plan, positions, options, emit, res, st, chunk_size, load_seconds or {}, on_image
+        ).run()
     except KeyboardInterrupt:
         res.interrupted = True
     finally:
@@ -517,24 +574,50 @@ class RayEngine:
     device: str | None = None
     load_seconds: dict[str, float] | None = field(default=None, hash=False)
 
-    def run(self, plan: Sequence[PlanItem], options: RunOptions, on_event: OnEvent | None = None,
-            on_image: OnImage | None = None) -> RunResult:
-        return run_plan_ray(list(plan), options, on_event, on_image, address=self.address, workers=self.workers,
-                            device=self.device, load_seconds=self.load_seconds)
+    def run(
+        self,
+        plan: Sequence[PlanItem],
+        options: RunOptions,
+        on_event: OnEvent | None = None,
+        on_image: OnImage | None = None,
+    ) -> RunResult:
+        return run_plan_ray(
+            list(plan),
+            options,
+            on_event,
+            on_image,
+            address=self.address,
+            workers=self.workers,
+            device=self.device,
+            load_seconds=self.load_seconds,
+        )
 
 
-def _start_workers(pool: WorkerPool, options: RunOptions, images: int, marker: str | None, *, workers: int | None,
-                   device: str | None, cpus_per_worker: float, threads: int | None) -> None:
+def _start_workers(
+    pool: WorkerPool,
+    options: RunOptions,
+    images: int,
+    marker: str | None,
+    *,
+    workers: int | None,
+    device: str | None,
+    cpus_per_worker: float,
+    threads: int | None,
+) -> None:
     """Start the pool's actors: as many as the cluster (and ``--workers``) allows, no more than ``images``."""
     ray = pool.ray
     n, cpus_each, gpus_each = cluster_workers(ray.cluster_resources(), device, workers, cpus_per_worker)
     if workers is None:
         n = min(n, images)  # no more actors than images
     # each GPU actor sees only its own GPU (Ray sets CUDA_VISIBLE_DEVICES): cuda:N becomes cuda there
-    worker_dev = ("cuda" if device.startswith(("cuda", "gpu")) else device) if device is not None else \
-        (None if gpus_each else "cpu")
-    pool.remote = ray.remote(RayWorker).options(num_cpus=cpus_each, num_gpus=gpus_each, max_restarts=0,
-                                                max_task_retries=0)
+    worker_dev = (
+        ("cuda" if device.startswith(("cuda", "gpu")) else device)
+        if device is not None
+        else (None if gpus_each else "cpu")
+    )
+    pool.remote = ray.remote(RayWorker).options(
+        num_cpus=cpus_each, num_gpus=gpus_each, max_restarts=0, max_task_retries=0
+    )
     n_threads = threads if threads is not None else (_local_threads() if not gpus_each else 1)
     pool.args = (worker_dev, options, _worker_env(), marker, n_threads)
     pool.start(n)
@@ -549,8 +632,10 @@ def _check_output(pool: WorkerPool, out: Path, shared_output: bool | None) -> No
                 f"({info.write_error}); fix its permissions on every node or pick another --out"
             )
         if shared_output and not info.shared:
-            raise InputError(f"--out {out}: worker {info.label} on {info.host} cannot see this folder; "
-                             "use a path every node reaches, or leave shared output to detection")
+            raise InputError(
+                f"--out {out}: worker {info.label} on {info.host} cannot see this folder; "
+                "use a path every node reaches, or leave shared output to detection"
+            )
 
 
 class RayDriver:
@@ -562,9 +647,19 @@ class RayDriver:
     that failed to load and the plan positions recorded (each exactly once, by the one :class:`Recorder`).
     """
 
-    def __init__(self, pool: WorkerPool, plan: list[PlanItem], positions: list[int], options: RunOptions,
-                 emit: OnEvent, res: RunResult, stats: RayRun, chunk_size: int | None,
-                 load_seconds: dict[str, float], on_image: OnImage | None = None) -> None:
+    def __init__(
+        self,
+        pool: WorkerPool,
+        plan: list[PlanItem],
+        positions: list[int],
+        options: RunOptions,
+        emit: OnEvent,
+        res: RunResult,
+        stats: RayRun,
+        chunk_size: int | None,
+        load_seconds: dict[str, float],
+        on_image: OnImage | None = None,
+    ) -> None:
         self.ray = pool.ray
         self.pool = pool
         self.plan = list(plan)  # items may be re-planned (replace) below; the caller's list is left alone
@@ -611,7 +706,9 @@ class RayDriver:
                 self._dispatch(i)  # keep one batch queued at the actor so that it never waits for the driver
         left = [p for p in self.positions if p not in self.recorded]
         if left:
-            raise GenerationError(f"{len(left)} image(s) could not be scheduled on the Ray cluster; rerun with --resume")
+            raise GenerationError(
+                f"{len(left)} image(s) could not be scheduled on the Ray cluster; rerun with --resume"
+            )
 
     # ------------------------------------------------------------------------------------------ work
     def _batch_size(self, p: int) -> int:
@@ -677,8 +774,13 @@ class RayDriver:
         self.pool.remove(i)
         self.sched.retire(i)
         self.stats.lost_workers += 1
-        self.emit(WorkerLost(worker=self.pool.infos[i].label, images=len(lost),
-                             error=first_line(exc, typed=True, limit=200)))
+        self.emit(
+            WorkerLost(
+                worker=self.pool.infos[i].label,
+                images=len(lost),
+                error=first_line(exc, typed=True, limit=200),
+            )
+        )
         self._requeue(lost)
         if self.replacements > 0:
             self.replacements -= 1
@@ -687,14 +789,18 @@ class RayDriver:
             self.stats.workers.append(self.pool.infos[j].summary())
             self._dispatch(j)
         elif not self.pool.actors:
-            raise GenerationError("every Ray worker died; rerun with --resume to finish the images not recorded") from None
+            raise GenerationError(
+                "every Ray worker died; rerun with --resume to finish the images not recorded"
+            ) from None
         self._wake()
 
     def _batch_failed(self, i: int, batch: list[int], exc: BaseException) -> None:
         """An unexpected error in the worker (not in an image): the batch's images are recorded as failed."""
         for p in batch:
             if p not in self.recorded:
-                self._write_failed(p, first_line(exc, typed=True, limit=200), "the Ray worker failed on this batch", i)
+                self._write_failed(
+                    p, first_line(exc, typed=True, limit=200), "the Ray worker failed on this batch", i
+                )
         if i in self.pool.actors and self._inflight(i) == 0:
             self._dispatch(i)
 
@@ -715,11 +821,18 @@ class RayDriver:
             fb = [g for g in it.fallbacks if g.model not in self.failed_models]
             if fb:
                 self.plan[p] = replace(it, generator=fb[0], fallbacks=tuple(fb[1:]))
-                self.replan_note[p] = f"re-planned from {it.generator.name} (failed to load on a Ray worker) to {fb[0].name}"
+                self.replan_note[p] = (
+                    f"re-planned from {it.generator.name} (failed to load on a Ray worker) to {fb[0].name}"
+                )
                 moved.append(p)
             else:
-                self._write_failed(p, f"generator {it.generator.name} could not load ({reason}); no other generator "
-                                   "allowed for this prompt", "re-planned: its generator failed to load", i)
+                self._write_failed(
+                    p,
+                    f"generator {it.generator.name} could not load ({reason}); no other generator "
+                    "allowed for this prompt",
+                    "re-planned: its generator failed to load",
+                    i,
+                )
         self._requeue(moved)
         self.stats.requeued -= len(moved)
         if self._inflight(i) == 0:
@@ -731,8 +844,18 @@ class RayDriver:
         """Record position ``p`` as failed without an attempt, on actor ``i``'s device."""
         it = self.plan[p]
         info = self.pool.infos[i]
-        rec = describe(it, it.generator, self.options, info.device, scheduler=it.generator.scheduler, seconds=0.0,
-                       status="failed", attempts=1, note=note, error=error)
+        rec = describe(
+            it,
+            it.generator,
+            self.options,
+            info.device,
+            scheduler=it.generator.scheduler,
+            seconds=0.0,
+            status="failed",
+            attempts=1,
+            note=note,
+            error=error,
+        )
         self.recorder.record(it, Outcome(Job(p, it), it.generator, rec, 0.0), worker=info.label)
         self.recorded.add(p)
 
@@ -747,6 +870,12 @@ class RayDriver:
             note = made.outcome.record.note
             if p in self.replan_note:
                 note = f"{self.replan_note[p]}; {note}" if note else self.replan_note[p]
-            self.recorder.record(self.plan[p], made.outcome, png=made.png, file=made.file,
-                                 worker=self.pool.infos[i].label, note=note)
+            self.recorder.record(
+                self.plan[p],
+                made.outcome,
+                png=made.png,
+                file=made.file,
+                worker=self.pool.infos[i].label,
+                note=note,
+            )
             self.recorded.add(p)

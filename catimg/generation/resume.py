@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from catimg.generation.generate import PlanItem
 
 
-def resume_todo(plan: list[PlanItem], opt: RunOptions,
-                records: list[dict[str, Any]] | None = None) -> tuple[list[int], list[str]]:
+def resume_todo(
+    plan: list[PlanItem], opt: RunOptions, records: list[dict[str, Any]] | None = None
+) -> tuple[list[int], list[str]]:
     """Positions in ``plan`` still to make, and how this run differs from the manifest (one phrase each).
 
     An image is done when the manifest records it as saved, its file is on disk, and it is the same image: same
@@ -38,8 +39,14 @@ def resume_todo(plan: list[PlanItem], opt: RunOptions,
         if r.get("status") not in SAVED or not r.get("file") or not (folder / str(r["file"])).is_file():
             continue
         done_recs.append(r)
-        base = (str(r.get("prompt", "")), int(r.get("image") or 0), r.get("base_seed"),
-                str(r.get("negative_prompt") or ""), r.get("width"), r.get("height"))
+        base = (
+            str(r.get("prompt", "")),
+            int(r.get("image") or 0),
+            r.get("base_seed"),
+            str(r.get("negative_prompt") or ""),
+            r.get("width"),
+            r.get("height"),
+        )
         if r.get("settings_hash"):
             by_hash[base + (r["settings_hash"],)] += 1  # not d[(*a, b)]: mypy reads it as 3.11 syntax
         else:
@@ -74,7 +81,9 @@ def _differences(plan: list[PlanItem], opt: RunOptions, recs: list[dict[str, Any
     if not ns:  # written before the count was recorded: the most images of one prompt
         per_prompt: dict[str, int] = {}
         for r in recs:
-            per_prompt[str(r.get("prompt"))] = max(per_prompt.get(str(r.get("prompt")), 0), int(r.get("image") or 0) + 1)
+            per_prompt[str(r.get("prompt"))] = max(
+                per_prompt.get(str(r.get("prompt")), 0), int(r.get("image") or 0) + 1
+            )
         ns = {max(per_prompt.values())}
     n_now = opt.images_per_prompt or (max(it.image for it in plan) + 1)
     if n_now not in ns:
@@ -89,7 +98,9 @@ def _differences(plan: list[PlanItem], opt: RunOptions, recs: list[dict[str, Any
     negs = {str(r.get("negative_prompt") or "") for r in recs}
     if not {it.negative or "" for it in plan} & negs:
         out.append("negative prompt")
-    order_then: list[str] = [str(r.get("prompt")) for r in sorted(recs, key=lambda r: int(r.get("index") or 0))]
+    order_then: list[str] = [
+        str(r.get("prompt")) for r in sorted(recs, key=lambda r: int(r.get("index") or 0))
+    ]
     order_then = list(dict.fromkeys(order_then))
     order_now = list(dict.fromkeys(it.prompt for it in plan))
     new = [p for p in order_now if p not in set(order_then)]
@@ -104,8 +115,14 @@ def _differences(plan: list[PlanItem], opt: RunOptions, recs: list[dict[str, Any
         out.append("prompts in another order")
     routed_then: dict[str, set[str]] = {}
     for r in recs:
-        routed_then.setdefault(str(r.get("prompt")), set()).add(str(r.get("routed_generator") or r.get("generator")))
-    moved = {it.prompt for it in plan if it.prompt in routed_then and it.generator.name not in routed_then[it.prompt]}
+        routed_then.setdefault(str(r.get("prompt")), set()).add(
+            str(r.get("routed_generator") or r.get("generator"))
+        )
+    moved = {
+        it.prompt
+        for it in plan
+        if it.prompt in routed_then and it.generator.name not in routed_then[it.prompt]
+    }
     if moved:
         out.append(f"{len(moved)} prompt(s) now routed to another generator")
     return out

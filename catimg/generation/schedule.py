@@ -70,7 +70,10 @@ class Chunk:
 
 
 def make_chunks(
-    work: Sequence[Work], chunk_size: int, items: dict[str, Sequence[int]] | None = None, total: int | None = None
+    work: Sequence[Work],
+    chunk_size: int,
+    items: dict[str, Sequence[int]] | None = None,
+    total: int | None = None,
 ) -> list[Chunk]:
     """Cut each generator's images into chunks of at most ``chunk_size``.
 
@@ -83,7 +86,7 @@ def make_chunks(
     for w in work:
         its = list(items[w.generator]) if items is not None else list(range(w.images))
         for start in range(0, len(its), chunk_size):
-            part = tuple(its[start:start + chunk_size])
+            part = tuple(its[start : start + chunk_size])
             if items is not None and total:
                 pos = part[0] / total
             else:
@@ -99,7 +102,9 @@ def models_of(work: Iterable[Work]) -> dict[str, list[Work]]:
     return out
 
 
-def assign_workers(work: Sequence[Work], workers: int, chunks: Sequence[Chunk] | None = None) -> dict[str, int]:
+def assign_workers(
+    work: Sequence[Work], workers: int, chunks: Sequence[Chunk] | None = None
+) -> dict[str, int]:
     """Workers per model, proportional to predicted work (largest remainders), ≥ 1 each while workers last.
 
     Never more workers on a model than it has chunks (when ``chunks`` is given). Models with no work get none.
@@ -166,8 +171,12 @@ class CostScheduler:
             self.load_seconds[m] = max(w.load_seconds for w in ws)
         gen_order = {w.generator: i for i, w in enumerate(self.work)}
         for m in by_model:
-            self.queues[m] = deque(sorted((c for c in self.chunks if c.model == m),
-                                          key=lambda c: (gen_order.get(c.generator, 0), c.id)))
+            self.queues[m] = deque(
+                sorted(
+                    (c for c in self.chunks if c.model == m),
+                    key=lambda c: (gen_order.get(c.generator, 0), c.id),
+                )
+            )
         counts = assign_workers(self.work, self.workers, self.chunks)
         w = 0
         for m, n in counts.items():
@@ -186,7 +195,9 @@ class CostScheduler:
         return sum(len(q) for q in self.queues.values())
 
     def _serving_count(self, model: str, exclude: int | None = None) -> int:
-        return sum(1 for w, m in self.serving.items() if m == model and w != exclude and w not in self.retired)
+        return sum(
+            1 for w, m in self.serving.items() if m == model and w != exclude and w not in self.retired
+        )
 
     # ------------------------------------------------------------------------------------------------ actions
     def next(self, worker: int, held: str | None) -> Chunk | None:
@@ -253,22 +264,45 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "policy": self.policy, "workers": self.workers, "makespan_seconds": self.makespan,
-            "utilisation": self.utilisation, "generation_seconds": self.busy_seconds,
-            "load_seconds": self.load_seconds, "loads": self.loads, "chunks": self.chunks,
+            "policy": self.policy,
+            "workers": self.workers,
+            "makespan_seconds": self.makespan,
+            "utilisation": self.utilisation,
+            "generation_seconds": self.busy_seconds,
+            "load_seconds": self.load_seconds,
+            "loads": self.loads,
+            "chunks": self.chunks,
             "ideal_seconds": self.ideal,
         }
 
 
-def _prediction(policy: str, workers: int, finish: list[float], busy: float, loading: float, loads: int,
-                chunks: int, work: Sequence[Work]) -> Prediction:
+def _prediction(
+    policy: str,
+    workers: int,
+    finish: list[float],
+    busy: float,
+    loading: float,
+    loads: int,
+    chunks: int,
+    work: Sequence[Work],
+) -> Prediction:
     total = sum(w.total_seconds for w in work)
-    return Prediction(policy, workers, max(finish, default=0.0), busy, loading, loads, chunks, total / workers,
-                      tuple(finish))
+    return Prediction(
+        policy,
+        workers,
+        max(finish, default=0.0),
+        busy,
+        loading,
+        loads,
+        chunks,
+        total / workers,
+        tuple(finish),
+    )
 
 
-def simulate_cost(work: Sequence[Work], workers: int, chunk_size: int = 16,
-                  chunks: Sequence[Chunk] | None = None) -> Prediction:
+def simulate_cost(
+    work: Sequence[Work], workers: int, chunk_size: int = 16, chunks: Sequence[Chunk] | None = None
+) -> Prediction:
     """Play :class:`CostScheduler` with the predicted costs (event order: earliest free worker, then lowest id)."""
     chunks = list(chunks) if chunks is not None else make_chunks(work, chunk_size)
     sched = CostScheduler(work, workers, chunks)
@@ -294,11 +328,14 @@ def simulate_cost(work: Sequence[Work], workers: int, chunk_size: int = 16,
         busy += c.seconds
         finish[w] = t
         heapq.heappush(heap, (t, w))
-    return _prediction("cost-proportional + stealing", workers, finish, busy, loading, loads, len(chunks), work)
+    return _prediction(
+        "cost-proportional + stealing", workers, finish, busy, loading, loads, len(chunks), work
+    )
 
 
-def simulate_round_robin(work: Sequence[Work], workers: int, chunk_size: int = 16,
-                         chunks: Sequence[Chunk] | None = None) -> Prediction:
+def simulate_round_robin(
+    work: Sequence[Work], workers: int, chunk_size: int = 16, chunks: Sequence[Chunk] | None = None
+) -> Prediction:
     """Naive baseline: chunks in plan order dealt to workers in turn, loading whenever the model differs."""
     if workers < 1:
         raise InputError(f"--gpus {workers}: must be 1 or more")
@@ -332,8 +369,9 @@ def simulate(work: Sequence[Work], workers: int, policy: str = "cost", chunk_siz
 # ------------------------------------------------------------------------------------------------ from a routing
 
 
-def work_from_shares(shares: dict[str, int], costs: Mapping[str, Cost], models: dict[str, str],
-                     scale_to: int | None = None) -> list[Work]:
+def work_from_shares(
+    shares: dict[str, int], costs: Mapping[str, Cost], models: dict[str, str], scale_to: int | None = None
+) -> list[Work]:
     """Per-generator :class:`Work` from image counts (optionally rescaled to ``scale_to`` images in all).
 
     ``costs`` maps a generator to a :class:`catimg.costs.model.Cost` (``seconds``, ``load_seconds``); ``models`` maps it
@@ -350,15 +388,30 @@ def work_from_shares(shares: dict[str, int], costs: Mapping[str, Cost], models: 
         left = scale_to - sum(counts.values())
         for g in sorted(names, key=lambda k: (-(exact[k] - counts[k]), k))[:left]:
             counts[g] += 1
-    return [Work(g, models[g], counts[g], float(costs[g].seconds), float(costs[g].load_seconds)) for g in names]
+    return [
+        Work(g, models[g], counts[g], float(costs[g].seconds), float(costs[g].load_seconds)) for g in names
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ cluster plan
 
 #: GPU memory (GB) of the cards a user may size a cluster with (``catimg plan --gpu NAME``).
 GPU_MEMORY_GB: dict[str, float] = {
-    "h200": 141.0, "h100": 80.0, "gh200": 96.0, "a100": 80.0, "l40s": 48.0, "l40": 48.0, "l4": 24.0,
-    "a10g": 24.0, "a10": 24.0, "a6000": 48.0, "4090": 24.0, "4080": 16.0, "3090": 24.0, "v100": 32.0, "t4": 16.0,
+    "h200": 141.0,
+    "h100": 80.0,
+    "gh200": 96.0,
+    "a100": 80.0,
+    "l40s": 48.0,
+    "l40": 48.0,
+    "l4": 24.0,
+    "a10g": 24.0,
+    "a10": 24.0,
+    "a6000": 48.0,
+    "4090": 24.0,
+    "4080": 16.0,
+    "3090": 24.0,
+    "v100": 32.0,
+    "t4": 16.0,
 }
 
 
@@ -370,13 +423,25 @@ def hypothetical_gpu(name: str) -> Any:
     from catimg.errors import did_you_mean
 
     key = name.strip().lower().replace("nvidia", "").strip()
-    match = next((k for k in sorted(GPU_MEMORY_GB, key=len, reverse=True) if re.search(rf"(^|\W){k}(\W|$)", key)), None)
+    match = next(
+        (k for k in sorted(GPU_MEMORY_GB, key=len, reverse=True) if re.search(rf"(^|\W){k}(\W|$)", key)), None
+    )
     if match is None:
-        raise InputError(f'--gpu "{name}" is not a GPU catimg knows{did_you_mean(key, list(GPU_MEMORY_GB))}; '
-                         f"use one of {', '.join(sorted(GPU_MEMORY_GB))}")
+        raise InputError(
+            f'--gpu "{name}" is not a GPU catimg knows{did_you_mean(key, list(GPU_MEMORY_GB))}; '
+            f"use one of {', '.join(sorted(GPU_MEMORY_GB))}"
+        )
     mem = GPU_MEMORY_GB[match]
-    return DeviceInfo(kind="cuda", index=0, name=f"NVIDIA {name.strip().upper()}", total_memory_gb=mem,
-                      free_memory_gb=mem, capability=None, bf16=True, torch_device="cuda:0")
+    return DeviceInfo(
+        kind="cuda",
+        index=0,
+        name=f"NVIDIA {name.strip().upper()}",
+        total_memory_gb=mem,
+        free_memory_gb=mem,
+        capability=None,
+        bf16=True,
+        torch_device="cuda:0",
+    )
 
 
 @dataclass(frozen=True)
@@ -392,20 +457,43 @@ class ClusterPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "prompts": self.prompts, "routed_prompts": self.routed_prompts, "device": self.device,
+            "prompts": self.prompts,
+            "routed_prompts": self.routed_prompts,
+            "device": self.device,
             "chunk_size": self.chunk_size,
-            "generators": [{"generator": w.generator, "model": w.model, "images": w.images,
-                            "seconds_per_image": w.seconds, "load_seconds": w.load_seconds,
-                            "gpu_hours": w.total_seconds / 3600.0} for w in self.work],
-            "predictions": [{"gpus": k, "cost": c.to_dict(), "round_robin": r.to_dict(),
-                             "speedup": (r.makespan / c.makespan) if c.makespan else None}
-                            for k, (c, r) in sorted(self.predictions.items())],
+            "generators": [
+                {
+                    "generator": w.generator,
+                    "model": w.model,
+                    "images": w.images,
+                    "seconds_per_image": w.seconds,
+                    "load_seconds": w.load_seconds,
+                    "gpu_hours": w.total_seconds / 3600.0,
+                }
+                for w in self.work
+            ],
+            "predictions": [
+                {
+                    "gpus": k,
+                    "cost": c.to_dict(),
+                    "round_robin": r.to_dict(),
+                    "speedup": (r.makespan / c.makespan) if c.makespan else None,
+                }
+                for k, (c, r) in sorted(self.predictions.items())
+            ],
         }
 
 
-def cluster_plan(shares: dict[str, int], costs: Mapping[str, Cost], models: dict[str, str], gpus: Sequence[int],
-                 scale_to: int | None = None, chunk_size: int = 16, device: str = "",
-                 images_per_prompt: int = 1) -> ClusterPlan:
+def cluster_plan(
+    shares: dict[str, int],
+    costs: Mapping[str, Cost],
+    models: dict[str, str],
+    gpus: Sequence[int],
+    scale_to: int | None = None,
+    chunk_size: int = 16,
+    device: str = "",
+    images_per_prompt: int = 1,
+) -> ClusterPlan:
     """Predict makespan and utilisation on each K in ``gpus`` for the routed ``shares`` (prompts per generator)."""
     routed = sum(shares.values())
     target = scale_to if scale_to is not None else routed
@@ -413,5 +501,8 @@ def cluster_plan(shares: dict[str, int], costs: Mapping[str, Cost], models: dict
     work = work_from_shares(imgs, costs, models, scale_to=target * images_per_prompt)
     preds = {}
     for k in gpus:
-        preds[int(k)] = (simulate_cost(work, int(k), chunk_size), simulate_round_robin(work, int(k), chunk_size))
+        preds[int(k)] = (
+            simulate_cost(work, int(k), chunk_size),
+            simulate_round_robin(work, int(k), chunk_size),
+        )
     return ClusterPlan(tuple(work), target, routed, device, chunk_size, preds)

@@ -26,7 +26,9 @@ from catimg.routing.rule import choose, normalise_cost
 
 LEVELS = ("low", "medium", "high", "max")
 
-_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*(?:(\d+(?:\.\d+)?)\s*ms)?\s*$")
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*(?:(\d+(?:\.\d+)?)\s*ms)?\s*$"
+)
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,9 @@ def parse_budget(text: str | None) -> Budget:
     )
 
 
-def plan_cost(choice: np.ndarray, cost: np.ndarray, load: np.ndarray | None, models: list[str] | None) -> float:
+def plan_cost(
+    choice: np.ndarray, cost: np.ndarray, load: np.ndarray | None, models: list[str] | None
+) -> float:
     """Total seconds of a plan: per-image costs plus, when given, one load per distinct model used."""
     total = float(cost[choice].sum())
     if load is not None and models is not None:
@@ -134,11 +138,20 @@ def solve_total(
             lam_hi = mid
         else:
             lam_lo = mid
-    return lam_hi, _spend_slack(qn, cost, budget_seconds, allowed, load, models, choose(qn, cn, lam_hi, allowed))
+    return lam_hi, _spend_slack(
+        qn, cost, budget_seconds, allowed, load, models, choose(qn, cn, lam_hi, allowed)
+    )
 
 
-def _spend_slack(qn: np.ndarray, cost: np.ndarray, budget_seconds: float, allowed: np.ndarray,
-                 load: np.ndarray | None, models: list[str] | None, choice: np.ndarray) -> np.ndarray:
+def _spend_slack(
+    qn: np.ndarray,
+    cost: np.ndarray,
+    budget_seconds: float,
+    allowed: np.ndarray,
+    load: np.ndarray | None,
+    models: list[str] | None,
+    choice: np.ndarray,
+) -> np.ndarray:
     """Greedy fix-up of a plan that fits: take upgrades (prompt i -> generator j) with the best Δq/Δcost (loading
     a model not used yet counted in Δcost) while they fit."""
     n = qn.shape[0]
@@ -177,18 +190,30 @@ def _spend_slack(qn: np.ndarray, cost: np.ndarray, budget_seconds: float, allowe
     return choice
 
 
-def too_small(option: str, budget_seconds: float, n: int, cost: np.ndarray, allowed: np.ndarray,
-              cheapest: np.ndarray, min_cost: float, labels: Sequence[str] | None = None) -> str:
+def too_small(
+    option: str,
+    budget_seconds: float,
+    n: int,
+    cost: np.ndarray,
+    allowed: np.ndarray,
+    cheapest: np.ndarray,
+    min_cost: float,
+    labels: Sequence[str] | None = None,
+) -> str:
     """The message for a budget below the cheapest plan: what the cheapest generator costs on this device and the
     smallest budget that works (rounded up, so that passing it works). ``labels``: a name per column."""
     j = int(np.flatnonzero(allowed)[np.argmin(cost[allowed])])
     name = labels[j] if labels is not None else "the cheapest generator"
     if option == "--budget":  # per image: fewer prompts cannot help
-        return (f'--budget "{format_duration(budget_seconds / n)}" per image is below the cheapest generator on this '
-                f'device: {name} takes {format_duration(cost[j], round_up=True)} per image. The smallest per-image budget that '
-                f'works here is --budget "{format_duration(cost[j], round_up=True)}"; or use a level (low, medium, '
-                "high, max)")
+        return (
+            f'--budget "{format_duration(budget_seconds / n)}" per image is below the cheapest generator on this '
+            f"device: {name} takes {format_duration(cost[j], round_up=True)} per image. The smallest per-image budget that "
+            f'works here is --budget "{format_duration(cost[j], round_up=True)}"; or use a level (low, medium, '
+            "high, max)"
+        )
     used = sorted({labels[int(k)] for k in np.unique(cheapest)}) if labels is not None else [name]
-    return (f'--total-budget "{format_duration(budget_seconds)}" is below the cheapest plan for these {n} prompt(s): '
-            f"{format_duration(min_cost, round_up=True)} with {', '.join(used)} (loading included). Give at least "
-            f'--total-budget "{format_duration(min_cost, round_up=True)}", or route fewer prompts')
+    return (
+        f'--total-budget "{format_duration(budget_seconds)}" is below the cheapest plan for these {n} prompt(s): '
+        f"{format_duration(min_cost, round_up=True)} with {', '.join(used)} (loading included). Give at least "
+        f'--total-budget "{format_duration(min_cost, round_up=True)}", or route fewer prompts'
+    )

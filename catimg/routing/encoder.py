@@ -114,7 +114,9 @@ class PromptEncoder:
         try:
             self._cache_file.parent.mkdir(parents=True, exist_ok=True)
             con = sqlite3.connect(self._cache_file, timeout=5)
-            con.execute("CREATE TABLE IF NOT EXISTS emb (encoder TEXT, key TEXT, vec BLOB, PRIMARY KEY (encoder, key))")
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS emb (encoder TEXT, key TEXT, vec BLOB, PRIMARY KEY (encoder, key))"
+            )
             return con
         except (OSError, sqlite3.Error):
             return None  # a cache that cannot be used is skipped, never fatal

@@ -21,7 +21,11 @@ def load_bert(folder: Path) -> Any:
     from safetensors.torch import load_file
 
     cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    if cfg.get("model_type") != "bert" or cfg.get("hidden_act") != "gelu" or cfg.get("position_embedding_type", "absolute") != "absolute":
+    if (
+        cfg.get("model_type") != "bert"
+        or cfg.get("hidden_act") != "gelu"
+        or cfg.get("position_embedding_type", "absolute") != "absolute"
+    ):
         raise ValueError(f"{folder}: not a plain BERT encoder this loader supports")
     weights = {k.removeprefix("bert."): v for k, v in load_file(str(folder / "model.safetensors")).items()}
     return _Bert(cfg, weights, torch)
@@ -41,12 +45,23 @@ class _Bert:
             raise ValueError(f"encoder weights incomplete, missing {missing[:3]}")
 
     def _names(self) -> list[str]:
-        names = ["embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
-                 "embeddings.token_type_embeddings.weight", "embeddings.LayerNorm.weight", "embeddings.LayerNorm.bias"]
+        names = [
+            "embeddings.word_embeddings.weight",
+            "embeddings.position_embeddings.weight",
+            "embeddings.token_type_embeddings.weight",
+            "embeddings.LayerNorm.weight",
+            "embeddings.LayerNorm.bias",
+        ]
         for i in range(self.layers):
             p = f"encoder.layer.{i}."
-            for part in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-                         "intermediate.dense", "output.dense"):
+            for part in (
+                "attention.self.query",
+                "attention.self.key",
+                "attention.self.value",
+                "attention.output.dense",
+                "intermediate.dense",
+                "output.dense",
+            ):
                 names += [p + part + ".weight", p + part + ".bias"]
             for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
                 names += [p + ln + ".weight", p + ln + ".bias"]
@@ -54,7 +69,9 @@ class _Bert:
 
     def _ln(self, x: Any, name: str) -> Any:
         w = self.w
-        return self.torch.nn.functional.layer_norm(x, x.shape[-1:], w[name + ".weight"], w[name + ".bias"], self.eps)
+        return self.torch.nn.functional.layer_norm(
+            x, x.shape[-1:], w[name + ".weight"], w[name + ".bias"], self.eps
+        )
 
     def _lin(self, x: Any, name: str) -> Any:
         return self.torch.nn.functional.linear(x, self.w[name + ".weight"], self.w[name + ".bias"])
@@ -63,8 +80,11 @@ class _Bert:
         torch, w, F = self.torch, self.w, self.torch.nn.functional
         b, n = input_ids.shape
         pos = torch.arange(n)
-        x = (w["embeddings.word_embeddings.weight"][input_ids] + w["embeddings.position_embeddings.weight"][pos][None]
-             + w["embeddings.token_type_embeddings.weight"][0][None, None])
+        x = (
+            w["embeddings.word_embeddings.weight"][input_ids]
+            + w["embeddings.position_embeddings.weight"][pos][None]
+            + w["embeddings.token_type_embeddings.weight"][0][None, None]
+        )
         x = self._ln(x, "embeddings.LayerNorm")
         keep = attention_mask.bool()[:, None, None, :]  # (b, 1, 1, n): attend to real tokens only
         h = self.heads

@@ -83,7 +83,9 @@ def nearest(Q: np.ndarray, T: np.ndarray, k: int, rows: np.ndarray | None = None
 
     Euclidean distance; computed in blocks of CHUNK queries, so memory stays CHUNK x n whatever m is.
     """
-    T = np.asarray(T if rows is None else T[rows], np.float32)  # one conversion (the index is float16), not per block
+    T = np.asarray(
+        T if rows is None else T[rows], np.float32
+    )  # one conversion (the index is float16), not per block
     n = T.shape[0]
     k = min(k, n)
     Tn = (T**2).sum(1)
@@ -224,7 +226,9 @@ class BayesLinear:
         S = (X32.T @ X32).astype(np.float64) - len(X) * np.outer(xbar, xbar)
         return xbar, (S + S.T) / 2, X.T @ tc, tbar, float(tc @ tc)
 
-    def fit(self, X: np.ndarray, t: np.ndarray, rho: float | None = None, noise: float | None = None) -> BayesLinear:
+    def fit(
+        self, X: np.ndarray, t: np.ndarray, rho: float | None = None, noise: float | None = None
+    ) -> BayesLinear:
         n, d = X.shape
         xbar, S, u, tbar, tt = self.moments(X, t)
         lam, V = np.linalg.eigh(S)
@@ -260,8 +264,14 @@ class BayesLinear:
         return mean, np.maximum(var, 0.0)
 
     def state(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        return ({"n": self.n, "mu": self.mu, "noise": self.noise, "rho": self.rho},
-                {"xbar": self.xbar.astype(np.float32), "w": self.w.astype(np.float64), "cov": self.cov.astype(np.float32)})
+        return (
+            {"n": self.n, "mu": self.mu, "noise": self.noise, "rho": self.rho},
+            {
+                "xbar": self.xbar.astype(np.float32),
+                "w": self.w.astype(np.float64),
+                "cov": self.cov.astype(np.float32),
+            },
+        )
 
     @classmethod
     def from_state(cls, p: dict[str, Any], a: dict[str, np.ndarray], prefix: str) -> BayesLinear:
@@ -289,7 +299,9 @@ class RidgePredictor:
         a, R = split_anchor(Y)
         has = ~np.isnan(a)
         self.anchor = BayesLinear().fit(X[has], a[has])
-        multi = (~np.isnan(Y)).sum(1) >= 2  # a deviation from a one-score anchor is the generator offset alone
+        multi = (~np.isnan(Y)).sum(
+            1
+        ) >= 2  # a deviation from a one-score anchor is the generator offset alone
         sets = []
         for j in range(Y.shape[1]):
             rows = np.flatnonzero(~np.isnan(R[:, j]) & multi)
@@ -299,8 +311,11 @@ class RidgePredictor:
         for j in own:
             self.devs[j].fit(X[sets[j]], R[sets[j], j])
         rho = float(np.median([self.devs[j].rho for j in own])) if own else self.anchor.rho
-        noise = (float(np.median([self.devs[j].noise for j in own])) if own
-                 else max(self.anchor.noise, float(np.nanvar(R)) if np.sum(~np.isnan(R)) > 1 else 1e-2))
+        noise = (
+            float(np.median([self.devs[j].noise for j in own]))
+            if own
+            else max(self.anchor.noise, float(np.nanvar(R)) if np.sum(~np.isnan(R)) > 1 else 1e-2)
+        )
         for j, rows in enumerate(sets):
             if j not in own:
                 self.devs[j].fit(X[rows], R[rows, j], rho=rho, noise=noise)
@@ -383,7 +398,9 @@ class BlendPredictor:
 
 
 PREDICTORS: dict[str, type[KNNPredictor] | type[RidgePredictor] | type[BlendPredictor]] = {
-    "knn": KNNPredictor, "ridge": RidgePredictor, "blend": BlendPredictor,
+    "knn": KNNPredictor,
+    "ridge": RidgePredictor,
+    "blend": BlendPredictor,
 }
 #: What ``--predictor auto`` uses (decided by ``python -m catimg.benchmarks.routing``).
 AUTO = "ridge"
@@ -396,11 +413,17 @@ def make_predictor(name: str, **kwargs: Any) -> Predictor:
     return cls(**kwargs)
 
 
-def load_predictor(name: str, params: dict[str, Any], arrays: dict[str, np.ndarray], where: str = "router") -> Predictor:
+def load_predictor(
+    name: str, params: dict[str, Any], arrays: dict[str, np.ndarray], where: str = "router"
+) -> Predictor:
     if name not in PREDICTORS:
-        raise RouterError(f"{where}: unknown predictor \"{name}\"; this catimg knows {', '.join(PREDICTORS)}; "
-                          "retrain the router with `catimg train`")
+        raise RouterError(
+            f'{where}: unknown predictor "{name}"; this catimg knows {", ".join(PREDICTORS)}; '
+            "retrain the router with `catimg train`"
+        )
     try:
         return PREDICTORS[name].from_saved(params, arrays)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise RouterError(f"{where}: predictor weights are incomplete ({exc}); retrain the router with `catimg train`") from exc
+        raise RouterError(
+            f"{where}: predictor weights are incomplete ({exc}); retrain the router with `catimg train`"
+        ) from exc

@@ -88,11 +88,23 @@ class PromptRoute:
             "lambda": self.lam,
             "runner_up": self.runner_up,
             "margin": self.margin,
-            "switch_down": {"generator": self.switch_down[0], "lambda": self.switch_down[1]} if self.switch_down else None,
-            "switch_up": {"generator": self.switch_up[0], "lambda": self.switch_up[1]} if self.switch_up else None,
+            "switch_down": {"generator": self.switch_down[0], "lambda": self.switch_down[1]}
+            if self.switch_down
+            else None,
+            "switch_up": {"generator": self.switch_up[0], "lambda": self.switch_up[1]}
+            if self.switch_up
+            else None,
             "neighbours": [{"prompt": p, "similarity": s} for p, s in self.neighbours],
-            **({"neighbours_by_set": {k: [{"prompt": p, "similarity": s} for p, s in v]
-                                      for k, v in self.neighbours_by_set.items()}} if self.neighbours_by_set else {}),
+            **(
+                {
+                    "neighbours_by_set": {
+                        k: [{"prompt": p, "similarity": s} for p, s in v]
+                        for k, v in self.neighbours_by_set.items()
+                    }
+                }
+                if self.neighbours_by_set
+                else {}
+            ),
             "generators": [r.to_dict() for r in self.rows],
         }
 
@@ -178,7 +190,9 @@ class ScoreMatrix:
     cn: np.ndarray  # (g,) seconds normalised by catimg.routing.rule (over the generators the router knows)
     allowed: np.ndarray  # (g,) bool: routable in this run
     emb: np.ndarray | None  # (n, d) prompt embeddings; None when the router is not used
-    sources: tuple[str, ...] = ()  # (g,) where each cost comes from (catimg.costs.model.COST_SOURCES), for messages
+    sources: tuple[
+        str, ...
+    ] = ()  # (g,) where each cost comes from (catimg.costs.model.COST_SOURCES), for messages
 
 
 @dataclass(frozen=True, eq=False)
@@ -239,26 +253,53 @@ def route_prompts(
         costs = _costs(catalog.generators, device, router, use_router, forced_gen, run_as, batch)
     statuses = generator_statuses(catalog.generators, costs, router, use_router)
     _require_routable(catalog, statuses, forced_gen)
-    scores = score_matrix(router_texts or prompts, catalog.generators, router, costs, statuses,
-                          enc if use_router else None)
+    scores = score_matrix(
+        router_texts or prompts, catalog.generators, router, costs, statuses, enc if use_router else None
+    )
     sol = solve(scores, router, budget, total_budget, forced_gen)
     if forced_gen is not None:
         statuses[forced_gen.name] = FORCED
-    nb = (router.neighbours(scores.emb, k=neighbours) if neighbours and scores.emb is not None
-          else [[] for _ in prompts])
-    nbs = (router.neighbours_by_set(scores.emb, k=neighbours) if neighbours and router.sets and scores.emb is not None
-           else [{} for _ in prompts])
+    nb = (
+        router.neighbours(scores.emb, k=neighbours)
+        if neighbours and scores.emb is not None
+        else [[] for _ in prompts]
+    )
+    nbs = (
+        router.neighbours_by_set(scores.emb, k=neighbours)
+        if neighbours and router.sets and scores.emb is not None
+        else [{} for _ in prompts]
+    )
     routes = []
     for i, p in enumerate(prompts):
         why = explain_choice(i, scores, sol) if explain and not sol.forced else Explanation()
-        routes.append(PromptRoute(
-            index=i, prompt=p, choice=scores.names[int(sol.choice[i])], lam=0.0 if sol.lam is None else sol.lam,
-            rows=_rows(i, catalog.generators, scores, sol, statuses, costs), runner_up=why.runner_up,
-            margin=why.margin, switch_down=why.switch_down, switch_up=why.switch_up, neighbours=list(nb[i]),
-            neighbours_by_set=nbs[i],
-        ))
-    return _summary(routes, catalog, scores, sol, costs, device, statuses, router,
-                    budget=budget, total_budget=total_budget, forced=forced if forced_gen is not None else None)
+        routes.append(
+            PromptRoute(
+                index=i,
+                prompt=p,
+                choice=scores.names[int(sol.choice[i])],
+                lam=0.0 if sol.lam is None else sol.lam,
+                rows=_rows(i, catalog.generators, scores, sol, statuses, costs),
+                runner_up=why.runner_up,
+                margin=why.margin,
+                switch_down=why.switch_down,
+                switch_up=why.switch_up,
+                neighbours=list(nb[i]),
+                neighbours_by_set=nbs[i],
+            )
+        )
+    return _summary(
+        routes,
+        catalog,
+        scores,
+        sol,
+        costs,
+        device,
+        statuses,
+        router,
+        budget=budget,
+        total_budget=total_budget,
+        forced=forced if forced_gen is not None else None,
+    )
 
 
 def _check_prompts(prompts: list[str]) -> None:
@@ -284,21 +325,34 @@ def _router_usable(router: Router, catalog: Catalog, encoder_id: str, forced_gen
     return True
 
 
-def _costs(gens: tuple[Generator, ...], device: DeviceInfo, router: Router, use_router: bool,
-           forced_gen: Generator | None, run_as: Callable[[Generator], Generator] | None,
-           batch: int) -> dict[str, Cost]:
+def _costs(
+    gens: tuple[Generator, ...],
+    device: DeviceInfo,
+    router: Router,
+    use_router: bool,
+    forced_gen: Generator | None,
+    run_as: Callable[[Generator], Generator] | None,
+    batch: int,
+) -> dict[str, Cost]:
     """Every generator's cost on this device: one that will not be routed to may lack a cost; one that can be
     chosen may not."""
     from catimg.costs.model import routing_costs
 
     knowable = {g.name for g in gens if g.enabled and router.knows(g)}
     # the one cost rule (catimg.costs.model): explicit > measured here > the router's trained-with seconds > estimate
-    return routing_costs(gens, device, router=router if use_router else None, run_as=run_as,
-                         unknown_ok=lambda g: forced_gen is not None or g.name not in knowable, batch=batch)
+    return routing_costs(
+        gens,
+        device,
+        router=router if use_router else None,
+        run_as=run_as,
+        unknown_ok=lambda g: forced_gen is not None or g.name not in knowable,
+        batch=batch,
+    )
 
 
-def generator_statuses(gens: tuple[Generator, ...], costs: dict[str, Cost], router: Router,
-                       use_router: bool) -> dict[str, Status]:
+def generator_statuses(
+    gens: tuple[Generator, ...], costs: dict[str, Cost], router: Router, use_router: bool
+) -> dict[str, Status]:
     """Each generator's status before routing: disabled, needs calibration, does not fit, or routable."""
     statuses: dict[str, Status] = {}
     for g in gens:
@@ -321,8 +375,14 @@ def _require_routable(catalog: Catalog, statuses: dict[str, Status], forced_gen:
         )
 
 
-def score_matrix(prompts: list[str], gens: tuple[Generator, ...], router: Router, costs: dict[str, Cost],
-                 statuses: dict[str, Status], encoder: Any) -> ScoreMatrix:
+def score_matrix(
+    prompts: list[str],
+    gens: tuple[Generator, ...],
+    router: Router,
+    costs: dict[str, Cost],
+    statuses: dict[str, Status],
+    encoder: Any,
+) -> ScoreMatrix:
     """Predicted quality (when ``encoder`` is given) and costs of every generator, normalised by the rule.
 
     The cost scale is the largest cost among the generators the router knows, routable in this run or not (the
@@ -344,32 +404,55 @@ def score_matrix(prompts: list[str], gens: tuple[Generator, ...], router: Router
     known = np.array([encoder is not None and router.knows(g) for g in gens], dtype=bool)
     qn, cn = normalise(q, seconds, router.scale, reference=known)
     return ScoreMatrix(
-        names=names, models=tuple(g.model for g in gens), q=q, s=s, qn=qn, seconds=seconds,
+        names=names,
+        models=tuple(g.model for g in gens),
+        q=q,
+        s=s,
+        qn=qn,
+        seconds=seconds,
         tflops=np.array([costs[nm].tflops for nm in names], dtype=float),
-        load=np.array([costs[nm].load_seconds for nm in names], dtype=float), cn=cn,
-        allowed=np.array([statuses[nm] == ROUTABLE for nm in names], dtype=bool), emb=emb,
+        load=np.array([costs[nm].load_seconds for nm in names], dtype=float),
+        cn=cn,
+        allowed=np.array([statuses[nm] == ROUTABLE for nm in names], dtype=bool),
+        emb=emb,
         sources=tuple(costs[nm].source for nm in names),
     )
 
 
 def _labels(sc: ScoreMatrix) -> tuple[str, ...]:
     """Each generator with where its cost comes from ("sdxl-turbo (estimated)"), for budget messages."""
-    return tuple(f"{n} ({src})" for n, src in zip(sc.names, sc.sources, strict=True)) if sc.sources else sc.names
+    return (
+        tuple(f"{n} ({src})" for n, src in zip(sc.names, sc.sources, strict=True)) if sc.sources else sc.names
+    )
 
 
-def solve(scores: ScoreMatrix, router: Router, budget: Budget, total_budget: float | None,
-          forced_gen: Generator | None) -> Solution:
+def solve(
+    scores: ScoreMatrix,
+    router: Router,
+    budget: Budget,
+    total_budget: float | None,
+    forced_gen: Generator | None,
+) -> Solution:
     """One generator per prompt: the forced one, a total or per-image budget in seconds, or a named level."""
     sc, n = scores, len(scores.q)
     if forced_gen is not None:
         return Solution(None, np.full(n, sc.names.index(forced_gen.name)))
     # λ of a seconds budget is on the cost scale of the levels' (sc.cn), so that it can be compared with them
     if total_budget is not None:
-        lam, choice = solve_total(sc.qn, sc.seconds, total_budget, sc.allowed, sc.load, list(sc.models), cn=sc.cn,
-                                  labels=_labels(sc))
+        lam, choice = solve_total(
+            sc.qn,
+            sc.seconds,
+            total_budget,
+            sc.allowed,
+            sc.load,
+            list(sc.models),
+            cn=sc.cn,
+            labels=_labels(sc),
+        )
     elif budget.seconds is not None:
-        lam, choice = solve_total(sc.qn, sc.seconds, budget.seconds * n, sc.allowed, option="--budget", cn=sc.cn,
-                                  labels=_labels(sc))
+        lam, choice = solve_total(
+            sc.qn, sc.seconds, budget.seconds * n, sc.allowed, option="--budget", cn=sc.cn, labels=_labels(sc)
+        )
     else:
         assert budget.level is not None
         lam = float(router.levels[budget.level])
@@ -377,21 +460,33 @@ def solve(scores: ScoreMatrix, router: Router, budget: Budget, total_budget: flo
     return Solution(lam, choice)
 
 
-def _rows(i: int, gens: tuple[Generator, ...], scores: ScoreMatrix, sol: Solution, statuses: dict[str, Status],
-          costs: dict[str, Cost]) -> list[GeneratorRow]:
+def _rows(
+    i: int,
+    gens: tuple[Generator, ...],
+    scores: ScoreMatrix,
+    sol: Solution,
+    statuses: dict[str, Status],
+    costs: dict[str, Cost],
+) -> list[GeneratorRow]:
     """Prompt ``i``'s row of every generator: prediction, cost, value at the run's λ and status."""
     sc, cj = scores, int(sol.choice[i])
-    value = values(sc.qn[i:i + 1], sc.cn, 0.0 if sol.lam is None else sol.lam)[0]
+    value = values(sc.qn[i : i + 1], sc.cn, 0.0 if sol.lam is None else sol.lam)[0]
     rows = []
     for j, gen in enumerate(gens):
         known = not np.isnan(sc.q[i, j])
         status = statuses[gen.name] if j != cj else FORCED if sol.forced else CHOSEN
-        rows.append(GeneratorRow(
-            name=gen.name, predicted_quality=float(sc.q[i, j]) if known else None,
-            uncertainty=float(sc.s[i, j]) if known else None, cost_seconds=float(sc.seconds[j]),
-            cost_tflops=float(sc.tflops[j]), cost_kind=costs[gen.name].kind,
-            value=float(value[j]) if known else None, status=status,
-        ))
+        rows.append(
+            GeneratorRow(
+                name=gen.name,
+                predicted_quality=float(sc.q[i, j]) if known else None,
+                uncertainty=float(sc.s[i, j]) if known else None,
+                cost_seconds=float(sc.seconds[j]),
+                cost_tflops=float(sc.tflops[j]),
+                cost_kind=costs[gen.name].kind,
+                value=float(value[j]) if known else None,
+                status=status,
+            )
+        )
     return rows
 
 
@@ -400,7 +495,7 @@ def explain_choice(i: int, scores: ScoreMatrix, sol: Solution) -> Explanation:
     sc, cj = scores, int(sol.choice[i])
     lam = 0.0 if sol.lam is None else sol.lam
     k = runner_up(sc.qn[i], sc.cn, lam, cj, sc.allowed)
-    value = values(sc.qn[i:i + 1], sc.cn, lam)[0]
+    value = values(sc.qn[i : i + 1], sc.cn, lam)[0]
     sw = switch_points(sc.qn[i], sc.cn, cj, sc.allowed)
     return Explanation(
         runner_up=None if k is None else sc.names[k],
@@ -410,9 +505,20 @@ def explain_choice(i: int, scores: ScoreMatrix, sol: Solution) -> Explanation:
     )
 
 
-def _summary(routes: list[PromptRoute], catalog: Catalog, scores: ScoreMatrix, sol: Solution,
-             costs: dict[str, Cost], device: DeviceInfo, statuses: dict[str, Status], router: Router, *,
-             budget: Budget, total_budget: float | None, forced: str | None) -> RoutingResult:
+def _summary(
+    routes: list[PromptRoute],
+    catalog: Catalog,
+    scores: ScoreMatrix,
+    sol: Solution,
+    costs: dict[str, Cost],
+    device: DeviceInfo,
+    statuses: dict[str, Status],
+    router: Router,
+    *,
+    budget: Budget,
+    total_budget: float | None,
+    forced: str | None,
+) -> RoutingResult:
     """The run's totals: planned seconds (one load per model used), mean predicted quality, best single generator."""
     sc, choice, n = scores, sol.choice, len(routes)
     chosen_q = sc.q[np.arange(n), choice]
@@ -420,17 +526,36 @@ def _summary(routes: list[PromptRoute], catalog: Catalog, scores: ScoreMatrix, s
     if sc.allowed.any():
         means = np.where(sc.allowed, np.nanmean(np.where(np.isnan(sc.q), -np.inf, sc.q), axis=0), -np.inf)
         b = int(np.argmax(means))
-        best_single, best_secs, best_q = sc.names[b], float(sc.seconds[b] * n + sc.load[b]), float(np.mean(sc.q[:, b]))
+        best_single, best_secs, best_q = (
+            sc.names[b],
+            float(sc.seconds[b] * n + sc.load[b]),
+            float(np.mean(sc.q[:, b])),
+        )
     lo, hi = router.scale
     return RoutingResult(
-        routes=routes, generators=catalog.generators, costs=costs, device=device,
-        budget=(f"--generator {forced}" if forced is not None else
-                f"{format_duration(total_budget)} total" if total_budget is not None else budget.describe()),
+        routes=routes,
+        generators=catalog.generators,
+        costs=costs,
+        device=device,
+        budget=(
+            f"--generator {forced}"
+            if forced is not None
+            else f"{format_duration(total_budget)} total"
+            if total_budget is not None
+            else budget.describe()
+        ),
         lam=sol.lam,
-        total_budget_seconds=total_budget if total_budget is not None else (budget.seconds * n if budget.seconds else None),
+        total_budget_seconds=total_budget
+        if total_budget is not None
+        else (budget.seconds * n if budget.seconds else None),
         planned_seconds=float(sc.seconds[choice].sum()),
         planned_load_seconds=load_seconds(choice, sc.load, sc.models),
-        best_single=best_single, best_single_seconds=best_secs, best_single_quality=best_q,
+        best_single=best_single,
+        best_single_seconds=best_secs,
+        best_single_quality=best_q,
         mean_predicted_quality=float(np.nanmean(chosen_q)) if not np.all(np.isnan(chosen_q)) else None,
-        statuses=statuses, metric=router.metric, scale=(float(lo), float(hi)), levels=dict(router.levels),
+        statuses=statuses,
+        metric=router.metric,
+        scale=(float(lo), float(hi)),
+        levels=dict(router.levels),
     )

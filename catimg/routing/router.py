@@ -30,7 +30,9 @@ from catimg.routing.predictor import Predictor, load_predictor
 FORMAT = "catimg-router"
 FORMAT_VERSION = 2
 #: Format versions that this catimg can no longer read, with what changed (for the one-line error).
-OLD_FORMATS = {1: "version 1 (catimg 0.1.0) held an exact Gaussian process whose weights grow with the square of the prompts"}
+OLD_FORMATS = {
+    1: "version 1 (catimg 0.1.0) held an exact Gaussian process whose weights grow with the square of the prompts"
+}
 #: At most this many training prompts are kept in the neighbour index (float16 embeddings).
 INDEX_MAX = 32768
 INDEX_PREFIX = "index."
@@ -51,8 +53,14 @@ LEVEL_DEFINITION = (
 class Router:
     """A loaded router artifact (see the module docstring for the files)."""
 
-    def __init__(self, path: Path, config: dict[str, Any], predictor: Predictor, prompts: list[str] | None,
-                 index: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        config: dict[str, Any],
+        predictor: Predictor,
+        prompts: list[str] | None,
+        index: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         self.path = path
         self.config = config
         self.predictor = predictor
@@ -172,9 +180,13 @@ class Router:
         assert self._index is not None and self._prompts is not None
         rows, train = self._index
         top = members[nearest(emb, train, k, rows=members)]
-        sims = [np.asarray(train[t], np.float32) @ e for t, e in zip(top, emb, strict=True)]  # unit vectors: cosine
-        return [[(self._prompts[int(rows[j])], float(s)) for j, s in zip(t, srow, strict=True)]
-                for t, srow in zip(top, sims, strict=True)]
+        sims = [
+            np.asarray(train[t], np.float32) @ e for t, e in zip(top, emb, strict=True)
+        ]  # unit vectors: cosine
+        return [
+            [(self._prompts[int(rows[j])], float(s)) for j, s in zip(t, srow, strict=True)]
+            for t, srow in zip(top, sims, strict=True)
+        ]
 
     @property
     def sets(self) -> list[dict[str, Any]]:
@@ -197,7 +209,9 @@ class Router:
         if self._index is None or self._prompts is None or k <= 0:
             return [{} for _ in range(len(emb))]
         rows = self._index[0]
-        sets = self.sets or [{"name": ", ".join(self.sources(self.generators[0])), "rows": [0, len(self._prompts)]}]
+        sets = self.sets or [
+            {"name": ", ".join(self.sources(self.generators[0])), "rows": [0, len(self._prompts)]}
+        ]
         out: list[dict[str, list[tuple[str, float]]]] = [{} for _ in range(len(emb))]
         for s in sets:
             members = np.flatnonzero((rows >= s["rows"][0]) & (rows < s["rows"][1]))
@@ -216,21 +230,37 @@ class Router:
     def summary(self) -> dict[str, Any]:
         card = self.data_card
         return {
-            "path": str(self.path), "format_version": self.version, "predictor": self.predictor_name,
-            "generators": self.generators, "metric": self.metric, "scale": list(self.scale), "levels": self.levels,
-            "encoder": self.encoder_id, "n_prompts": card.get("n_prompts"), "sources": card.get("sources", []),
+            "path": str(self.path),
+            "format_version": self.version,
+            "predictor": self.predictor_name,
+            "generators": self.generators,
+            "metric": self.metric,
+            "scale": list(self.scale),
+            "levels": self.levels,
+            "encoder": self.encoder_id,
+            "n_prompts": card.get("n_prompts"),
+            "sources": card.get("sources", []),
         }
 
 
 def neighbour_index(X: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(rows, float16 embeddings) of the neighbour index: every row up to INDEX_MAX, else a seeded sample."""
     n = len(X)
-    rows = np.arange(n) if n <= INDEX_MAX else np.sort(np.random.default_rng(seed).choice(n, INDEX_MAX, replace=False))
+    rows = (
+        np.arange(n)
+        if n <= INDEX_MAX
+        else np.sort(np.random.default_rng(seed).choice(n, INDEX_MAX, replace=False))
+    )
     return rows.astype(np.int64), np.asarray(X, np.float32)[rows].astype(np.float16)
 
 
-def save_router(out_dir: str | Path, config: dict[str, Any], predictor: Predictor, prompts: list[str],
-                index: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
+def save_router(
+    out_dir: str | Path,
+    config: dict[str, Any],
+    predictor: Predictor,
+    prompts: list[str],
+    index: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Path:
     """Write the artifact folder (config.json, weights.safetensors with the neighbour index, prompts.json)."""
     from safetensors.numpy import save_file
 
@@ -254,32 +284,46 @@ def _require(cfg: dict[str, Any], where: Path, *keys: str) -> Any:
     cur: Any = cfg
     for k in keys:
         if not isinstance(cur, dict) or k not in cur:
-            raise RouterError(f"{where}: missing key \"{'.'.join(keys)}\"; the artifact is incomplete, retrain it with `catimg train`")
+            raise RouterError(
+                f'{where}: missing key "{".".join(keys)}"; the artifact is incomplete, retrain it with `catimg train`'
+            )
         cur = cur[k]
     return cur
 
 
-def load_router(path: str | Path | None = None, encoder_id: str | None = None, encoder_dim: int | None = None) -> Router:
+def load_router(
+    path: str | Path | None = None, encoder_id: str | None = None, encoder_dim: int | None = None
+) -> Router:
     """Load and validate a router folder (None: the router bundled with catimg)."""
     folder = PACKAGED_ROUTER if path is None else Path(path).expanduser()
     if not folder.exists():
-        raise RouterError(f"{folder}: router folder not found; pass --router with a folder written by `catimg train`")
+        raise RouterError(
+            f"{folder}: router folder not found; pass --router with a folder written by `catimg train`"
+        )
     if not folder.is_dir():
         if folder.name == CONFIG:
             folder = folder.parent
         else:
-            raise RouterError(f"{folder}: is a file, not a router folder; pass --router with the folder holding {CONFIG}")
+            raise RouterError(
+                f"{folder}: is a file, not a router folder; pass --router with the folder holding {CONFIG}"
+            )
     cfg_path = folder / CONFIG
     if not cfg_path.is_file():
-        raise RouterError(f"{folder}: no {CONFIG} in the router folder; pass a folder written by `catimg train`")
+        raise RouterError(
+            f"{folder}: no {CONFIG} in the router folder; pass a folder written by `catimg train`"
+        )
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise RouterError(f"{cfg_path}: cannot read ({exc}); retrain the router with `catimg train`") from exc
     except json.JSONDecodeError as exc:
-        raise RouterError(f"{cfg_path}: corrupt JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); retrain the router with `catimg train`") from exc
+        raise RouterError(
+            f"{cfg_path}: corrupt JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); retrain the router with `catimg train`"
+        ) from exc
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise RouterError(f"{cfg_path}: not a catimg router config (format is not \"{FORMAT}\"); pass a folder written by `catimg train`")
+        raise RouterError(
+            f'{cfg_path}: not a catimg router config (format is not "{FORMAT}"); pass a folder written by `catimg train`'
+        )
     version = cfg.get("format_version")
     if version in OLD_FORMATS:
         raise RouterError(
@@ -291,27 +335,46 @@ def load_router(path: str | Path | None = None, encoder_id: str | None = None, e
             f"{cfg_path}: router format version {version!r}, but this catimg reads version {FORMAT_VERSION}; "
             "retrain it with this catimg (`catimg train`) or use the matching catimg version"
         )
-    for keys in (("encoder", "id"), ("encoder", "dim"), ("generators",), ("metric", "name"), ("metric", "scale"),
-                 ("budget", "levels"), ("predictor", "name"), ("predictor", "params")):
+    for keys in (
+        ("encoder", "id"),
+        ("encoder", "dim"),
+        ("generators",),
+        ("metric", "name"),
+        ("metric", "scale"),
+        ("budget", "levels"),
+        ("predictor", "name"),
+        ("predictor", "params"),
+    ):
         _require(cfg, cfg_path, *keys)
-    if not isinstance(cfg["generators"], list) or not cfg["generators"] or not all(
-            isinstance(g, dict) and "name" in g and "cost" in g for g in cfg["generators"]):
-        raise RouterError(f"{cfg_path}: \"generators\" must be a non-empty list of {{name, cost, ...}}; retrain the router")
+    if (
+        not isinstance(cfg["generators"], list)
+        or not cfg["generators"]
+        or not all(isinstance(g, dict) and "name" in g and "cost" in g for g in cfg["generators"])
+    ):
+        raise RouterError(
+            f'{cfg_path}: "generators" must be a non-empty list of {{name, cost, ...}}; retrain the router'
+        )
     if encoder_id is not None and cfg["encoder"]["id"] != encoder_id:
         raise RouterError(
             f"{cfg_path}: trained on prompt encoder {cfg['encoder']['id']}, but catimg uses {encoder_id}; retrain the router with `catimg train`"
         )
     if encoder_dim is not None and int(cfg["encoder"]["dim"]) != encoder_dim:
-        raise RouterError(f"{cfg_path}: encoder dimension {cfg['encoder']['dim']} differs from {encoder_dim}; retrain the router")
+        raise RouterError(
+            f"{cfg_path}: encoder dimension {cfg['encoder']['dim']} differs from {encoder_dim}; retrain the router"
+        )
     wpath = folder / str(cfg.get("weights", WEIGHTS))
     if not wpath.is_file():
-        raise RouterError(f"{wpath}: router weights missing; copy the whole router folder or retrain it with `catimg train`")
+        raise RouterError(
+            f"{wpath}: router weights missing; copy the whole router folder or retrain it with `catimg train`"
+        )
     try:
         from safetensors.numpy import load_file
 
         arrays = load_file(str(wpath))
     except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise RouterError(f"{wpath}: corrupt router weights ({first_line(exc, limit=120)}); retrain the router with `catimg train`") from exc
+        raise RouterError(
+            f"{wpath}: corrupt router weights ({first_line(exc, limit=120)}); retrain the router with `catimg train`"
+        ) from exc
     index_rows = arrays.pop(INDEX_PREFIX + "rows", None)
     index_X = arrays.pop(INDEX_PREFIX + "X", None)
     pred = load_predictor(cfg["predictor"]["name"], cfg["predictor"]["params"], arrays, where=str(wpath))
@@ -321,24 +384,33 @@ def load_router(path: str | Path | None = None, encoder_id: str | None = None, e
         mean, std = pred.predict(np.zeros((1, int(cfg["encoder"]["dim"])), dtype=np.float32))
         ok = np.shape(mean) == (1, n_gen) and np.shape(std) == (1, n_gen)
     except (ValueError, IndexError, KeyError, TypeError) as exc:
-        raise RouterError(f"{wpath}: the weights do not fit {CONFIG} ({first_line(exc, limit=120)}); "
-                          "copy the whole router folder or retrain it with `catimg train`") from exc
+        raise RouterError(
+            f"{wpath}: the weights do not fit {CONFIG} ({first_line(exc, limit=120)}); "
+            "copy the whole router folder or retrain it with `catimg train`"
+        ) from exc
     if not ok:
-        raise RouterError(f"{wpath}: the weights predict {np.shape(mean)[-1]} generator(s) but {CONFIG} lists {n_gen}; "
-                          "copy the whole router folder or retrain it with `catimg train`")
+        raise RouterError(
+            f"{wpath}: the weights predict {np.shape(mean)[-1]} generator(s) but {CONFIG} lists {n_gen}; "
+            "copy the whole router folder or retrain it with `catimg train`"
+        )
     prompts: list[str] | None = None
     ppath = folder / PROMPTS
     if ppath.is_file():
         try:
             prompts = json.loads(ppath.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RouterError(f"{ppath}: corrupt prompt list ({exc}); retrain the router with `catimg train`") from exc
+            raise RouterError(
+                f"{ppath}: corrupt prompt list ({exc}); retrain the router with `catimg train`"
+            ) from exc
     index = None
     if index_rows is not None and index_X is not None and prompts is not None:
         if index_X.shape != (len(index_rows), int(cfg["encoder"]["dim"])) or (
-                len(index_rows) and (index_rows.min() < 0 or index_rows.max() >= len(prompts))):
-            raise RouterError(f"{wpath}: the neighbour index does not fit {PROMPTS}; copy the whole router folder or "
-                              "retrain it with `catimg train`")
+            len(index_rows) and (index_rows.min() < 0 or index_rows.max() >= len(prompts))
+        ):
+            raise RouterError(
+                f"{wpath}: the neighbour index does not fit {PROMPTS}; copy the whole router folder or "
+                "retrain it with `catimg train`"
+            )
         index = (index_rows.astype(np.int64), index_X)
     return Router(folder, cfg, pred, prompts, index)
 

@@ -55,8 +55,9 @@ def normalise_cost(cost: np.ndarray, reference: np.ndarray | None = None) -> np.
     return np.asarray(cost, float) / cost_scale(cost, reference)
 
 
-def normalise(q: np.ndarray, cost: np.ndarray, scale: tuple[float, float],
-              reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def normalise(
+    q: np.ndarray, cost: np.ndarray, scale: tuple[float, float], reference: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(qn, cn): qualities in metric units and raw costs, normalised by the rule."""
     return normalise_quality(q, scale), normalise_cost(cost, reference)
 
@@ -171,8 +172,9 @@ def crossings(qn: np.ndarray, cn: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate(lams)) if lams else np.zeros(0)
 
 
-def breakpoints(q: np.ndarray, cost: np.ndarray, scale: tuple[float, float],
-                max_points: int = MAX_SWEEP_POINTS) -> np.ndarray:
+def breakpoints(
+    q: np.ndarray, cost: np.ndarray, scale: tuple[float, float], max_points: int = MAX_SWEEP_POINTS
+) -> np.ndarray:
     """λs (>= 0) that visit every distinct choice of a sweep: 0, the midpoints between consecutive crossings, and
     one past the last crossing (always the cheapest). Beyond ``max_points`` crossings, their quantiles."""
     qn, cn = normalise(q, cost, scale)

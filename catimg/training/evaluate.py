@@ -55,8 +55,13 @@ class Curve:
         return float(np.interp(c, x, y))
 
 
-def sweep(q_pred: np.ndarray, q_true: np.ndarray, costs: np.ndarray, scale: tuple[float, float],
-          lambdas: np.ndarray | None = None) -> Curve:
+def sweep(
+    q_pred: np.ndarray,
+    q_true: np.ndarray,
+    costs: np.ndarray,
+    scale: tuple[float, float],
+    lambdas: np.ndarray | None = None,
+) -> Curve:
     costs = np.asarray(costs, float)
     lams = breakpoints(q_pred, costs, scale) if lambdas is None else np.asarray(lambdas, float)
     n = len(q_true)
@@ -129,8 +134,10 @@ def summarise(name: str, curve: Curve, single_costs: np.ndarray, single_q: np.nd
     c_best, q_best = float(single_costs[best]), float(single_q[best])
     ctm = cost_to_match(curve, q_best - 1e-12)
     return Summary(
-        name=name, auc=auc(curve, float(single_costs.min()), float(single_costs.max())),
-        quality_at_best_cost=curve.at(c_best), cost_to_match=ctm,
+        name=name,
+        auc=auc(curve, float(single_costs.min()), float(single_costs.max())),
+        quality_at_best_cost=curve.at(c_best),
+        cost_to_match=ctm,
         cost_to_match_pct=(100.0 * ctm / c_best) if ctm is not None else None,
     )
 
@@ -180,9 +187,16 @@ class EvalReport:
 
 
 def evaluate_predictions(
-    q_pred: np.ndarray, q_true: np.ndarray, costs: Sequence[float] | np.ndarray, scale: tuple[float, float],
-    generators: Sequence[str], metric: str = "score", cost_unit: str = "tflops",
-    levels: dict[str, float] | None = None, name: str = "router", n_dropped: int = 0,
+    q_pred: np.ndarray,
+    q_true: np.ndarray,
+    costs: Sequence[float] | np.ndarray,
+    scale: tuple[float, float],
+    generators: Sequence[str],
+    metric: str = "score",
+    cost_unit: str = "tflops",
+    levels: dict[str, float] | None = None,
+    name: str = "router",
+    n_dropped: int = 0,
 ) -> EvalReport:
     """Curves and numbers for predictions ``q_pred`` against measured ``q_true`` (both (n, g), no NaN)."""
     c = np.asarray(costs, float)
@@ -190,27 +204,54 @@ def evaluate_predictions(
     router = sweep(q_pred, q_true, c, scale)
     oracle = sweep(q_true, q_true, c, scale)
     random = hull_curve(c, single_q)
-    sums = [summarise(name, router, c, single_q), summarise("oracle", oracle, c, single_q),
-            summarise("random", random, c, single_q)]
+    sums = [
+        summarise(name, router, c, single_q),
+        summarise("oracle", oracle, c, single_q),
+        summarise("random", random, c, single_q),
+    ]
     for s, cv in zip(sums, (router, oracle, random), strict=True):
         s.apgr = apgr(cv, oracle, c, single_q)
     lv = []
     for lname, lam in (levels or {}).items():
         ch = choose(q_pred, c, lam, scale)
         shares = {g: float(np.mean(ch == j)) for j, g in enumerate(generators)}
-        lv.append({"name": lname, "lambda": lam, "cost": float(c[ch].mean()),
-                   "quality": float(q_true[np.arange(len(ch)), ch].mean()), "shares": shares})
-    curves = {k: {"cost": cv.costs.tolist(), "quality": cv.qualities.tolist()}
-              for k, cv in ((name, router), ("oracle", oracle), ("random", random))}
+        lv.append(
+            {
+                "name": lname,
+                "lambda": lam,
+                "cost": float(c[ch].mean()),
+                "quality": float(q_true[np.arange(len(ch)), ch].mean()),
+                "shares": shares,
+            }
+        )
+    curves = {
+        k: {"cost": cv.costs.tolist(), "quality": cv.qualities.tolist()}
+        for k, cv in ((name, router), ("oracle", oracle), ("random", random))
+    }
     return EvalReport(
-        metric=metric, cost_unit=cost_unit, n_prompts=len(q_true), n_dropped=n_dropped, generators=list(generators),
-        single=[{"name": g, "cost": float(c[j]), "quality": float(single_q[j])} for j, g in enumerate(generators)],
-        best_single=generators[int(np.argmax(single_q))], summaries=sums, levels=lv, curves=curves,
+        metric=metric,
+        cost_unit=cost_unit,
+        n_prompts=len(q_true),
+        n_dropped=n_dropped,
+        generators=list(generators),
+        single=[
+            {"name": g, "cost": float(c[j]), "quality": float(single_q[j])} for j, g in enumerate(generators)
+        ],
+        best_single=generators[int(np.argmax(single_q))],
+        summaries=sums,
+        levels=lv,
+        curves=curves,
     )
 
 
-def evaluate_router(router: Any, measurements: Any, metric: str | None = None, encoder: Any = None,
-                    costs: dict[str, float] | None = None, cost_unit: str | None = None) -> EvalReport:
+def evaluate_router(
+    router: Any,
+    measurements: Any,
+    metric: str | None = None,
+    encoder: Any = None,
+    costs: dict[str, float] | None = None,
+    cost_unit: str | None = None,
+) -> EvalReport:
     """Evaluate a loaded router on held-out measurements (a path or a MeasurementTable).
 
     Only prompts measured on every router generator present in the file count; costs are ``costs`` (seconds per
@@ -243,7 +284,9 @@ def evaluate_router(router: Any, measurements: Any, metric: str | None = None, e
     sub = table.select(cols)
     full = ~np.any(np.isnan(sub.Y), axis=1)
     if full.sum() < 1:
-        raise MeasurementsError(f"{where}: no prompt is measured on every one of {', '.join(cols)}; eval needs full rows")
+        raise MeasurementsError(
+            f"{where}: no prompt is measured on every one of {', '.join(cols)}; eval needs full rows"
+        )
     n_dropped = int((~full).sum())
     sub = sub.subset(np.flatnonzero(full))
     if encoder is None:
@@ -257,9 +300,16 @@ def evaluate_router(router: Any, measurements: Any, metric: str | None = None, e
     # None: the router's own training costs
     cvec = np.array([(costs or router.costs)[g] for g in cols])
     report = evaluate_predictions(
-        mean[:, idx], sub.Y, cvec, router.scale, cols, metric=router.metric,
+        mean[:, idx],
+        sub.Y,
+        cvec,
+        router.scale,
+        cols,
+        metric=router.metric,
         cost_unit=cost_unit or router.cost_unit,
-        levels=router.levels, name=f"router ({router.predictor_name})", n_dropped=n_dropped,
+        levels=router.levels,
+        name=f"router ({router.predictor_name})",
+        n_dropped=n_dropped,
     )
     report.ignored = ignored
     trained_on = set(router.training_prompts)
@@ -279,15 +329,23 @@ def plot_report(report: EvalReport, path: Any) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise InputError(f"--plot {path}: matplotlib is not installed; pip install 'catimg[plot]' or drop --plot") from None
+        raise InputError(
+            f"--plot {path}: matplotlib is not installed; pip install 'catimg[plot]' or drop --plot"
+        ) from None
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for name, cv in report.curves.items():
         o = np.argsort(cv["cost"], kind="stable")
-        ax.plot(np.array(cv["cost"])[o], np.array(cv["quality"])[o], label=name,
-                linestyle="--" if name in ("oracle", "random") else "-")
+        ax.plot(
+            np.array(cv["cost"])[o],
+            np.array(cv["quality"])[o],
+            label=name,
+            linestyle="--" if name in ("oracle", "random") else "-",
+        )
     for s in report.single:
         ax.scatter([s["cost"]], [s["quality"]], marker="o", zorder=3)
-        ax.annotate(s["name"], (s["cost"], s["quality"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.annotate(
+            s["name"], (s["cost"], s["quality"]), textcoords="offset points", xytext=(4, 4), fontsize=8
+        )
     ax.set_xlabel(f"mean cost per image ({report.cost_unit})")
     ax.set_ylabel(f"mean measured quality ({report.metric})")
     ax.legend(loc="lower right", fontsize=8)

@@ -34,8 +34,10 @@ from catimg.measurements import MeasurementTable
 
 JOINT_METRIC = "joint_quality"
 JOINT_SCALE = (0.0, 1.0)
-JOINT_DESCRIPTION = ("share of each source's metric range (0 = the metric's worst score, 1 = its best); each "
-                     "source is mapped by its own documented range, never mixed raw")
+JOINT_DESCRIPTION = (
+    "share of each source's metric range (0 = the metric's worst score, 1 = its best); each "
+    "source is mapped by its own documented range, never mixed raw"
+)
 
 
 @dataclass(frozen=True)
@@ -85,16 +87,21 @@ def known_scales() -> dict[str, tuple[float, float]]:
     return {**{name: spec.scale for name, spec in SCORERS.items()}, **METRIC_SCALES}
 
 
-def metric_range(metric: str, where: str, scales: dict[str, tuple[float, float]] | None = None) -> tuple[float, float]:
+def metric_range(
+    metric: str, where: str, scales: dict[str, tuple[float, float]] | None = None
+) -> tuple[float, float]:
     """The documented range of ``metric`` (user-given ``scales`` first); MeasurementsError when there is none."""
     known = {**known_scales(), **(scales or {})}
     if metric not in known:
         raise MeasurementsError(
-            f"{where}: metric \"{metric}\" has no known range, so it cannot be put on one scale with the other sets; "
-            f"give it with --scale {metric}=LO:HI (its worst and best possible scores) or train on this set alone")
+            f'{where}: metric "{metric}" has no known range, so it cannot be put on one scale with the other sets; '
+            f"give it with --scale {metric}=LO:HI (its worst and best possible scores) or train on this set alone"
+        )
     lo, hi = known[metric]
     if not hi > lo:
-        raise MeasurementsError(f"{where}: the range of metric \"{metric}\" is {lo:g}:{hi:g}; its best must be above its worst")
+        raise MeasurementsError(
+            f'{where}: the range of metric "{metric}" is {lo:g}:{hi:g}; its best must be above its worst'
+        )
     return float(lo), float(hi)
 
 
@@ -105,13 +112,18 @@ def set_name(table: MeasurementTable, fallback: str) -> str:
     return table.path.stem if table.path is not None else fallback
 
 
-def join(tables: Sequence[MeasurementTable], names: Sequence[str] | None = None,
-         scales: dict[str, tuple[float, float]] | None = None) -> JointTable:
+def join(
+    tables: Sequence[MeasurementTable],
+    names: Sequence[str] | None = None,
+    scales: dict[str, tuple[float, float]] | None = None,
+) -> JointTable:
     """One table on the joint scale from several sets (rows stacked, generator columns united in first-seen order)."""
     names = list(names) if names is not None else [set_name(t, f"set{i + 1}") for i, t in enumerate(tables)]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
-        raise MeasurementsError(f"two measurement sets are both named \"{dup}\"; give each file its own source or name")
+        raise MeasurementsError(
+            f'two measurement sets are both named "{dup}"; give each file its own source or name'
+        )
     cals = []
     for name, t in zip(names, tables, strict=True):
         where = str(t.path or name)
@@ -119,8 +131,10 @@ def join(tables: Sequence[MeasurementTable], names: Sequence[str] | None = None,
         measured = t.n_measured()
         if sum(1 for n in measured.values() if n) < 2:
             only = ", ".join(g for g, n in measured.items() if n) or "none"
-            raise MeasurementsError(f"{where}: measures one generator only ({only}); it cannot say how generators "
-                                    "compare, so it adds nothing to a router: leave it out or measure a second generator")
+            raise MeasurementsError(
+                f"{where}: measures one generator only ({only}); it cannot say how generators "
+                "compare, so it adds nothing to a router: leave it out or measure a second generator"
+            )
         cals.append(SetCalibration(name, t.metric, lo, hi, t.n_prompts, measured))
     gens: dict[str, None] = {}
     for t in tables:
@@ -135,18 +149,24 @@ def join(tables: Sequence[MeasurementTable], names: Sequence[str] | None = None,
     start = 0
     for k, (t, cal) in enumerate(zip(tables, cals, strict=True)):
         cols = [glist.index(g) for g in t.generators]
-        Y[start:start + t.n_prompts, cols] = cal.to_joint(t.Y)
-        C[start:start + t.n_prompts, cols] = t.counts
-        row_set[start:start + t.n_prompts] = k
+        Y[start : start + t.n_prompts, cols] = cal.to_joint(t.Y)
+        C[start : start + t.n_prompts, cols] = t.counts
+        row_set[start : start + t.n_prompts] = k
         prompts += t.prompts
         for g, s in t.seconds.items():
             if s is not None:
                 secs.setdefault(g, []).append(s)
         start += t.n_prompts
     sources = [s for t, name in zip(tables, names, strict=True) for s in (t.sources or [name])]
-    table = MeasurementTable(prompts=prompts, generators=glist, Y=Y, counts=C,
-                             seconds={g: (float(np.mean(secs[g])) if g in secs else None) for g in glist},
-                             metric=JOINT_METRIC, sources=list(dict.fromkeys(sources)))
+    table = MeasurementTable(
+        prompts=prompts,
+        generators=glist,
+        Y=Y,
+        counts=C,
+        seconds={g: (float(np.mean(secs[g])) if g in secs else None) for g in glist},
+        metric=JOINT_METRIC,
+        sources=list(dict.fromkeys(sources)),
+    )
     return JointTable(table, row_set, tuple(cals))
 
 
@@ -186,8 +206,11 @@ def compare_sets(joint: JointTable) -> list[PairComparison]:
             if len(by_set) < 2:
                 continue
             vals = list(by_set.values())
-            disagree = any(abs(m1 - m2) > 2 * np.hypot(e1, e2)
-                           for i, (m1, e1, _) in enumerate(vals) for (m2, e2, _) in vals[i + 1:])
+            disagree = any(
+                abs(m1 - m2) > 2 * np.hypot(e1, e2)
+                for i, (m1, e1, _) in enumerate(vals)
+                for (m2, e2, _) in vals[i + 1 :]
+            )
             out.append(PairComparison(t.generators[ia], t.generators[ib], by_set, bool(disagree)))
     return out
 
@@ -205,6 +228,8 @@ def parse_scales(values: Sequence[str] | None) -> dict[str, tuple[float, float]]
         except ValueError:
             raise InputError(f"--scale {v}: expected METRIC=LO:HI, for example clipscore=0:100") from None
         if not name.strip() or not hi > lo:
-            raise InputError(f"--scale {v}: expected METRIC=LO:HI with HI above LO, for example clipscore=0:100")
+            raise InputError(
+                f"--scale {v}: expected METRIC=LO:HI with HI above LO, for example clipscore=0:100"
+            )
         out[name.strip()] = (lo, hi)
     return out

@@ -38,7 +38,9 @@ CARDS: dict[str, dict[str, Any]] = {
         "name": "AGIQA-3K",
         "upstream": "https://github.com/lcysyzxdxc/AGIQA-3k-Database (data.csv)",
         "license": "MIT",
-        "citations": ["C. Li et al., AGIQA-3K: An Open Database for AI-Generated Image Quality Assessment, IEEE TCSVT 2023 (arXiv 2306.04717)"],
+        "citations": [
+            "C. Li et al., AGIQA-3K: An Open Database for AI-Generated Image Quality Assessment, IEEE TCSVT 2023 (arXiv 2306.04717)"
+        ],
         "metric": "agiqa3k_mos_align",
         "metric_description": "lab mean opinion score (ITU-R BT.500), normalised",
     },
@@ -46,7 +48,9 @@ CARDS: dict[str, dict[str, Any]] = {
         "name": "TIFA v1.0 human judgments (TIFA-160)",
         "upstream": "https://github.com/Yushi-Hu/tifa (human_annotations_with_scores.json)",
         "license": "Apache-2.0 (COCO captions CC-BY-4.0)",
-        "citations": ["Y. Hu et al., TIFA: Accurate and Interpretable Text-to-Image Faithfulness Evaluation with Question Answering, ICCV 2023"],
+        "citations": [
+            "Y. Hu et al., TIFA: Accurate and Interpretable Text-to-Image Faithfulness Evaluation with Question Answering, ICCV 2023"
+        ],
         "metric": "tifa_faithfulness",
         "metric_description": "mean of 2 human 1-5 faithfulness ratings per image",
     },
@@ -54,7 +58,9 @@ CARDS: dict[str, dict[str, Any]] = {
         "name": "Davidsonian Scene Graph, TIFA-160 Likert annotations",
         "upstream": "https://github.com/j-min/DSG (tifa160-likert-anns.csv)",
         "license": "Apache-2.0",
-        "citations": ["J. Cho et al., Davidsonian Scene Graph: Improving Reliability in Fine-grained Evaluation for Text-to-Image Generation, ICLR 2024"],
+        "citations": [
+            "J. Cho et al., Davidsonian Scene Graph: Improving Reliability in Fine-grained Evaluation for Text-to-Image Generation, ICLR 2024"
+        ],
         "metric": "dsg_consistency",
         "metric_description": "mean of 5 human 1-5 Likert consistency ratings per image",
     },
@@ -62,7 +68,9 @@ CARDS: dict[str, dict[str, Any]] = {
         "name": "PQPP: prompt performance prediction benchmark (generative scores, train + validation splits)",
         "upstream": "https://github.com/Eduard6421/PQPP (commit f88432154431d30c3aef2ef331db19ab03c30515, dataset/train.csv, dataset/validation.csv)",
         "license": "CC BY 4.0 (attribution required)",
-        "citations": ["E. Poesina, A. V. Costache, A.-G. Chifu, J. Mothe, R. T. Ionescu, PQPP: A Joint Benchmark for Text-to-Image Prompt and Query Performance Prediction, CVPR 2025"],
+        "citations": [
+            "E. Poesina, A. V. Costache, A.-G. Chifu, J. Mothe, R. T. Ionescu, PQPP: A Joint Benchmark for Text-to-Image Prompt and Query Performance Prediction, CVPR 2025"
+        ],
         "metric": "pqpp_score",
         "metric_description": "human ratings on {-1, 0, 1, 2} aggregated per prompt over annotators and images",
     },

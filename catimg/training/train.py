@@ -69,22 +69,29 @@ def generator_costs(table: MeasurementTable, catalog: Catalog) -> tuple[str, dic
         gen = catalog.get(g)
         try:
             # an explicit cost_tflops is the cost (a family without FLOP numbers needs nothing else)
-            tflops: float | None = (float(gen.cost_tflops) if gen.cost_tflops is not None
-                                    else float(generator_cost(gen, dev, use_measured=False).tflops))
+            tflops: float | None = (
+                float(gen.cost_tflops)
+                if gen.cost_tflops is not None
+                else float(generator_cost(gen, dev, use_measured=False).tflops)
+            )
         except ConfigError as exc:
             if unit == "tflops":
                 raise ConfigError(f"{exc}; or give a seconds column in the measurements") from exc
             tflops = float(gen.cost_tflops) if gen.cost_tflops is not None else None  # seconds are enough
-        info[g] = {"cost_seconds": table.seconds.get(g), "cost_tflops": tflops,
-                   "cost_tflops_kind": "explicit" if gen.cost_tflops is not None else "estimated"}
+        info[g] = {
+            "cost_seconds": table.seconds.get(g),
+            "cost_tflops": tflops,
+            "cost_tflops_kind": "explicit" if gen.cost_tflops is not None else "estimated",
+        }
     for d in info.values():
         d["cost"] = float(d["cost_seconds"] if unit == "seconds" else d["cost_tflops"])
         d["cost_kind"] = "measured seconds" if unit == "seconds" else f"{d['cost_tflops_kind']} TFLOPs"
     return unit, info
 
 
-def calibrate_levels(q_pred: np.ndarray, costs: np.ndarray, scale: tuple[float, float],
-                     targets: dict[str, float] | None = None) -> tuple[dict[str, float], dict[str, float]]:
+def calibrate_levels(
+    q_pred: np.ndarray, costs: np.ndarray, scale: tuple[float, float], targets: dict[str, float] | None = None
+) -> tuple[dict[str, float], dict[str, float]]:
     """Lambdas for the named levels on reference predictions; returns (levels, mean routed cost per level)."""
     targets = targets or LEVEL_TARGETS
     costs = np.asarray(costs, float)
@@ -110,8 +117,14 @@ def calibrate_levels(q_pred: np.ndarray, costs: np.ndarray, scale: tuple[float, 
     return out, achieved
 
 
-def out_of_fold(name: str, X: np.ndarray, Y: np.ndarray, folds: int = OOF_FOLDS, seed: int = 0,
-                params: dict[str, Any] | None = None) -> np.ndarray:
+def out_of_fold(
+    name: str,
+    X: np.ndarray,
+    Y: np.ndarray,
+    folds: int = OOF_FOLDS,
+    seed: int = 0,
+    params: dict[str, Any] | None = None,
+) -> np.ndarray:
     """Out-of-fold predicted means for every row (each row predicted by a model that did not see it)."""
     n = len(X)
     pred = np.full(Y.shape, np.nan)
@@ -159,23 +172,31 @@ def check_table(table: MeasurementTable, catalog: Catalog) -> list[str]:
     for g in table.generators:
         if g not in catalog:
             raise MeasurementsError(
-                f"{where}: generator \"{g}\" is not in {catalog.path}{did_you_mean(g, catalog.names)}; add it to models.toml or fix the name"
+                f'{where}: generator "{g}" is not in {catalog.path}{did_you_mean(g, catalog.names)}; add it to models.toml or fix the name'
             )
     warnings = []
     for j, g in enumerate(table.generators):
         col = table.Y[:, j]
         ok = col[~np.isnan(col)]
         if len(ok) == 0:
-            raise MeasurementsError(f"{where}: generator \"{g}\" has no measurements; measure it or leave it out")
+            raise MeasurementsError(
+                f'{where}: generator "{g}" has no measurements; measure it or leave it out'
+            )
         if not np.all(np.isfinite(ok)):
-            raise MeasurementsError(f"{where}: generator \"{g}\" has non-finite scores; fix or drop those rows")
+            raise MeasurementsError(f'{where}: generator "{g}" has non-finite scores; fix or drop those rows')
         if len(ok) == 1:
-            warnings.append(f"{g}: measured on 1 prompt only; its prediction is that score everywhere, with a wide "
-                            "uncertainty (measure more prompts)")
+            warnings.append(
+                f"{g}: measured on 1 prompt only; its prediction is that score everywhere, with a wide "
+                "uncertainty (measure more prompts)"
+            )
         elif float(np.ptp(ok)) == 0.0:
-            warnings.append(f"{g}: every score is {ok[0]:g}; the router predicts that constant for it (is the metric right?)")
+            warnings.append(
+                f"{g}: every score is {ok[0]:g}; the router predicts that constant for it (is the metric right?)"
+            )
     if table.n_prompts < 2:
-        raise MeasurementsError(f"{where}: only {table.n_prompts} prompt measured; training needs at least 2 prompts")
+        raise MeasurementsError(
+            f"{where}: only {table.n_prompts} prompt measured; training needs at least 2 prompts"
+        )
     return warnings
 
 
@@ -186,9 +207,18 @@ def cv_rows(n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, MAX_CV_PROMPTS, replace=False))
 
 
-def held_out_numbers(name: str, X: np.ndarray, Y: np.ndarray, costs: np.ndarray, scale: tuple[float, float],
-                     table: MeasurementTable, metric: str, unit: str, seed: int,
-                     params: dict[str, Any] | None) -> tuple[np.ndarray, dict[str, Any], list[str]]:
+def held_out_numbers(
+    name: str,
+    X: np.ndarray,
+    Y: np.ndarray,
+    costs: np.ndarray,
+    scale: tuple[float, float],
+    table: MeasurementTable,
+    metric: str,
+    unit: str,
+    seed: int,
+    params: dict[str, Any] | None,
+) -> tuple[np.ndarray, dict[str, Any], list[str]]:
     """(reference predictions for the budget levels, the data card's held-out section, warnings).
 
     Out-of-fold predictions on at most MAX_CV_PROMPTS prompts: each predicted by a model fitted without it.
@@ -198,16 +228,26 @@ def held_out_numbers(name: str, X: np.ndarray, Y: np.ndarray, costs: np.ndarray,
     folds = min(OOF_FOLDS, len(Xc))
     if len(Xc) < 10:
         inside = make_predictor(name, **(params or {})).fit(Xc, Yc).predict(Xc)[0]
-        return inside, {"note": "too few prompts (< 10) for cross-validation; budget levels from in-sample predictions"}, []
+        return (
+            inside,
+            {"note": "too few prompts (< 10) for cross-validation; budget levels from in-sample predictions"},
+            [],
+        )
     ref = out_of_fold(name, Xc, Yc, folds=folds, seed=seed, params=params)
     full = np.flatnonzero(~np.any(np.isnan(Yc), axis=1))
     if len(full) < MIN_HOLDOUT or len(table.generators) < 2:
-        return ref, {"note": f"too few prompts measured on every generator (< {MIN_HOLDOUT}) for held-out numbers"}, []
-    rep = evaluate_predictions(ref[full], Yc[full], costs, scale, table.generators, metric=metric, cost_unit=unit, name=name)
+        return (
+            ref,
+            {"note": f"too few prompts measured on every generator (< {MIN_HOLDOUT}) for held-out numbers"},
+            [],
+        )
+    rep = evaluate_predictions(
+        ref[full], Yc[full], costs, scale, table.generators, metric=metric, cost_unit=unit, name=name
+    )
     sample = f" of a seeded sample of {len(rows)} prompts" if len(rows) < len(X) else ""
     heldout = {
         "split": f"{folds}-fold cross-validation (seed {seed}){sample}: each of the {len(full)} prompts measured on "
-                 "every generator is predicted by a model fitted without it; the shipped predictor is fitted on all prompts",
+        "every generator is predicted by a model fitted without it; the shipped predictor is fitted on all prompts",
         "n_test": len(full),
         "single": rep.single,
         "best_single": rep.best_single,
@@ -216,14 +256,24 @@ def held_out_numbers(name: str, X: np.ndarray, Y: np.ndarray, costs: np.ndarray,
     router_s, _, random_s = rep.summaries
     warnings = []
     if router_s.auc < random_s.auc - 1e-9:
-        warnings.append(f"held-out routing AUC {router_s.auc:.4g} is below prompt-blind random routing ({random_s.auc:.4g}): "
-                        "the prompts do not predict which generator wins here; routing by budget still works, "
-                        "but `--budget` mixes generators no better than chance")
+        warnings.append(
+            f"held-out routing AUC {router_s.auc:.4g} is below prompt-blind random routing ({random_s.auc:.4g}): "
+            "the prompts do not predict which generator wins here; routing by budget still works, "
+            "but `--budget` mixes generators no better than chance"
+        )
     return ref, heldout, warnings
 
 
-def joint_out_of_fold(name: str, X: np.ndarray, joint: Any, set_index: int, folds: int = OOF_FOLDS, seed: int = 0,
-                      params: dict[str, Any] | None = None, only_set: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def joint_out_of_fold(
+    name: str,
+    X: np.ndarray,
+    joint: Any,
+    set_index: int,
+    folds: int = OOF_FOLDS,
+    seed: int = 0,
+    params: dict[str, Any] | None = None,
+    only_set: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """(rows of set ``set_index`` measured on all of its generators, their out-of-fold predictions on the joint scale).
 
     Each fold of that set's prompts is predicted by a model fitted on every other row of the joint table, except
@@ -248,8 +298,15 @@ def joint_out_of_fold(name: str, X: np.ndarray, joint: Any, set_index: int, fold
     return full, pred
 
 
-def held_out_by_set(name: str, X: np.ndarray, joint: Any, costs: np.ndarray, unit: str, seed: int,
-                    params: dict[str, Any] | None) -> dict[str, Any]:
+def held_out_by_set(
+    name: str,
+    X: np.ndarray,
+    joint: Any,
+    costs: np.ndarray,
+    unit: str,
+    seed: int,
+    params: dict[str, Any] | None,
+) -> dict[str, Any]:
     """Per set of a joint table: routing numbers of the joint predictor on that set's held-out prompts, in the set's
     own units, among the set's own generators (see :func:`joint_out_of_fold`)."""
     out: dict[str, Any] = {}
@@ -261,12 +318,26 @@ def held_out_by_set(name: str, X: np.ndarray, joint: Any, costs: np.ndarray, uni
         if len(rows) < MIN_HOLDOUT:
             out[cal.name] = {"note": f"too few prompts measured on all of its generators (< {MIN_HOLDOUT})"}
             continue
-        rep = evaluate_predictions(cal.from_joint(pred[:, cols]), cal.from_joint(t.Y[np.ix_(rows, cols)]), costs[cols],
-                                   (cal.lo, cal.hi), gens, metric=cal.metric, cost_unit=unit, name=name)
-        out[cal.name] = {"metric": cal.metric, "scale": [cal.lo, cal.hi], "n_test": len(rows), "single": rep.single,
-                         "best_single": rep.best_single, "summaries": [sm.__dict__ for sm in rep.summaries],
-                         "split": f"{OOF_FOLDS}-fold cross-validation over this set's prompts (seed {seed}); each fold "
-                                  "predicted by the joint predictor fitted on every other row of every set"}
+        rep = evaluate_predictions(
+            cal.from_joint(pred[:, cols]),
+            cal.from_joint(t.Y[np.ix_(rows, cols)]),
+            costs[cols],
+            (cal.lo, cal.hi),
+            gens,
+            metric=cal.metric,
+            cost_unit=unit,
+            name=name,
+        )
+        out[cal.name] = {
+            "metric": cal.metric,
+            "scale": [cal.lo, cal.hi],
+            "n_test": len(rows),
+            "single": rep.single,
+            "best_single": rep.best_single,
+            "summaries": [sm.__dict__ for sm in rep.summaries],
+            "split": f"{OOF_FOLDS}-fold cross-validation over this set's prompts (seed {seed}); each fold "
+            "predicted by the joint predictor fitted on every other row of every set",
+        }
     return out
 
 
@@ -276,35 +347,60 @@ def joint_scale() -> tuple[float, float]:
     return JOINT_SCALE
 
 
-def _joint_card(card: dict[str, Any], name: str, X: np.ndarray, joint: Any, costs: np.ndarray, unit: str, seed: int,
-                params: dict[str, Any] | None) -> list[str]:
+def _joint_card(
+    card: dict[str, Any],
+    name: str,
+    X: np.ndarray,
+    joint: Any,
+    costs: np.ndarray,
+    unit: str,
+    seed: int,
+    params: dict[str, Any] | None,
+) -> list[str]:
     """Fill the data card's joint sections (sets, per-set held-out numbers, comparisons); return warnings."""
     from catimg.training.joint import JOINT_DESCRIPTION, compare_sets
 
     card["metric_description"] = JOINT_DESCRIPTION
     rows = [joint.rows_of(c.name) for c in joint.sets]  # contiguous: the joint table stacks the sets
-    card["sets"] = [{"name": c.name, "metric": c.metric, "range": [c.lo, c.hi], "n_prompts": c.n_prompts,
-                     "n_measured": {g: n for g, n in c.n_measured.items() if n},
-                     "rows": [int(r[0]), int(r[-1]) + 1] if len(r) else [0, 0]} for c, r in zip(joint.sets, rows, strict=True)]
+    card["sets"] = [
+        {
+            "name": c.name,
+            "metric": c.metric,
+            "range": [c.lo, c.hi],
+            "n_prompts": c.n_prompts,
+            "n_measured": {g: n for g, n in c.n_measured.items() if n},
+            "rows": [int(r[0]), int(r[-1]) + 1] if len(r) else [0, 0],
+        }
+        for c, r in zip(joint.sets, rows, strict=True)
+    ]
     card["held_out_by_set"] = held_out_by_set(name, X, joint, costs, unit, seed, params)
     pairs = compare_sets(joint)
     card["set_comparisons"] = [p.to_json() for p in pairs]
     return [f"the sets disagree on how two generators compare: {p.line()}" for p in pairs if p.disagree]
 
 
-def _generator_entries(table: MeasurementTable, catalog: Catalog, cinfo: dict[str, dict[str, Any]],
-                       joint: Any = None) -> list[dict[str, Any]]:
+def _generator_entries(
+    table: MeasurementTable, catalog: Catalog, cinfo: dict[str, dict[str, Any]], joint: Any = None
+) -> list[dict[str, Any]]:
     counts = table.n_measured()
     by_set = joint.n_measured_by_set() if joint is not None else {}
     gens = []
     for g in table.generators:
         gen = catalog.get(g)
-        gens.append({
-            "name": g, "settings_hash": gen.settings_hash(), "settings": gen.settings(), "source": gen.source,
-            "cost": cinfo[g]["cost"], "cost_kind": cinfo[g]["cost_kind"], "cost_seconds": cinfo[g]["cost_seconds"],
-            "cost_tflops": cinfo[g]["cost_tflops"], "n_measured": counts[g],
-            **({"n_measured_by_set": by_set.get(g, {})} if joint is not None else {}),
-        })
+        gens.append(
+            {
+                "name": g,
+                "settings_hash": gen.settings_hash(),
+                "settings": gen.settings(),
+                "source": gen.source,
+                "cost": cinfo[g]["cost"],
+                "cost_kind": cinfo[g]["cost_kind"],
+                "cost_seconds": cinfo[g]["cost_seconds"],
+                "cost_tflops": cinfo[g]["cost_tflops"],
+                "n_measured": counts[g],
+                **({"n_measured_by_set": by_set.get(g, {})} if joint is not None else {}),
+            }
+        )
     return gens
 
 
@@ -336,7 +432,9 @@ def train_router(
     say = progress or (lambda _msg: None)
     name = AUTO if predictor == "auto" else predictor
     if name not in PREDICTORS:
-        raise MeasurementsError(f"--predictor \"{predictor}\" is unknown{did_you_mean(predictor, [*PREDICTORS, 'auto'])}; use one of auto, {', '.join(PREDICTORS)}")
+        raise MeasurementsError(
+            f'--predictor "{predictor}" is unknown{did_you_mean(predictor, [*PREDICTORS, "auto"])}; use one of auto, {", ".join(PREDICTORS)}'
+        )
     warnings = check_table(table, catalog)
     metric = table.metric if joint is not None else (metric or table.metric)
     enc = encoder or default_encoder()
@@ -354,7 +452,9 @@ def train_router(
     final: Predictor = make_predictor(name, **(predictor_params or {})).fit(X, Y)
     t_fit = time.perf_counter() - t1
     say("cross-validating for the held-out numbers and the budget levels")
-    ref, heldout, more = held_out_numbers(name, X, Y, costs, scale, table, metric, unit, seed, predictor_params)
+    ref, heldout, more = held_out_numbers(
+        name, X, Y, costs, scale, table, metric, unit, seed, predictor_params
+    )
     warnings += more
     levels, achieved = calibrate_levels(ref, costs, scale)
 
@@ -364,8 +464,11 @@ def train_router(
         say("cross-validating per set")
         warnings += _joint_card(card, name, X, joint, costs, unit, seed, predictor_params)
     card["warnings"] = warnings
-    card["training_seconds"] = {"embed": round(t_embed, 2), "fit": round(t_fit, 2),
-                                "total": round(time.perf_counter() - t0, 2)}
+    card["training_seconds"] = {
+        "embed": round(t_embed, 2),
+        "fit": round(t_fit, 2),
+        "total": round(time.perf_counter() - t0, 2),
+    }
     n_ref = min(len(X), MAX_CV_PROMPTS)
     config: dict[str, Any] = {
         "format": FORMAT,
@@ -378,8 +481,11 @@ def train_router(
             "levels": levels,
             "definition": LEVEL_DEFINITION,
             "targets": LEVEL_TARGETS,
-            "reference": (f"out-of-fold predictions on {n_ref} training prompts" if len(X) >= 10
-                          else "in-sample predictions on the training prompts"),
+            "reference": (
+                f"out-of-fold predictions on {n_ref} training prompts"
+                if len(X) >= 10
+                else "in-sample predictions on the training prompts"
+            ),
             "mean_cost_at_level": achieved,
         },
         "predictor": {"name": name, "params": final.params()},
