@@ -2,8 +2,8 @@
 
 ``generate``    the plan (``PlanItem``, ``build_plan``, run settings) and the local engine.
 ``execution``   the execution core both engines share: batching a plan, the image maker (diffusers call,
-                seeding, step callbacks, memory-saving retry), the retry policy, the recorder, ``RunOptions`` and
-                the ``Engine`` protocol.
+                seeding, step callbacks, memory-saving retry), the retry policy, the recorder, ``RunOptions``
+                and the ``Engine`` protocol.
 ``ray_engine``  the Ray engine: a driver class and workers that run the same batch runner.
 ``schedule``    placing a plan on the workers of a cluster for a total budget.
 ``output``      atomic PNGs with metadata, the manifest, the folder lock.

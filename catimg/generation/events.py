@@ -1,18 +1,20 @@
 """Progress events: what a run tells its caller while it works, as small frozen dataclasses.
 
-Both engines (:func:`catimg.generation.generate.run_plan`, :func:`catimg.generation.ray_engine.run_plan_ray`, built on
-:mod:`catimg.generation.execution`) and the calibration campaign (:func:`catimg.calibration.calibrate.run_campaign`) call an
-:data:`OnEvent` callback with one :data:`Event` at a time; the CLI renders them (``match``/``isinstance`` on the
-class). Events are for progress only: work on each image made (scoring, the store) goes through the engines'
-``on_image`` hook (:data:`OnImage`), not through this callback. Nothing here imports torch or the engines.
+Both engines (:func:`catimg.generation.generate.run_plan`, :func:`catimg.generation.ray_engine.run_plan_ray`,
+built on :mod:`catimg.generation.execution`) and the calibration campaign
+(:func:`catimg.calibration.calibrate.run_campaign`) call an :data:`OnEvent` callback with one :data:`Event` at
+a time; the CLI renders them (``match``/``isinstance`` on the class). Events are for progress only: work on
+each image made (scoring, the store) goes through the engines' ``on_image`` hook (:data:`OnImage`), not
+through this callback. Nothing here imports torch or the engines.
 
 Kinds, in the order a run sends them:
 
 * :class:`WorkersStarted` (Ray only), :class:`RunStarted`, then per model :class:`ModelLoading`, per batch
   :class:`BatchStarted` and its :class:`Step` s, a :class:`Retrying` before the one retry of a failed image,
-  :class:`ImageDone` for every image recorded (made or failed), :class:`Replanned` / :class:`WorkerLost` (Ray only),
-  and :class:`RunEnded` last.
-* Calibration adds :class:`ImageScored` (an image scored and stored) and :class:`ImageFailed` (an image not made).
+  :class:`ImageDone` for every image recorded (made or failed), :class:`Replanned` / :class:`WorkerLost` (Ray
+  only), and :class:`RunEnded` last.
+* Calibration adds :class:`ImageScored` (an image scored and stored) and :class:`ImageFailed` (an image not
+  made).
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class RunStarted:
-    """The run's images are known: ``images`` to make, ``skipped`` already in the folder (``--resume``), and how
-    this run differs from the manifest it resumes (``differences``)."""
+    """The run's images are known: ``images`` to make, ``skipped`` already in the folder (``--resume``), and
+    how this run differs from the manifest it resumes (``differences``)."""
 
     images: int
     skipped: int = 0
@@ -151,7 +153,8 @@ Event: TypeAlias = (
 )
 #: The progress callback both engines and the calibration campaign take.
 OnEvent: TypeAlias = Callable[[Event], None]
-#: The engines' per-image hook: called with each image's record once it is recorded (after its ImageDone event).
+#: The engines' per-image hook: called with each image's record once it is recorded (after its ImageDone
+#: event).
 OnImage: TypeAlias = Callable[["ImageRecord"], None]
 
 

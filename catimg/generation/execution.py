@@ -1,28 +1,30 @@
 """The execution core both engines share: from a routed plan's items to saved, recorded images.
 
-The local engine (:func:`catimg.generation.generate.run_plan`) and the Ray engine (:func:`catimg.generation.ray_engine.run_plan_ray`)
-are both built from these public pieces, so that one plan gives the same batches, the same pixels and the same
-manifest records whichever engine runs it:
+The local engine (:func:`catimg.generation.generate.run_plan`) and the Ray engine
+(:func:`catimg.generation.ray_engine.run_plan_ray`) are both built from these public pieces, so that one plan
+gives the same batches, the same pixels and the same manifest records whichever engine runs it:
 
 * :func:`start_run`: the output folder made ready and, with ``--resume``, the plan positions still to make
   (:func:`catimg.generation.resume.resume_todo`).
-* Batching of a plan: :func:`group_plan` (models in order of first use, the generators (step variants) of a model
-  one after another), :func:`batch_size` (``RunOptions.batch_size``, else :func:`auto_batch_size` by device
-  memory) and :func:`batches`.
+* Batching of a plan: :func:`group_plan` (models in order of first use, the generators (step variants) of a
+  model one after another), :func:`batch_size` (``RunOptions.batch_size``, else :func:`auto_batch_size` by
+  device memory) and :func:`batches`.
 * :class:`ImageMaker`: one diffusers call for a batch of one generator. Each image gets its own
-  ``torch.Generator`` seeded with its seed, so an image does not depend on its batch-mates; step callbacks become
-  ``step`` events; the memory-saving setting (attention and VAE slicing) for a retry; images the pipeline's own
-  safety checker flags come back black.
+  ``torch.Generator`` seeded with its seed, so an image does not depend on its batch-mates; step callbacks
+  become ``step`` events; the memory-saving setting (attention and VAE slicing) for a retry; images the
+  pipeline's own safety checker flags come back black.
 * :func:`retry_policy`: what the one retry of a failed image is (a :class:`Retry`).
 * :class:`BatchRunner`: makes a batch with the image maker; a batch that raises is retried image by image; an
-  image that fails (an exception, out of memory, a NaN or black image) is retried once as the policy says. Every
-  image ends as one :class:`Outcome` (its image, or none when it failed, and its record), handed to a sink.
-* :func:`describe`: the one :class:`catimg.generation.output.ManifestRecord` of an image, whichever engine made it.
+  image that fails (an exception, out of memory, a NaN or black image) is retried once as the policy says.
+  Every image ends as one :class:`Outcome` (its image, or none when it failed, and its record), handed to a
+  sink.
+* :func:`describe`: the one :class:`catimg.generation.output.ManifestRecord` of an image, whichever engine
+  made it.
 * :class:`Engine`: the Protocol both engines satisfy (:class:`catimg.generation.generate.LocalEngine`,
   :class:`catimg.generation.ray_engine.RayEngine`); callers make a plan's images only through it.
-* :class:`Recorder`: the one writer of results: the PNG (unless a Ray worker already wrote it), one manifest line,
-  an :class:`ImageRecord` in the :class:`RunResult`, the :class:`~catimg.generation.events.ImageDone` event and the caller's
-  ``on_image`` hook (per-image work such as scoring).
+* :class:`Recorder`: the one writer of results: the PNG (unless a Ray worker already wrote it), one manifest
+  line, an :class:`ImageRecord` in the :class:`RunResult`, the :class:`~catimg.generation.events.ImageDone`
+  event and the caller's ``on_image`` hook (per-image work such as scoring).
 
 Nothing here prints; progress goes to an ``on_event(event)`` callback with the typed events of
 :mod:`catimg.generation.events`.
@@ -120,7 +122,8 @@ class RunResult:
         return [r for r in self.records if r.status == "failed"]
 
     def per_generator(self) -> dict[str, dict[str, Any]]:
-        """Per generator that made images: count, measured seconds, predicted seconds, mean predicted quality."""
+        """Per generator that made images: count, measured seconds, predicted seconds, mean predicted
+        quality."""
         out: dict[str, dict[str, Any]] = {}
         for r in self.made:
             d = out.setdefault(
@@ -155,7 +158,8 @@ class Job:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one job: the image (None when it failed) and its record (no file, worker or time yet)."""
+    """What became of one job: the image (None when it failed) and its record (no file, worker or time
+    yet)."""
 
     job: Job
     generator: Generator  # the generator that made (or last tried) the image
@@ -176,9 +180,10 @@ class Engine(Protocol):
     """What makes a plan's images; the CLI and the calibration campaign call an engine only through this.
 
     Two backends satisfy it: :class:`catimg.generation.generate.LocalEngine` (this process) and
-    :class:`catimg.generation.ray_engine.RayEngine` (a Ray cluster). Same contract for both: every image of ``plan`` made (or
-    skipped with ``options.resume``), recorded in ``options.out_dir``'s manifest and in the returned
-    :class:`RunResult`; progress to ``on_event``; each recorded image to ``on_image`` after its ``ImageDone`` event.
+    :class:`catimg.generation.ray_engine.RayEngine` (a Ray cluster). Same contract for both: every image of
+    ``plan`` made (or skipped with ``options.resume``), recorded in ``options.out_dir``'s manifest and in the
+    returned :class:`RunResult`; progress to ``on_event``; each recorded image to ``on_image`` after its
+    ``ImageDone`` event.
     """
 
     def run(
@@ -194,7 +199,8 @@ class Engine(Protocol):
 
 
 def start_run(plan: Sequence[PlanItem], options: RunOptions) -> tuple[RunOptions, list[int], RunResult]:
-    """The output folder made ready, the plan positions to make (``--resume`` skips those done) and a result."""
+    """The output folder made ready, the plan positions to make (``--resume`` skips those done) and a
+    result."""
     from catimg.generation.resume import resume_todo
 
     options = replace(options, out_dir=prepare_out_dir(options.out_dir))
@@ -210,7 +216,8 @@ def start_run(plan: Sequence[PlanItem], options: RunOptions) -> tuple[RunOptions
 
 
 def group_plan(plan: Sequence[PlanItem], positions: Iterable[int]) -> list[tuple[Generator, list[int]]]:
-    """Positions grouped by generator: models in order of first use, a model's generators one after another."""
+    """Positions grouped by generator: models in order of first use, a model's generators one after
+    another."""
     by_model: dict[str, dict[str, list[int]]] = {}
     gens: dict[str, Generator] = {}
     for p in positions:
@@ -221,7 +228,8 @@ def group_plan(plan: Sequence[PlanItem], positions: Iterable[int]) -> list[tuple
 
 
 def auto_batch_size(device: DeviceInfo, peak_memory_gb: float | None) -> int:
-    """Prompts per pipeline call: 4 on the CPU; on a GPU as many as the memory left after the model allows (≤ 8)."""
+    """Prompts per pipeline call: 4 on the CPU; on a GPU as many as the memory left after the model allows
+    (≤ 8)."""
     if device.kind == "cpu":
         return 4
     free = device.free_memory_gb if device.free_memory_gb is not None else device.total_memory_gb
@@ -260,7 +268,8 @@ def is_black(image: Any) -> bool:
 def _memory_saving(pipe: Any, on: bool) -> None:
     """Attention and VAE slicing on (or off again); what a pipeline does not have is skipped.
 
-    Newer diffusers pipelines have no ``enable_vae_slicing``: their VAE slices itself (``vae.enable_slicing``).
+    Newer diffusers pipelines have no ``enable_vae_slicing``: their VAE slices itself
+    (``vae.enable_slicing``).
     """
     switches: list[tuple[Any, str]] = [
         (pipe, "enable_attention_slicing" if on else "disable_attention_slicing")
@@ -288,7 +297,8 @@ class ImageMaker:
     def make(
         self, loaded: LoadedPipeline, gen: Generator, items: Sequence[PlanItem], memory_saving: bool = False
     ) -> tuple[list[Any], float]:
-        """(PIL images in ``items`` order, seconds of the call); ``memory_saving`` slices attention and VAE."""
+        """(PIL images in ``items`` order, seconds of the call); ``memory_saving`` slices attention and
+        VAE."""
         if memory_saving:
             _memory_saving(loaded.pipe, True)
         try:
@@ -433,7 +443,8 @@ def describe(
 
 
 class Pipelines:
-    """The pipelines of one process's run: a :class:`PipelineCache` that says ``load`` before each model loads."""
+    """The pipelines of one process's run: a :class:`PipelineCache` that says ``load`` before each model
+    loads."""
 
     def __init__(self, options: RunOptions, on_event: OnEvent = no_events) -> None:
         self.cache = PipelineCache(
@@ -538,7 +549,8 @@ class BatchRunner:
 class Recorder:
     """The one writer of a run's results (the local engine, the Ray driver): for each image its PNG (unless a
     worker wrote it already), one manifest line, an :class:`ImageRecord` in ``result``, the
-    :class:`~catimg.generation.events.ImageDone` event and then ``on_image`` (the caller's per-image hook, e.g. scoring)."""
+    :class:`~catimg.generation.events.ImageDone` event and then ``on_image`` (the caller's per-image hook,
+    e.g. scoring)."""
 
     def __init__(
         self, options: RunOptions, on_event: OnEvent, result: RunResult, on_image: OnImage | None = None

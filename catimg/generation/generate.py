@@ -1,25 +1,26 @@
 """Planning a run and the local engine: the images to make, then made in this process.
 
-Planning: :func:`build_plan` / :func:`plan_from_routing` turn routed prompts into one :class:`PlanItem` per image
-(prompt, generator, seed, predictions, cheaper fallbacks); image ``k`` of prompt ``i`` gets seed
+Planning: :func:`build_plan` / :func:`plan_from_routing` turn routed prompts into one :class:`PlanItem` per
+image (prompt, generator, seed, predictions, cheaper fallbacks); image ``k`` of prompt ``i`` gets seed
 ``seed + i * images_per_prompt + k``. :func:`run_settings` applies the --width/--height/--dtype overrides.
 
 The local engine (:func:`run_plan`, :class:`Executor`; :class:`LocalEngine` is it as an
-:class:`~catimg.generation.execution.Engine`, the Protocol the Ray engine satisfies too) makes a plan's images in this process with the execution
-core it shares with the Ray engine (:mod:`catimg.generation.execution`, which also defines :class:`RunOptions`,
-:class:`RunResult` and :class:`ImageRecord`, re-exported here): models in order of first use, the generators (step
-variants) of a model one after another, prompts that share a generator in batches (``batch_size`` or by device
-memory), each pipeline loaded once. Each image gets its own ``torch.Generator`` seeded with its seed, so an image
-does not depend on its batch-mates: same prompt, seed, generator and device give the same image.
+:class:`~catimg.generation.execution.Engine`, the Protocol the Ray engine satisfies too) makes a plan's images
+in this process with the execution core it shares with the Ray engine (:mod:`catimg.generation.execution`,
+which also defines :class:`RunOptions`, :class:`RunResult` and :class:`ImageRecord`, re-exported here): models
+in order of first use, the generators (step variants) of a model one after another, prompts that share a
+generator in batches (``batch_size`` or by device memory), each pipeline loaded once. Each image gets its own
+``torch.Generator`` seeded with its seed, so an image does not depend on its batch-mates: same prompt, seed,
+generator and device give the same image.
 
-Faults: a batch that raises is retried image by image; an image that fails (an exception, out of memory, a NaN or
-black image) is retried once, with a memory-saving setting (batch of one, attention and VAE slicing) when memory
-ran out, else with the next cheaper generator the plan allows (``PlanItem.fallbacks``), else as a batch of one.
-What happened is recorded in the manifest (``status``: ok, retried, fallback, failed). Ctrl-C stops after the
-image in flight, keeps everything written, and returns with ``interrupted = True``. Disk errors stop the run
-(GenerationError) with everything saved so far recorded. Nothing here prints: progress goes to an
-``on_event(event)`` callback (the typed events of :mod:`catimg.generation.events`) that the CLI renders; ``on_image`` is
-called with each :class:`ImageRecord` once it is recorded (per-image work such as scoring).
+Faults: a batch that raises is retried image by image; an image that fails (an exception, out of memory, a NaN
+or black image) is retried once, with a memory-saving setting (batch of one, attention and VAE slicing) when
+memory ran out, else with the next cheaper generator the plan allows (``PlanItem.fallbacks``), else as a batch
+of one. What happened is recorded in the manifest (``status``: ok, retried, fallback, failed). Ctrl-C stops
+after the image in flight, keeps everything written, and returns with ``interrupted = True``. Disk errors stop
+the run (GenerationError) with everything saved so far recorded. Nothing here prints: progress goes to an
+``on_event(event)`` callback (the typed events of :mod:`catimg.generation.events`) that the CLI renders;
+``on_image`` is called with each :class:`ImageRecord` once it is recorded (per-image work such as scoring).
 """
 
 from __future__ import annotations
@@ -103,11 +104,12 @@ def build_plan(
     fallbacks: dict[int, tuple[Generator, ...]] | None = None,
     costs: Mapping[str, Cost] | None = None,
 ) -> list[PlanItem]:
-    """Images to make from routed prompts: (prompt index, prompt, generator, predicted quality, predicted cost, λ).
+    """Images to make from routed prompts: (prompt index, prompt, generator, predicted quality, predicted
+    cost, λ).
 
-    Image ``k`` of prompt ``i`` gets seed ``seed + i * images_per_prompt + k``. ``negative`` (the --negative option)
-    overrides each generator's default negative prompt. ``costs``: each generator's :class:`~catimg.costs.model.Cost`
-    (whether it runs offloaded, its peak memory), by name.
+    Image ``k`` of prompt ``i`` gets seed ``seed + i * images_per_prompt + k``. ``negative`` (the --negative
+    option) overrides each generator's default negative prompt. ``costs``: each generator's
+    :class:`~catimg.costs.model.Cost` (whether it runs offloaded, its peak memory), by name.
     """
     check_seed(seed)
     if images_per_prompt < 1:
@@ -145,7 +147,8 @@ def plan_from_routing(
     negative: str | None = None,
     size: tuple[int | None, int | None] = (None, None),
 ) -> list[PlanItem]:
-    """:func:`build_plan` from a RoutingResult; fallbacks are the cheaper routable generators, best value first."""
+    """:func:`build_plan` from a RoutingResult; fallbacks are the cheaper routable generators, best value
+    first."""
     width, height = size
     gens = {g.name: _resize(g, width, height) for g in result.generators}
     routed = []
@@ -192,7 +195,8 @@ def check_size(value: int | None, option: str) -> None:
 
 
 class Executor:
-    """The local engine: a plan made in this process by the shared execution core; see the module docstring."""
+    """The local engine: a plan made in this process by the shared execution core; see the module
+    docstring."""
 
     def __init__(
         self, options: RunOptions, on_event: OnEvent | None = None, on_image: OnImage | None = None
@@ -239,7 +243,8 @@ def run_plan(
 
 @dataclass(frozen=True)
 class LocalEngine:
-    """The local engine as an :class:`~catimg.generation.execution.Engine` (``--engine local``): :func:`run_plan`."""
+    """The local engine as an :class:`~catimg.generation.execution.Engine` (``--engine local``):
+    :func:`run_plan`."""
 
     def run(
         self,

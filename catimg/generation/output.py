@@ -2,23 +2,24 @@
 
 * File names: ``{index:04d}-{slug}-{generator}-{seed}.png`` (``index`` is the prompt's 0-based position). An
   existing file is never overwritten: a PNG is written to a temporary file in the same folder, fsynced, then
-  hard-linked to its final name (the link fails if the name exists, and another suffix ``-2``, ``-3`` … is tried).
-  A ``kill -9`` leaves at most a ``.tmp`` file behind, never a half-written PNG under a final name.
+  hard-linked to its final name (the link fails if the name exists, and another suffix ``-2``, ``-3`` … is
+  tried). A ``kill -9`` leaves at most a ``.tmp`` file behind, never a half-written PNG under a final name.
 * PNG text chunks: every field of the image's record (prompt, negative prompt, seed, generator, source, steps,
   guidance, size, scheduler, dtype, device, predicted quality, predicted and measured cost, budget and λ,
   catimg and router versions) as ``catimg:<key>``, the whole record as JSON in ``catimg``, and an A1111-style
   ``parameters`` chunk that existing viewers read.
-* :class:`ManifestRecord`: the one record type of an image, whichever engine made it; its :meth:`metadata` goes
-  into the PNG, its :meth:`line` into the manifest.
+* :class:`ManifestRecord`: the one record type of an image, whichever engine made it; its :meth:`metadata`
+  goes into the PNG, its :meth:`line` into the manifest.
 * ``manifest.jsonl``: one JSON object a line, appended as each image is saved with a single ``write`` under an
-  exclusive file lock, then fsynced: two runs into one folder interleave whole lines, never clobber. A line cut
-  short by a crash is never extended (the next record starts on a new line); reading names every corrupt line at
-  once, and :func:`repair_out_dir` (``gen --resume``) sets them aside, adopts PNGs that have no record from their
-  own metadata and removes the ``.tmp`` files of dead processes.
-* ``.catimg.lock``: :func:`out_dir_lock` keeps a second live run out of a folder (naming the process that holds it).
+  exclusive file lock, then fsynced: two runs into one folder interleave whole lines, never clobber. A line
+  cut short by a crash is never extended (the next record starts on a new line); reading names every corrupt
+  line at once, and :func:`repair_out_dir` (``gen --resume``) sets them aside, adopts PNGs that have no record
+  from their own metadata and removes the ``.tmp`` files of dead processes.
+* ``.catimg.lock``: :func:`out_dir_lock` keeps a second live run out of a folder (naming the process that
+  holds it).
 * Test-only: ``CATIMG_TEST_PAUSE_AFTER=N`` makes the process that appends to manifests (the local run, the Ray
-  driver) sleep until it is killed right after its N-th record, so that the kill -9 tests stop a run at a known
-  point instead of racing it. Never set it outside the test suite.
+  driver) sleep until it is killed right after its N-th record, so that the kill -9 tests stop a run at a
+  known point instead of racing it. Never set it outside the test suite.
 """
 
 from __future__ import annotations
@@ -216,7 +217,8 @@ def save_image(folder: Path, name: str, image: Any, meta: dict[str, Any] | None)
 
 
 def read_image_metadata(path: str | Path) -> dict[str, Any]:
-    """What catimg (and A1111) wrote into a PNG: {'catimg': {...} or None, 'parameters': str|None, 'text': {...}}."""
+    """What catimg (and A1111) wrote into a PNG:
+    {'catimg': {...} or None, 'parameters': str|None, 'text': {...}}."""
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path).expanduser()
@@ -254,8 +256,8 @@ def read_image_metadata(path: str | Path) -> dict[str, Any]:
 class ManifestRecord:
     """What catimg records about one image: in its PNG's text chunks and as its line of ``manifest.jsonl``.
 
-    Built by :func:`catimg.generation.execution.describe` for both engines. ``file``, ``error``, ``worker`` and ``time`` are
-    known only when the record is written; they go into the manifest line, not into the PNG.
+    Built by :func:`catimg.generation.execution.describe` for both engines. ``file``, ``error``, ``worker``
+    and ``time`` are known only when the record is written; they go into the manifest line, not into the PNG.
     """
 
     index: int  # the prompt's 0-based position in the prompt file
@@ -304,8 +306,8 @@ class ManifestRecord:
         return out
 
     def line(self) -> dict[str, Any]:
-        """The manifest line: the metadata, the file (None when failed), the error of a failed image, the worker
-        of a Ray run, the time."""
+        """The manifest line: the metadata, the file (None when failed), the error of a failed image, the
+        worker of a Ray run, the time."""
         out = {**self.metadata(), "file": self.file}
         for key in ("error", "worker", "time"):
             if getattr(self, key) is not None:
@@ -350,7 +352,8 @@ def append_manifest(folder: Path, record: dict[str, Any]) -> None:
 
 
 def _pause_for_tests() -> None:
-    """Test-only: with ``CATIMG_TEST_PAUSE_AFTER=N``, sleep until killed once this process has appended N records."""
+    """Test-only: with ``CATIMG_TEST_PAUSE_AFTER=N``, sleep until killed once this process has appended N
+    records."""
     global _records_appended
     limit = os.environ.get(TEST_PAUSE_ENV)
     if not limit:
@@ -399,8 +402,9 @@ def read_manifest(folder: str | Path) -> list[dict[str, Any]]:
     out, bad = _parse_manifest(path)
     if bad:
         raise InputError(
-            f"{path}: {_line_list([n for n, _ in bad])} corrupt (cut short or not JSON); rerun with --resume to set "
-            f"them aside in {MANIFEST}.corrupt and recover their images from the PNGs' metadata"
+            f"{path}: {_line_list([n for n, _ in bad])} corrupt (cut short or not JSON); rerun with "
+            f"--resume to set them aside in {MANIFEST}.corrupt and recover their images from the PNGs' "
+            "metadata"
         )
     return out
 
@@ -424,10 +428,10 @@ def _describe_process(pid: int, recorded: str) -> str:
 def out_dir_lock(folder: str | Path, command: str = "") -> Iterator[list[str]]:
     """Hold ``folder/.catimg.lock`` for a run: one live run per output folder.
 
-    The lock is an exclusive ``flock`` on the file, which also records the holder's PID and command line. A second
-    run into the folder gets an InputError naming the process that holds it; the lock of a run that died (``kill
-    -9``, power loss) is released by the operating system and taken over, with a note (the phrases yielded). The
-    file is removed when the run ends.
+    The lock is an exclusive ``flock`` on the file, which also records the holder's PID and command line. A
+    second run into the folder gets an InputError naming the process that holds it; the lock of a run that
+    died (``kill -9``, power loss) is released by the operating system and taken over, with a note (the
+    phrases yielded). The file is removed when the run ends.
     """
     try:
         import fcntl
@@ -459,10 +463,11 @@ def out_dir_lock(folder: str | Path, command: str = "") -> Iterator[list[str]]:
                 else "another process"
             )
             raise InputError(
-                f"--out {folder}: another catimg run ({who}) is writing into this folder; wait for it to finish "
-                f"(then add --resume), stop it, or pick another --out"
+                f"--out {folder}: another catimg run ({who}) is writing into this folder; wait for it "
+                "to finish (then add --resume), stop it, or pick another --out"
             ) from None
-        try:  # the holder may have removed the file between our open and our lock: lock the file that is there
+        # the holder may have removed the file between our open and our lock: lock the file that is there
+        try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             same = False
@@ -509,10 +514,11 @@ _TMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$")
 def repair_out_dir(folder: str | Path) -> list[str]:
     """Before a ``--resume``: make ``folder`` consistent again after a crash, and say what was done.
 
-    * corrupt manifest lines (cut short by a crash, or garbage) are moved, all at once, to ``manifest.jsonl.corrupt``;
-    * a PNG with catimg metadata but no manifest record (a run killed between saving the image and recording it,
-      or whose record was corrupt) is adopted: its record is rebuilt from the PNG's own metadata, so the image is
-      not made a second time;
+    * corrupt manifest lines (cut short by a crash, or garbage) are moved, all at once, to
+      ``manifest.jsonl.corrupt``;
+    * a PNG with catimg metadata but no manifest record (a run killed between saving the image and recording
+      it, or whose record was corrupt) is adopted: its record is rebuilt from the PNG's own metadata, so the
+      image is not made a second time;
     * hidden ``.NAME.PID.tmp`` files of a process that is no longer running are removed.
 
     A PNG without catimg metadata is left as it is (and named). Returns one phrase per kind of repair.

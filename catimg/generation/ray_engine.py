@@ -1,32 +1,35 @@
 """Running a routed plan on a Ray cluster (``--engine ray``): one driver, actors that each hold one pipeline.
 
 The driver (this process) has already routed every prompt (the encoder ran once, here). It is built from the
-execution core the local engine uses (:mod:`catimg.generation.execution`): :func:`~catimg.generation.execution.start_run` (output
-folder, ``--resume``), :func:`~catimg.generation.execution.group_plan` and :func:`~catimg.generation.execution.batch_size` to cut each
-generator's images into chunks of whole batches (so the batches, and therefore the pixels, are those of the local
-engine), and one :class:`~catimg.generation.execution.Recorder`. :class:`RayDriver` hands the chunks to actors with
-:class:`catimg.generation.schedule.CostScheduler`: actors are given to models in proportion to predicted cost and switch
-model only when their model's queue is empty (work stealing), so loads stay few.
+execution core the local engine uses (:mod:`catimg.generation.execution`):
+:func:`~catimg.generation.execution.start_run` (output folder, ``--resume``),
+:func:`~catimg.generation.execution.group_plan` and :func:`~catimg.generation.execution.batch_size` to cut
+each generator's images into chunks of whole batches (so the batches, and therefore the pixels, are those of
+the local engine), and one :class:`~catimg.generation.execution.Recorder`. :class:`RayDriver` hands the chunks
+to actors with :class:`catimg.generation.schedule.CostScheduler`: actors are given to models in proportion to
+predicted cost and switch model only when their model's queue is empty (work stealing), so loads stay few.
 
 Each actor (:class:`RayWorker`) makes its batches with the local engine's
-:class:`~catimg.generation.execution.BatchRunner` (same seeding, step calls and retries) on its device (one GPU, or CPU slots
-where the cluster has no GPU) and sends back, per batch, a :class:`BatchReply`: each image's
-:class:`~catimg.generation.execution.Outcome` (with its :class:`~catimg.generation.output.ManifestRecord`) and either the name of the
-PNG it wrote (when the output folder is one it sees, e.g. a shared file system or the same machine) or the PNG
-bytes (the driver then writes them). The driver alone appends to ``manifest.jsonl`` (and, through the
-``on_image`` hook, to the calibration store), as each batch arrives; the records are those the local engine
-writes (plus the ``worker``), and ``--resume`` works the same whichever engine wrote the run.
+:class:`~catimg.generation.execution.BatchRunner` (same seeding, step calls and retries) on its device (one
+GPU, or CPU slots where the cluster has no GPU) and sends back, per batch, a :class:`BatchReply`: each image's
+:class:`~catimg.generation.execution.Outcome` (with its :class:`~catimg.generation.output.ManifestRecord`) and
+either the name of the PNG it wrote (when the output folder is one it sees, e.g. a shared file system or the
+same machine) or the PNG bytes (the driver then writes them). The driver alone appends to ``manifest.jsonl``
+(and, through the ``on_image`` hook, to the calibration store), as each batch arrives; the records are those
+the local engine writes (plus the ``worker``), and ``--resume`` works the same whichever engine wrote the run.
 
 Faults: an actor that dies mid-chunk has its unfinished images re-queued (each image is recorded exactly once)
-and a fresh actor takes its place; a model that fails to load on an actor is dropped from the run and its images
-are re-planned to their next cheaper generator (``PlanItem.fallbacks``, as the local engine's fallback), which is
-said in a :class:`~catimg.generation.events.Replanned` event and in each image's manifest note. Progress goes to an
-``on_event(event)`` callback with the typed events of :mod:`catimg.generation.events` (plus the Ray-only
-:class:`~catimg.generation.events.WorkersStarted`, :class:`~catimg.generation.events.Replanned` and :class:`~catimg.generation.events.WorkerLost`,
-which :func:`describe_event` says as one line each). :class:`RayEngine` is :func:`run_plan_ray` as an
-:class:`~catimg.generation.execution.Engine`, the Protocol the local engine (:class:`catimg.generation.generate.LocalEngine`) satisfies
-too: the CLI and the calibration campaign call either through it. Ray itself is optional (``pip install "catimg[ray]"``) and
-imported only here, inside functions.
+and a fresh actor takes its place; a model that fails to load on an actor is dropped from the run and its
+images are re-planned to their next cheaper generator (``PlanItem.fallbacks``, as the local engine's
+fallback), which is said in a :class:`~catimg.generation.events.Replanned` event and in each image's manifest
+note. Progress goes to an ``on_event(event)`` callback with the typed events of
+:mod:`catimg.generation.events` (plus the Ray-only :class:`~catimg.generation.events.WorkersStarted`,
+:class:`~catimg.generation.events.Replanned` and :class:`~catimg.generation.events.WorkerLost`, which
+:func:`describe_event` says as one line each). :class:`RayEngine` is :func:`run_plan_ray` as an
+:class:`~catimg.generation.execution.Engine`, the Protocol the local engine
+(:class:`catimg.generation.generate.LocalEngine`) satisfies too: the CLI and the calibration campaign call
+either through it. Ray itself is optional (``pip install "catimg[ray]"``) and imported only here, inside
+functions.
 """
 
 from __future__ import annotations
@@ -93,7 +96,8 @@ def import_ray() -> Any:
 
 
 def preflight(address: str | None, workers: int | None = None) -> None:
-    """The checks to run before routing when ``--engine ray`` is asked for: Ray installed, address reachable."""
+    """The checks to run before routing when ``--engine ray`` is asked for: Ray installed, address
+    reachable."""
     import_ray()
     if workers is not None and workers < 1:
         raise InputError(f"--workers {workers}: must be 1 or more")
@@ -102,7 +106,8 @@ def preflight(address: str | None, workers: int | None = None) -> None:
 
 
 def check_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
-    """Fail within ``timeout`` seconds when nothing listens at ``address`` (``host:port`` or ``ray://host:port``).
+    """Fail within ``timeout`` seconds when nothing listens at ``address`` (``host:port`` or
+    ``ray://host:port``).
 
     ``auto`` (a cluster started on this machine with ``ray start``) and ``local`` are not probed here.
     """
@@ -132,23 +137,24 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
             else (exc.strerror or type(exc).__name__)
         )
         raise DeviceError(
-            f"--ray-address {address}: cannot reach a Ray cluster there ({reason}); "
-            "check the address and that `ray start --head` runs there, or leave --ray-address out to start a local one"
+            f"--ray-address {address}: cannot reach a Ray cluster there ({reason}); check the address "
+            "and that `ray start --head` runs there, or leave --ray-address out to start a local one"
         ) from None
     if not address.startswith("ray://"):
         problem = _gcs_problem(f"{host}:{port}", timeout)
         if problem is not None:
             raise DeviceError(
-                f"--ray-address {address}: something answers there but it is not a Ray cluster's head ({problem}); "
-                "pass the address that `ray start --head` printed (port 6379 by default)"
+                f"--ray-address {address}: something answers there but it is not a Ray cluster's head "
+                f"({problem}); pass the address that `ray start --head` printed (port 6379 by default)"
             )
 
 
 def _gcs_problem(address: str, timeout: float) -> str | None:
-    """Ask the head's GCS for its cluster id (what ``ray.init`` does first, but bounded); None when it answers.
+    """Ask the head's GCS for its cluster id (what ``ray.init`` does first, but bounded); None when it
+    answers.
 
-    Uses Ray's internal GCS client when this Ray version has it (otherwise the TCP check above is all we do). Its
-    C++ log lines are kept off the terminal.
+    Uses Ray's internal GCS client when this Ray version has it (otherwise the TCP check above is all we do).
+    Its C++ log lines are kept off the terminal.
     """
     import threading
 
@@ -199,7 +205,8 @@ def connect(address: str | None, num_cpus: int | None = None) -> tuple[Any, bool
             )
         except Exception as exc:
             raise DeviceError(
-                f"--ray-address {address}: cannot connect ({first_line(exc, typed=True, limit=200)}); check the address"
+                f"--ray-address {address}: cannot connect ({first_line(exc, typed=True, limit=200)}); "
+                "check the address"
             ) from None
         return ray, True
     try:
@@ -287,7 +294,8 @@ class BatchReply:
 
 
 def _sees_folder(out_dir: Path, marker: str | None) -> tuple[bool, str | None]:
-    """(this process can write into the driver's folder, why not when it sees the folder but cannot write it)."""
+    """(this process can write into the driver's folder, why not when it sees the folder but cannot write
+    it)."""
     if marker is None or not (out_dir / marker).is_file():
         return False, None
     probe = out_dir / f".catimg-ray-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -468,9 +476,12 @@ class WorkerPool:
             return list(ray.get(refs, timeout=READY_TIMEOUT))
         except ray.exceptions.GetTimeoutError:
             have = ray.available_resources()
+            free = (
+                ", ".join(f"{k} {v:g}" for k, v in sorted(have.items()) if k in ("CPU", "GPU")) or "nothing"
+            )
             raise DeviceError(
-                f"the Ray cluster could not place {len(which)} worker(s) within {READY_TIMEOUT:g}s (free: "
-                f"{', '.join(f'{k} {v:g}' for k, v in sorted(have.items()) if k in ('CPU', 'GPU')) or 'nothing'}); "
+                f"the Ray cluster could not place {len(which)} worker(s) within {READY_TIMEOUT:g}s "
+                f"(free: {free}); "
                 "no resources for the plan's generators: add nodes or lower --workers"
             ) from None
         except ray.exceptions.RayError as exc:
@@ -508,14 +519,14 @@ def run_plan_ray(
 ) -> RunResult:
     """Make every image of ``plan`` on Ray; same contract as :func:`catimg.generation.generate.run_plan`.
 
-    ``address``: a running cluster (``host:port``, ``ray://host:port`` or ``auto``); None starts a local instance
-    (or uses the one this process already initialised). ``workers``: actors (default: one per GPU, else one per
-    ``cpus_per_worker`` CPUs). ``device``: the --device option, applied on each worker. ``shared_output``: None
-    detects whether workers see the output folder (else they send PNG bytes); False forces bytes.
-    ``load_seconds``: predicted load time per model for the scheduler. ``threads``: torch threads of each CPU
-    worker; None uses the local engine's count (torch's default here), because CPU results depend on the thread
-    count: the same count gives the local engine's pixels exactly, one thread per worker is faster on a busy
-    node. ``stats`` is filled with what happened.
+    ``address``: a running cluster (``host:port``, ``ray://host:port`` or ``auto``); None starts a local
+    instance (or uses the one this process already initialised). ``workers``: actors (default: one per GPU,
+    else one per ``cpus_per_worker`` CPUs). ``device``: the --device option, applied on each worker.
+    ``shared_output``: None detects whether workers see the output folder (else they send PNG bytes); False
+    forces bytes. ``load_seconds``: predicted load time per model for the scheduler. ``threads``: torch
+    threads of each CPU worker; None uses the local engine's count (torch's default here), because CPU results
+    depend on the thread count: the same count gives the local engine's pixels exactly, one thread per worker
+    is faster on a busy node. ``stats`` is filled with what happened.
     """
     emit = on_event or no_events
     st = stats if stats is not None else RayRun()
@@ -565,9 +576,9 @@ def run_plan_ray(
 
 @dataclass(frozen=True)
 class RayEngine:
-    """The Ray engine as an :class:`~catimg.generation.execution.Engine` (``--engine ray``): :func:`run_plan_ray` with the
-    cluster options fixed (``address``, ``workers``, ``device``: the CLI's; ``load_seconds``: predicted load time
-    per model for the scheduler)."""
+    """The Ray engine as an :class:`~catimg.generation.execution.Engine` (``--engine ray``):
+    :func:`run_plan_ray` with the cluster options fixed (``address``, ``workers``, ``device``: the CLI's;
+    ``load_seconds``: predicted load time per model for the scheduler)."""
 
     address: str | None = None
     workers: int | None = None
@@ -642,9 +653,10 @@ class RayDriver:
     """Hands a plan's batches to the pool's actors and records what comes back, as it arrives.
 
     Chunks of whole batches (the local engine's batches, so the same pixels) go to actors through
-    :class:`CostScheduler`; one batch is kept queued at each actor. Its state is its fields: the plan (an item may
-    be re-planned), the scheduler, the model each actor holds, the batches in flight, the idle actors, the models
-    that failed to load and the plan positions recorded (each exactly once, by the one :class:`Recorder`).
+    :class:`CostScheduler`; one batch is kept queued at each actor. Its state is its fields: the plan (an item
+    may be re-planned), the scheduler, the model each actor holds, the batches in flight, the idle actors, the
+    models that failed to load and the plan positions recorded (each exactly once, by the one
+    :class:`Recorder`).
     """
 
     def __init__(

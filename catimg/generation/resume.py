@@ -1,10 +1,10 @@
 """Which images of a plan are still to make (``gen --resume``), and how a run differs from the manifest.
 
-An image is done when the manifest records it as saved, its file is on disk, and it is the same image: same prompt,
-image number, base seed, negative prompt, size and routed generator settings (the settings hash; the generator's
-name for records written before catimg recorded the hash). Position in the prompt file does not matter. Both
-engines call :func:`resume_todo` through :func:`catimg.generation.execution.start_run`; the manifest may have been written by
-either.
+An image is done when the manifest records it as saved, its file is on disk, and it is the same image: same
+prompt, image number, base seed, negative prompt, size and routed generator settings (the settings hash; the
+generator's name for records written before catimg recorded the hash). Position in the prompt file does not
+matter. Both engines call :func:`resume_todo` through :func:`catimg.generation.execution.start_run`; the
+manifest may have been written by either.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ def resume_todo(
 ) -> tuple[list[int], list[str]]:
     """Positions in ``plan`` still to make, and how this run differs from the manifest (one phrase each).
 
-    An image is done when the manifest records it as saved, its file is on disk, and it is the same image: same
-    prompt, image number, base seed, negative prompt, size and routed generator settings (the settings hash; the
-    generator's name for records written before catimg recorded the hash). Position in the prompt file does not
-    matter, so inserting or reordering prompts redoes nothing; a prompt given twice needs two records.
+    An image is done when the manifest records it as saved, its file is on disk, and it is the same image:
+    same prompt, image number, base seed, negative prompt, size and routed generator settings (the settings
+    hash; the generator's name for records written before catimg recorded the hash). Position in the prompt
+    file does not matter, so inserting or reordering prompts redoes nothing; a prompt given twice needs two
+    records.
     """
     folder = Path(opt.out_dir)
     recs = read_manifest(folder) if records is None else records

@@ -1,23 +1,25 @@
 """Spreading a routed plan over K workers (GPUs): who loads which model, who takes which chunk, and how long.
 
-A plan is summarised per generator as :class:`Work` (images, predicted seconds per image, load seconds, and the
-model whose weights it uses: step variants of one model share a loaded pipeline). Each generator's images are cut
-into chunks of at most ``chunk_size`` images; a worker holds one model at a time and loading another costs that
-model's load seconds.
+A plan is summarised per generator as :class:`Work` (images, predicted seconds per image, load seconds, and
+the model whose weights it uses: step variants of one model share a loaded pipeline). Each generator's images
+are cut into chunks of at most ``chunk_size`` images; a worker holds one model at a time and loading another
+costs that model's load seconds.
 
 Policy (:class:`CostScheduler`, used by the Ray engine and by the predictor alike):
 
 1. **Cost-proportional assignment.** Workers are given to models in proportion to each model's predicted work
-   (images × seconds per image, summed over its generators) by largest remainders, at least one per model while
-   workers last, and never more than a model has chunks.
-2. **Own queue first.** A worker takes the next chunk of its model (the generators of a model one after another).
-3. **Work stealing.** When its model's queue is empty it switches to the model whose queue would take longest to
-   drain with the workers serving it now (queued work / (serving + 1)); it switches only when that time is longer
-   than the model's load time (or when nobody serves that model), otherwise it retires. So loads stay few.
+   (images × seconds per image, summed over its generators) by largest remainders, at least one per model
+   while workers last, and never more than a model has chunks.
+2. **Own queue first.** A worker takes the next chunk of its model (the generators of a model one after
+   another).
+3. **Work stealing.** When its model's queue is empty it switches to the model whose queue would take longest
+   to drain with the workers serving it now (queued work / (serving + 1)); it switches only when that time is
+   longer than the model's load time (or when nobody serves that model), otherwise it retires. So loads stay
+   few.
 
-Baseline (:func:`simulate_round_robin`): chunks in plan order (each generator's chunks placed where their first
-prompt falls in the prompt file, so generators interleave as routed prompts do), dealt to workers in turn whatever
-model they hold; a worker loads the chunk's model whenever it differs from the one it holds.
+Baseline (:func:`simulate_round_robin`): chunks in plan order (each generator's chunks placed where their
+first prompt falls in the prompt file, so generators interleave as routed prompts do), dealt to workers in
+turn whatever model they hold; a worker loads the chunk's model whenever it differs from the one it holds.
 
 :func:`simulate` plays a policy with the predicted costs and returns a :class:`Prediction`: makespan, GPU
 utilisation (generation seconds / (K × makespan)), loads, and the ideal bound total work / K.
@@ -77,8 +79,9 @@ def make_chunks(
 ) -> list[Chunk]:
     """Cut each generator's images into chunks of at most ``chunk_size``.
 
-    ``items`` maps a generator to the plan positions of its images (default ``0 .. images-1``); ``total`` is the
-    plan length used to place chunks in plan order (default: chunks of a generator spread evenly over the plan).
+    ``items`` maps a generator to the plan positions of its images (default ``0 .. images-1``); ``total`` is
+    the plan length used to place chunks in plan order (default: chunks of a generator spread evenly over the
+    plan).
     """
     if chunk_size < 1:
         raise InputError(f"--chunk-size {chunk_size}: must be 1 or more")
@@ -201,7 +204,8 @@ class CostScheduler:
 
     # ------------------------------------------------------------------------------------------------ actions
     def next(self, worker: int, held: str | None) -> Chunk | None:
-        """The next chunk for ``worker`` holding ``held`` (None: nothing worth doing, the worker may retire)."""
+        """The next chunk for ``worker`` holding ``held`` (None: nothing worth doing, the worker may
+        retire)."""
         own = held if held is not None else self.serving.get(worker)
         if own is not None and self.queues.get(own):
             self.serving[worker] = own
@@ -303,7 +307,8 @@ def _prediction(
 def simulate_cost(
     work: Sequence[Work], workers: int, chunk_size: int = 16, chunks: Sequence[Chunk] | None = None
 ) -> Prediction:
-    """Play :class:`CostScheduler` with the predicted costs (event order: earliest free worker, then lowest id)."""
+    """Play :class:`CostScheduler` with the predicted costs (event order: earliest free worker, then lowest
+    id)."""
     chunks = list(chunks) if chunks is not None else make_chunks(work, chunk_size)
     sched = CostScheduler(work, workers, chunks)
     held: dict[int, str | None] = {w: None for w in range(workers)}
@@ -366,7 +371,7 @@ def simulate(work: Sequence[Work], workers: int, policy: str = "cost", chunk_siz
     raise InputError(f'policy "{policy}": use "cost" or "round-robin"')
 
 
-# ------------------------------------------------------------------------------------------------ from a routing
+# --------------------------------------------------------------------------------------------- from a routing
 
 
 def work_from_shares(
@@ -374,8 +379,9 @@ def work_from_shares(
 ) -> list[Work]:
     """Per-generator :class:`Work` from image counts (optionally rescaled to ``scale_to`` images in all).
 
-    ``costs`` maps a generator to a :class:`catimg.costs.model.Cost` (``seconds``, ``load_seconds``); ``models`` maps it
-    to its model name. Rescaled counts use largest remainders so they add up to ``scale_to`` exactly.
+    ``costs`` maps a generator to a :class:`catimg.costs.model.Cost` (``seconds``, ``load_seconds``);
+    ``models`` maps it to its model name. Rescaled counts use largest remainders so they add up to
+    ``scale_to`` exactly.
     """
     names = [g for g in shares if shares[g] > 0]
     counts = {g: shares[g] for g in names}
@@ -393,7 +399,7 @@ def work_from_shares(
     ]
 
 
-# ------------------------------------------------------------------------------------------------ cluster plan
+# ----------------------------------------------------------------------------------------------- cluster plan
 
 #: GPU memory (GB) of the cards a user may size a cluster with (``catimg plan --gpu NAME``).
 GPU_MEMORY_GB: dict[str, float] = {
@@ -416,7 +422,8 @@ GPU_MEMORY_GB: dict[str, float] = {
 
 
 def hypothetical_gpu(name: str) -> Any:
-    """A :class:`catimg.device.DeviceInfo` for a GPU the user does not have here (costs are estimated for it)."""
+    """A :class:`catimg.device.DeviceInfo` for a GPU the user does not have here (costs are estimated for
+    it)."""
     import re
 
     from catimg.device import DeviceInfo
@@ -494,7 +501,8 @@ def cluster_plan(
     device: str = "",
     images_per_prompt: int = 1,
 ) -> ClusterPlan:
-    """Predict makespan and utilisation on each K in ``gpus`` for the routed ``shares`` (prompts per generator)."""
+    """Predict makespan and utilisation on each K in ``gpus`` for the routed ``shares`` (prompts per
+    generator)."""
     routed = sum(shares.values())
     target = scale_to if scale_to is not None else routed
     imgs = {g: n * images_per_prompt for g, n in shares.items()}
