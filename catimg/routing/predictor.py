@@ -1,35 +1,38 @@
-"""Quality predictors: prompt embedding -> predicted quality of every generator, with an epistemic uncertainty.
+"""Quality predictors: prompt embedding -> predicted quality of every generator, with an epistemic
+uncertainty.
 
 All predictors are numpy only, train on a prompt x generator table ``Y`` with NaN where a generator was not
-measured, and cost about linearly in the number of prompts n and generators g (see each class). Predictions are
-in metric units; the uncertainty is the standard deviation of the *expected* quality (what more measurements
-would remove), not of one image's score.
+measured, and cost about linearly in the number of prompts n and generators g (see each class). Predictions
+are in metric units; the uncertainty is the standard deviation of the *expected* quality (what more
+measurements would remove), not of one image's score.
 
-``knn``    The paper's reference (CATImage, arXiv 2506.14753): per generator the mean measured quality of the k
-           nearest training prompts (Euclidean distance between unit embeddings); k = 100 in the paper, here
-           ``min(100, max(5, n // 5))`` by default for smaller data. Uncertainty: the standard error of that mean.
-           Cost: fit O(1); prediction O(m n d) in chunks; the artifact keeps every training embedding (float16).
+``knn``    The paper's reference (CATImage, arXiv 2506.14753): per generator the mean measured quality of the
+           k nearest training prompts (Euclidean distance between unit embeddings); k = 100 in the paper, here
+           ``min(100, max(5, n // 5))`` by default for smaller data. Uncertainty: the standard error of that
+           mean. Cost: fit O(1); prediction O(m n d) in chunks; the artifact keeps every training embedding
+           (float16).
 ``ridge``  What routing needs, modelled directly. The rule argmax_g q_g - lambda c_g depends only on the
            *differences* between generators on a prompt, while most of the variance of measured quality is how
            hard the prompt is for every generator. So the table is split into a per-prompt *anchor* a_i (the
-           prompt's quality level, from the additive model y_ig = a_i + b_g by alternating means, which handles
-           missing cells) and per-generator *deviations* r_ig = y_ig - a_i. The anchor and each deviation get a
-           Bayesian linear regression on the unit embedding (unpenalised mean, Gaussian prior on the weights);
-           the prior-to-noise ratio and the noise are chosen per model by maximising the marginal likelihood on
-           the training data (closed form through one d x d eigendecomposition). Prediction: anchor + deviation;
-           uncertainty: the posterior standard deviation of both, summed in variance. It shrinks as a generator
-           gets more measurements (posterior covariance ~ 1/n) and grows for prompts in directions of the
-           embedding space the measured prompts do not cover. A deviation model with fewer than
-           ``MIN_OWN_HYPER`` prompts borrows the median hyperparameters of the well-measured ones, so a generator
-           calibrated on ten prompts gets its offset from those ten and an honest, wide uncertainty.
-           Cost: fit O(n d^2 g), prediction O(m d g); the weights are (g + 1) x (d + 1) means and d x d
-           covariances, independent of n.
+           prompt's quality level, from the additive model y_ig = a_i + b_g by alternating means, which
+           handles missing cells) and per-generator *deviations* r_ig = y_ig - a_i. The anchor and each
+           deviation get a Bayesian linear regression on the unit embedding (unpenalised mean, Gaussian prior
+           on the weights); the prior-to-noise ratio and the noise are chosen per model by maximising the
+           marginal likelihood on the training data (closed form through one d x d eigendecomposition).
+           Prediction: anchor + deviation; uncertainty: the posterior standard deviation of both, summed in
+           variance. It shrinks as a generator gets more measurements (posterior covariance ~ 1/n) and grows
+           for prompts in directions of the embedding space the measured prompts do not cover. A deviation
+           model with fewer than ``MIN_OWN_HYPER`` prompts borrows the median hyperparameters of the
+           well-measured ones, so a generator calibrated on ten prompts gets its offset from those ten and an
+           honest, wide uncertainty. Cost: fit O(n d^2 g), prediction O(m d g); the weights are
+           (g + 1) x (d + 1) means and d x d covariances, independent of n.
 ``blend``  The mean of ``ridge`` and a relative KNN (k nearest prompts' deviations added to the ridge anchor):
            the linear model's global trends plus the neighbours' local ones. Uncertainty: the ridge posterior.
            Cost: as ``knn`` plus ``ridge``.
 
-Held-out routing numbers (``python -m catimg.benchmarks.routing``) decide which predictor ``auto`` picks; within a
-training run ``catimg train --predictor auto`` also compares them by cross-validated routing AUC on the user's data.
+Held-out routing numbers (``python -m catimg.benchmarks.routing``) decide which predictor ``auto`` picks;
+within a training run ``catimg train --predictor auto`` also compares them by cross-validated routing AUC on
+the user's data.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ import numpy as np
 
 from catimg.errors import RouterError
 
-#: Deviation models with fewer measured prompts than this borrow the hyperparameters of the well-measured ones.
+#: Deviation models with fewer measured prompts than this borrow the hyperparameters of the well-measured
+#: ones.
 MIN_OWN_HYPER = 30
 #: Prior-to-noise variance ratios searched by the marginal likelihood (per unit of squared embedding norm).
 RHO_GRID = tuple(float(x) for x in np.geomspace(1e-3, 1e3, 49))
@@ -99,12 +103,14 @@ def nearest(Q: np.ndarray, T: np.ndarray, k: int, rows: np.ndarray | None = None
     return out
 
 
-#: Up to this k, the nearest rows are found by k passes of argmax (half the time of a partition for explain's 3).
+#: Up to this k, the nearest rows are found by k passes of argmax (half the time of a partition for explain's
+#: 3).
 SMALL_K = 8
 
 
 def _top_k(G: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the k largest values per row, largest first (ties: the lower index first). Clobbers G."""
+    """Column indices of the k largest values per row, largest first (ties: the lower index first). Clobbers
+    G."""
     n = G.shape[1]
     if k <= SMALL_K and k < n:
         rows = np.arange(len(G))
@@ -119,7 +125,8 @@ def _top_k(G: np.ndarray, k: int) -> np.ndarray:
 
 
 def column_neighbours(Q: np.ndarray, T: np.ndarray, Y: np.ndarray, k: int) -> list[np.ndarray]:
-    """Per column j of ``Y`` (NaN = not measured): the (m, k') values of Y[:, j] at the k nearest measured rows."""
+    """Per column j of ``Y`` (NaN = not measured): the (m, k') values of Y[:, j] at the k nearest measured
+    rows."""
     out = []
     for j in range(Y.shape[1]):
         rows = np.flatnonzero(~np.isnan(Y[:, j]))
@@ -174,9 +181,11 @@ class KNNPredictor:
 
 
 def split_anchor(Y: np.ndarray, iters: int = 30) -> tuple[np.ndarray, np.ndarray]:
-    """(anchor a (n,), deviations R (n, g)) of the additive model y_ig = a_i + b_g fitted by alternating means.
+    """(anchor a (n,), deviations R (n, g)) of the additive model y_ig = a_i + b_g fitted by alternating
+    means.
 
-    ``R = Y - a`` (NaN where Y is); the b_g end up in the deviations' means. Rows with no score get a NaN anchor.
+    ``R = Y - a`` (NaN where Y is); the b_g end up in the deviations' means. Rows with no score get a NaN
+    anchor.
     """
     M = ~np.isnan(Y)
     Z = np.where(M, Y, 0.0)
@@ -216,9 +225,9 @@ class BayesLinear:
     def moments(X: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
         """(xbar, centred X'X, centred X't, mean t, centred t't): all a fit needs, one pass over the rows.
 
-        The d x d Gram matrix is summed in float32 (the dominant cost: n d^2, twice as fast and no centred copy of
-        X) and centred afterwards in float64; for unit embeddings its relative error is about 1e-6, far below the
-        prior's regularisation."""
+        The d x d Gram matrix is summed in float32 (the dominant cost: n d^2, twice as fast and no centred
+        copy of X) and centred afterwards in float64; for unit embeddings its relative error is about 1e-6,
+        far below the prior's regularisation."""
         xbar = X.mean(0)
         tbar = float(t.mean())
         tc = t - tbar
@@ -286,7 +295,8 @@ class BayesLinear:
 
 
 class RidgePredictor:
-    """Anchor + per-generator deviation, each a Bayesian linear regression on the embedding (module docstring)."""
+    """Anchor + per-generator deviation, each a Bayesian linear regression on the embedding (module
+    docstring)."""
 
     name = "ridge"
 
@@ -354,7 +364,8 @@ class RidgePredictor:
 
 
 class BlendPredictor:
-    """Mean of the ridge prediction and a relative KNN (ridge anchor + the k nearest prompts' mean deviations)."""
+    """Mean of the ridge prediction and a relative KNN (ridge anchor + the k nearest prompts' mean
+    deviations)."""
 
     name = "blend"
 

@@ -2,9 +2,9 @@
 
 :func:`route_prompts` runs five steps: each generator's status (disabled, needs calibration, does not fit,
 routable) -> the score matrix (predicted quality and cost per prompt and generator, normalised by
-:mod:`catimg.routing.rule`) -> solve (a named level's λ, or a seconds budget via :mod:`catimg.routing.budget`, or a forced
-generator) -> each prompt's rows, plus the explanation (runner-up, margin, switch points) only when asked ->
-the summary (planned seconds, best single generator). It never loads generator weights.
+:mod:`catimg.routing.rule`) -> solve (a named level's λ, or a seconds budget via :mod:`catimg.routing.budget`,
+or a forced generator) -> each prompt's rows, plus the explanation (runner-up, margin, switch points) only
+when asked -> the summary (planned seconds, best single generator). It never loads generator weights.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from catimg.device import DeviceInfo
     from catimg.routing.router import Router
 
-#: The status of a generator for one run (per prompt in a :class:`GeneratorRow`; ``chosen``/``forced`` only there).
+#: The status of a generator for one run (per prompt in a :class:`GeneratorRow`; ``chosen``/``forced`` only
+#: there).
 Status = Literal["chosen", "routable", "needs calibration", "disabled", "does not fit", "forced"]
 CHOSEN: Final = "chosen"
 ROUTABLE: Final = "routable"
@@ -236,11 +237,12 @@ def route_prompts(
     """Predict, cost and route every prompt. Never loads generator weights.
 
     statuses -> score matrix -> solve -> routes (with the explanation only when ``explain``) -> summary.
-    ``run_as`` maps a catalog generator to the settings the run will use (``gen --width/--height/--dtype``) and
-    ``batch`` is the images per pipeline call: costs (and so routing, plans and summaries) follow them, while the
-    router still recognises each generator by its catalog settings. ``explain`` adds each prompt's runner-up,
-    margin and switch points; ``neighbours`` the most similar training prompts. ``router_texts``: the prompts as
-    the generators see them (cut to their text encoder, :func:`catimg.prompts.fit_prompts`), for the router only.
+    ``run_as`` maps a catalog generator to the settings the run will use (``gen --width/--height/--dtype``)
+    and ``batch`` is the images per pipeline call: costs (and so routing, plans and summaries) follow them,
+    while the router still recognises each generator by its catalog settings. ``explain`` adds each prompt's
+    runner-up, margin and switch points; ``neighbours`` the most similar training prompts. ``router_texts``:
+    the prompts as the generators see them (cut to their text encoder, :func:`catimg.prompts.fit_prompts`),
+    for the router only.
     """
     from catimg.routing.encoder import default_encoder
 
@@ -313,8 +315,8 @@ def _check_prompts(prompts: list[str]) -> None:
 def _router_usable(router: Router, catalog: Catalog, encoder_id: str, forced_gen: Generator | None) -> bool:
     """Whether the router can predict for this catalog; RouterError when it cannot and nothing is forced.
 
-    Forcing a generator skips routing: it needs the catalog entry (and, to generate, the weights), not a router
-    that knows the catalog; the router's predictions are still shown when it can give them.
+    Forcing a generator skips routing: it needs the catalog entry (and, to generate, the weights), not a
+    router that knows the catalog; the router's predictions are still shown when it can give them.
     """
     try:
         router.check(catalog, encoder_id)
@@ -339,7 +341,8 @@ def _costs(
     from catimg.costs.model import routing_costs
 
     knowable = {g.name for g in gens if g.enabled and router.knows(g)}
-    # the one cost rule (catimg.costs.model): explicit > measured here > the router's trained-with seconds > estimate
+    # the one cost rule (catimg.costs.model): explicit > measured here > the router's trained-with seconds >
+    # estimate
     return routing_costs(
         gens,
         device,
@@ -371,7 +374,8 @@ def _require_routable(catalog: Catalog, statuses: dict[str, Status], forced_gen:
     if forced_gen is None and ROUTABLE not in statuses.values():
         why = "; ".join(f"{n}: {s}" for n, s in statuses.items())
         raise InputError(
-            f"{catalog.path}: no generator can be routed ({why}); calibrate one, enable one, or force one with --generator"
+            f"{catalog.path}: no generator can be routed ({why}); calibrate one, enable one, or force "
+            "one with --generator"
         )
 
 
@@ -519,7 +523,8 @@ def _summary(
     total_budget: float | None,
     forced: str | None,
 ) -> RoutingResult:
-    """The run's totals: planned seconds (one load per model used), mean predicted quality, best single generator."""
+    """The run's totals: planned seconds (one load per model used), mean predicted quality, best single
+    generator."""
     sc, choice, n = scores, sol.choice, len(routes)
     chosen_q = sc.q[np.arange(n), choice]
     best_single = best_secs = best_q = None

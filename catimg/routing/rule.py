@@ -2,22 +2,23 @@
 
 Rule (CATImage): prompt i goes to ``argmax_g  qn[i, g] − λ · cn[g]`` (the *value* of generator g), where
 
-* ``qn = (q − lo) / (hi − lo)`` is the predicted quality on the metric's scale ``(lo, hi)``; a scale of zero span
-  (``hi == lo``, e.g. a metric whose measured scores were all equal) divides by 1 instead of by zero;
-* ``cn = cost / C`` with C the largest finite, positive cost among the *reference* generators: the generators the
-  λ levels were calibrated on, i.e. the router's generators. In training and evaluation that is every column given;
-  in routing it is every catalog generator the router knows, whether or not it is enabled or fits this device.
-  C does not depend on which generators can be chosen in a run, so λ stays one price of compute: disabling a
-  generator, or one not fitting the GPU, never changes the choice between the others. Without any such cost, C = 1.
+* ``qn = (q − lo) / (hi − lo)`` is the predicted quality on the metric's scale ``(lo, hi)``; a scale of zero
+  span (``hi == lo``, e.g. a metric whose measured scores were all equal) divides by 1 instead of by zero;
+* ``cn = cost / C`` with C the largest finite, positive cost among the *reference* generators: the generators
+  the λ levels were calibrated on, i.e. the router's generators. In training and evaluation that is every
+  column given; in routing it is every catalog generator the router knows, whether or not it is enabled or
+  fits this device. C does not depend on which generators can be chosen in a run, so λ stays one price of
+  compute: disabling a generator, or one not fitting the GPU, never changes the choice between the others.
+  Without any such cost, C = 1.
 
 Ties (values equal after rounding to :data:`TIE_DECIMALS` decimals, so that the tie-break is stable across
-platforms) go to the cheaper generator, then to the lower column index. A NaN value (no prediction) and a column
-outside ``allowed`` never win.
+platforms) go to the cheaper generator, then to the lower column index. A NaN value (no prediction) and a
+column outside ``allowed`` never win.
 
-Switch points: for the chosen generator g and another h, ``value_h − value_g = dq − λ·dc`` (``dq = qn_h − qn_g``,
-``dc = cn_h − cn_g``) is zero at ``λ = dq / dc``. A cheaper, worse h overtakes g when λ rises above it; a dearer,
-better h when λ falls below it. The breakpoints of a λ sweep are these crossings over every pair of generators
-and every prompt.
+Switch points: for the chosen generator g and another h, ``value_h − value_g = dq − λ·dc``
+(``dq = qn_h − qn_g``, ``dc = cn_h − cn_g``) is zero at ``λ = dq / dc``. A cheaper, worse h overtakes g when λ
+rises above it; a dearer, better h when λ falls below it. The breakpoints of a λ sweep are these crossings
+over every pair of generators and every prompt.
 
 Only numpy; no other catimg module. budget (budgets → λ), routing (route_prompts), evaluate (curves), training
 (level calibration) and router (Router.choose) all call this module.
@@ -43,7 +44,8 @@ def normalise_quality(q: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
 
 
 def cost_scale(cost: np.ndarray, reference: np.ndarray | None = None) -> float:
-    """C: the largest finite, positive cost among the ``reference`` columns (a bool mask; None = all); else 1."""
+    """C: the largest finite, positive cost among the ``reference`` columns (a bool mask; None = all); else
+    1."""
     c = np.asarray(cost, float)
     ref = c if reference is None else c[np.asarray(reference, bool)]
     ref = ref[np.isfinite(ref) & (ref > 0)]
@@ -87,7 +89,8 @@ def _cost_rank(cn: np.ndarray) -> np.ndarray:
 def choose(qn: np.ndarray, cn: np.ndarray, lam: float, allowed: np.ndarray | None = None) -> np.ndarray:
     """Per row, the column maximising ``qn − λ·cn``; ties go to the lower cost, then the lower column index.
 
-    qn: (n, g) normalised predicted quality; cn: (g,) normalised costs; allowed: (g,) bool mask of routable columns.
+    qn: (n, g) normalised predicted quality; cn: (g,) normalised costs; allowed: (g,) bool mask of routable
+    columns.
     """
     cn = np.asarray(cn, float)
     v = _comparable(qn, cn, lam, allowed)
@@ -97,7 +100,8 @@ def choose(qn: np.ndarray, cn: np.ndarray, lam: float, allowed: np.ndarray | Non
 
 
 def choose_metric(q: np.ndarray, cost: np.ndarray, lam: float, scale: tuple[float, float]) -> np.ndarray:
-    """:func:`choose` on qualities in metric units and raw costs (every column allowed and in the cost scale)."""
+    """:func:`choose` on qualities in metric units and raw costs (every column allowed and in the cost
+    scale)."""
     qn, cn = normalise(q, cost, scale)
     return choose(qn, cn, lam)
 
@@ -133,10 +137,11 @@ class Switches:
 
 
 def switch_points(qn_row: np.ndarray, cn: np.ndarray, chosen: int, allowed: np.ndarray) -> Switches:
-    """The nearest λ at which a cheaper and a dearer allowed generator would overtake ``chosen`` for one prompt.
+    """The nearest λ at which a cheaper and a dearer allowed generator would overtake ``chosen`` for one
+    prompt.
 
-    Exact when ``chosen`` is the choice at the current λ: the choice holds from ``up.lam`` to ``down.lam`` (a bound
-    is None when no generator ever overtakes on that side).
+    Exact when ``chosen`` is the choice at the current λ: the choice holds from ``up.lam`` to ``down.lam`` (a
+    bound is None when no generator ever overtakes on that side).
     """
     q = np.asarray(qn_row, float)
     cn = np.asarray(cn, float)
@@ -175,8 +180,8 @@ def crossings(qn: np.ndarray, cn: np.ndarray) -> np.ndarray:
 def breakpoints(
     q: np.ndarray, cost: np.ndarray, scale: tuple[float, float], max_points: int = MAX_SWEEP_POINTS
 ) -> np.ndarray:
-    """λs (>= 0) that visit every distinct choice of a sweep: 0, the midpoints between consecutive crossings, and
-    one past the last crossing (always the cheapest). Beyond ``max_points`` crossings, their quantiles."""
+    """λs (>= 0) that visit every distinct choice of a sweep: 0, the midpoints between consecutive crossings,
+    and one past the last crossing (always the cheapest). Beyond ``max_points`` crossings, their quantiles."""
     qn, cn = normalise(q, cost, scale)
     allv = crossings(qn, cn)
     if len(allv) > max_points:
