@@ -3,25 +3,25 @@
 Definitions (costs in the router's cost unit, qualities in metric units, means over held-out prompts where
 every generator was measured):
 
-- **Routing rule** (:mod:`catimg.routing.rule`): for a price lambda, prompt i goes to argmax_g  q_norm(g, i) - lambda * c_norm(g)
-  with q_norm = (q - lo) / (hi - lo) on the metric scale and c_norm = cost / the max cost of the generators
-  evaluated; ties go to the cheaper generator.
-- **Curve**: sweeping lambda from 0 to "always the cheapest" gives points (mean cost, mean *measured* quality).
-  Between two points the curve is linear (randomising between the two policies reaches any cost in between);
-  beyond the last point it stays flat.
+- **Routing rule** (:mod:`catimg.routing.rule`): for a price lambda, prompt i goes to
+  argmax_g  q_norm(g, i) - lambda * c_norm(g) with q_norm = (q - lo) / (hi - lo) on the metric scale and
+  c_norm = cost / the max cost of the generators evaluated; ties go to the cheaper generator.
+- **Curve**: sweeping lambda from 0 to "always the cheapest" gives points (mean cost, mean *measured*
+  quality). Between two points the curve is linear (randomising between the two policies reaches any cost in
+  between); beyond the last point it stays flat.
 - **AUC** (``auc``): the mean height of the curve over the cost range of the single generators,
   1/(c_max - c_min) * integral from c_min to c_max of Q(c) dc, in metric units (higher is better).
 - **Quality at the best single generator's cost** (``quality_at_best_cost``): Q(c_best) where the best single
   generator is the one with the highest mean measured quality.
-- **Cost to match** (``cost_to_match``): the least cost c with Q(c) >= the best single generator's quality, also
-  as a percentage of c_best (``cost_to_match_pct``); None when the curve never matches it.
+- **Cost to match** (``cost_to_match``): the least cost c with Q(c) >= the best single generator's quality,
+  also as a percentage of c_best (``cost_to_match_pct``); None when the curve never matches it.
 - **APGR** (``apgr``, average performance gap recovered): the mean gain of the curve over random mixing of the
   cheapest and the best single generator (the straight line between their points), over the cost range between
   them, as a share of the same gain of the oracle's curve (1 = the oracle, 0 = no better than that mix).
 - **Oracle**: the same sweep with the measured qualities as predictions (an upper bound nobody can reach; part
   of it is seed luck).
-- **Random**: a prompt-blind random mix of single generators; its expected curve is the upper convex hull of the
-  single generators' (cost, quality) points (the best any policy can do that does not look at the prompt).
+- **Random**: a prompt-blind random mix of single generators; its expected curve is the upper convex hull of
+  the single generators' (cost, quality) points (the best any policy can do that does not look at the prompt).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-# The routing rule lives in catimg.routing.rule; ``choose`` and ``breakpoints`` take qualities in metric units and raw costs
-# (also used by training's level calibration and the benchmarks).
+# The routing rule lives in catimg.routing.rule; ``choose`` and ``breakpoints`` take qualities in metric units
+# and raw costs (also used by training's level calibration and the benchmarks).
 from catimg.routing.rule import breakpoints as breakpoints
 from catimg.routing.rule import choose_metric
 
@@ -143,7 +143,8 @@ def summarise(name: str, curve: Curve, single_costs: np.ndarray, single_q: np.nd
 
 
 def mean_gain(curve: Curve, single_costs: np.ndarray, single_q: np.ndarray, n: int = 401) -> float:
-    """Mean of curve - (the line from the cheapest to the best single generator) over the cost range between them."""
+    """Mean of curve - (the line from the cheapest to the best single generator) over the cost range between
+    them."""
     # the cheapest generator; among equally cheap ones the best (a worse twin at the same cost is no baseline)
     cheap = int(np.lexsort((-np.asarray(single_q, float), np.asarray(single_costs, float)))[0])
     best = int(np.argmax(single_q))
@@ -157,7 +158,8 @@ def mean_gain(curve: Curve, single_costs: np.ndarray, single_q: np.ndarray, n: i
 
 
 def apgr(curve: Curve, oracle: Curve, single_costs: np.ndarray, single_q: np.ndarray) -> float | None:
-    """The share of the oracle's mean gain (:func:`mean_gain`) that ``curve`` recovers; None when the oracle has none."""
+    """The share of the oracle's mean gain (:func:`mean_gain`) that ``curve`` recovers; None when the oracle
+    has none."""
     top = mean_gain(oracle, single_costs, single_q)
     return mean_gain(curve, single_costs, single_q) / top if top > 1e-12 else None
 
@@ -254,9 +256,9 @@ def evaluate_router(
 ) -> EvalReport:
     """Evaluate a loaded router on held-out measurements (a path or a MeasurementTable).
 
-    Only prompts measured on every router generator present in the file count; costs are ``costs`` (seconds per
-    image by generator name, in ``cost_unit``: what routing uses on this device) or else the router's own (those
-    used in training, in its cost unit). Generators of the file the router does not know are left out
+    Only prompts measured on every router generator present in the file count; costs are ``costs`` (seconds
+    per image by generator name, in ``cost_unit``: what routing uses on this device) or else the router's own
+    (those used in training, in its cost unit). Generators of the file the router does not know are left out
     and listed in ``report.ignored`` (the CLI warns about them).
     """
     from catimg.errors import MeasurementsError
@@ -296,8 +298,8 @@ def evaluate_router(
     emb = encoder.encode(sub.prompts)
     mean, _ = router.predict(emb)
     idx = [router.generators.index(g) for g in cols]
-    # ``costs`` (by name): the costs routing uses on this device (catimg.costs.model.routing_costs, the CLI passes them);
-    # None: the router's own training costs
+    # ``costs`` (by name): the costs routing uses on this device (catimg.costs.model.routing_costs, the CLI
+    # passes them); None: the router's own training costs
     cvec = np.array([(costs or router.costs)[g] for g in cols])
     report = evaluate_predictions(
         mean[:, idx],

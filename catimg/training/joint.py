@@ -6,19 +6,19 @@ Contract:
   :func:`join` maps a set's score y to the **joint scale** z = (y - lo) / (hi - lo), where [lo, hi] is the
   documented range of the set's metric (:func:`known_scales`: the public sets' and the scorers'
   metrics, clipscore 0-100 and pickscore 0-30), or a range the user gives with
-  ``catimg train --scale METRIC=LO:HI``). z is "the share of that metric's range": 0 the worst score the metric can
-  give, 1 the best. A metric without a known range is an error (:class:`~catimg.errors.MeasurementsError`) rather
-  than a guess from the data.
-- Offsets between sets need no calibration: every set's prompts are separate rows of the joint table (a prompt in
-  two sets is two rows), and the predictor's per-prompt anchor (the prompt's level over its generators) absorbs how
-  hard a set's prompts are, and how lenient its raters. What the sets share is what routing needs: how generators
-  compare on a prompt, learned as functions of the prompt's embedding.
+  ``catimg train --scale METRIC=LO:HI``). z is "the share of that metric's range": 0 the worst score the
+  metric can give, 1 the best. A metric without a known range is an error
+  (:class:`~catimg.errors.MeasurementsError`) rather than a guess from the data.
+- Offsets between sets need no calibration: every set's prompts are separate rows of the joint table (a prompt
+  in two sets is two rows), and the predictor's per-prompt anchor (the prompt's level over its generators)
+  absorbs how hard a set's prompts are, and how lenient its raters. What the sets share is what routing needs:
+  how generators compare on a prompt, learned as functions of the prompt's embedding.
 - Generators are catalog names: the same name in two sets is the same generator (and settings), which is what
   links the sets (SD 2.1 links GenAI-Bench and TIFA, SDXL links GenAI-Bench and PQPP, SD 1.5 links TIFA and
   AGIQA-3K).
 - :func:`compare_sets` reports, for every pair of generators measured together in two or more sets, each set's
-  mean difference (on the joint scale, with its standard error) and flags pairs where two sets disagree by more
-  than two standard errors; training writes this into the data card and warns.
+  mean difference (on the joint scale, with its standard error) and flags pairs where two sets disagree by
+  more than two standard errors; training writes this into the data card and warns.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ class SetCalibration:
 
 @dataclass(frozen=True)
 class JointTable:
-    """The joint table (scores on the joint scale), which set each row comes from, and each set's calibration."""
+    """The joint table (scores on the joint scale), which set each row comes from, and each set's
+    calibration."""
 
     table: MeasurementTable
     row_set: np.ndarray  # int index into ``sets`` per row of ``table``
@@ -80,7 +81,8 @@ class JointTable:
 
 
 def known_scales() -> dict[str, tuple[float, float]]:
-    """Every metric whose range catimg documents: the public data sets' and the scorers' (clipscore, pickscore)."""
+    """Every metric whose range catimg documents: the public data sets' and the scorers' (clipscore,
+    pickscore)."""
     from catimg.calibration.scorer import SCORERS
     from catimg.training.sources import METRIC_SCALES
 
@@ -90,12 +92,14 @@ def known_scales() -> dict[str, tuple[float, float]]:
 def metric_range(
     metric: str, where: str, scales: dict[str, tuple[float, float]] | None = None
 ) -> tuple[float, float]:
-    """The documented range of ``metric`` (user-given ``scales`` first); MeasurementsError when there is none."""
+    """The documented range of ``metric`` (user-given ``scales`` first); MeasurementsError when there is
+    none."""
     known = {**known_scales(), **(scales or {})}
     if metric not in known:
         raise MeasurementsError(
-            f'{where}: metric "{metric}" has no known range, so it cannot be put on one scale with the other sets; '
-            f"give it with --scale {metric}=LO:HI (its worst and best possible scores) or train on this set alone"
+            f'{where}: metric "{metric}" has no known range, so it cannot be put on one scale with '
+            f"the other sets; give it with --scale {metric}=LO:HI (its worst and best possible scores) "
+            "or train on this set alone"
         )
     lo, hi = known[metric]
     if not hi > lo:
@@ -117,7 +121,8 @@ def join(
     names: Sequence[str] | None = None,
     scales: dict[str, tuple[float, float]] | None = None,
 ) -> JointTable:
-    """One table on the joint scale from several sets (rows stacked, generator columns united in first-seen order)."""
+    """One table on the joint scale from several sets (rows stacked, generator columns united in first-seen
+    order)."""
     names = list(names) if names is not None else [set_name(t, f"set{i + 1}") for i, t in enumerate(tables)]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
@@ -190,8 +195,8 @@ class PairComparison:
 
 
 def compare_sets(joint: JointTable) -> list[PairComparison]:
-    """Every generator pair measured together in two or more sets; ``disagree`` when two sets' mean differences
-    differ by more than two combined standard errors."""
+    """Every generator pair measured together in two or more sets; ``disagree`` when two sets' mean
+    differences differ by more than two combined standard errors."""
     t = joint.table
     out = []
     for ia in range(len(t.generators)):

@@ -2,8 +2,8 @@
 
 The converters that turn ``../shared/data`` into long-format measurements are a script
 (``python -m catimg.benchmarks.datasets``); what training needs from them at run time lives here: the range of
-every published metric (:data:`METRIC_SCALES`, used to put several sets on one joint scale) and the attribution
-of every set (:data:`CARDS`, copied into the data card of a router trained on it).
+every published metric (:data:`METRIC_SCALES`, used to put several sets on one joint scale) and the
+attribution of every set (:data:`CARDS`, copied into the data card of a router trained on it).
 """
 
 from __future__ import annotations
@@ -25,21 +25,30 @@ METRIC_SCALES: dict[str, tuple[float, float]] = {
 CARDS: dict[str, dict[str, Any]] = {
     "genai_bench": {
         "name": "GenAI-Bench (image), 527-prompt release",
-        "upstream": "https://github.com/linzhiqiu/t2v_metrics (commit 60ce07b144b9bff24b8dac5317cb28586b1b2509, genai_image.json)",
+        "upstream": (
+            "https://github.com/linzhiqiu/t2v_metrics (commit 60ce07b144b9bff24b8dac5317cb28586b1b2509, "
+            "genai_image.json)"
+        ),
         "license": "Apache-2.0",
         "citations": [
-            "Lin et al., Evaluating Text-to-Visual Generation with Image-to-Text Generation (VQAScore), arXiv 2404.01291",
-            "Li et al., GenAI-Bench: Evaluating and Improving Compositional Text-to-Visual Generation, arXiv 2406.13743",
+            "Lin et al., Evaluating Text-to-Visual Generation with Image-to-Text Generation "
+            "(VQAScore), arXiv 2404.01291",
+            "Li et al., GenAI-Bench: Evaluating and Improving Compositional Text-to-Visual Generation, "
+            "arXiv 2406.13743",
         ],
         "metric": "genai_bench_alignment",
-        "metric_description": "mean of 3 human 1-5 Likert ratings of text-image alignment per image (one image per prompt and generator)",
+        "metric_description": (
+            "mean of 3 human 1-5 Likert ratings of text-image alignment per image (one image per prompt "
+            "and generator)"
+        ),
     },
     "agiqa3k": {
         "name": "AGIQA-3K",
         "upstream": "https://github.com/lcysyzxdxc/AGIQA-3k-Database (data.csv)",
         "license": "MIT",
         "citations": [
-            "C. Li et al., AGIQA-3K: An Open Database for AI-Generated Image Quality Assessment, IEEE TCSVT 2023 (arXiv 2306.04717)"
+            "C. Li et al., AGIQA-3K: An Open Database for AI-Generated Image Quality Assessment, IEEE "
+            "TCSVT 2023 (arXiv 2306.04717)"
         ],
         "metric": "agiqa3k_mos_align",
         "metric_description": "lab mean opinion score (ITU-R BT.500), normalised",
@@ -49,7 +58,8 @@ CARDS: dict[str, dict[str, Any]] = {
         "upstream": "https://github.com/Yushi-Hu/tifa (human_annotations_with_scores.json)",
         "license": "Apache-2.0 (COCO captions CC-BY-4.0)",
         "citations": [
-            "Y. Hu et al., TIFA: Accurate and Interpretable Text-to-Image Faithfulness Evaluation with Question Answering, ICCV 2023"
+            "Y. Hu et al., TIFA: Accurate and Interpretable Text-to-Image Faithfulness Evaluation with "
+            "Question Answering, ICCV 2023"
         ],
         "metric": "tifa_faithfulness",
         "metric_description": "mean of 2 human 1-5 faithfulness ratings per image",
@@ -59,19 +69,28 @@ CARDS: dict[str, dict[str, Any]] = {
         "upstream": "https://github.com/j-min/DSG (tifa160-likert-anns.csv)",
         "license": "Apache-2.0",
         "citations": [
-            "J. Cho et al., Davidsonian Scene Graph: Improving Reliability in Fine-grained Evaluation for Text-to-Image Generation, ICLR 2024"
+            "J. Cho et al., Davidsonian Scene Graph: Improving Reliability in Fine-grained Evaluation "
+            "for Text-to-Image Generation, ICLR 2024"
         ],
         "metric": "dsg_consistency",
         "metric_description": "mean of 5 human 1-5 Likert consistency ratings per image",
     },
     "pqpp": {
-        "name": "PQPP: prompt performance prediction benchmark (generative scores, train + validation splits)",
-        "upstream": "https://github.com/Eduard6421/PQPP (commit f88432154431d30c3aef2ef331db19ab03c30515, dataset/train.csv, dataset/validation.csv)",
+        "name": (
+            "PQPP: prompt performance prediction benchmark (generative scores, train + validation splits)"
+        ),
+        "upstream": (
+            "https://github.com/Eduard6421/PQPP (commit f88432154431d30c3aef2ef331db19ab03c30515, "
+            "dataset/train.csv, dataset/validation.csv)"
+        ),
         "license": "CC BY 4.0 (attribution required)",
         "citations": [
-            "E. Poesina, A. V. Costache, A.-G. Chifu, J. Mothe, R. T. Ionescu, PQPP: A Joint Benchmark for Text-to-Image Prompt and Query Performance Prediction, CVPR 2025"
+            "E. Poesina, A. V. Costache, A.-G. Chifu, J. Mothe, R. T. Ionescu, PQPP: A Joint Benchmark "
+            "for Text-to-Image Prompt and Query Performance Prediction, CVPR 2025"
         ],
         "metric": "pqpp_score",
-        "metric_description": "human ratings on {-1, 0, 1, 2} aggregated per prompt over annotators and images",
+        "metric_description": (
+            "human ratings on {-1, 0, 1, 2} aggregated per prompt over annotators and images"
+        ),
     },
 }

@@ -31,8 +31,8 @@ from catimg.routing.router import (
 )
 from catimg.training.evaluate import breakpoints, choose, evaluate_predictions
 
-#: Where the named levels put the mean routed cost: this share of the way from the cheapest generator's cost to
-#: the mean cost of the max level (lambda = 0, the best predicted quality per prompt).
+#: Where the named levels put the mean routed cost: this share of the way from the cheapest generator's cost
+#: to the mean cost of the max level (lambda = 0, the best predicted quality per prompt).
 LEVEL_TARGETS = {"low": 0.25, "medium": 0.5, "high": 0.75}
 MIN_HOLDOUT = 20
 OOF_FOLDS = 5
@@ -167,12 +167,14 @@ def _data_card(table: MeasurementTable, extra: dict[str, Any] | None) -> dict[st
 
 
 def check_table(table: MeasurementTable, catalog: Catalog) -> list[str]:
-    """MeasurementsError for a table no router can be trained on; returns warnings (one line each) otherwise."""
+    """MeasurementsError for a table no router can be trained on; returns warnings (one line each)
+    otherwise."""
     where = table.path or "measurements"
     for g in table.generators:
         if g not in catalog:
             raise MeasurementsError(
-                f'{where}: generator "{g}" is not in {catalog.path}{did_you_mean(g, catalog.names)}; add it to models.toml or fix the name'
+                f'{where}: generator "{g}" is not in {catalog.path}{did_you_mean(g, catalog.names)}; '
+                "add it to models.toml or fix the name"
             )
     warnings = []
     for j, g in enumerate(table.generators):
@@ -191,7 +193,8 @@ def check_table(table: MeasurementTable, catalog: Catalog) -> list[str]:
             )
         elif float(np.ptp(ok)) == 0.0:
             warnings.append(
-                f"{g}: every score is {ok[0]:g}; the router predicts that constant for it (is the metric right?)"
+                f"{g}: every score is {ok[0]:g}; the router predicts that constant for it (is the "
+                "metric right?)"
             )
     if table.n_prompts < 2:
         raise MeasurementsError(
@@ -246,8 +249,11 @@ def held_out_numbers(
     )
     sample = f" of a seeded sample of {len(rows)} prompts" if len(rows) < len(X) else ""
     heldout = {
-        "split": f"{folds}-fold cross-validation (seed {seed}){sample}: each of the {len(full)} prompts measured on "
-        "every generator is predicted by a model fitted without it; the shipped predictor is fitted on all prompts",
+        "split": (
+            f"{folds}-fold cross-validation (seed {seed}){sample}: each of the {len(full)} prompts "
+            "measured on every generator is predicted by a model fitted without it; the shipped predictor "
+            "is fitted on all prompts"
+        ),
         "n_test": len(full),
         "single": rep.single,
         "best_single": rep.best_single,
@@ -257,9 +263,9 @@ def held_out_numbers(
     warnings = []
     if router_s.auc < random_s.auc - 1e-9:
         warnings.append(
-            f"held-out routing AUC {router_s.auc:.4g} is below prompt-blind random routing ({random_s.auc:.4g}): "
-            "the prompts do not predict which generator wins here; routing by budget still works, "
-            "but `--budget` mixes generators no better than chance"
+            f"held-out routing AUC {router_s.auc:.4g} is below prompt-blind random routing "
+            f"({random_s.auc:.4g}): the prompts do not predict which generator wins here; routing by "
+            "budget still works, but `--budget` mixes generators no better than chance"
         )
     return ref, heldout, warnings
 
@@ -274,11 +280,12 @@ def joint_out_of_fold(
     params: dict[str, Any] | None = None,
     only_set: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(rows of set ``set_index`` measured on all of its generators, their out-of-fold predictions on the joint scale).
+    """(rows of set ``set_index`` measured on all of its generators, their out-of-fold predictions on the
+    joint scale).
 
-    Each fold of that set's prompts is predicted by a model fitted on every other row of the joint table, except
-    rows of the same prompt in any set (a prompt two sets measured is held out from both). ``only_set`` fits on
-    the set's own rows only (the single-set reference)."""
+    Each fold of that set's prompts is predicted by a model fitted on every other row of the joint table,
+    except rows of the same prompt in any set (a prompt two sets measured is held out from both). ``only_set``
+    fits on the set's own rows only (the single-set reference)."""
     from catimg.measurements import prompt_key
 
     t = joint.table
@@ -307,8 +314,8 @@ def held_out_by_set(
     seed: int,
     params: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """Per set of a joint table: routing numbers of the joint predictor on that set's held-out prompts, in the set's
-    own units, among the set's own generators (see :func:`joint_out_of_fold`)."""
+    """Per set of a joint table: routing numbers of the joint predictor on that set's held-out prompts, in the
+    set's own units, among the set's own generators (see :func:`joint_out_of_fold`)."""
     out: dict[str, Any] = {}
     t = joint.table
     for k, cal in enumerate(joint.sets):
@@ -420,12 +427,13 @@ def train_router(
     """Fit a predictor on ``table`` and write a router artifact to ``out_dir``; return it loaded.
 
     Held-out numbers in the data card and the budget levels come from 5-fold cross-validation (out-of-fold
-    predictions) on at most MAX_CV_PROMPTS prompts; the shipped predictor is fitted on all prompts. ``progress``
-    gets one short line per stage. Warnings (one line each) are in ``router.data_card["warnings"]``.
+    predictions) on at most MAX_CV_PROMPTS prompts; the shipped predictor is fitted on all prompts.
+    ``progress`` gets one short line per stage. Warnings (one line each) are in
+    ``router.data_card["warnings"]``.
 
-    ``joint`` (a :class:`catimg.training.joint.JointTable`, whose ``table`` is then ``table``) trains on several sets at once:
-    quality is on the joint scale, and the data card gets each set's calibration, held-out numbers per set and the
-    sets' comparisons of shared generator pairs.
+    ``joint`` (a :class:`catimg.training.joint.JointTable`, whose ``table`` is then ``table``) trains on
+    several sets at once: quality is on the joint scale, and the data card gets each set's calibration,
+    held-out numbers per set and the sets' comparisons of shared generator pairs.
     """
     from catimg.routing.encoder import default_encoder
 
@@ -433,7 +441,8 @@ def train_router(
     name = AUTO if predictor == "auto" else predictor
     if name not in PREDICTORS:
         raise MeasurementsError(
-            f'--predictor "{predictor}" is unknown{did_you_mean(predictor, [*PREDICTORS, "auto"])}; use one of auto, {", ".join(PREDICTORS)}'
+            f'--predictor "{predictor}" is unknown{did_you_mean(predictor, [*PREDICTORS, "auto"])}; '
+            f"use one of auto, {', '.join(PREDICTORS)}"
         )
     warnings = check_table(table, catalog)
     metric = table.metric if joint is not None else (metric or table.metric)
