@@ -3,8 +3,8 @@
 A *generator* is a model plus its settings. One table ``[generators.<name>]`` per entry; ``steps`` given as a
 list expands into one generator per value (``sdxl@10``, ``sdxl@20`` …) that share the same weights.
 
-Lookup order for the catalog file: ``--models PATH`` > ``$CATIMG_MODELS`` > ``./models.toml`` > the user config dir
-(platformdirs) > the default shipped inside the package.
+Lookup order for the catalog file: ``--models PATH`` > ``$CATIMG_MODELS`` > ``./models.toml`` > the user
+config dir (platformdirs) > the default shipped inside the package.
 """
 
 from __future__ import annotations
@@ -109,7 +109,9 @@ class Catalog:
     """The validated catalog: where it came from and its generators in file order."""
 
     path: Path
-    origin: str  # which lookup rule found it: "--models", "CATIMG_MODELS", "./models.toml", "user config", "packaged default"
+    # which lookup rule found it: "--models", "CATIMG_MODELS", "./models.toml", "user config",
+    # "packaged default"
+    origin: str
     generators: tuple[Generator, ...] = field(default_factory=tuple)
 
     @property
@@ -317,7 +319,8 @@ def _expand(path: Path, where: str, model: str, t: dict[str, Any]) -> list[Gener
     dtype = _typed(path, where, "dtype", t.get("dtype", "auto"), str, f"one of {', '.join(DTYPES)}")
     if dtype not in DTYPES:
         raise ConfigError(
-            f'{path}: {where}: dtype = "{dtype}" is unknown{did_you_mean(dtype, DTYPES)}; use one of {", ".join(DTYPES)}'
+            f'{path}: {where}: dtype = "{dtype}" is unknown{did_you_mean(dtype, DTYPES)}; use one '
+            f"of {', '.join(DTYPES)}"
         )
     variant = t.get("variant")
     if variant is not None:
@@ -338,7 +341,8 @@ def _expand(path: Path, where: str, model: str, t: dict[str, Any]) -> list[Gener
     note = _typed(path, where, "note", t.get("note", ""), str, "a string")
     if len(steps) > 1 and (costs["cost_seconds"] is not None or costs["cost_tflops"] is not None):
         raise ConfigError(
-            f"{path}: {where}: an explicit cost applies to one step count; split steps = {steps} into separate tables"
+            f"{path}: {where}: an explicit cost applies to one step count; split steps = {steps} into "
+            "separate tables"
         )
     out = []
     for s in steps:

@@ -1,15 +1,16 @@
 """The device images are made on: CUDA GPU, Apple MPS or CPU, and what it can hold.
 
 Nothing here imports torch at module level. The CUDA and MPS probes take the module they query as an argument
-(``torch.cuda`` / ``torch.backends.mps``), a small seam that lets tests exercise the CUDA branch with an object
-that mimics ``torch.cuda``'s real functions: ``is_available()``, ``device_count()``, ``get_device_name(i)``,
-``get_device_properties(i)`` (``.total_memory``, ``.major``, ``.minor``), ``mem_get_info(i)`` and
-``is_bf16_supported()``.
+(``torch.cuda`` / ``torch.backends.mps``), a small seam that lets tests exercise the CUDA branch with an
+object that mimics ``torch.cuda``'s real functions: ``is_available()``, ``device_count()``,
+``get_device_name(i)``, ``get_device_properties(i)`` (``.total_memory``, ``.major``, ``.minor``),
+``mem_get_info(i)`` and ``is_bf16_supported()``.
 
-Commands that only describe the device (``models``, ``doctor``, ``explain``) use :func:`lookup_device`: no torch
-import on a machine without a GPU driver, else a description cached in ``device.json`` in the user cache dir
-(``$CATIMG_CACHE_DIR``), valid for 24 h while the boot, the NVIDIA driver, torch, Python, the host, the visible
-devices and the requested ``--device`` are unchanged. Every real probe rewrites it; ``--refresh-device`` forces one.
+Commands that only describe the device (``models``, ``doctor``, ``explain``) use :func:`lookup_device`: no
+torch import on a machine without a GPU driver, else a description cached in ``device.json`` in the user cache
+dir (``$CATIMG_CACHE_DIR``), valid for 24 h while the boot, the NVIDIA driver, torch, Python, the host, the
+visible devices and the requested ``--device`` are unchanged. Every real probe rewrites it;
+``--refresh-device`` forces one.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class DeviceInfo:
 def probe_cuda(cuda: Any, index: int | None = None) -> DeviceInfo | None:
     """Describe CUDA device ``index`` (default: the current/first) from a ``torch.cuda``-like module.
 
-    Returns None when CUDA is not available. Raises DeviceError when ``index`` names a device that does not exist.
+    Returns None when CUDA is not available. Raises DeviceError when ``index`` names a device that does not
+    exist.
     """
     if not cuda.is_available():
         return None
@@ -195,9 +197,11 @@ def _probe(torch_module: Any, kind: str | None, index: int | None, override: str
         if info is not None:
             return info
         if kind == "cuda":
+            version = getattr(torch_module, "__version__", "?")
+            cpu_only = getattr(getattr(torch_module, "version", None), "cuda", 1) is None
             raise DeviceError(
-                f"--device {override}: no CUDA GPU is available here (torch {getattr(torch_module, '__version__', '?')}"
-                f"{' is a CPU-only build' if getattr(getattr(torch_module, 'version', None), 'cuda', 1) is None else ''}); "
+                f"--device {override}: no CUDA GPU is available here (torch {version}"
+                f"{' is a CPU-only build' if cpu_only else ''}); "
                 "use --device cpu, or install a CUDA build of torch"
             )
     if kind in (None, "mps"):
@@ -221,10 +225,11 @@ _GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd
 
 @dataclass(frozen=True)
 class DeviceLookup:
-    """A device description and where it came from, for the commands that need no torch (models, doctor, explain).
+    """A device description and where it came from, for the commands that need no torch (models, doctor,
+    explain).
 
-    ``source``: "probed" (torch asked now), "cached" (``cached_at``, seconds since the epoch), "no-gpu" (no GPU
-    driver on this machine, so the CPU without importing torch) or "requested" (``--device cpu``).
+    ``source``: "probed" (torch asked now), "cached" (``cached_at``, seconds since the epoch), "no-gpu" (no
+    GPU driver on this machine, so the CPU without importing torch) or "requested" (``--device cpu``).
     """
 
     info: DeviceInfo
@@ -243,7 +248,8 @@ class DeviceLookup:
 
 
 def gpu_possible() -> bool:
-    """False only where no GPU can be seen without torch's help: Linux without NVIDIA/ROCm/WSL GPU device nodes."""
+    """False only where no GPU can be seen without torch's help: Linux without NVIDIA/ROCm/WSL GPU device
+    nodes."""
     if platform.system() != "Linux":
         return True  # macOS (MPS), Windows: only torch can tell
     return any(os.path.exists(p) for p in _GPU_NODES)
@@ -265,8 +271,8 @@ def _read_text(path: str) -> str:
 
 
 def _cache_key(override: str | None) -> dict[str, str]:
-    """What a cached description depends on: any change (a reboot, a new driver or torch, other visible GPUs, another
-    ``--device``) makes the cache stale. Read without importing torch."""
+    """What a cached description depends on: any change (a reboot, a new driver or torch, other visible GPUs,
+    another ``--device``) makes the cache stale. Read without importing torch."""
     from importlib import metadata
 
     try:
@@ -285,7 +291,8 @@ def _cache_key(override: str | None) -> dict[str, str]:
 
 
 def read_device_cache(override: str | None) -> tuple[DeviceInfo, float] | None:
-    """The cached description for ``override`` and when it was written; None if absent, stale, old or unreadable."""
+    """The cached description for ``override`` and when it was written; None if absent, stale, old or
+    unreadable."""
     import json
     import time
 
@@ -303,7 +310,8 @@ def read_device_cache(override: str | None) -> tuple[DeviceInfo, float] | None:
 
 
 def write_device_cache(override: str | None, info: DeviceInfo) -> None:
-    """Remember ``info`` (free memory left out: it changes) for ``override``; best effort, written atomically."""
+    """Remember ``info`` (free memory left out: it changes) for ``override``; best effort, written
+    atomically."""
     import json
     import time
 
@@ -332,9 +340,10 @@ def lookup_device(
 ) -> DeviceLookup:
     """The device for commands that only describe it: without torch where the answer is certain or cached.
 
-    ``--device cpu`` and machines with no GPU driver need no torch. Otherwise a description cached by an earlier
-    probe is used while :func:`_cache_key` is unchanged and for at most :data:`DEVICE_CACHE_MAX_AGE_S`; ``refresh``
-    (or a stale cache) probes with torch (``torch_module``: the test seam) and caches the result.
+    ``--device cpu`` and machines with no GPU driver need no torch. Otherwise a description cached by an
+    earlier probe is used while :func:`_cache_key` is unchanged and for at most
+    :data:`DEVICE_CACHE_MAX_AGE_S`; ``refresh`` (or a stale cache) probes with torch (``torch_module``: the
+    test seam) and caches the result.
     """
     if override is None:
         override = os.environ.get("CATIMG_DEVICE") or None
@@ -354,9 +363,11 @@ def lookup_device(
 
 
 def default_dtype(device: DeviceInfo, requested: str = "auto") -> str:
-    """The dtype to load weights in: ``requested`` unless "auto"; else bf16/fp16 on CUDA, fp16 on MPS, fp32 on CPU.
+    """The dtype to load weights in: ``requested`` unless "auto"; else bf16/fp16 on CUDA, fp16 on MPS, fp32 on
+    CPU.
 
-    An explicit bf16 request on a GPU without bf16 falls back to fp16; fp16 on the CPU is honoured (slow but valid).
+    An explicit bf16 request on a GPU without bf16 falls back to fp16; fp16 on the CPU is honoured (slow but
+    valid).
     """
     if requested not in DTYPES:
         raise DeviceError(f'dtype "{requested}" is unknown; use {", ".join(DTYPES[:-1])} or {DTYPES[-1]}')
@@ -384,7 +395,8 @@ def torch_dtype(dtype: str) -> Any:
 
 
 def device_class(device: DeviceInfo) -> str:
-    """A stable key for cost tables and caches: ``cuda/nvidia-h100-80gb-hbm3``, ``mps/apple-m2-pro``, ``cpu/...``.
+    """A stable key for cost tables and caches: ``cuda/nvidia-h100-80gb-hbm3``, ``mps/apple-m2-pro``,
+    ``cpu/...``.
 
     Two machines with the same GPU model share a class; the index of the GPU does not matter.
     """

@@ -1,8 +1,9 @@
 """The one duration format of catimg: how seconds are written for people (tables, notes, error messages).
 
 ``format_duration`` writes ``350 ms``, ``2.5 s``, ``105.5 s``, ``1.8 min``, ``2.0 h``: each reads back through
-``catimg.routing.budget.parse_duration`` (so a value from a message can be passed to ``--budget``/``--total-budget``). With
-``round_up=True`` the shown value is never below the true one (for "the smallest budget that works").
+``catimg.routing.budget.parse_duration`` (so a value from a message can be passed to
+``--budget``/``--total-budget``). With ``round_up=True`` the shown value is never below the true one (for
+"the smallest budget that works").
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Each error carries a one-line message that names the file, table, key or value at fault and says what to do.
 The CLI maps them to exit codes in one place (``catimg.cli``) and never shows a traceback for them.
-:class:`ExitStatus` names every exit code catimg uses (the README's table); :func:`first_line` is the one way to
-quote another library's exception inside such a message.
+:class:`ExitStatus` names every exit code catimg uses (the README's table); :func:`first_line` is the one way
+to quote another library's exception inside such a message.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ class StoreError(CatimgError):
 
 
 def first_line(exc: BaseException, *, typed: bool = False, limit: int | None = None) -> str:
-    """The first non-blank line of ``exc``'s message, cut to ``limit`` characters; the class name when it has none.
+    """The first non-blank line of ``exc``'s message, cut to ``limit`` characters; the class name when it has
+    none.
 
     ``typed=True`` prefixes the class name (``OSError: disk full``). Never raises, whatever ``exc`` holds.
     """

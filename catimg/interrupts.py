@@ -1,17 +1,18 @@
 """Ctrl-C handled the same way at every moment of a ``catimg`` command.
 
 :func:`install` runs first thing in the command-line entry point, before typer, rich or any command module is
-imported. Until :func:`arm` (called by ``catimg.cli.main``), a SIGINT is only recorded: no ``KeyboardInterrupt``
-escapes from half-finished imports as a traceback. From :func:`arm` on, SIGINT raises ``KeyboardInterrupt`` as
-usual and is also recorded, so that an interrupt that some code swallows (one raised inside a ``__del__`` or a
-weakref callback, which Python reports as "Exception ignored ..." and drops) is not lost: :func:`check` raises it
-again at the next safe point (the executor between images) and ``main`` ends with exit 130 instead of 0. Such
-swallowed interrupts are not printed.
+imported. Until :func:`arm` (called by ``catimg.cli.main``), a SIGINT is only recorded: no
+``KeyboardInterrupt`` escapes from half-finished imports as a traceback. From :func:`arm` on, SIGINT raises
+``KeyboardInterrupt`` as usual and is also recorded, so that an interrupt that some code swallows (one raised
+inside a ``__del__`` or a weakref callback, which Python reports as "Exception ignored ..." and drops) is not
+lost: :func:`check` raises it again at the next safe point (the executor between images) and ``main`` ends
+with exit 130 instead of 0. Such swallowed interrupts are not printed.
 
-A CPython quirk is undone here too (:func:`settle`): when a KeyboardInterrupt passes through Python code that a C
-extension ran with ``PyRun_String`` (torch and other extensions do so while they are imported), CPython remembers
-it as "unhandled" even after ``main`` caught it, and ``python -m catimg`` then ends by killing itself with SIGINT
-(status -2) instead of exiting 130. Seen as one run in about eight when Ctrl-C came while pipelines were loading.
+A CPython quirk is undone here too (:func:`settle`): when a KeyboardInterrupt passes through Python code that
+a C extension ran with ``PyRun_String`` (torch and other extensions do so while they are imported), CPython
+remembers it as "unhandled" even after ``main`` caught it, and ``python -m catimg`` then ends by killing
+itself with SIGINT (status -2) instead of exiting 130. Seen as one run in about eight when Ctrl-C came while
+pipelines were loading.
 
 Only the command-line entry point installs anything; importing catimg as a library changes no signal handling.
 """
@@ -88,10 +89,10 @@ def check() -> None:
 def settle() -> None:
     """Forget CPython's "unhandled KeyboardInterrupt" mark once catimg has handled the interrupt itself.
 
-    CPython sets that mark whenever a KeyboardInterrupt leaves code run through ``PyRun_String`` (as C extensions
-    do), even when the exception is caught later, and at exit turns it into death by SIGINT. Every successful
-    ``PyRun_String`` call clears the mark first, so one harmless call clears it. Not CPython, or no ``pythonapi``:
-    nothing to do.
+    CPython sets that mark whenever a KeyboardInterrupt leaves code run through ``PyRun_String`` (as C
+    extensions do), even when the exception is caught later, and at exit turns it into death by SIGINT. Every
+    successful ``PyRun_String`` call clears the mark first, so one harmless call clears it. Not CPython, or no
+    ``pythonapi``: nothing to do.
     """
     try:
         import ctypes

@@ -1,17 +1,17 @@
 """Measurements: the long format ``prompt, generator, score`` read into a typed prompt x generator table.
 
 A measurements file is CSV (with a header row) or JSON Lines (one object per line; ``.jsonl``/``.ndjson``).
-Required columns: ``prompt``, ``generator``, ``score``. Optional: ``metric`` (which quality metric the score is
-in), ``seconds`` (measured seconds per image), ``seed``, ``source`` (where the row came from). Repeated rows of one
-(prompt, generator) pair, for example several seeds, are averaged; so are prompts that differ only in letter case or
-white space (the prompt encoder is uncased and ignores spacing, so they are one prompt to the router; the first
-spelling is kept). Every problem is a :class:`MeasurementsError`
+Required columns: ``prompt``, ``generator``, ``score``. Optional: ``metric`` (which quality metric the score
+is in), ``seconds`` (measured seconds per image), ``seed``, ``source`` (where the row came from). Repeated
+rows of one (prompt, generator) pair, for example several seeds, are averaged; so are prompts that differ only
+in letter case or white space (the prompt encoder is uncased and ignores spacing, so they are one prompt to
+the router; the first spelling is kept). Every problem is a :class:`MeasurementsError`
 naming the file, the line and the column.
 
-This module is the one home of the long format: the row type (:class:`Measurement`), reading (:func:`read_rows`,
-:func:`read_measurements`), writing (:func:`write_measurements`), the pivot into a prompt x generator table
-(:func:`pivot`, also used by :meth:`catimg.calibration.store.Store.to_table`) and the stable held-out split
-(:func:`split_holdout`). The calibration store only moves rows in and out of SQLite.
+This module is the one home of the long format: the row type (:class:`Measurement`), reading
+(:func:`read_rows`, :func:`read_measurements`), writing (:func:`write_measurements`), the pivot into a prompt
+x generator table (:func:`pivot`, also used by :meth:`catimg.calibration.store.Store.to_table`) and the stable
+held-out split (:func:`split_holdout`). The calibration store only moves rows in and out of SQLite.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")  # read and written as JSON line
 
 @dataclass(frozen=True)
 class Measurement:
-    """One row of the long format: the score of one image (``line``: where a file gave it, not part of the row)."""
+    """One row of the long format: the score of one image (``line``: where a file gave it, not part of the
+    row)."""
 
     prompt: str
     generator: str
@@ -61,9 +62,9 @@ class Measurement:
 class MeasurementTable:
     """Measured quality of generators on prompts.
 
-    ``Y[i, j]`` is the mean score of generator ``generators[j]`` on prompt ``prompts[i]`` (NaN where not measured);
-    ``counts[i, j]`` how many rows were averaged into it. ``seconds[name]`` is the mean measured seconds per
-    image of a generator, or None when the file gave none.
+    ``Y[i, j]`` is the mean score of generator ``generators[j]`` on prompt ``prompts[i]`` (NaN where not
+    measured); ``counts[i, j]`` how many rows were averaged into it. ``seconds[name]`` is the mean measured
+    seconds per image of a generator, or None when the file gave none.
     """
 
     prompts: list[str]
@@ -112,7 +113,8 @@ class MeasurementTable:
         )
 
     def select(self, generators: Sequence[str]) -> MeasurementTable:
-        """The same table restricted to some generators (in the given order); prompts with no score are dropped."""
+        """The same table restricted to some generators (in the given order); prompts with no score are
+        dropped."""
         cols = [self.column(g) for g in generators]
         Y = self.Y[:, cols]
         keep = ~np.all(np.isnan(Y), axis=1)
@@ -180,7 +182,8 @@ def _iter_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
             if not isinstance(obj, dict):
                 raise _err(
                     path,
-                    f'line {n}: expected a JSON object like {{"prompt": ..., "generator": ..., "score": ...}}',
+                    f'line {n}: expected a JSON object like {{"prompt": ..., "generator": ..., '
+                    f'"score": ...}}',
                 )
             if not seen_any:
                 missing = [c for c in REQUIRED if c not in obj]
@@ -217,7 +220,8 @@ def _iter_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
             if len(values) != len(header):
                 raise _err(
                     path,
-                    f"line {n}: {len(values)} fields but the header has {len(header)}; quote fields that contain commas",
+                    f"line {n}: {len(values)} fields but the header has {len(header)}; quote fields "
+                    "that contain commas",
                 )
             yield n, dict(zip(lowered, values, strict=True))
     except csv.Error as exc:
@@ -299,7 +303,8 @@ def read_measurements(
         if known is not None and row.generator not in known:
             raise _err(
                 path,
-                f'line {row.line}, column generator: unknown generator "{row.generator}"{did_you_mean(row.generator, known)}; '
+                f"line {row.line}, column generator: unknown generator "
+                f'"{row.generator}"{did_you_mean(row.generator, known)}; '
                 f"known{where}: {', '.join(known)}; add it to models.toml or fix the name",
             )
         row_metric = row.metric or DEFAULT_METRIC
@@ -325,9 +330,9 @@ def pivot(
 ) -> MeasurementTable:
     """Long-format rows (all of ``metric``) as a prompt x generator :class:`MeasurementTable`.
 
-    Scores of one (prompt, generator) pair are averaged, and so are prompts with the same :func:`prompt_key` (the
-    first spelling, stripped, is kept); seconds are averaged per generator. Generators come in the order of
-    ``columns`` (a catalog's, say), then of first appearance; a generator without any row gets no column.
+    Scores of one (prompt, generator) pair are averaged, and so are prompts with the same :func:`prompt_key`
+    (the first spelling, stripped, is kept); seconds are averaged per generator. Generators come in the order
+    of ``columns`` (a catalog's, say), then of first appearance; a generator without any row gets no column.
     """
     sums: dict[tuple[str, str], float] = {}
     counts: dict[tuple[str, str], int] = {}
@@ -370,10 +375,11 @@ def pivot(
 
 
 def write_measurements(rows: Iterable[Measurement | Mapping[str, Any]], path: str | Path) -> int:
-    """Write long-format rows to ``path``: JSON lines for .jsonl/.ndjson/.json, else CSV; return the row count.
+    """Write long-format rows to ``path``: JSON lines for .jsonl/.ndjson/.json, else CSV; return the row
+    count.
 
-    The file appears whole or not at all (written to ``path.tmp``, then renamed). A folder or an unwritable path
-    is an InputError naming it.
+    The file appears whole or not at all (written to ``path.tmp``, then renamed). A folder or an unwritable
+    path is an InputError naming it.
     """
     path = Path(path).expanduser()
     if path.is_dir():
@@ -399,11 +405,12 @@ def write_measurements(rows: Iterable[Measurement | Mapping[str, Any]], path: st
     return len(dicts)
 
 
-# --- a stable held-out split (shared by `train --db --holdout` and `eval --db --holdout`) ---------------------
+# --- a stable held-out split (shared by `train --db --holdout` and `eval --db --holdout`) -------------------
 
 
 def is_holdout(prompt: str, frac: float) -> bool:
-    """True when ``prompt`` falls in the held-out share ``frac``: a hash of the text, the same on every run."""
+    """True when ``prompt`` falls in the held-out share ``frac``: a hash of the text, the same on every
+    run."""
     h = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big")
     return h / 2.0**64 < frac
 
@@ -422,7 +429,8 @@ def split_holdout(table: MeasurementTable, frac: float) -> tuple[MeasurementTabl
     train = [i for i in range(len(table.prompts)) if i not in held]
     if not test or not train:
         raise MeasurementsError(
-            f"{table.path or 'measurements'}: --holdout {frac} leaves {len(train)} training and {len(test)} held-out "
-            f"prompts of {len(table.prompts)}; measure more prompts or change --holdout"
+            f"{table.path or 'measurements'}: --holdout {frac} leaves {len(train)} training "
+            f"and {len(test)} held-out prompts of {len(table.prompts)}; measure more prompts or change "
+            "--holdout"
         )
     return table.subset(train), table.subset(test)

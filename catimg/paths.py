@@ -1,7 +1,7 @@
 """Where catimg keeps its own files: one cache folder for every cache.
 
-``$CATIMG_CACHE_DIR`` when set, else the platform's user cache folder for catimg (platformdirs). The caches in it:
-``embeddings.sqlite`` (prompt embeddings), ``bench.json`` (measured costs), ``device.json`` (the device
+``$CATIMG_CACHE_DIR`` when set, else the platform's user cache folder for catimg (platformdirs). The caches in
+it: ``embeddings.sqlite`` (prompt embeddings), ``bench.json`` (measured costs), ``device.json`` (the device
 description), ``flops.json`` (FLOP counts) and ``tokenizers/`` (converted tokenizers). Deleting the folder is
 always safe: every cache is rebuilt when needed.
 """

@@ -3,9 +3,10 @@
 A prompt file is UTF-8 text with one prompt a line; blank lines and lines starting with ``#`` are skipped.
 Reference sets ship as package data under ``catimg/data/prompts/<name>.txt`` (see ``ATTRIBUTION.md``).
 
-A prompt longer than the generator's text encoder takes (77 CLIP tokens) is cut by the pipeline: :func:`fit_prompts`
-finds where (with the generator's own tokenizer when its weights are on disk, else a documented approximation), so
-that the CLI can say so once per run and the router can embed the prompt as the generator sees it.
+A prompt longer than the generator's text encoder takes (77 CLIP tokens) is cut by the pipeline:
+:func:`fit_prompts` finds where (with the generator's own tokenizer when its weights are on disk, else a
+documented approximation), so that the CLI can say so once per run and the router can embed the prompt as the
+generator sees it.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def read_prompt_file(path: str | Path) -> list[str]:
     prompts = parse_prompt_lines(text)
     if not prompts:
         raise InputError(
-            f"{p}: no prompts in the file (blank lines and lines starting with # are skipped); add one prompt a line"
+            f"{p}: no prompts in the file (blank lines and lines starting with # are skipped); add one "
+            "prompt a line"
         )
     return prompts
 
@@ -67,7 +69,8 @@ def reference_set_path(name: str) -> Path:
     names = list_reference_sets()
     if name not in names:
         raise InputError(
-            f'unknown prompt set "{name}"{did_you_mean(name, names)}; built-in sets: {", ".join(names) or "none"}'
+            f'unknown prompt set "{name}"{did_you_mean(name, names)}; built-in '
+            f"sets: {', '.join(names) or 'none'}"
         )
     return PROMPT_SETS_DIR / f"{name}.txt"
 
@@ -77,7 +80,7 @@ def reference_set(name: str) -> list[str]:
     return parse_prompt_lines(reference_set_path(name).read_text(encoding="utf-8"))
 
 
-# --- prompts longer than the generator's text encoder takes ------------------------------------------------------
+# --- prompts longer than the generator's text encoder takes -------------------------------------------------
 
 #: Tokens (special tokens included) that the text encoder of a family reads; the pipeline drops the rest. CLIP
 #: (SD 1.x/2.x, SDXL): 77; PixArt-α's T5: 120 (diffusers' max_sequence_length); DeepFloyd IF's T5: 77. SD3 and
@@ -122,14 +125,15 @@ class Fit:
         if not self.cuts:
             return None
         where = "; ".join(
-            f'prompt {c.index + 1} after word {c.words_kept} of {c.words} (from "{_short(c.first_dropped)}" on)'
+            f"prompt {c.index + 1} after word {c.words_kept} of {c.words} (from "
+            f'"{_short(c.first_dropped)}" on)'
             for c in self.cuts[:shown]
         )
         more = f"; and {len(self.cuts) - shown} more" if len(self.cuts) > shown else ""
         return (
-            f"{len(self.cuts)} of {len(self.texts)} prompt(s) are longer than the {self.limit} tokens the text "
-            f"encoder of {', '.join(self.generators)} takes ({self.counted_by}), so the generator does not see "
-            f"their end: {where}{more}. The router sees the prompts as cut, too"
+            f"{len(self.cuts)} of {len(self.texts)} prompt(s) are longer than the {self.limit} tokens "
+            f"the text encoder of {', '.join(self.generators)} takes ({self.counted_by}), so the "
+            f"generator does not see their end: {where}{more}. The router sees the prompts as cut, too"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,13 +149,13 @@ def fit_prompts(prompts: list[str], gens: Sequence[Any]) -> Fit:
     """Cut each prompt where the text encoder of ``gens`` (the generators that may make it) stops reading.
 
     The limit is the smallest of the generators' (:func:`token_limit`). Tokens are counted with
-    the tokenizer in the weights of the first such generator that is on disk (``tokenizer/tokenizer.json`` through
-    the ``tokenizers`` library; a slow-format tokenizer, vocab.json + merges.txt, is converted once by
+    the tokenizer in the weights of the first such generator that is on disk (``tokenizer/tokenizer.json``
+    through the ``tokenizers`` library; a slow-format tokenizer, vocab.json + merges.txt, is converted once by
     transformers and cached in catimg's cache dir). Without local weights the
-    count is an approximation: CLIP's pre-tokenisation (a word, a digit or a run of punctuation is one token, plus
-    the two special tokens), which undercounts rare and long words (BPE splits them), so a cut may fall a few words
-    late. A prompt whose non-space UTF-8 bytes plus 2 fit the limit is never cut (each token covers a byte or more),
-    so short prompts need no tokenizer at all.
+    count is an approximation: CLIP's pre-tokenisation (a word, a digit or a run of punctuation is one token,
+    plus the two special tokens), which undercounts rare and long words (BPE splits them), so a cut may fall a
+    few words late. A prompt whose non-space UTF-8 bytes plus 2 fit the limit is never cut (each token covers
+    a byte or more), so short prompts need no tokenizer at all.
     """
     limited = [(n, g) for g in gens if (n := token_limit(g)) is not None]
     if not limited:
@@ -184,9 +188,9 @@ def fit_for_run(prompts: list[str], catalog: Any, forced: str | None = None) -> 
 
 
 def token_limit(gen: Any) -> int | None:
-    """Tokens ``gen``'s text encoder reads: by family (:data:`FAMILY_TOKEN_LIMITS`); for a family catimg does not
-    know, the ``model_max_length`` of the tokenizer in its local weights, unless the pipeline also has a second,
-    T5 tokenizer (SD3, Flux: a long prompt still reaches the model); None when unknown."""
+    """Tokens ``gen``'s text encoder reads: by family (:data:`FAMILY_TOKEN_LIMITS`); for a family catimg does
+    not know, the ``model_max_length`` of the tokenizer in its local weights, unless the pipeline also has a
+    second, T5 tokenizer (SD3, Flux: a long prompt still reaches the model); None when unknown."""
     if gen.family in FAMILY_TOKEN_LIMITS:
         return FAMILY_TOKEN_LIMITS[gen.family]
     if gen.family in ("sd3", "flux"):
@@ -256,8 +260,9 @@ def _load_counter(folder: Path) -> Counter:
 
 def _tokenizer_json(folder: Path) -> Path:
     """``folder/tokenizer.json``; for a tokenizer saved in the slow format (vocab.json + merges.txt, as the SD
-    repos on the Hub ship it) the fast tokenizer transformers converts it to, converted once and kept in catimg's
-    cache dir (keyed by the folder and its files' sizes and times), so later runs need no transformers import."""
+    repos on the Hub ship it) the fast tokenizer transformers converts it to, converted once and kept in
+    catimg's cache dir (keyed by the folder and its files' sizes and times), so later runs need no
+    transformers import."""
     own = folder / "tokenizer.json"
     if own.is_file():
         return own

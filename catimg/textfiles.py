@@ -1,4 +1,5 @@
-"""Reading the user's text files (catalog, prompt files, negative prompts, measurements) with one-line errors."""
+"""Reading the user's text files (catalog, prompt files, negative prompts, measurements) with one-line
+errors."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ def read_user_text(
     """The UTF-8 text of ``path`` (a byte-order mark is dropped).
 
     Raises ``error`` with one line naming the file (after ``prefix``, e.g. an option name) when it is missing
-    (with ``hint``), a folder, unreadable, or not UTF-8 (with the offset of the first bad byte). ``what`` names
-    the kind of file in the messages ("prompt file", "models file").
+    (with ``hint``), a folder, unreadable, or not UTF-8 (with the offset of the first bad byte). ``what``
+    names the kind of file in the messages ("prompt file", "models file").
     """
     p = Path(path).expanduser()
     name = f"{prefix} {p}" if prefix else str(p)
