@@ -1,16 +1,16 @@
-"""Wall-clock and CPU time of the commands people wait on: `catimg --help`, `models`, `doctor`, `explain` of one
-prompt (warm and cold), `explain -f` on 10,000 prompts.
+"""Wall-clock and CPU time of the commands people wait on: `catimg --help`, `models`, `doctor`, `explain` of
+one prompt (warm and cold), `explain -f` on 10,000 prompts.
 
     python -m catimg.benchmarks.cli_speed --startup      # the start-up targets only (about a minute)
     python -m catimg.benchmarks.cli_speed [--prompts 10000] [--repeat 3]
 
 The start-up table checks the targets of issue 10 (`--help` <= 0.25 s CPU; `models`, `doctor` <= 1.0 s;
-`explain "x"` warm <= 1.5 s) and prints the machine and its load (from /proc/loadavg, before and after), since on
-a shared machine wall-clock follows the load. "warm" means the embedding and device caches were filled by one
-untimed run first; "cold" runs get an empty CATIMG_CACHE_DIR each: Python start, imports, encoder load, router
-load, routing and rendering are all counted. Commands run through the installed `catimg` script next to this
-Python (else `python -m catimg`). The 10,000 prompts are the built-in reference set crossed with styles and
-subjects (all distinct).
+`explain "x"` warm <= 1.5 s) and prints the machine and its load (from /proc/loadavg, before and after), since
+on a shared machine wall-clock follows the load. "warm" means the embedding and device caches were filled by
+one untimed run first; "cold" runs get an empty CATIMG_CACHE_DIR each: Python start, imports, encoder load,
+router load, routing and rendering are all counted. Commands run through the installed `catimg` script next to
+this Python (else `python -m catimg`). The 10,000 prompts are the built-in reference set crossed with styles
+and subjects (all distinct).
 """
 
 from __future__ import annotations
@@ -121,7 +121,8 @@ def startup(repeat: int) -> None:
             wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
             ok = (cpu if kind == "cpu" else wall) <= target
             print(
-                f"{label:30s} {wall:7.2f} {cpu:7.2f} {f'<= {target:g} s {kind}':>14s} {'ok' if ok else 'OVER'}"
+                f"{label:30s} {wall:7.2f} {cpu:7.2f} "
+                f"{f'<= {target:g} s {kind}':>14s} {'ok' if ok else 'OVER'}"
             )
     print(f"load after: {machine().rsplit(': ', 1)[1]}")
 

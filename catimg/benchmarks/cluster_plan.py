@@ -4,10 +4,10 @@
                                              [--set parti-geneval-200] [--load-seconds S] [--chunk-size 16]
 
 Routes a built-in prompt set with the bundled router and the default catalog at ``--budget``, costs every
-generator on ``--gpu`` with the cost model (estimated unless models.toml or ``catimg bench`` says otherwise), scales
-the routed shares to ``--prompts`` prompts, and simulates both policies of :mod:`catimg.generation.schedule`. No GPU needed.
-``--load-seconds`` replaces every model's predicted load time (e.g. 60 for weights on network storage) to show how
-the policies react to dearer model switches.
+generator on ``--gpu`` with the cost model (estimated unless models.toml or ``catimg bench`` says otherwise),
+scales the routed shares to ``--prompts`` prompts, and simulates both policies of
+:mod:`catimg.generation.schedule`. No GPU needed. ``--load-seconds`` replaces every model's predicted load
+time (e.g. 60 for weights on network storage) to show how the policies react to dearer model switches.
 """
 
 from __future__ import annotations
@@ -53,12 +53,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"{args.prompts:,} prompts with the shares of {len(prompts)} routed prompts ({args.prompt_set}, "
-        f"--budget {args.budget}, λ {result.lam:.4g}); costs for {dev.name} ({', '.join(sorted({c.kind for c in costs.values()}))}); "
+        f"--budget {args.budget}, λ {result.lam:.4g}); "
+        f"costs for {dev.name} ({', '.join(sorted({c.kind for c in costs.values()}))}); "
         f"chunks of {args.chunk_size}"
     )
     for w in cp.work:
         print(
-            f"  {w.generator:<12} {w.images:>9,} images  {w.seconds:8.4f} s/image  load {w.load_seconds:6.1f} s  "
+            f"  {w.generator:<12} {w.images:>9,} images  {w.seconds:8.4f} s/image  "
+            f"load {w.load_seconds:6.1f} s  "
             f"{w.total_seconds / 3600:8.1f} GPU-h"
         )
     total = sum(w.total_seconds for w in cp.work) / 3600
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     for k, (c, r) in sorted(cp.predictions.items()):
         for p in (c, r):
             print(
-                f"{k:>5} {p.policy:<30} {p.makespan / 3600:9.2f}h {p.utilisation:7.1%} {p.loads:>8,} {p.ideal / 3600:9.2f}h"
+                f"{k:>5} {p.policy:<30} {p.makespan / 3600:9.2f}h {p.utilisation:7.1%} {p.loads:>8,} "
+                f"{p.ideal / 3600:9.2f}h"
             )
         print(f"{'':>5} round-robin / catimg makespan: {r.makespan / c.makespan:.3f}")
 

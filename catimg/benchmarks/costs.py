@@ -1,8 +1,9 @@
 """Estimated against measured seconds per image for tiny generators on this machine.
 
-Builds real tiny diffusers pipelines (random weights, tests/tiny.py layout re-created here from configs), asks the
-cost model for its estimate (analytic FLOPs + the CPU/GPU throughput table + per-op overhead), then measures each
-generator with ``catimg.costs.bench.measure`` and prints both side by side, with the rank of each.
+Builds real tiny diffusers pipelines (random weights, tests/tiny.py layout re-created here from configs), asks
+the cost model for its estimate (analytic FLOPs + the CPU/GPU throughput table + per-op overhead), then
+measures each generator with ``catimg.costs.bench.measure`` and prints both side by side, with the rank of
+each.
 
     python -m catimg.benchmarks.costs [--device cpu] [--repeats 3] [--threads N]
 """

@@ -6,10 +6,10 @@
     python -m catimg.benchmarks.datasets dsg --out dsg.csv
     python -m catimg.benchmarks.datasets pqpp --split train --out pqpp-train.csv
 
-Generator names follow catimg's catalog: GenAI-Bench ``SDXL_Turbo`` -> ``sdxl-turbo``, ``SDXL_Base`` -> ``sdxl``,
-``SDXL_2_1`` -> ``sd21`` (it is Stable Diffusion 2.1, not SDXL), ``DeepFloyd_I_XL_v1`` -> ``deepfloyd-if``. By
-default only generators that run locally with open weights are written; ``--all`` adds the closed ones.
-Each data set keeps its own metric name and scale: never mix raw scores across data sets.
+Generator names follow catimg's catalog: GenAI-Bench ``SDXL_Turbo`` -> ``sdxl-turbo``, ``SDXL_Base`` ->
+``sdxl``, ``SDXL_2_1`` -> ``sd21`` (it is Stable Diffusion 2.1, not SDXL), ``DeepFloyd_I_XL_v1`` ->
+``deepfloyd-if``. By default only generators that run locally with open weights are written; ``--all`` adds
+the closed ones. Each data set keeps its own metric name and scale: never mix raw scores across data sets.
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ TIFA_LOCAL = ("sd11", "sd15", "sd21", "vq-diffusion", "mini-dalle")
 def _need(path: Path) -> Path:
     if not path.is_file():
         raise InputError(
-            f"{path}: data file not found; pass --data pointing at the shared data folder (holding genai_bench/, agiqa3k/ ...)"
+            f"{path}: data file not found; pass --data pointing at the shared data folder "
+            "(holding genai_bench/, agiqa3k/ ...)"
         )
     return path
 
@@ -174,9 +175,9 @@ PQPP_SPLITS = ("train", "validation")
 def pqpp(data: Path, include_all: bool = False, split: str = "both") -> list[dict[str, Any]]:
     """One row per prompt and generator (SDXL 1.0 base, GLIDE): PQPP's per-prompt aggregate human score.
 
-    ``split`` is ``train``, ``validation`` or ``both`` (the repository's own split; its test split is not in the
-    shared data). GLIDE does not run in catimg, but it is written even without ``include_all``: without it the set
-    has one generator and nothing to route.
+    ``split`` is ``train``, ``validation`` or ``both`` (the repository's own split; its test split is not in
+    the shared data). GLIDE does not run in catimg, but it is written even without ``include_all``: without it
+    the set has one generator and nothing to route.
     """
     if split not in (*PQPP_SPLITS, "both"):
         raise InputError(f'pqpp: split "{split}" is unknown; use train, validation or both')

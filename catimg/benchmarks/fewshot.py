@@ -1,6 +1,7 @@
 """Few-shot generators: how routing quality grows with the number of prompts a new generator is measured on.
 
-    python -m catimg.benchmarks.fewshot [--data ../shared/data] [--generator sdxl] [--repeats 20] [--predictor ridge]
+    python -m catimg.benchmarks.fewshot [--data ../shared/data] [--generator sdxl] [--repeats 20]
+        [--predictor ridge]
 
 On GenAI-Bench (527 prompts, human 1-5 alignment ratings; the generators of the packaged catalog that it
 covers: sdxl-turbo, sd21, sdxl), each repeat holds out 30% of the prompts as a test set. On the training
@@ -12,10 +13,10 @@ the generator is not routed at all (what a user gets before calibrating it).
 Printed per n, averaged over the repeats (± standard error): the router's AUC (mean quality over the cost
 range), the quality it reaches at the best single generator's cost, the cost at which it first matches the
 best single generator (% of that cost; "-" when it never does), the share of test prompts routed to the
-few-shot generator at the medium-like λ of equal cost, the mean predicted uncertainty (std) of that generator's
-expected quality on the test prompts, and (ridge) its *own* part: the std of its deviation from the per-prompt
-anchor, the uncertainty that decides how it compares with the others (the anchor's is shared by every generator),
-which shrinks as it is measured on more prompts. Costs are the catalog's
+few-shot generator at the medium-like λ of equal cost, the mean predicted uncertainty (std) of that
+generator's expected quality on the test prompts, and (ridge) its *own* part: the std of its deviation from
+the per-prompt anchor, the uncertainty that decides how it compares with the others (the anchor's is shared by
+every generator), which shrinks as it is measured on more prompts. Costs are the catalog's
 analytic TFLOPs per image.
 """
 
@@ -177,11 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     out = run(data, a.generator, sizes, a.repeats, a.predictor, a.test_share, a.seed)
     print(
-        f"few-shot routing on GenAI-Bench: generators {', '.join(out['gens'])}; few-shot generator {out['target']}"
+        f"few-shot routing on GenAI-Bench: generators {', '.join(out['gens'])}; "
+        f"few-shot generator {out['target']}"
     )
     print("costs (TFLOPs/image): " + ", ".join(f"{g} {c:.1f}" for g, c in out["costs"].items()))
     print(
-        f"{a.repeats} repeats x ({out['n_train']} train / {out['n_test']} test prompts), predictor {a.predictor}, seed {a.seed}"
+        f"{a.repeats} repeats x ({out['n_train']} train / {out['n_test']} test prompts), "
+        f"predictor {a.predictor}, seed {a.seed}"
     )
     print(
         "last split: single-generator quality "
@@ -189,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         + f"; oracle AUC {out['oracle_auc_last']:.3f}"
     )
     print()
-    head = f"{'measured':>9}  {'AUC':>16}  {'quality@best cost':>18}  {'cost to match %':>22}  {'share':>15}  {'pred. std':>15}  {'own std':>15}"
+    head = (
+        f"{'measured':>9}  {'AUC':>16}  {'quality@best cost':>18}  {'cost to match %':>22}  "
+        f"{'share':>15}  {'pred. std':>15}  {'own std':>15}"
+    )
     print(head)
     for size, rows in out["results"].items():
         label = "all" if size < 0 else str(size)

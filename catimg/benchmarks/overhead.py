@@ -2,13 +2,13 @@
 
     python -m catimg.benchmarks.overhead [--prompts 24] [--repeat 3] [--threads 1]
 
-Builds two tiny real diffusers pipelines (an SD-1.x-like folder with two step variants and an SDXL-like pipeline
-served from a fake Hub cache), trains a router on synthetic measurements, then times (wall clock, whole
-processes, imports included):
+Builds two tiny real diffusers pipelines (an SD-1.x-like folder with two step variants and an SDXL-like
+pipeline served from a fake Hub cache), trains a router on synthetic measurements, then times (wall clock,
+whole processes, imports included):
 
 * ``catimg gen -f prompts.txt`` (routing included), and
-* a plain script that loads each pipeline once with ``DiffusionPipeline.from_pretrained`` and makes the same images
-  (same prompts, generators, seeds, steps, guidance, size), one call per image, saving PNGs.
+* a plain script that loads each pipeline once with ``DiffusionPipeline.from_pretrained`` and makes the same
+  images (same prompts, generators, seeds, steps, guidance, size), one call per image, saving PNGs.
 
 Prints the medians over ``--repeat`` runs and the ratio (target: catimg ≤ 1.15 × the plain script).
 """
@@ -39,8 +39,9 @@ for j in jobs:
         pipes[j["source"]] = DiffusionPipeline.from_pretrained(j["source"], dtype=torch.float32)
         pipes[j["source"]].set_progress_bar_config(disable=True)
     pipe = pipes[j["source"]]
-    img = pipe(prompt=j["prompt"], num_inference_steps=j["steps"], guidance_scale=j["guidance"], width=j["width"],
-               height=j["height"], generator=torch.Generator().manual_seed(j["seed"])).images[0]
+    img = pipe(prompt=j["prompt"], num_inference_steps=j["steps"], guidance_scale=j["guidance"],
+               width=j["width"], height=j["height"],
+               generator=torch.Generator().manual_seed(j["seed"])).images[0]
     img.save(out / f"{j['index']:04d}.png")
 """
 
@@ -81,7 +82,8 @@ def main() -> None:
     models = root / "models.toml"
     models.write_text(
         f'[generators.sd]\nsource = "{sd}"\nsteps = [2, 4]\nguidance = 2.0\nwidth = 64\nheight = 64\n'
-        '[generators.turbo]\nsource = "stabilityai/sdxl-turbo"\nsteps = 2\nguidance = 0.0\nwidth = 64\nheight = 64\n'
+        '[generators.turbo]\nsource = "stabilityai/sdxl-turbo"\nsteps = 2\nguidance = 0.0\n'
+        "width = 64\nheight = 64\n"
     )
     tiny.write_measurements(
         root / "m.csv",

@@ -1,4 +1,5 @@
-"""Routing quality on held-out public data: the paper's KNN, catimg's predictors, the oracle and random routing.
+"""Routing quality on held-out public data: the paper's KNN, catimg's predictors, the oracle and random
+routing.
 
     python -m catimg.benchmarks.routing [--data ../shared/data] [--sets pqpp,genai_bench,...] [--repeats 5]
                                         [--folds 5] [--bootstrap 200]
@@ -6,39 +7,41 @@
 Protocols:
 
 - ``pqpp`` has its own split: every predictor is fitted on the 6,000 ``train`` prompts and scored on the 2,000
-  ``validation`` prompts it never saw (hyperparameters are chosen inside the training prompts by the predictors
-  themselves: marginal likelihood for ridge, fixed k for KNN).
-- The small sets (``genai_bench``, ``agiqa3k``, ``tifa``, ``dsg``) use repeated K-fold cross-validation: in each
-  repeat every prompt is predicted by a model fitted on the other folds (out-of-fold predictions); the numbers are
-  means over repeats.
+  ``validation`` prompts it never saw (hyperparameters are chosen inside the training prompts by the
+  predictors themselves: marginal likelihood for ridge, fixed k for KNN).
+- The small sets (``genai_bench``, ``agiqa3k``, ``tifa``, ``dsg``) use repeated K-fold cross-validation: in
+  each repeat every prompt is predicted by a model fitted on the other folds (out-of-fold predictions); the
+  numbers are means over repeats.
 
-The quality-cost curve of the lambda sweep is measured with the *measured* scores. Definitions of AUC, quality at
-the best single generator's cost, cost to match and APGR (the share of the oracle's gain over the straight line from
-the cheapest to the best single generator that a policy recovers) are in :mod:`catimg.training.evaluate`. Standard errors
-(``±``) come from a bootstrap over the evaluated prompts (``--bootstrap`` resamples of the first repeat's
-predictions): they measure how much the number depends on which prompts were sampled, the error that matters when
-comparing two predictors on the same prompts. ``Δ APGR`` is the paired difference to the paper's KNN (k = 100) on
-the same resamples, ``Δ vs ridge`` the paired difference to the single-set ridge predictor.
+The quality-cost curve of the lambda sweep is measured with the *measured* scores. Definitions of AUC, quality
+at the best single generator's cost, cost to match and APGR (the share of the oracle's gain over the straight
+line from the cheapest to the best single generator that a policy recovers) are in
+:mod:`catimg.training.evaluate`. Standard errors (``±``) come from a bootstrap over the evaluated prompts
+(``--bootstrap`` resamples of the first repeat's predictions): they measure how much the number depends on
+which prompts were sampled, the error that matters when comparing two predictors on the same prompts.
+``Δ APGR`` is the paired difference to the paper's KNN (k = 100) on the same resamples, ``Δ vs ridge`` the
+paired difference to the single-set ridge predictor.
 
-``joint ridge (all sets)`` is one ridge predictor trained on every selected set at once (:mod:`catimg.training.joint`: each
-set mapped to the joint scale by its metric's range), scored on each set's held-out prompts like the others: a
-held-out prompt is left out of every set (tifa and dsg rate the same prompts), and pqpp's validation prompts are
-never trained on.
+``joint ridge (all sets)`` is one ridge predictor trained on every selected set at once
+(:mod:`catimg.training.joint`: each set mapped to the joint scale by its metric's range), scored on each set's
+held-out prompts like the others: a held-out prompt is left out of every set (tifa and dsg rate the same
+prompts), and pqpp's validation prompts are never trained on.
 
-Costs are TFLOPs per image from catimg's cost model (``catimg.costs.model``, analytic counts from the pipeline configs,
-including text encoders and the VAE decode) for the generator settings below. Data sets and assumed settings:
+Costs are TFLOPs per image from catimg's cost model (``catimg.costs.model``, analytic counts from the pipeline
+configs, including text encoders and the VAE decode) for the generator settings below. Data sets and assumed
+settings:
 
 - ``pqpp``: 8,000 MS-COCO captions, human score in [-1, 2], SDXL 1.0 base (50 steps, 1024 px, CFG 5) vs GLIDE
-  (not a catimg generator: its cost is *assumed* to be one tenth of SDXL's). With two generators APGR, AUC ranks
-  and the cost to match in percent do not depend on that ratio: every policy moves along the same line.
-- ``genai_bench``: 527 prompts, human 1-5 alignment (mean of 3 ratings), for the generators of catimg's default
-  catalog (sdxl-turbo 1 step 512 px; sd21 50 steps 768 px CFG 7.5; sdxl 50 steps 1024 px CFG 5).
+  (not a catimg generator: its cost is *assumed* to be one tenth of SDXL's). With two generators APGR, AUC
+  ranks and the cost to match in percent do not depend on that ratio: every policy moves along the same line.
+- ``genai_bench``: 527 prompts, human 1-5 alignment (mean of 3 ratings), for the generators of catimg's
+  default catalog (sdxl-turbo 1 step 512 px; sd21 50 steps 768 px CFG 7.5; sdxl 50 steps 1024 px CFG 5).
 - ``agiqa3k``: 300 prompts, MOS alignment, SD 1.5 at four settings (the only per-prompt data on fewer steps).
-  Assumed settings (AGIQA-3K gives them only qualitatively): normal 50 steps CFG 7.5, lowstep 10 steps, lowcfg CFG 3,
-  highcfg CFG 15; so lowcfg/highcfg cost the same as normal.
-- ``tifa`` and ``dsg``: the same 160 prompts (TIFA-160), SD 1.1 and SD 1.5 (512 px) and SD 2.1 (768 px), 50 steps
-  CFG 7.5 (assumed: the papers do not state them per image); tifa is the mean of 2 human 1-5 faithfulness ratings,
-  dsg of 5 Likert consistency ratings of the same images.
+  Assumed settings (AGIQA-3K gives them only qualitatively): normal 50 steps CFG 7.5, lowstep 10 steps, lowcfg
+  CFG 3, highcfg CFG 15; so lowcfg/highcfg cost the same as normal.
+- ``tifa`` and ``dsg``: the same 160 prompts (TIFA-160), SD 1.1 and SD 1.5 (512 px) and SD 2.1 (768 px), 50
+  steps CFG 7.5 (assumed: the papers do not state them per image); tifa is the mean of 2 human 1-5
+  faithfulness ratings, dsg of 5 Likert consistency ratings of the same images.
 """
 
 from __future__ import annotations
@@ -166,7 +169,8 @@ class Table:
 
 
 def table_from_rows(rows: list[dict[str, Any]], names: list[str], costs: np.ndarray) -> Table:
-    """Pivot long rows to prompts x generators (duplicates averaged), keeping prompts measured on every generator."""
+    """Pivot long rows to prompts x generators (duplicates averaged), keeping prompts measured on every
+    generator."""
     index: dict[str, int] = {}
     for r in rows:
         index.setdefault(r["prompt"], len(index))
@@ -185,7 +189,8 @@ def table_from_rows(rows: list[dict[str, Any]], names: list[str], costs: np.ndar
 
 
 def set_costs(spec: BenchSet) -> tuple[list[str], np.ndarray]:
-    """Generator names and TFLOPs per image: catimg's cost model for the catalog, assumed shares for the others."""
+    """Generator names and TFLOPs per image: catimg's cost model for the catalog, assumed shares for the
+    others."""
     from catimg.config import parse_catalog
     from catimg.costs.model import generator_cost
     from catimg.device import cpu_device
@@ -279,7 +284,8 @@ METRICS = ("auc", "quality_at_best_cost", "cost_to_match_pct", "apgr")
 def bootstrap_se(
     preds: dict[str, np.ndarray], table: Table, scale: tuple[float, float], b: int, seed: int = 0
 ) -> dict[str, dict[str, float]]:
-    """Bootstrap standard error over prompts of each metric, and of APGR minus the reference's (``d_apgr``)."""
+    """Bootstrap standard error over prompts of each metric, and of APGR minus the reference's
+    (``d_apgr``)."""
     rng = np.random.default_rng(seed)
     draws: dict[str, dict[str, list[float]]] = {}
     for _ in range(b):
@@ -307,7 +313,8 @@ def bootstrap_se(
 
 @dataclass(frozen=True)
 class Loaded:
-    """A set's tables: ``train`` is what a model may learn from, ``test`` what it is scored on (the same for CV)."""
+    """A set's tables: ``train`` is what a model may learn from, ``test`` what it is scored on (the same for
+    CV)."""
 
     spec: BenchSet
     train: Table
@@ -331,9 +338,9 @@ def joint_predictions(
     folds: int,
     timing: dict[str, float],
 ) -> dict[str, list[np.ndarray]]:
-    """Per set, per repeat: predictions (in the set's units, its own generators) of one ridge predictor trained on
-    every set at once (:mod:`catimg.training.joint`): CV sets out of fold (the held-out prompts left out of every set), the
-    split set's validation prompts by a model fitted on all training rows."""
+    """Per set, per repeat: predictions (in the set's units, its own generators) of one ridge predictor
+    trained on every set at once (:mod:`catimg.training.joint`): CV sets out of fold (the held-out prompts
+    left out of every set), the split set's validation prompts by a model fitted on all training rows."""
     from catimg.measurements import MeasurementTable
     from catimg.routing.predictor import make_predictor
     from catimg.training.joint import join
@@ -364,7 +371,7 @@ def joint_predictions(
         else:
             runs = []
             for rep in range(repeats):
-                rows, pred = joint_out_of_fold("ridge", X, joint, k, folds=folds, seed=rep)
+                rows, pred = joint_out_of_fold("ridge", X, joint, folds=folds, seed=rep, set_index=k)
                 assert np.array_equal(rows, joint.rows_of(cal.name))  # complete tables: every row is scored
                 runs.append(cal.from_joint(pred[:, cols]))
             out[s.spec.name] = runs
@@ -410,7 +417,8 @@ def run_set(
 
 
 def _cell(vals: list[float | None], se: float | None, pct: bool = False, share: bool = False) -> str:
-    """Mean over repeats ± bootstrap s.e.; ``share``: a fraction shown in percent; ``pct``: already in percent."""
+    """Mean over repeats ± bootstrap s.e.; ``share``: a fraction shown in percent; ``pct``: already in
+    percent."""
     v = [x for x in vals if x is not None]
     if not v:
         return "never"
@@ -460,7 +468,8 @@ def render(res: SetResult, repeats: int, folds: int) -> str:
             f"   {label:<24} {_cell([s.auc for s in sums], se.get('auc')):>15} "
             f"{_cell([s.quality_at_best_cost for s in sums], se.get('quality_at_best_cost')):>21} "
             f"{_cell([s.cost_to_match_pct for s in sums], se.get('cost_to_match_pct'), pct=True):>18} "
-            f"{_cell([s.apgr for s in sums], se.get('apgr'), share=True):>12} {d:>16} {ds:>13} {f'{tm:.1f}' if tm else '-':>13}"
+            f"{_cell([s.apgr for s in sums], se.get('apgr'), share=True):>12} {d:>16} {ds:>13} "
+            f"{f'{tm:.1f}' if tm else '-':>13}"
         )
     return "\n".join(lines)
 

@@ -1,17 +1,19 @@
 """How training scales: ``catimg train`` on a synthetic measurement file of many prompts x 10 generators.
 
-    python -m catimg.benchmarks.train_scale [--prompts 100000] [--generators 10] [--missing 0.2] [--predictor auto]
+    python -m catimg.benchmarks.train_scale [--prompts 100000] [--generators 10] [--missing 0.2]
+        [--predictor auto]
 
-Writes a long-format CSV of ``--prompts`` distinct prompts (composed from subject, scene, style and detail word
-lists) x ``--generators`` generators, with a share ``--missing`` of the cells left out at random, scores that
-depend on the prompt's words (so there is something to learn) plus noise, and measured seconds. Then it runs the
-real CLI, ``catimg train --measurements FILE --models models.toml --out DIR``, in a subprocess twice: *cold*
-(an empty embedding cache: the prompts are embedded) and *warm* (the same cache: embeddings are read back).
-Printed per run: wall time, the peak resident memory of the subprocess, the artifact's size on disk, and the
-stage lines catimg prints while training. Finally it times ``explain -f`` of 10,000 of the prompts with that
-router, cold (fresh cache) and warm.
+Writes a long-format CSV of ``--prompts`` distinct prompts (composed from subject, scene, style and detail
+word lists) x ``--generators`` generators, with a share ``--missing`` of the cells left out at random, scores
+that depend on the prompt's words (so there is something to learn) plus noise, and measured seconds. Then it
+runs the real CLI, ``catimg train --measurements FILE --models models.toml --out DIR``, in a subprocess twice:
+*cold* (an empty embedding cache: the prompts are embedded) and *warm* (the same cache: embeddings are read
+back). Printed per run: wall time, the peak resident memory of the subprocess, the artifact's size on disk,
+and the stage lines catimg prints while training. Finally it times ``explain -f`` of 10,000 of the prompts
+with that router, cold (fresh cache) and warm.
 
-Everything is written under ``--work`` (a temporary folder by default) and removed afterwards unless ``--keep``.
+Everything is written under ``--work`` (a temporary folder by default) and removed afterwards unless
+``--keep``.
 """
 
 from __future__ import annotations
@@ -206,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work / "router", ignore_errors=True)
             wall, peak, err = run(train, env)
             print(
-                f"train {label}: {wall:.1f} s wall, peak memory {peak:.2f} GB, artifact {folder_mb(work / 'router'):.1f} MB"
+                f"train {label}: {wall:.1f} s wall, peak memory {peak:.2f} GB, "
+                f"artifact {folder_mb(work / 'router'):.1f} MB"
             )
             for line in err.splitlines():
                 if line.startswith("["):
@@ -233,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             for label, c in (("cold", work / "cache-explain"), ("warm", work / "cache-explain")):
                 wall, peak, _ = run(explain, {**env, "CATIMG_CACHE_DIR": str(c)})
                 print(
-                    f"explain -f {args.explain} prompts --json, {label}: {wall:.1f} s wall, peak memory {peak:.2f} GB",
+                    f"explain -f {args.explain} prompts --json, {label}: {wall:.1f} s wall, "
+                    f"peak memory {peak:.2f} GB",
                     flush=True,
                 )
     finally:

@@ -56,8 +56,9 @@ def _root(
     """catimg: cost-aware routing for local text-to-image generation."""
 
 
-# Command modules register themselves on `app` when imported; catimg.cli.lazy imports each one when its command is
-# first needed (catimg.cli.lazy.COMMANDS lists them and orders the root help), so `catimg --help` imports none.
+# Command modules register themselves on `app` when imported; catimg.cli.lazy imports each one when its
+# command is first needed (catimg.cli.lazy.COMMANDS lists them and orders the root help), so `catimg --help`
+# imports none.
 
 
 def main() -> None:
@@ -67,11 +68,13 @@ def main() -> None:
         _run()
     finally:
         if interrupts.requested():
-            interrupts.settle()  # exit with our status (130), not by CPython's own SIGINT (see catimg.interrupts)
+            # exit with our status (130), not by CPython's own SIGINT (see catimg.interrupts)
+            interrupts.settle()
 
 
 def _run() -> None:
-    """Parse and run one command; map catimg errors, interrupts and usage errors to one line and an exit status."""
+    """Parse and run one command; map catimg errors, interrupts and usage errors to one line and an exit
+    status."""
     try:
         interrupts.arm()  # a Ctrl-C that came during start-up raises here
         # without standalone mode click returns (not raises) the code of `raise typer.Exit(code)`
@@ -132,7 +135,8 @@ def _json_error(code: int, message: str, exc: BaseException | None = None) -> No
 
 
 def _is_click(exc: BaseException, name: str) -> bool:
-    """``exc`` is click's ``name`` exception: typer >= 0.20 raises its vendored copy (typer._click), older ones click's."""
+    """``exc`` is click's ``name`` exception: typer >= 0.20 raises its vendored copy (typer._click), older
+    ones click's."""
     for mod in ("typer._click.exceptions", "click.exceptions"):
         module = sys.modules.get(mod)
         if module is None:

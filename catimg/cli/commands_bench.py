@@ -30,7 +30,8 @@ def bench(
 ) -> None:
     """Measure load time, seconds per step, fixed seconds per image and peak memory on this device.
 
-    Results are cached by device and generator settings; `explain`, `models` and budgets in seconds then use measured rather than estimated costs. Step variants of one model (sdxl@10, sdxl@20) are measured once.
+    Results are cached by device and generator settings; `explain`, `models` and budgets in seconds then use
+    measured rather than estimated costs. Step variants of one model (sdxl@10, sdxl@20) are measured once.
 
     Examples:
 
@@ -166,9 +167,9 @@ class _NoTorchvisionNotice:
 
 
 def quiet_torchvision_notice() -> None:
-    """transformers says once per image processor (CLIPImageProcessor, SiglipImageProcessor ...) that torchvision
-    is missing and it uses the PIL backend, which is what catimg wants; bench silences exactly that notice (on the
-    one logger that emits it), nothing else."""
+    """transformers says once per image processor (CLIPImageProcessor, SiglipImageProcessor ...) that
+    torchvision is missing and it uses the PIL backend, which is what catimg wants; bench silences exactly
+    that notice (on the one logger that emits it), nothing else."""
     import logging
 
     logger = logging.getLogger("transformers.utils.import_utils")

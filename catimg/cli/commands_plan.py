@@ -69,8 +69,8 @@ def plan(
     chunk_size: int = typer.Option(16, "--chunk-size", help="Images a worker takes at a time."),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Predict how long a plan takes on K GPUs: catimg's scheduling (actors per model in proportion to cost, work
-    stealing) against naive round-robin. Nothing is loaded.
+    """Predict how long a plan takes on K GPUs: catimg's scheduling (actors per model in proportion to cost,
+    work stealing) against naive round-robin. Nothing is loaded.
 
     Examples:
 

@@ -1,4 +1,5 @@
-"""`catimg train` and `catimg eval`: fit a router artifact from measurements and evaluate it on held-out ones."""
+"""`catimg train` and `catimg eval`: fit a router artifact from measurements and evaluate it on held-out
+ones."""
 
 from __future__ import annotations
 
@@ -96,13 +97,19 @@ def train(
         None,
         "--measurements",
         "-M",
-        help="Long-format CSV or JSONL: prompt,generator,score[,metric,seconds,seed,source]. Repeat it to train on several sets at once (each keeps its metric; see --scale).",
+        help=(
+            "Long-format CSV or JSONL: prompt,generator,score[,metric,seconds,seed,source]. Repeat it to "
+            "train on several sets at once (each keeps its metric; see --scale)."
+        ),
         show_default=False,
     ),
     db: Path = typer.Option(
         None,
         "--db",
-        help="Train from a calibration database (see `catimg calibrate`), alone or as one more set next to --measurements.",
+        help=(
+            "Train from a calibration database (see `catimg calibrate`), alone or as one more set next to "
+            "--measurements."
+        ),
         show_default=False,
     ),
     models: Path = MODELS_OPT,
@@ -112,7 +119,10 @@ def train(
     scale: list[str] = typer.Option(
         None,
         "--scale",
-        help="With several sets: the range METRIC=LO:HI of a metric catimg does not know (its worst and best possible scores).",
+        help=(
+            "With several sets: the range METRIC=LO:HI of a metric catimg does not know (its worst and best "
+            "possible scores)."
+        ),
         show_default=False,
     ),
     predictor: str = typer.Option(
@@ -130,14 +140,20 @@ def train(
     holdout: float = typer.Option(
         None,
         "--holdout",
-        help="Keep this share of prompts out (a stable split by prompt text; `catimg eval --holdout` uses the same).",
+        help=(
+            "Keep this share of prompts out (a stable split by prompt text; `catimg eval --holdout` uses the "
+            "same)."
+        ),
         show_default=False,
     ),
     generators: str = typer.Option(
         None,
         "--generators",
         "-g",
-        help="With --db: comma-separated generators to train on (default: every catalog generator with measurements).",
+        help=(
+            "With --db: comma-separated generators to train on (default: every catalog generator with "
+            "measurements)."
+        ),
         show_default=False,
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite a router already in --out."),
@@ -149,12 +165,13 @@ def train(
 
       catimg train --measurements m.csv --models models.toml --out my-router
 
-      python -m catimg.benchmarks.datasets genai_bench --out genai.csv && catimg train -M genai.csv --out my-router
+      python -m catimg.benchmarks.datasets genai_bench --out genai.csv
+      catimg train -M genai.csv --out my-router
 
       catimg train -M genai.csv -M tifa.csv --db ~/.cache/catimg/measurements.db --out joint-router
 
-    With several sets, each set's scores are mapped by its metric's range to one joint scale (0-1) and the data
-    card reports held-out numbers per set.
+    With several sets, each set's scores are mapped by its metric's range to one joint scale (0-1) and the
+    data card reports held-out numbers per set.
     """
     from catimg.cli.render import print_json
     from catimg.config import load_catalog
@@ -270,7 +287,8 @@ PROGRESS_FROM = 1000
 
 
 def _store_card(db: Path, table: Any, catalog: Any) -> dict[str, Any]:
-    """The data card's ``store`` entry: the store rows the router is trained on, by source (catimg.calibration.calibrate)."""
+    """The data card's ``store`` entry: the store rows the router is trained on, by source
+    (catimg.calibration.calibrate)."""
     from catimg.calibration.calibrate import store_card
     from catimg.calibration.store import Store
 
@@ -289,7 +307,8 @@ def _check_out(out: Path, force: bool) -> None:
 
 
 def _progress_line(quiet: bool) -> Any:
-    """One line per training stage on stderr, never stdout (off when ``quiet``: a small table takes seconds)."""
+    """One line per training stage on stderr, never stdout (off when ``quiet``: a small table takes
+    seconds)."""
     from catimg.cli.progress import stage_lines
 
     return stage_lines(quiet)
@@ -332,8 +351,9 @@ def _summary_table(
 
 
 def _eval_costs(rt: Any, models: Path | None, device: str | None) -> tuple[Any, str]:
-    """(costs by generator, note): the costs explain and gen would route by here (catimg.costs.model's one rule), or None
-    (with why) when the catalog does not hold every router generator with its trained settings."""
+    """(costs by generator, note): the costs explain and gen would route by here (catimg.costs.model's one
+    rule), or None (with why) when the catalog does not hold every router generator with its trained
+    settings."""
     from catimg.config import load_catalog
     from catimg.costs.model import router_generator_costs
     from catimg.device import detect_device
@@ -388,17 +408,20 @@ def eval_(
     plot: Path = typer.Option(
         None,
         "--plot",
-        help="Also draw the quality-cost curves to this PNG (needs matplotlib: pip install 'catimg\\[plot]').",
+        help=(
+            "Also draw the quality-cost curves to this PNG (needs matplotlib: pip install 'catimg\\[plot]')."
+        ),
         show_default=False,
     ),
     models: Path | None = MODELS_OPT,
     device: str | None = DEVICE_OPT,
     json_out: bool = JSON_OPT,
 ) -> None:
-    """Evaluate a router on held-out measurements: quality-cost curve against single generators, oracle, random.
+    """Evaluate a router on held-out measurements: quality-cost curve against single generators, oracle,
+    random.
 
-    AUC is the mean measured quality over the cost range of the single generators; "cost to match" is the least
-    mean cost at which the router reaches the best single generator's quality.
+    AUC is the mean measured quality over the cost range of the single generators; "cost to match" is the
+    least mean cost at which the router reaches the best single generator's quality.
 
     Example:
 
@@ -445,8 +468,9 @@ def eval_(
             label(
                 "warning:",
                 "yellow",
-                f"{report.seen_in_training} of the {report.n_prompts} prompts are in the router's training data, so these "
-                "numbers are not held-out; evaluate on prompts it was not trained on (train --holdout / eval --holdout)",
+                f"{report.seen_in_training} of the {report.n_prompts} prompts are in the router's training "
+                "data, so these numbers are not held-out; evaluate on prompts it was not trained on "
+                "(train --holdout / eval --holdout)",
             ),
             highlight=False,
         )
@@ -467,7 +491,8 @@ def eval_(
 
 
 def _render_eval(rt: Any, report: Any, source: Any, costs: Any, costs_note: str, plot: Path | None) -> None:
-    """eval's text output: what was evaluated, the single generators, the routing summary, the budget levels."""
+    """eval's text output: what was evaluated, the single generators, the routing summary, the budget
+    levels."""
     from rich.table import Table
 
     from catimg.cli.render import console

@@ -26,28 +26,40 @@ FILE_OPT = typer.Option(
     None,
     "--file",
     "-f",
-    help="Prompt file: UTF-8, one prompt a line; blank lines and lines starting with # are skipped. - reads standard input.",
+    help=(
+        "Prompt file: UTF-8, one prompt a line; blank lines and lines starting with # are skipped. "
+        "- reads standard input."
+    ),
     show_default=False,
 )
 BUDGET_OPT = typer.Option(
     None,
     "--budget",
     "-b",
-    help="Per-image budget: low, medium (default), high, max, or mean seconds per image on this device such as 2.5s.",
+    help=(
+        "Per-image budget: low, medium (default), high, max, or mean seconds per image on this device "
+        "such as 2.5s."
+    ),
     show_default=False,
 )
 TOTAL_BUDGET_OPT = typer.Option(
     None,
     "--total-budget",
     "-T",
-    help="One budget for all prompts (with loading), e.g. 90s, 10m, 1h30m: most total predicted quality that fits.",
+    help=(
+        "One budget for all prompts (with loading), e.g. 90s, 10m, 1h30m: most total predicted quality "
+        "that fits."
+    ),
     show_default=False,
 )
 MODELS_OPT = typer.Option(
     None,
     "--models",
     "-m",
-    help="models.toml to use (default: $CATIMG_MODELS, ./models.toml, the user config dir, then the packaged default).",
+    help=(
+        "models.toml to use (default: $CATIMG_MODELS, ./models.toml, the user config dir, then the "
+        "packaged default)."
+    ),
     show_default=False,
 )
 ROUTER_OPT = typer.Option(
@@ -77,7 +89,8 @@ JSON_OPT = typer.Option(False, "--json", help="Print one JSON document and nothi
 
 
 def check_choice(option: str, value: str | None, choices: Sequence[str]) -> None:
-    """An InputError naming ``option``, the value and the closest choice unless ``value`` is None or a choice."""
+    """An InputError naming ``option``, the value and the closest choice unless ``value`` is None or a
+    choice."""
     if value is not None and value not in choices:
         raise InputError(
             f'{option} "{value}" is unknown{did_you_mean(value, choices)}; '
@@ -86,7 +99,8 @@ def check_choice(option: str, value: str | None, choices: Sequence[str]) -> None
 
 
 def collect_prompts(prompts: list[str] | None, file: Path | None) -> list[str]:
-    """Prompts from arguments and/or a file (``-f -``: standard input), validated; an empty list is an error."""
+    """Prompts from arguments and/or a file (``-f -``: standard input), validated; an empty list is an
+    error."""
     from catimg.prompts import read_prompt_file, validate_prompt
 
     given = list(prompts or [])
@@ -154,7 +168,8 @@ def describe_setup(
     models: Path | None, router: Path | None, device: str | None, refresh: bool = False
 ) -> tuple[Catalog, Router, DeviceLookup]:
     """Like :func:`load_setup` for commands that only describe the device (models, doctor, explain): no torch
-    import when there is no GPU driver or the description is cached (see :func:`catimg.device.lookup_device`)."""
+    import when there is no GPU driver or the description is cached (see
+    :func:`catimg.device.lookup_device`)."""
     from catimg.config import load_catalog
     from catimg.device import lookup_device
     from catimg.routing.router import load_router
@@ -166,7 +181,8 @@ def describe_setup(
 
 def known_as(rt: Router, gen: Generator) -> str | None:
     """The router's name for ``gen`` when ``gen`` was renamed in models.toml with its settings unchanged (the
-    settings hash matches another of the router's generators); None when the router knows it or has no such one."""
+    settings hash matches another of the router's generators); None when the router knows it or has no such
+    one."""
     if rt.knows(gen):
         return None
     digest = gen.settings_hash()

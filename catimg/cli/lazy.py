@@ -1,10 +1,10 @@
 """Commands loaded on first use: ``catimg --help`` lists every command without importing any command module.
 
 :data:`COMMANDS` is the one list of commands: the module that defines each, its one-line help (what the root
-help shows; tests check it equals the first paragraph of the command's own help) and its panel in the root help.
-:class:`LazyGroup` is the root click group: it imports a command's module only when that command runs (or its own
-``--help`` is asked for), and renders the root help itself with a few Rich pieces, not Typer's help renderer
-(which imports Markdown and traceback support: about 0.1 s of CPU before anything is printed).
+help shows; tests check it equals the first paragraph of the command's own help) and its panel in the root
+help. :class:`LazyGroup` is the root click group: it imports a command's module only when that command runs
+(or its own ``--help`` is asked for), and renders the root help itself with a few Rich pieces, not Typer's
+help renderer (which imports Markdown and traceback support: about 0.1 s of CPU before anything is printed).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ COMMANDS: dict[str, CommandEntry] = {
     ),
     "models": CommandEntry(
         "commands_routing",
-        "List the generators of the catalog: source, settings, cost on this device, weights present, router status.",
+        "List the generators of the catalog: source, settings, cost on this device, weights present, "
+        "router status.",
         "Your generators",
     ),
     "bench": CommandEntry(
@@ -51,12 +52,14 @@ COMMANDS: dict[str, CommandEntry] = {
     ),
     "calibrate": CommandEntry(
         "commands_calibrate",
-        "Measure your generators: generate, score and store images for a prompt set (resumable, incremental).",
+        "Measure your generators: generate, score and store images for a prompt set "
+        "(resumable, incremental).",
         "Your generators",
     ),
     "doctor": CommandEntry(
         "commands_routing",
-        "Check the installation: versions, device, Hub cache and offline readiness, router and catalog in use.",
+        "Check the installation: versions, device, Hub cache and offline readiness, router and catalog "
+        "in use.",
         "Your generators",
     ),
     "measurements": CommandEntry(
@@ -69,20 +72,22 @@ COMMANDS: dict[str, CommandEntry] = {
     ),
     "eval": CommandEntry(
         "commands_train",
-        "Evaluate a router on held-out measurements: quality-cost curve against single generators, oracle, random.",
+        "Evaluate a router on held-out measurements: quality-cost curve against single generators, "
+        "oracle, random.",
         "Routers",
     ),
     "plan": CommandEntry(
         "commands_plan",
-        "Predict how long a plan takes on K GPUs: catimg's scheduling (actors per model in proportion to cost, "
-        "work stealing) against naive round-robin. Nothing is loaded.",
+        "Predict how long a plan takes on K GPUs: catimg's scheduling (actors per model in proportion to "
+        "cost, work stealing) against naive round-robin. Nothing is loaded.",
         "Routers",
     ),
 }
 
 
 def load_command(app: Any, name: str) -> Any:
-    """The click command ``name`` of the Typer ``app``, importing the module that registers it; None if unknown."""
+    """The click command ``name`` of the Typer ``app``, importing the module that registers it; None if
+    unknown."""
     import typer.main
 
     entry = COMMANDS.get(name)
@@ -108,8 +113,9 @@ def load_command(app: Any, name: str) -> Any:
 
 
 def reflow(text: str | None) -> str | None:
-    """Help text as paragraphs: the lines of a paragraph joined into one (Rich wraps it at the terminal's width;
-    a docstring's own line breaks would break sentences in the middle), indented paragraphs (examples) kept."""
+    """Help text as paragraphs: the lines of a paragraph joined into one (Rich wraps it at the terminal's
+    width; a docstring's own line breaks would break sentences in the middle), indented paragraphs (examples)
+    kept."""
     if not text:
         return text
     paragraphs = text.split("\n\n")
@@ -118,7 +124,8 @@ def reflow(text: str | None) -> str | None:
 
 def tidy_help(command: Any) -> None:
     """--help of ``command`` and its subcommands: paragraphs reflowed (:func:`reflow`) and no ``<bool>`` after
-    boolean flags, the --help option included (Typer shows the type of every option; a flag takes no value)."""
+    boolean flags, the --help option included (Typer shows the type of every option; a flag takes no
+    value)."""
     if getattr(command, "_catimg_tidy", False):
         return
     command._catimg_tidy = True
@@ -140,7 +147,8 @@ def tidy_help(command: Any) -> None:
 
 
 class LazyGroup(TyperGroup):
-    """The root group: commands from :data:`COMMANDS`, each module imported when its command is first needed."""
+    """The root group: commands from :data:`COMMANDS`, each module imported when its command is first
+    needed."""
 
     def list_commands(self, ctx: Any) -> list[str]:
         return list(COMMANDS)
@@ -165,9 +173,9 @@ class LazyGroup(TyperGroup):
 
             matches = get_close_matches(args[0], list(COMMANDS)) if args and hasattr(exc, "message") else []
             if matches:
-                exc.message = (
-                    f"{exc.message.rstrip('.')}. Did you mean {', '.join(repr(m) for m in matches)}?"  # type: ignore[attr-defined]
-                )
+                error: Any = exc  # a click UsageError: it has a message (hasattr above)
+                names = ", ".join(repr(m) for m in matches)
+                error.message = f"{error.message.rstrip('.')}. Did you mean {names}?"
             raise
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
@@ -178,7 +186,8 @@ class LazyGroup(TyperGroup):
 
 
 def render_root_help(ctx: Any, group: Any) -> None:
-    """The root help: usage, description (example lines keep their indent), options, commands grouped by panel."""
+    """The root help: usage, description (example lines keep their indent), options, commands grouped by
+    panel."""
     from rich import box
     from rich.console import Console, Group
     from rich.panel import Panel

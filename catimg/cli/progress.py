@@ -3,12 +3,13 @@
 On a terminal: a Rich bar with counts, elapsed time and ETA, shown once a step has run for
 :data:`TTY_AFTER_S` (quick steps show nothing). Elsewhere (a pipe, a log file, CI): one line every
 ``$CATIMG_PROGRESS_EVERY`` seconds (default :data:`LINE_EVERY_S`; ``0``: on every update), such as
-``embedding prompts: 1,024/10,000 (10%), 12.5 s elapsed, about 1.8 min left``, and a last line when a step that
-printed one ends. stdout is never written, so ``--json`` output stays one document. ``CATIMG_PROGRESS=0`` turns
-progress off.
+``embedding prompts: 1,024/10,000 (10%), 12.5 s elapsed, about 1.8 min left``, and a last line when a step
+that printed one ends. stdout is never written, so ``--json`` output stays one document. ``CATIMG_PROGRESS=0``
+turns progress off.
 
-The core reports through plain callbacks (``on_progress(done, total)`` of :class:`catimg.routing.encoder.PromptEncoder`,
-``on_event`` of :func:`catimg.calibration.calibrate.run_campaign`, ``progress(message)`` of
+The core reports through plain callbacks (``on_progress(done, total)`` of
+:class:`catimg.routing.encoder.PromptEncoder`, ``on_event`` of
+:func:`catimg.calibration.calibrate.run_campaign`, ``progress(message)`` of
 :func:`catimg.training.train.train_router`); this module turns them into output.
 """
 
@@ -37,7 +38,8 @@ def _line_every() -> float:
 
 
 class StepProgress:
-    """Progress of one counted step (``total`` items) on stderr: a Rich bar on a terminal, periodic lines off it."""
+    """Progress of one counted step (``total`` items) on stderr: a Rich bar on a terminal, periodic lines off
+    it."""
 
     def __init__(self, label: str, total: int, tty: bool | None = None) -> None:
         self.label, self.total, self.done = label, max(0, int(total)), 0

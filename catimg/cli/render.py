@@ -1,6 +1,6 @@
-"""Shared Rich helpers for the CLI: consoles, tables that fit any width (:func:`print_table`), header lines that
-break between fields (:func:`print_fields`), and the one format for durations (:func:`fmt_seconds`) and numbers
-(:func:`fmt_number`, :func:`fmt_fixed`)."""
+"""Shared Rich helpers for the CLI: consoles, tables that fit any width (:func:`print_table`), header lines
+that break between fields (:func:`print_fields`), and the one format for durations (:func:`fmt_seconds`) and
+numbers (:func:`fmt_number`, :func:`fmt_fixed`)."""
 
 from __future__ import annotations
 
@@ -102,9 +102,9 @@ def fmt_tflops(t: float | None) -> str:
 
 def fmt_number(x: float | None, sig: int = 3, signed: bool = False) -> str:
     """The one format for plain numbers in tables (TFLOPs, quality, values, margins, seconds per image):
-    at most ``sig`` significant digits in fixed point (no trailing zeros), never scientific notation, never ``-0``;
-    thousands separated. ``0.0796137728`` -> ``0.0796``, ``17213.4`` -> ``17,213``, ``7.5`` -> ``7.5``,
-    ``0.000412`` -> ``0.000412``;
+    at most ``sig`` significant digits in fixed point (no trailing zeros), never scientific notation, never
+    ``-0``; thousands separated. ``0.0796137728`` -> ``0.0796``, ``17213.4`` -> ``17,213``, ``7.5`` ->
+    ``7.5``, ``0.000412`` -> ``0.000412``;
     ``-`` for None or NaN. ``signed`` writes ``+`` on positive values.
     """
     if x is None or x != x:
@@ -124,7 +124,8 @@ def fmt_number(x: float | None, sig: int = 3, signed: bool = False) -> str:
 
 
 def fmt_fixed(x: float | None, decimals: int, signed: bool = False) -> str:
-    """``x`` with a fixed number of decimals (quality scores, values in one column line up) and never ``-0.000``."""
+    """``x`` with a fixed number of decimals (quality scores, values in one column line up) and never
+    ``-0.000``."""
     if x is None or x != x:
         return "-"
     text = f"{x:{'+' if signed else ''}.{decimals}f}"
@@ -134,8 +135,9 @@ def fmt_fixed(x: float | None, decimals: int, signed: bool = False) -> str:
 
 
 def print_fields(con: Console, fields: list[str], sep: str = "   ") -> None:
-    """Print ``fields`` ("device: ...", "budget: ...") on as few lines as fit the console, breaking only between
-    fields: a header line never wraps in the middle of one (a field longer than the console still wraps)."""
+    """Print ``fields`` ("device: ...", "budget: ...") on as few lines as fit the console, breaking only
+    between fields: a header line never wraps in the middle of one (a field longer than the console still
+    wraps)."""
     line = ""
     for field in (f for f in fields if f):
         if line and len(line) + len(sep) + len(field) > con.width:
@@ -156,9 +158,10 @@ def print_table(
     below: tuple[str, ...] = (),
 ) -> list[str]:
     """Print ``table`` so that it fits the console without cutting a cell: every column keeps its cells whole
-    (``no_wrap``) except the ``wrap`` ones, which may wrap between words; while the table is still too wide the
-    ``drop`` columns are removed, in that order; if even that is not enough, cells fold onto more lines. Returns the headers of the columns removed and says which below
-    the table, except the ``below`` ones (the caller lists their content under the table).
+    (``no_wrap``) except the ``wrap`` ones, which may wrap between words; while the table is still too wide
+    the ``drop`` columns are removed, in that order; if even that is not enough, cells fold onto more lines.
+    Returns the headers of the columns removed and says which below the table, except the ``below`` ones (the
+    caller lists their content under the table).
     """
     for column in table.columns:
         if str(column.header) not in wrap:
@@ -187,8 +190,8 @@ def print_table(
 
 
 def table_min_width(con: Console, table: Table) -> int:
-    """The narrowest ``table`` can be without cutting a cell: whole cells in ``no_wrap`` columns, the longest word
-    in the others, plus padding and rules. (Rich's own measurement ignores ``no_wrap``.)"""
+    """The narrowest ``table`` can be without cutting a cell: whole cells in ``no_wrap`` columns, the longest
+    word in the others, plus padding and rules. (Rich's own measurement ignores ``no_wrap``.)"""
     options = con.options
     total = 0
     for column in table.columns:

@@ -1,12 +1,12 @@
 """`catimg gen --score`: check, start and report the scoring of a run's images into the measurement store.
 
-The core is :class:`catimg.calibration.calibrate.RunScoring`; this module holds the CLI's part: :func:`check_scoring` (before
-any work, without torch: the metric, the scorer's checkpoint in the HF cache, a store this catimg can write),
-:func:`start_scoring` (the store opened for the run, the scorer loaded before the first pipeline, and with
-``--resume`` the images of earlier runs the store lacks scored), :func:`scoring_hook` (the engine's ``on_image``
-hook that scores each image made), :func:`scoring_doc` / :func:`report_scoring`
-(what the run scored, for ``--json`` and for people) and :func:`finish_scoring` (a scoring that stopped is one
-error line after the summary: the images stay on disk and in the manifest).
+The core is :class:`catimg.calibration.calibrate.RunScoring`; this module holds the CLI's part:
+:func:`check_scoring` (before any work, without torch: the metric, the scorer's checkpoint in the HF cache, a
+store this catimg can write), :func:`start_scoring` (the store opened for the run, the scorer loaded before
+the first pipeline, and with ``--resume`` the images of earlier runs the store lacks scored),
+:func:`scoring_hook` (the engine's ``on_image`` hook that scores each image made), :func:`scoring_doc` /
+:func:`report_scoring` (what the run scored, for ``--json`` and for people) and :func:`finish_scoring` (a
+scoring that stopped is one error line after the summary: the images stay on disk and in the manifest).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ if TYPE_CHECKING:
 
 
 def check_scoring(score: bool, metric: str, scorer_model: str | None, db: Path | None) -> None:
-    """Raise the one-line error a ``--score`` run would stop with: unknown metric, scorer weights not in the Hugging
-    Face cache (naming the ``hf download`` command), a store of a newer catimg or not catimg's; or, without
-    ``score``, that the scoring options were given alone. Reads only."""
+    """Raise the one-line error a ``--score`` run would stop with: unknown metric, scorer weights not in the
+    Hugging Face cache (naming the ``hf download`` command), a store of a newer catimg or not catimg's; or,
+    without ``score``, that the scoring options were given alone. Reads only."""
     from catimg.calibration.scorer import check_scorer, get_spec
     from catimg.calibration.store import Store
 
@@ -141,9 +141,10 @@ def finish_scoring(scoring: RunScoring | None, out: Path, resume_cmd: str, as_js
         return
     err = scoring.error
     msg = (
-        f"scoring stopped after {len(scoring.scored)} image(s) ({first_line(err, typed=not isinstance(err, CatimgError), limit=200)}); "
-        f"{scoring.unscored} image(s) made since are kept in {out} and its manifest but not scored: once the scorer "
-        f"works, score them with: {resume_cmd}"
+        f"scoring stopped after {len(scoring.scored)} image(s) "
+        f"({first_line(err, typed=not isinstance(err, CatimgError), limit=200)}); "
+        f"{scoring.unscored} image(s) made since are kept in {out} and its manifest but not scored: "
+        f"once the scorer works, score them with: {resume_cmd}"
     )
     cls = type(err) if isinstance(err, CatimgError) else CatimgError
     exc = cls(msg)
