@@ -1,8 +1,8 @@
 """Shared pytest fixtures for catimg.
 
-Every test runs with its user dirs and Hugging Face cache pointed at a temporary folder, offline, without colour
-and at a fixed console width (autouse ``_isolated_env``). Tiny real diffusers pipelines are built once per session.
-Tests marked ``gpu`` need a CUDA device and are skipped without one.
+Every test runs with its user dirs and Hugging Face cache pointed at a temporary folder, offline, without
+colour and at a fixed console width (autouse ``_isolated_env``). Tiny real diffusers pipelines are built once
+per session. Tests marked ``gpu`` need a CUDA device and are skipped without one.
 Helpers: add your fixtures below in a section of their own, keep this file tidy.
 """
 
@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 # One intra-op thread for torch in this process too (read when torch is first imported, so set before any test
-# imports it): tiny models gain nothing from a second thread, and two threads spinning against a machine that is
-# already busy made whole runs stall (the suite must pass with both cores loaded).
+# imports it): tiny models gain nothing from a second thread, and two threads spinning against a machine that
+# is already busy made whole runs stall (the suite must pass with both cores loaded).
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MKL_NUM_THREADS"] = "1"
 # Ray starts its workers at niceness 15 by default: on a machine kept busy by other work they starve, and the
@@ -39,9 +39,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(skip)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Environment: never touch the real home dirs, never reach the Hub, pin rendering.
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(autouse=True)
@@ -74,9 +74,9 @@ def hf_cache() -> Path:
     return Path(os.environ["HF_HUB_CACHE"])
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Tiny real diffusers pipelines (built once per session; treat the folders as read-only).
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def _one_thread() -> None:
@@ -125,13 +125,14 @@ def fake_hub(hf_cache: Path, tiny_sd_dir: Path, tiny_sdxl_dir: Path) -> dict[str
     }
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Calibration (calibration helper): a tiny real CLIP checkpoint for the scorers.
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def build_tiny_clip(path: Path, seed: int = 0) -> Path:
-    """A tiny CLIPModel (random weights from configs) + byte-level tokenizer + image processor, save_pretrained."""
+    """A tiny CLIPModel (random weights from configs) + byte-level tokenizer + image processor,
+    save_pretrained."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 

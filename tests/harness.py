@@ -1,9 +1,9 @@
 """Run the real ``catimg`` entry point in-process: ``run_cli(*args) -> (exit code, stdout, stderr)``.
 
 ``run_cli`` calls :func:`catimg.cli.main` (the console script) with ``sys.argv`` set to ``catimg ARGS``, the
-standard streams captured and a plain ``__main__`` (as under the installed ``catimg`` script, so that usage hints
-say ``catimg``, not ``python -m pytest``), and turns its ``SystemExit`` into the exit code as the interpreter
-would. So
+standard streams captured and a plain ``__main__`` (as under the installed ``catimg`` script, so that usage
+hints say ``catimg``, not ``python -m pytest``), and turns its ``SystemExit`` into the exit code as the
+interpreter would. So
 the mapping of errors to exit codes and to the one red line is the product's own, never re-implemented here;
 an exception that escapes ``main()`` (a bug: a traceback for the user) propagates and fails the test.
 """
@@ -18,7 +18,8 @@ import types
 
 
 def run_cli(*args: str | os.PathLike[str], stdin: str = "") -> tuple[int, str, str]:
-    """``catimg ARGS`` through ``catimg.cli.main()``: (exit code, stdout, stderr). ``stdin`` is what it reads."""
+    """``catimg ARGS`` through ``catimg.cli.main()``: (exit code, stdout, stderr). ``stdin`` is what it
+    reads."""
     from catimg.cli import main
 
     out, err = io.StringIO(), io.StringIO()

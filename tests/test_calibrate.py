@@ -325,7 +325,10 @@ def test_main_prints_one_line_for_locked_campaign(setup: dict[str, Path]) -> Non
     from harness import run_cli
 
     Store.open(setup["db"]).close()
-    code = "import sys; from catimg.calibration.store import Store; s = Store.open(sys.argv[1]); s.acquire_campaign(); print('ok', flush=True); sys.stdin.readline()"
+    code = (
+        "import sys; from catimg.calibration.store import Store; s = Store.open(sys.argv[1]); "
+        "s.acquire_campaign(); print('ok', flush=True); sys.stdin.readline()"
+    )
     with subprocess.Popen(
         [sys.executable, "-c", code, str(setup["db"])],
         stdin=subprocess.PIPE,

@@ -1,6 +1,6 @@
-"""The outside contract as a new user meets it: train on measured seconds for generators catimg cannot estimate
-(made-up Hub ids, never downloaded), explain --json on them, messages that keep their brackets, dry runs without
-weights."""
+"""The outside contract as a new user meets it: train on measured seconds for generators catimg cannot
+estimate (made-up Hub ids, never downloaded), explain --json on them, messages that keep their brackets, dry
+runs without weights."""
 
 from __future__ import annotations
 
@@ -182,7 +182,8 @@ def test_router_weights_that_do_not_fit_the_config_fail_as_one_line(tmp_path: Pa
 
 
 def test_exit_codes_of_the_console_entry(tmp_path: Path) -> None:
-    """`raise typer.Exit(n)` inside a command must reach the shell (click returns it without standalone mode)."""
+    """`raise typer.Exit(n)` inside a command must reach the shell (click returns it without standalone
+    mode)."""
     p = _cli("doctor", "--router", str(tmp_path / "no-router"))
     assert p.returncode == 1, p.stdout + p.stderr
     assert "router folder not found" in p.stdout

@@ -124,8 +124,8 @@ def test_renamed_generator_is_recognised(tmp_path: Path) -> None:
     flat = " ".join(out.split())
     assert "known as sdxl-turbo" in flat
     assert (
-        "turbo: known to the router as sdxl-turbo (same settings, another name), so it is not routed; rename it "
-        'back to "sdxl-turbo" in'
+        "turbo: known to the router as sdxl-turbo (same settings, another name), so it is not routed; "
+        'rename it back to "sdxl-turbo" in'
         in flat
         and "or retrain the router (`catimg train`)" in flat
     )

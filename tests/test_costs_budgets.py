@@ -1,6 +1,7 @@
-"""Issue 10, items 8, 9, 10 and 12: one cost rule (explain, gen and eval agree and say where each cost comes from),
-spend against a total budget fed back into the cost cache, budget messages that lead somewhere, prompts longer than
-the generator's text encoder. Real CLI (``harness.run_cli``), real tiny pipelines, real router training."""
+"""Issue 10, items 8, 9, 10 and 12: one cost rule (explain, gen and eval agree and say where each cost comes
+from), spend against a total budget fed back into the cost cache, budget messages that lead somewhere, prompts
+longer than the generator's text encoder. Real CLI (``harness.run_cli``), real tiny pipelines, real router
+training."""
 
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def _eval_costs(s: dict[str, Path]) -> dict[str, tuple[float, str]]:
 
 
 def test_item8_one_cost_rule_explain_and_eval_agree_and_name_the_source(trained: dict[str, Path]) -> None:
-    # no bench yet: the router's trained-with seconds route (not a FLOP estimate), in explain and in eval alike
+    # no bench yet: the router's trained-with seconds route (not a FLOP estimate), in explain and in eval
+    # alike
     doc, _ = _explain(trained)
     costs = {n: (c["seconds"], c["source"]) for n, c in doc["costs"].items()}
     assert costs == {
@@ -349,7 +351,8 @@ def test_item12_long_prompts_are_cut_where_the_real_tokenizer_cuts_and_routed_as
         and notes[0].startswith("1 of 2 prompt(s)")
         and "counted with the tokenizer of sd@" in notes[0]
     )
-    # where the pipeline's own tokenizer (the tiny pipeline's real CLIPTokenizer) cuts: 75 tokens + the 2 specials
+    # where the pipeline's own tokenizer (the tiny pipeline's real CLIPTokenizer) cuts: 75 tokens + the 2
+    # specials
     tok = CLIPTokenizer.from_pretrained(tiny_sd_dir / "tokenizer")
     seen = tok.decode(tok(long, truncation=True, max_length=77).input_ids, skip_special_tokens=True)
     from catimg.config import load_catalog
@@ -390,8 +393,9 @@ def test_item12_long_prompts_are_cut_where_the_real_tokenizer_cuts_and_routed_as
 def test_item10_the_help_examples_work_or_say_why_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every example in `explain --help` and `gen --help`, run as printed (bundled catalog and router, this CPU, no
-    weights, no prompts.txt): it works, or one line says why (the file, this device's costs, the missing weights)."""
+    """Every example in `explain --help` and `gen --help`, run as printed (bundled catalog and router, this
+    CPU, no weights, no prompts.txt): it works, or one line says why (the file, this device's costs, the
+    missing weights)."""
     import shlex
 
     monkeypatch.chdir(tmp_path)
@@ -418,7 +422,8 @@ def test_item10_the_help_examples_work_or_say_why_not(
 def test_item12_a_slow_format_tokenizer_is_converted_once_and_cuts_the_same(
     tmp_path: Path, tiny_sd_dir: Path
 ) -> None:
-    """The SD repos on the Hub ship vocab.json + merges.txt (no tokenizer.json): converted once, kept in the cache."""
+    """The SD repos on the Hub ship vocab.json + merges.txt (no tokenizer.json): converted once, kept in the
+    cache."""
     import shutil
 
     from catimg.paths import cache_dir

@@ -1,4 +1,5 @@
-"""Device detection through the torch seam: a fake mimicking torch.cuda's real functions, and the real CPU torch."""
+"""Device detection through the torch seam: a fake mimicking torch.cuda's real functions, and the real CPU
+torch."""
 
 from __future__ import annotations
 
@@ -177,7 +178,8 @@ def test_cli_device_error_is_one_line(tmp_path, tiny_sd_dir) -> None:
 
 def test_lookup_caches_the_probe_in_a_real_file_and_invalidates(monkeypatch: pytest.MonkeyPatch) -> None:
     """The first lookup probes (through the seam) and writes device.json; the next one reads it back without
-    touching torch; another CUDA_VISIBLE_DEVICES, an old entry, a corrupt file or --refresh-device probe again."""
+    touching torch; another CUDA_VISIBLE_DEVICES, an old entry, a corrupt file or --refresh-device probe
+    again."""
     import json
     import os
     import time
@@ -239,8 +241,8 @@ def test_lookup_needs_no_torch_for_cpu_or_without_a_gpu_driver(monkeypatch: pyte
 
 
 def test_models_and_explain_skip_torch_once_the_device_is_known(tmp_path) -> None:
-    """`catimg models` and a warm `explain` import no torch: on this machine either there is no GPU driver, or the
-    first run probes and caches and the second says the description was cached."""
+    """`catimg models` and a warm `explain` import no torch: on this machine either there is no GPU driver, or
+    the first run probes and caches and the second says the description was cached."""
     import os
     import subprocess
     import sys

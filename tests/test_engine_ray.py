@@ -171,7 +171,8 @@ def test_same_images_and_manifest_as_local_each_once(
         assert np.array_equal(pixels(tmp_path / "local" / r["file"]), pixels(tmp_path / "ray" / r["file"]))
     assert sorted(p.name for p in (tmp_path / "ray").glob("*.png")) == sorted(r["file"] for r in rm)
     assert sum(isinstance(e, ImageDone) for e in events) == len(plan)
-    # two models, two actors: each loads its own model once (cost-proportional, no switch dearer than it saves)
+    # two models, two actors: each loads its own model once (cost-proportional, no switch dearer than it
+    # saves)
     assert sorted(res.loads) == ["tiny-a", "tiny-b"]
     # --resume reads either engine's manifest: nothing left to do in either folder
     for folder in ("local", "ray"):
@@ -319,7 +320,7 @@ def test_generator_failing_to_load_is_replanned(ray_instance: Any, tmp_path: Pat
     assert failed["settings_hash"] == bad.settings_hash() and failed["worker"] == made["worker"]
 
 
-# ------------------------------------------------------------------------------------------------ through the CLI
+# -------------------------------------------------------------------------------------------- through the CLI
 
 
 @pytest.fixture(scope="module")
@@ -473,7 +474,8 @@ def test_calibrate_on_ray_records_the_same_scores_as_local(
     models = tmp_path / "models.toml"
     models.write_text(
         "".join(
-            f'[generators.{n}]\nsource = "{d}"\nsteps = 2\nguidance = 1.0\nwidth = 64\nheight = 64\ncost_seconds = {c}\n'
+            f'[generators.{n}]\nsource = "{d}"\nsteps = 2\nguidance = 1.0\nwidth = 64\nheight = 64\n'
+            f"cost_seconds = {c}\n"
             for n, d, c in (("fast", tiny_sd_dir, 0.05), ("slow", tiny_sd2_dir, 0.1))
         )
     )
@@ -550,7 +552,7 @@ def test_ray_only_events_are_said_in_one_line_each_and_all_events_reach_the_prog
     assert seen == events
     assert lines == [
         f"ray: 2 worker(s) on node-a ({cpu.name}), node-b ({cpu.name}); workers send PNGs to the driver",
-        "note: bad failed to load on a Ray worker (no weights); its images are re-planned to the next cheaper "
-        "generator each prompt allows",
+        "note: bad failed to load on a Ray worker (no weights); its images are re-planned to the next "
+        "cheaper generator each prompt allows",
         "ray: worker ray-1 died; 3 unfinished image(s) re-queued",
     ]

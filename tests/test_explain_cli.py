@@ -110,7 +110,8 @@ def test_disabling_a_generator_moves_only_the_prompts_that_chose_it(
     timed_models: Path, tmp_path: Path
 ) -> None:
     """λ is one price of compute: the cost scale is the dearest generator the router knows, enabled or not
-    (catimg.routing.rule), so disabling sdxl keeps every other prompt's choice and the λ of each switch point."""
+    (catimg.routing.rule), so disabling sdxl keeps every other prompt's choice and the λ of each switch
+    point."""
     from catimg.prompts import reference_set_path
 
     ref = str(reference_set_path("parti-geneval-50"))

@@ -128,8 +128,10 @@ armed = interrupts.arm
 def arm_then_interrupt_inside_nested_eval():
     armed()
     scope = {"__builtins__": __builtins__}
-    # what an extension does while it is imported: Python code run through PyRun_String; Ctrl-C arrives inside it
-    run(b"import os, signal\\nos.kill(os.getpid(), signal.SIGINT)\\nfor _ in range(10**6): pass\\n", 257, scope, scope)
+    # what an extension does while it is imported: Python code run through PyRun_String;
+    # Ctrl-C arrives inside it
+    code = b"import os, signal\\nos.kill(os.getpid(), signal.SIGINT)\\nfor _ in range(10**6): pass\\n"
+    run(code, 257, scope, scope)
 
 
 interrupts.arm = arm_then_interrupt_inside_nested_eval
@@ -139,8 +141,8 @@ main()
 
 
 def test_ctrl_c_inside_an_extensions_nested_eval_still_exits_130(tmp_path: Path) -> None:
-    """CPython marks a KeyboardInterrupt that left PyRun_String code as unhandled even after main caught it, and
-    `python -m` then dies by SIGINT (-2): the intermittent start-up failure, made deterministic here."""
+    """CPython marks a KeyboardInterrupt that left PyRun_String code as unhandled even after main caught it,
+    and `python -m` then dies by SIGINT (-2): the intermittent start-up failure, made deterministic here."""
     pkg = tmp_path / "nested_eval"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
@@ -202,7 +204,8 @@ def test_ctrl_c_mid_run_says_what_was_made_and_how_to_resume(tmp_path: Path, tin
 
 
 def test_an_interrupt_swallowed_inside_del_is_not_lost(tmp_path: Path) -> None:
-    """A KeyboardInterrupt raised inside __del__ is dropped by Python ("Exception ignored ..."): catimg keeps it."""
+    """A KeyboardInterrupt raised inside __del__ is dropped by Python ("Exception ignored ..."): catimg keeps
+    it."""
     script = tmp_path / "s.py"
     script.write_text(
         "import gc, os, signal, sys\n"

@@ -1,4 +1,5 @@
-"""`catimg gen` and `catimg inspect` through the real CLI (CliRunner on catimg.cli.app), tiny real pipelines."""
+"""`catimg gen` and `catimg inspect` through the real CLI (CliRunner on catimg.cli.app), tiny real
+pipelines."""
 
 from __future__ import annotations
 
@@ -22,14 +23,17 @@ runner = CliRunner()
 def setup(
     tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path, tiny_sdxl_dir: Path
 ) -> dict[str, Path]:
-    """models.toml (sd@2, sd@4 sharing weights from a folder; turbo from a Hub id) and a router trained on it."""
+    """models.toml (sd@2, sd@4 sharing weights from a folder; turbo from a Hub id) and a router trained on
+    it."""
     root = tmp_path_factory.mktemp("gencli")
     hub = root / "hub"
     tiny.install_fake_hub(hub, "stabilityai/sdxl-turbo", tiny_sdxl_dir)
     models = root / "models.toml"
     models.write_text(
-        f'[generators.sd]\nsource = "{tiny_sd_dir}"\nsteps = [2, 4]\nguidance = 2.0\nwidth = 64\nheight = 64\n'
-        '[generators.turbo]\nsource = "stabilityai/sdxl-turbo"\nsteps = 2\nguidance = 0.0\nwidth = 64\nheight = 64\n'
+        f'[generators.sd]\nsource = "{tiny_sd_dir}"\nsteps = [2, 4]\nguidance = 2.0\n'
+        "width = 64\nheight = 64\n"
+        '[generators.turbo]\nsource = "stabilityai/sdxl-turbo"\nsteps = 2\nguidance = 0.0\n'
+        "width = 64\nheight = 64\n"
     )
     m = tiny.write_measurements(
         root / "m.csv", {"sd@2": (0.6, 0.3, 0.05), "sd@4": (0.62, 0.5, 0.1), "turbo": (0.63, 0.8, 0.2)}
@@ -142,8 +146,8 @@ def test_forced_generator_that_does_not_exist(setup: dict[str, Path], tmp_path: 
 def test_corrupt_manifest_is_reported_at_once_and_resume_loses_no_work(
     setup: dict[str, Path], tmp_path: Path
 ) -> None:
-    """Every bad line in one message; --resume sets them aside, adopts the PNG whose record was cut short (no -2
-    twin) and the PNG that has no record, and removes the .tmp file of a killed process, saying so."""
+    """Every bad line in one message; --resume sets them aside, adopts the PNG whose record was cut short (no
+    -2 twin) and the PNG that has no record, and removes the .tmp file of a killed process, saying so."""
     from catimg.generation.output import MANIFEST, read_manifest
 
     out = tmp_path / "o"
@@ -230,7 +234,8 @@ def test_inspect_non_image(tmp_path: Path) -> None:
 
 
 def test_kill_9_loses_at_most_the_image_in_flight(setup: dict[str, Path], tmp_path: Path) -> None:
-    """A `kill -9` of a local `catimg gen` mid-run: what is recorded is intact, `--resume` finishes the rest once.
+    """A `kill -9` of a local `catimg gen` mid-run: what is recorded is intact, `--resume` finishes the rest
+    once.
 
     The run is killed at a known point: the test-only CATIMG_TEST_PAUSE_AFTER=3 stops it right after its third
     manifest record (no race between the kill and the run)."""
@@ -276,7 +281,7 @@ def test_kill_9_loses_at_most_the_image_in_flight(setup: dict[str, Path], tmp_pa
     )  # no orphan, none twice
 
 
-# ------------------------------------------------------------------------------------ issue 10: a user's first hour
+# ------------------------------------------------------------------------------ issue 10: a user's first hour
 
 
 def test_forced_generator_needs_no_router_for_it(
@@ -324,7 +329,8 @@ def test_forced_generator_needs_no_router_for_it(
 
 
 def test_resume_matches_images_by_what_they_are(setup: dict[str, Path], tmp_path: Path) -> None:
-    """--resume after changing --seed, inserting a prompt, or changing -n: differences named, only the rest made."""
+    """--resume after changing --seed, inserting a prompt, or changing -n: differences named, only the rest
+    made."""
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cube\na blue ball\n")
     out = tmp_path / "o"
@@ -398,7 +404,8 @@ def test_resume_matches_images_by_what_they_are(setup: dict[str, Path], tmp_path
 def test_second_run_into_a_busy_folder_is_refused_and_a_dead_runs_lock_taken_over(
     setup: dict[str, Path], tmp_path: Path
 ) -> None:
-    """Two runs into one folder: the second is refused, naming the live one; after a kill -9 the lock is taken over."""
+    """Two runs into one folder: the second is refused, naming the live one; after a kill -9 the lock is taken
+    over."""
     import signal
     import time
 

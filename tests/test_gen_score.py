@@ -1,9 +1,10 @@
 """`catimg gen --score`: a router that learns from use, through the real CLI.
 
-Tiny real pipelines make the images, a tiny real CLIP (in a fake Hugging Face cache under the default CLIPScore id)
-scores them, a real SQLite store keeps them, and `train --db` retrains the router with the real encoder. The story
-runs as a user would: a router trained on imported measurements, `gen --score`, `train --db`, `gen --score` again.
-The bad inputs: no scorer, corrupt scorer weights, a store of a newer catimg.
+Tiny real pipelines make the images, a tiny real CLIP (in a fake Hugging Face cache under the default
+CLIPScore id) scores them, a real SQLite store keeps them, and `train --db` retrains the router with the real
+encoder. The story runs as a user would: a router trained on imported measurements, `gen --score`,
+`train --db`, `gen --score` again. The bad inputs: no scorer, corrupt scorer weights, a store of a newer
+catimg.
 """
 
 from __future__ import annotations
@@ -240,7 +241,8 @@ def test_score_without_a_scorer_fails_before_any_work(setup: dict[str, Path]) ->
     out = s["root"] / "out"
     code = (
         "import sys\nfrom catimg.cli import main\n"
-        f"sys.argv = ['catimg', 'gen', 'a red cube', '--models', {str(s['models'])!r}, '--out', {str(out)!r}, "
+        f"sys.argv = ['catimg', 'gen', 'a red cube', '--models', {str(s['models'])!r}, "
+        f"'--out', {str(out)!r}, "
         f"'--score', '--db', {str(s['db'])!r}]\n"
         "try:\n    main()\nexcept SystemExit as e:\n"
         "    print('exit', e.code, 'torch' in sys.modules, 'diffusers' in sys.modules, file=sys.stderr)\n"
@@ -286,7 +288,8 @@ def test_score_into_a_store_of_a_newer_catimg_is_one_line(
 def test_run_scoring_records_what_the_scorer_gives_and_stops_at_a_failure(
     tiny_clip_dir: Path, tmp_path: Path
 ) -> None:
-    """RunScoring records what the scorer gives, and a failure stops the scoring (not the caller) and is kept."""
+    """RunScoring records what the scorer gives, and a failure stops the scoring (not the caller) and is
+    kept."""
     from PIL import Image
 
     from catimg.calibration.calibrate import RunScoring
@@ -307,7 +310,8 @@ def test_run_scoring_records_what_the_scorer_gives_and_stops_at_a_failure(
 
 
 def test_every_gen_run_feeds_the_cost_cache(tmp_path: Path, tiny_sd_dir: Path) -> None:
-    """Without --score too: the seconds a run measured become this device's measured cost (the cache bench fills)."""
+    """Without --score too: the seconds a run measured become this device's measured cost (the cache bench
+    fills)."""
     from catimg.config import load_catalog
     from catimg.costs.bench import lookup
     from catimg.device import cpu_device
@@ -366,8 +370,8 @@ def test_a_scorer_failing_mid_run_loses_nothing(
     setup: dict[str, Path], tiny_clip_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The scorer fails at the second image (as a GPU running out of memory would; it cannot here, so the real
-    scorer's score() is made to raise): the run goes on, ends with one line and exit 1, and the command that line
-    gives scores the rest."""
+    scorer's score() is made to raise): the run goes on, ends with one line and exit 1, and the command that
+    line gives scores the rest."""
     import shlex
 
     from catimg.calibration.scorer import CLIPFamilyScorer

@@ -148,8 +148,8 @@ class OutOfMemoryError(RuntimeError):
 
 
 class OutOfMemoryOnce(Flaky):
-    """Wraps a real pipeline: the first call runs out of memory; each later one notes whether attention and VAE
-    slicing are on while it runs."""
+    """Wraps a real pipeline: the first call runs out of memory; each later one notes whether attention and
+    VAE slicing are on while it runs."""
 
     def __init__(self, pipe: Any) -> None:
         super().__init__(pipe)
@@ -237,7 +237,8 @@ def test_pixart_transformer_pipeline(tmp_path: Path, tiny_pixart_dir: Path) -> N
 
 @pytest.mark.gpu
 def test_cuda_run_uses_half_precision(tmp_path: Path, tiny_sd_dir: Path) -> None:
-    """On a CUDA device: the dtype by device (bf16/fp16), the device in the record, a real (not NaN-black) image."""
+    """On a CUDA device: the dtype by device (bf16/fp16), the device in the record, a real (not NaN-black)
+    image."""
     from catimg.device import detect_device
 
     g = generator("sd", tiny_sd_dir)

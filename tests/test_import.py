@@ -1,4 +1,5 @@
-"""Nothing heavy at import time: the CLI module and `catimg --help` leave torch, diffusers and transformers out."""
+"""Nothing heavy at import time: the CLI module and `catimg --help` leave torch, diffusers and transformers
+out."""
 
 from __future__ import annotations
 
@@ -38,8 +39,17 @@ def test_python_dash_m_entry_point() -> None:
 
 
 def test_root_help_imports_no_command_module() -> None:
-    """`catimg --help` lists every command from catimg.cli.lazy.COMMANDS: no command module, none of their heavy
-    dependencies (numpy, the routing core) and not Typer's Markdown/traceback help renderer are imported."""
+    """`catimg --help` lists every command from catimg.cli.lazy.COMMANDS: no command module, none of their
+    heavy dependencies (numpy, the routing core) and not Typer's Markdown/traceback help renderer are
+    imported."""
+    watched = HEAVY + (
+        "numpy",
+        "rich.markdown",
+        "rich.traceback",
+        "typer.rich_utils",
+        "catimg.routing.route",
+        "catimg.routing.router",
+    )
     code = (
         "import sys\n"
         "sys.argv = ['catimg', '--help']\n"
@@ -49,7 +59,7 @@ def test_root_help_imports_no_command_module() -> None:
         "except SystemExit:\n"
         "    pass\n"
         "loaded = [m for m in sys.modules if m.startswith('catimg.cli.commands_') or m in "
-        f"{HEAVY + ('numpy', 'rich.markdown', 'rich.traceback', 'typer.rich_utils', 'catimg.routing.route', 'catimg.routing.router')!r}]\n"
+        f"{watched!r}]\n"
         "print(','.join(sorted(loaded)), file=sys.stderr)\n"
     )
     out = subprocess.run(
@@ -68,7 +78,8 @@ def test_root_help_imports_no_command_module() -> None:
 
 
 def test_lazy_command_summaries_match_their_help() -> None:
-    """The root help's one-liners (catimg.cli.lazy.COMMANDS) are the first paragraph of each command's own help."""
+    """The root help's one-liners (catimg.cli.lazy.COMMANDS) are the first paragraph of each command's own
+    help."""
     import inspect
 
     import typer.main

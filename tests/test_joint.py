@@ -1,4 +1,5 @@
-"""Training on several measurement sets at once: the joint scale, per-set numbers and the errors of bad sets."""
+"""Training on several measurement sets at once: the joint scale, per-set numbers and the errors of bad
+sets."""
 
 from __future__ import annotations
 
@@ -91,8 +92,8 @@ def test_parse_scales_names_a_malformed_value() -> None:
 def _write(
     path: Path, metric: str, lo: float, hi: float, invert: bool, source: str, dear: float = 0.9
 ) -> Path:
-    """A set where the cheap generator fails on busy scenes (or, ``invert``, on simple ones), on [lo, hi]; the dear
-    one scores ``dear`` (as a share of the range) everywhere."""
+    """A set where the cheap generator fails on busy scenes (or, ``invert``, on simple ones), on [lo, hi]; the
+    dear one scores ``dear`` (as a share of the range) everywhere."""
     rng = np.random.default_rng(len(source))
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -179,8 +180,8 @@ def test_train_on_two_sets_then_explain(tmp_path: Path) -> None:
     assert code == 0, err
     assert "predictions learned from: cheap (genai_bench 44, tifa 44); dear (genai_bench 44, tifa 44)" in out
     assert (
-        'most similar training prompt per set: genai_bench: "a cactus in a crowded street full of people" (1.00); tifa:'
-        in out
+        "most similar training prompt per set: genai_bench: "
+        '"a cactus in a crowded street full of people" (1.00); tifa:' in out
     )
 
 
@@ -196,8 +197,8 @@ def test_train_warns_when_sets_disagree_and_errors_name_the_file(tmp_path: Path)
     )
     assert code == 0, err
     assert (
-        "warning: the sets disagree on how two generators compare: cheap - dear on the joint scale: genai_bench: -0.3"
-        in err
+        "warning: the sets disagree on how two generators compare: cheap - dear on the joint scale: "
+        "genai_bench: -0.3" in err
     )
     (pair,) = json.loads(out)["data_card"]["set_comparisons"]
     assert pair["disagree"] and pair["by_set"]["tifa"]["mean"] > 0 > pair["by_set"]["genai_bench"]["mean"]

@@ -1,8 +1,9 @@
-"""The package layout is the architecture: foundations at the root, subpackages in data-flow order, no import back.
+"""The package layout is the architecture: foundations at the root, subpackages in data-flow order, no import
+back.
 
-Checked statically over every module's import statements (function-level imports included): a foundation module
-(``catimg/*.py``) imports no subpackage; a subpackage imports only foundations and the subpackages before it in
-:data:`FLOW`; nothing but the command line imports ``catimg.cli`` and nothing in the core imports
+Checked statically over every module's import statements (function-level imports included): a foundation
+module (``catimg/*.py``) imports no subpackage; a subpackage imports only foundations and the subpackages
+before it in :data:`FLOW`; nothing but the command line imports ``catimg.cli`` and nothing in the core imports
 ``catimg.benchmarks``.
 """
 

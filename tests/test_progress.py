@@ -1,5 +1,5 @@
-"""Progress on every long step (issue 10, item 11), off a terminal: real runs of a few hundred prompts through the
-real CLI with the line interval at 0 (``CATIMG_PROGRESS_EVERY=0``: a line on every update) print periodic
+"""Progress on every long step (issue 10, item 11), off a terminal: real runs of a few hundred prompts through
+the real CLI with the line interval at 0 (``CATIMG_PROGRESS_EVERY=0``: a line on every update) print periodic
 one-line progress on stderr and nothing on stdout but the --json document."""
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def _prompts(n: int, offset: int = 0) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _fresh_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A new default encoder, so its embedding cache is this test's (CATIMG_CACHE_DIR), not an earlier test's."""
+    """A new default encoder, so its embedding cache is this test's (CATIMG_CACHE_DIR), not an earlier
+    test's."""
     monkeypatch.setattr("catimg.routing.encoder._DEFAULT", None)
 
 

@@ -1,7 +1,7 @@
-"""Tables at every width (issue 10, item 13): models, explain (compact and per prompt), doctor and plan rendered
-through the real CLI at 60 to 160 columns never cut a column header, a generator name or a number with an
-ellipsis, never print scientific notation or ``-0.000``, and header lines break between fields; plus the one
-number format."""
+"""Tables at every width (issue 10, item 13): models, explain (compact and per prompt), doctor and plan
+rendered through the real CLI at 60 to 160 columns never cut a column header, a generator name or a number
+with an ellipsis, never print scientific notation or ``-0.000``, and header lines break between fields; plus
+the one number format."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ WIDTHS = (60, 80, 100, 110, 120, 160)
 NAMES = ("sdxl-turbo", "sd21", "sdxl", "sd15", "pixart", "sdxl-lightning-4step")
 PROMPTS = [
     "a white and empty wall",
-    "a colourful park with a crowd of people flying kites, a brass band and a dog chasing pigeons on a sunny day",
+    (
+        "a colourful park with a crowd of people flying kites, a brass band and a dog chasing pigeons "
+        "on a sunny day"
+    ),
     "a red cube on a blue sphere",
     "three cats sitting on a windowsill at sunset, oil painting",
     "a lighthouse at dusk",

@@ -1,4 +1,5 @@
-"""The routing rule (catimg.routing.rule): normalisation, argmax with deterministic ties, switch points and breakpoints."""
+"""The routing rule (catimg.routing.rule): normalisation, argmax with deterministic ties, switch points and
+breakpoints."""
 
 from __future__ import annotations
 
@@ -79,8 +80,8 @@ def test_cost_scale_is_the_max_over_the_reference_columns() -> None:
 
 
 def test_fixed_cost_scale_makes_choice_independent_of_unchosen_generators() -> None:
-    """With C taken over the reference set (not over the allowed columns), taking away a generator that a prompt
-    did not choose never changes that prompt's choice."""
+    """With C taken over the reference set (not over the allowed columns), taking away a generator that a
+    prompt did not choose never changes that prompt's choice."""
     rng = np.random.default_rng(3)
     qn = rng.random((300, 5))
     cn = normalise_cost(np.array([0.5, 2.0, 4.0, 7.0, 12.0]))

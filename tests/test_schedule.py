@@ -36,7 +36,8 @@ def test_step_variants_of_one_model_share_workers() -> None:
 
 def test_cost_policy_exact_makespan_with_stealing() -> None:
     # 3 models × 4 chunks of 10 s, load 10 s, 2 workers: w0 loads ma (10) + 40 s, w1 loads mb (10) + 40 s;
-    # at t=50 both steal mc (nobody serves it / 30 s left over 2 workers > 10 s load): load 10 + 2 chunks each.
+    # at t=50 both steal mc (nobody serves it / 30 s left over 2 workers > 10 s load): load 10 + 2 chunks
+    # each.
     p = simulate_cost(three_models(), workers=2, chunk_size=10)
     assert p.makespan == pytest.approx(80.0)
     assert p.loads == 4
@@ -47,7 +48,8 @@ def test_cost_policy_exact_makespan_with_stealing() -> None:
 
 
 def test_round_robin_exact_makespan() -> None:
-    # plan order interleaves a0 b0 c0 a1 b1 c1 ...: every chunk a worker gets needs another model: 6 loads each
+    # plan order interleaves a0 b0 c0 a1 b1 c1 ...: every chunk a worker gets needs another model: 6 loads
+    # each
     p = simulate_round_robin(three_models(), workers=2, chunk_size=10)
     assert p.loads == 12
     assert p.makespan == pytest.approx(6 * 10 + 6 * 10)

@@ -5,10 +5,11 @@
 ``install_fake_hub(cache_root, repo_id, folder)`` lays such a folder out as a Hugging Face cache entry
 (``models--org--name/snapshots/<40 hex>/`` + ``refs/main``) so that product code loads the Hub id offline with
 ``HF_HUB_CACHE=cache_root``. ``generator(name, source)`` and ``run_options(out)`` are the one factory each for
-catalog entries and run options over these pipelines; ``write_measurements`` writes a synthetic long-format CSV.
+catalog entries and run options over these pipelines; ``write_measurements`` writes a synthetic long-format
+CSV.
 
-Everything is 32-64 px with a handful of channels: a pipeline builds in well under a second and makes an image in
-a few tens of milliseconds per step on a CPU.
+Everything is 32-64 px with a handful of channels: a pipeline builds in well under a second and makes an image
+in a few tens of milliseconds per step on a CPU.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def tiny_tokenizer(max_length: int = 77) -> Any:
-    """A byte-level CLIP tokenizer built from Python objects: 256 byte tokens, 256 word-end tokens, 2 specials."""
+    """A byte-level CLIP tokenizer built from Python objects: 256 byte tokens, 256 word-end tokens, 2
+    specials."""
     from transformers import CLIPTokenizer
 
     symbols = list(_bytes_to_unicode().values())
@@ -256,7 +258,8 @@ def _tiny_t5_tokenizer(cls: Any) -> Any:
 
 
 def install_fake_hub(cache_root: str | Path, repo_id: str, folder: str | Path) -> Path:
-    """Lay ``folder`` out as the Hub cache entry of ``repo_id`` under ``cache_root``; return the snapshot path.
+    """Lay ``folder`` out as the Hub cache entry of ``repo_id`` under ``cache_root``; return the snapshot
+    path.
 
     The layout mirrors huggingface_hub's: ``models--org--name/snapshots/<commit>/`` holding the files and
     ``models--org--name/refs/main`` holding the commit hash. Files are copied (not linked) so tests may delete
@@ -288,8 +291,8 @@ def write_measurements(
 ) -> Path:
     """A synthetic long-format CSV (prompt,generator,score,seconds) for routers over tiny generators.
 
-    ``scores`` maps a generator name to (score on easy prompts, score on hard prompts, seconds); a prompt is hard
-    when it mentions one of ``hard_words``, so a trained router has something real to learn.
+    ``scores`` maps a generator name to (score on easy prompts, score on hard prompts, seconds); a prompt is
+    hard when it mentions one of ``hard_words``, so a trained router has something real to learn.
     """
     import csv
 
@@ -314,8 +317,9 @@ def generator(
     guidance: float = 2.0,
     **kw: Any,
 ) -> Generator:
-    """A 64-px catalog entry for the tiny pipelines. ``model`` defaults to the part of ``name`` before "@" (step
-    variants share weights), ``source`` to ``/models/<model>``; other Generator fields go through ``kw``."""
+    """A 64-px catalog entry for the tiny pipelines. ``model`` defaults to the part of ``name`` before "@"
+    (step variants share weights), ``source`` to ``/models/<model>``; other Generator fields go through
+    ``kw``."""
     from catimg.config import Generator
 
     model = model or name.split("@")[0]
@@ -333,7 +337,8 @@ def generator(
 
 
 def run_options(out: str | Path, **kw: Any) -> RunOptions:
-    """Run options for a CPU run into ``out`` (budget "low", router version "test"); ``kw`` overrides any field."""
+    """Run options for a CPU run into ``out`` (budget "low", router version "test"); ``kw`` overrides any
+    field."""
     from catimg.device import cpu_device
     from catimg.generation.generate import RunOptions
 
