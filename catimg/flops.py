@@ -8,11 +8,11 @@ How the numbers are obtained:
 
 * **Local folder** (a diffusers pipeline): every component is instantiated from its ``config.json`` on torch's
   ``meta`` device (no memory, no weights) and one forward pass is run under
-  :class:`torch.utils.flop_counter.FlopCounterMode` together with a small dispatch mode that counts ops (kernel
-  launches) and the peak of live activation bytes. Results are cached on disk by config hash and size, so only
-  the first ``explain`` on a new folder pays for importing diffusers.
-* **Known Hub family with no local files**: the same count was run once on the family's real configs (key numbers
-  in :data:`FAMILY_CONFIGS`, reproduced with ``python -m catimg.flops --family-table``) and stored in
+  :class:`torch.utils.flop_counter.FlopCounterMode` together with a small dispatch mode that counts ops
+  (kernel launches) and the peak of live activation bytes. Results are cached on disk by config hash and size,
+  so only the first ``explain`` on a new folder pays for importing diffusers.
+* **Known Hub family with no local files**: the same count was run once on the family's real configs (key
+  numbers in :data:`FAMILY_CONFIGS`, reproduced with ``python -m catimg.flops --family-table``) and stored in
   :data:`FAMILY_TABLE` at the family's reference size. Another size scales the non-attention FLOPs with the
   number of pixels and the self-attention FLOPs with its square.
 
@@ -164,7 +164,8 @@ def estimate_flops(gen: Generator) -> FlopEstimate:
             count = count_pipeline_cached(snapshot, gen.width, gen.height)
             return _from_count(count, gen.steps, passes, source=f"counted from {snapshot}")
         raise ConfigError(
-            f'[generators.{gen.model}]: no FLOP estimate for source "{gen.source}" (family "{gen.family}" has no '
+            f'[generators.{gen.model}]: no FLOP estimate for source "{gen.source}" '
+            f'(family "{gen.family}" has no '
             "built-in numbers and the source is not a local folder)"
         )
     width, height = gen.width, gen.height
@@ -244,7 +245,18 @@ class _Counter:
         counter = self
 
         class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            def __init__(self) -> None:
+                # named, not super(): mypy's untyped_calls_exclude (pyproject) then lets this typed code call
+                # torch's unannotated TorchDispatchMode.__init__
+                TorchDispatchMode.__init__(self)
+
+            def __torch_dispatch__(
+                self,
+                func: Any,
+                types: Any,
+                args: tuple[Any, ...] = (),
+                kwargs: dict[str, Any] | None = None,
+            ) -> Any:
                 out = func(*args, **(kwargs or {}))
                 counter._record(func, out)
                 return out
@@ -279,9 +291,9 @@ class _Counter:
 def count_forward(fn: Callable[[], Any], params: int) -> ComponentCount:
     """Run ``fn`` (a forward pass on meta tensors) and count FLOPs, attention FLOPs, ops and peak activations.
 
-    ``scaled_dot_product_attention`` is intercepted and counted as one fused kernel (as flash / memory-efficient
-    attention runs on GPUs and recent CPUs): 4·batch·heads·Lq·Lk·d FLOPs and no Lq×Lk score matrix in memory.
-    On meta tensors torch would otherwise decompose it into bmm + softmax.
+    ``scaled_dot_product_attention`` is intercepted and counted as one fused kernel (as flash /
+    memory-efficient attention runs on GPUs and recent CPUs): 4·batch·heads·Lq·Lk·d FLOPs and no Lq×Lk score
+    matrix in memory. On meta tensors torch would otherwise decompose it into bmm + softmax.
     """
     import torch
     import torch.nn.functional as F
@@ -385,7 +397,8 @@ def count_pipeline(folder: str | Path, width: int, height: int) -> PipelineCount
 def count_from_configs(
     configs: dict[str, Any], width: int, height: int, where: str = "pipeline"
 ) -> PipelineCount:
-    """Count from ``{"model_index": ..., component: (library, class, config)}`` (see :func:`pipeline_configs`)."""
+    """Count from ``{"model_index": ..., component: (library, class, config)}`` (see
+    :func:`pipeline_configs`)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     den_name = "unet" if "unet" in configs else "transformer" if "transformer" in configs else None
     if den_name is None or "vae" not in configs:
@@ -560,7 +573,7 @@ def _count_denoiser(
     )
 
 
-# ----------------------------------------------------------------------------------------------- built-in families
+# --------------------------------------------------------------------------------------- built-in families
 
 
 def _clip(hidden: int, layers: int, heads: int, inter: int, act: str, proj: int) -> dict[str, Any]:

@@ -1,16 +1,17 @@
 """Loading diffusers pipelines for generators: Hub ids from the Hugging Face cache, or local folders.
 
 * One pipeline per ``Generator.model`` (+ dtype + device): step variants (``sdxl@10``, ``sdxl@20``) share it.
-* Weights are checked on disk *before* diffusers is asked: a generator whose weights are not cached fails at once
-  with :class:`WeightsMissingError` (never the Hub's retry loop). Downloads happen only when the user allows them:
-  ``--allow-download`` or ``CATIMG_ALLOW_DOWNLOAD=1`` (default: off, and ``HF_HUB_OFFLINE=1`` is set).
-* dtype: the ``--dtype`` option, else the generator's ``dtype`` unless "auto", else by device (bf16/fp16 on CUDA,
-  fp16 on MPS, fp32 on CPU).
-* Safety checker: off by default (``safety_checker = false`` in models.toml); ``safety_checker = true`` keeps the
-  pipeline's own checker where the model ships one (it blacks out images it flags; catimg then records the image
-  as black and retries it as a fault).
-* Scheduler by diffusers class name (``scheduler = "EulerDiscreteScheduler"``), swapped in from the pipeline's own
-  scheduler config; an unknown name is an error with a "did you mean".
+* Weights are checked on disk *before* diffusers is asked: a generator whose weights are not cached fails at
+  once with :class:`WeightsMissingError` (never the Hub's retry loop). Downloads happen only when the user
+  allows them: ``--allow-download`` or ``CATIMG_ALLOW_DOWNLOAD=1`` (default: off, and ``HF_HUB_OFFLINE=1`` is
+  set).
+* dtype: the ``--dtype`` option, else the generator's ``dtype`` unless "auto", else by device (bf16/fp16 on
+  CUDA, fp16 on MPS, fp32 on CPU).
+* Safety checker: off by default (``safety_checker = false`` in models.toml); ``safety_checker = true`` keeps
+  the pipeline's own checker where the model ships one (it blacks out images it flags; catimg then records the
+  image as black and retries it as a fault).
+* Scheduler by diffusers class name (``scheduler = "EulerDiscreteScheduler"``), swapped in from the pipeline's
+  own scheduler config; an unknown name is an error with a "did you mean".
 * :class:`PipelineCache` hands out :class:`LoadedPipeline` objects: the diffusers pipeline with the dtype and
   offload it was loaded with and its own scheduler (nothing catimg needs is stuck on the diffusers object).
 * The Hugging Face libraries' progress bars and notices are silenced.
@@ -79,7 +80,8 @@ def hub_unreachable(timeout: float = 1.0) -> str | None:
     """None when the Hub's host answers a TCP connection within ``timeout`` seconds, else why not.
 
     Downloads are only tried when this passes, so an offline machine fails in about a second instead of
-    huggingface_hub's retry loop (about 25 s). Behind an HTTPS proxy the host is not reached directly: no probe.
+    huggingface_hub's retry loop (about 25 s). Behind an HTTPS proxy the host is not reached directly: no
+    probe.
     """
     import socket
     from urllib.parse import urlparse
@@ -96,12 +98,14 @@ def hub_unreachable(timeout: float = 1.0) -> str | None:
 
 
 def fetch_hint(source: str) -> str:
-    """How to get a Hub model's weights: `hf download` (the command huggingface_hub ships), or --allow-download."""
+    """How to get a Hub model's weights: `hf download` (the command huggingface_hub ships), or
+    --allow-download."""
     return f"fetch it with `hf download {source}`, or rerun with --allow-download"
 
 
 def download_gb(gen: Generator) -> float | None:
-    """About how many GB of weights a Hub generator needs (from the built-in family numbers; None when unknown)."""
+    """About how many GB of weights a Hub generator needs (from the built-in family numbers; None when
+    unknown)."""
     if gen.is_local_folder:
         return None
     from catimg.flops import estimate_flops
@@ -115,7 +119,8 @@ def download_gb(gen: Generator) -> float | None:
 
 
 def missing_weights(gens: list[Generator], allow_download: bool = False) -> WeightsMissingError | None:
-    """One error naming every model of ``gens`` whose weights are missing, with sizes where known; None if none.
+    """One error naming every model of ``gens`` whose weights are missing, with sizes where known; None if
+    none.
 
     Looks only at the disk (and, with downloads allowed, at whether the Hub answers): fast, and without torch.
     Generators that share a model are named once.
@@ -153,7 +158,8 @@ def missing_weights(gens: list[Generator], allow_download: bool = False) -> Weig
         total = [download_gb(g) for g in cache_missing]
         known = sum(t for t in total if t)
         parts.append(
-            f"weights of {len(cache_missing)} models are not in the Hugging Face cache ({hub_cache_dir()}) and "
+            f"weights of {len(cache_missing)} models are not in the Hugging Face cache "
+            f"({hub_cache_dir()}) and "
             f"downloads are off: {', '.join(names)}"
             + (f"; about {known:.1f} GB in all" if known and len(cache_missing) > 1 else "")
             + "; fetch them with "
@@ -173,7 +179,8 @@ def _read_model_index(folder: Path) -> dict[str, Any] | None:
 
 
 def _components(index: dict[str, Any]) -> list[str]:
-    """Component sub-folders a pipeline's model_index.json names (non-null entries like ["diffusers", "X"])."""
+    """Component sub-folders a pipeline's model_index.json names (non-null entries like ["diffusers",
+    "X"])."""
     return [
         k
         for k, v in index.items()
@@ -186,7 +193,8 @@ def _components(index: dict[str, Any]) -> list[str]:
 
 
 def weights_location(gen: Generator) -> Path | None:
-    """The folder holding the generator's pipeline (local folder or cached Hub snapshot), or None if absent."""
+    """The folder holding the generator's pipeline (local folder or cached Hub snapshot), or None if
+    absent."""
     if gen.is_local_folder:
         p = Path(gen.source).expanduser()
         return p if p.is_dir() else None
@@ -229,7 +237,8 @@ def check_weights(gen: Generator, allow_download: bool = False) -> Path | None:
         missing = [c for c in _components(index) if not (p / c).is_dir()]
         if missing:
             raise WeightsMissingError(
-                f'generator "{gen.name}": {p} lacks the component folder(s) {", ".join(missing)}; re-save the pipeline'
+                f'generator "{gen.name}": {p} lacks the component folder(s) {", ".join(missing)}; '
+                "re-save the pipeline"
             )
         return p
     if weights_available(gen):
@@ -238,13 +247,15 @@ def check_weights(gen: Generator, allow_download: bool = False) -> Path | None:
         problem = hub_unreachable()
         if problem is not None:
             raise WeightsMissingError(
-                f'generator "{gen.name}": weights for {gen.source} are not in the Hugging Face cache and the Hub is '
+                f'generator "{gen.name}": weights for {gen.source} are not in the Hugging Face cache '
+                "and the Hub is "
                 f"unreachable ({problem}); connect to the network, or fetch them on another machine with "
                 f"`hf download {gen.source}` and copy the cache ({hub_cache_dir()})"
             )
         return None
     raise WeightsMissingError(
-        f'generator "{gen.name}": weights for {gen.source} are not in the Hugging Face cache ({hub_cache_dir()}) '
+        f'generator "{gen.name}": weights for {gen.source} are not in the Hugging Face cache '
+        f"({hub_cache_dir()}) "
         f"and downloads are off; {fetch_hint(gen.source)}"
     )
 
@@ -272,14 +283,14 @@ def quiet_hf() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import diffusers.utils.logging as dlog
-    import huggingface_hub.utils as hub_utils
     import transformers.utils.logging as tlog
+    from huggingface_hub.utils.tqdm import disable_progress_bars  # where it is defined and exported
 
     dlog.set_verbosity_error()
     dlog.disable_progress_bar()
     tlog.set_verbosity_error()
     tlog.disable_progress_bar()
-    hub_utils.disable_progress_bars()
+    disable_progress_bars()
     warnings.filterwarnings("ignore", module=r"(diffusers|transformers|huggingface_hub|torch)(\..*)?")
     _QUIET = True
 
@@ -305,8 +316,8 @@ def check_scheduler(gen: Generator) -> None:
 def apply_scheduler(pipe: Any, gen: Generator, default: Any = None) -> str:
     """Set the generator's scheduler on the (shared) pipeline; return the scheduler class name in use.
 
-    ``default`` is the pipeline's own scheduler (None: the one it has now), used when ``gen`` names none and as
-    the config of the one it names.
+    ``default`` is the pipeline's own scheduler (None: the one it has now), used when ``gen`` names none and
+    as the config of the one it names.
     """
     import diffusers
 
@@ -360,8 +371,8 @@ def load_pipeline(
     cls = str((index or {}).get("_class_name", ""))
     try:
         if index is not None and not any(k in cls for k in ("Img2Img", "Inpaint", "Depth2Img", "Upscale")):
-            # A text-to-image pipeline on disk: DiffusionPipeline loads the class its model_index names, without
-            # importing diffusers' auto-pipeline registry (about 2 s on two cores, paid on every run).
+            # A text-to-image pipeline on disk: DiffusionPipeline loads the class its model_index names,
+            # without importing diffusers' auto-pipeline registry (about 2 s on two cores, paid on every run).
             pipe = DiffusionPipeline.from_pretrained(where, **kw)
         else:
             from diffusers import AutoPipelineForText2Image
@@ -408,7 +419,8 @@ def uses_offload(offload: bool, device: DeviceInfo) -> bool:
 
 @dataclass(frozen=True, eq=False)
 class LoadedPipeline:
-    """A diffusers pipeline as catimg loaded it, for the generators that share it (step variants of a model)."""
+    """A diffusers pipeline as catimg loaded it, for the generators that share it (step variants of a
+    model)."""
 
     pipe: Any
     dtype: str  # as loaded: "fp32", "fp16", "bf16"
@@ -455,8 +467,8 @@ class PipelineCache:
     """:class:`LoadedPipeline` objects keyed by (model, dtype, device): step variants share one; counts loads.
 
     Before loading another model, pipelines already held are released when memory is short: on a GPU when the
-    predicted peak memory of what is held plus the new model exceeds ~90% of the device's memory (or is unknown),
-    on the CPU when it exceeds ~80% of system memory.
+    predicted peak memory of what is held plus the new model exceeds ~90% of the device's memory (or is
+    unknown), on the CPU when it exceeds ~80% of system memory.
     """
 
     device: DeviceInfo

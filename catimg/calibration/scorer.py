@@ -1,8 +1,8 @@
 """Scorers: automatic image quality metrics that a calibration campaign records.
 
-A :class:`Scorer` has a ``name`` (the registry key), the ``metric`` it stores, the metric's ``scale`` (lo, hi) and
-``score(images, prompts) -> list[float]``. Scorers are registered in :data:`SCORERS` with a factory, so that
-others (an aesthetic head, ImageReward …) can be added with :func:`register_scorer` without touching the
+A :class:`Scorer` has a ``name`` (the registry key), the ``metric`` it stores, the metric's ``scale`` (lo, hi)
+and ``score(images, prompts) -> list[float]``. Scorers are registered in :data:`SCORERS` with a factory, so
+that others (an aesthetic head, ImageReward …) can be added with :func:`register_scorer` without touching the
 campaign. Built in:
 
 ``clipscore``
@@ -14,8 +14,9 @@ campaign. Built in:
 
 Checkpoints are Hub ids, read from the Hugging Face cache only (never downloaded here), or local folders. A
 missing checkpoint fails within a second with a :class:`~catimg.errors.WeightsMissingError` naming it and the
-``hf download`` command that fetches it (:func:`check_scorer` checks without importing torch); a checkpoint that
-is there but cannot be loaded (cut-short or corrupt weights) raises the same error when the scorer is built.
+``hf download`` command that fetches it (:func:`check_scorer` checks without importing torch); a checkpoint
+that is there but cannot be loaded (cut-short or corrupt weights) raises the same error when the scorer is
+built.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def available_metrics() -> list[str]:
 def get_spec(metric: str) -> ScorerSpec:
     if metric not in SCORERS:
         raise InputError(
-            f'unknown metric "{metric}"{did_you_mean(metric, SCORERS)}; available: {", ".join(available_metrics())}'
+            f'unknown metric "{metric}"{did_you_mean(metric, SCORERS)}; available: '
+            f"{', '.join(available_metrics())}"
         )
     return SCORERS[metric]
 
@@ -109,12 +111,14 @@ def resolve_checkpoint(model: str, metric: str, *, need_weights: bool = True) ->
         folder = Path(model).expanduser()
         if not folder.is_dir():
             raise WeightsMissingError(
-                f"{folder}: scorer checkpoint folder for metric {metric} not found; pass --scorer-model with a folder "
+                f"{folder}: scorer checkpoint folder for metric {metric} not found; "
+                "pass --scorer-model with a folder "
                 "holding config.json and the weights"
             )
         if not (folder / "config.json").is_file() and need_weights:
             raise WeightsMissingError(
-                f"{folder}: not a transformers checkpoint for metric {metric} (no config.json); pass --scorer-model "
+                f"{folder}: not a transformers checkpoint for metric {metric} (no config.json); "
+                "pass --scorer-model "
                 "with a folder saved by save_pretrained"
             )
         if need_weights and not any((folder / f).is_file() for f in _WEIGHT_FILES):
@@ -133,7 +137,8 @@ def resolve_checkpoint(model: str, metric: str, *, need_weights: bool = True) ->
     if not ok:
         raise WeightsMissingError(
             f'scorer checkpoint "{model}" for metric {metric} is not in the Hugging Face cache ({cache}); '
-            f"fetch it once with `hf download {model}` where the Hub is reachable, or pass --scorer-model FOLDER"
+            f"fetch it once with `hf download {model}` where the Hub is reachable, "
+            "or pass --scorer-model FOLDER"
         )
     return folder
 
@@ -142,7 +147,10 @@ def refetch_hint(model: str) -> str:
     """What to do about a checkpoint that is there but cannot be loaded."""
     if _is_path(model):
         return "pass --scorer-model with a complete CLIP folder (saved by save_pretrained)"
-    return f"fetch it again with `hf download {model} --force-download` where the Hub is reachable, or pass --scorer-model FOLDER"
+    return (
+        f"fetch it again with `hf download {model} --force-download` where the Hub is reachable, "
+        "or pass --scorer-model FOLDER"
+    )
 
 
 def hub_cache_dir() -> Path:
@@ -174,7 +182,8 @@ def _has_processor(folder: Path) -> bool:
 
 
 def load_scorer(metric: str = DEFAULT_METRIC, model: str | None = None, device: str = "cpu") -> Scorer:
-    """Build the scorer for ``metric`` from ``model`` (a Hub id in the cache, or a folder; default per metric)."""
+    """Build the scorer for ``metric`` from ``model`` (a Hub id in the cache, or a folder; default per
+    metric)."""
     spec = get_spec(metric)
     model_id = model or spec.default_model
     folder = check_scorer(metric, model_id)
@@ -231,7 +240,8 @@ class CLIPFamilyScorer(Scorer):
             self.processor = _image_processor(proc)
         except Exception as exc:  # noqa: BLE001 - OSError, ValueError, safetensors' SafetensorError (cut-short file) …
             raise WeightsMissingError(
-                f"{folder}: cannot load scorer checkpoint {model_id} for metric {name}, corrupt or incomplete "
+                f"{folder}: cannot load scorer checkpoint {model_id} for metric {name}, "
+                "corrupt or incomplete "
                 f"({first_line(exc, limit=160)}); {refetch_hint(model_id)}"
             ) from exc
         self.max_length = int(getattr(self.model.config.text_config, "max_position_embeddings", 77))

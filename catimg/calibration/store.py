@@ -5,16 +5,21 @@ Default location: ``$CATIMG_DATA_DIR/measurements.sqlite`` or the platformdirs u
 
 Tables
     meta        key/value: ``application_id`` = ``catimg``, ``schema_version``, ``created``
-    generators  one row per *settings hash* (:meth:`catimg.config.Generator.settings_hash`): a changed generator
-                (steps, scheduler, size, source …) is a new row and its old measurements stay
+    generators  one row per *settings hash* (:meth:`catimg.config.Generator.settings_hash`): a changed
+                generator (steps, scheduler, size, source …) is a new row and its old measurements stay
     prompts     prompt text, unique
     images      one generated image: prompt, generator hash, seed, file path, measured seconds, device, source
     scores      one value per (image, metric), with the scorer that produced it
 
 The long format that ``catimg train --measurements`` reads (``prompt, generator, score, metric, seconds, seed,
-source``) moves in and out with :meth:`Store.export` and :meth:`Store.import_file`. This module keeps only the
+source``) moves in and out with :meth:`Store.export` and :meth:`Store.import_file`. The store keeps only the
 SQL: the row type, reading and writing files, the pivot into a table and the held-out split belong to
 :mod:`catimg.measurements`.
+
+This module is the API (:class:`Store`: the campaign lock, recording, the queries, export and import); the
+file itself (location, schema and its version checks, opening, transactions, the row primitives) is
+:mod:`catimg.calibration.store_schema`, and importing a long-format file is
+:mod:`catimg.calibration.store_import`.
 """
 
 from __future__ import annotations
@@ -23,66 +28,41 @@ import contextlib
 import json
 import os
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
+from catimg.calibration.store_import import ImportCounts, import_rows
+from catimg.calibration.store_schema import (
+    APPLICATION_ID,
+    DB_FILENAME,
+    SCHEMA_VERSION,
+    SQLITE_APPLICATION_ID,
+    connect,
+    default_db_path,
+    insert_generator,
+    now,
+    prompt_id,
+    transaction,
+)
 from catimg.config import Generator
 from catimg.errors import MeasurementsError, StoreError
 from catimg.measurements import Measurement, MeasurementTable, pivot, read_rows, write_measurements
 
-APPLICATION_ID = "catimg"
-SCHEMA_VERSION = 1
-#: SQLite header field ``PRAGMA application_id`` (ASCII "CATI"), set next to the meta table.
-SQLITE_APPLICATION_ID = 0x43415449
-DB_FILENAME = "measurements.sqlite"
+__all__ = [
+    "APPLICATION_ID",
+    "DB_FILENAME",
+    "SCHEMA_VERSION",
+    "SQLITE_APPLICATION_ID",
+    "GeneratorSummary",
+    "ImportCounts",
+    "Store",
+    "default_db_path",
+]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS generators (
-    hash TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    settings TEXT NOT NULL,
-    first_seen TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS prompts (id INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS images (
-    id INTEGER PRIMARY KEY,
-    prompt_id INTEGER NOT NULL REFERENCES prompts(id),
-    generator_hash TEXT NOT NULL REFERENCES generators(hash),
-    seed INTEGER NOT NULL,
-    path TEXT,
-    seconds REAL,
-    device TEXT,
-    source TEXT NOT NULL DEFAULT 'calibrate',
-    created TEXT NOT NULL,
-    UNIQUE (prompt_id, generator_hash, seed)
-);
-CREATE TABLE IF NOT EXISTS scores (
-    image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
-    metric TEXT NOT NULL,
-    value REAL NOT NULL,
-    scorer TEXT,
-    PRIMARY KEY (image_id, metric)
-);
-CREATE INDEX IF NOT EXISTS images_by_generator ON images (generator_hash);
-"""
-
-
-def default_db_path() -> Path:
-    """``$CATIMG_DATA_DIR/measurements.sqlite``, else the platformdirs user data dir for catimg."""
-    env = os.environ.get("CATIMG_DATA_DIR")
-    if env:
-        return Path(env).expanduser() / DB_FILENAME
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("catimg")) / DB_FILENAME
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+#: Generators selected by catalog entries (their current settings) or by names (every settings recorded).
+GeneratorSelection: TypeAlias = Sequence[Generator] | Sequence[str] | None
 
 
 @dataclass(frozen=True)
@@ -169,116 +149,14 @@ class Store:
         Raises :class:`StoreError` for a file that is not catimg's, of a newer schema, or locked.
         """
         p = Path(path).expanduser() if path is not None else default_db_path()
-        if p.is_dir():
-            raise StoreError(
-                f"{p}: is a folder, not a catimg measurement database; pass --db PATH/{DB_FILENAME}"
-            )
-        exists = p.exists() and p.stat().st_size > 0
-        if not exists and not create:
-            raise StoreError(
-                f"{p}: no measurement database here; run `catimg calibrate` first or pass --db PATH"
-            )
-        if exists and not _looks_like_sqlite(p):
-            raise StoreError(f"{p}: not a catimg measurement database (not SQLite); pass another --db PATH")
-        if dry_run and (not exists or not _has_tables(p, busy_timeout)):
-            # nothing to read, and nothing may be written: plan against an empty store in memory
-            store = cls(p, sqlite3.connect(":memory:", isolation_level=None), dry_run=True)
-            store._init(False)
-            return store
-        if not exists:
-            try:
-                p.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(
-                    f"{p.parent}: cannot create the data folder ({exc.strerror}); pass --db PATH"
-                ) from exc
-        try:
-            conn = sqlite3.connect(str(p), timeout=busy_timeout, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{p}: cannot open database ({exc}); pass another --db PATH") from exc
-        store = cls(p, conn, dry_run=dry_run)
-        try:
-            store._init(exists)
-        except sqlite3.OperationalError as exc:
-            conn.close()
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise StoreError(
-                    f"{p}: database is locked by another catimg process; wait or pass --db PATH"
-                ) from exc
-            raise StoreError(f"{p}: cannot use database ({exc}); pass another --db PATH") from exc
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise StoreError(
-                f"{p}: not a catimg measurement database ({exc}); pass another --db PATH"
-            ) from exc
-        except StoreError:
-            conn.close()
-            raise
-        return store
-
-    def _init(self, exists: bool) -> None:
-        c = self._conn
-        c.execute("PRAGMA foreign_keys = ON")
-        tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if exists and tables:
-            if "meta" not in tables:
-                raise StoreError(
-                    f"{self.path}: not a catimg measurement database (no meta table); pass another --db PATH"
-                )
-            meta = dict(c.execute("SELECT key, value FROM meta").fetchall())
-            if meta.get("application_id") != APPLICATION_ID:
-                raise StoreError(
-                    f"{self.path}: not a catimg measurement database (application id "
-                    f"{meta.get('application_id')!r}); pass another --db PATH"
-                )
-            try:
-                version = int(meta.get("schema_version", "0"))
-            except ValueError:
-                version = -1
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path}: written by a newer catimg (schema {version}; this catimg reads up to "
-                    f"{SCHEMA_VERSION}); upgrade catimg or pass another --db PATH"
-                )
-            if version < 1:
-                raise StoreError(
-                    f"{self.path}: unknown schema version {meta.get('schema_version')!r}; pass another --db PATH"
-                )
-            return
-        # a new or empty SQLite file: make it ours, in one transaction
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            for stmt in _SCHEMA.strip().split(";"):
-                if stmt.strip():
-                    c.execute(stmt)
-            c.execute("INSERT OR REPLACE INTO meta VALUES ('application_id', ?)", (APPLICATION_ID,))
-            c.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            c.execute("INSERT OR IGNORE INTO meta VALUES ('created', ?)", (_now(),))
-            c.execute(f"PRAGMA application_id = {SQLITE_APPLICATION_ID}")
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        with contextlib.suppress(sqlite3.Error):
-            c.execute("PRAGMA journal_mode = WAL")
+        return cls(p, connect(p, create=create, busy_timeout=busy_timeout, dry_run=dry_run), dry_run=dry_run)
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         if self.dry_run:
             raise RuntimeError(f"{self.path}: a dry-run store must not be written")
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StoreError(
-                f"{self.path}: database is locked by another catimg process; wait or pass --db PATH"
-            ) from exc
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        else:
-            self._conn.execute("COMMIT")
+        with transaction(self._conn, self.path) as c:
+            yield c
 
     def close(self) -> None:
         self.release_campaign()
@@ -315,26 +193,9 @@ class Store:
         h = gen.settings_hash()
         if self.dry_run:  # planning only: the hash is all a plan needs
             return h
-        settings = json.dumps(gen.settings(), sort_keys=True)
         with self._tx() as c:
-            c.execute(
-                "INSERT INTO generators (hash, name, settings, first_seen) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(hash) DO UPDATE SET name = excluded.name",
-                (h, gen.name, settings, _now()),
-            )
+            insert_generator(c, h, gen.name, gen.settings(), rename=True)
         return h
-
-    def _register_raw(self, c: sqlite3.Connection, h: str, name: str, settings: dict[str, Any]) -> None:
-        c.execute(
-            "INSERT INTO generators (hash, name, settings, first_seen) VALUES (?, ?, ?, ?) ON CONFLICT(hash) DO NOTHING",
-            (h, name, json.dumps(settings, sort_keys=True), _now()),
-        )
-
-    @staticmethod
-    def _prompt_id(c: sqlite3.Connection, prompt: str) -> int:
-        c.execute("INSERT OR IGNORE INTO prompts (text) VALUES (?)", (prompt,))
-        row = c.execute("SELECT id FROM prompts WHERE text = ?", (prompt,)).fetchone()
-        return int(row[0])
 
     def record(
         self,
@@ -349,28 +210,17 @@ class Store:
         source: str = "calibrate",
         scorer: str | None = None,
     ) -> int:
-        """Record one image and its scores in one transaction (an existing image is updated); returns its id."""
+        """Record one image and its scores in one transaction (an existing image is updated); returns its
+        id."""
         with self._tx() as c:
-            pid = self._prompt_id(c, prompt)
-            row = c.execute(
-                "SELECT id FROM images WHERE prompt_id = ? AND generator_hash = ? AND seed = ?",
-                (pid, generator_hash, seed),
-            ).fetchone()
-            spath = None if path is None else str(path)
-            if row is None:
-                cur = c.execute(
-                    "INSERT INTO images (prompt_id, generator_hash, seed, path, seconds, device, source, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (pid, generator_hash, seed, spath, seconds, device, source, _now()),
-                )
-                image_id = int(cur.lastrowid or 0)
-            else:
-                image_id = int(row[0])
-                c.execute(
-                    "UPDATE images SET path = COALESCE(?, path), seconds = COALESCE(?, seconds), "
-                    "device = COALESCE(?, device) WHERE id = ?",
-                    (spath, seconds, device, image_id),
-                )
+            image_id = _upsert_image(
+                c,
+                (prompt_id(c, prompt), generator_hash, seed),
+                None if path is None else str(path),
+                seconds,
+                device,
+                source,
+            )
             for metric, value in scores.items():
                 c.execute(
                     "INSERT OR REPLACE INTO scores (image_id, metric, value, scorer) VALUES (?, ?, ?, ?)",
@@ -410,39 +260,20 @@ class Store:
         ]
 
     def measurements(
-        self, metric: str | None = None, generators: Sequence[Generator] | Sequence[str] | None = None
+        self, metric: str | None = None, generators: GeneratorSelection = None
     ) -> list[Measurement]:
         """Rows of the long format.
 
         ``generators`` as :class:`Generator` objects selects their *current* settings hash (old settings are
-        left out); as names it selects every hash recorded under those names; ``None`` takes everything (a name
-        recorded with several settings then names the older ones ``name~hash8``).
+        left out); as names it selects every hash recorded under those names; ``None`` takes everything (a
+        name recorded with several settings then names the older ones ``name~hash8``).
         """
-        args: list[Any] = []
-        where = []
+        where, args, rename = _selection(generators)
         if metric is not None:
-            where.append("s.metric = ?")
-            args.append(metric)
-        rename: dict[str, str] = {}
-        if generators is not None:
-            gens = list(generators)
-            if gens and isinstance(gens[0], Generator):
-                rename = {g.settings_hash(): g.name for g in gens if isinstance(g, Generator)}
-                where.append(f"i.generator_hash IN ({','.join('?' * len(rename))})")
-                args.extend(rename)
-            else:
-                names = [str(g) for g in gens]
-                where.append(f"g.name IN ({','.join('?' * len(names))})")
-                args.extend(names)
-        else:
-            latest: dict[str, str] = {}
-            for h, n, _ in self._conn.execute(
-                "SELECT g.hash, g.name, MAX(i.id) FROM generators g LEFT JOIN images i ON i.generator_hash = g.hash "
-                "GROUP BY g.hash ORDER BY MAX(i.id)"
-            ):
-                latest[n] = h
-            for h, n, _ in self.generators():
-                rename[h] = n if latest.get(n) == h else f"{n}~{h[:8]}"
+            where.insert(0, "s.metric = ?")
+            args.insert(0, metric)
+        if generators is None:
+            rename = _display_names(self._conn)
         q = (
             "SELECT p.text, g.hash, g.name, s.value, s.metric, i.seconds, i.seed, i.source "
             "FROM scores s JOIN images i ON i.id = s.image_id JOIN prompts p ON p.id = i.prompt_id "
@@ -451,10 +282,10 @@ class Store:
         if where:
             q += " WHERE " + " AND ".join(where)
         q += " ORDER BY p.id, g.name, i.seed, s.metric"
-        out = []
-        for text, h, name, value, m, seconds, seed, source in self._conn.execute(q, args):
-            out.append(Measurement(text, rename.get(h, name), float(value), m, seconds, seed, source))
-        return out
+        return [
+            Measurement(text, rename.get(h, name), float(value), m, seconds, seed, source)
+            for text, h, name, value, m, seconds, seed, source in self._conn.execute(q, args)
+        ]
 
     def summary(self, metric: str, generators: Sequence[Generator]) -> list[GeneratorSummary]:
         """Per catalog generator (current settings): scored images, total measured seconds, mean score."""
@@ -462,8 +293,9 @@ class Store:
         for g in generators:
             h = g.settings_hash()
             n, secs, mean, prompts = self._conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(i.seconds), 0), AVG(s.value), COUNT(DISTINCT i.prompt_id) FROM images i "
-                "JOIN scores s ON s.image_id = i.id WHERE i.generator_hash = ? AND s.metric = ?",
+                "SELECT COUNT(*), COALESCE(SUM(i.seconds), 0), AVG(s.value), COUNT(DISTINCT i.prompt_id) "
+                "FROM images i JOIN scores s ON s.image_id = i.id "
+                "WHERE i.generator_hash = ? AND s.metric = ?",
                 (h, metric),
             ).fetchone()
             out.append(
@@ -486,15 +318,7 @@ class Store:
         mid = len(vals) // 2
         return vals[mid] if len(vals) % 2 else 0.5 * (vals[mid - 1] + vals[mid])
 
-    def to_rows(
-        self, metric: str, generators: Sequence[Generator] | Sequence[str] | None = None
-    ) -> list[dict[str, Any]]:
-        """Long-format dicts for ``metric``; :class:`MeasurementsError` when the metric has no measurements."""
-        return [m.as_dict() for m in self._of_metric(metric, generators)]
-
-    def _of_metric(
-        self, metric: str, generators: Sequence[Generator] | Sequence[str] | None
-    ) -> list[Measurement]:
+    def _of_metric(self, metric: str, generators: GeneratorSelection) -> list[Measurement]:
         rows = self.measurements(metric, generators)
         if not rows:
             have = self.metrics()
@@ -505,127 +329,89 @@ class Store:
             )
         return rows
 
-    def to_table(
-        self, metric: str, generators: Sequence[Generator] | Sequence[str] | None = None
-    ) -> MeasurementTable:
-        """The store's ``metric`` measurements as a table (:func:`catimg.measurements.pivot`; catalog order first)."""
+    def to_table(self, metric: str, generators: GeneratorSelection = None) -> MeasurementTable:
+        """The store's ``metric`` measurements as a table (:func:`catimg.measurements.pivot`; catalog order
+        first); :class:`MeasurementsError` when the metric has no measurements."""
         columns = [g.name if isinstance(g, Generator) else str(g) for g in generators or ()]
         return pivot(self._of_metric(metric, generators), metric, columns=columns, path=self.path)
 
     # --- export / import ------------------------------------------------------------------------------------
 
     def export(
-        self,
-        path: str | Path,
-        metric: str | None = None,
-        generators: Sequence[Generator] | Sequence[str] | None = None,
+        self, path: str | Path, metric: str | None = None, generators: GeneratorSelection = None
     ) -> int:
-        """Write the long format to ``path`` (:func:`catimg.measurements.write_measurements`); returns the row count."""
+        """Write the long format to ``path`` (:func:`catimg.measurements.write_measurements`); returns the row
+        count."""
         return write_measurements(self.measurements(metric, generators), path)
 
     def import_file(
         self, path: str | Path, generators: Sequence[Generator] = (), default_metric: str = "score"
     ) -> ImportCounts:
-        """Read a long-format CSV/JSONL file into the store; returns how many scores were new, updated (another
-        value for the same image and metric) and unchanged (already there: importing a file again changes nothing).
+        """Read a long-format CSV/JSONL file into the store (:mod:`catimg.calibration.store_import`); returns
+        how many scores were new, updated (another value for the same image and metric) and unchanged (already
+        there: importing a file again changes nothing).
 
         A generator named in ``generators`` (the catalog) is keyed by its settings hash; any other name by a
         hash of its name alone (``source`` settings unknown). Rows without a seed are numbered per (prompt,
         generator, metric) in file order, so importing a file twice does not double it.
         """
         rows = read_rows(path)
-        by_name = {g.name: g for g in generators}
-        counters: dict[tuple[str, str, str], int] = {}
-        new = updated = unchanged = 0
         with self._tx() as c:
-            known: set[str] = set()
-            for r in rows:
-                name = r.generator
-                gen = by_name.get(name)
-                h = gen.settings_hash() if gen is not None else "name:" + name
-                if h not in known:
-                    settings = gen.settings() if gen is not None else {"name": name, "imported": True}
-                    self._register_raw(c, h, name, settings)
-                    known.add(h)
-                metric = r.metric or default_metric
-                seed = r.seed
-                if seed is None:
-                    k = (r.prompt, h, metric)
-                    counters[k] = counters.get(k, 0) + 1
-                    seed = -counters[k]
-                pid = self._prompt_id(c, r.prompt)
-                c.execute(
-                    "INSERT OR IGNORE INTO images (prompt_id, generator_hash, seed, path, seconds, device, source, created) "
-                    "VALUES (?, ?, ?, NULL, ?, NULL, ?, ?)",
-                    (pid, h, seed, r.seconds, r.source or f"import:{Path(path).name}", _now()),
-                )
-                if r.seconds is not None:
-                    c.execute(
-                        "UPDATE images SET seconds = ? WHERE prompt_id = ? AND generator_hash = ? AND seed = ?",
-                        (r.seconds, pid, h, seed),
-                    )
-                image_id = c.execute(
-                    "SELECT id FROM images WHERE prompt_id = ? AND generator_hash = ? AND seed = ?",
-                    (pid, h, seed),
-                ).fetchone()[0]
-                before = c.execute(
-                    "SELECT value FROM scores WHERE image_id = ? AND metric = ?", (image_id, metric)
-                ).fetchone()
-                if before is not None and float(before[0]) == float(r.score):
-                    unchanged += 1
-                    continue
-                c.execute(
-                    "INSERT OR REPLACE INTO scores (image_id, metric, value, scorer) VALUES (?, ?, ?, ?)",
-                    (image_id, metric, r.score, "import"),
-                )
-                if before is None:
-                    new += 1
-                else:
-                    updated += 1
-        return ImportCounts(new=new, updated=updated, unchanged=unchanged)
+            return import_rows(c, rows, generators, default_metric, f"import:{Path(path).name}")
 
 
-@dataclass(frozen=True)
-class ImportCounts:
-    """What :meth:`Store.import_file` did with the file's scores."""
+def _selection(generators: GeneratorSelection) -> tuple[list[str], list[Any], dict[str, str]]:
+    """(WHERE clauses, their arguments, hash -> name) selecting ``generators`` (see
+    :meth:`Store.measurements`)."""
+    if generators is None:
+        return [], [], {}
+    gens = list(generators)
+    if gens and isinstance(gens[0], Generator):
+        rename = {g.settings_hash(): g.name for g in gens if isinstance(g, Generator)}
+        return [f"i.generator_hash IN ({','.join('?' * len(rename))})"], list(rename), rename
+    names = [str(g) for g in gens]
+    return [f"g.name IN ({','.join('?' * len(names))})"], names, {}
 
-    new: int
-    updated: int
-    unchanged: int
 
-    @property
-    def total(self) -> int:
-        return self.new + self.updated + self.unchanged
+def _display_names(conn: sqlite3.Connection) -> dict[str, str]:
+    """Generator hash -> name in exports: a name's most recently measured settings keep the name, older
+    settings recorded under the same name become ``name~hash8``."""
+    latest: dict[str, str] = {}
+    for h, n, _ in conn.execute(
+        "SELECT g.hash, g.name, MAX(i.id) FROM generators g "
+        "LEFT JOIN images i ON i.generator_hash = g.hash GROUP BY g.hash ORDER BY MAX(i.id)"
+    ):
+        latest[n] = h
+    return {
+        h: n if latest.get(n) == h else f"{n}~{h[:8]}"
+        for h, n in conn.execute("SELECT hash, name FROM generators ORDER BY name, first_seen")
+    }
 
-    def describe(self) -> str:
-        """``120 scores: 0 new, 0 updated, 120 unchanged (already in the database)``."""
-        return (
-            f"{self.total:,} scores: {self.new:,} new, {self.updated:,} updated, {self.unchanged:,} unchanged"
-            + (" (already in the database)" if self.unchanged and not (self.new or self.updated) else "")
+
+def _upsert_image(
+    c: sqlite3.Connection,
+    key: tuple[int, str, int],
+    path: str | None,
+    seconds: float | None,
+    device: str | None,
+    source: str,
+) -> int:
+    """The id of the image ``key`` = (prompt id, generator hash, seed): inserted when new, else its path,
+    seconds and device updated with the values given (None keeps the stored one)."""
+    row = c.execute(
+        "SELECT id FROM images WHERE prompt_id = ? AND generator_hash = ? AND seed = ?", key
+    ).fetchone()
+    if row is None:
+        cur = c.execute(
+            "INSERT INTO images (prompt_id, generator_hash, seed, path, seconds, device, source, created) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (*key, path, seconds, device, source, now()),
         )
-
-
-def _has_tables(p: Path, busy_timeout: float) -> bool:
-    """Whether the SQLite file ``p`` has any table (it only reads; an unreadable file counts as having some, so
-    that the normal open reports the problem). A plain connection, not ``mode=ro``: a read-only one would leave
-    the -wal/-shm files of a WAL database behind."""
-    try:
-        conn = sqlite3.connect(str(p), timeout=busy_timeout)
-    except sqlite3.Error:
-        return True
-    try:
-        return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' LIMIT 1").fetchone() is not None
-    except sqlite3.Error:
-        return True
-    finally:
-        conn.close()
-
-
-def _looks_like_sqlite(p: Path) -> bool:
-    try:
-        with open(p, "rb") as fh:
-            return fh.read(16) == b"SQLite format 3\x00"
-    except OSError as exc:
-        raise StoreError(
-            f"{p}: cannot read ({exc.strerror}); check its permissions or pass --db PATH"
-        ) from exc
+        return int(cur.lastrowid or 0)
+    image_id = int(row[0])
+    c.execute(
+        "UPDATE images SET path = COALESCE(?, path), seconds = COALESCE(?, seconds), "
+        "device = COALESCE(?, device) WHERE id = ?",
+        (path, seconds, device, image_id),
+    )
+    return image_id

@@ -2,18 +2,18 @@
 
 A measurement runs the real pipeline: load time, then ``warmup`` untimed images and ``repeats`` timed ones.
 Per image a step callback records when each denoising step ends, which splits the image time into seconds per
-denoising step (median of the step intervals) and fixed seconds (text encoding before the first step, VAE decode
-and image conversion after the last). Peak memory comes from ``torch.cuda.max_memory_allocated`` on CUDA; other
-devices leave it unmeasured.
+denoising step (median of the step intervals) and fixed seconds (text encoding before the first step, VAE
+decode and image conversion after the last). Peak memory comes from ``torch.cuda.max_memory_allocated`` on
+CUDA; other devices leave it unmeasured.
 
 The cache is one JSON file, ``bench.json`` in the user cache dir (``$CATIMG_CACHE_DIR`` overrides), keyed by
-device class, dtype and the generator's settings hash: a changed generator (source, steps, size, scheduler …) or
-another device misses. A generator that differs from a measured one only by its step count reuses that
+device class, dtype and the generator's settings hash: a changed generator (source, steps, size, scheduler …)
+or another device misses. A generator that differs from a measured one only by its step count reuses that
 measurement (same weights, same per-step time). A corrupt cache file is set aside and a one-line warning is
 queued (:func:`pop_warnings`), never a traceback.
 
-Every ``catimg gen`` run (local engine) feeds the cache too, through :func:`record_run`: the seconds per image it
-measured (and its load times) become the entry of each generator it ran, with ``source = "catimg gen"``.
+Every ``catimg gen`` run (local engine) feeds the cache too, through :func:`record_run`: the seconds per image
+it measured (and its load times) become the entry of each generator it ran, with ``source = "catimg gen"``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -96,8 +96,9 @@ def pop_warnings() -> list[str]:
     return out
 
 
-def load_cache(path: Path | None = None) -> dict[str, dict[str, Any]]:
-    """The cache entries; a corrupt or foreign file is renamed to ``bench.json.corrupt`` with a queued warning."""
+def load_cache(path: Path | None = None) -> dict[str, BenchResult]:
+    """The cache entries; a corrupt or foreign file is renamed to ``bench.json.corrupt`` with a queued
+    warning."""
     path = path or cache_path()
     try:
         text = path.read_text(encoding="utf-8")
@@ -114,10 +115,8 @@ def load_cache(path: Path | None = None) -> dict[str, dict[str, Any]]:
             or not isinstance(doc.get("entries"), dict)
         ):
             raise ValueError("not a catimg bench cache of format 1")
-        entries: dict[str, dict[str, Any]] = doc["entries"]
-        for entry in entries.values():
-            BenchResult.from_dict(entry)  # validates every entry's fields
-        return entries
+        # from_dict validates every entry's fields
+        return {key: BenchResult.from_dict(entry) for key, entry in doc["entries"].items()}
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
         reason = first_line(exc, limit=80)
         try:
@@ -135,10 +134,15 @@ def save_results(results: Iterable[BenchResult], device: DeviceInfo, path: Path 
     path = path or cache_path()
     entries = load_cache(path)
     for r in results:
-        entries[cache_key(device, r.dtype, r.settings_hash)] = r.to_dict()
+        entries[cache_key(device, r.dtype, r.settings_hash)] = r
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"format": CACHE_FORMAT, "entries": entries}, indent=1), encoding="utf-8")
+    tmp.write_text(
+        json.dumps(
+            {"format": CACHE_FORMAT, "entries": {k: r.to_dict() for k, r in entries.items()}}, indent=1
+        ),
+        encoding="utf-8",
+    )
     tmp.replace(path)
     return path
 
@@ -155,19 +159,12 @@ def lookup(gen: Generator, device: DeviceInfo, dtype: str | None = None) -> Benc
         return None
     exact = entries.get(cache_key(device, dtype, gen.settings_hash()))
     if exact is not None:
-        return BenchResult.from_dict(exact)
+        return exact
     dclass = device_class(device)
     mh = model_hash(gen)
-    for entry in entries.values():
-        if (
-            entry.get("device_class") == dclass
-            and entry.get("dtype") == dtype
-            and entry.get("model_hash") == mh
-        ):
-            r = BenchResult.from_dict(entry)
-            return BenchResult.from_dict(
-                {**entry, "note": f"from the measurement of {r.generator} ({r.steps_run} steps)"}
-            )
+    for r in entries.values():
+        if r.device_class == dclass and r.dtype == dtype and r.model_hash == mh:
+            return replace(r, note=f"from the measurement of {r.generator} ({r.steps_run} steps)")
     return None
 
 
@@ -185,12 +182,13 @@ def record_run(
     """Feed what a ``gen`` run measured into the cache, so that the next plan on this device uses it.
 
     ``images``: (generator as run, measured seconds per image) for every image made, in the order made;
-    ``load_seconds``: model name -> seconds to load, for the models the run loaded; ``dtype``: the run's --dtype.
-    Per generator settings: the run's image times join the times of earlier gen runs (the last
+    ``load_seconds``: model name -> seconds to load, for the models the run loaded; ``dtype``: the run's
+    --dtype. Per generator settings: the run's image times join the times of earlier gen runs (the last
     :data:`RUN_HISTORY`), and their median becomes its seconds per image; the first image after a load is left
-    out when there are others (it carries the warm-up, as ``bench``'s warm-up image does). A ``bench`` measurement
-    of the same settings keeps its split into per-step and fixed seconds, scaled to that median; without one, all
-    of it counts per step. A cache that cannot be written is a queued warning, never an error.
+    out when there are others (it carries the warm-up, as ``bench``'s warm-up image does). A ``bench``
+    measurement of the same settings keeps its split into per-step and fixed seconds, scaled to that median;
+    without one, all of it counts per step. A cache that cannot be written is a queued warning, never an
+    error.
     """
     groups: dict[str, tuple[Generator, list[float]]] = {}
     for gen, secs in images:
@@ -217,13 +215,12 @@ def _run_entry(
     load_seconds: Mapping[str, float],
     device: DeviceInfo,
     dtype: str | None,
-    entries: dict[str, dict[str, Any]],
+    entries: dict[str, BenchResult],
 ) -> BenchResult:
     import sys
 
     d = default_dtype(device, dtype if dtype and dtype != "auto" else gen.dtype)
-    old_doc = entries.get(cache_key(device, d, gen.settings_hash()))
-    old = BenchResult.from_dict(old_doc) if old_doc is not None else None
+    old = entries.get(cache_key(device, d, gen.settings_hash()))
     warm = 1 if gen.model in load_seconds and len(times) > 1 else 0
     history = list(old.image_seconds) if old is not None and old.source == "catimg gen" else []
     kept = (history + times[warm:])[-RUN_HISTORY:]
@@ -251,7 +248,8 @@ def _run_entry(
         image_seconds=[round(x, 5) for x in kept],
         measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         torch_version=str(getattr(torch, "__version__", "")),
-        note=f"seconds per image of gen runs (median of the last {len(kept)} images, batched as the runs were)",
+        note=f"seconds per image of gen runs (median of the last {len(kept)} images, "
+        "batched as the runs were)",
         source="catimg gen",
     )
 
@@ -260,51 +258,21 @@ def _run_entry(
 
 
 def _load(gen: Generator, device: DeviceInfo, dtype: str, allow_download: bool) -> Any:
-    """The pipeline of ``gen`` on ``device``: catimg.pipelines.load_pipeline when present, else a plain load."""
-    try:
-        from catimg.pipelines import load_pipeline
-    except ImportError:
-        return _load_plain(gen, device, dtype)
+    """The pipeline of ``gen`` on ``device``, loaded as every run loads it
+    (:func:`catimg.pipelines.load_pipeline`)."""
+    from catimg.pipelines import load_pipeline
+
     return load_pipeline(gen, device, dtype, allow_download)
 
 
-def _load_plain(
-    gen: Generator, device: DeviceInfo, dtype: str
-) -> Any:  # pragma: no cover - until pipelines.py
-    if not gen.is_local_folder:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from diffusers import DiffusionPipeline
-    from diffusers.utils import logging as dlog
-
-    from catimg.device import torch_dtype
-
-    dlog.disable_progress_bar()
-    try:
-        pipe = DiffusionPipeline.from_pretrained(gen.source, dtype=torch_dtype(dtype), variant=gen.variant)
-    except Exception as exc:
-        raise GenerationError(
-            f"[generators.{gen.model}]: cannot load {gen.source} ({first_line(exc)})"
-        ) from exc
-    if gen.scheduler:
-        import diffusers
-
-        pipe.scheduler = getattr(diffusers, gen.scheduler).from_config(pipe.scheduler.config)
-    if hasattr(pipe, "safety_checker") and not gen.safety_checker:
-        pipe.safety_checker = None
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device.torch_device)
-
-
 def _preimport(gen: Generator) -> None:
-    """Import the pipeline and component classes named in model_index.json so that load time excludes imports."""
+    """Import the pipeline and component classes named in model_index.json so that load time excludes
+    imports."""
     import importlib
 
-    try:
-        from catimg.pipelines import weights_location
+    from catimg.pipelines import weights_location
 
-        folder = weights_location(gen)
-    except ImportError:  # pragma: no cover
-        folder = Path(gen.source) if gen.is_local_folder else None
+    folder = weights_location(gen)
     if folder is None:
         return
     try:
@@ -336,19 +304,15 @@ def measure(
     """Load ``gen``'s pipeline on ``device`` and time it (see the module doc for what is measured)."""
     import torch
 
+    from catimg.pipelines import apply_scheduler
+
     if repeats < 1 or warmup < 0:
         raise CatimgError(
             f"--repeats {repeats} / --warmup {warmup}: need at least 1 repeat and 0 or more warm-ups"
         )
     dtype = default_dtype(device, gen.dtype)
     cuda = device.kind == "cuda"
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(device.torch_device)
-        elif device.kind == "mps":
-            torch.mps.synchronize()
-
+    sync = _synchronizer(device)
     _preimport(gen)  # import time is not load time
     if cuda:
         torch.cuda.reset_peak_memory_stats(device.torch_device)
@@ -357,17 +321,73 @@ def measure(
     sync()
     load_seconds = time.perf_counter() - t0
     pipe.set_progress_bar_config(disable=True)
+    apply_scheduler(pipe, gen)
+    steps = max(gen.steps, 3)  # at least two step intervals to split per-step from fixed time
+    timed = [_time_image(pipe, gen, prompt, steps, seed, sync) for seed in range(warmup + repeats)][warmup:]
+    peak = torch.cuda.max_memory_allocated(device.torch_device) / 1024**3 if cuda else None
+    result = BenchResult(
+        generator=gen.name,
+        settings_hash=gen.settings_hash(),
+        model_hash=model_hash(gen),
+        device_class=device_class(device),
+        dtype=dtype,
+        load_seconds=round(load_seconds, 4),
+        step_seconds=statistics.median(t.step for t in timed),
+        fixed_seconds=statistics.median(t.fixed for t in timed),
+        peak_memory_gb=None if peak is None else round(peak, 3),
+        steps_run=steps,
+        repeats=repeats,
+        warmup=warmup,
+        image_seconds=[round(t.total, 5) for t in timed],
+        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        torch_version=torch.__version__,
+        note="" if cuda else f"peak memory is measured on CUDA only (device: {device.kind})",
+    )
+    del pipe
+    if cuda:
+        torch.cuda.empty_cache()
+    return result
 
-    try:
-        from catimg.pipelines import apply_scheduler
 
-        apply_scheduler(pipe, gen)
-    except ImportError:  # pragma: no cover - the plain loader applies it
-        pass
+@dataclass(frozen=True)
+class ImageTime:
+    """One timed image: its seconds, split into seconds per denoising step and fixed seconds."""
+
+    total: float
+    step: float
+    fixed: float
+
+    @staticmethod
+    def split(total: float, stamps: list[float], steps: int) -> ImageTime:
+        """The split by the median interval between step ends (``stamps``), or evenly without two of them."""
+        intervals = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+        step = statistics.median(intervals) if intervals else total / steps
+        return ImageTime(total, step, max(total - step * steps, 0.0))
+
+
+def _synchronizer(device: DeviceInfo) -> Callable[[], None]:
+    """A function that waits for ``device``'s queued work (a no-op on the CPU), so that clocks read real
+    ends."""
+    import torch
+
+    def sync() -> None:
+        if device.kind == "cuda":
+            torch.cuda.synchronize(device.torch_device)
+        elif device.kind == "mps":
+            torch.mps.synchronize()
+
+    return sync
+
+
+def _time_image(
+    pipe: Any, gen: Generator, prompt: str, steps: int, seed: int, sync: Callable[[], None]
+) -> ImageTime:
+    """Make one image of ``prompt`` with ``steps`` steps and time it, with a clock reading at every step
+    end."""
     import inspect
 
-    params = set(inspect.signature(pipe.__call__).parameters)
-    steps = max(gen.steps, 3)  # at least two step intervals to split per-step from fixed time
+    import torch
+
     stamps: list[float] = []
 
     def on_step(_pipe: Any, _i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -379,69 +399,32 @@ def measure(
         sync()
         stamps.append(time.perf_counter())
 
-    per_step: list[float] = []
-    fixed: list[float] = []
-    images: list[float] = []
-    for i in range(warmup + repeats):
-        stamps.clear()
-        generator = torch.Generator("cpu").manual_seed(i)
-        sync()
-        start = time.perf_counter()
-        call: dict[str, Any] = dict(
-            prompt=prompt,
-            num_inference_steps=steps,
-            width=gen.width,
-            height=gen.height,
-            guidance_scale=gen.guidance,
-            generator=generator,
-            output_type="pil",
-        )
-        if gen.negative_prompt and "negative_prompt" in params:
-            call["negative_prompt"] = gen.negative_prompt
-        if "clean_caption" in params:
-            call["clean_caption"] = False
-        if "callback_on_step_end" in params:
-            call["callback_on_step_end"] = on_step
-        elif "callback" in params:
-            call.update(callback=on_step_old, callback_steps=1)
-        try:
-            with torch.inference_mode():
-                pipe(**call)
-        except CatimgError:
-            raise
-        except Exception as exc:
-            raise GenerationError(f"{gen.name}: the benchmark image failed ({first_line(exc)})") from exc
-        sync()
-        end = time.perf_counter()
-        if i < warmup:
-            continue
-        total = end - start
-        intervals = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-        step = statistics.median(intervals) if intervals else total / steps
-        per_step.append(step)
-        fixed.append(max(total - step * steps, 0.0))
-        images.append(total)
-
-    peak = torch.cuda.max_memory_allocated(device.torch_device) / 1024**3 if cuda else None
-    result = BenchResult(
-        generator=gen.name,
-        settings_hash=gen.settings_hash(),
-        model_hash=model_hash(gen),
-        device_class=device_class(device),
-        dtype=dtype,
-        load_seconds=round(load_seconds, 4),
-        step_seconds=statistics.median(per_step),
-        fixed_seconds=statistics.median(fixed),
-        peak_memory_gb=None if peak is None else round(peak, 3),
-        steps_run=steps,
-        repeats=repeats,
-        warmup=warmup,
-        image_seconds=[round(x, 5) for x in images],
-        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        torch_version=torch.__version__,
-        note="" if cuda else f"peak memory is measured on CUDA only (device: {device.kind})",
+    params = set(inspect.signature(pipe.__call__).parameters)
+    call: dict[str, Any] = dict(
+        prompt=prompt,
+        num_inference_steps=steps,
+        width=gen.width,
+        height=gen.height,
+        guidance_scale=gen.guidance,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        output_type="pil",
     )
-    del pipe
-    if cuda:
-        torch.cuda.empty_cache()
-    return result
+    if gen.negative_prompt and "negative_prompt" in params:
+        call["negative_prompt"] = gen.negative_prompt
+    if "clean_caption" in params:
+        call["clean_caption"] = False
+    if "callback_on_step_end" in params:
+        call["callback_on_step_end"] = on_step
+    elif "callback" in params:
+        call.update(callback=on_step_old, callback_steps=1)
+    sync()
+    start = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            pipe(**call)
+    except CatimgError:
+        raise
+    except Exception as exc:
+        raise GenerationError(f"{gen.name}: the benchmark image failed ({first_line(exc)})") from exc
+    sync()
+    return ImageTime.split(time.perf_counter() - start, stamps, steps)

@@ -1,28 +1,30 @@
 """What a generator costs on this device: seconds per image, TFLOPs per image, load time, memory.
 
-**The one rule** (explain, gen, plan, models and eval all route by it, through :func:`routing_costs`). The seconds
-that route a generator are, in this order, the first that exists:
+**The one rule** (explain, gen, plan, models and eval all route by it, through :func:`routing_costs`). The
+seconds that route a generator are, in this order, the first that exists:
 
 1. **explicit**: ``cost_seconds`` from ``models.toml`` (the user knows best);
 2. **measured**: a measurement on this device class, dtype and these exact settings in the cost cache
-   (``catimg.costs.bench``: filled by ``catimg bench`` and by every ``catimg gen`` run, which records what it made);
+   (``catimg.costs.bench``: filled by ``catimg bench`` and by every ``catimg gen`` run, which records what it
+   made);
 3. **router data**: the seconds per image the router was trained with (a router trained on measurements with a
-   ``seconds`` column), for a generator the router knows with unchanged settings. The router does not record on
-   which device those seconds were measured: they are taken as this device's until a measurement exists;
-4. **estimated**: analytic TFLOPs (``catimg.flops``) divided by a throughput for the device class (the table in
-   :data:`DEVICE_THROUGHPUT`), plus a per-kernel launch overhead.
+   ``seconds`` column), for a generator the router knows with unchanged settings. The router does not record
+   on which device those seconds were measured: they are taken as this device's until a measurement exists;
+4. **estimated**: analytic TFLOPs (``catimg.flops``) divided by a throughput for the device class (the table
+   in :data:`DEVICE_THROUGHPUT`), plus a per-kernel launch overhead.
 
-Each :class:`Cost` says which (``kind``; ``COST_SOURCES`` names it for people). An explicit cost and the router's
-seconds are given for the catalog's settings: when a run changes them (``gen --width/--height``) they are rescaled
-by the ratio of the FLOP estimates (the note says so); a generator with no FLOP estimate keeps them unscaled (and
-the note says that too). ``cost_tflops`` is rescaled the same way. A measurement is per settings, so a resized run
-misses it (and its images then measure the new size). When estimates drive routing, :func:`estimate_notice` is the
-one line the CLI prints about ``catimg bench``.
+Each :class:`Cost` says which (``kind``; ``COST_SOURCES`` names it for people). An explicit cost and the
+router's seconds are given for the catalog's settings: when a run changes them (``gen --width/--height``) they
+are rescaled by the ratio of the FLOP estimates (the note says so); a generator with no FLOP estimate keeps
+them unscaled (and the note says that too). ``cost_tflops`` is rescaled the same way. A measurement is per
+settings, so a resized run misses it (and its images then measure the new size). When estimates drive routing,
+:func:`estimate_notice` is the one line the CLI prints about ``catimg bench``.
 
-Memory feasibility: the peak memory is estimated as the weights at the chosen dtype plus the activations of the
-largest step (denoiser pass or VAE decode). A generator whose peak does not fit the GPU is planned with model CPU
-offload when its largest single component plus activations fits (cost raised by the time to move every
-component's weights over PCIe once per image); otherwise it is infeasible (``feasible=False``). The note says why.
+Memory feasibility: the peak memory is estimated as the weights at the chosen dtype plus the activations of
+the largest step (denoiser pass or VAE decode). A generator whose peak does not fit the GPU is planned with
+model CPU offload when its largest single component plus activations fits (cost raised by the time to move
+every component's weights over PCIe once per image); otherwise it is infeasible (``feasible=False``). The note
+says why.
 """
 
 from __future__ import annotations
@@ -31,11 +33,15 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from catimg.config import Generator
+from catimg.config import Catalog, Generator
 from catimg.device import DeviceInfo, default_dtype, device_class, dtype_bytes
 from catimg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from catimg.costs.bench import BenchResult
+    from catimg.flops import FlopEstimate
 
 CostKind = Literal["explicit", "measured", "router", "estimated", "unknown"]
 #: How each kind is named to a person (tables, --json ``cost_source``).
@@ -70,6 +76,23 @@ class Cost:
         return {**asdict(self), "source": self.source}
 
 
+class TrainedRouter(Protocol):
+    """What the cost rule asks of a router (:class:`catimg.routing.router.Router`, a later stage, satisfies
+    it)."""
+
+    @property
+    def generators(self) -> list[str]: ...
+
+    @property
+    def cost_unit(self) -> str: ...
+
+    def knows(self, gen: Generator) -> bool: ...
+
+    def mismatch(self, gen: Generator) -> str | None: ...
+
+    def trained_seconds(self, gen: Generator) -> float | None: ...
+
+
 # ------------------------------------------------------------------------------------------ device throughput
 
 
@@ -90,10 +113,10 @@ class Throughput:
         return self.peak_tflops * self.efficiency
 
 
-#: Effective throughput = peak × efficiency. Peaks are the vendors' dense fp16 tensor numbers (fp32 accumulate);
-#: the efficiency 0.2-0.4 is what diffusers pipelines reach in fp16/bf16 at 512-1024 px (SDXL 1024² with guidance,
-#: 13.5 TFLOPs a step, runs at about 14-16 steps/s on an H100, 7 on an A100, 3 on an RTX 4090). Order matters:
-#: the first pattern that matches wins.
+#: Effective throughput = peak × efficiency. Peaks are the vendors' dense fp16 tensor numbers (fp32
+#: accumulate); the efficiency 0.2-0.4 is what diffusers pipelines reach in fp16/bf16 at 512-1024 px (SDXL
+#: 1024² with guidance, 13.5 TFLOPs a step, runs at about 14-16 steps/s on an H100, 7 on an A100, 3 on an RTX
+#: 4090). Order matters: the first pattern that matches wins.
 DEVICE_THROUGHPUT: tuple[Throughput, ...] = (
     Throughput(r"h200", "H200", 989.0, 0.22, 0.006, 55.0, 3.0),
     Throughput(r"h100.*pcie", "H100 PCIe", 756.0, 0.24, 0.006, 55.0, 3.0),
@@ -166,11 +189,11 @@ def generator_cost(
 ) -> Cost:
     """The cost of one image from ``gen`` on ``device`` by the one rule of the module doc.
 
-    ``gen`` carries the settings the run will use (size and dtype overrides applied) and ``base`` is its catalog
-    entry when they differ: an explicit cost or the router's seconds (both given for the catalog settings) are then
-    rescaled by the ratio of the FLOP estimates. ``router_seconds``: the seconds per image the router was trained
-    with for this generator (None when it has none). ``batch`` images per pipeline call share the per-op launch
-    overhead of an estimate.
+    ``gen`` carries the settings the run will use (size and dtype overrides applied) and ``base`` is its
+    catalog entry when they differ: an explicit cost or the router's seconds (both given for the catalog
+    settings) are then rescaled by the ratio of the FLOP estimates. ``router_seconds``: the seconds per image
+    the router was trained with for this generator (None when it has none). ``batch`` images per pipeline call
+    share the per-op launch overhead of an estimate.
     """
     from catimg.flops import estimate_flops
 
@@ -228,7 +251,7 @@ def generator_cost(
     )
 
 
-def _measured(gen: Generator, device: DeviceInfo) -> Any:
+def _measured(gen: Generator, device: DeviceInfo) -> BenchResult | None:
     from catimg.costs.bench import lookup
 
     return lookup(gen, device)
@@ -255,7 +278,8 @@ def _flops_scale(run_tflops: float, gen: Generator, base: Generator | None) -> t
 def _cost_without_estimate(
     gen: Generator, exc: ConfigError, router_seconds: float | None, base: Generator | None
 ) -> Cost:
-    """An explicit cost, else the router's seconds, for a generator with no FLOP estimate; else the ConfigError."""
+    """An explicit cost, else the router's seconds, for a generator with no FLOP estimate; else the
+    ConfigError."""
     resized = base is not None and base.settings_hash() != gen.settings_hash()
     caveat = "; not rescaled for the run's size (no FLOP estimate)" if resized else ""
     tflops = gen.cost_tflops if gen.cost_tflops is not None else 0.0
@@ -285,14 +309,15 @@ def _cost_without_estimate(
 
 def _fit_memory(
     seconds: float,
-    est: Any,
+    est: FlopEstimate,
     dtype: str,
     weights_gb: float,
     peak: float | None,
     device: DeviceInfo,
     tp: Throughput,
 ) -> tuple[float, bool, bool, list[str]]:
-    """(seconds, offload, feasible, notes): plan CPU offload, or mark infeasible, when the peak exceeds the GPU."""
+    """(seconds, offload, feasible, notes): plan CPU offload, or mark infeasible, when the peak exceeds the
+    GPU."""
     if not (device.is_gpu and device.total_memory_gb is not None and peak is not None):
         return seconds, False, True, []
     budget = device.total_memory_gb * (0.75 if device.kind == "mps" else 0.95)
@@ -311,8 +336,8 @@ def _fit_memory(
         )
     from catimg.durations import format_duration
 
-    # model CPU offload (diffusers enable_model_cpu_offload, as catimg.pipelines loads it): each component moves
-    # to the GPU when it runs, so every image moves all the weights over the bus once
+    # model CPU offload (diffusers enable_model_cpu_offload, as catimg.pipelines loads it): each component
+    # moves to the GPU when it runs, so every image moves all the weights over the bus once
     extra = weights_gb / tp.bandwidth_gbs
     return (
         seconds + extra,
@@ -326,15 +351,15 @@ def _fit_memory(
 
 
 def estimated_seconds(
-    est: Any,
+    est: FlopEstimate,
     tp: Throughput,
     tflops_override: float | None = None,
     device: DeviceInfo | None = None,
     dtype: str = "fp16",
     batch: int = 1,
 ) -> float:
-    """Seconds per image from a FLOP estimate and a throughput row: compute time + op launch overhead (shared by
-    the ``batch`` images of one pipeline call)."""
+    """Seconds per image from a FLOP estimate and a throughput row: compute time + op launch overhead (shared
+    by the ``batch`` images of one pipeline call)."""
     eff = tp.effective_tflops
     if device is not None and device.kind != "cpu" and dtype == "fp32":
         eff /= 4.0  # no fp16 tensor cores (TF32 at best)
@@ -355,12 +380,13 @@ def catalog_costs(
 ) -> dict[str, Cost]:
     """Costs of every generator, by name, by the one rule of the module doc.
 
-    ``fallback_seconds``: the seconds a router was trained with, by generator name (rule step 3). ``bases``: the
-    catalog entry of each generator whose run settings differ from it (see :func:`generator_cost`).
+    ``fallback_seconds``: the seconds a router was trained with, by generator name (rule step 3). ``bases``:
+    the catalog entry of each generator whose run settings differ from it (see :func:`generator_cost`).
 
     A generator with no cost at all raises the ConfigError that says which cost to give, unless
-    ``unknown_ok(gen)`` is true (it will not be routed to, e.g. it still needs calibration): it then gets a cost of
-    kind ``"unknown"`` with NaN seconds and TFLOPs, so the rest of the catalog can still be routed and shown.
+    ``unknown_ok(gen)`` is true (it will not be routed to, e.g. it still needs calibration): it then gets a
+    cost of kind ``"unknown"`` with NaN seconds and TFLOPs, so the rest of the catalog can still be routed and
+    shown.
     """
     out: dict[str, Cost] = {}
     for g in gens:
@@ -391,15 +417,16 @@ def catalog_costs(
 def routing_costs(
     gens: Iterable[Generator],
     device: DeviceInfo,
-    router: Any = None,
+    router: TrainedRouter | None = None,
     run_as: Callable[[Generator], Generator] | None = None,
     unknown_ok: Callable[[Generator], bool] | None = None,
     batch: int = 1,
 ) -> dict[str, Cost]:
-    """The costs that route ``gens`` (catalog entries) on ``device``: what explain, gen, plan, models and eval use.
+    """The costs that route ``gens`` (catalog entries) on ``device``: what explain, gen, plan, models and eval
+    use.
 
-    ``router``: its trained-with seconds count for the generators it knows with unchanged settings (rule step 3).
-    ``run_as`` maps a catalog entry to the settings the run uses (gen's --width/--height/--dtype).
+    ``router``: its trained-with seconds count for the generators it knows with unchanged settings (rule step
+    3). ``run_as`` maps a catalog entry to the settings the run uses (gen's --width/--height/--dtype).
     """
     gens = list(gens)
     trained: dict[str, float] = {}
@@ -415,12 +442,13 @@ def routing_costs(
 
 
 def router_generator_costs(
-    router: Any, catalog: Any, device: DeviceInfo
+    router: TrainedRouter, catalog: Catalog, device: DeviceInfo
 ) -> tuple[dict[str, Cost] | None, str]:
-    """The routing costs (the one rule) of every generator of ``router``, for ``catimg eval``; or (None, why not).
+    """The routing costs (the one rule) of every generator of ``router``, for ``catimg eval``; or (None, why
+    not).
 
-    Every router generator must be in ``catalog`` with the settings it was trained on (else its cost on this device
-    is unknown, and eval keeps the router's own training costs for all of them: one unit on one axis).
+    Every router generator must be in ``catalog`` with the settings it was trained on (else its cost on this
+    device is unknown, and eval keeps the router's own training costs for all of them: one unit on one axis).
     """
     gens = []
     for name in router.generators:
@@ -446,8 +474,8 @@ def estimate_notice(
     """One line for stderr when estimates drive routing: which generators, and how long `catimg bench` takes.
 
     The bench time is the estimated load plus ``warmup + repeats`` images (bench's defaults) per model: bench
-    measures one generator of a model (its cheapest here) and its step variants reuse that (``models``: name ->
-    model; None counts every generator as its own model).
+    measures one generator of a model (its cheapest here) and its step variants reuse that (``models``: name
+    -> model; None counts every generator as its own model).
     """
     wanted = set(names) if names is not None else set(costs)
     est = {n: c for n, c in costs.items() if n in wanted and c.kind == "estimated"}

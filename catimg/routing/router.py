@@ -3,15 +3,19 @@
 Layout::
 
     DIR/config.json          format, format_version, encoder (id, dim), generators in column order (name,
-                             settings hash and settings, cost used in training), cost unit, metric and its scale,
-                             budget levels (name -> lambda, with their definition), predictor name and params,
-                             training-data card (sources, licenses, citations, prompts, held-out results)
+                             settings hash and settings, cost used in training), cost unit, metric and its
+                             scale, budget levels (name -> lambda, with their definition), predictor name and
+                             params, training-data card (sources, licenses, citations, prompts, held-out
+                             results)
     DIR/weights.safetensors  the predictor's arrays, plus the neighbour index: ``index.rows`` (int64, rows of
-                             prompts.json) and ``index.X`` (float16 unit embeddings) of at most INDEX_MAX training
-                             prompts (a seeded sample beyond that), for "most similar training prompts"
-    DIR/prompts.json         every training prompt in row order (for the index and "was this prompt trained on")
+                             prompts.json) and ``index.X`` (float16 unit embeddings) of at most INDEX_MAX
+                             training prompts (a seeded sample beyond that), for "most similar training
+                             prompts"
+    DIR/prompts.json         every training prompt in row order (for the index and "was this prompt trained
+                             on")
 
-:func:`load_router` reads and validates it; :class:`Router` predicts quality per generator for prompt embeddings.
+:func:`load_router` reads and validates it; :class:`Router` predicts quality per generator for prompt
+embeddings.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ FORMAT = "catimg-router"
 FORMAT_VERSION = 2
 #: Format versions that this catimg can no longer read, with what changed (for the one-line error).
 OLD_FORMATS = {
-    1: "version 1 (catimg 0.1.0) held an exact Gaussian process whose weights grow with the square of the prompts"
+    1: "version 1 (catimg 0.1.0) held an exact Gaussian process whose weights grow with the square of the "
+    "prompts"
 }
 #: At most this many training prompts are kept in the neighbour index (float16 embeddings).
 INDEX_MAX = 32768
@@ -43,9 +48,10 @@ PACKAGED_ROUTER = Path(__file__).parents[1] / "data" / "router"
 
 #: How the budget levels are defined (stored in every artifact's config.json).
 LEVEL_DEFINITION = (
-    "value = (q - lo)/(hi - lo) - lambda * cost/max_cost, the generator with the highest value is chosen per prompt. "
-    "lambda of low/medium/high is calibrated on the reference prompts so that the mean routed cost is about 25%/50%/75% "
-    "of the way from the cheapest generator's cost to the mean cost of max; max is lambda = 0 (best predicted quality). "
+    "value = (q - lo)/(hi - lo) - lambda * cost/max_cost, the generator with the highest value is chosen "
+    "per prompt. lambda of low/medium/high is calibrated on the reference prompts so that the mean routed "
+    "cost is about 25%/50%/75% of the way from the cheapest generator's cost to the mean cost of max; "
+    "max is lambda = 0 (best predicted quality). "
     "Lambdas strictly decrease from low to max, so cost and predicted quality never decrease."
 )
 
@@ -95,10 +101,11 @@ class Router:
         return {g["name"]: float(g["cost"]) for g in self.config["generators"]}
 
     def trained_seconds(self, gen: Generator) -> float | None:
-        """Seconds per image the router was trained with for a generator of ``gen``'s name (from the measurements).
+        """Seconds per image the router was trained with for a generator of ``gen``'s name (from the
+        measurements).
 
-        Only a fallback for showing a cost where catimg has no other (see ``catalog_costs``): a generator whose
-        settings changed since training is not routed anyway.
+        Only a fallback for showing a cost where catimg has no other (see ``catalog_costs``): a generator
+        whose settings changed since training is not routed anyway.
         """
         if gen.name not in self._hashes:
             return None
@@ -106,11 +113,13 @@ class Router:
         return float(s) if isinstance(s, (int, float)) and s > 0 else None
 
     def fallback_seconds(self, gens: Iterable[Generator]) -> dict[str, float]:
-        """{name: trained seconds} for the generators of ``gens`` the router was trained on with measured seconds."""
+        """{name: trained seconds} for the generators of ``gens`` the router was trained on with measured
+        seconds."""
         return {g.name: s for g in gens if (s := self.trained_seconds(g)) is not None}
 
     def knows(self, gen: Generator) -> bool:
-        """True when ``gen`` is one of the router's columns with the same settings (when a hash was recorded)."""
+        """True when ``gen`` is one of the router's columns with the same settings (when a hash was
+        recorded)."""
         if gen.name not in self._hashes:
             return False
         h = self._hashes[gen.name]
@@ -128,7 +137,8 @@ class Router:
         return f"{gen.name}: settings changed since training ({'; '.join(diffs) or 'settings hash differs'})"
 
     def check(self, catalog: Catalog, encoder_id: str) -> None:
-        """RouterError when the encoder differs or no enabled generator of the catalog is known to the router."""
+        """RouterError when the encoder differs or no enabled generator of the catalog is known to the
+        router."""
         if encoder_id != self.encoder_id:
             raise RouterError(
                 f"{self.path}: trained on prompt encoder {self.encoder_id}, but catimg uses {encoder_id}; "
@@ -153,10 +163,11 @@ class Router:
         return emb
 
     def predict(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted quality (n, g) and its uncertainty (n, g) in metric units, columns in :attr:`generators` order.
+        """Predicted quality (n, g) and its uncertainty (n, g) in metric units, columns in :attr:`generators`
+        order.
 
-        The expected quality is kept within the metric's scale: a linear model can extrapolate past the best or worst
-        score the metric can give (a CLIPScore below 0), which no image can reach."""
+        The expected quality is kept within the metric's scale: a linear model can extrapolate past the best
+        or worst score the metric can give (a CLIPScore below 0), which no image can reach."""
         mean, std = self.predictor.predict(self._check_emb(emb))
         return np.clip(mean.astype(np.float64), *self.scale), std.astype(np.float64)
 
@@ -166,15 +177,16 @@ class Router:
         return list(self._prompts or [])
 
     def neighbours(self, emb: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
-        """The k most similar training prompts per query with their cosine similarity, from the neighbour index
-        (every training prompt up to INDEX_MAX of them, a seeded sample beyond)."""
+        """The k most similar training prompts per query with their cosine similarity, from the neighbour
+        index (every training prompt up to INDEX_MAX of them, a seeded sample beyond)."""
         emb = self._check_emb(emb)
         if self._index is None or self._prompts is None or k <= 0:
             return [[] for _ in range(len(emb))]
         return self._hits(emb, k, np.arange(len(self._index[0])))
 
     def _hits(self, emb: np.ndarray, k: int, members: np.ndarray) -> list[list[tuple[str, float]]]:
-        """Per query, the k nearest of the index entries ``members`` as (training prompt, cosine similarity)."""
+        """Per query, the k nearest of the index entries ``members`` as (training prompt, cosine
+        similarity)."""
         from catimg.routing.predictor import nearest
 
         assert self._index is not None and self._prompts is not None
@@ -190,8 +202,8 @@ class Router:
 
     @property
     def sets(self) -> list[dict[str, Any]]:
-        """The measurement sets of a router trained on several (name, metric, range, n_prompts, n_measured, rows);
-        empty for a router trained on one set."""
+        """The measurement sets of a router trained on several (name, metric, range, n_prompts, n_measured,
+        rows); empty for a router trained on one set."""
         return list(self.data_card.get("sets", []))
 
     def sources(self, name: str) -> dict[str, int]:
@@ -203,8 +215,8 @@ class Router:
         return {", ".join(srcs) or "training data": int(g.get("n_measured", 0))}
 
     def neighbours_by_set(self, emb: np.ndarray, k: int = 1) -> list[dict[str, list[tuple[str, float]]]]:
-        """Per query and per measurement set of a joint router, the k most similar training prompts of that set
-        (with their cosine similarity); a router of one set gives one entry named after its sources."""
+        """Per query and per measurement set of a joint router, the k most similar training prompts of that
+        set (with their cosine similarity); a router of one set gives one entry named after its sources."""
         emb = self._check_emb(emb)
         if self._index is None or self._prompts is None or k <= 0:
             return [{} for _ in range(len(emb))]
@@ -221,7 +233,8 @@ class Router:
         return out
 
     def choose(self, mean: np.ndarray, lam: float, costs: np.ndarray | None = None) -> np.ndarray:
-        """Column chosen per prompt at price ``lam`` with the training costs (or ``costs``), by :mod:`catimg.routing.rule`."""
+        """Column chosen per prompt at price ``lam`` with the training costs (or ``costs``), by
+        :mod:`catimg.routing.rule`."""
         from catimg.routing.rule import choose_metric
 
         c = np.array([self.costs[g] for g in self.generators]) if costs is None else np.asarray(costs, float)
@@ -285,7 +298,8 @@ def _require(cfg: dict[str, Any], where: Path, *keys: str) -> Any:
     for k in keys:
         if not isinstance(cur, dict) or k not in cur:
             raise RouterError(
-                f'{where}: missing key "{".".join(keys)}"; the artifact is incomplete, retrain it with `catimg train`'
+                f'{where}: missing key "{".".join(keys)}"; the artifact is incomplete, '
+                "retrain it with `catimg train`"
             )
         cur = cur[k]
     return cur
@@ -295,34 +309,65 @@ def load_router(
     path: str | Path | None = None, encoder_id: str | None = None, encoder_dim: int | None = None
 ) -> Router:
     """Load and validate a router folder (None: the router bundled with catimg)."""
+    folder = _folder(path)
+    cfg_path = folder / CONFIG
+    cfg = _read_config(cfg_path)
+    _check_config(cfg, cfg_path, encoder_id, encoder_dim)
+    wpath = folder / str(cfg.get("weights", WEIGHTS))
+    arrays = _read_weights(wpath)
+    index_rows = arrays.pop(INDEX_PREFIX + "rows", None)
+    index_X = arrays.pop(INDEX_PREFIX + "X", None)
+    pred = load_predictor(cfg["predictor"]["name"], cfg["predictor"]["params"], arrays, where=str(wpath))
+    _check_fit(pred, cfg, wpath)
+    prompts = _read_prompts(folder / PROMPTS)
+    index = None
+    if index_rows is not None and index_X is not None and prompts is not None:
+        if index_X.shape != (len(index_rows), int(cfg["encoder"]["dim"])) or (
+            len(index_rows) and (index_rows.min() < 0 or index_rows.max() >= len(prompts))
+        ):
+            raise RouterError(
+                f"{wpath}: the neighbour index does not fit {PROMPTS}; copy the whole router folder or "
+                "retrain it with `catimg train`"
+            )
+        index = (index_rows.astype(np.int64), index_X)
+    return Router(folder, cfg, pred, prompts, index)
+
+
+def _folder(path: str | Path | None) -> Path:
+    """The router folder that ``path`` names (a folder, or its config.json; None: the bundled router)."""
     folder = PACKAGED_ROUTER if path is None else Path(path).expanduser()
     if not folder.exists():
         raise RouterError(
             f"{folder}: router folder not found; pass --router with a folder written by `catimg train`"
         )
     if not folder.is_dir():
-        if folder.name == CONFIG:
-            folder = folder.parent
-        else:
+        if folder.name != CONFIG:
             raise RouterError(
                 f"{folder}: is a file, not a router folder; pass --router with the folder holding {CONFIG}"
             )
-    cfg_path = folder / CONFIG
-    if not cfg_path.is_file():
+        folder = folder.parent
+    if not (folder / CONFIG).is_file():
         raise RouterError(
             f"{folder}: no {CONFIG} in the router folder; pass a folder written by `catimg train`"
         )
+    return folder
+
+
+def _read_config(cfg_path: Path) -> dict[str, Any]:
+    """config.json of a router of this catimg's format version."""
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise RouterError(f"{cfg_path}: cannot read ({exc}); retrain the router with `catimg train`") from exc
     except json.JSONDecodeError as exc:
         raise RouterError(
-            f"{cfg_path}: corrupt JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); retrain the router with `catimg train`"
+            f"{cfg_path}: corrupt JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+            "retrain the router with `catimg train`"
         ) from exc
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise RouterError(
-            f'{cfg_path}: not a catimg router config (format is not "{FORMAT}"); pass a folder written by `catimg train`'
+            f'{cfg_path}: not a catimg router config (format is not "{FORMAT}"); '
+            "pass a folder written by `catimg train`"
         )
     version = cfg.get("format_version")
     if version in OLD_FORMATS:
@@ -335,6 +380,13 @@ def load_router(
             f"{cfg_path}: router format version {version!r}, but this catimg reads version {FORMAT_VERSION}; "
             "retrain it with this catimg (`catimg train`) or use the matching catimg version"
         )
+    return cfg
+
+
+def _check_config(
+    cfg: dict[str, Any], cfg_path: Path, encoder_id: str | None, encoder_dim: int | None
+) -> None:
+    """RouterError for a missing key, a malformed generator list, or another encoder than the one in use."""
     for keys in (
         ("encoder", "id"),
         ("encoder", "dim"),
@@ -356,13 +408,18 @@ def load_router(
         )
     if encoder_id is not None and cfg["encoder"]["id"] != encoder_id:
         raise RouterError(
-            f"{cfg_path}: trained on prompt encoder {cfg['encoder']['id']}, but catimg uses {encoder_id}; retrain the router with `catimg train`"
+            f"{cfg_path}: trained on prompt encoder {cfg['encoder']['id']}, but catimg uses {encoder_id}; "
+            "retrain the router with `catimg train`"
         )
     if encoder_dim is not None and int(cfg["encoder"]["dim"]) != encoder_dim:
         raise RouterError(
-            f"{cfg_path}: encoder dimension {cfg['encoder']['dim']} differs from {encoder_dim}; retrain the router"
+            f"{cfg_path}: encoder dimension {cfg['encoder']['dim']} differs from {encoder_dim}; "
+            "retrain the router"
         )
-    wpath = folder / str(cfg.get("weights", WEIGHTS))
+
+
+def _read_weights(wpath: Path) -> dict[str, np.ndarray]:
+    """The arrays of weights.safetensors (the predictor's and the neighbour index)."""
     if not wpath.is_file():
         raise RouterError(
             f"{wpath}: router weights missing; copy the whole router folder or retrain it with `catimg train`"
@@ -370,15 +427,16 @@ def load_router(
     try:
         from safetensors.numpy import load_file
 
-        arrays = load_file(str(wpath))
+        return load_file(str(wpath))
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise RouterError(
-            f"{wpath}: corrupt router weights ({first_line(exc, limit=120)}); retrain the router with `catimg train`"
+            f"{wpath}: corrupt router weights ({first_line(exc, limit=120)}); "
+            "retrain the router with `catimg train`"
         ) from exc
-    index_rows = arrays.pop(INDEX_PREFIX + "rows", None)
-    index_X = arrays.pop(INDEX_PREFIX + "X", None)
-    pred = load_predictor(cfg["predictor"]["name"], cfg["predictor"]["params"], arrays, where=str(wpath))
-    # one prediction on a zero embedding: weights that do not fit the config fail here, as one line
+
+
+def _check_fit(pred: Predictor, cfg: dict[str, Any], wpath: Path) -> None:
+    """One prediction on a zero embedding: weights that do not fit the config fail here, as one line."""
     n_gen = len(cfg["generators"])
     try:
         mean, std = pred.predict(np.zeros((1, int(cfg["encoder"]["dim"])), dtype=np.float32))
@@ -393,26 +451,19 @@ def load_router(
             f"{wpath}: the weights predict {np.shape(mean)[-1]} generator(s) but {CONFIG} lists {n_gen}; "
             "copy the whole router folder or retrain it with `catimg train`"
         )
-    prompts: list[str] | None = None
-    ppath = folder / PROMPTS
-    if ppath.is_file():
-        try:
-            prompts = json.loads(ppath.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RouterError(
-                f"{ppath}: corrupt prompt list ({exc}); retrain the router with `catimg train`"
-            ) from exc
-    index = None
-    if index_rows is not None and index_X is not None and prompts is not None:
-        if index_X.shape != (len(index_rows), int(cfg["encoder"]["dim"])) or (
-            len(index_rows) and (index_rows.min() < 0 or index_rows.max() >= len(prompts))
-        ):
-            raise RouterError(
-                f"{wpath}: the neighbour index does not fit {PROMPTS}; copy the whole router folder or "
-                "retrain it with `catimg train`"
-            )
-        index = (index_rows.astype(np.int64), index_X)
-    return Router(folder, cfg, pred, prompts, index)
+
+
+def _read_prompts(ppath: Path) -> list[str] | None:
+    """The training prompts of prompts.json, or None when the artifact has none."""
+    if not ppath.is_file():
+        return None
+    try:
+        prompts: list[str] = json.loads(ppath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RouterError(
+            f"{ppath}: corrupt prompt list ({exc}); retrain the router with `catimg train`"
+        ) from exc
+    return prompts
 
 
 def unknown_generators(router: Router, catalog: Catalog) -> list[str]:
