@@ -258,3 +258,23 @@ def test_train_on_a_file_next_to_the_store(tmp_path: Path) -> None:
         ("store:cal.sqlite", "clipscore", [0.0, 100.0]),
     ]
     assert card["held_out_by_set"]["store:cal.sqlite"]["n_test"] == 2 * len(SUBJECTS)
+
+
+def test_joint_cross_validation_holds_a_prompt_out_of_every_set_in_one_pass() -> None:
+    """One out-of-fold pass over a joint table: a prompt two sets measured is left out of both in its fold, so a
+    1-nearest-neighbour predictor cannot copy its twin's score (with a leak every prediction would be exact)."""
+    from catimg.training.train import cv_rows, joint_out_of_fold
+
+    rng = np.random.default_rng(0)
+    prompts = [f"prompt {i}" for i in range(40)]
+    scores = rng.uniform(1, 5, size=(40, 2))
+    a = _table(prompts, scores, "genai_bench_alignment", "genai_bench")
+    b = _table(prompts, scores, "tifa_faithfulness", "tifa")  # the same prompts and scores in a second set
+    joint = join([a, b])
+    X = np.vstack([rng.normal(size=(40, 8))] * 2)  # a prompt's two rows embed identically
+    rows, pred = joint_out_of_fold("knn", X, joint, params={"k": 1})
+    assert list(rows) == list(cv_rows(80, 0)) and pred.shape == (80, 2)
+    assert not np.any(np.isclose(pred, joint.table.Y[rows]).all(axis=1))
+    set_rows, set_pred = joint_out_of_fold("knn", X, joint, params={"k": 1}, set_index=1)
+    assert list(set_rows) == list(range(40, 80))
+    assert not np.any(np.isclose(set_pred, joint.table.Y[set_rows]).all(axis=1))

@@ -221,12 +221,14 @@ def held_out_numbers(
     unit: str,
     seed: int,
     params: dict[str, Any] | None,
+    oof: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any], list[str]]:
     """(reference predictions for the budget levels, the data card's held-out section, warnings).
 
-    Out-of-fold predictions on at most MAX_CV_PROMPTS prompts: each predicted by a model fitted without it.
+    Out-of-fold predictions on at most MAX_CV_PROMPTS prompts: each predicted by a model fitted without it;
+    ``oof`` gives them ready made (rows, predictions), as :func:`joint_out_of_fold` computes them.
     """
-    rows = cv_rows(len(X), seed)
+    rows = cv_rows(len(X), seed) if oof is None else oof[0]
     Xc, Yc = X[rows], Y[rows]
     folds = min(OOF_FOLDS, len(Xc))
     if len(Xc) < 10:
@@ -236,7 +238,7 @@ def held_out_numbers(
             {"note": "too few prompts (< 10) for cross-validation; budget levels from in-sample predictions"},
             [],
         )
-    ref = out_of_fold(name, Xc, Yc, folds=folds, seed=seed, params=params)
+    ref = out_of_fold(name, Xc, Yc, folds=folds, seed=seed, params=params) if oof is None else oof[1]
     full = np.flatnonzero(~np.any(np.isnan(Yc), axis=1))
     if len(full) < MIN_HOLDOUT or len(table.generators) < 2:
         return (
@@ -274,60 +276,73 @@ def joint_out_of_fold(
     name: str,
     X: np.ndarray,
     joint: Any,
-    set_index: int,
     folds: int = OOF_FOLDS,
     seed: int = 0,
     params: dict[str, Any] | None = None,
-    only_set: bool = False,
+    set_index: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(rows of set ``set_index`` measured on all of its generators, their out-of-fold predictions on the
-    joint scale).
+    """(rows of a joint table, their out-of-fold predictions on the joint scale).
 
-    Each fold of that set's prompts is predicted by a model fitted on every other row of the joint table,
-    except rows of the same prompt in any set (a prompt two sets measured is held out from both). ``only_set``
-    fits on the set's own rows only (the single-set reference)."""
+    Folds are drawn over *prompts*: every row of a held-out prompt, in any set, is left out of that fold's fit
+    (TIFA and DSG share prompts). Without ``set_index``: one pass over at most MAX_CV_PROMPTS rows of every
+    set, which serves the budget levels and every set's held-out numbers at once (``folds`` fits). With
+    ``set_index``: the rows of that set measured on all of its generators (the routing benchmark's protocol)."""
     from catimg.measurements import prompt_key
 
     t = joint.table
-    own = np.flatnonzero(joint.row_set == set_index)
-    cols = [t.generators.index(g) for g, n in joint.sets[set_index].n_measured.items() if n]
-    full = own[~np.any(np.isnan(t.Y[np.ix_(own, cols)]), axis=1)]
     keys = np.array([prompt_key(p) for p in t.prompts])
-    pool = own if only_set else np.arange(len(keys))
-    pred = np.full((len(full), len(t.generators)), np.nan)
-    perm = np.random.default_rng(seed).permutation(len(full))
-    for f in np.array_split(perm, min(folds, len(full))):
-        tr = pool[~np.isin(keys[pool], keys[full[f]])]
+    if set_index is None:
+        rows = cv_rows(len(X), seed)
+    else:
+        own = np.flatnonzero(joint.row_set == set_index)
+        cols = [t.generators.index(g) for g, n in joint.sets[set_index].n_measured.items() if n]
+        rows = own[~np.any(np.isnan(t.Y[np.ix_(own, cols)]), axis=1)]
+    _, first, inverse = np.unique(keys[rows], return_index=True, return_inverse=True)
+    k = max(1, min(folds, len(first)))
+    # prompts in order of first appearance (so that with one row per prompt, prompt j is row j), then the
+    # seeded permutation split into k parts, as out_of_fold splits rows
+    position = np.empty(len(first), dtype=int)
+    position[np.argsort(first)] = np.arange(len(first))
+    fold_at = np.empty(len(first), dtype=int)
+    for f, part in enumerate(np.array_split(np.random.default_rng(seed).permutation(len(first)), k)):
+        fold_at[part] = f
+    fold = fold_at[position[inverse]]
+    pred = np.full((len(rows), len(t.generators)), np.nan)
+    for f in range(k):
+        test = np.flatnonzero(fold == f)
+        tr = np.flatnonzero(~np.isin(keys, keys[rows[test]]))
         ytr = t.Y[tr]
         usable = ~np.all(np.isnan(ytr), axis=0)
         p = make_predictor(name, **(params or {})).fit(X[tr], ytr[:, usable])
-        pred[np.ix_(f, np.flatnonzero(usable))] = p.predict(X[full[f]])[0]
-    return full, pred
+        pred[np.ix_(test, np.flatnonzero(usable))] = p.predict(X[rows[test]])[0]
+    return rows, pred
 
 
 def held_out_by_set(
     name: str,
-    X: np.ndarray,
     joint: Any,
     costs: np.ndarray,
     unit: str,
     seed: int,
-    params: dict[str, Any] | None,
+    oof: tuple[np.ndarray, np.ndarray],
 ) -> dict[str, Any]:
     """Per set of a joint table: routing numbers of the joint predictor on that set's held-out prompts, in the
-    set's own units, among the set's own generators (see :func:`joint_out_of_fold`)."""
+    set's own units, among the set's own generators, from the one out-of-fold pass ``oof`` of
+    :func:`joint_out_of_fold`."""
     out: dict[str, Any] = {}
     t = joint.table
+    rows, pred = oof
+    sample = f" of a seeded sample of {len(rows)} rows" if len(rows) < t.n_prompts else ""
     for k, cal in enumerate(joint.sets):
         gens = [g for g, n in cal.n_measured.items() if n]
         cols = [t.generators.index(g) for g in gens]
-        rows, pred = joint_out_of_fold(name, X, joint, k, seed=seed, params=params)
-        if len(rows) < MIN_HOLDOUT:
+        mine = (joint.row_set[rows] == k) & ~np.any(np.isnan(t.Y[np.ix_(rows, cols)]), axis=1)
+        if mine.sum() < MIN_HOLDOUT:
             out[cal.name] = {"note": f"too few prompts measured on all of its generators (< {MIN_HOLDOUT})"}
             continue
         rep = evaluate_predictions(
-            cal.from_joint(pred[:, cols]),
-            cal.from_joint(t.Y[np.ix_(rows, cols)]),
+            cal.from_joint(pred[np.ix_(mine, cols)]),
+            cal.from_joint(t.Y[np.ix_(rows[mine], cols)]),
             costs[cols],
             (cal.lo, cal.hi),
             gens,
@@ -338,12 +353,15 @@ def held_out_by_set(
         out[cal.name] = {
             "metric": cal.metric,
             "scale": [cal.lo, cal.hi],
-            "n_test": len(rows),
+            "n_test": int(mine.sum()),
             "single": rep.single,
             "best_single": rep.best_single,
             "summaries": [sm.__dict__ for sm in rep.summaries],
-            "split": f"{OOF_FOLDS}-fold cross-validation over this set's prompts (seed {seed}); each fold "
-            "predicted by the joint predictor fitted on every other row of every set",
+            "split": (
+                f"{OOF_FOLDS}-fold cross-validation over the prompts of every set (seed {seed}){sample}; "
+                "each fold predicted by the joint predictor fitted on every row of every set except that "
+                "fold's prompts"
+            ),
         }
     return out
 
@@ -362,7 +380,7 @@ def _joint_card(
     costs: np.ndarray,
     unit: str,
     seed: int,
-    params: dict[str, Any] | None,
+    oof: tuple[np.ndarray, np.ndarray],
 ) -> list[str]:
     """Fill the data card's joint sections (sets, per-set held-out numbers, comparisons); return warnings."""
     from catimg.training.joint import JOINT_DESCRIPTION, compare_sets
@@ -380,7 +398,7 @@ def _joint_card(
         }
         for c, r in zip(joint.sets, rows, strict=True)
     ]
-    card["held_out_by_set"] = held_out_by_set(name, X, joint, costs, unit, seed, params)
+    card["held_out_by_set"] = held_out_by_set(name, joint, costs, unit, seed, oof)
     pairs = compare_sets(joint)
     card["set_comparisons"] = [p.to_json() for p in pairs]
     return [f"the sets disagree on how two generators compare: {p.line()}" for p in pairs if p.disagree]
@@ -461,17 +479,19 @@ def train_router(
     final: Predictor = make_predictor(name, **(predictor_params or {})).fit(X, Y)
     t_fit = time.perf_counter() - t1
     say("cross-validating for the held-out numbers and the budget levels")
+    oof = None
+    if joint is not None:  # one pass over every set's prompts serves the levels and each set's numbers
+        oof = joint_out_of_fold(name, X, joint, seed=seed, params=predictor_params)
     ref, heldout, more = held_out_numbers(
-        name, X, Y, costs, scale, table, metric, unit, seed, predictor_params
+        name, X, Y, costs, scale, table, metric, unit, seed, predictor_params, oof
     )
     warnings += more
     levels, achieved = calibrate_levels(ref, costs, scale)
 
     card = _data_card(table, data_card)
     card["held_out"] = heldout
-    if joint is not None:
-        say("cross-validating per set")
-        warnings += _joint_card(card, name, X, joint, costs, unit, seed, predictor_params)
+    if oof is not None:
+        warnings += _joint_card(card, name, X, joint, costs, unit, seed, oof)
     card["warnings"] = warnings
     card["training_seconds"] = {
         "embed": round(t_embed, 2),
