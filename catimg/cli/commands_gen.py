@@ -1,4 +1,8 @@
-"""`catimg gen` (route, then generate and save images) and `catimg inspect` (what an image carries)."""
+"""`catimg gen` (route, then generate and save images) and `catimg inspect` (what an image carries).
+
+``gen`` parses and checks its options, then calls the use case in :mod:`catimg.generation.run` (plan the run,
+make the images) and renders the plan, the progress and the summary (text or one JSON document).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -30,24 +34,98 @@ from catimg.cli.common import (
     TOTAL_BUDGET_OPT,
     check_choice,
     collect_prompts,
-    load_setup,
     parse_budgets,
 )
 from catimg.cli.render import console, fmt_seconds, fmt_value, label, print_json
 from catimg.cli.scoring import finish_scoring, report_scoring, scoring_doc, scoring_hook
 from catimg.device import DTYPES
-from catimg.errors import ExitStatus, InputError, WeightsMissingError
+from catimg.errors import ExitStatus, InputError
 from catimg.generation.events import Event, ImageDone, ModelLoading, OnEvent, Retrying, RunStarted, Step
+from catimg.generation.run import EngineChoice, GenRequest
 
 if TYPE_CHECKING:
+    from contextlib import ExitStack
+
     from rich.console import Console
 
-    from catimg.config import Catalog
-    from catimg.generation.execution import Engine
-    from catimg.generation.generate import PlanItem, RunResult
+    from catimg.calibration.calibrate import RunScoring
+    from catimg.generation.generate import PlanItem
+    from catimg.generation.run import GenResult, RunPlan, Spend
     from catimg.routing.route import RoutingResult
 
 DEFAULT_OUT = "catimg-out"
+
+OUT_OPT = typer.Option(Path(DEFAULT_OUT), "--out", "-o", help="Folder for the images and manifest.jsonl.")
+SEED_OPT = typer.Option(
+    None,
+    "--seed",
+    "-s",
+    help="Base seed (image k of prompt i gets seed + i*n + k). Default: random, recorded.",
+    show_default=False,
+)
+IMAGES_OPT = typer.Option(1, "--images-per-prompt", "-n", help="Images per prompt.")
+NEGATIVE_OPT = typer.Option(
+    None, "--negative", help="Negative prompt (overrides the catalog's).", show_default=False
+)
+NEGATIVE_FILE_OPT = typer.Option(
+    None, "--negative-file", help="Read the negative prompt from this UTF-8 file.", show_default=False
+)
+WIDTH_OPT = typer.Option(
+    None, "--width", help="Image width, a multiple of 8 (default: the generator's).", show_default=False
+)
+HEIGHT_OPT = typer.Option(
+    None, "--height", help="Image height, a multiple of 8 (default: the generator's).", show_default=False
+)
+DRY_RUN_OPT = typer.Option(False, "--dry-run", help="Show the plan only; load nothing, write nothing.")
+RESUME_OPT = typer.Option(
+    False,
+    "--resume",
+    help="Make only the images not yet in OUT/manifest.jsonl and on disk. Images are matched by what they "
+    "are (prompt, image number, seed, generator settings, size), not by position; what differs from the "
+    "manifest is named in one line and the run goes on with what is still to do.",
+)
+NO_METADATA_OPT = typer.Option(False, "--no-metadata", help="Write PNGs without catimg's text chunks.")
+ALLOW_DOWNLOAD_OPT = typer.Option(
+    False,
+    "--allow-download",
+    help="Let diffusers download missing weights from the Hugging Face Hub (also CATIMG_ALLOW_DOWNLOAD=1). "
+    "Default: off.",
+)
+BATCH_SIZE_OPT = typer.Option(
+    None, "--batch-size", help="Images per pipeline call (default: by device memory).", show_default=False
+)
+RAY_ADDRESS_OPT = typer.Option(
+    None,
+    "--ray-address",
+    help="With --engine ray: the cluster head (host:port, ray://host:10001 or auto). Default: a local Ray "
+    "instance.",
+    show_default=False,
+)
+WORKERS_OPT = typer.Option(
+    None,
+    "--workers",
+    help="With --engine ray: workers (default: one per GPU, else per CPU).",
+    show_default=False,
+)
+SCORE_OPT = typer.Option(
+    False,
+    "--score",
+    help="Score every image made (CLIPScore or PickScore weights from the Hugging Face cache) and record it "
+    "in the measurement store that calibrate fills; `catimg train --db` then refreshes the router.",
+)
+METRIC_OPT = typer.Option("clipscore", "--metric", help="With --score: the scorer (clipscore, pickscore).")
+SCORER_MODEL_OPT = typer.Option(
+    None,
+    "--scorer-model",
+    help="With --score: scorer checkpoint (Hub id in the HF cache or a local folder).",
+    show_default=False,
+)
+DB_OPT = typer.Option(
+    None,
+    "--db",
+    help="With --score: the measurement database (default: the one `catimg calibrate` uses).",
+    show_default=False,
+)
 
 
 @app.command()
@@ -59,88 +137,33 @@ def gen(
     models: Path | None = MODELS_OPT,
     router: Path | None = ROUTER_OPT,
     generator: str | None = GENERATOR_OPT,
-    out: Path = typer.Option(
-        Path(DEFAULT_OUT), "--out", "-o", help="Folder for the images and manifest.jsonl."
-    ),
-    seed: int | None = typer.Option(
-        None,
-        "--seed",
-        "-s",
-        help="Base seed (image k of prompt i gets seed + i*n + k). Default: random, recorded.",
-        show_default=False,
-    ),
-    images_per_prompt: int = typer.Option(1, "--images-per-prompt", "-n", help="Images per prompt."),
-    negative: str | None = typer.Option(
-        None, "--negative", help="Negative prompt (overrides the catalog's).", show_default=False
-    ),
-    negative_file: Path | None = typer.Option(
-        None, "--negative-file", help="Read the negative prompt from this UTF-8 file.", show_default=False
-    ),
-    width: int | None = typer.Option(
-        None, "--width", help="Image width, a multiple of 8 (default: the generator's).", show_default=False
-    ),
-    height: int | None = typer.Option(
-        None, "--height", help="Image height, a multiple of 8 (default: the generator's).", show_default=False
-    ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan only; load nothing, write nothing."),
-    resume: bool = typer.Option(
-        False,
-        "--resume",
-        help="Make only the images not yet in OUT/manifest.jsonl and on disk. Images are matched by what they are "
-        "(prompt, image number, seed, generator settings, size), not by position; what differs from the "
-        "manifest is named in one line and the run goes on with what is still to do.",
-    ),
+    out: Path = OUT_OPT,
+    seed: int | None = SEED_OPT,
+    images_per_prompt: int = IMAGES_OPT,
+    negative: str | None = NEGATIVE_OPT,
+    negative_file: Path | None = NEGATIVE_FILE_OPT,
+    width: int | None = WIDTH_OPT,
+    height: int | None = HEIGHT_OPT,
+    dry_run: bool = DRY_RUN_OPT,
+    resume: bool = RESUME_OPT,
     device: str | None = DEVICE_OPT,
     dtype: str | None = DTYPE_OPT,
-    no_metadata: bool = typer.Option(False, "--no-metadata", help="Write PNGs without catimg's text chunks."),
-    allow_download: bool = typer.Option(
-        False,
-        "--allow-download",
-        help="Let diffusers download missing weights from the Hugging Face Hub (also CATIMG_ALLOW_DOWNLOAD=1). Default: off.",
-    ),
-    batch_size: int | None = typer.Option(
-        None, "--batch-size", help="Images per pipeline call (default: by device memory).", show_default=False
-    ),
+    no_metadata: bool = NO_METADATA_OPT,
+    allow_download: bool = ALLOW_DOWNLOAD_OPT,
+    batch_size: int | None = BATCH_SIZE_OPT,
     engine: str = ENGINE_OPT,
-    ray_address: str | None = typer.Option(
-        None,
-        "--ray-address",
-        help="With --engine ray: the cluster head (host:port, ray://host:10001 or auto). Default: a local Ray instance.",
-        show_default=False,
-    ),
-    workers: int | None = typer.Option(
-        None,
-        "--workers",
-        help="With --engine ray: workers (default: one per GPU, else per CPU).",
-        show_default=False,
-    ),
-    score: bool = typer.Option(
-        False,
-        "--score",
-        help="Score every image made (CLIPScore or PickScore weights from the Hugging Face cache) and record it in "
-        "the measurement store that calibrate fills; `catimg train --db` then refreshes the router.",
-    ),
-    metric: str = typer.Option(
-        "clipscore", "--metric", help="With --score: the scorer (clipscore, pickscore)."
-    ),
-    scorer_model: str | None = typer.Option(
-        None,
-        "--scorer-model",
-        help="With --score: scorer checkpoint (Hub id in the HF cache or a local folder).",
-        show_default=False,
-    ),
-    db: Path | None = typer.Option(
-        None,
-        "--db",
-        help="With --score: the measurement database (default: the one `catimg calibrate` uses).",
-        show_default=False,
-    ),
+    ray_address: str | None = RAY_ADDRESS_OPT,
+    workers: int | None = WORKERS_OPT,
+    score: bool = SCORE_OPT,
+    metric: str = METRIC_OPT,
+    scorer_model: str | None = SCORER_MODEL_OPT,
+    db: Path | None = DB_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Route each prompt to a generator, then generate and save the images.
 
-    Each image is saved as OUT/{index}-{slug}-{generator}-{seed}.png with its settings and predictions in PNG text
-    chunks, and recorded in OUT/manifest.jsonl. Existing files are never overwritten.
+    Each image is saved as OUT/{index}-{slug}-{generator}-{seed}.png with its settings and predictions in PNG
+    text chunks, and recorded in OUT/manifest.jsonl. Existing files are never overwritten.
 
     Examples:
 
@@ -150,173 +173,155 @@ def gen(
 
       catimg gen -f prompts.txt --out shots/ --resume
     """
-    from contextlib import ExitStack
-
-    from catimg.generation.output import out_dir_lock, prepare_out_dir, removed_if_left_empty
-
     # cheap checks first: a mistake costs nothing
     _check_numbers(seed, images_per_prompt, width, height, batch_size)
-    check_choice("--engine", engine, ENGINES)
-    if engine == "ray" and not dry_run:
-        from catimg.generation.ray_engine import preflight
-
-        preflight(ray_address, workers)
+    choice = _engine_choice(engine, ray_address, workers, dry_run)
     check_choice("--dtype", dtype, DTYPES)
     negative = _negative(negative, negative_file)
-    out = out.expanduser()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: is a file, not a folder; pass a folder for the images")
-    if score or db is not None or scorer_model is not None or metric != "clipscore":
-        from catimg.cli.scoring import check_scoring
+    scoring = _ScoringArgs(score, metric, scorer_model, db)
+    request = GenRequest(
+        texts=(),  # the prompts and the budgets are read once the folder is locked (_gen)
+        out=_out_folder(out),
+        models=models,
+        router=router,
+        device=device,
+        forced=generator,
+        seed=seed,
+        images_per_prompt=images_per_prompt,
+        negative=negative,
+        size=(width, height),
+        dtype=dtype,
+        batch_size=batch_size,
+        allow_download=allow_download,
+        metadata=not no_metadata,
+        resume=resume,
+        dry_run=dry_run,
+        engine=choice,
+    )
+    scoring.check()  # no scorer, a store catimg cannot write: before any work
+    _gen(request, prompts, file, (budget, total_budget), scoring, as_json)
 
-        check_scoring(
-            score, metric, scorer_model, db
-        )  # no scorer, a store catimg cannot write: before any work
+
+@dataclass(frozen=True)
+class _ScoringArgs:
+    """--score and its options."""
+
+    score: bool
+    metric: str
+    scorer_model: str | None
+    db: Path | None
+
+    def check(self) -> None:
+        if self.score or self.db is not None or self.scorer_model is not None or self.metric != "clipscore":
+            from catimg.cli.scoring import check_scoring
+
+            check_scoring(self.score, self.metric, self.scorer_model, self.db)
+
+    def start(self, held: ExitStack, con: Console, run: RunPlan, as_json: bool) -> RunScoring | None:
+        """With --score: the store opened, the scorer loaded (corrupt weights stop here), earlier images
+        scored."""
+        if not self.score:
+            return None
+        from catimg.cli.scoring import start_scoring
+
+        say = (lambda n: None) if as_json else (lambda n: con.print(label("note:", "yellow", n)))
+        req = run.request
+        return start_scoring(
+            held, self.metric, self.scorer_model, self.db, run.device, req.out, run.items, req.resume, say
+        )
+
+
+def _gen(
+    request: GenRequest,
+    prompts: list[str] | None,
+    file: Path | None,
+    budgets: tuple[str | None, str | None],
+    scoring: _ScoringArgs,
+    as_json: bool,
+) -> None:
+    """OUT locked, the request completed with the prompts and budgets, planned, then shown (dry run) or
+    made."""
+    from contextlib import ExitStack
+
+    from catimg.cli.commands_routing import print_warnings
+    from catimg.cli.progress import embedding_progress
+    from catimg.generation.output import out_dir_lock, prepare_out_dir, removed_if_left_empty
+    from catimg.generation.run import plan_run
+
+    out = request.out
     # a run that stops before its first image leaves no new, empty --out folder behind
     with removed_if_left_empty(out), ExitStack() as held:
         locked: list[str] = []
-        if not dry_run:
+        if not request.dry_run:
             prepare_out_dir(out)
-            # one live run per folder: a second one is refused (naming the process), a dead run's lock taken over
+            # one live run per folder: a second one is refused (naming the process), a dead run's lock is
+            # taken over
             locked = held.enter_context(out_dir_lock(out, "catimg " + shlex.join(sys.argv[1:])))
         texts = collect_prompts(prompts, file)
-        bud, total = parse_budgets(budget, total_budget)
-        repaired, seed = _resume_state(out, resume and not dry_run, seed)
-        if (
-            not dry_run
-        ):  # weights first: a missing model stops the run within a second, before torch is imported
-            _check_weights_early(models, generator, allow_download)
-        catalog, rt, dev = load_setup(models, router, device)
-        from catimg.generation.generate import run_settings
-
-        # costs follow the settings the run will use: size, dtype, device and batch overrides
-        run_as = partial(run_settings, width=width, height=height, dtype=dtype)
-        result, notes, stop = _route_run(
-            texts,
-            catalog,
-            rt,
-            dev,
-            bud,
-            total,
-            generator,
-            allow_download,
-            run_as,
-            batch_size or 1,
-            dry_run,
-            as_json,
+        bud, total = parse_budgets(*budgets)
+        request = replace(request, texts=tuple(texts), budget=bud, total_budget=total)
+        # embedding thousands of new prompts takes minutes: progress on stderr; then the core's warnings
+        run = plan_run(
+            request, embedding=embedding_progress, on_routed=partial(print_warnings, notice=not as_json)
         )
-        notes = [*locked, *repaired, *notes]
-        from catimg.generation.generate import RunOptions, plan_from_routing
-
-        plan = plan_from_routing(
-            result, seed=seed, images_per_prompt=images_per_prompt, negative=negative, size=(width, height)
-        )
+        notes = [*locked, *run.notes, *_cost_note(run.routing, as_json)]
         con = console()
-        if dry_run:
-            _show_dry_run(con, result, plan, out, seed, notes, stop, as_json)
+        if request.dry_run:
+            _show_dry_run(con, run, notes, as_json)
             return
-
-        if not as_json:
-            _show_plan(con, result, plan, out, seed, notes)
-        scoring = None
-        if score:  # the store opened, the scorer loaded (corrupt weights stop here), earlier images scored
-            from catimg.cli.scoring import start_scoring
-
-            say = (lambda n: None) if as_json else (lambda n: con.print(label("note:", "yellow", n)))
-            scoring = start_scoring(held, metric, scorer_model, db, dev, out, plan, resume, say)
-        progress = _Progress(con, enabled=not as_json, total=len(plan))
-        opts = RunOptions(
-            out_dir=out,
-            device=dev,
-            dtype=dtype,
-            allow_download=allow_download,
-            batch_size=batch_size,
-            metadata=not no_metadata,
-            resume=resume,
-            budget=result.budget,
-            router_version=getattr(rt, "version", None),
-            base_seed=seed,
-            images_per_prompt=images_per_prompt,
-        )
-        try:
-            with progress:
-                runner = _engine(engine, result, ray_address, workers, device)
-                res = runner.run(plan, opts, _events(progress, engine, as_json), scoring_hook(scoring))
-        except KeyboardInterrupt:  # pragma: no cover - the executor catches it; belt and braces
-            res = None
-        if (
-            res is not None and engine != "ray"
-        ):  # measured seconds feed this device's cost cache (as bench does)
-            from catimg.costs.bench import record_run
-
-            record_run([(r.generator, r.seconds) for r in res.made], res.load_seconds, dev, dtype)
-        resume_cmd = _resume_command(seed)
-        if res is None or res.interrupted:
-            _stop_interrupted(con, result, plan, res, out, seed, notes, scoring, resume_cmd, as_json)
-        _report_done(con, result, plan, res, out, seed, notes, scoring, resume_cmd, as_json)
+        _make(con, held, run, notes, scoring, as_json)
 
 
-def _resume_state(out: Path, resume: bool, seed: int | None) -> tuple[list[str], int]:
-    """(what repairing OUT after a crash did, the seed): with --resume, corrupt manifest lines are set aside (all at
-    once), orphan PNGs adopted and stale .tmp files removed, and the manifest's seed is reused unless --seed is
-    given; a seed not given otherwise is random (and recorded)."""
-    repaired: list[str] = []
-    if resume:
-        from catimg.generation.output import read_manifest, repair_out_dir
+def _make(
+    con: Console, held: ExitStack, run: RunPlan, notes: list[str], scoring_args: _ScoringArgs, as_json: bool
+) -> None:
+    """The plan shown, its images made with progress, the summary (exit 7 when nothing could be made)."""
+    from catimg.generation.run import engine_for, make_images
 
-        repaired = repair_out_dir(out)
-        records = read_manifest(out)
-        if seed is None:
-            seed = next((int(r["base_seed"]) for r in records if r.get("base_seed") is not None), None)
-    if seed is None:
-        import secrets
+    if not as_json:
+        _show_plan(con, run, notes)
+    scoring = scoring_args.start(held, con, run, as_json)
+    progress = _Progress(con, enabled=not as_json, total=len(run.items))
+    done: GenResult | None = None
+    try:
+        with progress:
+            events = _events(progress, run.request.engine.name, as_json)
+            done = make_images(run, engine_for(run), events, scoring_hook(scoring))
+    except KeyboardInterrupt:  # pragma: no cover - the executor catches it; belt and braces
+        done = None
+    resume_cmd = _resume_command(run.seed)
+    if done is None or done.run.interrupted:
+        _stop_interrupted(con, run, done, notes, scoring, resume_cmd, as_json)
+    _report_done(con, run, done, notes, scoring, resume_cmd, as_json)
 
-        seed = secrets.randbelow(2**31)
-    return repaired, seed
+
+def _cost_note(result: RoutingResult, as_json: bool) -> list[str]:
+    """With --json, the note that estimates drive the routing goes into the document (text: on stderr)."""
+    from catimg.cli.commands_routing import cost_notice
+
+    return [n for n in [cost_notice(result)] if n and as_json]
 
 
 def _report_done(
     con: Console,
-    result: RoutingResult,
-    plan: list[PlanItem],
-    res: RunResult,
-    out: Path,
-    seed: int,
+    run: RunPlan,
+    done: GenResult,
     notes: list[str],
-    scoring: Any,
+    scoring: RunScoring | None,
     resume_cmd: str,
     as_json: bool,
 ) -> None:
     """A finished run: one JSON document or the summary; exit 7 when nothing could be made."""
     if as_json:
         print_json(
-            {
-                **_plan_doc(result, plan, out, seed, notes),
-                **_run_doc(result, res, plan),
-                "interrupted": False,
-                **scoring_doc(scoring),
-            }
+            {**_plan_doc(run, notes), **_run_doc(run, done), "interrupted": False, **scoring_doc(scoring)}
         )
     else:
-        _render_summary(con, result, res, plan)
+        _render_summary(con, run, done)
         report_scoring(con, scoring)
-    finish_scoring(scoring, out, resume_cmd, as_json)
-    if res.failed and not res.made:
+    finish_scoring(scoring, run.request.out, resume_cmd, as_json)
+    if done.run.failed and not done.run.made:
         raise typer.Exit(ExitStatus.GENERATION)
-
-
-def _engine(
-    engine: str, result: RoutingResult, address: str | None, workers: int | None, device: str | None
-) -> Engine:
-    """The --engine's :class:`~catimg.generation.execution.Engine` (Ray: with each model's predicted load seconds)."""
-    if engine != "ray":
-        from catimg.generation.generate import LocalEngine
-
-        return LocalEngine()
-    from catimg.generation.ray_engine import RayEngine
-
-    loads = {result.generator(n).model: c.load_seconds for n, c in result.costs.items()}
-    return RayEngine(address=address, workers=workers, device=device, load_seconds=loads)
 
 
 def _events(progress: _Progress, engine: str, as_json: bool) -> OnEvent:
@@ -330,13 +335,10 @@ def _events(progress: _Progress, engine: str, as_json: bool) -> OnEvent:
 
 def _stop_interrupted(
     con: Console,
-    result: RoutingResult,
-    plan: list[PlanItem],
-    res: RunResult | None,
-    out: Path,
-    seed: int,
+    run: RunPlan,
+    done: GenResult | None,
     notes: list[str],
-    scoring: Any,
+    scoring: RunScoring | None,
     resume_cmd: str,
     as_json: bool,
 ) -> NoReturn:
@@ -344,218 +346,66 @@ def _stop_interrupted(
     if as_json:
         print_json(
             {
-                **_plan_doc(result, plan, out, seed, notes),
-                **(_run_doc(result, res, plan) if res else {}),
+                **_plan_doc(run, notes),
+                **(_run_doc(run, done) if done else {}),
                 "interrupted": True,
                 "resume_command": resume_cmd,
                 **scoring_doc(scoring),
             }
         )
-    elif res is not None:
-        _render_summary(con, result, res, plan)
+    elif done is not None:
+        _render_summary(con, run, done)
         report_scoring(con, scoring)
     from catimg import interrupts
 
     interrupts.mark_reported()
-    made = len(res.made) if res is not None else 0
+    made = len(done.run.made) if done is not None else 0
     _stderr().print(
-        f"interrupted: {made} image(s) made by this run are kept in {out}; resume with: {resume_cmd}",
+        f"interrupted: {made} image(s) made by this run are kept in {run.request.out}; resume with: "
+        f"{resume_cmd}",
         soft_wrap=True,
     )
     raise typer.Exit(ExitStatus.INTERRUPTED)
 
 
-# ------------------------------------------------------------------------------------------------- routing
-
-
-def _route_run(
-    texts: list[str],
-    catalog: Catalog,
-    rt: Any,
-    dev: Any,
-    bud: Any,
-    total: float | None,
-    forced: str | None,
-    allow_download: bool,
-    run_as: Any,
-    batch: int,
-    dry_run: bool,
-    as_json: bool,
-) -> tuple[RoutingResult, list[str], WeightsMissingError | None]:
-    """(routing, notes for the run, the missing-weights error a dry run shows after its plan, else None).
-
-    Long prompts are routed as the generator's text encoder cuts them, and said once (a note); that estimates
-    drive the routing is said once too (stderr; with --json a note in the document instead)."""
-    from catimg.prompts import fit_for_run
-
-    fit = fit_for_run(texts, catalog, forced)
-    stop: WeightsMissingError | None = None
-    try:
-        result, notes = _route(
-            texts, catalog, rt, dev, bud, total, forced, allow_download, run_as, batch, fit.texts
-        )
-    except WeightsMissingError as exc:
-        if not dry_run:
-            raise
-        # a dry run still shows the plan, then fails as the real run would (same message and exit code)
-        from catimg.routing.route import route_prompts
-
-        stop = exc
-        result = route_prompts(
-            texts,
-            catalog,
-            rt,
-            dev,
-            budget=bud,
-            total_budget=total,
-            forced=forced,
-            run_as=run_as,
-            batch=batch,
-            router_texts=fit.texts,
-        )
-        notes = ["a real run stops before loading anything: the weights are missing (see the error below)"]
-    from catimg.cli.commands_routing import cost_notice, print_warnings
-
-    print_warnings(result, notice=not as_json)
-    notes += [n for n in [fit.note()] if n] + [n for n in [cost_notice(result)] if n and as_json]
-    return result, notes, stop
-
-
-def _show_plan(
-    con: Console, result: RoutingResult, plan: list[PlanItem], out: Path, seed: int, notes: list[str]
-) -> None:
+def _show_plan(con: Console, run: RunPlan, notes: list[str]) -> None:
     for n in notes:
         con.print(label("note:", "yellow", n))
-    _render_plan(con, result, plan, out, seed)
+    _render_plan(con, run)
 
 
-def _show_dry_run(
-    con: Console,
-    result: RoutingResult,
-    plan: list[PlanItem],
-    out: Path,
-    seed: int,
-    notes: list[str],
-    stop: WeightsMissingError | None,
-    as_json: bool,
-) -> None:
-    """The plan of a dry run (text or one JSON document), then the error a real run would stop with, if any."""
+def _show_dry_run(con: Console, run: RunPlan, notes: list[str], as_json: bool) -> None:
+    """The plan of a dry run (text or one JSON document), then the error a real run would stop with, if
+    any."""
+    stop = run.stop
     if as_json:
-        doc = _plan_doc(result, plan, out, seed, notes, dry_run=True)
+        doc = _plan_doc(run, notes, dry_run=True)
         if stop is not None:  # one JSON document: the plan carries the error the real run would stop with
             doc["error"] = {"code": int(stop.exit_code), "message": stop.message}
             stop.json_reported = True  # type: ignore[attr-defined]
         print_json(doc)
     else:
-        _show_plan(con, result, plan, out, seed, notes)
+        _show_plan(con, run, notes)
         con.print("dry run: nothing loaded, nothing written")
     if stop is not None:
         raise stop
 
 
-def _route(
-    texts: list[str],
-    catalog: Catalog,
-    rt: Any,
-    dev: Any,
-    bud: Any,
-    total: float | None,
-    forced: str | None,
-    allow_download: bool,
-    run_as: Any = None,
-    batch: int = 1,
-    router_texts: list[str] | None = None,
-) -> tuple[RoutingResult, list[str]]:
-    """Route; if a chosen generator's weights are missing, re-plan among those that are there (and say so)."""
-    from dataclasses import replace
+def _engine_choice(engine: str, address: str | None, workers: int | None, dry_run: bool) -> EngineChoice:
+    """--engine checked; with ray (unless a dry run) the cluster preflighted before anything else."""
+    check_choice("--engine", engine, ENGINES)
+    if engine == "ray" and not dry_run:
+        from catimg.generation.ray_engine import preflight
 
-    from catimg.cli.progress import embedding_progress
-    from catimg.config import Catalog
-    from catimg.errors import WeightsMissingError
-    from catimg.pipelines import check_weights, missing_weights
-    from catimg.routing.route import route_prompts
-
-    with (
-        embedding_progress()
-    ):  # a file of thousands of new prompts takes minutes to embed: progress on stderr
-        result = route_prompts(
-            texts,
-            catalog,
-            rt,
-            dev,
-            budget=bud,
-            total_budget=total,
-            forced=forced,
-            run_as=run_as,
-            batch=batch,
-            router_texts=router_texts,
-        )
-    chosen = {r.choice for r in result.routes}
-    missing: dict[str, WeightsMissingError] = {}
-    for name in sorted(chosen):
-        try:
-            check_weights(catalog.get(name), allow_download)
-        except WeightsMissingError as exc:
-            missing[name] = exc
-    if not missing:
-        return result, []
-    if forced is not None:
-        raise next(iter(missing.values()))
-    # every generator that could be routed to and whose weights are absent is taken out
-    for g in catalog.enabled:
-        if g.name not in missing:
-            try:
-                check_weights(g, allow_download)
-            except WeightsMissingError as exc:
-                missing[g.name] = exc
-    keep = tuple(replace(g, enabled=False) if g.name in missing else g for g in catalog.generators)
-    # one message for every missing model (with sizes), not one per run
-    every = missing_weights([g for g in catalog.generators if g.name in missing], allow_download) or next(
-        iter(missing.values())
-    )
-    if not any(g.enabled for g in keep):
-        raise every
-    reduced = Catalog(path=catalog.path, origin=catalog.origin, generators=keep)
-    try:
-        result = route_prompts(
-            texts,
-            reduced,
-            rt,
-            dev,
-            budget=bud,
-            total_budget=total,
-            run_as=run_as,
-            batch=batch,
-            router_texts=router_texts,
-        )
-    except InputError:
-        raise every from None
-    note = (
-        f"weights not found for {', '.join(sorted(missing))}; re-planned among the generators that are "
-        f"available ({', '.join(sorted(g.name for g in keep if g.enabled))}). {every.message}"
-    )
-    return result, [note]
+        preflight(address, workers)
+    return EngineChoice(engine, address, workers)
 
 
-def _check_weights_early(models: Path | None, forced: str | None, allow_download: bool) -> None:
-    """Raise one WeightsMissingError naming every missing model when nothing could be generated anyway.
-
-    With --generator: that generator's model. Otherwise every enabled generator's: if none of them is on disk
-    the run could not make a single image. (When only some are missing, routing re-plans among the others.)
-    Reads the catalog and the disk only; no torch.
-    """
-    from catimg.config import load_catalog
-    from catimg.pipelines import missing_weights
-
-    catalog = load_catalog(models)
-    gens = [catalog.get(forced)] if forced else list(catalog.enabled)
-    if not gens:
-        return
-    err = missing_weights(gens, allow_download)
-    if err is None:
-        return
-    if forced or all(missing_weights([g], allow_download) is not None for g in gens):
-        raise err
+def _out_folder(out: Path) -> Path:
+    out = out.expanduser()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file, not a folder; pass a folder for the images")
+    return out
 
 
 def _check_numbers(
@@ -598,21 +448,20 @@ def _resume_command(seed: int) -> str:
 # -------------------------------------------------------------------------------------------------- render
 
 
-def _render_plan(con: Console, result: RoutingResult, plan: list[PlanItem], out: Path, seed: int) -> None:
-    shares = result.shares()
+def _render_plan(con: Console, run: RunPlan) -> None:
+    result, plan = run.routing, run.items
     lam = "-" if result.lam is None else f"{result.lam:.3g}"
     con.print(
-        f"plan: {len(result.routes)} prompt(s), {len(plan)} image(s) -> {out}  budget {result.budget} (λ {lam})  "
-        f"device {result.device.torch_device}  seed {seed}"
+        f"plan: {len(result.routes)} prompt(s), {len(plan)} image(s) -> {run.request.out}  budget "
+        f"{result.budget} (λ {lam})  device {result.device.torch_device}  seed {run.seed}"
     )
     t = Table(title=None, show_edge=False, pad_edge=False)
     t.add_column("generator")
     t.add_column("model")
     t.add_column("images", justify="right")
     t.add_column("predicted", justify="right")
-    t.add_column(
-        "cost from"
-    )  # the one cost rule (catimg.costs.model): explicit, measured, router data or estimated
+    # the one cost rule (catimg.costs.model): explicit, measured, router data or estimated
+    t.add_column("cost from")
     t.add_column("mean q̂", justify="right")
     per_gen: dict[str, list[PlanItem]] = {}
     for it in plan:
@@ -628,7 +477,6 @@ def _render_plan(con: Console, result: RoutingResult, plan: list[PlanItem], out:
             f"{sum(qs) / len(qs):.3f}" if qs else "-",
         )
     con.print(t)
-    del shares
     est = sum(it.predicted_seconds or 0.0 for it in plan) + result.planned_load_seconds
     line = f"estimate: {fmt_seconds(est)} (loading included)"
     if result.total_budget_seconds is not None:
@@ -639,10 +487,8 @@ def _render_plan(con: Console, result: RoutingResult, plan: list[PlanItem], out:
     con.print(line)
 
 
-def _render_summary(
-    con: Console, result: RoutingResult, res: RunResult, plan: list[PlanItem] | None = None
-) -> None:
-    sp = spend(result, res, plan)
+def _render_summary(con: Console, run: RunPlan, done: GenResult) -> None:
+    result, res, sp = run.routing, done.run, done.spend
     t = Table(title="summary", show_edge=False, pad_edge=False)
     for col in ("generator", "images", "planned", "actual", "load planned", "load actual", "mean q̂"):
         t.add_column(col, justify="left" if col == "generator" else "right")
@@ -659,7 +505,7 @@ def _render_summary(
             "-" if q is None else f"{q:.3f}",
         )
     con.print(t)
-    con.print(sp.line())
+    con.print(_spend_line(sp))
     loads = ", ".join(f"{m} {fmt_seconds(s)}" for m, s in res.load_seconds.items()) or "none"
     con.print(f"loaded {len(res.loads)} model(s): {loads}")
     line = f"total: {len(res.made)} image(s) in {fmt_seconds(res.wall_seconds)}"
@@ -668,13 +514,9 @@ def _render_summary(
     if res.failed:
         line += f", {len(res.failed)} failed (see manifest.jsonl)"
     con.print(line)
-    if (
-        result.best_single
-        and result.best_single_seconds is not None
-        and result.routes
-        and (res.made or res.failed)
-    ):
-        per_img = (len(res.made) + len(res.failed)) / len(result.routes)
+    tried = len(res.made) + len(res.failed)
+    if result.best_single and result.best_single_seconds is not None and result.routes and tried:
+        per_img = tried / len(result.routes)
         con.print(
             f"always the best single generator ({result.best_single}): estimated "
             f"{fmt_seconds(_best_single_seconds(result, per_img))}"
@@ -684,39 +526,63 @@ def _render_summary(
             con.print(f"{r.status}: #{r.item.index} {r.item.prompt[:50]!r}: {r.note or r.error}")
 
 
+def _spend_line(sp: Spend) -> str:
+    """One line: what was spent of the budget, against the plan, where it went and by how much it is over."""
+    head = f"spent {fmt_seconds(sp.actual_seconds)}"
+    if sp.budget_seconds is not None:
+        head += f" of the {fmt_seconds(sp.budget_seconds)} budget"
+    text = (
+        f"{head} (planned {fmt_seconds(sp.planned_seconds)}, loading included): images "
+        f"{fmt_seconds(sp.images_seconds)}, loading {fmt_seconds(sp.load_seconds)} (planned "
+        f"{fmt_seconds(sp.planned_load_seconds)}), other {fmt_seconds(sp.other_seconds)}"
+    )
+    over = sp.over_seconds
+    if over is not None and sp.budget_seconds:
+        pct = 100 * abs(over) / sp.budget_seconds
+        text += (
+            f"; {fmt_seconds(over)} ({pct:.0f}%) over budget"
+            if over > 0
+            else f"; {fmt_seconds(-over)} ({pct:.0f}%) under budget"
+        )
+    if sp.interrupted:
+        text += "; interrupted before the plan was done"
+    return text
+
+
 def _best_single_seconds(result: RoutingResult, images_per_prompt: float) -> float:
-    """Always the best single generator, for ``images_per_prompt`` images a prompt: its images, and one load."""
+    """Always the best single generator, for ``images_per_prompt`` images a prompt: its images, and one
+    load."""
     assert result.best_single is not None and result.best_single_seconds is not None
     load = result.costs[result.best_single].load_seconds
     return (result.best_single_seconds - load) * images_per_prompt + load
 
 
-def _plan_doc(
-    result: RoutingResult, plan: list[PlanItem], out: Path, seed: int, notes: list[str], dry_run: bool = False
-) -> dict[str, Any]:
+def _plan_doc(run: RunPlan, notes: list[str], dry_run: bool = False) -> dict[str, Any]:
     return {
-        "out": str(out),
-        "seed": seed,
+        "out": str(run.request.out),
+        "seed": run.seed,
         "dry_run": dry_run,
         "notes": notes,
-        "routing": result.to_dict(),
-        "plan": [
-            {
-                "index": it.index,
-                "image": it.image,
-                "prompt": it.prompt,
-                "generator": it.generator.name,
-                "seed": it.seed,
-                "predicted_quality": it.predicted_quality,
-                "predicted_seconds": it.predicted_seconds,
-                "negative_prompt": it.negative,
-            }
-            for it in plan
-        ],
+        "routing": run.routing.to_dict(),
+        "plan": [_item_doc(it) for it in run.items],
     }
 
 
-def _run_doc(result: RoutingResult, res: RunResult, plan: list[PlanItem] | None = None) -> dict[str, Any]:
+def _item_doc(it: PlanItem) -> dict[str, Any]:
+    return {
+        "index": it.index,
+        "image": it.image,
+        "prompt": it.prompt,
+        "generator": it.generator.name,
+        "seed": it.seed,
+        "predicted_quality": it.predicted_quality,
+        "predicted_seconds": it.predicted_seconds,
+        "negative_prompt": it.negative,
+    }
+
+
+def _run_doc(run: RunPlan, done: GenResult) -> dict[str, Any]:
+    result, res = run.routing, done.run
     return {
         "images": [
             {
@@ -744,112 +610,9 @@ def _run_doc(result: RoutingResult, res: RunResult, plan: list[PlanItem] | None 
             "resume_differences": res.differences,
             "best_single": result.best_single,
             "best_single_seconds": result.best_single_seconds,
-            "spend": spend(result, res, plan).to_dict(),  # planned and actual seconds against the budget
+            "spend": done.spend.to_dict(),  # planned and actual seconds against the budget
         },
     }
-
-
-@dataclass(frozen=True)
-class GeneratorSpend:
-    """Planned and actual seconds of one generator in a gen run (its model's load on its first generator)."""
-
-    generator: str
-    model: str
-    images_planned: int
-    images_made: int
-    planned_seconds: float  # predicted seconds of the images planned for it
-    actual_seconds: float  # measured seconds of the images it made (and tried)
-    planned_load_seconds: float | None
-    actual_load_seconds: float | None
-
-
-@dataclass(frozen=True)
-class Spend:
-    """A gen run's spend against its budget: the plan's estimate (loading included) and the run's wall time."""
-
-    budget_seconds: float | None  # --total-budget, or --budget SECONDS x prompts; None for a level
-    planned_seconds: float
-    actual_seconds: float  # wall time of the run
-    images_seconds: float
-    load_seconds: float
-    planned_load_seconds: float
-    interrupted: bool
-    generators: tuple[GeneratorSpend, ...]
-
-    @property
-    def over_seconds(self) -> float | None:
-        return None if self.budget_seconds is None else self.actual_seconds - self.budget_seconds
-
-    def line(self) -> str:
-        """One line: what was spent of the budget, against the plan, where it went and by how much it is over."""
-        other = max(self.actual_seconds - self.images_seconds - self.load_seconds, 0.0)
-        head = f"spent {fmt_seconds(self.actual_seconds)}"
-        if self.budget_seconds is not None:
-            head += f" of the {fmt_seconds(self.budget_seconds)} budget"
-        text = (
-            f"{head} (planned {fmt_seconds(self.planned_seconds)}, loading included): images "
-            f"{fmt_seconds(self.images_seconds)}, loading {fmt_seconds(self.load_seconds)} (planned "
-            f"{fmt_seconds(self.planned_load_seconds)}), other {fmt_seconds(other)}"
-        )
-        over = self.over_seconds
-        if over is not None and self.budget_seconds:
-            pct = 100 * abs(over) / self.budget_seconds
-            text += (
-                f"; {fmt_seconds(over)} ({pct:.0f}%) over budget"
-                if over > 0
-                else f"; {fmt_seconds(-over)} ({pct:.0f}%) under budget"
-            )
-        if self.interrupted:
-            text += "; interrupted before the plan was done"
-        return text
-
-    def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return {**asdict(self), "over_seconds": self.over_seconds}
-
-
-def spend(result: RoutingResult, res: RunResult, plan: list[PlanItem] | None = None) -> Spend:
-    """The spend of ``res`` against ``result``'s budget and ``plan`` (None: the images the run tried)."""
-    items = plan if plan is not None else [r.item for r in res.records]
-    planned: dict[str, list[float]] = {}
-    for it in items:
-        planned.setdefault(it.generator.name, []).append(it.predicted_seconds or 0.0)
-    made: dict[str, list[float]] = {}
-    models: dict[str, str] = {it.generator.name: it.generator.model for it in items}
-    for r in res.records:
-        made.setdefault(r.generator.name, []).append(r.seconds)
-        models.setdefault(r.generator.name, r.generator.model)
-    seen: set[str] = set()
-    gens = []
-    for name in [*planned, *(n for n in made if n not in planned)]:
-        model = models[name]
-        first = model not in seen
-        seen.add(model)
-        cost = result.costs.get(name)
-        gens.append(
-            GeneratorSpend(
-                generator=name,
-                model=model,
-                images_planned=len(planned.get(name, [])),
-                images_made=sum(1 for r in res.made if r.generator.name == name),
-                planned_seconds=sum(planned.get(name, [])),
-                actual_seconds=sum(made.get(name, [])),
-                planned_load_seconds=(cost.load_seconds if cost is not None else None) if first else None,
-                actual_load_seconds=res.load_seconds.get(model) if first else None,
-            )
-        )
-    planned_load = sum(g.planned_load_seconds or 0.0 for g in gens if g.images_planned)
-    return Spend(
-        budget_seconds=result.total_budget_seconds,
-        planned_seconds=sum(g.planned_seconds for g in gens) + planned_load,
-        actual_seconds=res.wall_seconds,
-        images_seconds=sum(g.actual_seconds for g in gens),
-        load_seconds=sum(res.load_seconds.values()),
-        planned_load_seconds=planned_load,
-        interrupted=res.interrupted,
-        generators=tuple(gens),
-    )
 
 
 def _stderr() -> Console:
@@ -859,7 +622,8 @@ def _stderr() -> Console:
 
 
 class _Progress:
-    """Rich progress (batch ETA + current image's steps) on a terminal; plain lines otherwise; nothing with --json."""
+    """Rich progress (batch ETA + current image's steps) on a terminal; plain lines otherwise; nothing with
+    --json."""
 
     def __init__(self, con: Console, enabled: bool, total: int) -> None:
         self.con = con
@@ -920,7 +684,8 @@ class _Progress:
             else:
                 where = r.file.name if r.file else r.error
                 self._line(
-                    f"[{self.done}/{self.total}] {r.status} {r.generator.name} {fmt_seconds(r.seconds)} {where}"
+                    f"[{self.done}/{self.total}] {r.status} {r.generator.name} "
+                    f"{fmt_seconds(r.seconds)} {where}"
                 )
 
     def _line(self, text: str) -> None:
