@@ -275,16 +275,24 @@ def _positive_int(path: Path, where: str, key: str, value: Any) -> int:
     return int(value)
 
 
-def _expand(path: Path, where: str, model: str, t: dict[str, Any]) -> list[Generator]:
+def _source(path: Path, where: str, t: dict[str, Any]) -> str:
+    """The ``source`` of a model table: a Hub id, or a folder (relative to the models file's folder)."""
     if "source" not in t:
         raise ConfigError(
             f'{path}: {where}: missing key "source"; give a Hub id (org/name) or a local folder'
         )
-    source = _typed(path, where, "source", t["source"], str, "a Hub id or a folder path (a string)").strip()
+    source = str(
+        _typed(path, where, "source", t["source"], str, "a Hub id or a folder path (a string)")
+    ).strip()
     if not source:
         raise ConfigError(f"{path}: {where}: source is empty; give a Hub id (org/name) or a local folder")
     if looks_like_path(source) and not Path(source).expanduser().is_absolute():
         source = str((path.parent / Path(source).expanduser()).resolve())
+    return source
+
+
+def _family(path: Path, where: str, t: dict[str, Any], source: str) -> str:
+    """The ``family`` key, or the family guessed from the source."""
     family = t.get("family")
     if family is None:
         family = guess_family(source)
@@ -295,6 +303,11 @@ def _expand(path: Path, where: str, model: str, t: dict[str, Any]) -> list[Gener
                 f'{path}: {where}: family = "{family}" is unknown{did_you_mean(family, FAMILIES)}; '
                 f"use one of {', '.join(FAMILIES)}"
             )
+    return str(family)
+
+
+def _steps(path: Path, where: str, t: dict[str, Any]) -> list[int]:
+    """``steps``: one count or a list of distinct counts (one generator each)."""
     steps_raw = t.get("steps", 30)
     if isinstance(steps_raw, list):
         if not steps_raw:
@@ -304,6 +317,28 @@ def _expand(path: Path, where: str, model: str, t: dict[str, Any]) -> list[Gener
             raise ConfigError(f"{path}: {where}: steps = {steps_raw} repeats a value; list each value once")
     else:
         steps = [_positive_int(path, where, "steps", steps_raw)]
+    return steps
+
+
+def _explicit_costs(path: Path, where: str, t: dict[str, Any]) -> dict[str, float | None]:
+    """``cost_seconds`` and ``cost_tflops`` (None where not given)."""
+    costs: dict[str, float | None] = {}
+    for key in ("cost_seconds", "cost_tflops"):
+        raw = t.get(key)
+        value: float | None = None
+        if raw is not None:
+            _typed(path, where, key, raw, (int, float), "a positive number")
+            if not raw > 0:
+                raise ConfigError(f"{path}: {where}: {key} = {raw} must be a positive number")
+            value = float(raw)
+        costs[key] = value
+    return costs
+
+
+def _expand(path: Path, where: str, model: str, t: dict[str, Any]) -> list[Generator]:
+    source = _source(path, where, t)
+    family = _family(path, where, t, source)
+    steps = _steps(path, where, t)
     guidance = float(_typed(path, where, "guidance", t.get("guidance", 7.5), (int, float), "a number"))
     if guidance < 0:
         raise ConfigError(f"{path}: {where}: guidance = {guidance} must be 0 or more")
@@ -326,16 +361,7 @@ def _expand(path: Path, where: str, model: str, t: dict[str, Any]) -> list[Gener
     if variant is not None:
         _typed(path, where, "variant", variant, str, 'a string such as "fp16"')
     negative = _typed(path, where, "negative_prompt", t.get("negative_prompt", ""), str, "a string")
-    costs: dict[str, float | None] = {}
-    for key in ("cost_seconds", "cost_tflops"):
-        raw = t.get(key)
-        value: float | None = None
-        if raw is not None:
-            _typed(path, where, key, raw, (int, float), "a positive number")
-            if not raw > 0:
-                raise ConfigError(f"{path}: {where}: {key} = {raw} must be a positive number")
-            value = float(raw)
-        costs[key] = value
+    costs = _explicit_costs(path, where, t)
     enabled = _typed(path, where, "enabled", t.get("enabled", True), bool, "true or false")
     safety = _typed(path, where, "safety_checker", t.get("safety_checker", False), bool, "true or false")
     note = _typed(path, where, "note", t.get("note", ""), str, "a string")

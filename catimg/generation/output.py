@@ -524,31 +524,41 @@ def repair_out_dir(folder: str | Path) -> list[str]:
     A PNG without catimg metadata is left as it is (and named). Returns one phrase per kind of repair.
     """
     folder = Path(folder)
+    records, bad = _parse_manifest(folder / MANIFEST)
+    notes = [_set_aside_corrupt(folder, records, bad)] if bad else []
+    notes += _remove_stale_tmp(folder)
+    notes += _adopt_orphans(folder, records)
+    return notes
+
+
+def _set_aside_corrupt(folder: Path, records: list[dict[str, Any]], bad: list[tuple[int, bytes]]) -> str:
+    """Rewrite the manifest with its good ``records`` only; the ``bad`` lines go to ``manifest.jsonl.corrupt``."""
     path = folder / MANIFEST
-    notes: list[str] = []
-    records, bad = _parse_manifest(path)
-    if bad:
-        keep = b"".join(
-            json.dumps(r, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8") + b"\n"
-            for r in records
-        )
+    keep = b"".join(
+        json.dumps(r, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8") + b"\n"
+        for r in records
+    )
+    try:
+        fd = os.open(path, os.O_RDWR)
         try:
-            fd = os.open(path, os.O_RDWR)
-            try:
-                with _locked(fd):
-                    with open(folder / f"{MANIFEST}.corrupt", "ab") as side:
-                        side.write(b"".join(line + b"\n" for _, line in bad))
-                    tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
-                    tmp.write_bytes(keep)
-                    os.replace(tmp, path)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise _disk_error(path, exc) from exc
-        notes.append(
-            f"{path}: {_line_list([n for n, _ in bad])} corrupt (cut short or not JSON); set aside in "
-            f"{MANIFEST}.corrupt"
-        )
+            with _locked(fd):
+                with open(folder / f"{MANIFEST}.corrupt", "ab") as side:
+                    side.write(b"".join(line + b"\n" for _, line in bad))
+                tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
+                tmp.write_bytes(keep)
+                os.replace(tmp, path)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise _disk_error(path, exc) from exc
+    return (
+        f"{path}: {_line_list([n for n, _ in bad])} corrupt (cut short or not JSON); set aside in "
+        f"{MANIFEST}.corrupt"
+    )
+
+
+def _remove_stale_tmp(folder: Path) -> list[str]:
+    """Remove the hidden temporary files of processes that are no longer running."""
     removed = []
     for p in sorted(folder.iterdir()):
         m = _TMP_RE.match(p.name)
@@ -558,11 +568,16 @@ def repair_out_dir(folder: str | Path) -> list[str]:
                 removed.append(p.name)
             except OSError:
                 pass
-    if removed:
-        notes.append(
-            f"removed {len(removed)} temporary file(s) of a killed run ({', '.join(removed[:3])}"
-            f"{', ...' if len(removed) > 3 else ''})"
-        )
+    if not removed:
+        return []
+    return [
+        f"removed {len(removed)} temporary file(s) of a killed run ({', '.join(removed[:3])}"
+        f"{', ...' if len(removed) > 3 else ''})"
+    ]
+
+
+def _adopt_orphans(folder: Path, records: list[dict[str, Any]]) -> list[str]:
+    """Record every PNG with catimg metadata that has no manifest record; name the PNGs without metadata."""
     known = {str(r.get("file")) for r in records if r.get("file")}
     adopted, foreign = [], []
     for p in sorted(folder.glob("*.png")):
@@ -581,6 +596,7 @@ def repair_out_dir(folder: str | Path) -> list[str]:
         )
         append_manifest(folder, rec)
         adopted.append(p.name)
+    notes = []
     if adopted:
         notes.append(
             f"recovered the record of {len(adopted)} image(s) from their PNG metadata "

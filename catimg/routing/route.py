@@ -261,14 +261,40 @@ def route_prompts(
     sol = solve(scores, router, budget, total_budget, forced_gen)
     if forced_gen is not None:
         statuses[forced_gen.name] = FORCED
-    nb = (
-        router.neighbours(scores.emb, k=neighbours)
-        if neighbours and scores.emb is not None
-        else [[] for _ in prompts]
+    routes = _routes(prompts, catalog, scores, sol, statuses, costs, router, neighbours, explain)
+    return _summary(
+        routes,
+        catalog,
+        scores,
+        sol,
+        costs,
+        device,
+        statuses,
+        router,
+        budget=budget,
+        total_budget=total_budget,
+        forced=forced if forced_gen is not None else None,
     )
+
+
+def _routes(
+    prompts: list[str],
+    catalog: Catalog,
+    scores: ScoreMatrix,
+    sol: Solution,
+    statuses: dict[str, Status],
+    costs: dict[str, Cost],
+    router: Router,
+    neighbours: int,
+    explain: bool,
+) -> list[PromptRoute]:
+    """One :class:`PromptRoute` per prompt: its choice, its table rows and, when asked, the explanation and the
+    most similar training prompts."""
+    emb = scores.emb if neighbours else None
+    nb = router.neighbours(emb, k=neighbours) if emb is not None else [[] for _ in prompts]
     nbs = (
-        router.neighbours_by_set(scores.emb, k=neighbours)
-        if neighbours and router.sets and scores.emb is not None
+        router.neighbours_by_set(emb, k=neighbours)
+        if emb is not None and router.sets
         else [{} for _ in prompts]
     )
     routes = []
@@ -289,19 +315,7 @@ def route_prompts(
                 neighbours_by_set=nbs[i],
             )
         )
-    return _summary(
-        routes,
-        catalog,
-        scores,
-        sol,
-        costs,
-        device,
-        statuses,
-        router,
-        budget=budget,
-        total_budget=total_budget,
-        forced=forced if forced_gen is not None else None,
-    )
+    return routes
 
 
 def _check_prompts(prompts: list[str]) -> None:

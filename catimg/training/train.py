@@ -429,6 +429,32 @@ def _generator_entries(
     return gens
 
 
+def _predictor_name(predictor: str) -> str:
+    """The predictor ``--predictor`` names (``auto``: the default); MeasurementsError for an unknown one."""
+    name = AUTO if predictor == "auto" else predictor
+    if name not in PREDICTORS:
+        raise MeasurementsError(
+            f'--predictor "{predictor}" is unknown{did_you_mean(predictor, [*PREDICTORS, "auto"])}; '
+            f"use one of auto, {', '.join(PREDICTORS)}"
+        )
+    return name
+
+
+def _budget_section(levels: dict[str, float], achieved: dict[str, float], n: int) -> dict[str, Any]:
+    """The artifact's ``budget`` section: the calibrated levels and what they were calibrated on."""
+    return {
+        "levels": levels,
+        "definition": LEVEL_DEFINITION,
+        "targets": LEVEL_TARGETS,
+        "reference": (
+            f"out-of-fold predictions on {min(n, MAX_CV_PROMPTS)} training prompts"
+            if n >= 10
+            else "in-sample predictions on the training prompts"
+        ),
+        "mean_cost_at_level": achieved,
+    }
+
+
 def train_router(
     table: MeasurementTable,
     catalog: Catalog,
@@ -456,12 +482,7 @@ def train_router(
     from catimg.routing.encoder import default_encoder
 
     say = progress or (lambda _msg: None)
-    name = AUTO if predictor == "auto" else predictor
-    if name not in PREDICTORS:
-        raise MeasurementsError(
-            f'--predictor "{predictor}" is unknown{did_you_mean(predictor, [*PREDICTORS, "auto"])}; '
-            f"use one of auto, {', '.join(PREDICTORS)}"
-        )
+    name = _predictor_name(predictor)
     warnings = check_table(table, catalog)
     metric = table.metric if joint is not None else (metric or table.metric)
     enc = encoder or default_encoder()
@@ -498,7 +519,7 @@ def train_router(
         "fit": round(t_fit, 2),
         "total": round(time.perf_counter() - t0, 2),
     }
-    n_ref = min(len(X), MAX_CV_PROMPTS)
+    budget = _budget_section(levels, achieved, len(X))
     config: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -506,17 +527,7 @@ def train_router(
         "generators": _generator_entries(table, catalog, cinfo, joint),
         "cost_unit": unit,
         "metric": {"name": metric, "scale": [scale[0], scale[1]], "higher_is_better": True},
-        "budget": {
-            "levels": levels,
-            "definition": LEVEL_DEFINITION,
-            "targets": LEVEL_TARGETS,
-            "reference": (
-                f"out-of-fold predictions on {n_ref} training prompts"
-                if len(X) >= 10
-                else "in-sample predictions on the training prompts"
-            ),
-            "mean_cost_at_level": achieved,
-        },
+        "budget": budget,
         "predictor": {"name": name, "params": final.params()},
         "data_card": card,
     }
