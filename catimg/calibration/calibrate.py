@@ -1,29 +1,33 @@
 """The calibration campaign: measure the user's own generators on a prompt set and store the results.
 
-For each prompt x generator x seed the campaign generates an image (through :mod:`catimg.generation.generate`, so each
-pipeline loads once and step variants share it), scores it with a :class:`~catimg.calibration.scorer.Scorer`, and records
-the image, its measured seconds and its score in the :class:`~catimg.calibration.store.Store` in one transaction.
+For each prompt x generator x seed the campaign generates an image (through :mod:`catimg.generation.generate`,
+so each pipeline loads once and step variants share it), scores it with a
+:class:`~catimg.calibration.scorer.Scorer`, and records the image, its measured seconds and its score in the
+:class:`~catimg.calibration.store.Store` in one transaction.
 
-Incremental and resumable: work already in the store for a generator's *settings hash*, prompt, seed and metric
-is skipped, so a re-run after Ctrl-C continues where it stopped, a generator added to ``models.toml`` is the
-only one measured, and a changed generator (steps, scheduler, size, source …) is measured anew while its old
-measurements stay. Scoring and storing run in the engine's per-image ``on_image`` hook, not in the progress
-callback. Nothing here prints: progress goes to ``on_event(event)`` (the typed events of :mod:`catimg.generation.events`:
-the engine's :class:`~catimg.generation.events.ModelLoading` and :class:`~catimg.generation.events.Step`, then one
-:class:`~catimg.generation.events.ImageScored` or :class:`~catimg.generation.events.ImageFailed` per image).
+Incremental and resumable: work already in the store for a generator's *settings hash*, prompt, seed and
+metric is skipped, so a re-run after Ctrl-C continues where it stopped, a generator added to ``models.toml``
+is the only one measured, and a changed generator (steps, scheduler, size, source …) is measured anew while
+its old measurements stay. Scoring and storing run in the engine's per-image ``on_image`` hook, not in the
+progress callback. Nothing here prints: progress goes to ``on_event(event)`` (the typed events of
+:mod:`catimg.generation.events`: the engine's :class:`~catimg.generation.events.ModelLoading` and
+:class:`~catimg.generation.events.Step`, then one :class:`~catimg.generation.events.ImageScored` or
+:class:`~catimg.generation.events.ImageFailed` per image).
 
 Learning from use: :class:`RunScoring` does the same for the images of a ``catimg gen --score`` run. Its
-:meth:`RunScoring.on_image` is the run's ``on_image`` hook: it scores each image made and records it (source ``gen``) through the same
-:func:`record_image` that the campaign uses, keyed by the settings hash of the generator that made it; a scoring
-failure stops the scoring (never the run) and is kept in :attr:`RunScoring.error`. :meth:`RunScoring.backlog`
-scores the images of an output folder's manifest that the store does not have yet (``gen --resume --score``).
-:func:`store_card` counts the store rows a router is trained on by source, for its data card.
+:meth:`RunScoring.on_image` is the run's ``on_image`` hook: it scores each image made and records it (source
+``gen``) through the same :func:`record_image` that the campaign uses, keyed by the settings hash of the
+generator that made it; a scoring failure stops the scoring (never the run) and is kept in
+:attr:`RunScoring.error`. :meth:`RunScoring.backlog` scores the images of an output folder's manifest that the
+store does not have yet (``gen --resume --score``). :func:`store_card` counts the store rows a router is
+trained on by source, for its data card.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -282,17 +286,15 @@ def run_campaign(
 ) -> CampaignResult:
     """Generate, score and record every job of ``plan``. Ctrl-C stops after the image in flight.
 
-    ``engine``: the :class:`~catimg.generation.execution.Engine` that makes the images (default: the local engine,
-    :class:`catimg.generation.generate.LocalEngine`; or a :class:`catimg.generation.ray_engine.RayEngine`). Scoring and the store stay in
-    this process either way, in the engine's ``on_image`` hook.
+    ``engine``: the :class:`~catimg.generation.execution.Engine` that makes the images (default: the local
+    engine, :class:`catimg.generation.generate.LocalEngine`; or a
+    :class:`catimg.generation.ray_engine.RayEngine`). Scoring and the store stay in this process either way,
+    in the engine's ``on_image`` hook.
     """
     from catimg.device import device_class
     from catimg.generation.generate import LocalEngine, PlanItem, RunOptions
 
-    emit = on_event or no_events
     res = CampaignResult(plan=plan)
-    hashes = {g.name: g.hash for g in plan.per_generator}
-    dclass = device_class(device)
     items = [
         PlanItem(
             index=j.index,
@@ -307,44 +309,7 @@ def run_campaign(
     if not items:
         return res
     t0 = time.perf_counter()
-
-    def on_image(rec: ImageRecord) -> None:  # scoring and the store: the engine's per-image hook
-        it = rec.item
-        if rec.status == "failed" or rec.file is None:
-            res.failed.append((it.generator.name, it.prompt, it.seed, rec.error or "failed"))
-            emit(ImageFailed(generator=it.generator.name, prompt=it.prompt, seed=it.seed, error=rec.error))
-            return
-        value = record_image(
-            store,
-            scorer,
-            plan.metric,
-            hashes[it.generator.name],
-            it.prompt,
-            it.seed,
-            rec.file,
-            rec.seconds,
-            dclass,
-            "calibrate",
-        )
-        res.recorded += 1
-        name = it.generator.name
-        res.seconds_by_generator[name] = res.seconds_by_generator.get(name, 0.0) + rec.seconds
-        res.images_by_generator[name] = res.images_by_generator.get(name, 0) + 1
-        emit(
-            ImageScored(
-                generator=name,
-                prompt=it.prompt,
-                seed=it.seed,
-                score=value,
-                seconds=rec.seconds,
-                file=rec.file,
-            )
-        )
-
-    def on_gen_event(event: Event) -> None:  # progress only: the engine's loads and steps go through
-        if isinstance(event, (ModelLoading, Step)):
-            emit(event)
-
+    recording = _CampaignRecording(res, store, scorer, device_class(device), on_event or no_events)
     options = RunOptions(
         out_dir=Path(out_dir),
         device=device,
@@ -357,13 +322,200 @@ def run_campaign(
         loader=loader,
     )
     try:
-        run = (engine or LocalEngine()).run(items, options, on_gen_event, on_image)
+        run = (engine or LocalEngine()).run(items, options, recording.on_gen_event, recording.on_image)
         res.interrupted = run.interrupted
         res.loads = list(run.loads)
     except KeyboardInterrupt:
         res.interrupted = True
     res.wall_seconds = time.perf_counter() - t0
     return res
+
+
+class _CampaignRecording:
+    """A campaign's hooks into the engine: each image scored and recorded (``on_image``), the engine's loads
+    and steps passed on as progress (``on_gen_event``), the counts kept in the :class:`CampaignResult`."""
+
+    def __init__(
+        self, res: CampaignResult, store: Store, scorer: Scorer, dclass: str | None, emit: OnEvent
+    ) -> None:
+        self.res, self.store, self.scorer, self.dclass, self.emit = res, store, scorer, dclass, emit
+        self.hashes = {g.name: g.hash for g in res.plan.per_generator}
+
+    def on_image(self, rec: ImageRecord) -> None:  # scoring and the store: the engine's per-image hook
+        it, res = rec.item, self.res
+        if rec.status == "failed" or rec.file is None:
+            res.failed.append((it.generator.name, it.prompt, it.seed, rec.error or "failed"))
+            self.emit(
+                ImageFailed(generator=it.generator.name, prompt=it.prompt, seed=it.seed, error=rec.error)
+            )
+            return
+        value = record_image(
+            self.store,
+            self.scorer,
+            res.plan.metric,
+            self.hashes[it.generator.name],
+            it.prompt,
+            it.seed,
+            rec.file,
+            rec.seconds,
+            self.dclass,
+            "calibrate",
+        )
+        res.recorded += 1
+        name = it.generator.name
+        res.seconds_by_generator[name] = res.seconds_by_generator.get(name, 0.0) + rec.seconds
+        res.images_by_generator[name] = res.images_by_generator.get(name, 0) + 1
+        self.emit(
+            ImageScored(
+                generator=name,
+                prompt=it.prompt,
+                seed=it.seed,
+                score=value,
+                seconds=rec.seconds,
+                file=rec.file,
+            )
+        )
+
+    def on_gen_event(self, event: Event) -> None:  # progress only: the engine's loads and steps go through
+        if isinstance(event, (ModelLoading, Step)):
+            self.emit(event)
+
+
+# --- the catimg calibrate use case -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CampaignRequest:
+    """What a ``catimg calibrate`` run was asked for, options parsed and checked."""
+
+    prompts: tuple[str, ...]
+    origin: str  # where the prompts come from ("prompt set NAME" or the file), for notes
+    metric: str = "clipscore"
+    generators: tuple[str, ...] | None = None  # --generators as named (None: not given, every enabled one)
+    seeds: int = 1
+    limit: int | None = None
+    scorer_model: str | None = None
+    db: Path | None = None
+    models: Path | None = None
+    out: Path | None = None  # the images (None: images/ next to the database)
+    device: str | None = None
+    dtype: str | None = None
+    batch_size: int | None = None
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """An opened campaign: its store (locked for a real run) and its plan."""
+
+    request: CampaignRequest
+    store: Store
+    plan: CampaignPlan
+    catalog: Catalog
+    device: DeviceInfo
+    scorer_note: str  # "METRIC with MODEL", or "missing: why"
+
+    @property
+    def out_dir(self) -> Path:
+        return self.request.out if self.request.out is not None else self.store.path.parent / "images"
+
+
+@contextmanager
+def open_campaign(request: CampaignRequest) -> Iterator[Campaign]:
+    """The campaign of ``request``: the metric, prompts, generators and device checked, the store opened (its
+    campaign lock taken unless a dry run) and the plan made, with a note for every generator left out."""
+    from catimg.calibration.scorer import get_spec
+    from catimg.calibration.store import Store
+    from catimg.config import load_catalog
+    from catimg.device import detect_device
+
+    req = request
+    get_spec(req.metric)  # unknown metric: fail before anything else
+    plist, notes = select_prompts(req.prompts, req.limit, req.origin)
+    catalog = load_catalog(req.models)
+    gens = select_generators(catalog, req.generators)
+    dev = detect_device(req.device)
+    named = req.generators is not None
+    with Store.open(req.db, dry_run=req.dry_run) as store:
+        if not req.dry_run:
+            store.acquire_campaign()
+        plan = plan_campaign(
+            plist,
+            gens,
+            store,
+            req.metric,
+            seeds=req.seeds,
+            device=dev,
+            check_weights=not req.dry_run,
+            explicit_generators=named,
+            notes=notes,
+        )
+        scorer_note = scorer_status(req.metric, req.scorer_model)
+        note_left_out(plan, catalog, named=named, dry_run=req.dry_run)
+        yield Campaign(req, store, plan, catalog, dev, scorer_note)
+
+
+def note_left_out(plan: CampaignPlan, catalog: Catalog, named: bool, dry_run: bool) -> None:
+    """Say in ``plan`` what it leaves out: disabled generators unless --generators named them; with a dry run
+    (which does not check weights), the generators whose weights are missing."""
+    if dry_run:
+        from catimg.pipelines import check_weights, fetch_hint
+
+        for g in plan.generators:
+            try:
+                check_weights(g, False)
+            except CatimgError:
+                plan.notes.append(
+                    f"weights missing for {g.name} ({g.source}): a real run leaves it out; "
+                    f"{fetch_hint(g.source)}"
+                )
+    if not named:
+        for g in catalog.generators:
+            if not g.enabled:
+                plan.skipped_generators.setdefault(
+                    g.name, "disabled in models.toml; name it with --generators to measure it"
+                )
+
+
+def scorer_status(metric: str, model: str | None) -> str:
+    """ "METRIC with MODEL" when the scorer's weights are there, else "missing: why"."""
+    from catimg.calibration.scorer import check_scorer, get_spec
+
+    mid = model or get_spec(metric).default_model
+    try:
+        check_scorer(metric, model)
+    except CatimgError as exc:
+        return f"missing: {exc.message}"
+    return f"{metric} with {mid}"
+
+
+def campaign_scorer(campaign: Campaign) -> Scorer | None:
+    """The scorer loaded (corrupt weights: one error, nothing generated yet); None when nothing is left to
+    do."""
+    from catimg.calibration.scorer import load_scorer
+
+    req = campaign.request
+    if not campaign.plan.jobs:
+        return None
+    return load_scorer(req.metric, req.scorer_model, campaign.device.torch_device)
+
+
+def measure(
+    campaign: Campaign, scorer: Scorer, engine: Engine | None = None, on_event: OnEvent | None = None
+) -> CampaignResult:
+    """Make, score and record the campaign's images (:func:`run_campaign` with the request's settings)."""
+    req = campaign.request
+    return run_campaign(
+        campaign.plan,
+        campaign.store,
+        scorer,
+        campaign.device,
+        campaign.out_dir,
+        on_event=on_event,
+        dtype=req.dtype,
+        batch_size=req.batch_size,
+        engine=engine,
+    )
 
 
 # --- one writer of scored images ---------------------------------------------------------------------------
@@ -421,11 +573,11 @@ class ScoredImage:
 class RunScoring:
     """Score the images a ``gen`` run makes and record them in the store (source ``gen``).
 
-    Pass :meth:`on_image` to the engine as its ``on_image`` hook: every image made (ok, retried or fallback) is
-    scored with ``scorer`` and recorded under the settings hash of the generator that made
-    it. A failure (an unreadable image, the scorer or the store failing) stops the scoring, not the run: the images
-    stay on disk and in the manifest, :attr:`error` holds what went wrong and :attr:`unscored` counts the images
-    made after it (``gen --resume --score`` scores them later, see :meth:`backlog`).
+    Pass :meth:`on_image` to the engine as its ``on_image`` hook: every image made (ok, retried or fallback)
+    is scored with ``scorer`` and recorded under the settings hash of the generator that made it. A failure
+    (an unreadable image, the scorer or the store failing) stops the scoring, not the run: the images stay on
+    disk and in the manifest, :attr:`error` holds what went wrong and :attr:`unscored` counts the images made
+    after it (``gen --resume --score`` scores them later, see :meth:`backlog`).
     """
 
     def __init__(self, store: Store, scorer: Scorer, device_class: str | None, source: str = "gen") -> None:
@@ -498,8 +650,8 @@ class RunScoring:
     ) -> list[str]:
         """Score the images of ``records`` (an output folder's manifest) that the store does not have yet.
 
-        ``generators``: the run's generators (routed ones and their fallbacks, with the run's settings); a record
-        whose settings are not among them is left alone (and counted in the note returned).
+        ``generators``: the run's generators (routed ones and their fallbacks, with the run's settings); a
+        record whose settings are not among them is left alone (and counted in the note returned).
         """
         by_name = {g.name: g for g in generators}
         todo: list[tuple[Generator, dict[str, Any]]] = []
@@ -553,9 +705,9 @@ def store_card(
 ) -> dict[str, Any]:
     """What a router trained on ``prompts`` of the store stands on, for its data card.
 
-    Rows (one per scored image) and prompts of ``metric`` for ``generators`` (their current settings), by source;
-    ``own_rows``/``own_prompts`` count those catimg measured on this machine (:data:`OWN_SOURCES`: ``gen --score``
-    and ``calibrate``), the rest were imported.
+    Rows (one per scored image) and prompts of ``metric`` for ``generators`` (their current settings), by
+    source; ``own_rows``/``own_prompts`` count those catimg measured on this machine (:data:`OWN_SOURCES`:
+    ``gen --score`` and ``calibrate``), the rest were imported.
     """
     from catimg.measurements import prompt_key
 

@@ -14,12 +14,15 @@ from catimg.device import DTYPES
 from catimg.errors import ExitStatus, InputError
 
 if TYPE_CHECKING:
+    from catimg.calibration.calibrate import Campaign, CampaignResult
+    from catimg.calibration.scorer import Scorer
     from catimg.generation.execution import Engine
 
 DB_OPT = typer.Option(
     None,
     "--db",
-    help="Measurement database (default: measurements.sqlite in the catimg user data dir, or $CATIMG_DATA_DIR).",
+    help="Measurement database (default: measurements.sqlite in the catimg user data dir, or "
+    "$CATIMG_DATA_DIR).",
     show_default=False,
 )
 
@@ -76,47 +79,53 @@ RAY_ADDRESS_OPT = typer.Option(
     "--ray-address",
     show_default=False,
     help=(
-        "With --engine ray: the cluster head (host:port, ray://host:10001 or auto). Default: a local Ray instance."
+        "With --engine ray: the cluster head (host:port, ray://host:10001 or auto). Default: a local Ray "
+        "instance."
     ),
+)
+
+
+PROMPTS_FILE_OPT = typer.Option(
+    None, "--prompts", "-f", help="Prompt file (UTF-8, one prompt a line).", show_default=False
+)
+LIMIT_OPT = typer.Option(
+    None, "--limit", "-n", help="Measure only the first N prompts of the set.", show_default=False
+)
+METRIC_OPT = typer.Option("clipscore", "--metric", help="Scorer / metric to record (clipscore, pickscore).")
+BATCH_SIZE_OPT = typer.Option(
+    None,
+    "--batch-size",
+    help="Prompts per pipeline call (default: by device memory).",
+    show_default=False,
+)
+WORKERS_OPT = typer.Option(
+    None,
+    "--workers",
+    help="With --engine ray: workers (default: one per GPU, else per CPU).",
+    show_default=False,
 )
 
 
 @app.command()
 def calibrate(
-    prompts: Path = typer.Option(
-        None, "--prompts", "-f", help="Prompt file (UTF-8, one prompt a line).", show_default=False
-    ),
+    prompts: Path = PROMPTS_FILE_OPT,
     prompt_set: str = SET_OPT,
     list_sets: bool = typer.Option(False, "--list-sets", help="List the built-in prompt sets and exit."),
     generators: str = GENERATORS_OPT,
     seeds: int = typer.Option(1, "--seeds", help="Images per prompt and generator (seeds 0..N-1)."),
-    limit: int = typer.Option(
-        None, "--limit", "-n", help="Measure only the first N prompts of the set.", show_default=False
-    ),
-    metric: str = typer.Option(
-        "clipscore", "--metric", help="Scorer / metric to record (clipscore, pickscore)."
-    ),
+    limit: int = LIMIT_OPT,
+    metric: str = METRIC_OPT,
     scorer_model: str = SCORER_MODEL_OPT,
     db: Path = DB_OPT,
     models: Path = MODELS_OPT,
     out: Path = OUT_OPT,
     device: str = DEVICE_OPT,
     dtype: str = DTYPE_OPT,
-    batch_size: int = typer.Option(
-        None,
-        "--batch-size",
-        help="Prompts per pipeline call (default: by device memory).",
-        show_default=False,
-    ),
+    batch_size: int = BATCH_SIZE_OPT,
     dry_run: bool = typer.Option(False, "--dry-run", help="Show how many images and how long, then stop."),
     engine: str = ENGINE_OPT,
     ray_address: str = RAY_ADDRESS_OPT,
-    workers: int = typer.Option(
-        None,
-        "--workers",
-        help="With --engine ray: workers (default: one per GPU, else per CPU).",
-        show_default=False,
-    ),
+    workers: int = WORKERS_OPT,
     json_out: bool = JSON_OPT,
 ) -> None:
     """Measure your generators: generate, score and store images for a prompt set (resumable, incremental).
@@ -138,87 +147,69 @@ def calibrate(
         raise InputError(f"--batch-size {batch_size}: must be 1 or more")
     plist, origin = _campaign_prompts(prompts, prompt_set)
     run_engine = _engine(engine, dtype, dry_run, ray_address, workers, device)
-    from catimg.calibration.calibrate import plan_campaign, select_generators, select_prompts
-    from catimg.calibration.scorer import get_spec
-    from catimg.calibration.store import Store
-    from catimg.config import load_catalog
-    from catimg.device import detect_device
+    from catimg.calibration.calibrate import CampaignRequest, open_campaign
 
-    get_spec(metric)  # unknown metric: fail before anything else
-    plist, notes = select_prompts(plist, limit, origin)
-    catalog = load_catalog(models)
-    gens = select_generators(catalog, _split(generators))
-    dev = detect_device(device)
-    with Store.open(db, dry_run=dry_run) as store:
-        if not dry_run:
-            store.acquire_campaign()
-        plan = plan_campaign(
-            plist,
-            gens,
-            store,
-            metric,
-            seeds=seeds,
-            device=dev,
-            check_weights=not dry_run,
-            explicit_generators=bool(generators),
-            notes=notes,
-        )
-        scorer_note = _scorer_status(metric, scorer_model)
-        if _plan_only(plan, catalog, store.path, dev.name, scorer_note, dry_run, bool(generators), json_out):
+    request = CampaignRequest(
+        prompts=tuple(plist),
+        origin=origin,
+        metric=metric,
+        generators=tuple(_split(generators) or ()) if generators else None,
+        seeds=seeds,
+        limit=limit,
+        scorer_model=scorer_model,
+        db=db,
+        models=models,
+        out=out,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        dry_run=dry_run,
+    )
+    with open_campaign(request) as campaign:
+        if dry_run:
+            _show_dry_run(campaign, json_out)
             return
-        from catimg.calibration.scorer import load_scorer
-
-        scorer = load_scorer(metric, scorer_model, dev.torch_device) if plan.jobs else None
-        if not json_out:
-            _render_plan(plan, store.path, dev.name, scorer_note, dry=False)
-        out_dir = out if out is not None else store.path.parent / "images"
-        result = (
-            None
-            if scorer is None
-            else _run_with_progress(plan, store, scorer, dev, out_dir, dtype, batch_size, engine=run_engine)
-        )  # progress on stderr
-        summary = store.summary(metric, plan.generators)
-    doc = _campaign_doc(str(store.path), metric, plan, result, summary)
+        doc = _measure(campaign, run_engine, json_out)
     if json_out:
         print_json(doc)
     else:
         _render_summary(doc, metric)
-    if result is not None and result.interrupted:
+    if doc["interrupted"]:
         from catimg import interrupts
 
         interrupts.mark_reported()  # the summary said what is kept and how to continue
         raise typer.Exit(ExitStatus.INTERRUPTED)
 
 
-def _plan_only(
-    plan: Any,
-    catalog: Any,
-    db: Path,
-    device: str,
-    scorer_note: str,
-    dry_run: bool,
-    named: bool,
-    json_out: bool,
-) -> bool:
-    """Note what the plan leaves out (disabled generators unless --generators named them; with --dry-run, missing
-    weights); with --dry-run, show the plan and return True (nothing else is done)."""
-    if dry_run:
-        _note_missing_weights(plan)
-    if not named:
-        for g in catalog.generators:
-            if not g.enabled:
-                plan.skipped_generators.setdefault(
-                    g.name, "disabled in models.toml; name it with --generators to measure it"
-                )
-    if not dry_run:
-        return False
+def _show_dry_run(campaign: Campaign, json_out: bool) -> None:
+    """A dry run: the plan (text or one JSON document), nothing generated."""
+    plan, db, device = campaign.plan, campaign.store.path, campaign.device.name
     if json_out:
         print_json(
-            {"dry_run": True, "db": str(db), "device": device, "scorer": scorer_note, **plan.to_dict()}
+            {
+                "dry_run": True,
+                "db": str(db),
+                "device": device,
+                "scorer": campaign.scorer_note,
+                **plan.to_dict(),
+            }
         )
     else:
-        _render_plan(plan, db, device, scorer_note, dry=True)
-    return True
+        _render_plan(plan, db, device, campaign.scorer_note, dry=True)
+
+
+def _measure(campaign: Campaign, engine: Engine | None, json_out: bool) -> dict[str, Any]:
+    """The scorer loaded, the plan shown, the images made, scored and stored: the campaign's document."""
+    from catimg.calibration.calibrate import campaign_scorer
+
+    plan, store = campaign.plan, campaign.store
+    scorer = campaign_scorer(campaign)
+    if not json_out:
+        _render_plan(plan, store.path, campaign.device.name, campaign.scorer_note, dry=False)
+    # progress on stderr
+    result = None if scorer is None else _run_with_progress(campaign, scorer, engine)
+    summary = store.summary(plan.metric, plan.generators)
+    return _campaign_doc(str(store.path), plan.metric, plan, result, summary)
 
 
 def _engine(
@@ -229,7 +220,8 @@ def _engine(
     workers: int | None,
     device: str | None,
 ) -> Engine | None:
-    """--engine and --dtype checked; the Ray engine (preflighted) for a real run with --engine ray, else None."""
+    """--engine and --dtype checked; the Ray engine (preflighted) for a real run with --engine ray, else
+    None."""
     check_choice("--engine", engine, ENGINES)
     check_choice("--dtype", dtype, DTYPES)
     if engine != "ray" or dry_run:
@@ -252,7 +244,8 @@ def _list_sets(json_out: bool) -> None:
 
 
 def _campaign_prompts(prompts: Path | None, prompt_set: str | None) -> tuple[list[str], str]:
-    """The prompts to calibrate on and where they come from: --prompts FILE, else --set (default parti-geneval-200)."""
+    """The prompts to calibrate on and where they come from: --prompts FILE, else --set (default
+    parti-geneval-200)."""
     from catimg import prompts as P
 
     if prompts is not None and prompt_set is not None:
@@ -291,34 +284,6 @@ def _campaign_doc(db: str, metric: str, plan: Any, result: Any, summary: Any) ->
     }
 
 
-def _note_missing_weights(plan: Any) -> None:
-    from catimg.errors import CatimgError
-    from catimg.pipelines import check_weights
-
-    for g in plan.generators:
-        try:
-            check_weights(g, False)
-        except CatimgError as exc:
-            from catimg.pipelines import fetch_hint
-
-            del exc
-            plan.notes.append(
-                f"weights missing for {g.name} ({g.source}): a real run leaves it out; {fetch_hint(g.source)}"
-            )
-
-
-def _scorer_status(metric: str, model: str | None) -> str:
-    from catimg.calibration.scorer import check_scorer, get_spec
-    from catimg.errors import CatimgError
-
-    mid = model or get_spec(metric).default_model
-    try:
-        check_scorer(metric, model)
-    except CatimgError as exc:
-        return f"missing: {exc.message}"
-    return f"{metric} with {mid}"
-
-
 def _render_plan(plan: Any, db: Path, device: str, scorer_note: str, dry: bool) -> None:
     from rich.table import Table
 
@@ -328,7 +293,8 @@ def _render_plan(plan: Any, db: Path, device: str, scorer_note: str, dry: bool) 
     for name, why in plan.skipped_generators.items():
         c.print(f"not measured: {name}: {why}")
     t = Table(
-        title=f"calibration plan: {len(plan.prompts)} prompts x {len(plan.seeds)} seed(s), metric {plan.metric}"
+        title=f"calibration plan: {len(plan.prompts)} prompts x {len(plan.seeds)} seed(s), "
+        f"metric {plan.metric}"
     )
     for col in ("generator", "to measure", "already stored", "per image", "estimate"):
         t.add_column(col, justify="left" if col == "generator" else "right")
@@ -342,7 +308,8 @@ def _render_plan(plan: Any, db: Path, device: str, scorer_note: str, dry: bool) 
     c.print(t)
     est = plan.estimated_seconds
     c.print(
-        f"{plan.images} images to make on {device}, estimated {fmt_seconds(est) if est is not None else 'unknown'} "
+        f"{plan.images} images to make on {device}, estimated "
+        f"{fmt_seconds(est) if est is not None else 'unknown'} "
         f"(plus scoring); database {db}"
     )
     c.print(f"scorer: {scorer_note}")
@@ -350,22 +317,14 @@ def _render_plan(plan: Any, db: Path, device: str, scorer_note: str, dry: bool) 
         c.print("dry run: nothing was generated")
 
 
-def _run_with_progress(
-    plan: Any,
-    store: Any,
-    scorer: Any,
-    dev: Any,
-    out_dir: Path,
-    dtype: str | None,
-    batch_size: int | None,
-    engine: Engine | None = None,
-) -> Any:
-    from catimg.calibration.calibrate import run_campaign
+def _run_with_progress(campaign: Campaign, scorer: Scorer, engine: Engine | None) -> CampaignResult:
+    from catimg.calibration.calibrate import measure
     from catimg.cli.progress import StepProgress
     from catimg.generation.events import Event, ImageFailed, ImageScored, ModelLoading
 
-    # stderr only (a bar on a terminal, a line every 10 s elsewhere): stdout keeps the summary (or the --json document)
-    with StepProgress("calibrating", plan.images) as progress:
+    # stderr only (a bar on a terminal, a line every 10 s elsewhere): stdout keeps the summary (or the --json
+    # document)
+    with StepProgress("calibrating", campaign.plan.images) as progress:
 
         def on_event(event: Event) -> None:
             if isinstance(event, ModelLoading):
@@ -377,17 +336,7 @@ def _run_with_progress(
                         f"failed: {event.generator} seed {event.seed}: {event.prompt[:60]}: {event.error}"
                     )
 
-        return run_campaign(
-            plan,
-            store,
-            scorer,
-            dev,
-            out_dir,
-            on_event=on_event,
-            dtype=dtype,
-            batch_size=batch_size,
-            engine=engine,
-        )
+        return measure(campaign, scorer, engine=engine, on_event=on_event)
 
 
 def _render_summary(doc: dict[str, Any], metric: str) -> None:
@@ -456,8 +405,8 @@ def import_cmd(
 
     Says how many scores were new, updated (another value for an image already there) and unchanged.
 
-    Rows are keyed by the settings of the generators of models.toml (--models), so later changes to a generator
-    do not mix with these scores.
+    Rows are keyed by the settings of the generators of models.toml (--models), so later changes to a
+    generator do not mix with these scores.
     """
     from catimg.calibration.store import Store
     from catimg.config import load_catalog
