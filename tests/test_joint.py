@@ -261,8 +261,9 @@ def test_train_on_a_file_next_to_the_store(tmp_path: Path) -> None:
 
 
 def test_joint_cross_validation_holds_a_prompt_out_of_every_set_in_one_pass() -> None:
-    """One out-of-fold pass over a joint table: a prompt two sets measured is left out of both in its fold, so a
-    1-nearest-neighbour predictor cannot copy its twin's score (with a leak every prediction would be exact)."""
+    """One out-of-fold pass over a joint table: a prompt two sets measured is left out of both in its fold, so
+    a 1-nearest-neighbour predictor cannot copy its twin's score (with a leak every prediction would be
+    exact)."""
     from catimg.training.train import cv_rows, joint_out_of_fold
 
     rng = np.random.default_rng(0)
