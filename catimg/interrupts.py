@@ -19,9 +19,14 @@ Only the command-line entry point installs anything; importing catimg as a libra
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Any
+
+#: Test-only: a file that :func:`install` creates once catimg handles Ctrl-C (before that, in the first
+#: milliseconds of the interpreter, Python's own handling applies and nothing of catimg has run yet).
+TEST_READY_ENV = "CATIMG_TEST_READY_FILE"
 
 _requested = False
 _armed = False
@@ -56,6 +61,9 @@ def install() -> None:
         return
     sys.unraisablehook = _unraisable
     _installed = True
+    ready = os.environ.get(TEST_READY_ENV)
+    if ready:
+        open(ready, "a").close()
 
 
 def arm() -> None:

@@ -79,11 +79,19 @@ def _interrupt_models(tmp_path: Path, tiny_sd_dir: Path) -> Path:
 def test_ctrl_c_at_start_up_ends_with_130_and_one_line(
     delay: float, tmp_path: Path, tiny_sd_dir: Path
 ) -> None:
-    """SIGINT while the command is still importing, loading or routing: exit 130, one line, no traceback."""
+    """SIGINT while the command is still importing, loading or routing: exit 130, one line, no traceback.
+
+    ``delay`` counts from the moment catimg's own code runs (the test-only ready file): earlier, in the
+    interpreter's first milliseconds, no program can act on Ctrl-C, and on a loaded machine that window alone
+    can exceed 0.3 s."""
+    import os
     import signal
     import time
 
+    from catimg.interrupts import TEST_READY_ENV
+
     models = _interrupt_models(tmp_path, tiny_sd_dir)
+    ready = tmp_path / "ready"
     p = subprocess.Popen(
         [
             sys.executable,
@@ -103,7 +111,12 @@ def test_ctrl_c_at_start_up_ends_with_130_and_one_line(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, TEST_READY_ENV: str(ready)},
     )
+    hang_guard = time.monotonic() + 120
+    while not ready.exists():
+        assert p.poll() is None and time.monotonic() < hang_guard, p.communicate()[1]
+        time.sleep(0.005)
     time.sleep(delay)
     assert p.poll() is None, "the run ended before the interrupt"  # 400 images take far longer than 2 s
     p.send_signal(signal.SIGINT)
