@@ -91,72 +91,136 @@ def _load_table(
     return table
 
 
+# the options of train and eval (declared here so that each command's signature is one line per option)
+_TRAIN_MEASUREMENTS = typer.Option(
+    None,
+    "--measurements",
+    "-M",
+    help=(
+        "Long-format CSV or JSONL: prompt,generator,score[,metric,seconds,seed,source]. Repeat it to "
+        "train on several sets at once (each keeps its metric; see --scale)."
+    ),
+    show_default=False,
+)
+
+_TRAIN_DB = typer.Option(
+    None,
+    "--db",
+    help=(
+        "Train from a calibration database (see `catimg calibrate`), alone or as one more set next to "
+        "--measurements."
+    ),
+    show_default=False,
+)
+
+_TRAIN_OUT = typer.Option(
+    ..., "--out", "-o", help="Folder to write the router artifact to.", show_default=False
+)
+
+_TRAIN_SCALE = typer.Option(
+    None,
+    "--scale",
+    help=(
+        "With several sets: the range METRIC=LO:HI of a metric catimg does not know (its worst and best "
+        "possible scores)."
+    ),
+    show_default=False,
+)
+
+_TRAIN_PREDICTOR = typer.Option(
+    "auto",
+    "--predictor",
+    "-p",
+    help="auto (the best on held-out data: ridge), ridge, blend or knn (the paper's reference).",
+)
+
+_TRAIN_METRIC = typer.Option(
+    None,
+    "--metric",
+    help="Use only rows of this metric (required when the file mixes metrics).",
+    show_default=False,
+)
+
+_TRAIN_HOLDOUT = typer.Option(
+    None,
+    "--holdout",
+    help=(
+        "Keep this share of prompts out (a stable split by prompt text; `catimg eval --holdout` uses the "
+        "same)."
+    ),
+    show_default=False,
+)
+
+_TRAIN_GENERATORS = typer.Option(
+    None,
+    "--generators",
+    "-g",
+    help=(
+        "With --db: comma-separated generators to train on (default: every catalog generator with "
+        "measurements)."
+    ),
+    show_default=False,
+)
+
+_TRAIN_FORCE = typer.Option(False, "--force", help="Overwrite a router already in --out.")
+
+_EVAL_ROUTER = typer.Option(
+    None,
+    "--router",
+    "-r",
+    help="Router artifact folder (default: the bundled router).",
+    show_default=False,
+)
+
+_EVAL_MEASUREMENTS = typer.Option(
+    None,
+    "--measurements",
+    "-M",
+    help="Held-out long-format CSV or JSONL measured on the router's generators.",
+    show_default=False,
+)
+
+_EVAL_DB = typer.Option(
+    None,
+    "--db",
+    help="Evaluate on a calibration database instead (with --holdout: its held-out part).",
+    show_default=False,
+)
+
+_EVAL_HOLDOUT = typer.Option(
+    None,
+    "--holdout",
+    help="Evaluate only on this held-out share (the same stable split as `train --holdout`).",
+    show_default=False,
+)
+
+_EVAL_METRIC = typer.Option(
+    None,
+    "--metric",
+    help="Use only rows of this metric (default: the router's metric when the file has it).",
+    show_default=False,
+)
+
+_EVAL_PLOT = typer.Option(
+    None,
+    "--plot",
+    help=("Also draw the quality-cost curves to this PNG (needs matplotlib: pip install 'catimg\\[plot]')."),
+    show_default=False,
+)
+
+
 @app.command()
 def train(
-    measurements: list[Path] = typer.Option(
-        None,
-        "--measurements",
-        "-M",
-        help=(
-            "Long-format CSV or JSONL: prompt,generator,score[,metric,seconds,seed,source]. Repeat it to "
-            "train on several sets at once (each keeps its metric; see --scale)."
-        ),
-        show_default=False,
-    ),
-    db: Path = typer.Option(
-        None,
-        "--db",
-        help=(
-            "Train from a calibration database (see `catimg calibrate`), alone or as one more set next to "
-            "--measurements."
-        ),
-        show_default=False,
-    ),
+    measurements: list[Path] = _TRAIN_MEASUREMENTS,
+    db: Path = _TRAIN_DB,
     models: Path = MODELS_OPT,
-    out: Path = typer.Option(
-        ..., "--out", "-o", help="Folder to write the router artifact to.", show_default=False
-    ),
-    scale: list[str] = typer.Option(
-        None,
-        "--scale",
-        help=(
-            "With several sets: the range METRIC=LO:HI of a metric catimg does not know (its worst and best "
-            "possible scores)."
-        ),
-        show_default=False,
-    ),
-    predictor: str = typer.Option(
-        "auto",
-        "--predictor",
-        "-p",
-        help="auto (the best on held-out data: ridge), ridge, blend or knn (the paper's reference).",
-    ),
-    metric: str = typer.Option(
-        None,
-        "--metric",
-        help="Use only rows of this metric (required when the file mixes metrics).",
-        show_default=False,
-    ),
-    holdout: float = typer.Option(
-        None,
-        "--holdout",
-        help=(
-            "Keep this share of prompts out (a stable split by prompt text; `catimg eval --holdout` uses the "
-            "same)."
-        ),
-        show_default=False,
-    ),
-    generators: str = typer.Option(
-        None,
-        "--generators",
-        "-g",
-        help=(
-            "With --db: comma-separated generators to train on (default: every catalog generator with "
-            "measurements)."
-        ),
-        show_default=False,
-    ),
-    force: bool = typer.Option(False, "--force", help="Overwrite a router already in --out."),
+    out: Path = _TRAIN_OUT,
+    scale: list[str] = _TRAIN_SCALE,
+    predictor: str = _TRAIN_PREDICTOR,
+    metric: str = _TRAIN_METRIC,
+    holdout: float = _TRAIN_HOLDOUT,
+    generators: str = _TRAIN_GENERATORS,
+    force: bool = _TRAIN_FORCE,
     json_out: bool = JSON_OPT,
 ) -> None:
     """Train a router from measured quality (no generator weights needed).
@@ -185,16 +249,7 @@ def train(
         from catimg.measurements import split_holdout
 
         tables = [split_holdout(t, holdout)[0] for t in tables]
-    joint = None
-    if len(tables) > 1:
-        from catimg.training.joint import join, parse_scales, set_name
-
-        names = [set_name(t, f"set{i + 1}") for i, t in enumerate(tables)]
-        if (
-            db is not None
-        ):  # the store's rows come from several sources (calibrate, gen): name the set after it
-            names[-1] = f"store:{db.expanduser().name}"
-        joint = join(tables, names=names, scales=parse_scales(scale))
+    joint = _join(tables, db, scale) if len(tables) > 1 else None
     table = joint.table if joint is not None else tables[0]
     extra = None if db is None else {"store": _store_card(db, tables[-1], catalog)}  # the user's own rows
     from catimg.cli.progress import embedding_progress
@@ -210,23 +265,30 @@ def train(
             data_card=extra,
             progress=_progress_line(table.n_prompts < PROGRESS_FROM),
         )
-    cfg = router.config
-    from catimg.cli.render import error_console, label
-
-    for w in router.data_card.get("warnings", []):
-        error_console().print(label("warning:", "yellow", w), highlight=False, soft_wrap=True)
+    _print_warnings(router.data_card.get("warnings", []))
     if json_out:
-        print_json(
-            {
-                "router": str(router.path),
-                **{
-                    k: cfg[k]
-                    for k in ("generators", "cost_unit", "metric", "budget", "predictor", "data_card")
-                },
-            }
-        )
+        cfg = router.config
+        keys = ("generators", "cost_unit", "metric", "budget", "predictor", "data_card")
+        print_json({"router": str(router.path), **{k: cfg[k] for k in keys}})
         return
     _render_train(router)
+
+
+def _join(tables: list[Any], db: Path | None, scale: list[str] | None) -> Any:
+    """Several sets on one joint scale, each named after its source (the store's after its file)."""
+    from catimg.training.joint import join, parse_scales, set_name
+
+    names = [set_name(t, f"set{i + 1}") for i, t in enumerate(tables)]
+    if db is not None:  # the store's rows come from several sources (calibrate, gen): name the set after it
+        names[-1] = f"store:{db.expanduser().name}"
+    return join(tables, names=names, scales=parse_scales(scale))
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    from catimg.cli.render import error_console, label
+
+    for w in warnings:
+        error_console().print(label("warning:", "yellow", w), highlight=False, soft_wrap=True)
 
 
 def _render_train(router: Any) -> None:
@@ -373,46 +435,12 @@ def _eval_costs(rt: Any, models: Path | None, device: str | None) -> tuple[Any, 
 
 @app.command(name="eval")
 def eval_(
-    router: Path = typer.Option(
-        None,
-        "--router",
-        "-r",
-        help="Router artifact folder (default: the bundled router).",
-        show_default=False,
-    ),
-    measurements: Path = typer.Option(
-        None,
-        "--measurements",
-        "-M",
-        help="Held-out long-format CSV or JSONL measured on the router's generators.",
-        show_default=False,
-    ),
-    db: Path = typer.Option(
-        None,
-        "--db",
-        help="Evaluate on a calibration database instead (with --holdout: its held-out part).",
-        show_default=False,
-    ),
-    holdout: float = typer.Option(
-        None,
-        "--holdout",
-        help="Evaluate only on this held-out share (the same stable split as `train --holdout`).",
-        show_default=False,
-    ),
-    metric: str = typer.Option(
-        None,
-        "--metric",
-        help="Use only rows of this metric (default: the router's metric when the file has it).",
-        show_default=False,
-    ),
-    plot: Path = typer.Option(
-        None,
-        "--plot",
-        help=(
-            "Also draw the quality-cost curves to this PNG (needs matplotlib: pip install 'catimg\\[plot]')."
-        ),
-        show_default=False,
-    ),
+    router: Path = _EVAL_ROUTER,
+    measurements: Path = _EVAL_MEASUREMENTS,
+    db: Path = _EVAL_DB,
+    holdout: float = _EVAL_HOLDOUT,
+    metric: str = _EVAL_METRIC,
+    plot: Path = _EVAL_PLOT,
     models: Path | None = MODELS_OPT,
     device: str | None = DEVICE_OPT,
     json_out: bool = JSON_OPT,
@@ -432,13 +460,7 @@ def eval_(
     from catimg.training.evaluate import evaluate_router
 
     rt = load_router(router)
-    source: Any = measurements
-    if db is not None or holdout is not None:
-        source = _load_table(measurements, db, None, metric or (rt.metric if db is not None else None))
-        if holdout is not None:
-            from catimg.measurements import split_holdout
-
-            _, source = split_holdout(source, holdout)
+    source = _eval_source(rt, measurements, db, holdout, metric)
     costs, costs_note = _eval_costs(rt, models, device)  # the one cost rule, as explain and gen route
     from catimg.cli.progress import embedding_progress
 
@@ -450,30 +472,7 @@ def eval_(
             costs=None if costs is None else {n: c.seconds for n, c in costs.items()},
             cost_unit=None if costs is None else "seconds",
         )
-    if report.ignored:
-        from catimg.cli.render import error_console, label
-        from catimg.errors import did_you_mean
-
-        names = ", ".join(g + did_you_mean(g, rt.generators) for g in report.ignored)
-        error_console().print(
-            label(
-                "warning:", "yellow", f"{measurements or db}: generators not in the router, ignored: {names}"
-            ),
-            highlight=False,
-        )
-    if report.seen_in_training:
-        from catimg.cli.render import error_console, label
-
-        error_console().print(
-            label(
-                "warning:",
-                "yellow",
-                f"{report.seen_in_training} of the {report.n_prompts} prompts are in the router's training "
-                "data, so these numbers are not held-out; evaluate on prompts it was not trained on "
-                "(train --holdout / eval --holdout)",
-            ),
-            highlight=False,
-        )
+    _eval_warnings(report, rt, measurements or db)
     if plot is not None:
         from catimg.training.evaluate import plot_report
 
@@ -488,6 +487,37 @@ def eval_(
         )
         return
     _render_eval(rt, report, measurements or db, costs, costs_note, plot)
+
+
+def _eval_source(
+    rt: Any, measurements: Path | None, db: Path | None, holdout: float | None, metric: str | None
+) -> Any:
+    """What eval scores: the measurements file as it is, or a table (from --db, or its --holdout part)."""
+    if db is None and holdout is None:
+        return measurements
+    table = _load_table(measurements, db, None, metric or (rt.metric if db is not None else None))
+    if holdout is None:
+        return table
+    from catimg.measurements import split_holdout
+
+    return split_holdout(table, holdout)[1]
+
+
+def _eval_warnings(report: Any, rt: Any, where: Path | None) -> None:
+    """Warn about generators the router does not know and about prompts it was trained on."""
+    from catimg.errors import did_you_mean
+
+    warnings = []
+    if report.ignored:
+        names = ", ".join(g + did_you_mean(g, rt.generators) for g in report.ignored)
+        warnings.append(f"{where}: generators not in the router, ignored: {names}")
+    if report.seen_in_training:
+        warnings.append(
+            f"{report.seen_in_training} of the {report.n_prompts} prompts are in the router's training "
+            "data, so these numbers are not held-out; evaluate on prompts it was not trained on "
+            "(train --holdout / eval --holdout)"
+        )
+    _print_warnings(warnings)
 
 
 def _render_eval(rt: Any, report: Any, source: Any, costs: Any, costs_note: str, plot: Path | None) -> None:
