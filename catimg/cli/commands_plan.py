@@ -36,37 +36,46 @@ def _parse_gpus(text: str) -> list[int]:
     return ks
 
 
+# plan's own options (the shared ones are in catimg.cli.common)
+_PROMPT_SET = typer.Option(
+    None,
+    "--set",
+    help="A built-in prompt set instead of -f (e.g. parti-geneval-200).",
+    show_default=False,
+)
+_GPUS = typer.Option("1,8,64", "--gpus", help="GPU counts to predict for, comma-separated.")
+_GPU = typer.Option(
+    None,
+    "--gpu",
+    help="Cost the plan for this GPU (H100, A100, L4 ...) instead of this machine's device.",
+    show_default=False,
+)
+_SCALE_TO = typer.Option(
+    None,
+    "--scale-to",
+    help="Predict for this many prompts with the routed shares (e.g. 1000000).",
+    show_default=False,
+)
+_IMAGES_PER_PROMPT = typer.Option(1, "--images-per-prompt", "-n", help="Images per prompt.")
+_CHUNK_SIZE = typer.Option(16, "--chunk-size", help="Images a worker takes at a time.")
+
+
 @app.command()
 def plan(
     prompts: list[str] | None = PROMPTS_ARG,
     file: Path | None = FILE_OPT,
-    prompt_set: str | None = typer.Option(
-        None,
-        "--set",
-        help="A built-in prompt set instead of -f (e.g. parti-geneval-200).",
-        show_default=False,
-    ),
+    prompt_set: str | None = _PROMPT_SET,
     budget: str | None = BUDGET_OPT,
     total_budget: str | None = TOTAL_BUDGET_OPT,
     models: Path | None = MODELS_OPT,
     router: Path | None = ROUTER_OPT,
     generator: str | None = GENERATOR_OPT,
-    gpus: str = typer.Option("1,8,64", "--gpus", help="GPU counts to predict for, comma-separated."),
-    gpu: str | None = typer.Option(
-        None,
-        "--gpu",
-        help="Cost the plan for this GPU (H100, A100, L4 ...) instead of this machine's device.",
-        show_default=False,
-    ),
+    gpus: str = _GPUS,
+    gpu: str | None = _GPU,
     device: str | None = DEVICE_OPT,
-    scale_to: int | None = typer.Option(
-        None,
-        "--scale-to",
-        help="Predict for this many prompts with the routed shares (e.g. 1000000).",
-        show_default=False,
-    ),
-    images_per_prompt: int = typer.Option(1, "--images-per-prompt", "-n", help="Images per prompt."),
-    chunk_size: int = typer.Option(16, "--chunk-size", help="Images a worker takes at a time."),
+    scale_to: int | None = _SCALE_TO,
+    images_per_prompt: int = _IMAGES_PER_PROMPT,
+    chunk_size: int = _CHUNK_SIZE,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Predict how long a plan takes on K GPUs: catimg's scheduling (actors per model in proportion to cost,
@@ -85,16 +94,7 @@ def plan(
     from catimg.routing.router import load_router
 
     ks = _parse_gpus(gpus)
-    if scale_to is not None and scale_to < 1:
-        raise InputError(f"--scale-to {scale_to}: must be 1 or more")
-    if images_per_prompt < 1:
-        raise InputError(f"--images-per-prompt {images_per_prompt}: must be 1 or more")
-    if chunk_size < 1:
-        raise InputError(f"--chunk-size {chunk_size}: must be 1 or more")
-    if gpu is not None and device is not None:
-        raise InputError(
-            "--gpu and --device both given; use --gpu to cost another GPU, --device for one here"
-        )
+    _check_numbers(scale_to, images_per_prompt, chunk_size, gpu, device)
     if prompt_set is not None:
         from catimg.prompts import reference_set
 
@@ -104,25 +104,13 @@ def plan(
     bud, total = parse_budgets(budget, total_budget)
     catalog = load_catalog(models)
     rt = load_router(router)
-    dev = (
-        hypothetical_gpu(gpu) if gpu is not None else lookup_device(device).info
-    )  # nothing runs: no torch needed
+    # nothing runs: no torch needed
+    dev = hypothetical_gpu(gpu) if gpu is not None else lookup_device(device).info
     from catimg.prompts import fit_for_run
 
-    fit = fit_for_run(
-        texts, catalog, generator
-    )  # the router sees long prompts as the generator's encoder cuts them
-    costs = None
-    if (
-        gpu is not None
-    ):  # another GPU: the router's seconds were not measured on it (the rule's step 3 is skipped)
-        from catimg.costs.model import routing_costs
-
-        costs = routing_costs(
-            catalog.generators,
-            dev,
-            unknown_ok=lambda g: generator is not None or not (g.enabled and rt.knows(g)),
-        )
+    # the router sees long prompts as the generator's encoder cuts them
+    fit = fit_for_run(texts, catalog, generator)
+    costs = _other_gpu_costs(catalog, dev, rt, generator) if gpu is not None else None
     result = route_prompts(
         texts,
         catalog,
@@ -149,6 +137,32 @@ def plan(
         print_json({"budget": result.budget, "lambda": result.lam, **cp.to_dict()})
         return
     _render_plan(cp, result.budget, dev.name, chunk_size)
+
+
+def _check_numbers(
+    scale_to: int | None, images_per_prompt: int, chunk_size: int, gpu: str | None, device: str | None
+) -> None:
+    if scale_to is not None and scale_to < 1:
+        raise InputError(f"--scale-to {scale_to}: must be 1 or more")
+    if images_per_prompt < 1:
+        raise InputError(f"--images-per-prompt {images_per_prompt}: must be 1 or more")
+    if chunk_size < 1:
+        raise InputError(f"--chunk-size {chunk_size}: must be 1 or more")
+    if gpu is not None and device is not None:
+        raise InputError(
+            "--gpu and --device both given; use --gpu to cost another GPU, --device for one here"
+        )
+
+
+def _other_gpu_costs(catalog: Any, dev: Any, rt: Any, generator: str | None) -> Any:
+    """Costs on another GPU: the router's seconds were not measured on it (the rule's step 3 is skipped)."""
+    from catimg.costs.model import routing_costs
+
+    return routing_costs(
+        catalog.generators,
+        dev,
+        unknown_ok=lambda g: generator is not None or not (g.enabled and rt.knows(g)),
+    )
 
 
 def _render_plan(cp: Any, budget: str, device_name: str, chunk_size: int) -> None:
