@@ -1,4 +1,5 @@
-"""catimg bench: real tiny pipelines measured, cached, reused, invalidated; corrupt cache discarded in one line."""
+"""catimg bench: real tiny pipelines measured, cached, reused, invalidated; corrupt cache discarded in one
+line."""
 
 from __future__ import annotations
 
@@ -112,14 +113,16 @@ def test_missing_weights_fail_in_one_line(tmp_path: Path) -> None:
 
 
 def test_bench_does_not_leak_the_torchvision_notice(tmp_path: Path, tiny_sd_dir: Path) -> None:
-    """transformers' "requires torchvision (not installed); falling back to ...Pil" notice (once per process) is
-    silenced by `catimg bench`, on its one logger only; loading the same pipeline without the CLI shows it."""
+    """transformers' "requires torchvision (not installed); falling back to ...Pil" notice (once per process)
+    is silenced by `catimg bench`, on its one logger only; loading the same pipeline without the CLI shows
+    it."""
     import importlib.util
     import subprocess
     import sys
 
     toml = _catalog(tmp_path, tiny_sd_dir, steps="2")
-    # a fresh process with transformers' default verbosity (tests that load pipelines in-process set it to error)
+    # a fresh process with transformers' default verbosity (tests that load pipelines in-process set it
+    # to error)
     env = {k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY")}
     env["CATIMG_CACHE_DIR"] = str(tmp_path / "cache")
     r = subprocess.run(

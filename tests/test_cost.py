@@ -1,4 +1,5 @@
-"""Cost model: precedence explicit > measured > estimated, memory feasibility, bad input, and estimated vs measured."""
+"""Cost model: precedence explicit > measured > estimated, memory feasibility, bad input, and estimated vs
+measured."""
 
 from __future__ import annotations
 
@@ -135,7 +136,8 @@ height = 128
 
 
 def test_estimated_ranking_matches_measured(tmp_path: Path, tiny_sd_dir: Path, tiny_sdxl_dir: Path) -> None:
-    """Tiny generators of different sizes and step counts: the cheapest estimate is the fastest measured, etc."""
+    """Tiny generators of different sizes and step counts: the cheapest estimate is the fastest measured,
+    etc."""
     import torch
 
     cat = parse_catalog(RANKED.format(sd=tiny_sd_dir, sdxl=tiny_sdxl_dir), tmp_path / "models.toml")

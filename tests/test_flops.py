@@ -1,4 +1,5 @@
-"""Analytic FLOPs (catimg.flops) against torch's own FLOP counter on the same forward pass of real tiny models."""
+"""Analytic FLOPs (catimg.flops) against torch's own FLOP counter on the same forward pass of real tiny
+models."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from catimg.flops import (
 
 
 def _torch_count(fn) -> float:
-    """TFLOPs torch counts for ``fn`` on real CPU tensors, attention run as plain matmuls so it is counted too."""
+    """TFLOPs torch counts for ``fn`` on real CPU tensors, attention run as plain matmuls so it is counted
+    too."""
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
         fn()
     return fc.get_total_flops() / 1e12

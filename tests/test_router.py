@@ -60,7 +60,8 @@ SUBJECTS = [
 
 
 def prompts_and_scores() -> list[tuple[str, str, float, float]]:
-    """Rows (prompt, generator, score, seconds): the cheap generator fails on crowded scenes, the dear one does not."""
+    """Rows (prompt, generator, score, seconds): the cheap generator fails on crowded scenes, the dear one
+    does not."""
     rng = np.random.default_rng(0)
     rows = []
     for s in SUBJECTS:

@@ -55,8 +55,9 @@ def _with_logit_scale(src: Path, dest: Path, scale: float) -> Path:
 
 
 def test_pickscore_mode_uses_logit_scale(tiny_clip_dir: Path, tmp_path: Path) -> None:
-    """PickScore is exp(logit_scale) x cosine: two checkpoints that differ only in logit_scale (ln 2, ln 10) score
-    every pair exactly 5x apart (a raw cosine would not change; logit_scale itself would give ln 10 / ln 2)."""
+    """PickScore is exp(logit_scale) x cosine: two checkpoints that differ only in logit_scale (ln 2, ln 10)
+    score every pair exactly 5x apart (a raw cosine would not change; logit_scale itself would give
+    ln 10 / ln 2)."""
     images = [Image.new("RGB", (32, 32), c) for c in ((0, 255, 0), (200, 30, 90), (10, 10, 240))]
     prompts = ["green", "a pink square", "deep blue sea"]
     low, high = (

@@ -136,7 +136,8 @@ def test_campaign_lock_held_by_another_process(tmp_path: Path) -> None:
     db = tmp_path / "m.sqlite"
     Store.open(db).close()
     code = (
-        "import sys, time; from catimg.calibration.store import Store; s = Store.open(sys.argv[1]); s.acquire_campaign();"
+        "import sys, time; from catimg.calibration.store import Store; s = Store.open(sys.argv[1]); "
+        "s.acquire_campaign();"
         "print('locked', flush=True); sys.stdin.readline()"
     )
     with subprocess.Popen(
@@ -192,7 +193,8 @@ def test_holdout_split_is_stable_and_disjoint(tmp_path: Path) -> None:
 
 
 def test_to_table_is_the_table_of_the_exported_file(tmp_path: Path) -> None:
-    """One pivot: the store's table and the table read back from its export agree, spellings merged in both."""
+    """One pivot: the store's table and the table read back from its export agree, spellings merged in
+    both."""
     a, b = generator("a"), generator("b")
     with Store.open(tmp_path / "m.sqlite") as s:
         ha, hb = s.register_generator(a), s.register_generator(b)

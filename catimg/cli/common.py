@@ -14,7 +14,7 @@ from catimg.errors import InputError, did_you_mean
 
 if TYPE_CHECKING:
     from catimg.config import Catalog, Generator
-    from catimg.device import DeviceInfo, DeviceLookup
+    from catimg.device import DeviceLookup
     from catimg.routing.budget import Budget
     from catimg.routing.router import Router
 
@@ -142,20 +142,6 @@ def read_stdin_prompts() -> list[str]:
     return found
 
 
-def load_setup(
-    models: Path | None, router: Path | None, device: str | None
-) -> tuple[Catalog, Router, DeviceInfo]:
-    """Catalog, router and device: the three things every routing command needs."""
-    from catimg.config import load_catalog
-    from catimg.device import detect_device
-    from catimg.routing.router import load_router
-
-    catalog = load_catalog(models)
-    rt = load_router(router)
-    dev = detect_device(device)
-    return catalog, rt, dev
-
-
 REFRESH_DEVICE_OPT = typer.Option(
     False,
     "--refresh-device",
@@ -167,9 +153,9 @@ REFRESH_HINT = "`catimg doctor --refresh-device`"
 def describe_setup(
     models: Path | None, router: Path | None, device: str | None, refresh: bool = False
 ) -> tuple[Catalog, Router, DeviceLookup]:
-    """Like :func:`load_setup` for commands that only describe the device (models, doctor, explain): no torch
-    import when there is no GPU driver or the description is cached (see
-    :func:`catimg.device.lookup_device`)."""
+    """Catalog, router and device for commands that only describe the device (models, doctor, explain): no
+    torch import when there is no GPU driver or the description is cached (see
+    :func:`catimg.device.lookup_device`); a run loads them with :func:`catimg.generation.run.load_setup`."""
     from catimg.config import load_catalog
     from catimg.device import lookup_device
     from catimg.routing.router import load_router

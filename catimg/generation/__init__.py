@@ -1,5 +1,7 @@
 """Generation: from a routed plan to PNGs on disk and one manifest record per image.
 
+``run``         the ``catimg gen`` use case: ``plan_run`` (resume seed, routing, re-planning around missing
+                weights), then ``make_images`` through an engine, and the run's ``Spend``.
 ``generate``    the plan (``PlanItem``, ``build_plan``, run settings) and the local engine.
 ``execution``   the execution core both engines share: batching a plan, the image maker (diffusers call,
                 seeding, step callbacks, memory-saving retry), the retry policy, the recorder, ``RunOptions``

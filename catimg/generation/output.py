@@ -532,7 +532,8 @@ def repair_out_dir(folder: str | Path) -> list[str]:
 
 
 def _set_aside_corrupt(folder: Path, records: list[dict[str, Any]], bad: list[tuple[int, bytes]]) -> str:
-    """Rewrite the manifest with its good ``records`` only; the ``bad`` lines go to ``manifest.jsonl.corrupt``."""
+    """Rewrite the manifest with its good ``records`` only; the ``bad`` lines go to
+    ``manifest.jsonl.corrupt``."""
     path = folder / MANIFEST
     keep = b"".join(
         json.dumps(r, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8") + b"\n"

@@ -5,6 +5,7 @@ Data flow: prompt -> ``encoder`` (MiniLM embedding, ``minilm`` is its plain-torc
 and uncertainty -> ``rule`` (normalise quality and cost, argmax q - lambda c, switch points) with lambda from
 ``budget`` (levels, per-image seconds, a total budget) -> ``route`` (statuses, score matrix, solve,
 explanation, summary: what ``explain``, ``plan`` and ``gen`` show).
+``diagnose`` is the ``catimg doctor`` use case: catalog, device, weights and router checked together.
 
 Imports only the foundations and :mod:`catimg.costs`; training builds routers (``catimg.training``),
 generation consumes routing results (``catimg.generation``).

@@ -288,8 +288,8 @@ def _routes(
     neighbours: int,
     explain: bool,
 ) -> list[PromptRoute]:
-    """One :class:`PromptRoute` per prompt: its choice, its table rows and, when asked, the explanation and the
-    most similar training prompts."""
+    """One :class:`PromptRoute` per prompt: its choice, its table rows and, when asked, the explanation and
+    the most similar training prompts."""
     emb = scores.emb if neighbours else None
     nb = router.neighbours(emb, k=neighbours) if emb is not None else [[] for _ in prompts]
     nbs = (

@@ -286,7 +286,8 @@ def joint_out_of_fold(
     Folds are drawn over *prompts*: every row of a held-out prompt, in any set, is left out of that fold's fit
     (TIFA and DSG share prompts). Without ``set_index``: one pass over at most MAX_CV_PROMPTS rows of every
     set, which serves the budget levels and every set's held-out numbers at once (``folds`` fits). With
-    ``set_index``: the rows of that set measured on all of its generators (the routing benchmark's protocol)."""
+    ``set_index``: the rows of that set measured on all of its generators (the routing benchmark's
+    protocol)."""
     from catimg.measurements import prompt_key
 
     t = joint.table
