@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from catimg.cli import app
-from catimg.cli.common import DEVICE_OPT, DTYPE_OPT, ENGINE_OPT, ENGINES, JSON_OPT, MODELS_OPT, check_choice
+from catimg.cli.common import (
+    DEVICE_OPT,
+    DTYPE_OPT,
+    ENGINE_OPT,
+    ENGINES,
+    JSON_OPT,
+    MODELS_OPT,
+    RAY_ADDRESS_OPT,
+    WORKERS_OPT,
+    check_choice,
+)
 from catimg.cli.render import console, fmt_seconds, print_json
 from catimg.device import DTYPES
 from catimg.errors import ExitStatus, InputError
@@ -74,15 +84,6 @@ OUT_OPT = typer.Option(
     show_default=False,
     help="Folder for the calibration images (default: images/ next to the database).",
 )
-RAY_ADDRESS_OPT = typer.Option(
-    None,
-    "--ray-address",
-    show_default=False,
-    help=(
-        "With --engine ray: the cluster head (host:port, ray://host:10001 or auto). Default: a local Ray "
-        "instance."
-    ),
-)
 
 
 PROMPTS_FILE_OPT = typer.Option(
@@ -96,12 +97,6 @@ BATCH_SIZE_OPT = typer.Option(
     None,
     "--batch-size",
     help="Prompts per pipeline call (default: by device memory).",
-    show_default=False,
-)
-WORKERS_OPT = typer.Option(
-    None,
-    "--workers",
-    help="With --engine ray: workers (default: one per GPU, else per CPU).",
     show_default=False,
 )
 

@@ -30,8 +30,10 @@ from catimg.cli.common import (
     JSON_OPT,
     MODELS_OPT,
     PROMPTS_ARG,
+    RAY_ADDRESS_OPT,
     ROUTER_OPT,
     TOTAL_BUDGET_OPT,
+    WORKERS_OPT,
     check_choice,
     collect_prompts,
     parse_budgets,
@@ -93,19 +95,6 @@ ALLOW_DOWNLOAD_OPT = typer.Option(
 )
 BATCH_SIZE_OPT = typer.Option(
     None, "--batch-size", help="Images per pipeline call (default: by device memory).", show_default=False
-)
-RAY_ADDRESS_OPT = typer.Option(
-    None,
-    "--ray-address",
-    help="With --engine ray: the cluster head (host:port, ray://host:10001 or auto). Default: a local Ray "
-    "instance.",
-    show_default=False,
-)
-WORKERS_OPT = typer.Option(
-    None,
-    "--workers",
-    help="With --engine ray: workers (default: one per GPU, else per CPU).",
-    show_default=False,
 )
 SCORE_OPT = typer.Option(
     False,

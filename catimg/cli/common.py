@@ -85,6 +85,21 @@ ENGINES = ("local", "ray")
 ENGINE_OPT = typer.Option(
     "local", "--engine", help='local (this process) or ray (a Ray cluster; pip install "catimg\\[ray]").'
 )
+RAY_ADDRESS_OPT = typer.Option(
+    None,
+    "--ray-address",
+    help=(
+        "With --engine ray: the cluster head (host:port, ray://host:10001 or auto). Default: a local Ray "
+        "instance."
+    ),
+    show_default=False,
+)
+WORKERS_OPT = typer.Option(
+    None,
+    "--workers",
+    help="With --engine ray: workers (default: one per GPU, else per CPU).",
+    show_default=False,
+)
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON document and nothing else.")
 
 
