@@ -23,7 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from catimg.benchmarks import tiny_module
 
@@ -45,6 +47,8 @@ for j in jobs:
     img.save(out / f"{j['index']:04d}.png")
 """
 
+_CAT = [sys.executable, "-m", "catimg"]
+
 
 def _run(cmd: list[str], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
@@ -55,14 +59,37 @@ def _run(cmd: list[str], env: dict[str, str]) -> float:
     return dt
 
 
-def main() -> None:
+@dataclass(frozen=True)
+class _Bench:
+    """The temporary benchmark folder and what both sides run against."""
+
+    root: Path
+    env: dict[str, str]
+    models: Path  # models.toml naming the two tiny generators
+    prompts: Path  # prompts.txt, one prompt a line
+    snap: Path  # the SDXL-like pipeline's snapshot folder in the fake Hub cache
+
+
+@dataclass(frozen=True)
+class _Timings:
+    """Wall seconds of each repeat for both sides, and the manifest records of the last catimg run."""
+
+    cat: list[float]
+    plain: list[float]
+    recs: list[dict[str, Any]]
+
+
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=24)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="OMP/torch threads for both sides (default 1)")
     ap.add_argument("--budget", default="medium")
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def _prepare(n_prompts: int, threads: int) -> _Bench:
+    """Build the tiny pipelines, the fake Hub cache, models.toml, synthetic measurements and the prompts."""
     tiny = tiny_module()
     root = Path(tempfile.mkdtemp(prefix="catimg-overhead-"))
     env = dict(
@@ -71,7 +98,7 @@ def main() -> None:
         HF_HUB_CACHE=str(root / "hub"),
         CATIMG_CACHE_DIR=str(root / "cache"),
         CATIMG_DATA_DIR=str(root / "data"),
-        OMP_NUM_THREADS=str(args.threads),
+        OMP_NUM_THREADS=str(threads),
         NO_COLOR="1",
         TOKENIZERS_PARALLELISM="false",
     )
@@ -95,79 +122,66 @@ def main() -> None:
     prompts.write_text(
         "".join(
             f"a {tiny.WORDS[i % 12]} in the {tiny.WORDS[(i * 7 + 3) % 12]}, view {i}\n"
-            for i in range(args.prompts)
+            for i in range(n_prompts)
         )
     )
-    cat = [sys.executable, "-m", "catimg"]
-    _run(
-        cat
-        + [
-            "train",
-            "--measurements",
-            str(root / "m.csv"),
-            "--models",
-            str(models),
-            "--out",
-            str(root / "router"),
-        ],
-        env,
-    )
+    return _Bench(root=root, env=env, models=models, prompts=prompts, snap=Path(snap))
 
+
+def _train_router(b: _Bench) -> None:
+    cmd = [*_CAT, "train", "--measurements", str(b.root / "m.csv"), "--models", str(b.models)]
+    _run([*cmd, "--out", str(b.root / "router")], b.env)
+
+
+def _plain_jobs(recs: list[dict[str, Any]], snap: Path) -> list[dict[str, Any]]:
+    """The plain script's jobs for catimg's manifest records: same settings, Hub id -> snapshot."""
+    keys = ("index", "prompt", "seed", "steps", "guidance", "width", "height")
+    jobs = [
+        {
+            **{k: x[k] for k in keys},
+            "source": str(snap) if x["source"] == "stabilityai/sdxl-turbo" else x["source"],
+        }
+        for x in recs
+    ]
+    jobs.sort(key=lambda j: (j["source"], j["index"]))
+    return jobs
+
+
+def _time_both(b: _Bench, repeat: int, budget: str) -> _Timings:
+    """Alternate ``catimg gen -f`` and the plain script over the images catimg made, ``repeat`` times."""
     cat_times, plain_times = [], []
-    jobs_file = root / "jobs.json"
-    script = root / "plain.py"
+    recs: list[dict[str, Any]] = []
+    jobs_file = b.root / "jobs.json"
+    script = b.root / "plain.py"
     script.write_text(PLAIN)
-    for r in range(args.repeat):
-        out = root / f"cat-{r}"
-        cat_times.append(
-            _run(
-                cat
-                + [
-                    "gen",
-                    "-f",
-                    str(prompts),
-                    "--models",
-                    str(models),
-                    "--router",
-                    str(root / "router"),
-                    "--out",
-                    str(out),
-                    "--seed",
-                    "0",
-                    "--budget",
-                    args.budget,
-                    "--json",
-                ],
-                env,
-            )
-        )
+    gen = [*_CAT, "gen", "-f", str(b.prompts), "--models", str(b.models), "--router", str(b.root / "router")]
+    for r in range(repeat):
+        out = b.root / f"cat-{r}"
+        cat_times.append(_run([*gen, "--out", str(out), "--seed", "0", "--budget", budget, "--json"], b.env))
         recs = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
-        jobs = [
-            {
-                "index": x["index"],
-                "prompt": x["prompt"],
-                "seed": x["seed"],
-                "steps": x["steps"],
-                "guidance": x["guidance"],
-                "width": x["width"],
-                "height": x["height"],
-                "source": str(snap) if x["source"] == "stabilityai/sdxl-turbo" else x["source"],
-            }
-            for x in recs
-        ]
-        jobs.sort(key=lambda j: (j["source"], j["index"]))
-        jobs_file.write_text(json.dumps(jobs))
-        plain_times.append(_run([sys.executable, str(script), str(jobs_file), str(root / f"plain-{r}")], env))
+        jobs_file.write_text(json.dumps(_plain_jobs(recs, b.snap)))
+        plain_times.append(
+            _run([sys.executable, str(script), str(jobs_file), str(b.root / f"plain-{r}")], b.env)
+        )
+    return _Timings(cat=cat_times, plain=plain_times, recs=recs)
+
+
+def _report(t: _Timings, n_prompts: int, threads: int) -> None:
     shares: dict[str, int] = {}
-    for x in recs:
+    for x in t.recs:
         shares[x["generator"]] = shares.get(x["generator"], 0) + 1
-    c, plain = statistics.median(cat_times), statistics.median(plain_times)
-    print(f"prompts: {args.prompts}, images: {len(recs)}, generators used: {shares}, threads: {args.threads}")
-    print(f"catimg gen -f (routing included): median {c:.2f} s  runs {[round(t, 2) for t in cat_times]}")
-    print(
-        f"plain diffusers script:           median {plain:.2f} s  runs {[round(t, 2) for t in plain_times]}"
-    )
+    c, plain = statistics.median(t.cat), statistics.median(t.plain)
+    print(f"prompts: {n_prompts}, images: {len(t.recs)}, generators used: {shares}, threads: {threads}")
+    print(f"catimg gen -f (routing included): median {c:.2f} s  runs {[round(x, 2) for x in t.cat]}")
+    print(f"plain diffusers script:           median {plain:.2f} s  runs {[round(x, 2) for x in t.plain]}")
     print(f"ratio catimg / plain: {c / plain:.3f} (target <= 1.15)")
+
+
+def main() -> None:
+    args = _parse_args()
+    bench = _prepare(args.prompts, args.threads)
+    _train_router(bench)
+    _report(_time_both(bench, args.repeat, args.budget), args.prompts, args.threads)
 
 
 if __name__ == "__main__":
