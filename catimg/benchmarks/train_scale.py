@@ -159,7 +159,7 @@ def folder_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m catimg.benchmarks.train_scale",
         description=__doc__,
@@ -174,72 +174,63 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--explain", type=int, default=10_000, help="prompts for the explain -f timing (0: skip)")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--keep", action="store_true")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def _write_inputs(m: Path, models: Path, args: argparse.Namespace) -> None:
+    """Write the synthetic measurements and models.toml, and say how large and how long."""
+    t0 = time.perf_counter()
+    rows = write_measurements(m, args.prompts, args.generators, args.missing)
+    write_models(models, args.generators)
+    print(
+        f"synthetic measurements: {args.prompts} prompts x {args.generators} generators, {rows} rows "
+        f"({m.stat().st_size / 1e6:.0f} MB), written in {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
+
+
+def _time_train(work: Path, m: Path, models: Path, predictor: str, env: dict[str, str]) -> None:
+    """``catimg train`` cold then warm into ``work/router``: wall, peak memory, artifact size, stage lines."""
+    train = [sys.executable, "-m", "catimg", "train", "--measurements", str(m), "--models", str(models)]
+    train += ["--out", str(work / "router"), "--predictor", predictor, "--force"]
+    for label in ("cold (empty embedding cache)", "warm (embeddings cached)"):
+        shutil.rmtree(work / "router", ignore_errors=True)
+        wall, peak, err = run(train, env)
+        print(
+            f"train {label}: {wall:.1f} s wall, peak memory {peak:.2f} GB, "
+            f"artifact {folder_mb(work / 'router'):.1f} MB"
+        )
+        for line in err.splitlines():
+            if line.startswith("["):
+                print(f"    {line}")
+        sys.stdout.flush()
+
+
+def _time_explain(work: Path, models: Path, n: int, env: dict[str, str]) -> None:
+    """``catimg explain -f`` of n fresh prompts with the trained router, cold then warm embedding cache."""
+    pf = work / "prompts.txt"
+    pf.write_text("\n".join(synthetic_prompts(n, seed=1)) + "\n", encoding="utf-8")
+    explain = [sys.executable, "-m", "catimg", "explain", "-f", str(pf), "--router", str(work / "router")]
+    explain += ["--models", str(models), "--budget", "medium", "--json"]
+    for label, c in (("cold", work / "cache-explain"), ("warm", work / "cache-explain")):
+        wall, peak, _ = run(explain, {**env, "CATIMG_CACHE_DIR": str(c)})
+        print(
+            f"explain -f {n} prompts --json, {label}: {wall:.1f} s wall, peak memory {peak:.2f} GB",
+            flush=True,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="catimg-train-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         m, models = work / "m.csv", work / "models.toml"
-        t0 = time.perf_counter()
-        rows = write_measurements(m, args.prompts, args.generators, args.missing)
-        write_models(models, args.generators)
-        print(
-            f"synthetic measurements: {args.prompts} prompts x {args.generators} generators, {rows} rows "
-            f"({m.stat().st_size / 1e6:.0f} MB), written in {time.perf_counter() - t0:.1f} s",
-            flush=True,
-        )
-        cache = work / "cache"
-        env = {**os.environ, "CATIMG_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
-        train = [
-            sys.executable,
-            "-m",
-            "catimg",
-            "train",
-            "--measurements",
-            str(m),
-            "--models",
-            str(models),
-            "--out",
-            str(work / "router"),
-            "--predictor",
-            args.predictor,
-            "--force",
-        ]
-        for label in ("cold (empty embedding cache)", "warm (embeddings cached)"):
-            shutil.rmtree(work / "router", ignore_errors=True)
-            wall, peak, err = run(train, env)
-            print(
-                f"train {label}: {wall:.1f} s wall, peak memory {peak:.2f} GB, "
-                f"artifact {folder_mb(work / 'router'):.1f} MB"
-            )
-            for line in err.splitlines():
-                if line.startswith("["):
-                    print(f"    {line}")
-            sys.stdout.flush()
+        _write_inputs(m, models, args)
+        env = {**os.environ, "CATIMG_CACHE_DIR": str(work / "cache"), "HF_HUB_OFFLINE": "1"}
+        _time_train(work, m, models, args.predictor, env)
         if args.explain:
-            pf = work / "prompts.txt"
-            pf.write_text("\n".join(synthetic_prompts(args.explain, seed=1)) + "\n", encoding="utf-8")
-            explain = [
-                sys.executable,
-                "-m",
-                "catimg",
-                "explain",
-                "-f",
-                str(pf),
-                "--router",
-                str(work / "router"),
-                "--models",
-                str(models),
-                "--budget",
-                "medium",
-                "--json",
-            ]
-            for label, c in (("cold", work / "cache-explain"), ("warm", work / "cache-explain")):
-                wall, peak, _ = run(explain, {**env, "CATIMG_CACHE_DIR": str(c)})
-                print(
-                    f"explain -f {args.explain} prompts --json, {label}: {wall:.1f} s wall, "
-                    f"peak memory {peak:.2f} GB",
-                    flush=True,
-                )
+            _time_explain(work, models, args.explain, env)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
