@@ -85,7 +85,11 @@ def _parse_args() -> argparse.Namespace:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="OMP/torch threads for both sides (default 1)")
     ap.add_argument("--budget", default="medium")
-    return ap.parse_args()
+    args = ap.parse_args()
+    for name in ("prompts", "repeat", "threads"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be 1 or more")
+    return args
 
 
 def _prepare(n_prompts: int, threads: int) -> _Bench:
