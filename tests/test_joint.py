@@ -279,3 +279,27 @@ def test_joint_cross_validation_holds_a_prompt_out_of_every_set_in_one_pass() ->
     set_rows, set_pred = joint_out_of_fold("knn", X, joint, params={"k": 1}, set_index=1)
     assert list(set_rows) == list(range(40, 80))
     assert not np.any(np.isclose(set_pred, joint.table.Y[set_rows]).all(axis=1))
+
+
+def test_joint_cross_validation_predicts_every_cell_of_a_rarely_measured_generator() -> None:
+    """A generator measured on one prompt only is missing from every fold that holds that prompt out: the
+    out-of-fold pass still gives a prediction in every cell (its mean), so the budget levels can be set."""
+    from catimg.training.train import joint_out_of_fold
+
+    rng = np.random.default_rng(1)
+    prompts = [f"prompt {i}" for i in range(30)]
+    Y = np.column_stack([rng.uniform(1, 5, 30), rng.uniform(1, 5, 30), np.full(30, np.nan)])
+    Y[0, 2] = 4.0
+    a = MeasurementTable(
+        prompts=prompts,
+        generators=["cheap", "dear", "rare"],
+        Y=Y,
+        counts=np.ones(Y.shape, int),
+        seconds={"cheap": None, "dear": None, "rare": None},
+        metric="genai_bench_alignment",
+        sources=["genai_bench"],
+    )
+    b = _table(prompts[:10], rng.uniform(1, 5, (10, 2)), "tifa_faithfulness", "tifa")
+    joint = join([a, b])
+    rows, pred = joint_out_of_fold("ridge", rng.normal(size=(40, 8)), joint)
+    assert len(rows) == 40 and not np.isnan(pred).any()
