@@ -170,7 +170,7 @@ def describe_setup(
 ) -> tuple[Catalog, Router, DeviceLookup]:
     """Catalog, router and device for commands that only describe the device (models, doctor, explain): no
     torch import when there is no GPU driver or the description is cached (see
-    :func:`catimg.device.lookup_device`); a run loads them with :func:`catimg.generation.run.load_setup`."""
+    :func:`catimg.device.lookup_device`); a run loads them in :func:`catimg.generation.run.plan_run`."""
     from catimg.config import load_catalog
     from catimg.device import lookup_device
     from catimg.routing.router import load_router

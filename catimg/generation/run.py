@@ -153,13 +153,17 @@ def plan_run(
 ) -> RunPlan:
     """Plan ``request``'s run (see the module docstring); reads OUT's manifest, writes to OUT only when
     repairing it (``--resume``)."""
+    from catimg.config import load_catalog
+    from catimg.device import detect_device
     from catimg.generation.generate import plan_from_routing, run_settings
+    from catimg.routing.router import load_router
 
     req = request
     repaired, seed = resume_state(req.out, req.resume and not req.dry_run, req.seed)
+    catalog = load_catalog(req.models)
     if not req.dry_run:  # weights first: a missing model stops the run within a second, before torch
-        check_weights_early(req.models, req.forced, req.allow_download)
-    catalog, rt, dev = load_setup(req.models, req.router, req.device)
+        check_weights_early(catalog, req.forced, req.allow_download)
+    rt, dev = load_router(req.router), detect_device(req.device)
     width, height = req.size
     # costs follow the settings the run will use: size, dtype, device and batch overrides
     run_as = partial(run_settings, width=width, height=height, dtype=req.dtype)
@@ -193,17 +197,6 @@ def plan_run(
     )
 
 
-def load_setup(
-    models: Path | None, router: Path | None, device: str | None
-) -> tuple[Catalog, Router, DeviceInfo]:
-    """The catalog, the router and the device a run plans with."""
-    from catimg.config import load_catalog
-    from catimg.device import detect_device
-    from catimg.routing.router import load_router
-
-    return load_catalog(models), load_router(router), detect_device(device)
-
-
 def resume_state(out: Path, resume: bool, seed: int | None) -> tuple[list[str], int]:
     """(what repairing OUT after a crash did, the base seed).
 
@@ -225,17 +218,15 @@ def resume_state(out: Path, resume: bool, seed: int | None) -> tuple[list[str], 
     return repaired, seed
 
 
-def check_weights_early(models: Path | None, forced: str | None, allow_download: bool) -> None:
+def check_weights_early(catalog: Catalog, forced: str | None, allow_download: bool) -> None:
     """Raise one WeightsMissingError naming every missing model when nothing could be generated anyway.
 
     With a forced generator: that generator's model. Otherwise every enabled generator's: if none of them is
     on disk the run could not make a single image. (When only some are missing, routing re-plans among the
     others.) Reads the catalog and the disk only; no torch.
     """
-    from catimg.config import load_catalog
     from catimg.pipelines import missing_weights
 
-    catalog = load_catalog(models)
     gens = [catalog.get(forced)] if forced else list(catalog.enabled)
     if not gens:
         return
