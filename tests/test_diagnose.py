@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from catimg.config import load_catalog
 from catimg.routing.diagnose import PACKAGES, diagnose
 
@@ -42,3 +44,18 @@ def test_a_broken_catalog_is_a_problem_and_a_local_folder_has_its_weights(
     # the shipped router knows neither: said per generator, and its check against the catalog is a problem
     assert not any(c.router_knows for c in diag.generators)
     assert any("knows none of the enabled generators" in p for p in diag.problems)
+
+
+def test_doctor_reads_the_hub_switches_as_gen_does(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`CATIMG_ALLOW_DOWNLOAD=false` means no downloads for gen, so doctor says the same; the cache is the one
+    gen looks in (read at call time)."""
+    from catimg.routing.diagnose import hub_state
+
+    monkeypatch.setenv("CATIMG_ALLOW_DOWNLOAD", "false")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    state = hub_state()
+    assert not state.downloads_allowed and not state.offline and state.cache == str(tmp_path / "hub")
+    monkeypatch.setenv("CATIMG_ALLOW_DOWNLOAD", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "true")
+    assert hub_state().downloads_allowed and hub_state().offline

@@ -506,10 +506,8 @@ def _render_models(
 
 
 def _weights_local(g: Any) -> bool:
-    try:
-        from catimg.pipelines import weights_available
-    except ImportError:  # pragma: no cover - pipelines module is part of the package
-        return False
+    from catimg.pipelines import weights_available
+
     return bool(weights_available(g))
 
 

@@ -123,12 +123,13 @@ def versions() -> dict[str, str]:
 
 
 def hub_state() -> HubState:
-    from huggingface_hub import constants
+    """The Hub cache and download switches, read by the same rules gen and bench use."""
+    from catimg.pipelines import downloads_allowed, hub_cache_dir
 
     return HubState(
-        cache=str(constants.HF_HUB_CACHE),
-        offline=os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"),
-        downloads_allowed=os.environ.get("CATIMG_ALLOW_DOWNLOAD", "") not in ("", "0"),
+        cache=str(hub_cache_dir()),
+        offline=os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"),
+        downloads_allowed=downloads_allowed(),
     )
 
 
