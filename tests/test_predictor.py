@@ -8,6 +8,7 @@ import pytest
 from catimg.routing.encoder import PromptEncoder
 from catimg.routing.predictor import (
     BayesLinear,
+    Features,
     KNNPredictor,
     RidgePredictor,
     default_k,
@@ -85,13 +86,15 @@ def test_knn_skips_missing_measurements(data: tuple[np.ndarray, np.ndarray]) -> 
     assert np.isfinite(mean).all()
 
 
-@pytest.mark.parametrize("name", ["knn", "ridge", "blend"])
+@pytest.mark.parametrize("name", ["knn", "ridge", "blend", "lexical"])
 def test_predictors_separate_simple_and_busy_prompts(data: tuple[np.ndarray, np.ndarray], name: str) -> None:
-    X, Y = data
+    emb, Y = data
+    X = Features.of(emb, SIMPLE + BUSY)
     n = len(SIMPLE)
     test = np.r_[0, 1, n, n + 1]
     train = np.setdiff1d(np.arange(len(X)), test)
-    p = make_predictor(name, **({"k": 3} if name in ("knn", "blend") else {})).fit(X[train], Y[train])
+    kw = {"k": 3} if name in ("knn", "blend", "lexical") else {}
+    p = make_predictor(name, **kw).fit(X[train], Y[train])
     mean, std = p.predict(X[test])
     assert mean.shape == std.shape == (4, 2)
     # the cheap generator is predicted better on unseen simple prompts than on unseen busy ones

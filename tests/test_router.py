@@ -119,13 +119,12 @@ def test_loaded_router_predicts_and_routes(trained: Path) -> None:
     lv = r.levels
     assert list(lv) == ["low", "medium", "high", "max"]
     assert lv["low"] > lv["medium"] > lv["high"] > lv["max"] == 0.0
-    emb = PromptEncoder(use_cache=False).encode(
-        [
-            "a giraffe on a white background",
-            "a giraffe in a crowded street full of people, cars and colourful signs",
-        ]
-    )
-    mean, std = r.predict(emb)
+    prompts = [
+        "a giraffe on a white background",
+        "a giraffe in a crowded street full of people, cars and colourful signs",
+    ]
+    emb = PromptEncoder(use_cache=False).encode(prompts)
+    mean, std = r.predict(emb, prompts)
     assert mean.shape == std.shape == (2, 2) and (std > 0).all()
     assert mean[0, 0] > mean[1, 0] + 0.5  # the cheap generator is predicted worse on the crowded scene
     ch = [r.choose(mean, lam) for lam in (lv["low"], lv["max"])]
@@ -241,7 +240,7 @@ def test_training_warns_about_one_shot_and_constant_generators(trained: Path, tm
     warnings = " | ".join(r.data_card["warnings"])
     assert "cheap: every score is 3" in warnings and "dear: measured on 1 prompt only" in warnings
     emb = PromptEncoder(use_cache=False).encode(["a cat", "a crowded street"])
-    mean, std = r.predict(emb)
+    mean, std = r.predict(emb, ["a cat", "a crowded street"])
     np.testing.assert_allclose(mean[:, j_cheap], 3.0, atol=1e-6)
     assert np.isfinite(mean).all()
     assert (std > 0).all()

@@ -52,9 +52,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from catimg.routing.predictor import Features
 
 GENAI_TOML = """
 [generators.sdxl-turbo]
@@ -151,6 +154,7 @@ PREDICTORS: list[tuple[str, str, dict[str, Any]]] = [
     ("knn (k=min(100, n/5))", "knn", {}),
     ("ridge (default)", "ridge", {}),
     ("blend", "blend", {}),
+    ("lexical", "lexical", {}),
 ]
 REFERENCE = "knn (paper, k=100)"
 #: The single-set predictor the joint router is compared with (paired, on the same resamples).
@@ -227,7 +231,7 @@ class SetResult:
 
 def _predictions_cv(
     table: Table,
-    X: np.ndarray,
+    X: Features,
     repeats: int,
     folds: int,
     predictors: list[tuple[str, str, dict[str, Any]]],
@@ -248,8 +252,8 @@ def _predictions_cv(
 
 def _predictions_split(
     train: Table,
-    Xtr: np.ndarray,
-    Xte: np.ndarray,
+    Xtr: Features,
+    Xte: Features,
     predictors: list[tuple[str, str, dict[str, Any]]],
     timing: dict[str, float],
 ) -> dict[str, np.ndarray]:
@@ -333,7 +337,7 @@ JOINT_LABEL = "joint ridge (all sets)"
 
 def joint_predictions(
     sets: list[Loaded],
-    encode: Callable[[list[str]], np.ndarray],
+    encode: Callable[[list[str]], Features],
     repeats: int,
     folds: int,
     timing: dict[str, float],
@@ -385,7 +389,7 @@ def run_set(
     folds: int,
     b: int,
     predictors: list[tuple[str, str, dict[str, Any]]],
-    encode: Callable[[list[str]], np.ndarray],
+    encode: Callable[[list[str]], Features],
     extra: dict[str, list[np.ndarray]] | None = None,
     extra_timing: dict[str, float] | None = None,
 ) -> SetResult:
@@ -477,6 +481,7 @@ def render(res: SetResult, repeats: int, folds: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     from catimg.benchmarks.datasets import default_data_dir
     from catimg.routing.encoder import PromptEncoder
+    from catimg.routing.predictor import Features
 
     ap = argparse.ArgumentParser(
         prog="python -m catimg.benchmarks.routing",
@@ -512,8 +517,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     encoder = PromptEncoder()
 
-    def encode(prompts: list[str]) -> np.ndarray:
-        return np.asarray(encoder.encode(prompts), dtype=np.float64)
+    def encode(prompts: list[str]) -> Features:
+        return Features.of(np.asarray(encoder.encode(prompts), dtype=np.float64), prompts)
 
     loaded = [load(SETS[n], data) for n in names]
     joint_timing: dict[str, float] = {}

@@ -29,6 +29,13 @@ measurements would remove), not of one image's score.
 ``blend``  The mean of ``ridge`` and a relative KNN (k nearest prompts' deviations added to the ridge anchor):
            the linear model's global trends plus the neighbours' local ones. Uncertainty: the ridge posterior.
            Cost: as ``knn`` plus ``ridge``.
+``lexical`` ``blend`` whose linear part also reads the prompt's *words*: a ridge on word and word-pair tf-idf
+           features (:mod:`catimg.routing.ngrams`) fitted, per generator, to what the embedding ridge leaves
+           of the deviations (one word, "text", "two", "a man", can decide that a cheap generator fails, and a
+           mean-pooled sentence embedding blurs it); mixed 0.6 / 0.4 with the relative KNN of at most
+           ``KNN_MAX`` training prompts. Needs the prompts' texts (:class:`Features`). Uncertainty: the ridge
+           posterior. Cost: fit O(n d^2 g) + O(iterations x non-zeros x g); the artifact holds the ridge, at
+           most 50,000 n-grams with one weight per generator and the KNN_MAX neighbours.
 
 Held-out routing numbers (``python -m catimg.benchmarks.routing``) decide which predictor ``auto`` picks;
 within a training run ``catimg train --predictor auto`` also compares them by cross-validated routing AUC on
@@ -37,11 +44,14 @@ the user's data.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from catimg.errors import RouterError
+from catimg.routing.ngrams import NgramVocab, masked_ridge
 
 #: Deviation models with fewer measured prompts than this borrow the hyperparameters of the well-measured
 #: ones.
@@ -52,12 +62,55 @@ RHO_GRID = tuple(float(x) for x in np.geomspace(1e-3, 1e3, 49))
 CHUNK = 512
 
 
+@dataclass(frozen=True)
+class Features:
+    """What a predictor sees of n prompts: their unit embeddings (n, d) and their texts (n,), or None where
+    only embeddings are at hand (every predictor but ``lexical`` reads the embeddings alone).
+
+    Indexing selects prompts, as on an array: ``X[rows]`` is the Features of those rows."""
+
+    emb: np.ndarray
+    texts: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.emb)
+
+    def __getitem__(self, idx: Any) -> Features:
+        return Features(self.emb[idx], None if self.texts is None else self.texts[idx])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.emb.shape)
+
+    @classmethod
+    def of(cls, emb: np.ndarray, texts: Sequence[str] | None = None) -> Features:
+        if texts is not None and len(texts) != len(emb):
+            raise ValueError(f"{len(texts)} prompt texts for {len(emb)} embeddings")
+        arr = None if texts is None else np.array(list(texts), dtype=object).reshape(-1)
+        return cls(np.asarray(emb), arr)
+
+
+#: A predictor's input: Features, or a bare (n, d) array of embeddings.
+Inputs = Features | np.ndarray
+
+
+def emb_of(X: Inputs) -> np.ndarray:
+    return X.emb if isinstance(X, Features) else np.asarray(X)
+
+
+def texts_of(X: Inputs) -> list[str]:
+    """The prompt texts of X; ValueError when X carries embeddings only."""
+    if not isinstance(X, Features) or X.texts is None:
+        raise ValueError("this predictor needs the prompts' texts as well as their embeddings")
+    return [str(t) for t in X.texts]
+
+
 class Predictor(Protocol):
     name: str
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> Predictor: ...
+    def fit(self, X: Inputs, Y: np.ndarray) -> Predictor: ...
 
-    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def predict(self, X: Inputs) -> tuple[np.ndarray, np.ndarray]: ...
 
     def params(self) -> dict[str, Any]: ...
 
@@ -69,8 +122,9 @@ def default_k(n: int) -> int:
     return int(min(100, max(5, n // 5)))
 
 
-def _check_fit(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    X = np.asarray(X, dtype=np.float64)
+def _check_fit(X: Inputs, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings, scores) as float64 arrays; ValueError for shapes that do not fit or unusable scores."""
+    X = np.asarray(emb_of(X), dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
     if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
         raise ValueError(f"X {X.shape} and Y {Y.shape} must be (n, d) and (n, g)")
@@ -145,15 +199,16 @@ class KNNPredictor:
         self.X: np.ndarray | None = None
         self.Y: np.ndarray | None = None
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> KNNPredictor:
+    def fit(self, X: Inputs, Y: np.ndarray) -> KNNPredictor:
         X, Y = _check_fit(X, Y)
         if self.k is None:
             self.k = default_k(X.shape[0])
         self.X, self.Y = X.astype(np.float32), Y
         return self
 
-    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, X: Inputs) -> tuple[np.ndarray, np.ndarray]:
         assert self.X is not None and self.Y is not None and self.k is not None
+        X = emb_of(X)
         m, g = X.shape[0], self.Y.shape[1]
         mean, std = np.empty((m, g)), np.empty((m, g))
         for j, vals in enumerate(column_neighbours(X, self.X, self.Y, self.k)):
@@ -304,7 +359,7 @@ class RidgePredictor:
         self.anchor = BayesLinear()
         self.devs: list[BayesLinear] = []
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> RidgePredictor:
+    def fit(self, X: Inputs, Y: np.ndarray) -> RidgePredictor:
         X, Y = _check_fit(X, Y)
         a, R = split_anchor(Y)
         has = ~np.isnan(a)
@@ -331,14 +386,14 @@ class RidgePredictor:
                 self.devs[j].fit(X[rows], R[rows, j], rho=rho, noise=noise)
         return self
 
-    def predict_parts(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def predict_parts(self, X: Inputs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(anchor mean, anchor var, deviation means (m, g), deviation vars (m, g))."""
-        X = np.asarray(X, np.float64)
+        X = np.asarray(emb_of(X), np.float64)
         am, av = self.anchor.predict(X)
         parts = [d.predict(X) for d in self.devs]
         return am, av, np.stack([p[0] for p in parts], 1), np.stack([p[1] for p in parts], 1)
 
-    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, X: Inputs) -> tuple[np.ndarray, np.ndarray]:
         am, av, dm, dv = self.predict_parts(X)
         return am[:, None] + dm, np.sqrt(av[:, None] + dv)
 
@@ -376,20 +431,32 @@ class BlendPredictor:
         self.X: np.ndarray | None = None
         self.R: np.ndarray | None = None
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> BlendPredictor:
-        X, Y = _check_fit(X, Y)
-        self.ridge.fit(X, Y)
-        if self.k is None:
-            self.k = default_k(X.shape[0])
-        self.X = X.astype(np.float32)
-        self.R = split_anchor(Y)[1]
+    def fit(self, X: Inputs, Y: np.ndarray) -> BlendPredictor:
+        emb, Y = _check_fit(X, Y)
+        self.ridge.fit(emb, Y)
+        self._keep_neighbours(emb, split_anchor(Y)[1], np.arange(len(emb)))
         return self
 
-    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _keep_neighbours(self, emb: np.ndarray, R: np.ndarray, rows: np.ndarray) -> None:
+        if self.k is None:
+            self.k = default_k(len(rows))
+        self.X = emb[rows].astype(np.float32)
+        self.R = R[rows]
+
+    def _linear(self, X: Inputs, dm: np.ndarray) -> np.ndarray:
+        """The linear part of the deviations (the ridge's here)."""
+        return dm
+
+    def predict(self, X: Inputs) -> tuple[np.ndarray, np.ndarray]:
         assert self.X is not None and self.R is not None and self.k is not None
-        am, av, dm, dv = self.ridge.predict_parts(X)
-        knn = np.stack([v.mean(1) for v in column_neighbours(X, self.X, self.R, self.k)], 1) if len(X) else dm
-        dev = self.weight * knn + (1.0 - self.weight) * dm
+        emb = emb_of(X)
+        am, av, dm, dv = self.ridge.predict_parts(emb)
+        lin = self._linear(X, dm)
+        if len(emb):
+            knn = np.stack([v.mean(1) for v in column_neighbours(emb, self.X, self.R, self.k)], 1)
+        else:
+            knn = lin
+        dev = self.weight * knn + (1.0 - self.weight) * lin
         return am[:, None] + dev, np.sqrt(av[:, None] + dv)
 
     def params(self) -> dict[str, Any]:
@@ -408,10 +475,80 @@ class BlendPredictor:
         return p
 
 
+#: The ``lexical`` predictor's neighbours: at most this many training prompts (a seeded sample beyond), so its
+#: artifact stays bounded (6.3 MB of float16 embeddings at d = 384).
+KNN_MAX = 8192
+
+
+class LexicalPredictor(BlendPredictor):
+    """``blend`` whose linear part also reads the prompt's words: ridge deviations + a ridge on word and
+    word-pair tf-idf features (:mod:`catimg.routing.ngrams`) fitted to what the embedding ridge leaves of the
+    deviations; mixed with the relative KNN of at most ``knn_max`` training prompts."""
+
+    name = "lexical"
+
+    def __init__(
+        self, k: int | None = None, weight: float = 0.4, lam: float = 10.0, knn_max: int = KNN_MAX
+    ) -> None:
+        super().__init__(k, weight)
+        self.lam = lam
+        self.knn_max = knn_max
+        self.vocab = NgramVocab()
+        self.W = np.zeros((0, 0))
+
+    def fit(self, X: Inputs, Y: np.ndarray) -> LexicalPredictor:
+        texts = texts_of(X)
+        emb, Y = _check_fit(X, Y)
+        self.ridge.fit(emb, Y)
+        R = split_anchor(Y)[1]
+        dm = self.ridge.predict_parts(emb)[2]
+        self.vocab = NgramVocab.fit(texts)
+        self.W = masked_ridge(self.vocab.transform(texts), R - dm, self.lam)
+        n = len(emb)
+        rows = np.arange(n)
+        if n > self.knn_max:
+            rows = np.sort(np.random.default_rng(0).choice(n, self.knn_max, replace=False))
+        self._keep_neighbours(emb, R, rows)
+        return self
+
+    def _linear(self, X: Inputs, dm: np.ndarray) -> np.ndarray:
+        out: np.ndarray = dm + self.vocab.transform(texts_of(X)).dot(self.W)
+        return out
+
+    def params(self) -> dict[str, Any]:
+        return {"lam": self.lam, "knn_max": self.knn_max, "n_grams": len(self.vocab), **super().params()}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "ngrams": self.vocab.to_bytes(),
+            "idf": self.vocab.idf.astype(np.float32),
+            "lexW": self.W.astype(np.float32),
+            **super().arrays(),
+        }
+
+    @classmethod
+    def from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> LexicalPredictor:
+        p = cls(
+            k=int(params["k"]),
+            weight=float(params["weight"]),
+            lam=float(params["lam"]),
+            knn_max=int(params["knn_max"]),
+        )
+        p.ridge = RidgePredictor.from_saved(params, arrays)
+        p.X = arrays["X"].astype(np.float32)
+        p.R = arrays["R"].astype(np.float64)
+        p.vocab = NgramVocab.from_bytes(arrays["ngrams"], arrays["idf"].astype(np.float64))
+        p.W = arrays["lexW"].astype(np.float64)
+        if p.W.shape != (len(p.vocab), p.R.shape[1]):
+            raise ValueError(f"lexical weights {p.W.shape} do not fit {len(p.vocab)} n-grams")
+        return p
+
+
 PREDICTORS: dict[str, type[KNNPredictor] | type[RidgePredictor] | type[BlendPredictor]] = {
     "knn": KNNPredictor,
     "ridge": RidgePredictor,
     "blend": BlendPredictor,
+    "lexical": LexicalPredictor,
 }
 #: What ``--predictor auto`` uses (decided by ``python -m catimg.benchmarks.routing``).
 AUTO = "ridge"

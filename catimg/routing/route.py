@@ -412,7 +412,7 @@ def score_matrix(
     emb = None
     if encoder is not None:
         emb = encoder.encode(prompts)
-        mean_r, std_r = router.predict(emb)
+        mean_r, std_r = router.predict(emb, prompts)
         col = {name: i for i, name in enumerate(router.generators)}
         for j, gen in enumerate(gens):
             if router.knows(gen) and gen.name in col:

@@ -21,7 +21,7 @@ embeddings.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from catimg.config import Catalog, Generator
 from catimg.errors import RouterError, did_you_mean, first_line
-from catimg.routing.predictor import Predictor, load_predictor
+from catimg.routing.predictor import Features, Predictor, load_predictor
 
 FORMAT = "catimg-router"
 FORMAT_VERSION = 2
@@ -162,13 +162,13 @@ class Router:
             )
         return emb
 
-    def predict(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, emb: np.ndarray, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Predicted quality (n, g) and its uncertainty (n, g) in metric units, columns in :attr:`generators`
-        order.
+        order, for the prompts and their embeddings.
 
         The expected quality is kept within the metric's scale: a linear model can extrapolate past the best
         or worst score the metric can give (a CLIPScore below 0), which no image can reach."""
-        mean, std = self.predictor.predict(self._check_emb(emb))
+        mean, std = self.predictor.predict(Features.of(self._check_emb(emb), prompts))
         return np.clip(mean.astype(np.float64), *self.scale), std.astype(np.float64)
 
     @property
@@ -439,7 +439,8 @@ def _check_fit(pred: Predictor, cfg: dict[str, Any], wpath: Path) -> None:
     """One prediction on a zero embedding: weights that do not fit the config fail here, as one line."""
     n_gen = len(cfg["generators"])
     try:
-        mean, std = pred.predict(np.zeros((1, int(cfg["encoder"]["dim"])), dtype=np.float32))
+        zero = np.zeros((1, int(cfg["encoder"]["dim"])), dtype=np.float32)
+        mean, std = pred.predict(Features.of(zero, [""]))
         ok = np.shape(mean) == (1, n_gen) and np.shape(std) == (1, n_gen)
     except (ValueError, IndexError, KeyError, TypeError) as exc:
         raise RouterError(

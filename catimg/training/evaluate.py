@@ -296,7 +296,7 @@ def evaluate_router(
 
         encoder = default_encoder()
     emb = encoder.encode(sub.prompts)
-    mean, _ = router.predict(emb)
+    mean, _ = router.predict(emb, sub.prompts)
     idx = [router.generators.index(g) for g in cols]
     # ``costs`` (by name): the costs routing uses on this device (catimg.costs.model.routing_costs, the CLI
     # passes them); None: the router's own training costs

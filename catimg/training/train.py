@@ -19,7 +19,7 @@ from catimg import __version__
 from catimg.config import Catalog
 from catimg.errors import ConfigError, MeasurementsError, did_you_mean
 from catimg.measurements import MeasurementTable
-from catimg.routing.predictor import AUTO, PREDICTORS, Predictor, make_predictor
+from catimg.routing.predictor import AUTO, PREDICTORS, Features, Inputs, Predictor, make_predictor
 from catimg.routing.router import (
     FORMAT,
     FORMAT_VERSION,
@@ -119,7 +119,7 @@ def calibrate_levels(
 
 def out_of_fold(
     name: str,
-    X: np.ndarray,
+    X: Inputs,
     Y: np.ndarray,
     folds: int = OOF_FOLDS,
     seed: int = 0,
@@ -212,7 +212,7 @@ def cv_rows(n: int, seed: int) -> np.ndarray:
 
 def held_out_numbers(
     name: str,
-    X: np.ndarray,
+    X: Inputs,
     Y: np.ndarray,
     costs: np.ndarray,
     scale: tuple[float, float],
@@ -274,7 +274,7 @@ def held_out_numbers(
 
 def joint_out_of_fold(
     name: str,
-    X: np.ndarray,
+    X: Inputs,
     joint: Any,
     folds: int = OOF_FOLDS,
     seed: int = 0,
@@ -379,7 +379,7 @@ def joint_scale() -> tuple[float, float]:
 def _joint_card(
     card: dict[str, Any],
     name: str,
-    X: np.ndarray,
+    X: Inputs,
     joint: Any,
     costs: np.ndarray,
     unit: str,
@@ -492,7 +492,7 @@ def train_router(
     enc = encoder or default_encoder()
     t0 = time.perf_counter()
     say(f"embedding {table.n_prompts} prompts")
-    X = enc.encode(table.prompts).astype(np.float64)
+    X = Features.of(enc.encode(table.prompts).astype(np.float64), table.prompts)
     t_embed = time.perf_counter() - t0
     Y = table.Y
     scale = metric_scale(metric, Y) if joint is None else joint_scale()
@@ -536,5 +536,5 @@ def train_router(
         "data_card": card,
     }
     say(f"writing {out_dir}")
-    save_router(out_dir, config, final, table.prompts, neighbour_index(X, seed))
+    save_router(out_dir, config, final, table.prompts, neighbour_index(X.emb, seed))
     return load_router(out_dir)
