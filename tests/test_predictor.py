@@ -11,6 +11,7 @@ from catimg.routing.predictor import (
     Features,
     KNNPredictor,
     RidgePredictor,
+    column_neighbours,
     default_k,
     load_predictor,
     make_predictor,
@@ -180,3 +181,25 @@ def test_fit_rejects_unmeasured_generator(data: tuple[np.ndarray, np.ndarray]) -
     Y[:, 0] = np.nan
     with pytest.raises(ValueError, match=r"generator columns \[0\] have no measurements"):
         RidgePredictor().fit(X, Y)
+
+
+def test_column_neighbours_share_one_search_and_match_a_search_per_column() -> None:
+    """The shared search (columns measured on most rows) gives each query the same k nearest measured rows
+    as a search over that column's measured rows alone, including queries whose first K rows hold too few
+    measured ones (the fallback) and a sparsely measured column (its own search)."""
+    rng = np.random.default_rng(5)
+    T = rng.normal(size=(600, 16)).astype(np.float32)
+    Q = rng.normal(size=(80, 16)).astype(np.float32)
+    Y = rng.normal(size=(600, 3))
+    Y[rng.random(600) < 0.3, 0] = np.nan
+    Y[:, 1][np.argsort(((Q[0] - T) ** 2).sum(1))[:150]] = (
+        np.nan
+    )  # query 0's neighbourhood unmeasured: fallback
+    Y[40:, 2] = np.nan  # measured on 40 rows: a search of its own, k' = min(k, 40)
+    got = column_neighbours(Q, T, Y, 50)
+    for j in range(3):
+        rows = np.flatnonzero(~np.isnan(Y[:, j]))
+        d = ((Q[:, None, :].astype(np.float64) - T[rows][None].astype(np.float64)) ** 2).sum(2)
+        want = Y[rows, j][np.argsort(d, axis=1, kind="stable")[:, : min(50, len(rows))]]
+        assert got[j].shape == want.shape
+        np.testing.assert_allclose(np.sort(got[j], 1), np.sort(want, 1))

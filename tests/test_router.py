@@ -105,7 +105,7 @@ def test_artifact_describes_itself(trained: Path) -> None:
     assert [g["name"] for g in cfg["generators"]] == ["cheap", "dear"]
     assert cfg["cost_unit"] == "seconds" and [g["cost"] for g in cfg["generators"]] == [0.5, 8.0]
     assert cfg["metric"]["name"] == "score"
-    assert cfg["predictor"]["name"] == "ridge"
+    assert cfg["predictor"]["name"] == "lexical"
     assert "definition" in cfg["budget"] and cfg["data_card"]["n_prompts"] == 2 * len(SUBJECTS)
     assert "summaries" in cfg["data_card"]["held_out"]
     assert (trained / "r" / "weights.safetensors").is_file()

@@ -31,7 +31,7 @@ def test_contract_train_then_explain(case: Path, tmp_path: Path, monkeypatch: py
     models, m = write_case(case)  # prompt,generator,score,seconds for Hub ids that are not downloaded
     code, out = run("train", "--measurements", str(m), "--models", str(models), "--out", str(case / "r"))
     assert code == 0, out
-    assert "Trained a ridge router on 44 prompts" in out and "Budget levels" in out and "oracle" in out
+    assert "Trained a lexical router on 44 prompts" in out and "Budget levels" in out and "oracle" in out
     from catimg.routing.router import load_router
 
     r = load_router(case / "r")
@@ -134,7 +134,7 @@ def test_eval_table_json_and_plot(case: Path, tmp_path: Path) -> None:
         "Single generators (score)",
         "dear (best)",
         "Routing: best single generator dear",
-        "router (ridge)",
+        "router (lexical)",
         "oracle",
         "random",
         "Budget levels on these prompts",
@@ -150,7 +150,7 @@ def test_eval_table_json_and_plot(case: Path, tmp_path: Path) -> None:
     assert doc["seen_in_training"] == doc["n_prompts"]
     assert "are in the router's training data" in " ".join(res.stderr.split())
     names = [s["name"] for s in doc["summaries"]]
-    assert names == ["router (ridge)", "oracle", "random"]
+    assert names == ["router (lexical)", "oracle", "random"]
     oracle = doc["summaries"][1]
     assert oracle["cost_to_match_pct"] < 100 and oracle["auc"] >= doc["summaries"][2]["auc"]
     assert [lv["name"] for lv in doc["levels"]] == ["low", "medium", "high", "max"]

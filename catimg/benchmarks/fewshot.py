@@ -1,7 +1,7 @@
 """Few-shot generators: how routing quality grows with the number of prompts a new generator is measured on.
 
     python -m catimg.benchmarks.fewshot [--data ../shared/data] [--generator sdxl] [--repeats 20]
-        [--predictor ridge]
+        [--predictor auto]
 
 On GenAI-Bench (527 prompts, human 1-5 alignment ratings; the generators of the packaged catalog that it
 covers: sdxl-turbo, sd21, sdxl), each repeat holds out 30% of the prompts as a test set. On the training
@@ -76,7 +76,7 @@ def run(
     seed: int,
 ) -> dict[str, Any]:
     from catimg.routing.encoder import default_encoder
-    from catimg.routing.predictor import make_predictor
+    from catimg.routing.predictor import Features, make_predictor
     from catimg.training.evaluate import choose, evaluate_predictions
     from catimg.training.train import metric_scale
 
@@ -84,7 +84,7 @@ def run(
     if target not in gens:
         raise SystemExit(f"--generator {target}: not in {gens}")
     j = gens.index(target)
-    X = default_encoder().encode(prompts).astype(np.float64)
+    X = Features.of(default_encoder().encode(prompts).astype(np.float64), prompts)
     costs = catalog_tflops(gens)
     scale = metric_scale("genai_bench_alignment", Y)
     rng = np.random.default_rng(seed)
@@ -106,10 +106,12 @@ def run(
             model = make_predictor(predictor).fit(X[train], Ytr)
             mean, std = model.predict(X[test])
             # the few-shot generator's own epistemic uncertainty: ridge's deviation part (the anchor part is
-            # shared by every generator and cancels when generators are compared)
+            # shared by every generator and cancels when generators are compared); blend and lexical report
+            # their ridge's
+            ridge = getattr(model, "ridge", model)
             own = (
-                np.sqrt(model.predict_parts(X[test])[3][:, j])
-                if k and hasattr(model, "predict_parts")
+                np.sqrt(ridge.predict_parts(X[test])[3][:, j])
+                if k and hasattr(ridge, "predict_parts")
                 else None
             )
             if k == 0:
@@ -169,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         "--sizes", default=",".join(str(s) for s in DEFAULT_SIZES), help="measured prompts; -1 = all"
     )
     ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--predictor", default="ridge", help="ridge, blend or knn")
+    ap.add_argument(
+        "--predictor", default="auto", help="auto (the default of catimg train), lexical, ridge, blend or knn"
+    )
     ap.add_argument("--test-share", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)

@@ -19,10 +19,10 @@ line from the cheapest to the best single generator that a policy recovers) are 
 :mod:`catimg.training.evaluate`. Standard errors (``±``) come from a bootstrap over the evaluated prompts
 (``--bootstrap`` resamples of the first repeat's predictions): they measure how much the number depends on
 which prompts were sampled, the error that matters when comparing two predictors on the same prompts.
-``Δ APGR`` is the paired difference to the paper's KNN (k = 100) on the same resamples, ``Δ vs ridge`` the
-paired difference to the single-set ridge predictor.
+``Δ APGR`` is the paired difference to the paper's KNN (k = 100) on the same resamples, ``Δ vs default`` the
+paired difference to the single-set default predictor (``lexical``, what ``--predictor auto`` trains).
 
-``joint ridge (all sets)`` is one ridge predictor trained on every selected set at once
+``joint (all sets)`` is one default predictor trained on every selected set at once
 (:mod:`catimg.training.joint`: each set mapped to the joint scale by its metric's range), scored on each set's
 held-out prompts like the others: a held-out prompt is left out of every set (tifa and dsg rate the same
 prompts), and pqpp's validation prompts are never trained on.
@@ -152,13 +152,13 @@ SETS: dict[str, BenchSet] = {
 PREDICTORS: list[tuple[str, str, dict[str, Any]]] = [
     ("knn (paper, k=100)", "knn", {"k": 100}),
     ("knn (k=min(100, n/5))", "knn", {}),
-    ("ridge (default)", "ridge", {}),
+    ("ridge", "ridge", {}),
     ("blend", "blend", {}),
-    ("lexical", "lexical", {}),
+    ("lexical (default)", "lexical", {}),
 ]
 REFERENCE = "knn (paper, k=100)"
 #: The single-set predictor the joint router is compared with (paired, on the same resamples).
-SINGLE = "ridge (default)"
+SINGLE = "lexical (default)"
 
 
 @dataclass(frozen=True)
@@ -332,7 +332,7 @@ def load(spec: BenchSet, data: Path) -> Loaded:
     return Loaded(spec, t, t)
 
 
-JOINT_LABEL = "joint ridge (all sets)"
+JOINT_LABEL = "joint (all sets)"
 
 
 def joint_predictions(
@@ -342,11 +342,11 @@ def joint_predictions(
     folds: int,
     timing: dict[str, float],
 ) -> dict[str, list[np.ndarray]]:
-    """Per set, per repeat: predictions (in the set's units, its own generators) of one ridge predictor
+    """Per set, per repeat: predictions (in the set's units, its own generators) of one default predictor
     trained on every set at once (:mod:`catimg.training.joint`): CV sets out of fold (the held-out prompts
     left out of every set), the split set's validation prompts by a model fitted on all training rows."""
     from catimg.measurements import MeasurementTable
-    from catimg.routing.predictor import make_predictor
+    from catimg.routing.predictor import AUTO, make_predictor
     from catimg.training.joint import join
     from catimg.training.train import joint_out_of_fold
 
@@ -370,12 +370,12 @@ def joint_predictions(
         cols = [joint.table.generators.index(g) for g in s.test.generators]
         t0 = time.perf_counter()
         if s.spec.protocol == "split":
-            model = make_predictor("ridge").fit(X, joint.table.Y)
+            model = make_predictor(AUTO).fit(X, joint.table.Y)
             out[s.spec.name] = [cal.from_joint(model.predict(encode(s.test.prompts))[0][:, cols])]
         else:
             runs = []
             for rep in range(repeats):
-                rows, pred = joint_out_of_fold("ridge", X, joint, folds=folds, seed=rep, set_index=k)
+                rows, pred = joint_out_of_fold(AUTO, X, joint, folds=folds, seed=rep, set_index=k)
                 assert np.array_equal(rows, joint.rows_of(cal.name))  # complete tables: every row is scored
                 runs.append(cal.from_joint(pred[:, cols]))
             out[s.spec.name] = runs
@@ -452,7 +452,7 @@ def render(res: SetResult, repeats: int, folds: int) -> str:
         lines.append(f"   {g:<14} {t.costs[j]:9.2f} TFLOPs   mean quality {single[j]:.3f}{mark}")
     head = (
         f"   {'policy':<24} {'AUC':>15} {'quality at best cost':>21} {'cost to match %':>18} {'APGR %':>12} "
-        f"{'Δ APGR vs knn %':>16} {'Δ vs ridge %':>13} {'fit+predict s':>13}"
+        f"{'Δ APGR vs knn %':>16} {'Δ vs default %':>14} {'fit+predict s':>13}"
     )
     lines += [head, "   " + "-" * (len(head) - 3)]
     for label, sums in res.summaries.items():
@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--no-joint",
         action="store_true",
-        help="skip the joint router (one ridge predictor over all the sets)",
+        help="skip the joint router (one default predictor over all the sets)",
     )
     args = ap.parse_args(argv)
     data = args.data or default_data_dir()

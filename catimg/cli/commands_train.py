@@ -131,7 +131,7 @@ _TRAIN_PREDICTOR = typer.Option(
     "auto",
     "--predictor",
     "-p",
-    help="auto (the best on held-out data: ridge), ridge, blend or knn (the paper's reference).",
+    help="auto (the best on held-out data: lexical), lexical, ridge, blend or knn (the paper's reference).",
 )
 
 _TRAIN_METRIC = typer.Option(
