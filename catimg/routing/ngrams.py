@@ -102,30 +102,47 @@ class NgramVocab:
 
     @classmethod
     def fit(cls, texts: Sequence[str], min_df: int = 2, max_size: int = 50_000) -> NgramVocab:
+        return cls._fit([Counter(ngrams(t)) for t in texts], min_df, max_size)
+
+    @classmethod
+    def fit_transform(
+        cls, texts: Sequence[str], min_df: int = 2, max_size: int = 50_000
+    ) -> tuple[NgramVocab, SparseRows]:
+        """The vocabulary of ``texts`` and their features (each text tokenised once)."""
+        counts = [Counter(ngrams(t)) for t in texts]
+        vocab = cls._fit(counts, min_df, max_size)
+        return vocab, vocab._rows(counts)
+
+    @classmethod
+    def _fit(cls, counts: list[Counter[str]], min_df: int, max_size: int) -> NgramVocab:
         df: Counter[str] = Counter()
-        for t in texts:
-            df.update(set(ngrams(t)))
+        for c in counts:
+            df.update(c.keys())
         kept = sorted((g for g, c in df.items() if c >= min_df), key=lambda g: (-df[g], g))[:max_size]
-        n = len(texts)
+        n = len(counts)
         idf = np.array([np.log((1 + n) / (1 + df[g])) + 1.0 for g in kept], np.float64)
         return cls(kept, idf)
 
     def transform(self, texts: Sequence[str]) -> SparseRows:
-        ptr, cols, vals = [0], [], []
-        for t in texts:
-            counts = Counter(g for g in ngrams(t) if g in self.index)
-            ids = np.fromiter((self.index[g] for g in counts), np.int64, len(counts))
-            v = (1.0 + np.log(np.fromiter(counts.values(), np.float64, len(counts)))) * self.idf[ids]
-            norm = float(np.sqrt(v @ v))
-            cols.append(ids)
-            vals.append(v / norm if norm > 0 else v)
-            ptr.append(ptr[-1] + len(ids))
-        return SparseRows(
-            np.array(ptr, np.int64),
-            np.concatenate(cols) if cols else np.zeros(0, np.int64),
-            np.concatenate(vals) if vals else np.zeros(0),
-            len(self.grams),
-        )
+        return self._rows([Counter(ngrams(t)) for t in texts])
+
+    def _rows(self, all_counts: list[Counter[str]]) -> SparseRows:
+        index = self.index
+        lengths, ids, tfs = [], [], []
+        for counts in all_counts:
+            known = [(index[g], c) for g, c in counts.items() if g in index]
+            lengths.append(len(known))
+            for i, c in known:
+                ids.append(i)
+                tfs.append(c)
+        ptr = np.zeros(len(all_counts) + 1, np.int64)
+        np.cumsum(lengths, out=ptr[1:])
+        cols = np.array(ids, np.int64)
+        vals = (1.0 + np.log(np.array(tfs, np.float64))) * self.idf[cols]
+        rows = np.repeat(np.arange(len(all_counts)), lengths)
+        norm = np.sqrt(np.bincount(rows, weights=vals * vals, minlength=len(all_counts)))
+        vals = vals / norm[rows] if len(vals) else vals
+        return SparseRows(ptr, cols, vals, len(self.grams))
 
     def to_bytes(self) -> np.ndarray:
         raw: np.ndarray = np.frombuffer("\n".join(self.grams).encode("utf-8"), dtype=np.uint8).copy()
@@ -140,7 +157,7 @@ class NgramVocab:
         return cls(grams, idf)
 
 
-def masked_ridge(S: SparseRows, T: np.ndarray, lam: float, iters: int = 50, tol: float = 1e-3) -> np.ndarray:
+def masked_ridge(S: SparseRows, T: np.ndarray, lam: float, iters: int = 30, tol: float = 1e-3) -> np.ndarray:
     """Weights (dim, g): per column j the ridge solution on the rows where T[:, j] is not NaN.
 
     Conjugate gradients on ``(S' M_j S + lam I) w_j = S' M_j t_j`` for every column at once (each column its

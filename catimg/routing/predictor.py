@@ -525,9 +525,10 @@ class LexicalPredictor(BlendPredictor):
         emb, Y = _check_fit(X, Y)
         self.ridge.fit(emb, Y)
         R = split_anchor(Y)[1]
-        dm = self.ridge.predict_parts(emb)[2]
-        self.vocab = NgramVocab.fit(texts)
-        self.W = masked_ridge(self.vocab.transform(texts), R - dm, self.lam)
+        dev_w = np.stack([d.w for d in self.ridge.devs], 1)  # the deviations' means in one product
+        dm = emb @ dev_w + np.array([d.mu - d.xbar @ d.w for d in self.ridge.devs])
+        self.vocab, S = NgramVocab.fit_transform(texts)
+        self.W = masked_ridge(S, R - dm, self.lam)
         n = len(emb)
         rows = np.arange(n)
         if n > self.knn_max:
