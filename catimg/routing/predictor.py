@@ -1,10 +1,11 @@
-"""Quality predictors: prompt embedding -> predicted quality of every generator, with an epistemic
-uncertainty.
+"""Quality predictors: prompt embedding (and, for ``lexical``, the prompt's words) -> predicted quality of
+every generator, with an epistemic uncertainty.
 
-All predictors are numpy only, train on a prompt x generator table ``Y`` with NaN where a generator was not
-measured, and cost about linearly in the number of prompts n and generators g (see each class). Predictions
-are in metric units; the uncertainty is the standard deviation of the *expected* quality (what more
-measurements would remove), not of one image's score.
+All predictors predict with numpy alone (``lexical``'s fit runs its sparse products on torch), train on a
+prompt x generator table ``Y`` with NaN where a generator was not measured, and cost about linearly in
+the number of prompts n and generators g (see each class). Predictions are in metric units; the uncertainty
+is the standard deviation of the *expected* quality (what more measurements would remove), not of one
+image's score.
 
 ``knn``    The paper's reference (CATImage, arXiv 2506.14753): per generator the mean measured quality of the
            k nearest training prompts (Euclidean distance between unit embeddings); k = 100 in the paper, here
@@ -37,9 +38,9 @@ measurements would remove), not of one image's score.
            posterior. Cost: fit O(n d^2 g) + O(iterations x non-zeros x g); the artifact holds the ridge, at
            most 50,000 n-grams with one weight per generator and the KNN_MAX neighbours.
 
-Held-out routing numbers (``python -m catimg.benchmarks.routing``) decide which predictor ``auto`` picks;
-within a training run ``catimg train --predictor auto`` also compares them by cross-validated routing AUC on
-the user's data.
+Held-out routing numbers (``python -m catimg.benchmarks.routing``) decided which predictor ``auto`` trains
+(:data:`AUTO`); a training run does not choose between predictors, it reports the chosen one's
+cross-validated routing numbers in the data card.
 """
 
 from __future__ import annotations
