@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from catimg.errors import RouterError
 from catimg.routing.encoder import PromptEncoder
@@ -34,7 +35,7 @@ def test_ngrams_are_lower_case_words_and_word_pairs() -> None:
 
 def test_vocabulary_keeps_ngrams_seen_twice_and_weights_them_by_tf_idf() -> None:
     texts = ["a red apple", "a red car", "a blue car", "a café in paris", "a café at night"]
-    v = NgramVocab.fit(texts)
+    v = NgramVocab.fit_transform(texts)[0]
     assert set(v.grams) == {"red", "car", "café"}  # "a" is one letter; the rest occur once
     S = v.transform(["red red car", "nothing known here", "Café"])
     D = dense(S)
@@ -50,7 +51,7 @@ def test_vocabulary_keeps_ngrams_seen_twice_and_weights_them_by_tf_idf() -> None
 
 def test_vocabulary_is_capped_at_the_most_frequent() -> None:
     texts = ["common word"] * 5 + ["rare thing"] * 2 + ["other thing"] * 4
-    v = NgramVocab.fit(texts, max_size=3)
+    v = NgramVocab.fit_transform(texts, max_size=3)[0]
     assert v.grams == ["thing", "common", "common word"]  # by document frequency, then alphabetically
 
 
@@ -58,12 +59,13 @@ def test_sparse_products_and_masked_ridge_match_the_dense_solution() -> None:
     rng = np.random.default_rng(1)
     words = [f"w{i}" for i in range(30)]
     texts = [" ".join(rng.choice(words, rng.integers(0, 6))) for _ in range(80)]
-    S = NgramVocab.fit(texts).transform(texts)
+    S = NgramVocab.fit_transform(texts)[1]
     D = dense(S)
     W = rng.normal(size=(S.dim, 3))
     R = rng.normal(size=(S.n, 3))
     np.testing.assert_allclose(S.dot(W), D @ W, atol=1e-12)
-    np.testing.assert_allclose(S.tdot(R), D.T @ R, atol=1e-12)
+    A, AT = S.torch_pair()
+    np.testing.assert_allclose((AT @ torch.from_numpy(R)).numpy(), D.T @ R, atol=1e-12)
     T = rng.normal(size=(S.n, 3))
     T[rng.random(T.shape) < 0.3] = np.nan
     got = masked_ridge(S, T, lam=0.5, iters=500, tol=1e-10)

@@ -8,7 +8,8 @@ Protocols:
 
 - ``pqpp`` has its own split: every predictor is fitted on the 6,000 ``train`` prompts and scored on the 2,000
   ``validation`` prompts it never saw (hyperparameters are chosen inside the training prompts by the
-  predictors themselves: marginal likelihood for ridge, fixed k for KNN).
+  predictors themselves: marginal likelihood for ridge, fixed k for KNN; lexical's n-gram λ and KNN share are
+  fixed, chosen once by cross-validation inside the 6,000 train prompts).
 - The small sets (``genai_bench``, ``agiqa3k``, ``tifa``, ``dsg``) use repeated K-fold cross-validation: in
   each repeat every prompt is predicted by a model fitted on the other folds (out-of-fold predictions); the
   numbers are means over repeats.

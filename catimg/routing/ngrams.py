@@ -3,15 +3,16 @@ predictor (:mod:`catimg.routing.predictor`).
 
 A sentence embedding averages a prompt's tokens into one vector and loses some of what decides whether a cheap
 generator is enough: one word ("a man", "two", "text") can make a prompt hard for one generator and not for
-another. This module gives the predictor those words back, numpy only and linear in the data:
+another. This module gives the predictor those words back, linear in the data (numpy for the features and
+for prediction, torch's sparse products for the fit):
 
 - :class:`NgramVocab` tokenises like a search engine (lower case, runs of two or more word characters) and
   keeps the words and word pairs (bigrams) found in at least ``min_df`` training prompts, the ``max_size``
   most frequent of them. A prompt's features are tf-idf weights ``(1 + ln tf) * idf`` (``idf = ln((1 + n) /
   (1 + df)) + 1``), scaled to unit length; n-grams the vocabulary does not know are ignored, so a prompt of
   unknown words gets no lexical term.
-- :class:`SparseRows` holds those features as compressed rows (a few dozen non-zeros per prompt) with the two
-  products a solver needs, in numpy (what prediction uses).
+- :class:`SparseRows` holds those features as compressed rows (a few dozen non-zeros per prompt), with the
+  product prediction needs in numpy and the pair of torch matrices the fit needs.
 - :func:`masked_ridge` fits one weight vector per target column, ``min sum_measured (s_i . w_j - t_ij)^2 +
   lam |w_j|^2``, by conjugate gradients on all columns at once (NaN targets are left out of their column's
   loss). Cost: O(iterations x non-zeros x columns); memory O(non-zeros x columns). Its products run on torch's
@@ -56,13 +57,6 @@ class SparseRows:
             out[:, j] = np.bincount(self.rows, weights=self.vals * W[self.cols, j], minlength=self.n)
         return out
 
-    def tdot(self, R: np.ndarray) -> np.ndarray:
-        """Transposed rows times R (n, g) -> (dim, g)."""
-        out = np.zeros((self.dim, R.shape[1]))
-        for j in range(R.shape[1]):
-            out[:, j] = np.bincount(self.cols, weights=self.vals * R[self.rows, j], minlength=self.dim)
-        return out
-
     def torch_pair(self) -> tuple[Any, Any]:
         """(rows, transposed rows) as torch compressed sparse row matrices (float64)."""
         import torch
@@ -99,10 +93,6 @@ class NgramVocab:
 
     def __len__(self) -> int:
         return len(self.grams)
-
-    @classmethod
-    def fit(cls, texts: Sequence[str], min_df: int = 2, max_size: int = 50_000) -> NgramVocab:
-        return cls._fit([Counter(ngrams(t)) for t in texts], min_df, max_size)
 
     @classmethod
     def fit_transform(
@@ -163,10 +153,10 @@ def masked_ridge(S: SparseRows, T: np.ndarray, lam: float, iters: int = 30, tol:
     Conjugate gradients on ``(S' M_j S + lam I) w_j = S' M_j t_j`` for every column at once (each column its
     own step sizes), stopped when every column's residual fell by ``tol`` or after ``iters`` steps.
     """
-    import torch
-
     if S.dim == 0 or S.n == 0:
         return np.zeros((S.dim, T.shape[1]))
+    import torch
+
     A, AT = S.torch_pair()
     measured = ~np.isnan(T)
     M = torch.from_numpy(measured.astype(np.float64))

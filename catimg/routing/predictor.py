@@ -494,10 +494,14 @@ class BlendPredictor:
     @classmethod
     def from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> BlendPredictor:
         p = cls(k=int(params["k"]), weight=float(params["weight"]))
-        p.ridge = RidgePredictor.from_saved(params, arrays)
-        p.X = arrays["X"].astype(np.float32)
-        p.R = arrays["R"].astype(np.float64)
+        p._restore(params, arrays)
         return p
+
+    def _restore(self, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """The ridge and the neighbours from a saved router's params and arrays."""
+        self.ridge = RidgePredictor.from_saved(params, arrays)
+        self.X = arrays["X"].astype(np.float32)
+        self.R = arrays["R"].astype(np.float64)
 
 
 #: The ``lexical`` predictor's neighbours: at most this many training prompts (a seeded sample beyond), so its
@@ -560,9 +564,8 @@ class LexicalPredictor(BlendPredictor):
             lam=float(params["lam"]),
             knn_max=int(params["knn_max"]),
         )
-        p.ridge = RidgePredictor.from_saved(params, arrays)
-        p.X = arrays["X"].astype(np.float32)
-        p.R = arrays["R"].astype(np.float64)
+        p._restore(params, arrays)
+        assert p.R is not None
         p.vocab = NgramVocab.from_bytes(arrays["ngrams"], arrays["idf"].astype(np.float64))
         p.W = arrays["lexW"].astype(np.float64)
         if p.W.shape != (len(p.vocab), p.R.shape[1]):
