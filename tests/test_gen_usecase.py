@@ -38,15 +38,7 @@ def setup(
 ) -> dict[str, Path]:
     """models.toml (sd@2, sd@4 from a folder; turbo from a Hub id, best on every prompt) and its router."""
     root = tmp_path_factory.mktemp("usecase")
-    hub = root / "hub"
-    tiny.install_fake_hub(hub, "stabilityai/sdxl-turbo", tiny_sdxl_dir)
-    models = root / "models.toml"
-    models.write_text(
-        f'[generators.sd]\nsource = "{tiny_sd_dir}"\nsteps = [2, 4]\nguidance = 2.0\n'
-        "width = 64\nheight = 64\n"
-        '[generators.turbo]\nsource = "stabilityai/sdxl-turbo"\nsteps = 2\nguidance = 0.0\n'
-        "width = 64\nheight = 64\n"
-    )
+    hub, models = tiny.write_sd_turbo_catalog(root, tiny_sd_dir, tiny_sdxl_dir)
     m = tiny.write_measurements(
         root / "m.csv", {"sd@2": (0.5, 0.3, 0.05), "sd@4": (0.6, 0.5, 0.1), "turbo": (0.9, 0.8, 0.2)}
     )

@@ -283,6 +283,21 @@ WORDS = ["cat", "dog", "house", "tree", "car", "park", "crowd", "wall", "sky", "
 HARD_WORDS = ("crowd", "city")
 
 
+def write_sd_turbo_catalog(root: Path, sd_dir: Path, sdxl_dir: Path) -> tuple[Path, Path]:
+    """(fake Hub cache, models.toml) of root: ``sd`` at 2 and 4 steps from the tiny SD folder and ``turbo``, a
+    Hub id whose cache entry is the tiny SDXL folder; 64 px."""
+    hub = root / "hub"
+    install_fake_hub(hub, "stabilityai/sdxl-turbo", sdxl_dir)
+    models = root / "models.toml"
+    models.write_text(
+        f'[generators.sd]\nsource = "{sd_dir}"\nsteps = [2, 4]\nguidance = 2.0\n'
+        "width = 64\nheight = 64\n"
+        '[generators.turbo]\nsource = "stabilityai/sdxl-turbo"\nsteps = 2\nguidance = 0.0\n'
+        "width = 64\nheight = 64\n"
+    )
+    return hub, models
+
+
 def write_measurements(
     path: str | Path,
     scores: dict[str, tuple[float, float, float]],
