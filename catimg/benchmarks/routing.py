@@ -20,8 +20,10 @@ line from the cheapest to the best single generator that a policy recovers) are 
 :mod:`catimg.training.evaluate`. Standard errors (``±``) come from a bootstrap over the evaluated prompts
 (``--bootstrap`` resamples of the first repeat's predictions): they measure how much the number depends on
 which prompts were sampled, the error that matters when comparing two predictors on the same prompts.
-``Δ APGR`` is the paired difference to the paper's KNN (k = 100) on the same resamples, ``Δ vs default`` the
-paired difference to the single-set default predictor (``lexical``, what ``--predictor auto`` trains).
+``Δ APGR`` is the difference to the paper's KNN (k = 100), ``Δ vs default`` the difference to the single-set
+default predictor (``lexical``, what ``--predictor auto`` trains): the mean over repeats of the per-repeat
+difference (so it equals the difference of the APGR columns), ± the s.e. of the *paired* difference over the
+same bootstrap resamples of the first repeat (much smaller than either APGR's own s.e.).
 
 ``joint (all sets)`` is one default predictor trained on every selected set at once
 (:mod:`catimg.training.joint`: each set mapped to the joint scale by its metric's range), scored on each set's
@@ -310,9 +312,7 @@ def bootstrap_se(
             if single is not None and s.apgr is not None:
                 d.setdefault("d_single", []).append(float(s.apgr - single))
     return {
-        label: {m: float(np.std(v, ddof=1)) for m, v in d.items() if len(v) > 1}
-        | {f"{m}_mean": float(np.mean(d[m])) if d.get(m) else float("nan") for m in ("d_apgr", "d_single")}
-        for label, d in draws.items()
+        label: {m: float(np.std(v, ddof=1)) for m, v in d.items() if len(v) > 1} for label, d in draws.items()
     }
 
 
@@ -438,6 +438,18 @@ def _cell(vals: list[float | None], se: float | None, pct: bool = False, share: 
     return s
 
 
+def _paired(res: SetResult, label: str, ref: str, se: float | None) -> str:
+    """APGR of ``label`` minus ``ref``'s: the mean over repeats of the per-repeat difference (so it is the
+    difference of the two APGR columns), ± the bootstrap s.e. of that difference on the first repeat."""
+    if ref not in res.summaries:
+        return ""
+    diffs = [
+        None if a.apgr is None or b.apgr is None else a.apgr - b.apgr
+        for a, b in zip(res.summaries[label], res.summaries[ref], strict=True)
+    ]
+    return _cell(diffs, se, share=True)
+
+
 def render(res: SetResult, repeats: int, folds: int) -> str:
     t = res.table
     proto = (
@@ -460,14 +472,10 @@ def render(res: SetResult, repeats: int, folds: int) -> str:
         se = res.se.get(label, {})
         d = (
             ""
-            if label in (REFERENCE, "oracle", "random") or "d_apgr" not in se
-            else _cell([se["d_apgr_mean"]], se["d_apgr"], share=True)
+            if label in (REFERENCE, "oracle", "random")
+            else _paired(res, label, REFERENCE, se.get("d_apgr"))
         )
-        ds = (
-            ""
-            if label in (SINGLE, "oracle", "random") or "d_single" not in se
-            else _cell([se["d_single_mean"]], se["d_single"], share=True)
-        )
+        ds = "" if label in (SINGLE, "oracle", "random") else _paired(res, label, SINGLE, se.get("d_single"))
         tm = res.timing.get(label)
         lines.append(
             f"   {label:<24} {_cell([s.auc for s in sums], se.get('auc')):>15} "
