@@ -288,11 +288,13 @@ def read_measurements(
     known_generators: Iterable[str] | None = None,
     metric: str | None = None,
     catalog_path: str | Path | None = None,
+    metric_if_present: bool = False,
 ) -> MeasurementTable:
     """Read a long-format measurements file into a :class:`MeasurementTable`.
 
     ``known_generators`` (for example ``catalog.names``) makes every other generator name an error with a
-    "did you mean"; ``metric`` keeps only rows of that metric (required when the file mixes metrics).
+    "did you mean"; ``metric`` keeps only rows of that metric (required when the file mixes metrics), and with
+    ``metric_if_present`` a file without rows of it is read as if no metric had been given.
     """
     path = Path(path).expanduser()
     known = list(known_generators) if known_generators is not None else None
@@ -309,6 +311,8 @@ def read_measurements(
             )
         row_metric = row.metric or DEFAULT_METRIC
         metrics[row_metric] = metrics.get(row_metric, 0) + 1
+    if metric is not None and metric not in metrics and metric_if_present:
+        metric = None
     if metric is not None and metric not in metrics:
         found = ", ".join(sorted(metrics)) or "none"
         raise _err(

@@ -186,3 +186,18 @@ def test_pivot_orders_columns_merges_spellings_and_drops_empty_generators() -> N
     assert t.generators == ["a", "b"] and t.prompts == ["A  cat", "a dog"]  # first spelling kept
     assert t.Y[0, 1] == 2.0 and t.counts[0, 1] == 2 and np.isnan(t.Y[0, 0])
     assert t.seconds == {"a": None, "b": 3.0} and t.sources == ["s1"] and t.metric == "m"
+
+
+def test_metric_if_present_reads_a_file_without_that_metric_as_is(tmp_path: Path) -> None:
+    """`train -M a -M b --metric m`: --metric applies to a file only where it has rows of it, in one read."""
+    one = tmp_path / "one.csv"
+    one.write_text("prompt,generator,score,metric\na,x,1,other\nb,x,2,other\n", encoding="utf-8")
+    t = read_measurements(one, metric="clipscore", metric_if_present=True)
+    assert t.metric == "other" and t.Y[:, 0].tolist() == [1.0, 2.0]
+    with pytest.raises(MeasurementsError, match='no rows with metric "clipscore"'):
+        read_measurements(one, metric="clipscore")
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("prompt,generator,score,metric\na,x,1,other\na,x,30,clipscore\n", encoding="utf-8")
+    assert read_measurements(mixed, metric="clipscore", metric_if_present=True).Y[0, 0] == 30.0
+    with pytest.raises(MeasurementsError, match="mixes metrics"):
+        read_measurements(mixed, metric="aesthetic", metric_if_present=True)

@@ -29,16 +29,9 @@ def _load_tables(
         )
     if len(files) + (db is not None) == 1:
         return [_load_table(files[0] if files else None, db, catalog, metric, generators)]
-    return [
-        _load_table(f, None, catalog, metric if metric and _has_metric(f, metric) else None, generators)
-        for f in files
-    ] + ([_load_table(None, db, catalog, metric, generators)] if db is not None else [])
-
-
-def _has_metric(path: Path, metric: str) -> bool:
-    from catimg.measurements import read_rows
-
-    return any((r.metric or "score") == metric for r in read_rows(path))
+    return [_load_table(f, None, catalog, metric, generators, metric_if_present=True) for f in files] + (
+        [_load_table(None, db, catalog, metric, generators)] if db is not None else []
+    )
 
 
 def _load_table(
@@ -47,6 +40,7 @@ def _load_table(
     catalog: Any,
     metric: str | None,
     generators: list[str] | None = None,
+    metric_if_present: bool = False,
 ) -> Any:
     if (measurements is None) == (db is None):
         raise InputError(
@@ -55,10 +49,12 @@ def _load_table(
     if measurements is not None:
         from catimg.measurements import read_measurements
 
-        if catalog is None:
-            return read_measurements(measurements, metric=metric)
         return read_measurements(
-            measurements, known_generators=catalog.names, metric=metric, catalog_path=catalog.path
+            measurements,
+            known_generators=None if catalog is None else catalog.names,
+            metric=metric,
+            catalog_path=None if catalog is None else catalog.path,
+            metric_if_present=metric_if_present,
         )
     from catimg.calibration.store import Store
 
