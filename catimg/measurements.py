@@ -39,7 +39,7 @@ LONG_COLUMNS = REQUIRED + OPTIONAL
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")  # read and written as JSON lines; anything else is CSV
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Measurement:
     """One row of the long format: the score of one image (``line``: where a file gave it, not part of the
     row)."""
@@ -215,7 +215,7 @@ def _iter_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
     try:
         for values in reader:
             n = reader.line_num
-            if not values or all(not v.strip() for v in values):
+            if not values or not "".join(values).strip():
                 continue
             if len(values) != len(header):
                 raise _err(
@@ -229,6 +229,19 @@ def _iter_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
 
 
 def _number(path: Path, n: int, col: str, value: Any, required: bool) -> float | None:
+    if value.__class__ is str:  # the fast path of a CSV cell holding a finite number (x - x is 0 only then)
+        try:
+            x = float(value)
+        except ValueError:
+            pass
+        else:
+            if x - x == 0.0:
+                return x
+    return _number_checked(path, n, col, value, required)
+
+
+def _number_checked(path: Path, n: int, col: str, value: Any, required: bool) -> float | None:
+    """A cell as a finite float, None when empty and optional, else a one-line error naming line, column."""
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
             raise _err(path, f"line {n}, column {col}: empty; give a number")
@@ -345,8 +358,11 @@ def pivot(
     spelling: dict[str, str] = {}
     prompts: dict[str, None] = {}
     order = {g: None for g in columns}
+    canonical: dict[str, str] = {}  # a row's text -> the kept spelling (one text comes once per generator)
     for row in rows:
-        prompt = spelling.setdefault(prompt_key(row.prompt), row.prompt.strip())
+        prompt = canonical.get(row.prompt)
+        if prompt is None:
+            prompt = canonical[row.prompt] = spelling.setdefault(prompt_key(row.prompt), row.prompt.strip())
         key = (prompt, row.generator)
         sums[key] = sums.get(key, 0.0) + row.score
         counts[key] = counts.get(key, 0) + 1
