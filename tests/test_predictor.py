@@ -125,6 +125,14 @@ def test_ridge_uncertainty_reflects_few_measurements(data: tuple[np.ndarray, np.
     assert s_far[0, 0] > s_near[0, 0]
 
 
+def test_ridge_deviation_means_are_predict_parts_without_the_variances(
+    data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    X, Y = data
+    p = RidgePredictor().fit(X, Y)
+    np.testing.assert_allclose(p.deviation_means(X), p.predict_parts(X)[2], rtol=1e-10, atol=1e-12)
+
+
 def test_ridge_uncertainty_shrinks_with_more_measurements(data: tuple[np.ndarray, np.ndarray]) -> None:
     X, Y = data
     stds = []

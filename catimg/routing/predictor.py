@@ -418,6 +418,11 @@ class RidgePredictor:
         parts = [d.predict(X) for d in self.devs]
         return am, av, np.stack([p[0] for p in parts], 1), np.stack([p[1] for p in parts], 1)
 
+    def deviation_means(self, X: np.ndarray) -> np.ndarray:
+        """The deviation means of :meth:`predict_parts` (m, g) alone, in one product (no variances)."""
+        W = np.stack([d.w for d in self.devs], 1)
+        return X @ W + np.array([d.mu - d.xbar @ d.w for d in self.devs])
+
     def predict(self, X: Inputs) -> tuple[np.ndarray, np.ndarray]:
         am, av, dm, dv = self.predict_parts(X)
         return am[:, None] + dm, np.sqrt(av[:, None] + dv)
@@ -530,8 +535,7 @@ class LexicalPredictor(BlendPredictor):
         emb, Y = _check_fit(X, Y)
         self.ridge.fit(emb, Y)
         R = split_anchor(Y)[1]
-        dev_w = np.stack([d.w for d in self.ridge.devs], 1)  # the deviations' means in one product
-        dm = emb @ dev_w + np.array([d.mu - d.xbar @ d.w for d in self.ridge.devs])
+        dm = self.ridge.deviation_means(emb)
         self.vocab, S = NgramVocab.fit_transform(texts)
         self.W = masked_ridge(S, R - dm, self.lam)
         n = len(emb)
