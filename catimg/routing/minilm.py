@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 
-def load_bert(folder: Path) -> Any:
-    """Build the encoder from ``config.json`` and ``model.safetensors`` in ``folder`` (eval mode, CPU,
-    fp32)."""
+def load_bert(folder: Path, bf16: bool = False) -> Any:
+    """Build the encoder from ``config.json`` and ``model.safetensors`` in ``folder`` (eval mode, CPU). The
+    forward runs in fp32, or with ``bf16`` in bfloat16 (weights converted once; the output is fp32 either
+    way): about twice as fast on CPUs with native bfloat16 instructions, and the pooled, normalised vectors
+    stay within a cosine of 0.9999 of fp32's (``tests/test_encoder.py``)."""
     import torch
     from safetensors.torch import load_file
 
@@ -30,11 +32,14 @@ def load_bert(folder: Path) -> Any:
     ):
         raise ValueError(f"{folder}: not a plain BERT encoder this loader supports")
     weights = {k.removeprefix("bert."): v for k, v in load_file(str(folder / "model.safetensors")).items()}
+    if bf16:
+        weights = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in weights.items()}
     return _Bert(cfg, weights, torch)
 
 
 class _Bert:
-    """Callable ``(input_ids, attention_mask) -> last hidden state``; weights are plain tensors."""
+    """Callable ``(input_ids, attention_mask) -> last hidden state`` (fp32); weights are plain tensors, of
+    one floating dtype that the whole forward runs in."""
 
     def __init__(self, cfg: dict[str, Any], w: dict[str, Any], torch: Any) -> None:
         self.torch = torch
@@ -105,4 +110,4 @@ class _Bert:
             x = self._ln(x + self._lin(ctx, p + "attention.output.dense"), p + "attention.output.LayerNorm")
             inner = F.gelu(self._lin(x, p + "intermediate.dense"))
             x = self._ln(x + self._lin(inner, p + "output.dense"), p + "output.LayerNorm")
-        return x
+        return x.float()
