@@ -1,12 +1,15 @@
 """Few-shot generators: how routing quality grows with the number of prompts a new generator is measured on.
 
-    python -m catimg.benchmarks.fewshot [--data ../shared/data] [--generator sdxl] [--repeats 20]
-        [--predictor auto]
+    python -m catimg.benchmarks.fewshot [--data ../shared/data] [--set genai_bench] [--generator sdxl]
+        [--repeats 20] [--predictor auto]
 
-On GenAI-Bench (527 prompts, human 1-5 alignment ratings; the generators of the packaged catalog that it
-covers: sdxl-turbo, sd21, sdxl), each repeat holds out 30% of the prompts as a test set. On the training
+On GenAI-Bench (``--set genai_bench``, the default: 527 prompts, human 1-5 alignment ratings; the generators of
+the packaged catalog that it covers: sdxl-turbo, sd21, sdxl) or on PQPP's 6,000 train prompts (``--set pqpp``:
+human ratings in [-1, 2] of SDXL and GLIDE, GLIDE's cost assumed at a tenth of SDXL's as in
+:mod:`catimg.benchmarks.routing`; the set where a generator can be measured on thousands of prompts), each
+repeat holds out 30% of the prompts as a test set. On the training
 prompts every generator is fully measured except the *few-shot* one, which keeps only n measured prompts
-(n = 0, 10, 25, 50, 100, 200, all; the rest are NaN, as for a generator calibrated on a subset). The predictor
+(n = 0, 10, 25, 50, 100, 200, all on GenAI-Bench; 0, 10, 50, 200, 1000, all on PQPP; the rest are NaN, as for a generator calibrated on a subset). The predictor
 is fitted on that partial table and the router is evaluated on the fully measured test prompts. n = 0 means
 the generator is not routed at all (what a user gets before calibrating it).
 
@@ -26,11 +29,15 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-DEFAULT_SIZES = (0, 10, 25, 50, 100, 200, -1)  # -1: all training prompts
+if TYPE_CHECKING:
+    from catimg.benchmarks.routing import Table
+
+#: measured prompts of the few-shot generator per set (-1: all training prompts)
+DEFAULT_SIZES = {"genai_bench": (0, 10, 25, 50, 100, 200, -1), "pqpp": (0, 10, 50, 200, 1000, -1)}
 
 
 def load_genai_bench(data: Path) -> tuple[list[str], list[str], np.ndarray]:
@@ -66,8 +73,19 @@ def catalog_tflops(gens: list[str]) -> np.ndarray:
     return np.array([generator_cost(catalog.get(g), dev, use_measured=False).tflops for g in gens])
 
 
+def load_table(name: str, data: Path) -> Table:
+    """The complete per-prompt table of ``name`` (``genai_bench`` or ``pqpp``'s train split) with its costs."""
+    from catimg.benchmarks.routing import SETS, Table, load_set
+
+    if name == "pqpp":
+        return load_set(SETS["pqpp"], data, split="train")
+    prompts, gens, Y = load_genai_bench(data)
+    return Table(prompts, Y, gens, catalog_tflops(gens), "genai_bench_alignment")
+
+
 def run(
     data: Path,
+    set_name: str,
     target: str,
     sizes: tuple[int, ...],
     repeats: int,
@@ -80,13 +98,13 @@ def run(
     from catimg.training.evaluate import choose, evaluate_predictions
     from catimg.training.train import metric_scale
 
-    prompts, gens, Y = load_genai_bench(data)
+    table = load_table(set_name, data)
+    prompts, gens, Y, costs = table.prompts, table.generators, table.Y, np.asarray(table.costs, float)
     if target not in gens:
         raise SystemExit(f"--generator {target}: not in {gens}")
     j = gens.index(target)
     X = Features.of(default_encoder().encode(prompts).astype(np.float64), prompts)
-    costs = catalog_tflops(gens)
-    scale = metric_scale("genai_bench_alignment", Y)
+    scale = metric_scale(table.metric, Y)
     rng = np.random.default_rng(seed)
     n = len(prompts)
     n_test = int(round(n * test_share))
@@ -166,10 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m catimg.benchmarks.fewshot", description=__doc__.splitlines()[0]
     )
     ap.add_argument("--data", type=Path, default=None, help="the shared data folder (holding genai_bench/)")
+    ap.add_argument("--set", default="genai_bench", choices=sorted(DEFAULT_SIZES), help="the data set")
     ap.add_argument("--generator", default="sdxl", help="the few-shot generator (default sdxl)")
-    ap.add_argument(
-        "--sizes", default=",".join(str(s) for s in DEFAULT_SIZES), help="measured prompts; -1 = all"
-    )
+    ap.add_argument("--sizes", default=None, help="measured prompts, comma-separated; -1 = all")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument(
         "--predictor", default="auto", help="auto (the default of catimg train), lexical, ridge, blend or knn"
@@ -178,11 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     data = a.data or default_data_dir()
-    sizes = tuple(int(s) for s in a.sizes.split(","))
+    sizes = tuple(int(s) for s in a.sizes.split(",")) if a.sizes else DEFAULT_SIZES[a.set]
     t0 = time.perf_counter()
-    out = run(data, a.generator, sizes, a.repeats, a.predictor, a.test_share, a.seed)
+    out = run(data, a.set, a.generator, sizes, a.repeats, a.predictor, a.test_share, a.seed)
     print(
-        f"few-shot routing on GenAI-Bench: generators {', '.join(out['gens'])}; "
+        f"few-shot routing on {a.set}: generators {', '.join(out['gens'])}; "
         f"few-shot generator {out['target']}"
     )
     print("costs (TFLOPs/image): " + ", ".join(f"{g} {c:.1f}" for g, c in out["costs"].items()))
