@@ -3,15 +3,15 @@
     python -m catimg.benchmarks.fewshot [--data ../shared/data] [--set genai_bench] [--generator sdxl]
         [--repeats 20] [--predictor auto]
 
-On GenAI-Bench (``--set genai_bench``, the default: 527 prompts, human 1-5 alignment ratings; the generators of
-the packaged catalog that it covers: sdxl-turbo, sd21, sdxl) or on PQPP's 6,000 train prompts (``--set pqpp``:
-human ratings in [-1, 2] of SDXL and GLIDE, GLIDE's cost assumed at a tenth of SDXL's as in
+On GenAI-Bench (``--set genai_bench``, the default: 527 prompts, human 1-5 alignment ratings; the generators
+of the packaged catalog that it covers: sdxl-turbo, sd21, sdxl) or on PQPP's 6,000 train prompts
+(``--set pqpp``: human ratings in [-1, 2] of SDXL and GLIDE, GLIDE's cost assumed at a tenth of SDXL's as in
 :mod:`catimg.benchmarks.routing`; the set where a generator can be measured on thousands of prompts), each
-repeat holds out 30% of the prompts as a test set. On the training
-prompts every generator is fully measured except the *few-shot* one, which keeps only n measured prompts
-(n = 0, 10, 25, 50, 100, 200, all on GenAI-Bench; 0, 10, 50, 200, 1000, all on PQPP; the rest are NaN, as for a generator calibrated on a subset). The predictor
-is fitted on that partial table and the router is evaluated on the fully measured test prompts. n = 0 means
-the generator is not routed at all (what a user gets before calibrating it).
+repeat holds out 30% of the prompts as a test set. On the training prompts every generator is fully measured
+except the *few-shot* one, which keeps only n measured prompts (n = 0, 10, 25, 50, 100, 200, all on
+GenAI-Bench; 0, 10, 50, 200, 1000, all on PQPP; the rest are NaN, as for a generator calibrated on a subset).
+The predictor is fitted on that partial table and the router is evaluated on the fully measured test prompts.
+n = 0 means the generator is not routed at all (what a user gets before calibrating it).
 
 Printed per n, averaged over the repeats (± standard error): the router's AUC (mean quality over the cost
 range), the quality it reaches at the best single generator's cost, the cost at which it first matches the
@@ -74,7 +74,7 @@ def catalog_tflops(gens: list[str]) -> np.ndarray:
 
 
 def load_table(name: str, data: Path) -> Table:
-    """The complete per-prompt table of ``name`` (``genai_bench`` or ``pqpp``'s train split) with its costs."""
+    """The complete per-prompt table of ``name`` (``genai_bench``, or ``pqpp``'s train split), with costs."""
     from catimg.benchmarks.routing import SETS, Table, load_set
 
     if name == "pqpp":
