@@ -29,7 +29,6 @@ from catimg.cli.common import (
     TOTAL_BUDGET_OPT,
     collect_prompts,
     describe_setup,
-    known_as,
     parse_budgets,
     renamed_note,
 )
@@ -118,7 +117,7 @@ def explain(
             router_texts=fit.texts,
         )
     print_warnings(result, notice=not as_json)
-    renamed = {g.name: old for g in catalog.generators if g.enabled and (old := known_as(rt, g))}
+    renamed = {g.name: old for g in catalog.generators if g.enabled and (old := rt.known_as(g))}
     if fit.note() and not as_json:
         from catimg.cli.render import error_console
 
@@ -421,8 +420,8 @@ def _model_row(g: Generator, c: Cost, rt: Router) -> dict[str, Any]:
         status = "disabled"
     elif rt.knows(g):
         status = "routed"
-    elif known_as(rt, g):
-        status = f"known as {known_as(rt, g)}"  # renamed in models.toml, same settings
+    elif rt.known_as(g):
+        status = f"known as {rt.known_as(g)}"  # renamed in models.toml, same settings
     else:
         status = "needs calibration"
     return {
@@ -495,7 +494,7 @@ def _render_models(
     if any(costs[g.name].offload or not costs[g.name].feasible for g in catalog.generators):
         con.print("! runs with CPU offload or does not fit this device (below)")
     for g in catalog.generators:
-        if g.enabled and (old := known_as(rt, g)):
+        if g.enabled and (old := rt.known_as(g)):
             con.print(label("note:", "yellow", renamed_note(g.name, old, str(catalog.path))))
     if any(costs[g.name].kind == "estimated" for g in catalog.generators):
         con.print("* estimated cost; `catimg bench` measures it on this device")
@@ -583,7 +582,7 @@ def _doctor_row(check: GeneratorCheck, rt: Router | None) -> dict[str, Any]:
         "weights_local": check.weights_local,
         "local_folder": bool(g.is_local_folder),
         "router_knows": check.router_knows,
-        "router_name": known_as(rt, g) if rt is not None else None,
+        "router_name": rt.known_as(g) if rt is not None else None,
     }
 
 

@@ -13,7 +13,7 @@ from catimg.device import DTYPES
 from catimg.errors import InputError, did_you_mean
 
 if TYPE_CHECKING:
-    from catimg.config import Catalog, Generator
+    from catimg.config import Catalog
     from catimg.device import DeviceLookup
     from catimg.routing.budget import Budget
     from catimg.routing.router import Router
@@ -178,19 +178,6 @@ def describe_setup(
     catalog = load_catalog(models)
     rt = load_router(router)
     return catalog, rt, lookup_device(device, refresh=refresh)
-
-
-def known_as(rt: Router, gen: Generator) -> str | None:
-    """The router's name for ``gen`` when ``gen`` was renamed in models.toml with its settings unchanged (the
-    settings hash matches another of the router's generators); None when the router knows it or has no such
-    one."""
-    if rt.knows(gen):
-        return None
-    digest = gen.settings_hash()
-    for name in rt.generators:
-        if name != gen.name and rt.generator_info(name).get("settings_hash") == digest:
-            return name
-    return None
 
 
 def renamed_note(name: str, router_name: str, catalog: str) -> str:

@@ -125,6 +125,18 @@ class Router:
         h = self._hashes[gen.name]
         return h is None or h == gen.settings_hash()
 
+    def known_as(self, gen: Generator) -> str | None:
+        """The router's name for ``gen`` when ``gen`` was renamed in models.toml with its settings unchanged
+        (the settings hash matches another of the router's generators); None when the router knows it or has
+        no such one."""
+        if self.knows(gen):
+            return None
+        digest = gen.settings_hash()
+        for name in self.generators:
+            if name != gen.name and self._hashes.get(name) == digest:
+                return name
+        return None
+
     def mismatch(self, gen: Generator) -> str | None:
         """Why the router does not know ``gen`` (None when it does)."""
         if gen.name not in self._hashes:
