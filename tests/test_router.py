@@ -108,6 +108,8 @@ def test_artifact_describes_itself(trained: Path) -> None:
     assert cfg["predictor"]["name"] == "lexical"
     assert "definition" in cfg["budget"] and cfg["data_card"]["n_prompts"] == 2 * len(SUBJECTS)
     assert "summaries" in cfg["data_card"]["held_out"]
+    # the encoder ran (no cache), so the card says in which precision the embedding seconds were spent
+    assert cfg["data_card"]["training_seconds"]["encoder_precision"] in ("fp32", "bf16")
     assert (trained / "r" / "weights.safetensors").is_file()
 
 
