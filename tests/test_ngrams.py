@@ -126,7 +126,10 @@ def test_lexical_predictor_needs_texts_and_bounds_its_neighbours() -> None:
         make_predictor("lexical").fit(emb, Y)
     texts = [f"prompt number {i % 7} with words" for i in range(60)]
     p = LexicalPredictor(knn_max=25).fit(Features.of(emb, texts), Y)
-    assert p.X is not None and len(p.X) == 25
+    # beyond knn_max prompts the neighbours are at most knn_max // 2 clusters that hold every prompt
+    assert p.nb is not None and len(p.nb.X) <= 12 and not p.nb.per_prompt
+    np.testing.assert_allclose(p.nb.N.sum(0), [60, 60])
+    assert np.isfinite(p.predict(Features.of(emb[:5], texts[:5]))[0]).all()
     arrays = p.arrays()
     arrays["lexW"] = arrays["lexW"][:-1]
     with pytest.raises(RouterError, match="predictor weights are incomplete"):

@@ -6,16 +6,15 @@ import numpy as np
 import pytest
 
 from catimg.routing.encoder import PromptEncoder
+from catimg.routing.neighbours import column_neighbours, nearest
 from catimg.routing.predictor import (
     BayesLinear,
     Features,
     KNNPredictor,
     RidgePredictor,
-    column_neighbours,
     default_k,
     load_predictor,
     make_predictor,
-    nearest,
     split_anchor,
 )
 

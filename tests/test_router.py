@@ -189,7 +189,7 @@ def test_bad_artifacts(trained: Path, tmp_path: Path) -> None:
         load_router(d)
     cfg = json.loads((trained / "r" / "config.json").read_text())
     for change, msg in (
-        (dict(format_version=99), r"router format version 99, but this catimg reads version 2"),
+        (dict(format_version=99), r"router format version 99, but this catimg reads versions 2 and 3"),
         (
             dict(format_version=1),
             r"router format version 1 \(catimg 0.1.0\).*retrain it from the same "

@@ -10,7 +10,8 @@ runs the real CLI, ``catimg train --measurements FILE --models models.toml --out
 *cold* (an empty embedding cache: the prompts are embedded) and *warm* (the same cache: embeddings are read
 back). Printed per run: wall time, the peak resident memory of the subprocess, the artifact's size on disk,
 and the stage lines catimg prints while training. Finally it times ``explain -f`` of 10,000 of the prompts
-with that router, cold (fresh cache) and warm.
+with that router, cold (fresh cache) and warm, and the router's prediction of those prompts once embedded
+(the predictor alone, best of 3).
 
 Everything is written under ``--work`` (a temporary folder by default) and removed afterwards unless
 ``--keep``.
@@ -220,6 +221,36 @@ def _time_explain(work: Path, models: Path, n: int, env: dict[str, str]) -> None
         )
 
 
+#: Run in a subprocess after explain has cached the prompts' embeddings: the predictor alone, best of 3.
+PREDICT_TIMER = """
+import sys, time
+from catimg.routing.encoder import PromptEncoder
+from catimg.routing.router import load_router
+prompts = open(sys.argv[1], encoding="utf-8").read().splitlines()
+router = load_router(sys.argv[2])
+emb = PromptEncoder().encode(prompts)
+best = float("inf")
+for _ in range(3):
+    t0 = time.perf_counter()
+    router.predict(emb, prompts)
+    best = min(best, time.perf_counter() - t0)
+print(f"{best:.3f}")
+"""
+
+
+def _time_predict(work: Path, env: dict[str, str]) -> None:
+    """The router's prediction of explain's prompts once they are embedded (their embeddings cached)."""
+    cmd = [sys.executable, "-c", PREDICT_TIMER, str(work / "prompts.txt"), str(work / "router")]
+    env = {**env, "CATIMG_CACHE_DIR": str(work / "cache-explain")}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"timing the predictor failed: {proc.stderr.strip()[-800:]}")
+    n = len((work / "prompts.txt").read_text(encoding="utf-8").splitlines())
+    print(
+        f"predict {n} embedded prompts (the predictor alone, best of 3): {proc.stdout.strip()} s", flush=True
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="catimg-train-scale-"))
@@ -231,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         _time_train(work, m, models, args.predictor, env)
         if args.explain:
             _time_explain(work, models, args.explain, env)
+            _time_predict(work, env)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,9 +1,10 @@
 """Quality predictors: prompt embedding (and, for ``lexical``, the prompt's words) -> predicted quality of
 every generator, with an epistemic uncertainty.
 
-All predictors predict with numpy alone (``lexical``'s fit runs its sparse products on torch), train on a
-prompt x generator table ``Y`` with NaN where a generator was not measured, and cost about linearly in
-the number of prompts n and generators g (see each class). Predictions are in metric units; the uncertainty
+All predictors predict with numpy (torch partially sorts big blocks of neighbour distances, and runs
+``lexical``'s sparse products in its fit), train on a prompt x generator table ``Y`` with NaN where a
+generator was not measured, and cost about linearly in the number of prompts n and generators g (see each
+class). Predictions are in metric units; the uncertainty
 is the standard deviation of the *expected* quality (what more measurements would remove), not of one
 image's score.
 
@@ -28,15 +29,18 @@ image's score.
            honest, wide uncertainty. Cost: fit O(n d^2 g), prediction O(m d g); the weights are
            (g + 1) x (d + 1) means and d x d covariances, independent of n.
 ``blend``  The mean of ``ridge`` and a relative KNN (k nearest prompts' deviations added to the ridge anchor):
-           the linear model's global trends plus the neighbours' local ones. Uncertainty: the ridge posterior.
-           Cost: as ``knn`` plus ``ridge``.
+           the linear model's global trends plus the neighbours' local ones. The neighbours are
+           :class:`~catimg.routing.neighbours.Neighbours`: every training prompt up to ``KNN_MAX`` of them,
+           beyond that ``KNN_MAX // 2`` clusters of all of them (a neighbourhood is the nearest clusters,
+           taken whole, holding at least k measured prompts). Uncertainty: the ridge posterior. Cost: as
+           ``ridge``, plus O(n KNN_MAX d) to build the clusters and O(m KNN_MAX d) to search them.
 ``lexical`` ``blend`` whose linear part also reads the prompt's *words*: a ridge on word and word-pair tf-idf
            features (:mod:`catimg.routing.ngrams`) fitted, per generator, to what the embedding ridge leaves
            of the deviations (one word, "text", "two", "a man", can decide that a cheap generator fails, and a
-           mean-pooled sentence embedding blurs it); mixed 0.6 / 0.4 with the relative KNN of at most
-           ``KNN_MAX`` training prompts. Needs the prompts' texts (:class:`Features`). Uncertainty: the ridge
-           posterior. Cost: fit O(n d^2 g) + O(iterations x non-zeros x g); the artifact holds the ridge, at
-           most 50,000 n-grams with one weight per generator and the KNN_MAX neighbours.
+           mean-pooled sentence embedding blurs it); mixed 0.6 / 0.4 with the relative KNN. Needs the
+           prompts' texts (:class:`Features`). Uncertainty: the ridge posterior. Cost: fit O(n d^2 g) +
+           O(iterations x non-zeros x g) + the neighbours'; the artifact holds the ridge, at most 50,000
+           n-grams with one weight per generator and at most KNN_MAX neighbour prototypes, whatever n is.
 
 Held-out routing numbers (``python -m catimg.benchmarks.routing``) decided which predictor ``auto`` trains
 (:data:`AUTO`); a training run does not choose between predictors, it reports the chosen one's
@@ -52,6 +56,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from catimg.errors import RouterError
+from catimg.routing.neighbours import Neighbours, column_neighbours
 from catimg.routing.ngrams import NgramVocab, masked_ridge
 
 #: Deviation models with fewer measured prompts than this borrow the hyperparameters of the well-measured
@@ -59,8 +64,6 @@ from catimg.routing.ngrams import NgramVocab, masked_ridge
 MIN_OWN_HYPER = 30
 #: Prior-to-noise variance ratios searched by the marginal likelihood (per unit of squared embedding norm).
 RHO_GRID = tuple(float(x) for x in np.geomspace(1e-3, 1e3, 49))
-#: Query rows per block in nearest-neighbour search (bounds memory to CHUNK x n floats).
-CHUNK = 512
 
 
 @dataclass(frozen=True)
@@ -135,83 +138,6 @@ def _check_fit(X: Inputs, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if empty.any():
         raise ValueError(f"generator columns {np.flatnonzero(empty).tolist()} have no measurements")
     return X, Y
-
-
-def nearest(Q: np.ndarray, T: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:
-    """Indices (m, k) into ``T`` (or into ``T[rows]``) of the k nearest rows for every query, nearest first.
-
-    Euclidean distance; computed in blocks of CHUNK queries, so memory stays CHUNK x n whatever m is.
-    """
-    T = np.asarray(
-        T if rows is None else T[rows], np.float32
-    )  # one conversion (the index is float16), not per block
-    n = T.shape[0]
-    k = min(k, n)
-    Tn = (T**2).sum(1)
-    T2 = 2.0 * T
-    out = np.empty((Q.shape[0], k), dtype=np.int64)
-    for s in range(0, Q.shape[0], CHUNK):
-        q = np.asarray(Q[s : s + CHUNK], np.float32)
-        G = q @ T2.T
-        G -= Tn[None, :]  # = |q|^2 - distance^2: the larger, the nearer (|q|^2 is the same for every column)
-        out[s : s + CHUNK] = _top_k(G, k)
-    return out
-
-
-#: Up to this k, the nearest rows are found by k passes of argmax (half the time of a partition for explain's
-#: 3).
-SMALL_K = 8
-
-
-def _top_k(G: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the k largest values per row, largest first (ties: the lower index first). Clobbers
-    G."""
-    n = G.shape[1]
-    if k <= SMALL_K and k < n:
-        rows = np.arange(len(G))
-        cols = np.empty((len(G), k), dtype=np.int64)
-        for c in range(k):
-            cols[:, c] = j = G.argmax(1)
-            G[rows, j] = -np.inf
-        return cols
-    idx = np.argpartition(-G, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(G), 1))
-    order = (-np.take_along_axis(G, idx, 1)).argsort(1, kind="stable")
-    return np.take_along_axis(idx, order, 1)
-
-
-#: Columns measured on at least this share of the rows share one neighbour search (see column_neighbours).
-SHARED_COVER = 0.5
-
-
-def column_neighbours(Q: np.ndarray, T: np.ndarray, Y: np.ndarray, k: int) -> list[np.ndarray]:
-    """Per column j of ``Y`` (NaN = not measured): the (m, k') values of Y[:, j] at the k nearest measured
-    rows (k' = min(k, rows measured)).
-
-    Columns measured on most rows share one search for the K = 2k / coverage nearest rows of all, and take
-    their first k' measured ones; a query with fewer than k' among them, and every sparsely measured column,
-    gets its own search over the measured rows. Both give the same neighbours (up to the float32 rounding of
-    near-equal distances); the shared search saves a search per generator."""
-    measured = ~np.isnan(Y)
-    cover = measured.sum(0) / max(len(Y), 1)
-    shared = [j for j in range(Y.shape[1]) if cover[j] >= SHARED_COVER]
-    out: list[np.ndarray] = [np.zeros((0, 1))] * Y.shape[1]
-    if not len(Q):
-        return out
-    idx = nearest(Q, T, int(np.ceil(2 * k / min(cover[shared])))) if shared else None
-    for j in range(Y.shape[1]):
-        rows = np.flatnonzero(measured[:, j])
-        kj = min(k, len(rows))
-        if idx is None or j not in shared:
-            out[j] = Y[rows, j][nearest(Q, T, k, rows)]
-            continue
-        ok = measured[idx, j]
-        first = np.argsort(~ok, axis=1, kind="stable")[:, :kj]  # positions of the first kj measured, in order
-        vals = Y[np.take_along_axis(idx, first, 1), j]
-        short = np.flatnonzero(ok.sum(1) < kj)
-        if len(short):
-            vals[short] = Y[rows, j][nearest(Q[short], T, k, rows)]
-        out[j] = vals
-    return out
 
 
 class KNNPredictor:
@@ -298,6 +224,7 @@ class BayesLinear:
         self.xbar: np.ndarray = np.zeros(0)
         self.w: np.ndarray = np.zeros(0)
         self.cov: np.ndarray = np.zeros((0, 0))
+        self._cov32: np.ndarray | None = None  # float32 copy for predict
         self.noise = 1.0
         self.rho = 1.0
 
@@ -343,13 +270,18 @@ class BayesLinear:
         self.n, self.mu, self.xbar, self.noise, self.rho = n, tbar, xbar, noise, float(rho)
         self.w = V @ (inv * z)
         self.cov = (V * (noise * inv)) @ V.T
+        self._cov32 = None
         return self
 
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and variance of the expected target at X."""
         Xc = X - self.xbar
         mean = self.mu + Xc @ self.w
-        var = np.einsum("ij,jk,ik->i", Xc, self.cov, Xc, optimize=True) + self.noise / max(self.n, 1)
+        # the quadratic form in float32: half the time, and an uncertainty needs no more digits
+        if self._cov32 is None:
+            self._cov32 = self.cov.astype(np.float32)
+        Xc32 = Xc.astype(np.float32)
+        var = ((Xc32 @ self._cov32) * Xc32).sum(1, dtype=np.float64) + self.noise / max(self.n, 1)
         return mean, np.maximum(var, 0.0)
 
     def state(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
@@ -448,70 +380,84 @@ class RidgePredictor:
         return p
 
 
+#: ``blend`` and ``lexical`` keep every training prompt as a neighbour up to this many, else half as many
+#: clusters of all of them (:class:`~catimg.routing.neighbours.Neighbours`): the artifact stays bounded
+#: (6.3 MB of float16 embeddings at d = 384) and prediction searches at most this many.
+KNN_MAX = 8192
+
+
 class BlendPredictor:
     """Mean of the ridge prediction and a relative KNN (ridge anchor + the k nearest prompts' mean
-    deviations)."""
+    deviations, from the :class:`~catimg.routing.neighbours.Neighbours` of at most ``knn_max`` prototypes)."""
 
     name = "blend"
 
-    def __init__(self, k: int | None = None, weight: float = 0.5) -> None:
+    def __init__(self, k: int | None = None, weight: float = 0.5, knn_max: int = KNN_MAX) -> None:
         self.k = k
         self.weight = weight
+        self.knn_max = knn_max
         self.ridge = RidgePredictor()
-        self.X: np.ndarray | None = None
-        self.R: np.ndarray | None = None
+        self.nb: Neighbours | None = None
 
     def fit(self, X: Inputs, Y: np.ndarray) -> BlendPredictor:
         emb, Y = _check_fit(X, Y)
         self.ridge.fit(emb, Y)
-        self._keep_neighbours(emb, split_anchor(Y)[1], np.arange(len(emb)))
+        self._keep_neighbours(emb, split_anchor(Y)[1])
         return self
 
-    def _keep_neighbours(self, emb: np.ndarray, R: np.ndarray, rows: np.ndarray) -> None:
+    def _keep_neighbours(self, emb: np.ndarray, R: np.ndarray) -> None:
         if self.k is None:
-            self.k = default_k(len(rows))
-        self.X = emb[rows].astype(np.float32)
-        self.R = R[rows]
+            self.k = default_k(len(emb))
+        self.nb = Neighbours.build(emb, R, self.knn_max)
 
     def _linear(self, X: Inputs, dm: np.ndarray) -> np.ndarray:
         """The linear part of the deviations (the ridge's here)."""
         return dm
 
     def predict(self, X: Inputs) -> tuple[np.ndarray, np.ndarray]:
-        assert self.X is not None and self.R is not None and self.k is not None
+        assert self.nb is not None and self.k is not None
         emb = emb_of(X)
         am, av, dm, dv = self.ridge.predict_parts(emb)
         lin = self._linear(X, dm)
-        if len(emb):
-            knn = np.stack([v.mean(1) for v in column_neighbours(emb, self.X, self.R, self.k)], 1)
-        else:
-            knn = lin
+        knn = self.nb.means(emb, self.k) if len(emb) else lin
         dev = self.weight * knn + (1.0 - self.weight) * lin
         return am[:, None] + dev, np.sqrt(av[:, None] + dv)
 
     def params(self) -> dict[str, Any]:
-        return {"k": self.k, "weight": self.weight, **self.ridge.params()}
+        return {"k": self.k, "weight": self.weight, "knn_max": self.knn_max, **self.ridge.params()}
 
     def arrays(self) -> dict[str, np.ndarray]:
-        assert self.X is not None and self.R is not None
-        return {"X": self.X.astype(np.float16), "R": self.R.astype(np.float32), **self.ridge.arrays()}
+        assert self.nb is not None
+        nb = self.nb
+        return {
+            "X": nb.X.astype(np.float16),
+            "S": nb.S.astype(np.float32),
+            "N": nb.N.astype(np.float32),
+            **self.ridge.arrays(),
+        }
 
     @classmethod
     def from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> BlendPredictor:
-        p = cls(k=int(params["k"]), weight=float(params["weight"]))
+        p = cls(
+            k=int(params["k"]), weight=float(params["weight"]), knn_max=int(params.get("knn_max", KNN_MAX))
+        )
         p._restore(params, arrays)
         return p
 
     def _restore(self, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        """The ridge and the neighbours from a saved router's params and arrays."""
+        """The ridge and the neighbours from a saved router's params and arrays (format 2 kept every
+        neighbour's deviations as ``R``, NaN where not measured)."""
         self.ridge = RidgePredictor.from_saved(params, arrays)
-        self.X = arrays["X"].astype(np.float32)
-        self.R = arrays["R"].astype(np.float64)
-
-
-#: The ``lexical`` predictor's neighbours: at most this many training prompts (a seeded sample beyond), so its
-#: artifact stays bounded (6.3 MB of float16 embeddings at d = 384).
-KNN_MAX = 8192
+        X = arrays["X"].astype(np.float32)
+        if "R" in arrays:
+            self.nb = Neighbours.of_prompts(X, arrays["R"].astype(np.float64))
+        else:
+            S, N = arrays["S"].astype(np.float64), arrays["N"].astype(np.float64)
+            if S.shape != N.shape or len(S) != len(X):
+                raise ValueError(
+                    f"neighbour sums {S.shape} and counts {N.shape} do not fit {len(X)} prototypes"
+                )
+            self.nb = Neighbours(X, S, N)
 
 
 class LexicalPredictor(BlendPredictor):
@@ -524,9 +470,8 @@ class LexicalPredictor(BlendPredictor):
     def __init__(
         self, k: int | None = None, weight: float = 0.4, lam: float = 10.0, knn_max: int = KNN_MAX
     ) -> None:
-        super().__init__(k, weight)
+        super().__init__(k, weight, knn_max)
         self.lam = lam
-        self.knn_max = knn_max
         self.vocab = NgramVocab()
         self.W = np.zeros((0, 0))
 
@@ -538,11 +483,7 @@ class LexicalPredictor(BlendPredictor):
         dm = self.ridge.deviation_means(emb)
         self.vocab, S = NgramVocab.fit_transform(texts)
         self.W = masked_ridge(S, R - dm, self.lam)
-        n = len(emb)
-        rows = np.arange(n)
-        if n > self.knn_max:
-            rows = np.sort(np.random.default_rng(0).choice(n, self.knn_max, replace=False))
-        self._keep_neighbours(emb, R, rows)
+        self._keep_neighbours(emb, R)
         return self
 
     def _linear(self, X: Inputs, dm: np.ndarray) -> np.ndarray:
@@ -550,7 +491,7 @@ class LexicalPredictor(BlendPredictor):
         return out
 
     def params(self) -> dict[str, Any]:
-        return {"lam": self.lam, "knn_max": self.knn_max, "n_grams": len(self.vocab), **super().params()}
+        return {"lam": self.lam, "n_grams": len(self.vocab), **super().params()}
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -569,10 +510,10 @@ class LexicalPredictor(BlendPredictor):
             knn_max=int(params["knn_max"]),
         )
         p._restore(params, arrays)
-        assert p.R is not None
+        assert p.nb is not None
         p.vocab = NgramVocab.from_bytes(arrays["ngrams"], arrays["idf"].astype(np.float64))
         p.W = arrays["lexW"].astype(np.float64)
-        if p.W.shape != (len(p.vocab), p.R.shape[1]):
+        if p.W.shape != (len(p.vocab), p.nb.S.shape[1]):
             raise ValueError(f"lexical weights {p.W.shape} do not fit {len(p.vocab)} n-grams")
         return p
 

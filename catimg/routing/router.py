@@ -32,7 +32,11 @@ from catimg.errors import RouterError, did_you_mean, first_line
 from catimg.routing.predictor import Features, Predictor, load_predictor
 
 FORMAT = "catimg-router"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: Older format versions this catimg still reads. Version 2 kept every ``blend``/``lexical`` neighbour's
+#: deviations as ``R`` (NaN where not measured); version 3 keeps sums ``S`` and counts ``N`` per prototype,
+#: which may be a cluster of prompts (:mod:`catimg.routing.neighbours`).
+READABLE_VERSIONS = (2, FORMAT_VERSION)
 #: Format versions that this catimg can no longer read, with what changed (for the one-line error).
 OLD_FORMATS = {
     1: "version 1 (catimg 0.1.0) held an exact Gaussian process whose weights grow with the square of the "
@@ -199,7 +203,7 @@ class Router:
     def _hits(self, emb: np.ndarray, k: int, members: np.ndarray) -> list[list[tuple[str, float]]]:
         """Per query, the k nearest of the index entries ``members`` as (training prompt, cosine
         similarity)."""
-        from catimg.routing.predictor import nearest
+        from catimg.routing.neighbours import nearest
 
         assert self._index is not None and self._prompts is not None
         rows, train = self._index
@@ -387,9 +391,10 @@ def _read_config(cfg_path: Path) -> dict[str, Any]:
             f"{cfg_path}: router format {OLD_FORMATS[version]}; this catimg reads version {FORMAT_VERSION}; "
             "retrain it from the same measurements with `catimg train` (or use catimg 0.1.0)"
         )
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise RouterError(
-            f"{cfg_path}: router format version {version!r}, but this catimg reads version {FORMAT_VERSION}; "
+            f"{cfg_path}: router format version {version!r}, but this catimg reads versions "
+            f"{' and '.join(map(str, READABLE_VERSIONS))}; "
             "retrain it with this catimg (`catimg train`) or use the matching catimg version"
         )
     return cfg
