@@ -113,6 +113,28 @@ def test_cache_round_trip(tmp_path: Path) -> None:
     assert np.array_equal(again.encode(PROMPTS[:2][::-1]), first[::-1])
 
 
+def test_the_cache_keeps_the_two_precisions_apart(tmp_path: Path) -> None:
+    """Vectors cached by an fp32 run are not handed to a bf16 run (or back): a router trained from the
+    cache does not depend on which precision filled it."""
+    fp32 = PromptEncoder(precision="fp32")
+    fp32.encode(PROMPTS[2:4])
+    bf16 = PromptEncoder(precision="bf16")
+    asked: list[str] = []
+
+    def record(prompts: list[str]) -> np.ndarray:
+        asked.extend(prompts)
+        return np.ones((len(prompts), bf16.dim), np.float32) / np.sqrt(bf16.dim)
+
+    bf16._embed = record  # type: ignore[method-assign]
+    bf16.encode(PROMPTS[2:4])
+    assert asked == PROMPTS[2:4]
+    bf16.encode(PROMPTS[2:4])  # now cached under bf16
+    assert asked == PROMPTS[2:4]
+    with sqlite3.connect(cache_path()) as con:
+        tags = {t for (t,) in con.execute("SELECT DISTINCT encoder FROM emb")}
+    assert tags >= {fp32.cache_tag, bf16.cache_tag} and fp32.cache_tag != bf16.cache_tag
+
+
 def test_unusable_cache_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

