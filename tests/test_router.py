@@ -138,6 +138,26 @@ def test_loaded_router_predicts_and_routes(trained: Path) -> None:
     assert nb[0][0][1] >= nb[0][1][1]
 
 
+def test_a_format_2_router_folder_still_loads_and_predicts_the_same(trained: Path, tmp_path: Path) -> None:
+    """Format 2 kept every neighbour's deviations as ``R`` (NaN where not measured); this catimg reads it as
+    one neighbour per prompt."""
+    from safetensors.numpy import load_file, save_file
+
+    d = _broken(trained, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["format_version"] = 2
+    (d / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    arrays = load_file(str(d / "weights.safetensors"))
+    S, N = arrays.pop("S"), arrays.pop("N")
+    arrays["R"] = np.where(N > 0, S, np.nan).astype(np.float32)
+    save_file(arrays, str(d / "weights.safetensors"))
+    prompts = ["a giraffe on a white background", "a crowded market at noon"]
+    emb = PromptEncoder(use_cache=False).encode(prompts)
+    old, new = load_router(d), load_router(trained / "r")
+    assert old.version == 2 and new.version == FORMAT_VERSION == 3
+    np.testing.assert_allclose(old.predict(emb, prompts)[0], new.predict(emb, prompts)[0], rtol=1e-6)
+
+
 def test_knn_router_shows_neighbours(tmp_path: Path) -> None:
     models, m = write_case(tmp_path, seconds=False)
     cat = load_catalog(models)

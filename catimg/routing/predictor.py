@@ -507,7 +507,7 @@ class LexicalPredictor(BlendPredictor):
             k=int(params["k"]),
             weight=float(params["weight"]),
             lam=float(params["lam"]),
-            knn_max=int(params["knn_max"]),
+            knn_max=int(params.get("knn_max", KNN_MAX)),
         )
         p._restore(params, arrays)
         assert p.nb is not None
