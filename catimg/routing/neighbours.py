@@ -13,7 +13,7 @@
   training prompt counts whatever n is (the rule before kept a seeded sample of max_protos prompts: 8 % of
   100,000), the artifact stays bounded, and prediction searches max_protos // 2 centres. Measured on PQPP
   (`README.md`, "Training at scale"): with its 6,000 train prompts clustered as 100,000 would be, the
-  ``lexical`` predictor lost 0.3 points of cross-validated APGR against the exact KNN on all prompts, and
+  ``lexical`` predictor lost 0.4 points of cross-validated APGR against the exact KNN on all prompts, and
   gained 0.8 against an exact KNN on a sample of the same share as 8,192 of 100,000.
 
 Cost: :func:`nearest` O(m n d); building clusters O(n * max_protos * d) (fit), searching them O(m * max_protos
