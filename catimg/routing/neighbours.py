@@ -28,8 +28,6 @@ import numpy as np
 
 #: Query rows per block in nearest-neighbour search (bounds memory to CHUNK x n floats).
 CHUNK = 512
-#: Rows per block when assigning rows to cluster centres.
-ASSIGN_CHUNK = 4096
 #: Lloyd passes of the k-means, over a seeded sample of at most KMEANS_SAMPLE_PER_CENTRE rows per centre.
 KMEANS_ITERS = 3
 KMEANS_SAMPLE_PER_CENTRE = 4
@@ -123,15 +121,6 @@ def column_neighbours(Q: np.ndarray, T: np.ndarray, Y: np.ndarray, k: int) -> li
     return out
 
 
-def assign(E: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Index of the nearest centre (largest inner product of unit vectors) for every row of E."""
-    C = np.asarray(centres, np.float32)
-    out = np.empty(len(E), dtype=np.int64)
-    for s in range(0, len(E), ASSIGN_CHUNK):
-        out[s : s + ASSIGN_CHUNK] = (np.asarray(E[s : s + ASSIGN_CHUNK], np.float32) @ C.T).argmax(1)
-    return out
-
-
 def group_sums(V: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
     """(n_groups, columns) sums of the rows of V by group (zeros for an empty group)."""
     order = np.argsort(groups, kind="stable")
@@ -155,11 +144,11 @@ def spherical_kmeans(E: np.ndarray, c: int, seed: int = 0) -> tuple[np.ndarray, 
     )
     centres = sample[rng.choice(len(sample), c, replace=False)].copy()
     for _ in range(KMEANS_ITERS):
-        sums = group_sums(sample, assign(sample, centres), c)
+        sums = group_sums(sample, nearest(sample, centres, 1)[:, 0], c)
         norms = np.linalg.norm(sums, axis=1)
         moved = norms > 0  # an empty cluster keeps its centre
         centres[moved] = (sums[moved] / norms[moved, None]).astype(np.float32)
-    a = assign(E, centres)
+    a = nearest(E, centres, 1)[:, 0]
     used = np.unique(a)
     remap = np.full(c, -1, dtype=np.int64)
     remap[used] = np.arange(len(used))
