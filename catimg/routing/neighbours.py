@@ -181,6 +181,26 @@ class Neighbours:
         S = group_sums(np.where(measured, R, 0.0), a, len(centres))
         return cls(centres, S, group_sums(measured.astype(np.float64), a, len(centres)))
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What a router's weights keep of them: ``X`` (float16), ``S`` and ``N`` (float32)."""
+        return {
+            "X": self.X.astype(np.float16),
+            "S": self.S.astype(np.float32),
+            "N": self.N.astype(np.float32),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Neighbours:
+        """The inverse of :meth:`arrays`; also reads router format 2, which kept every neighbour's deviations
+        as ``R`` (NaN where not measured). ValueError when the arrays do not fit together."""
+        X = arrays["X"].astype(np.float32)
+        if "R" in arrays:
+            return cls.of_prompts(X, arrays["R"].astype(np.float64))
+        S, N = arrays["S"].astype(np.float64), arrays["N"].astype(np.float64)
+        if S.shape != N.shape or len(S) != len(X):
+            raise ValueError(f"neighbour sums {S.shape} and counts {N.shape} do not fit {len(X)} prototypes")
+        return cls(X, S, N)
+
     @property
     def per_prompt(self) -> bool:
         """Whether every prototype stands for at most one measurement per generator (an exact KNN)."""

@@ -428,13 +428,7 @@ class BlendPredictor:
 
     def arrays(self) -> dict[str, np.ndarray]:
         assert self.nb is not None
-        nb = self.nb
-        return {
-            "X": nb.X.astype(np.float16),
-            "S": nb.S.astype(np.float32),
-            "N": nb.N.astype(np.float32),
-            **self.ridge.arrays(),
-        }
+        return {**self.nb.arrays(), **self.ridge.arrays()}
 
     @classmethod
     def from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> BlendPredictor:
@@ -445,19 +439,9 @@ class BlendPredictor:
         return p
 
     def _restore(self, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        """The ridge and the neighbours from a saved router's params and arrays (format 2 kept every
-        neighbour's deviations as ``R``, NaN where not measured)."""
+        """The ridge and the neighbours from a saved router's params and arrays."""
         self.ridge = RidgePredictor.from_saved(params, arrays)
-        X = arrays["X"].astype(np.float32)
-        if "R" in arrays:
-            self.nb = Neighbours.of_prompts(X, arrays["R"].astype(np.float64))
-        else:
-            S, N = arrays["S"].astype(np.float64), arrays["N"].astype(np.float64)
-            if S.shape != N.shape or len(S) != len(X):
-                raise ValueError(
-                    f"neighbour sums {S.shape} and counts {N.shape} do not fit {len(X)} prototypes"
-                )
-            self.nb = Neighbours(X, S, N)
+        self.nb = Neighbours.from_arrays(arrays)
 
 
 class LexicalPredictor(BlendPredictor):
