@@ -264,7 +264,8 @@ def test_joint_cross_validation_holds_a_prompt_out_of_every_set_in_one_pass() ->
     """One out-of-fold pass over a joint table: a prompt two sets measured is left out of both in its fold, so
     a 1-nearest-neighbour predictor cannot copy its twin's score (with a leak every prediction would be
     exact)."""
-    from catimg.training.train import cv_rows, joint_out_of_fold
+    from catimg.training.crossval import cv_rows, fit_predictor, plain_fitter
+    from catimg.training.train import joint_set_out_of_fold, prompt_keys
 
     rng = np.random.default_rng(0)
     prompts = [f"prompt {i}" for i in range(40)]
@@ -273,10 +274,13 @@ def test_joint_cross_validation_holds_a_prompt_out_of_every_set_in_one_pass() ->
     b = _table(prompts, scores, "tifa_faithfulness", "tifa")  # the same prompts and scores in a second set
     joint = join([a, b])
     X = np.vstack([rng.normal(size=(40, 8))] * 2)  # a prompt's two rows embed identically
-    rows, pred = joint_out_of_fold("knn", X, joint, params={"k": 1})
+    keys = prompt_keys(joint.table.prompts)
+    oof = fit_predictor("knn", X, joint.table.Y, {"k": 1}, keys=keys, fit_on_all=True).oof
+    assert oof is not None
+    rows, pred = oof.rows, oof.at(None)
     assert list(rows) == list(cv_rows(80, 0)) and pred.shape == (80, 2)
     assert not np.any(np.isclose(pred, joint.table.Y[rows]).all(axis=1))
-    set_rows, set_pred = joint_out_of_fold("knn", X, joint, params={"k": 1}, set_index=1)
+    set_rows, set_pred = joint_set_out_of_fold(plain_fitter("knn", {"k": 1}), X, joint, 1)
     assert list(set_rows) == list(range(40, 80))
     assert not np.any(np.isclose(set_pred, joint.table.Y[set_rows]).all(axis=1))
 
@@ -284,7 +288,8 @@ def test_joint_cross_validation_holds_a_prompt_out_of_every_set_in_one_pass() ->
 def test_joint_cross_validation_predicts_every_cell_of_a_rarely_measured_generator() -> None:
     """A generator measured on one prompt only is missing from every fold that holds that prompt out: the
     out-of-fold pass still gives a prediction in every cell (its mean), so the budget levels can be set."""
-    from catimg.training.train import joint_out_of_fold
+    from catimg.training.crossval import fit_predictor
+    from catimg.training.train import prompt_keys
 
     rng = np.random.default_rng(1)
     prompts = [f"prompt {i}" for i in range(30)]
@@ -301,5 +306,6 @@ def test_joint_cross_validation_predicts_every_cell_of_a_rarely_measured_generat
     )
     b = _table(prompts[:10], rng.uniform(1, 5, (10, 2)), "tifa_faithfulness", "tifa")
     joint = join([a, b])
-    rows, pred = joint_out_of_fold("ridge", rng.normal(size=(40, 8)), joint)
-    assert len(rows) == 40 and not np.isnan(pred).any()
+    keys = prompt_keys(joint.table.prompts)
+    oof = fit_predictor("ridge", rng.normal(size=(40, 8)), joint.table.Y, keys=keys, fit_on_all=True).oof
+    assert oof is not None and len(oof.rows) == 40 and not np.isnan(oof.at(None)).any()

@@ -232,6 +232,21 @@ class SetResult:
     n_train: int
 
 
+def trained_fitter(name: str, params: dict[str, Any], joint: bool = False) -> Any:
+    """Fits ``name`` as ``catimg train`` does (:func:`~catimg.training.crossval.fit_predictor`: a KNN share
+    chosen inside the training rows), so that held-out numbers include that choice (nested
+    cross-validation); ``joint``: inner folds over prompt keys (sets of a joint table share prompts)."""
+    from catimg.routing.predictor import texts_of
+    from catimg.training.crossval import fit_predictor
+    from catimg.training.train import prompt_keys
+
+    def fit(X: Any, Y: np.ndarray) -> Any:
+        keys = prompt_keys(texts_of(X)) if joint else None
+        return fit_predictor(name, X, Y, params, keys=keys, cross_validate=False).predictor
+
+    return fit
+
+
 def _predictions_cv(
     table: Table,
     X: Features,
@@ -240,14 +255,15 @@ def _predictions_cv(
     predictors: list[tuple[str, str, dict[str, Any]]],
     timing: dict[str, float],
 ) -> list[dict[str, np.ndarray]]:
-    from catimg.training.train import out_of_fold
+    from catimg.training.crossval import cross_predict
 
     out: list[dict[str, np.ndarray]] = []
     for rep in range(repeats):
         preds = {}
         for label, pname, params in predictors:
             t0 = time.perf_counter()
-            preds[label] = out_of_fold(pname, X, table.Y, folds=folds, seed=rep, params=params)
+            fit = trained_fitter(pname, params)
+            preds[label] = cross_predict(fit, X, table.Y, folds=folds, seed=rep).at(None)
             timing[label] = timing.get(label, 0.0) + (time.perf_counter() - t0) / repeats
         out.append(preds)
     return out
@@ -260,12 +276,10 @@ def _predictions_split(
     predictors: list[tuple[str, str, dict[str, Any]]],
     timing: dict[str, float],
 ) -> dict[str, np.ndarray]:
-    from catimg.routing.predictor import make_predictor
-
     preds = {}
     for label, pname, params in predictors:
         t0 = time.perf_counter()
-        preds[label] = make_predictor(pname, **params).fit(Xtr, train.Y).predict(Xte)[0]
+        preds[label] = trained_fitter(pname, params)(Xtr, train.Y).predict(Xte)[0]
         timing[label] = time.perf_counter() - t0
     return preds
 
@@ -347,9 +361,9 @@ def joint_predictions(
     trained on every set at once (:mod:`catimg.training.joint`): CV sets out of fold (the held-out prompts
     left out of every set), the split set's validation prompts by a model fitted on all training rows."""
     from catimg.measurements import MeasurementTable
-    from catimg.routing.predictor import AUTO, make_predictor
+    from catimg.routing.predictor import AUTO
     from catimg.training.joint import join
-    from catimg.training.train import joint_out_of_fold
+    from catimg.training.train import joint_set_out_of_fold
 
     tables = [
         MeasurementTable(
@@ -365,18 +379,19 @@ def joint_predictions(
     ]
     joint = join(tables)
     X = encode(joint.table.prompts)
+    fit = trained_fitter(AUTO, {}, joint=True)
     out: dict[str, list[np.ndarray]] = {}
     for k, s in enumerate(sets):
         cal = joint.sets[k]
         cols = [joint.table.generators.index(g) for g in s.test.generators]
         t0 = time.perf_counter()
         if s.spec.protocol == "split":
-            model = make_predictor(AUTO).fit(X, joint.table.Y)
+            model = fit(X, joint.table.Y)
             out[s.spec.name] = [cal.from_joint(model.predict(encode(s.test.prompts))[0][:, cols])]
         else:
             runs = []
             for rep in range(repeats):
-                rows, pred = joint_out_of_fold(AUTO, X, joint, folds=folds, seed=rep, set_index=k)
+                rows, pred = joint_set_out_of_fold(fit, X, joint, k, folds=folds, seed=rep)
                 assert np.array_equal(rows, joint.rows_of(cal.name))  # complete tables: every row is scored
                 runs.append(cal.from_joint(pred[:, cols]))
             out[s.spec.name] = runs

@@ -414,14 +414,25 @@ class BlendPredictor:
         """The linear part of the deviations (the ridge's here)."""
         return dm
 
-    def predict(self, X: Inputs) -> tuple[np.ndarray, np.ndarray]:
+    def _parts(self, X: Inputs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(anchor means (m,), linear deviations (m, g), KNN deviations (m, g), variances (m, g))."""
         assert self.nb is not None and self.k is not None
         emb = emb_of(X)
         am, av, dm, dv = self.ridge.predict_parts(emb)
         lin = self._linear(X, dm)
         knn = self.nb.means(emb, self.k) if len(emb) else lin
+        return am, lin, knn, av[:, None] + dv
+
+    def predict(self, X: Inputs) -> tuple[np.ndarray, np.ndarray]:
+        am, lin, knn, var = self._parts(X)
         dev = self.weight * knn + (1.0 - self.weight) * lin
-        return am[:, None] + dev, np.sqrt(av[:, None] + dv)
+        return am[:, None] + dev, np.sqrt(var)
+
+    def predict_shares(self, X: Inputs) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted means at KNN share 0 and at share 1: :meth:`predict` mixes them at ``weight``
+        (training chooses the share from these, :mod:`catimg.training.crossval`)."""
+        am, lin, knn, _ = self._parts(X)
+        return am[:, None] + lin, am[:, None] + knn
 
     def params(self) -> dict[str, Any]:
         return {"k": self.k, "weight": self.weight, "knn_max": self.knn_max, **self.ridge.params()}

@@ -19,7 +19,7 @@ from catimg import __version__
 from catimg.config import Catalog
 from catimg.errors import ConfigError, MeasurementsError, did_you_mean
 from catimg.measurements import MeasurementTable
-from catimg.routing.predictor import AUTO, PREDICTORS, Features, Inputs, Predictor, make_predictor
+from catimg.routing.predictor import AUTO, PREDICTORS, Features, Inputs
 from catimg.routing.router import (
     FORMAT,
     FORMAT_VERSION,
@@ -29,15 +29,20 @@ from catimg.routing.router import (
     neighbour_index,
     save_router,
 )
+from catimg.training.crossval import (
+    MAX_CV_PROMPTS,
+    OOF_FOLDS,
+    Fitted,
+    Fitter,
+    cross_predict,
+    fit_predictor,
+)
 from catimg.training.evaluate import breakpoints, choose, evaluate_predictions
 
 #: Where the named levels put the mean routed cost: this share of the way from the cheapest generator's cost
 #: to the mean cost of the max level (lambda = 0, the best predicted quality per prompt).
 LEVEL_TARGETS = {"low": 0.25, "medium": 0.5, "high": 0.75}
 MIN_HOLDOUT = 20
-OOF_FOLDS = 5
-#: Cross-validation (held-out numbers, budget levels) runs on at most this many prompts (a seeded sample).
-MAX_CV_PROMPTS = 20000
 
 
 def metric_scale(metric: str, Y: np.ndarray) -> tuple[float, float]:
@@ -117,30 +122,6 @@ def calibrate_levels(
     return out, achieved
 
 
-def out_of_fold(
-    name: str,
-    X: Inputs,
-    Y: np.ndarray,
-    folds: int = OOF_FOLDS,
-    seed: int = 0,
-    params: dict[str, Any] | None = None,
-) -> np.ndarray:
-    """Out-of-fold predicted means for every row (each row predicted by a model that did not see it)."""
-    n = len(X)
-    pred = np.full(Y.shape, np.nan)
-    perm = np.random.default_rng(seed).permutation(n)
-    for f in np.array_split(perm, min(folds, n)):
-        tr = np.setdiff1d(perm, f)
-        ytr = Y[tr]
-        if np.any(np.all(np.isnan(ytr), axis=0)):
-            continue
-        p = make_predictor(name, **(params or {})).fit(X[tr], ytr)
-        pred[f] = p.predict(X[f])[0]
-    # rows that could not be predicted out of fold (tiny data): fall back to the column means
-    col = np.nanmean(Y, axis=0)
-    return np.where(np.isnan(pred), col[None, :], pred)
-
-
 def _data_card(table: MeasurementTable, extra: dict[str, Any] | None) -> dict[str, Any]:
     from catimg.training.sources import CARDS
 
@@ -203,15 +184,9 @@ def check_table(table: MeasurementTable, catalog: Catalog) -> list[str]:
     return warnings
 
 
-def cv_rows(n: int, seed: int) -> np.ndarray:
-    """The rows cross-validation runs on: all of them up to MAX_CV_PROMPTS, else a seeded sample."""
-    if n <= MAX_CV_PROMPTS:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, MAX_CV_PROMPTS, replace=False))
-
-
 def held_out_numbers(
     name: str,
+    fitted: Fitted,
     X: Inputs,
     Y: np.ndarray,
     costs: np.ndarray,
@@ -220,25 +195,18 @@ def held_out_numbers(
     metric: str,
     unit: str,
     seed: int,
-    params: dict[str, Any] | None,
-    oof: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any], list[str]]:
-    """(reference predictions for the budget levels, the data card's held-out section, warnings).
-
-    Out-of-fold predictions on at most MAX_CV_PROMPTS prompts: each predicted by a model fitted without it;
-    ``oof`` gives them ready made (rows, predictions), as :func:`joint_out_of_fold` computes them.
-    """
-    rows = cv_rows(len(X), seed) if oof is None else oof[0]
-    Xc, Yc = X[rows], Y[rows]
-    folds = min(OOF_FOLDS, len(Xc))
-    if len(Xc) < 10:
-        inside = make_predictor(name, **(params or {})).fit(Xc, Yc).predict(Xc)[0]
+    """(reference predictions for the budget levels, the data card's held-out section, warnings), from the
+    out-of-fold pass of :func:`~catimg.training.crossval.fit_predictor` (in-sample below 10 prompts)."""
+    if fitted.oof is None:
         return (
-            inside,
+            fitted.predictor.predict(X)[0],
             {"note": "too few prompts (< 10) for cross-validation; budget levels from in-sample predictions"},
             [],
         )
-    ref = out_of_fold(name, Xc, Yc, folds=folds, seed=seed, params=params) if oof is None else oof[1]
+    rows, ref = fitted.oof.rows, fitted.held_out()
+    Yc = Y[rows]
+    folds = min(OOF_FOLDS, len(rows))
     full = np.flatnonzero(~np.any(np.isnan(Yc), axis=1))
     if len(full) < MIN_HOLDOUT or len(table.generators) < 2:
         return (
@@ -254,7 +222,7 @@ def held_out_numbers(
         "split": (
             f"{folds}-fold cross-validation (seed {seed}){sample}: each of the {len(full)} prompts "
             "measured on every generator is predicted by a model fitted without it; the shipped predictor "
-            "is fitted on all prompts"
+            f"is fitted on all prompts{fitted.share_note()}"
         ),
         "n_test": len(full),
         "single": rep.single,
@@ -272,54 +240,25 @@ def held_out_numbers(
     return ref, heldout, warnings
 
 
-def joint_out_of_fold(
-    name: str,
-    X: Inputs,
-    joint: Any,
-    folds: int = OOF_FOLDS,
-    seed: int = 0,
-    params: dict[str, Any] | None = None,
-    set_index: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(rows of a joint table, their out-of-fold predictions on the joint scale).
-
-    Folds are drawn over *prompts*: every row of a held-out prompt, in any set, is left out of that fold's fit
-    (TIFA and DSG share prompts). Without ``set_index``: one pass over at most MAX_CV_PROMPTS rows of every
-    set, which serves the budget levels and every set's held-out numbers at once (``folds`` fits). With
-    ``set_index``: the rows of that set measured on all of its generators (the routing benchmark's
-    protocol)."""
+def prompt_keys(prompts: list[str]) -> np.ndarray:
+    """:func:`~catimg.measurements.prompt_key` of every prompt: what cross-validation folds are drawn over."""
     from catimg.measurements import prompt_key
 
+    return np.array([prompt_key(p) for p in prompts])
+
+
+def joint_set_out_of_fold(
+    fit: Fitter, X: Inputs, joint: Any, set_index: int, folds: int = OOF_FOLDS, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The routing benchmark's protocol for one set of a joint table: (the rows of that set measured on all
+    of its generators, their out-of-fold predictions on the joint scale), each fold predicted by ``fit`` on
+    every row of every set except that fold's prompts (TIFA and DSG share prompts)."""
     t = joint.table
-    keys = np.array([prompt_key(p) for p in t.prompts])
-    if set_index is None:
-        rows = cv_rows(len(X), seed)
-    else:
-        own = np.flatnonzero(joint.row_set == set_index)
-        cols = [t.generators.index(g) for g, n in joint.sets[set_index].n_measured.items() if n]
-        rows = own[~np.any(np.isnan(t.Y[np.ix_(own, cols)]), axis=1)]
-    _, first, inverse = np.unique(keys[rows], return_index=True, return_inverse=True)
-    k = max(1, min(folds, len(first)))
-    # prompts in order of first appearance (so that with one row per prompt, prompt j is row j), then the
-    # seeded permutation split into k parts, as out_of_fold splits rows
-    position = np.empty(len(first), dtype=int)
-    position[np.argsort(first)] = np.arange(len(first))
-    fold_at = np.empty(len(first), dtype=int)
-    for f, part in enumerate(np.array_split(np.random.default_rng(seed).permutation(len(first)), k)):
-        fold_at[part] = f
-    fold = fold_at[position[inverse]]
-    pred = np.full((len(rows), len(t.generators)), np.nan)
-    for f in range(k):
-        test = np.flatnonzero(fold == f)
-        tr = np.flatnonzero(~np.isin(keys, keys[rows[test]]))
-        ytr = t.Y[tr]
-        usable = ~np.all(np.isnan(ytr), axis=0)
-        p = make_predictor(name, **(params or {})).fit(X[tr], ytr[:, usable])
-        pred[np.ix_(test, np.flatnonzero(usable))] = p.predict(X[rows[test]])[0]
-    # a generator measured only on one fold's prompts has no out-of-fold prediction there: its mean, as in
-    # out_of_fold (the budget levels need a prediction in every cell)
-    col = np.nanmean(t.Y, axis=0)
-    return rows, np.where(np.isnan(pred), col[None, :], pred)
+    own = np.flatnonzero(joint.row_set == set_index)
+    cols = [t.generators.index(g) for g, n in joint.sets[set_index].n_measured.items() if n]
+    rows = own[~np.any(np.isnan(t.Y[np.ix_(own, cols)]), axis=1)]
+    oof = cross_predict(fit, X, t.Y, rows, prompt_keys(t.prompts), folds, seed, fit_on_all=True)
+    return rows, oof.at(None)
 
 
 def held_out_by_set(
@@ -331,8 +270,8 @@ def held_out_by_set(
     oof: tuple[np.ndarray, np.ndarray],
 ) -> dict[str, Any]:
     """Per set of a joint table: routing numbers of the joint predictor on that set's held-out prompts, in the
-    set's own units, among the set's own generators, from the one out-of-fold pass ``oof`` of
-    :func:`joint_out_of_fold`."""
+    set's own units, among the set's own generators, from the one out-of-fold pass ``oof`` (rows,
+    predictions) over the joint table that :func:`~catimg.training.crossval.fit_predictor` made."""
     out: dict[str, Any] = {}
     t = joint.table
     rows, pred = oof
@@ -500,28 +439,31 @@ def train_router(
     costs = np.array([cinfo[g]["cost"] for g in table.generators])
 
     say(f"fitting {name} on {table.n_prompts} prompts x {len(table.generators)} generators")
-    t1 = time.perf_counter()
-    final: Predictor = make_predictor(name, **(predictor_params or {})).fit(X, Y)
-    t_fit = time.perf_counter() - t1
-    say("cross-validating for the held-out numbers and the budget levels")
-    oof = None
-    if joint is not None:  # one pass over every set's prompts serves the levels and each set's numbers
-        oof = joint_out_of_fold(name, X, joint, seed=seed, params=predictor_params)
-    ref, heldout, more = held_out_numbers(
-        name, X, Y, costs, scale, table, metric, unit, seed, predictor_params, oof
+    fitted = fit_predictor(
+        name,
+        X,
+        Y,
+        predictor_params,
+        seed,
+        keys=prompt_keys(table.prompts) if joint is not None else None,
+        fit_on_all=joint is not None,  # one pass over every set's prompts serves each set's numbers
+        progress=say,
     )
+    final = fitted.predictor
+    ref, heldout, more = held_out_numbers(name, fitted, X, Y, costs, scale, table, metric, unit, seed)
     warnings += more
     levels, achieved = calibrate_levels(ref, costs, scale)
 
     card = _data_card(table, data_card)
     card["held_out"] = heldout
-    if oof is not None:
+    if joint is not None and fitted.oof is not None:
+        oof = (fitted.oof.rows, fitted.held_out())
         warnings += _joint_card(card, name, X, joint, costs, unit, seed, oof)
     card["warnings"] = warnings
     card["training_seconds"] = {
         "encoder_precision": getattr(enc, "precision", None),  # of the vectors, embedded or cached
         "embed": round(t_embed, 2),
-        "fit": round(t_fit, 2),
+        "fit": round(fitted.fit_seconds, 2),
         "total": round(time.perf_counter() - t0, 2),
     }
     budget = _budget_section(levels, achieved, len(X))
