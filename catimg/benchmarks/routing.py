@@ -230,19 +230,26 @@ class SetResult:
     se: dict[str, dict[str, float]]
     timing: dict[str, float]
     n_train: int
+    shares: dict[str, list[float]] = field(default_factory=dict)  # KNN shares the fits chose, per label
 
 
-def trained_fitter(name: str, params: dict[str, Any], joint: bool = False) -> Any:
+def trained_fitter(
+    name: str, params: dict[str, Any], joint: bool = False, chosen: list[float] | None = None
+) -> Any:
     """Fits ``name`` as ``catimg train`` does (:func:`~catimg.training.crossval.fit_predictor`: a KNN share
     chosen inside the training rows), so that held-out numbers include that choice (nested
-    cross-validation); ``joint``: inner folds over prompt keys (sets of a joint table share prompts)."""
+    cross-validation); ``joint``: inner folds over prompt keys (sets of a joint table share prompts);
+    ``chosen`` collects the shares chosen."""
     from catimg.routing.predictor import texts_of
     from catimg.training.crossval import fit_predictor
     from catimg.training.train import prompt_keys
 
     def fit(X: Any, Y: np.ndarray) -> Any:
         keys = prompt_keys(texts_of(X)) if joint else None
-        return fit_predictor(name, X, Y, params, keys=keys, cross_validate=False).predictor
+        fitted = fit_predictor(name, X, Y, params, keys=keys, cross_validate=False)
+        if chosen is not None and fitted.share is not None:
+            chosen.append(fitted.share)
+        return fitted.predictor
 
     return fit
 
@@ -254,6 +261,7 @@ def _predictions_cv(
     folds: int,
     predictors: list[tuple[str, str, dict[str, Any]]],
     timing: dict[str, float],
+    shares: dict[str, list[float]],
 ) -> list[dict[str, np.ndarray]]:
     from catimg.training.crossval import cross_predict
 
@@ -262,7 +270,7 @@ def _predictions_cv(
         preds = {}
         for label, pname, params in predictors:
             t0 = time.perf_counter()
-            fit = trained_fitter(pname, params)
+            fit = trained_fitter(pname, params, chosen=shares.setdefault(label, []))
             preds[label] = cross_predict(fit, X, table.Y, folds=folds, seed=rep).at(None)
             timing[label] = timing.get(label, 0.0) + (time.perf_counter() - t0) / repeats
         out.append(preds)
@@ -275,11 +283,13 @@ def _predictions_split(
     Xte: Features,
     predictors: list[tuple[str, str, dict[str, Any]]],
     timing: dict[str, float],
+    shares: dict[str, list[float]],
 ) -> dict[str, np.ndarray]:
     preds = {}
     for label, pname, params in predictors:
         t0 = time.perf_counter()
-        preds[label] = trained_fitter(pname, params)(Xtr, train.Y).predict(Xte)[0]
+        fit = trained_fitter(pname, params, chosen=shares.setdefault(label, []))
+        preds[label] = fit(Xtr, train.Y).predict(Xte)[0]
         timing[label] = time.perf_counter() - t0
     return preds
 
@@ -356,10 +366,12 @@ def joint_predictions(
     repeats: int,
     folds: int,
     timing: dict[str, float],
+    shares: dict[str, list[float]],
 ) -> dict[str, list[np.ndarray]]:
     """Per set, per repeat: predictions (in the set's units, its own generators) of one default predictor
     trained on every set at once (:mod:`catimg.training.joint`): CV sets out of fold (the held-out prompts
-    left out of every set), the split set's validation prompts by a model fitted on all training rows."""
+    left out of every set), the split set's validation prompts by a model fitted on all training rows.
+    ``timing`` and ``shares`` (the KNN shares chosen) are filled per set."""
     from catimg.measurements import MeasurementTable
     from catimg.routing.predictor import AUTO
     from catimg.training.joint import join
@@ -379,9 +391,9 @@ def joint_predictions(
     ]
     joint = join(tables)
     X = encode(joint.table.prompts)
-    fit = trained_fitter(AUTO, {}, joint=True)
     out: dict[str, list[np.ndarray]] = {}
     for k, s in enumerate(sets):
+        fit = trained_fitter(AUTO, {}, joint=True, chosen=shares.setdefault(s.spec.name, []))
         cal = joint.sets[k]
         cols = [joint.table.generators.index(g) for g in s.test.generators]
         t0 = time.perf_counter()
@@ -408,21 +420,24 @@ def run_set(
     encode: Callable[[list[str]], Features],
     extra: dict[str, list[np.ndarray]] | None = None,
     extra_timing: dict[str, float] | None = None,
+    extra_shares: dict[str, list[float]] | None = None,
 ) -> SetResult:
-    """Every predictor on one set; ``extra`` adds ready predictions per label (one array per repeat)."""
+    """Every predictor on one set; ``extra`` adds ready predictions per label (one array per repeat), with
+    their timing and chosen KNN shares."""
     from catimg.training.train import metric_scale
 
     timing: dict[str, float] = dict(extra_timing or {})
+    shares: dict[str, list[float]] = dict(extra_shares or {})
     spec, table = loaded.spec, loaded.test
     if spec.protocol == "split":
         runs = [
             _predictions_split(
-                loaded.train, encode(loaded.train.prompts), encode(table.prompts), predictors, timing
+                loaded.train, encode(loaded.train.prompts), encode(table.prompts), predictors, timing, shares
             )
         ]
         n_train = len(loaded.train.Y)
     else:
-        runs = _predictions_cv(table, encode(table.prompts), repeats, folds, predictors, timing)
+        runs = _predictions_cv(table, encode(table.prompts), repeats, folds, predictors, timing, shares)
         n_train = len(table.Y) - len(table.Y) // folds
     for label, arrays in (extra or {}).items():
         for preds, arr in zip(runs, arrays, strict=False):
@@ -433,7 +448,8 @@ def run_set(
         for label, s in summaries_of(preds, table, scale).items():
             summaries.setdefault(label, []).append(s)
     se = bootstrap_se(runs[0], table, scale, b) if b > 1 else {}
-    return SetResult(spec.name, spec.protocol, table, scale, summaries, se, timing, n_train)
+    chosen = {label: v for label, v in shares.items() if v}
+    return SetResult(spec.name, spec.protocol, table, scale, summaries, se, timing, n_train, chosen)
 
 
 def _cell(vals: list[float | None], se: float | None, pct: bool = False, share: bool = False) -> str:
@@ -499,6 +515,12 @@ def render(res: SetResult, repeats: int, folds: int) -> str:
             f"{_cell([s.apgr for s in sums], se.get('apgr'), share=True):>12} {d:>16} {ds:>13} "
             f"{f'{tm:.1f}' if tm else '-':>13}"
         )
+    if res.shares:
+        chosen = "; ".join(
+            f"{label} {np.median(v):.2f} (median of {len(v)}, {min(v):.2f}-{max(v):.2f})"
+            for label, v in res.shares.items()
+        )
+        lines.append(f"   KNN share each fit chose inside its training prompts: {chosen}")
     return "\n".join(lines)
 
 
@@ -546,10 +568,11 @@ def main(argv: list[str] | None = None) -> int:
 
     loaded = [load(SETS[n], data) for n in names]
     joint_timing: dict[str, float] = {}
+    joint_shares: dict[str, list[float]] = {}
     joint = (
         {}
         if args.no_joint or len(loaded) < 2
-        else joint_predictions(loaded, encode, args.repeats, args.folds, joint_timing)
+        else joint_predictions(loaded, encode, args.repeats, args.folds, joint_timing, joint_shares)
     )
     for s in loaded:
         extra = {JOINT_LABEL: joint[s.spec.name]} if s.spec.name in joint else None
@@ -562,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
             encode,
             extra,
             {JOINT_LABEL: joint_timing[s.spec.name]} if extra else None,
+            {JOINT_LABEL: joint_shares.get(s.spec.name, [])} if extra else None,
         )
         print(render(res, args.repeats, args.folds), flush=True)
         print()

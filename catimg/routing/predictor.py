@@ -28,8 +28,10 @@ image's score.
            well-measured ones, so a generator calibrated on ten prompts gets its offset from those ten and an
            honest, wide uncertainty. Cost: fit O(n d^2 g), prediction O(m d g); the weights are
            (g + 1) x (d + 1) means and d x d covariances, independent of n.
-``blend``  The mean of ``ridge`` and a relative KNN (k nearest prompts' deviations added to the ridge anchor):
-           the linear model's global trends plus the neighbours' local ones. The neighbours are
+``blend``  A mix of ``ridge`` and a relative KNN (k nearest prompts' deviations added to the ridge anchor):
+           the linear model's global trends plus the neighbours' local ones. The KNN share (``weight``) is
+           what ``catimg train`` fits to its out-of-fold predictions (:mod:`catimg.training.crossval`); a
+           bare ``fit`` keeps the constructor's (0.5; ``lexical`` 0.4). The neighbours are
            :class:`~catimg.routing.neighbours.Neighbours`: every training prompt up to ``KNN_MAX`` of them,
            beyond that ``KNN_MAX // 2`` clusters of all of them (a neighbourhood is the nearest clusters,
            taken whole, holding at least k measured prompts). Uncertainty: the ridge posterior. Cost: as
@@ -37,7 +39,7 @@ image's score.
 ``lexical`` ``blend`` whose linear part also reads the prompt's *words*: a ridge on word and word-pair tf-idf
            features (:mod:`catimg.routing.ngrams`) fitted, per generator, to what the embedding ridge leaves
            of the deviations (one word, "text", "two", "a man", can decide that a cheap generator fails, and a
-           mean-pooled sentence embedding blurs it); mixed 0.6 / 0.4 with the relative KNN. Needs the
+           mean-pooled sentence embedding blurs it); mixed with the relative KNN as ``blend`` is. Needs the
            prompts' texts (:class:`Features`). Uncertainty: the ridge posterior. Cost: fit O(n d^2 g) +
            O(iterations x non-zeros x g) + the neighbours'; the artifact holds the ridge, at most 50,000
            n-grams with one weight per generator and at most KNN_MAX neighbour prototypes, whatever n is.
@@ -387,8 +389,9 @@ KNN_MAX = 8192
 
 
 class BlendPredictor:
-    """Mean of the ridge prediction and a relative KNN (ridge anchor + the k nearest prompts' mean
-    deviations, from the :class:`~catimg.routing.neighbours.Neighbours` of at most ``knn_max`` prototypes)."""
+    """The ridge prediction and a relative KNN (ridge anchor + the k nearest prompts' mean deviations, from
+    the :class:`~catimg.routing.neighbours.Neighbours` of at most ``knn_max`` prototypes), mixed at the KNN
+    share ``weight``."""
 
     name = "blend"
 
