@@ -267,14 +267,15 @@ def held_out_by_set(
     costs: np.ndarray,
     unit: str,
     seed: int,
-    oof: tuple[np.ndarray, np.ndarray],
+    fitted: Fitted,
 ) -> dict[str, Any]:
     """Per set of a joint table: routing numbers of the joint predictor on that set's held-out prompts, in the
-    set's own units, among the set's own generators, from the one out-of-fold pass ``oof`` (rows,
-    predictions) over the joint table that :func:`~catimg.training.crossval.fit_predictor` made."""
+    set's own units, among the set's own generators, from the one out-of-fold pass over the joint table
+    that :func:`~catimg.training.crossval.fit_predictor` made."""
     out: dict[str, Any] = {}
     t = joint.table
-    rows, pred = oof
+    assert fitted.oof is not None
+    rows, pred = fitted.oof.rows, fitted.held_out()
     sample = f" of a seeded sample of {len(rows)} rows" if len(rows) < t.n_prompts else ""
     for k, cal in enumerate(joint.sets):
         gens = [g for g, n in cal.n_measured.items() if n]
@@ -303,7 +304,7 @@ def held_out_by_set(
             "split": (
                 f"{OOF_FOLDS}-fold cross-validation over the prompts of every set (seed {seed}){sample}; "
                 "each fold predicted by the joint predictor fitted on every row of every set except that "
-                "fold's prompts"
+                f"fold's prompts{fitted.share_note()}"
             ),
         }
     return out
@@ -323,7 +324,7 @@ def _joint_card(
     costs: np.ndarray,
     unit: str,
     seed: int,
-    oof: tuple[np.ndarray, np.ndarray],
+    fitted: Fitted,
 ) -> list[str]:
     """Fill the data card's joint sections (sets, per-set held-out numbers, comparisons); return warnings."""
     from catimg.training.joint import JOINT_DESCRIPTION, compare_sets
@@ -341,7 +342,7 @@ def _joint_card(
         }
         for c, r in zip(joint.sets, rows, strict=True)
     ]
-    card["held_out_by_set"] = held_out_by_set(name, joint, costs, unit, seed, oof)
+    card["held_out_by_set"] = held_out_by_set(name, joint, costs, unit, seed, fitted)
     pairs = compare_sets(joint)
     card["set_comparisons"] = [p.to_json() for p in pairs]
     return [f"the sets disagree on how two generators compare: {p.line()}" for p in pairs if p.disagree]
@@ -457,8 +458,7 @@ def train_router(
     card = _data_card(table, data_card)
     card["held_out"] = heldout
     if joint is not None and fitted.oof is not None:
-        oof = (fitted.oof.rows, fitted.held_out())
-        warnings += _joint_card(card, name, X, joint, costs, unit, seed, oof)
+        warnings += _joint_card(card, name, X, joint, costs, unit, seed, fitted)
     card["warnings"] = warnings
     card["training_seconds"] = {
         "encoder_precision": getattr(enc, "precision", None),  # of the vectors, embedded or cached
