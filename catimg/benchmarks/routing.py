@@ -60,7 +60,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from catimg.routing.predictor import Features
+    from catimg.routing.predictor import Features, Inputs, Predictor
+    from catimg.training.crossval import Fitter
 
 GENAI_TOML = """
 [generators.sdxl-turbo]
@@ -235,7 +236,7 @@ class SetResult:
 
 def trained_fitter(
     name: str, params: dict[str, Any], joint: bool = False, chosen: list[float] | None = None
-) -> Any:
+) -> Fitter:
     """Fits ``name`` as ``catimg train`` does (:func:`~catimg.training.crossval.fit_predictor`: a KNN share
     chosen inside the training rows), so that held-out numbers include that choice (nested
     cross-validation); ``joint``: inner folds over prompt keys (sets of a joint table share prompts);
@@ -244,7 +245,7 @@ def trained_fitter(
     from catimg.training.crossval import fit_predictor
     from catimg.training.train import prompt_keys
 
-    def fit(X: Any, Y: np.ndarray) -> Any:
+    def fit(X: Inputs, Y: np.ndarray) -> Predictor:
         keys = prompt_keys(texts_of(X)) if joint else None
         fitted = fit_predictor(name, X, Y, params, keys=keys, cross_validate=False)
         if chosen is not None and fitted.share is not None:

@@ -277,13 +277,18 @@ class BayesLinear:
 
     def predict(self, X: np.ndarray, X32: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and variance of the expected target at X (``X32``: X in float32, when at hand)."""
-        mean = self.mu + X @ self.w - float(self.xbar @ self.w)
+        mean = self.mean(X)
         # the quadratic form in float32: a third of the time, and an uncertainty needs no more digits
         if self._cov32 is None:
             self._cov32 = self.cov.astype(np.float32)
         Xc32 = (X.astype(np.float32) if X32 is None else X32) - self.xbar.astype(np.float32)
         var = np.einsum("ij,ij->i", Xc32 @ self._cov32, Xc32).astype(np.float64) + self.noise / max(self.n, 1)
         return mean, np.maximum(var, 0.0)
+
+    def mean(self, X: np.ndarray) -> np.ndarray:
+        """Posterior mean of the expected target at X."""
+        out: np.ndarray = self.mu + X @ self.w - float(self.xbar @ self.w)
+        return out
 
     def state(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         return (
@@ -417,24 +422,33 @@ class BlendPredictor:
         """The linear part of the deviations (the ridge's here)."""
         return dm
 
-    def _parts(self, X: Inputs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(anchor means (m,), linear deviations (m, g), KNN deviations (m, g), variances (m, g))."""
+    def _parts(
+        self, X: Inputs, variances: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(anchor means (m,), linear deviations (m, g), KNN deviations (m, g), variances (m, g) or None
+        without ``variances``: the posterior variances are most of the ridge's prediction time)."""
         assert self.nb is not None and self.k is not None
-        emb = emb_of(X)
-        am, av, dm, dv = self.ridge.predict_parts(emb)
+        emb = np.asarray(emb_of(X), np.float64)
+        var = None
+        if variances:
+            am, av, dm, dv = self.ridge.predict_parts(emb)
+            var = av[:, None] + dv
+        else:
+            am, dm = self.ridge.anchor.mean(emb), self.ridge.deviation_means(emb)
         lin = self._linear(X, dm)
         knn = self.nb.means(emb, self.k) if len(emb) else lin
-        return am, lin, knn, av[:, None] + dv
+        return am, lin, knn, var
 
     def predict(self, X: Inputs) -> tuple[np.ndarray, np.ndarray]:
         am, lin, knn, var = self._parts(X)
+        assert var is not None
         dev = self.weight * knn + (1.0 - self.weight) * lin
         return am[:, None] + dev, np.sqrt(var)
 
     def predict_shares(self, X: Inputs) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted means at KNN share 0 and at share 1: :meth:`predict` mixes them at ``weight``
-        (training chooses the share from these, :mod:`catimg.training.crossval`)."""
-        am, lin, knn, _ = self._parts(X)
+        """Predicted means at KNN share 0 and at share 1 (no uncertainty): :meth:`predict` mixes them at
+        ``weight`` (training chooses the share from these, :mod:`catimg.training.crossval`)."""
+        am, lin, knn, _ = self._parts(X, variances=False)
         return am[:, None] + lin, am[:, None] + knn
 
     def params(self) -> dict[str, Any]:
