@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections import Counter
 from collections.abc import Sequence
+from itertools import chain, compress, repeat
 from typing import Any
 
 import numpy as np
@@ -38,8 +38,27 @@ TOKEN = re.compile(r"\b\w\w+\b")
 
 def ngrams(text: str) -> list[str]:
     """The words (two or more word characters, lower case) of a prompt and its adjacent word pairs."""
-    words = TOKEN.findall(text.lower())
-    return words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
+    return grams_of([text])[0]
+
+
+def grams_of(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The n-grams of every text (words, then word pairs), flattened, and the index of the text each came
+    from. One regular-expression pass per text and list-level work otherwise: featurising 10,000 prompts is a
+    few hundredths of a second."""
+    words = [TOKEN.findall(t.lower()) for t in texts]
+    row = np.repeat(np.arange(len(words)), [len(w) for w in words])
+    flat = list(chain.from_iterable(words))
+    same = row[:-1] == row[1:]  # adjacent words of one text (the pairs across two texts are dropped)
+    pairs = list(compress((f"{a} {b}" for a, b in zip(flat, flat[1:], strict=False)), same))
+    return flat + pairs, np.concatenate([row, row[:-1][same]])
+
+
+def _counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of an integer array, increasing, and how often each occurs (a sort: numpy's
+    ``unique`` takes ten times as long on millions of integers)."""
+    s = np.sort(keys)
+    first = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]])) if len(s) else np.zeros(0, np.int64)
+    return s[first], np.diff(np.append(first, len(s)))
 
 
 class SparseRows:
@@ -99,38 +118,36 @@ class NgramVocab:
         cls, texts: Sequence[str], min_df: int = 2, max_size: int = 50_000
     ) -> tuple[NgramVocab, SparseRows]:
         """The vocabulary of ``texts`` and their features (each text tokenised once)."""
-        counts = [Counter(ngrams(t)) for t in texts]
-        vocab = cls._fit(counts, min_df, max_size)
-        return vocab, vocab._rows(counts)
-
-    @classmethod
-    def _fit(cls, counts: list[Counter[str]], min_df: int, max_size: int) -> NgramVocab:
-        df: Counter[str] = Counter()
-        for c in counts:
-            df.update(c.keys())
-        kept = sorted((g for g, c in df.items() if c >= min_df), key=lambda g: (-df[g], g))[:max_size]
-        n = len(counts)
-        idf = np.array([np.log((1 + n) / (1 + df[g])) + 1.0 for g in kept], np.float64)
-        return cls(kept, idf)
+        grams, row = grams_of(texts)
+        codes: dict[str, int] = {}
+        code = np.fromiter((codes.setdefault(g, len(codes)) for g in grams), np.int64, len(grams))
+        names = list(codes)  # in code order
+        distinct = _counts(row * max(len(names), 1) + code)[0]  # each (text, n-gram) pair once
+        df = np.bincount(distinct % max(len(names), 1), minlength=len(names))
+        kept = sorted((c for c in range(len(names)) if df[c] >= min_df), key=lambda c: (-df[c], names[c]))
+        kept = kept[:max_size]
+        n = len(texts)
+        vocab = cls([names[c] for c in kept], np.log((1 + n) / (1 + df[kept].astype(np.float64))) + 1.0)
+        column = np.full(len(names), -1, np.int64)
+        column[kept] = np.arange(len(kept))
+        return vocab, vocab._rows(column[code], row, n)
 
     def transform(self, texts: Sequence[str]) -> SparseRows:
-        return self._rows([Counter(ngrams(t)) for t in texts])
+        grams, row = grams_of(texts)
+        col = np.fromiter(map(self.index.get, grams, repeat(-1)), np.int64, len(grams))
+        return self._rows(col, row, len(texts))
 
-    def _rows(self, all_counts: list[Counter[str]]) -> SparseRows:
-        index = self.index
-        lengths, ids, tfs = [], [], []
-        for counts in all_counts:
-            known = [(index[g], c) for g, c in counts.items() if g in index]
-            lengths.append(len(known))
-            for i, c in known:
-                ids.append(i)
-                tfs.append(c)
-        ptr = np.zeros(len(all_counts) + 1, np.int64)
-        np.cumsum(lengths, out=ptr[1:])
-        cols = np.array(ids, np.int64)
-        vals = (1.0 + np.log(np.array(tfs, np.float64))) * self.idf[cols]
-        rows = np.repeat(np.arange(len(all_counts)), lengths)
-        norm = np.sqrt(np.bincount(rows, weights=vals * vals, minlength=len(all_counts)))
+    def _rows(self, col: np.ndarray, row: np.ndarray, n: int) -> SparseRows:
+        """Features of n texts from their n-grams' vocabulary columns ``col`` (-1: unknown) and texts
+        ``row``: tf-idf weights, unit length per text, columns in increasing order."""
+        dim = max(len(self.grams), 1)
+        known = col >= 0
+        cells, tf = _counts(row[known] * dim + col[known])
+        rows, cols = cells // dim, cells % dim
+        ptr = np.zeros(n + 1, np.int64)
+        np.cumsum(np.bincount(rows, minlength=n), out=ptr[1:])
+        vals = (1.0 + np.log(tf.astype(np.float64))) * self.idf[cols]
+        norm = np.sqrt(np.bincount(rows, weights=vals * vals, minlength=n))
         vals = vals / norm[rows] if len(vals) else vals
         return SparseRows(ptr, cols, vals, len(self.grams))
 
