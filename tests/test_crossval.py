@@ -14,6 +14,7 @@ from catimg.training.crossval import (
     choose_share,
     cross_predict,
     fit_predictor,
+    fold_fitter,
     fold_of,
     plain_fitter,
 )
@@ -132,3 +133,23 @@ def test_catimg_train_records_the_chosen_share(tmp_path: Path) -> None:
     weight = cfg["predictor"]["params"]["weight"]
     assert 0.0 <= weight <= 1.0
     assert f"the KNN share {weight:.3f} was fitted" in cfg["data_card"]["held_out"]["split"]
+
+
+def test_fold_models_cluster_neighbours_as_the_model_on_every_row_does() -> None:
+    """Beyond ``knn_max`` prompts a fold's neighbour memory is scaled to the fold's share of the rows, so its
+    clusters hold as many prompts as the full model's; up to it, and for predictors without one, a fold is
+    fitted with the given settings unchanged."""
+    rng = np.random.default_rng(3)
+    E = _unit(rng, 400)
+    Y = _table(E, np.sin(3 * E[:, 0]), rng)
+    full = fit_predictor("blend", E, Y, {"knn_max": 40}, cross_validate=False).predictor
+    assert isinstance(full, BlendPredictor) and full.nb is not None
+    fold = fold_fitter("blend", {"knn_max": 40}, 400)(E[:320], Y[:320])
+    assert isinstance(fold, BlendPredictor) and fold.nb is not None
+    assert fold.knn_max == 32
+    size = (~np.isnan(Y)).sum() / len(full.nb.X), (~np.isnan(Y[:320])).sum() / len(fold.nb.X)
+    assert size[1] == pytest.approx(size[0], rel=0.2)  # measurements per cluster: about 20 in both
+    same = fold_fitter("blend", {"knn_max": 500}, 400)(E[:320], Y[:320])
+    assert isinstance(same, BlendPredictor) and same.knn_max == 500 and same.nb is not None
+    assert same.nb.per_prompt  # an exact KNN, as the model on every row has
+    assert not isinstance(fold_fitter("ridge", None, 400)(E[:320], Y[:320]), BlendPredictor)

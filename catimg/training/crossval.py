@@ -13,7 +13,8 @@ Contract:
   c) depends on. Closed form (the error is quadratic in the share), clipped to [0, 1].
 - :func:`fit_predictor` is how ``catimg train`` and the routing benchmark fit a predictor: fit on every row,
   then, for ``blend`` and ``lexical`` without an explicit ``weight``, set the share chosen from the
-  out-of-fold predictions over the training rows. The routing benchmark calls it inside each of its own folds,
+  out-of-fold predictions over the training rows. Its fold models keep neighbour clusters of the shipped
+  model's size (:func:`fold_fitter`). The routing benchmark calls it inside each of its own folds,
   so its held-out numbers include the choice (nested cross-validation); ``catimg train`` reuses the same
   out-of-fold pass for the data card's held-out numbers and the budget levels, so the choice costs no fit.
 
@@ -66,6 +67,27 @@ def cv_rows(n: int, seed: int) -> np.ndarray:
 
 def plain_fitter(name: str, params: dict[str, Any] | None = None) -> Fitter:
     return lambda X, Y: make_predictor(name, **(params or {})).fit(X, Y)
+
+
+def fold_fitter(name: str, params: dict[str, Any] | None, n: int) -> Fitter:
+    """Fits a fold's model as the model on all ``n`` rows is fitted, with ``blend``'s and ``lexical``'s
+    neighbour memory (``knn_max``) scaled to the fold's share of those rows when n exceeds it.
+
+    Beyond ``knn_max`` prompts that memory is clusters of about n / (knn_max / 2) prompts each; scaled, a
+    fold's clusters hold as many, so the out-of-fold predictions (the KNN share, the held-out numbers, the
+    budget levels) describe the model that ships. Unscaled, a fold of the 20,000-prompt sample of 100,000
+    would cluster about 4 prompts together where the shipped model clusters 25."""
+    params = dict(params or {})
+    probe = make_predictor(name, **params)
+    if not isinstance(probe, BlendPredictor) or n <= probe.knn_max:
+        return plain_fitter(name, params)
+    knn_max = probe.knn_max
+
+    def fit(X: Inputs, Y: np.ndarray) -> Predictor:
+        scaled = max(2, round(knn_max * len(Y) / n))
+        return make_predictor(name, **{**params, "knn_max": scaled}).fit(X, Y)
+
+    return fit
 
 
 def share_parts(model: Predictor, X: Inputs) -> tuple[np.ndarray, np.ndarray | None]:
@@ -205,7 +227,7 @@ def fit_predictor(
     if progress:
         progress("cross-validating (held-out numbers, budget levels" + (", KNN share)" if tune else ")"))
     rows = cv_rows(len(Y), seed)
-    fit = plain_fitter(name, params)
+    fit = fold_fitter(name, params, len(Y))
     oof = cross_predict(fit, X, Y, rows, keys, seed=seed, fit_on_all=fit_on_all, shares=True)
     share = choose_share(oof, Y[rows]) if tune else None
     if share is not None:
