@@ -420,8 +420,8 @@ def _model_row(g: Generator, c: Cost, rt: Router) -> dict[str, Any]:
         status = "disabled"
     elif rt.knows(g):
         status = "routed"
-    elif rt.known_as(g):
-        status = f"known as {rt.known_as(g)}"  # renamed in models.toml, same settings
+    elif alias := rt.known_as(g):
+        status = f"known as {alias}"  # renamed in models.toml, same settings
     else:
         status = "needs calibration"
     return {
