@@ -145,3 +145,34 @@ def test_unusable_cache_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_empty_input() -> None:
     assert PromptEncoder(use_cache=False).encode([]).shape == (0, ENCODER_DIM)
+
+
+def test_batches_side_by_side_give_the_same_vectors_and_restore_torch_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Several batches embedded on worker threads (each with its share of torch's threads) give the vectors
+    one thread gives, in input order; progress counts every prompt once, up to the total; torch's thread
+    count is what it was."""
+    import torch
+
+    import catimg.routing.encoder as enc
+
+    prompts = [f"a {w} lighthouse number {i} at dusk" for i, w in enumerate(["red", "tall", "old"] * 30)]
+    monkeypatch.setattr(enc, "BATCH_SIZE", 8)  # 12 batches
+    threads = torch.get_num_threads()
+    alone = PromptEncoder(use_cache=False, precision="fp32")
+    monkeypatch.setattr(enc, "BATCH_WORKERS", 1)
+    one = alone.encode(prompts)
+    side = PromptEncoder(use_cache=False, precision="fp32")
+    seen: list[tuple[int, int]] = []
+    side.on_progress = lambda done, total: seen.append((done, total))
+    monkeypatch.setattr(enc, "BATCH_WORKERS", 4)
+    torch.set_num_threads(2)  # two workers of one thread each, whatever this machine has
+    try:
+        both = side.encode(prompts)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert np.abs(both - one).max() < 1e-6
+    assert seen[0] == (0, len(prompts)) and seen[-1] == (len(prompts), len(prompts))
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and len(seen) == 13
