@@ -176,3 +176,28 @@ def test_batches_side_by_side_give_the_same_vectors_and_restore_torch_threads(
     assert np.abs(both - one).max() < 1e-6
     assert seen[0] == (0, len(prompts)) and seen[-1] == (len(prompts), len(prompts))
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and len(seen) == 13
+
+
+def test_an_error_while_embedding_drops_the_batches_not_yet_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception in one batch (here the progress callback's, as a Ctrl-C would be) reaches the caller
+    without the remaining batches being embedded first, and torch's thread count is restored."""
+    import torch
+
+    import catimg.routing.encoder as enc
+
+    monkeypatch.setattr(enc, "BATCH_SIZE", 4)  # 25 batches
+    threads = torch.get_num_threads()
+    e = PromptEncoder(use_cache=False, precision="fp32")
+    calls: list[int] = []
+    forward = e._forward
+    monkeypatch.setattr(e, "_forward", lambda ids: calls.append(len(ids)) or forward(ids))
+
+    def stop(done: int, _total: int) -> None:
+        if done:
+            raise RuntimeError("stopped by the caller")
+
+    e.on_progress = stop
+    with pytest.raises(RuntimeError, match="stopped by the caller"):
+        e.encode([f"prompt number {i}" for i in range(100)])
+    assert 1 <= len(calls) <= 2 * enc.BATCH_WORKERS  # the batches already running, not all 25
+    assert torch.get_num_threads() == threads
