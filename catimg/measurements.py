@@ -215,8 +215,8 @@ def _iter_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
     try:
         for values in reader:
             n = reader.line_num
-            if not values or not "".join(values).strip():
-                continue
+            if not values or (not values[0] or values[0].isspace()) and not "".join(values).strip():
+                continue  # a blank line, or one of blank fields
             if len(values) != len(header):
                 raise _err(
                     path,
@@ -268,18 +268,26 @@ def read_rows(path: str | Path) -> list[Measurement]:
     out = []
     for n, row in _iter_rows(path):
         prompt = row.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
+        if not isinstance(prompt, str) or not prompt or prompt.isspace():
             raise _err(path, f"line {n}, column prompt: empty prompt; every row needs the prompt text")
         gen = row.get("generator")
-        if not isinstance(gen, str) or not gen.strip():
+        if not isinstance(gen, str) or not gen or gen.isspace():
             raise _err(path, f"line {n}, column generator: empty; name a generator from models.toml")
         score = _number(path, n, "score", row.get("score"), required=True)
-        seconds = _number(path, n, "seconds", row.get("seconds"), required=False)
-        if seconds is not None and seconds <= 0:
-            raise _err(path, f"line {n}, column seconds: {seconds} must be a positive number of seconds")
-        seed = _number(path, n, "seed", row.get("seed"), required=False)
-        if seed is not None and seed != int(seed):
-            raise _err(path, f"line {n}, column seed: {seed} is not a whole number")
+        seconds = row.get("seconds")
+        if seconds is not None and seconds != "":  # (absent and empty: None, without a call)
+            seconds = _number(path, n, "seconds", seconds, required=False)
+            if seconds is not None and seconds <= 0:
+                raise _err(path, f"line {n}, column seconds: {seconds} must be a positive number of seconds")
+        else:
+            seconds = None
+        seed = row.get("seed")
+        if seed is not None and seed != "":
+            seed = _number(path, n, "seed", seed, required=False)
+            if seed is not None and seed != int(seed):
+                raise _err(path, f"line {n}, column seed: {seed} is not a whole number")
+        else:
+            seed = None
         metric, source = row.get("metric"), row.get("source")
         out.append(
             Measurement(
@@ -351,37 +359,43 @@ def pivot(
     (the first spelling, stripped, is kept); seconds are averaged per generator. Generators come in the order
     of ``columns`` (a catalog's, say), then of first appearance; a generator without any row gets no column.
     """
-    sums: dict[tuple[str, str], float] = {}
-    counts: dict[tuple[str, str], int] = {}
-    secs: dict[str, list[float]] = {}
+    spelling: dict[str, str] = {}  # prompt_key -> the kept spelling
+    index_of: dict[str, int] = {}  # kept spelling -> its row of the table, in order of first appearance
+    canonical: dict[str, int] = {}  # a row's text -> its row of the table (one text comes once per generator)
+    code: dict[str, int] = {}  # generator -> its number, in order of first appearance
     sources: dict[str, None] = {}
-    spelling: dict[str, str] = {}
-    prompts: dict[str, None] = {}
-    order = {g: None for g in columns}
-    canonical: dict[str, str] = {}  # a row's text -> the kept spelling (one text comes once per generator)
+    at_prompt: list[int] = []
+    at_gen: list[int] = []
+    scores: list[float] = []
+    sec_gen: list[int] = []
+    sec_val: list[float] = []
     for row in rows:
-        prompt = canonical.get(row.prompt)
-        if prompt is None:
-            prompt = canonical[row.prompt] = spelling.setdefault(prompt_key(row.prompt), row.prompt.strip())
-        key = (prompt, row.generator)
-        sums[key] = sums.get(key, 0.0) + row.score
-        counts[key] = counts.get(key, 0) + 1
+        i = canonical.get(row.prompt)
+        if i is None:
+            kept = spelling.setdefault(prompt_key(row.prompt), row.prompt.strip())
+            i = canonical[row.prompt] = index_of.setdefault(kept, len(index_of))
+        j = code.setdefault(row.generator, len(code))
+        at_prompt.append(i)
+        at_gen.append(j)
+        scores.append(row.score)
         if row.seconds is not None and row.seconds > 0:
-            secs.setdefault(row.generator, []).append(float(row.seconds))
+            sec_gen.append(j)
+            sec_val.append(float(row.seconds))
         if row.source:
             sources[str(row.source)] = None
-        prompts.setdefault(prompt, None)
-        order.setdefault(row.generator, None)
-    measured = {g for _, g in counts}
-    plist, glist = list(prompts), [g for g in order if g in measured]
-    pi = {p: i for i, p in enumerate(plist)}
-    gi = {g: j for j, g in enumerate(glist)}
-    Y = np.full((len(plist), len(glist)), np.nan, dtype=np.float64)
-    C = np.zeros((len(plist), len(glist)), dtype=np.int64)
-    for (p, g), s in sums.items():
-        Y[pi[p], gi[g]] = s / counts[(p, g)]
-        C[pi[p], gi[g]] = counts[(p, g)]
-    seconds_mean = {g: (float(np.mean(secs[g])) if g in secs else None) for g in glist}
+    plist = list(index_of)
+    glist = [g for g in dict.fromkeys([*columns, *code]) if g in code]
+    column = np.empty(len(code), np.int64)
+    column[[code[g] for g in glist]] = np.arange(len(glist))
+    # sums and counts per cell, rows added in file order (as a running sum would)
+    cell = np.asarray(at_prompt, np.int64) * len(glist) + column[np.asarray(at_gen, np.int64)]
+    size = len(plist) * len(glist)
+    sums = np.bincount(cell, weights=np.asarray(scores, np.float64), minlength=size)
+    C = np.bincount(cell, minlength=size).astype(np.int64).reshape(len(plist), len(glist))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        Y = np.where(C > 0, sums.reshape(C.shape) / np.maximum(C, 1), np.nan)
+    sg, sv = np.asarray(sec_gen, np.int64), np.asarray(sec_val, np.float64)
+    seconds_mean = {g: (float(np.mean(sv[sg == code[g]])) if np.any(sg == code[g]) else None) for g in glist}
     return MeasurementTable(
         prompts=plist,
         generators=glist,
