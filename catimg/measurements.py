@@ -392,10 +392,12 @@ def pivot(
     size = len(plist) * len(glist)
     sums = np.bincount(cell, weights=np.asarray(scores, np.float64), minlength=size)
     C = np.bincount(cell, minlength=size).astype(np.int64).reshape(len(plist), len(glist))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        Y = np.where(C > 0, sums.reshape(C.shape) / np.maximum(C, 1), np.nan)
+    Y = np.where(C > 0, sums.reshape(C.shape) / np.maximum(C, 1), np.nan)
     sg, sv = np.asarray(sec_gen, np.int64), np.asarray(sec_val, np.float64)
-    seconds_mean = {g: (float(np.mean(sv[sg == code[g]])) if np.any(sg == code[g]) else None) for g in glist}
+    seconds_mean: dict[str, float | None] = {}
+    for g in glist:
+        own = sv[sg == code[g]]
+        seconds_mean[g] = float(own.mean()) if len(own) else None
     return MeasurementTable(
         prompts=plist,
         generators=glist,

@@ -164,6 +164,9 @@ def test_batches_side_by_side_give_the_same_vectors_and_restore_torch_threads(
     monkeypatch.setattr(enc, "BATCH_WORKERS", 1)
     one = alone.encode(prompts)
     side = PromptEncoder(use_cache=False, precision="fp32")
+    inside: set[int] = set()  # torch's thread count seen by each batch's forward
+    forward = side._forward
+    monkeypatch.setattr(side, "_forward", lambda ids: inside.add(torch.get_num_threads()) or forward(ids))
     seen: list[tuple[int, int]] = []
     side.on_progress = lambda done, total: seen.append((done, total))
     monkeypatch.setattr(enc, "BATCH_WORKERS", 4)
@@ -174,6 +177,7 @@ def test_batches_side_by_side_give_the_same_vectors_and_restore_torch_threads(
     finally:
         torch.set_num_threads(threads)
     assert np.abs(both - one).max() < 1e-6
+    assert inside == {1}  # the batches ran on the workers, one torch thread each
     assert seen[0] == (0, len(prompts)) and seen[-1] == (len(prompts), len(prompts))
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and len(seen) == 13
 
