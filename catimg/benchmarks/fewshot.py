@@ -86,8 +86,7 @@ def load_table(name: str, data: Path) -> Table:
 
 
 def run(
-    data: Path,
-    set_name: str,
+    table: Table,
     target: str,
     sizes: tuple[int, ...],
     repeats: int,
@@ -95,14 +94,14 @@ def run(
     test_share: float,
     seed: int,
 ) -> dict[str, Any]:
+    """The benchmark on ``table`` (see the module docstring): per size in ``sizes``, one result dict per
+    repeat (AUC, quality at the best single generator's cost, cost to match, share routed to ``target``, its
+    predicted and own std, prompts measured)."""
     from catimg.routing.encoder import default_encoder
     from catimg.routing.predictor import Features
-    from catimg.training.crossval import fit_predictor
-    from catimg.training.evaluate import choose, evaluate_predictions
     from catimg.training.train import metric_scale
 
-    table = load_table(set_name, data)
-    prompts, gens, Y, costs = table.prompts, table.generators, table.Y, np.asarray(table.costs, float)
+    prompts, gens, Y = table.prompts, table.generators, table.Y
     if target not in gens:
         raise SystemExit(f"--generator {target}: not in {gens}")
     j = gens.index(target)
@@ -118,57 +117,72 @@ def run(
         order = rng.permutation(len(train))  # which training prompts the few-shot generator is measured on
         for size in sizes:
             k = len(train) if size < 0 else min(size, len(train))
-            Ytr = Y[train].copy()
-            hidden = order[k:]
-            if k == 0:
-                Ytr = np.delete(Ytr, j, axis=1)
-            else:
-                Ytr[hidden, j] = np.nan
-            # as `catimg train` fits it: blend and lexical get their KNN share from cross-validation
-            model = fit_predictor(predictor, X[train], Ytr, seed=seed, cross_validate=False).predictor
-            mean, std = model.predict(X[test])
-            # the few-shot generator's own epistemic uncertainty: ridge's deviation part (the anchor part is
-            # shared by every generator and cancels when generators are compared); blend and lexical report
-            # their ridge's
-            ridge = getattr(model, "ridge", model)
-            own = (
-                np.sqrt(ridge.predict_parts(X[test])[3][:, j])
-                if k and hasattr(ridge, "predict_parts")
-                else None
-            )
-            if k == 0:
-                mean = np.insert(mean, j, -1e9, axis=1)
-                std = np.insert(std, j, np.nan, axis=1)
-            rep = evaluate_predictions(mean, Y[test], costs.tolist(), scale, gens, name=predictor)
-            s = rep.summaries[0]
-            # share routed to the target at the λ whose mean cost is closest to the best single generator's
-            best = int(np.argmax(Y[test].mean(0)))
-            lams = np.geomspace(1e-6, 10.0, 200) / max(costs.max(), 1e-9)
-            picks = [choose(mean, costs, lam, scale) for lam in lams]
-            at = min(picks, key=lambda ch: abs(costs[ch].mean() - costs[best]))
-            results[size].append(
-                {
-                    "auc": s.auc,
-                    "q_at_best": s.quality_at_best_cost,
-                    "ctm_pct": s.cost_to_match_pct if s.cost_to_match_pct is not None else np.nan,
-                    "share": float(np.mean(at == j)),
-                    "std": float(np.nanmean(std[:, j])) if k else np.nan,
-                    "own": float(np.mean(own)) if own is not None else np.nan,
-                    "measured": float(k),
-                }
-            )
+            row, rep = _one(table, X, j, train, test, order[k:] if k else None, predictor, scale, seed)
+            results[size].append(row)
     oracle = rep.summaries[1]
-    single = {d["name"]: d["quality"] for d in rep.single}
     return {
         "gens": gens,
         "target": target,
         "results": results,
         "n_train": n - n_test,
         "n_test": n_test,
-        "costs": dict(zip(gens, costs.tolist(), strict=True)),
+        "costs": dict(zip(gens, np.asarray(table.costs, float).tolist(), strict=True)),
         "oracle_auc_last": oracle.auc,
-        "single_last": single,
+        "single_last": {d["name"]: d["quality"] for d in rep.single},
     }
+
+
+def _one(
+    table: Table,
+    X: Any,
+    j: int,
+    train: np.ndarray,
+    test: np.ndarray,
+    hidden: np.ndarray | None,
+    predictor: str,
+    scale: tuple[float, float],
+    seed: int,
+) -> tuple[dict[str, float], Any]:
+    """One repeat at one size: generator ``j`` keeps its scores on the training prompts but ``hidden`` (None:
+    it is not measured at all, so not routed); the fitted router evaluated on the test prompts."""
+    from catimg.training.crossval import fit_predictor
+    from catimg.training.evaluate import choose, evaluate_predictions
+
+    Y, gens, costs = table.Y, table.generators, np.asarray(table.costs, float)
+    Ytr = Y[train].copy()
+    if hidden is None:
+        Ytr = np.delete(Ytr, j, axis=1)
+    else:
+        Ytr[hidden, j] = np.nan
+    # as `catimg train` fits it: blend and lexical get their KNN share from cross-validation
+    model = fit_predictor(predictor, X[train], Ytr, seed=seed, cross_validate=False).predictor
+    mean, std = model.predict(X[test])
+    # the few-shot generator's own epistemic uncertainty: ridge's deviation part (the anchor part is shared by
+    # every generator and cancels when generators are compared); blend and lexical report their ridge's
+    ridge = getattr(model, "ridge", model)
+    own = None
+    if hidden is not None and hasattr(ridge, "predict_parts"):
+        own = np.sqrt(ridge.predict_parts(X[test])[3][:, j])
+    if hidden is None:
+        mean = np.insert(mean, j, -1e9, axis=1)
+        std = np.insert(std, j, np.nan, axis=1)
+    rep = evaluate_predictions(mean, Y[test], costs.tolist(), scale, gens, name=predictor)
+    s = rep.summaries[0]
+    # share routed to the target at the λ whose mean cost is closest to the best single generator's
+    best = int(np.argmax(Y[test].mean(0)))
+    lams = np.geomspace(1e-6, 10.0, 200) / max(costs.max(), 1e-9)
+    picks = [choose(mean, costs, lam, scale) for lam in lams]
+    at = min(picks, key=lambda ch: abs(costs[ch].mean() - costs[best]))
+    row = {
+        "auc": s.auc,
+        "q_at_best": s.quality_at_best_cost,
+        "ctm_pct": s.cost_to_match_pct if s.cost_to_match_pct is not None else np.nan,
+        "share": float(np.mean(at == j)),
+        "std": float(np.nanmean(std[:, j])) if hidden is not None else np.nan,
+        "own": float(np.mean(own)) if own is not None else np.nan,
+        "measured": float(len(train) - (len(train) if hidden is None else len(hidden))),
+    }
+    return row, rep
 
 
 def _fmt(vals: list[float], digits: int = 3) -> str:
@@ -201,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     data = a.data or default_data_dir()
     sizes = tuple(int(s) for s in a.sizes.split(",")) if a.sizes else DEFAULT_SIZES[a.set]
     t0 = time.perf_counter()
-    out = run(data, a.set, a.generator, sizes, a.repeats, a.predictor, a.test_share, a.seed)
+    out = run(load_table(a.set, data), a.generator, sizes, a.repeats, a.predictor, a.test_share, a.seed)
     print(
         f"few-shot routing on {a.set}: generators {', '.join(out['gens'])}; "
         f"few-shot generator {out['target']}"

@@ -24,9 +24,10 @@ image's score.
            Prediction: anchor + deviation; uncertainty: the posterior standard deviation of both, summed in
            variance. It shrinks as a generator gets more measurements (posterior covariance ~ 1/n) and grows
            for prompts in directions of the embedding space the measured prompts do not cover. A deviation
-           model with fewer than ``MIN_OWN_HYPER`` prompts borrows the median hyperparameters of the
-           well-measured ones, so a generator calibrated on ten prompts gets its offset from those ten and an
-           honest, wide uncertainty. Cost: fit O(n d^2 g), prediction O(m d g); the weights are
+           model with fewer than ``MIN_OWN_HYPER`` prompts borrows the median prior-to-noise ratio of the
+           well-measured ones and pools its own noise estimate with their median noise (``NOISE_PRIOR_DOF``
+           pseudo-prompts), so a generator calibrated on ten prompts gets its offset from those ten and an
+           honest, wide uncertainty that its own spread widens. Cost: fit O(n d^2 g), prediction O(m d g); the weights are
            (g + 1) x (d + 1) means and d x d covariances, independent of n.
 ``blend``  A mix of ``ridge`` and a relative KNN (k nearest prompts' deviations added to the ridge anchor):
            the linear model's global trends plus the neighbours' local ones. The KNN share (``weight``) is
@@ -64,6 +65,9 @@ from catimg.routing.ngrams import NgramVocab, masked_ridge
 #: Deviation models with fewer measured prompts than this borrow the hyperparameters of the well-measured
 #: ones.
 MIN_OWN_HYPER = 30
+#: A deviation model that borrows hyperparameters estimates its noise from its own prompts pooled with the
+#: borrowed noise counted as this many pseudo-prompts: on 10 prompts a third its own, on 29 two thirds.
+NOISE_PRIOR_DOF = MIN_OWN_HYPER / 2
 #: Prior-to-noise variance ratios searched by the marginal likelihood (per unit of squared embedding norm).
 RHO_GRID = tuple(float(x) for x in np.geomspace(1e-3, 1e3, 49))
 
@@ -245,8 +249,16 @@ class BayesLinear:
         return xbar, (S + S.T) / 2, X.T @ tc, tbar, float(tc @ tc)
 
     def fit(
-        self, X: np.ndarray, t: np.ndarray, rho: float | None = None, noise: float | None = None
+        self,
+        X: np.ndarray,
+        t: np.ndarray,
+        rho: float | None = None,
+        noise: float | None = None,
+        noise_prior: tuple[float, float] | None = None,
     ) -> BayesLinear:
+        """Fit the posterior. With ``rho`` given and ``noise`` not, the noise is estimated from the data at that
+        rho, pooled with ``noise_prior`` = (noise0, nu0) as nu0 pseudo-residuals of variance noise0 when given
+        (a few-shot generator: its own spread counts, the others' keeps it from collapsing on ten prompts)."""
         n, d = X.shape
         xbar, S, u, tbar, tt = self.moments(X, t)
         lam, V = np.linalg.eigh(S)
@@ -264,7 +276,8 @@ class BayesLinear:
             noise = noise if noise is not None else noise_hat
         elif noise is None:
             q = max(tt - float(np.sum(z * z * rho / (1.0 + rho * lam))), 1e-12)
-            noise = q / dof
+            noise0, nu0 = noise_prior or (0.0, 0.0)
+            noise = (q + nu0 * noise0) / (dof + nu0)
         assert rho is not None and noise is not None
         noise = max(float(noise), 1e-9)
         # posterior: cov = noise * (S + I/rho)^-1, w = (S + I/rho)^-1 u
@@ -345,8 +358,8 @@ class RidgePredictor:
             else max(self.anchor.noise, float(np.nanvar(R)) if np.sum(~np.isnan(R)) > 1 else 1e-2)
         )
         for j, rows in enumerate(sets):
-            if j not in own:
-                self.devs[j].fit(X[rows], R[rows, j], rho=rho, noise=noise)
+            if j not in own:  # the others' prior shape; the noise pooled from its own spread and theirs
+                self.devs[j].fit(X[rows], R[rows, j], rho=rho, noise_prior=(noise, NOISE_PRIOR_DOF))
         return self
 
     def predict_parts(self, X: Inputs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
