@@ -89,6 +89,38 @@ def test_train_json_and_knn(case: Path, tmp_path: Path) -> None:
     assert doc["budget"]["levels"]["max"] == 0.0
 
 
+def test_train_knn_share_and_seed(tmp_path: Path) -> None:
+    """--knn-share fixes lexical's share instead of fitting it; --seed makes runs repeatable; bad values are
+    one-line errors (exit 2)."""
+    models, m = write_case(tmp_path, seconds=False)
+    base = ("train", "-M", str(m), "--models", str(models))
+    code, out = run(*base, "--out", str(tmp_path / "fixed"), "--knn-share", "0.7", "--json")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["predictor"]["params"]["weight"] == 0.7
+    assert "was fitted" not in json.dumps(doc["data_card"]["held_out"])
+    code, out = run(*base, "--out", str(tmp_path / "fitted"), "--json")
+    assert code == 0, out
+    fitted = json.loads(out)
+    assert fitted["predictor"]["params"]["weight"] != 0.7
+    assert "was fitted" in json.dumps(fitted["data_card"]["held_out"])
+    runs = {}
+    for seed, name in (("5", "s5a"), ("5", "s5b"), ("6", "s6")):
+        code, out = run(*base, "--out", str(tmp_path / name), "--seed", seed, "--json")
+        assert code == 0, out
+        doc = json.loads(out)
+        del doc["router"], doc["data_card"]["training_seconds"]  # the folder and the clock
+        runs[name] = doc
+    # the seed picks the cross-validation folds: the same seed, the same router; another, other folds
+    assert runs["s5a"] == runs["s5b"]
+    assert runs["s6"]["data_card"]["held_out"] != runs["s5a"]["data_card"]["held_out"]
+    code, out = run(*base, "--out", str(tmp_path / "bad"), "--knn-share", "1.5")
+    assert code == 2 and "--knn-share 1.5: must be a share between 0 and 1" in out and "Traceback" not in out
+    code, out = run(*base, "--out", str(tmp_path / "bad"), "--knn-share", "0.5", "-p", "ridge")
+    assert code == 2 and "--predictor ridge has no nearest-neighbour part" in out
+    assert not (tmp_path / "bad").exists()
+
+
 def test_train_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     models, m = write_case(tmp_path, seconds=False)
     args = (

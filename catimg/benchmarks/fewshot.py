@@ -10,9 +10,9 @@ of the packaged catalog that it covers: sdxl-turbo, sd21, sdxl) or on PQPP's 6,0
 repeat holds out 30% of the prompts as a test set. On the training prompts every generator is fully measured
 except the *few-shot* one, which keeps only n measured prompts (n = 0, 10, 25, 50, 100, 200, all on
 GenAI-Bench; 0, 10, 50, 200, 1000, all on PQPP; the rest are NaN, as for a generator calibrated on a subset).
-The predictor is fitted on that partial table as ``catimg train`` fits it (``blend`` and ``lexical`` take the KNN
-share that cross-validation inside the training prompts chooses) and the router is evaluated on the fully measured
-test prompts.
+The predictor is fitted on that partial table as ``catimg train`` fits it (``blend`` and ``lexical`` take
+the KNN share that cross-validation inside the training prompts chooses) and the router is evaluated on the
+fully measured test prompts.
 n = 0 means the generator is not routed at all (what a user gets before calibrating it).
 
 Printed per n, averaged over the repeats (± standard error): the router's AUC (mean quality over the cost

@@ -160,6 +160,25 @@ _TRAIN_GENERATORS = typer.Option(
 
 _TRAIN_FORCE = typer.Option(False, "--force", help="Overwrite a router already in --out.")
 
+_TRAIN_KNN_SHARE = typer.Option(
+    None,
+    "--knn-share",
+    help=(
+        "blend and lexical: fix the share of the nearest-neighbour part in [0, 1] (0: the linear part alone, "
+        "1: the neighbours alone) instead of fitting it by cross-validation."
+    ),
+    show_default=False,
+)
+
+_TRAIN_SEED = typer.Option(
+    0,
+    "--seed",
+    help=(
+        "Seed of the cross-validation folds and of the neighbour clusters' sample: the same data and seed "
+        "give the same router."
+    ),
+)
+
 _EVAL_ROUTER = typer.Option(
     None,
     "--router",
@@ -217,6 +236,8 @@ def train(
     holdout: float = _TRAIN_HOLDOUT,
     generators: str = _TRAIN_GENERATORS,
     force: bool = _TRAIN_FORCE,
+    knn_share: float = _TRAIN_KNN_SHARE,
+    seed: int = _TRAIN_SEED,
     json_out: bool = JSON_OPT,
 ) -> None:
     """Train a router from measured quality (no generator weights needed).
@@ -238,6 +259,7 @@ def train(
     from catimg.training.train import train_router
 
     _check_out(out, force)
+    params = _predictor_params(predictor, knn_share)
     catalog = load_catalog(models)
     names = [n.strip() for n in generators.split(",") if n.strip()] if generators else None
     tables = _load_tables(measurements, db, catalog, metric, names)
@@ -257,8 +279,10 @@ def train(
             out,
             predictor=predictor,
             metric=metric,
+            seed=seed,
             joint=joint,
             data_card=extra,
+            predictor_params=params,
             progress=_progress_line(table.n_prompts < PROGRESS_FROM),
         )
     _print_warnings(router.data_card.get("warnings", []))
@@ -268,6 +292,27 @@ def train(
         print_json({"router": str(router.path), **{k: cfg[k] for k in keys}})
         return
     _render_train(router)
+
+
+def _predictor_params(predictor: str, knn_share: float | None) -> dict[str, float] | None:
+    """``--knn-share`` as the predictor's fixed ``weight``; InputError for a share outside [0, 1] or a
+    predictor without a KNN part."""
+    if knn_share is None:
+        return None
+    if not 0.0 <= knn_share <= 1.0:
+        raise InputError(
+            f"--knn-share {knn_share}: must be a share between 0 and 1 (0: the linear part alone, 1: the "
+            "neighbours alone)"
+        )
+    from catimg.routing.predictor import AUTO, PREDICTORS, BlendPredictor
+
+    cls = PREDICTORS.get(AUTO if predictor == "auto" else predictor)
+    if cls is not None and not issubclass(cls, BlendPredictor):
+        raise InputError(
+            f"--knn-share: --predictor {predictor} has no nearest-neighbour part to share with; use it with "
+            "blend or lexical, or leave it out"
+        )
+    return {"weight": knn_share}
 
 
 def _join(tables: list[Any], db: Path | None, scale: list[str] | None) -> Any:

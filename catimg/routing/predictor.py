@@ -27,8 +27,8 @@ image's score.
            model with fewer than ``MIN_OWN_HYPER`` prompts borrows the median prior-to-noise ratio of the
            well-measured ones and pools its own noise estimate with their median noise (``NOISE_PRIOR_DOF``
            pseudo-prompts), so a generator calibrated on ten prompts gets its offset from those ten and an
-           honest, wide uncertainty that its own spread widens. Cost: fit O(n d^2 g), prediction O(m d g); the weights are
-           (g + 1) x (d + 1) means and d x d covariances, independent of n.
+           honest, wide uncertainty that its own spread widens. Cost: fit O(n d^2 g), prediction O(m d g);
+           the weights are (g + 1) x (d + 1) means and d x d covariances, independent of n.
 ``blend``  A mix of ``ridge`` and a relative KNN (k nearest prompts' deviations added to the ridge anchor):
            the linear model's global trends plus the neighbours' local ones. The KNN share (``weight``) is
            what ``catimg train`` fits to its out-of-fold predictions (:mod:`catimg.training.crossval`); a
@@ -256,9 +256,10 @@ class BayesLinear:
         noise: float | None = None,
         noise_prior: tuple[float, float] | None = None,
     ) -> BayesLinear:
-        """Fit the posterior. With ``rho`` given and ``noise`` not, the noise is estimated from the data at that
-        rho, pooled with ``noise_prior`` = (noise0, nu0) as nu0 pseudo-residuals of variance noise0 when given
-        (a few-shot generator: its own spread counts, the others' keeps it from collapsing on ten prompts)."""
+        """Fit the posterior. With ``rho`` given and ``noise`` not, the noise is estimated from the data at
+        that rho, pooled with ``noise_prior`` = (noise0, nu0) as nu0 pseudo-residuals of variance noise0 when
+        given (a few-shot generator: its own spread counts, the others' keeps it from collapsing on ten
+        prompts)."""
         n, d = X.shape
         xbar, S, u, tbar, tt = self.moments(X, t)
         lam, V = np.linalg.eigh(S)
