@@ -100,3 +100,24 @@ def test_a_format_2_blend_router_still_predicts_as_before() -> None:
         load_predictor("blend", params, old).predict(Q)[0],
         load_predictor("blend", p.params(), arrays).predict(Q)[0],
     )
+
+
+def test_the_training_seed_reaches_the_clusters_and_is_saved() -> None:
+    """fit_predictor's seed seeds the neighbour clusters' k-means as it does the folds; a saved model keeps
+    it, and a router saved before the seed was kept loads with seed 0."""
+    from catimg.training.crossval import fit_predictor
+
+    emb, R = _table(400)
+    Y = np.nan_to_num(R, nan=0.0)[:, :2]
+    a = fit_predictor("blend", emb, Y, {"knn_max": 40}, seed=3, cross_validate=False).predictor
+    b = fit_predictor("blend", emb, Y, {"knn_max": 40}, seed=3, cross_validate=False).predictor
+    c = fit_predictor("blend", emb, Y, {"knn_max": 40}, seed=4, cross_validate=False).predictor
+    assert isinstance(a, BlendPredictor) and isinstance(c, BlendPredictor)
+    assert a.nb is not None and b.nb is not None and c.nb is not None
+    assert a.params()["seed"] == 3 and c.params()["seed"] == 4
+    np.testing.assert_array_equal(a.nb.X, b.nb.X)
+    assert a.nb.X.shape != c.nb.X.shape or not np.array_equal(a.nb.X, c.nb.X)
+    loaded = load_predictor("blend", a.params(), a.arrays())
+    assert isinstance(loaded, BlendPredictor) and loaded.seed == 3
+    old = {k: v for k, v in a.params().items() if k != "seed"}
+    assert isinstance(p := load_predictor("blend", old, a.arrays()), BlendPredictor) and p.seed == 0

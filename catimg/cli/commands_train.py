@@ -174,8 +174,8 @@ _TRAIN_SEED = typer.Option(
     0,
     "--seed",
     help=(
-        "Seed of the cross-validation folds (held-out numbers, budget levels, the KNN share): the same data "
-        "and seed give the same router."
+        "Seed of the cross-validation folds (held-out numbers, budget levels, the KNN share) and, beyond "
+        "8,192 prompts, of the neighbour clusters' sample: the same data and seed give the same router."
     ),
 )
 

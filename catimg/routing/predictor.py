@@ -414,10 +414,13 @@ class BlendPredictor:
 
     name = "blend"
 
-    def __init__(self, k: int | None = None, weight: float = 0.5, knn_max: int = KNN_MAX) -> None:
+    def __init__(
+        self, k: int | None = None, weight: float = 0.5, knn_max: int = KNN_MAX, seed: int = 0
+    ) -> None:
         self.k = k
         self.weight = weight
         self.knn_max = knn_max
+        self.seed = seed  # of the neighbour clusters' k-means sample (beyond knn_max prompts)
         self.ridge = RidgePredictor()
         self.nb: Neighbours | None = None
 
@@ -430,7 +433,7 @@ class BlendPredictor:
     def _keep_neighbours(self, emb: np.ndarray, R: np.ndarray) -> None:
         if self.k is None:
             self.k = default_k(len(emb))
-        self.nb = Neighbours.build(emb, R, self.knn_max)
+        self.nb = Neighbours.build(emb, R, self.knn_max, self.seed)
 
     def _linear(self, X: Inputs, dm: np.ndarray) -> np.ndarray:
         """The linear part of the deviations (the ridge's here)."""
@@ -466,7 +469,13 @@ class BlendPredictor:
         return am[:, None] + lin, am[:, None] + knn
 
     def params(self) -> dict[str, Any]:
-        return {"k": self.k, "weight": self.weight, "knn_max": self.knn_max, **self.ridge.params()}
+        return {
+            "k": self.k,
+            "weight": self.weight,
+            "knn_max": self.knn_max,
+            "seed": self.seed,
+            **self.ridge.params(),
+        }
 
     def arrays(self) -> dict[str, np.ndarray]:
         assert self.nb is not None
@@ -475,7 +484,10 @@ class BlendPredictor:
     @classmethod
     def from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> BlendPredictor:
         p = cls(
-            k=int(params["k"]), weight=float(params["weight"]), knn_max=int(params.get("knn_max", KNN_MAX))
+            k=int(params["k"]),
+            weight=float(params["weight"]),
+            knn_max=int(params.get("knn_max", KNN_MAX)),
+            seed=int(params.get("seed", 0)),
         )
         p._restore(params, arrays)
         return p
@@ -494,9 +506,14 @@ class LexicalPredictor(BlendPredictor):
     name = "lexical"
 
     def __init__(
-        self, k: int | None = None, weight: float = 0.4, lam: float = 10.0, knn_max: int = KNN_MAX
+        self,
+        k: int | None = None,
+        weight: float = 0.4,
+        lam: float = 10.0,
+        knn_max: int = KNN_MAX,
+        seed: int = 0,
     ) -> None:
-        super().__init__(k, weight, knn_max)
+        super().__init__(k, weight, knn_max, seed)
         self.lam = lam
         self.vocab = NgramVocab()
         self.W = np.zeros((0, 0))
@@ -534,6 +551,7 @@ class LexicalPredictor(BlendPredictor):
             weight=float(params["weight"]),
             lam=float(params["lam"]),
             knn_max=int(params.get("knn_max", KNN_MAX)),
+            seed=int(params.get("seed", 0)),
         )
         p._restore(params, arrays)
         assert p.nb is not None

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from catimg.routing.predictor import BlendPredictor, Inputs, Predictor, make_predictor
+from catimg.routing.predictor import AUTO, PREDICTORS, BlendPredictor, Inputs, Predictor, make_predictor
 
 OOF_FOLDS = 5
 #: Cross-validation (held-out numbers, budget levels, the KNN share) runs on at most this many prompts.
@@ -217,7 +217,10 @@ def fit_predictor(
     ``params`` fixes ``weight``. The out-of-fold pass (:func:`cross_predict` over :func:`cv_rows`, folds over
     ``keys``) runs when ``cross_validate`` asks for it or a share is chosen, on 10 rows or more;
     ``progress`` hears when it starts."""
-    params = params or {}
+    params = dict(params or {})
+    cls = PREDICTORS.get(AUTO if name == "auto" else name)
+    if cls is not None and issubclass(cls, BlendPredictor):
+        params.setdefault("seed", seed)  # the neighbour clusters' k-means sample, as the folds
     t0 = time.perf_counter()
     model = make_predictor(name, **params).fit(X, Y)
     fit_seconds = time.perf_counter() - t0
