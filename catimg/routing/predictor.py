@@ -277,8 +277,11 @@ class BayesLinear:
             noise = noise if noise is not None else noise_hat
         elif noise is None:
             q = max(tt - float(np.sum(z * z * rho / (1.0 + rho * lam))), 1e-12)
-            noise0, nu0 = noise_prior or (0.0, 0.0)
-            noise = (q + nu0 * noise0) / (dof + nu0)
+            if noise_prior is None:
+                noise = q / dof
+            else:  # n - 1 residual degrees of freedom of its own (none for one prompt) and nu0 borrowed
+                noise0, nu0 = noise_prior
+                noise = (q + nu0 * noise0) / max(n - 1 + nu0, 1.0)
         assert rho is not None and noise is not None
         noise = max(float(noise), 1e-9)
         # posterior: cov = noise * (S + I/rho)^-1, w = (S + I/rho)^-1 u
