@@ -109,7 +109,8 @@ def test_train_knn_share_and_seed(tmp_path: Path) -> None:
         code, out = run(*base, "--out", str(tmp_path / name), "--seed", seed, "--json")
         assert code == 0, out
         doc = json.loads(out)
-        del doc["router"], doc["data_card"]["training_seconds"]  # the folder and the clock
+        card = doc["data_card"]
+        del doc["router"], card["training_seconds"], card["trained_at"]  # the folder and the clock
         runs[name] = doc
     # the seed picks the cross-validation folds: the same seed, the same router; another, other folds
     assert runs["s5a"] == runs["s5b"]

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from catimg.routing.predictor import AUTO, PREDICTORS, BlendPredictor, Inputs, Predictor, make_predictor
+from catimg.routing.predictor import BlendPredictor, Inputs, Predictor, make_predictor
 
 OOF_FOLDS = 5
 #: Cross-validation (held-out numbers, budget levels, the KNN share) runs on at most this many prompts.
@@ -218,11 +218,11 @@ def fit_predictor(
     ``keys``) runs when ``cross_validate`` asks for it or a share is chosen, on 10 rows or more;
     ``progress`` hears when it starts."""
     params = dict(params or {})
-    cls = PREDICTORS.get(AUTO if name == "auto" else name)
-    if cls is not None and issubclass(cls, BlendPredictor):
-        params.setdefault("seed", seed)  # the neighbour clusters' k-means sample, as the folds
+    model = make_predictor(name, **params)
+    if isinstance(model, BlendPredictor) and "seed" not in params:
+        params["seed"] = model.seed = seed  # the neighbour clusters' k-means sample, as the folds
     t0 = time.perf_counter()
-    model = make_predictor(name, **params).fit(X, Y)
+    model.fit(X, Y)
     fit_seconds = time.perf_counter() - t0
     tune = isinstance(model, BlendPredictor) and "weight" not in params
     if not (cross_validate or tune) or len(Y) < 10:
