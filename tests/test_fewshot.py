@@ -1,10 +1,15 @@
-"""The few-shot benchmark's core on a small table: a generator measured on few prompts is routed with a wider
-uncertainty of its own that shrinks as it is measured on more, and an unmeasured one is not routed."""
+"""The learning benchmarks' cores on a small table. Few-shot: a generator measured on few prompts is routed
+with a wider uncertainty of its own that shrinks as it is measured on more, and an unmeasured one is not
+routed. Learning curve: predictors fitted on subsets of the training prompts, scored on unseen ones."""
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
+import numpy as np
+import pytest
+
+from catimg.benchmarks import learning_curve
 from catimg.benchmarks.fewshot import run
 from catimg.benchmarks.routing import Table
 
@@ -42,3 +47,33 @@ def test_new_generator_uncertainty_shrinks_and_unmeasured_is_never_routed() -> N
     assert own10 > 1.2 * own_all > 0  # 1.3-1.5 times over seeds 0-2; below it before the pooled noise
     # measured on every training prompt, it is routed to where it pays off: the router beats not having it
     assert np.mean([r["auc"] for r in res[-1]]) > np.mean([r["auc"] for r in res[0]])
+
+
+def _part(table: Table, rows: np.ndarray) -> Table:
+    return Table([table.prompts[i] for i in rows], table.Y[rows], table.generators, table.costs, table.metric)
+
+
+def test_learning_curve_scores_subsets_on_unseen_prompts() -> None:
+    table = _table()
+    perm = np.random.default_rng(0).permutation(len(table.prompts))
+    train, test = _part(table, perm[36:]), _part(table, perm[:36])
+    curve = learning_curve.run(train, test, (12, -1), repeats=2, predictors=["knn", "auto"], seed=0)
+    assert (curve.n_train, curve.n_test) == (84, 36)
+    assert all(len(curve.apgr[s][p]) == 2 for s in (12, -1) for p in ("knn", "auto"))
+    small, full = curve.apgr[12]["auto"], curve.apgr[-1]["auto"]
+    assert small[0] != small[1]  # two random subsets of 12 prompts
+    assert full[0] == full[1]  # all 84: the same fit in every repeat
+    # the dear generator pays off on "people" prompts only: with every training prompt the router finds them
+    assert np.mean(full) > 0.5
+    assert np.mean(full) > np.mean(small)
+    text = learning_curve.render(curve, "title")
+    assert "auto - knn" in text and "\n      84  " in text and "\n      12  " in text
+
+
+def test_learning_curve_cli_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert learning_curve.main(["--data", str(tmp_path), "--sizes", "0,100"]) == 2
+    assert "--sizes" in capsys.readouterr().err
+    assert learning_curve.main(["--data", str(tmp_path), "--sizes", "1e3"]) == 2
+    assert learning_curve.main(["--data", str(tmp_path), "--predictors", "knn,forest"]) == 2
+    assert "'forest'" in capsys.readouterr().err
+    assert learning_curve.main(["--data", str(tmp_path / "absent")]) == 2
