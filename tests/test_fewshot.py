@@ -76,4 +76,22 @@ def test_learning_curve_cli_rejects_bad_arguments(tmp_path: Path, capsys: pytest
     assert learning_curve.main(["--data", str(tmp_path), "--sizes", "1e3"]) == 2
     assert learning_curve.main(["--data", str(tmp_path), "--predictors", "knn,forest"]) == 2
     assert "'forest'" in capsys.readouterr().err
+    assert learning_curve.main(["--data", str(tmp_path), "--one-score", "1.5"]) == 2
+    assert "--one-score" in capsys.readouterr().err
     assert learning_curve.main(["--data", str(tmp_path / "absent")]) == 2
+
+
+def test_learning_curve_one_score_design() -> None:
+    table = _table()
+    sparse = learning_curve._one_score(table, 0.5, np.random.default_rng(0))
+    scores = (~np.isnan(sparse.Y)).sum(1)
+    assert set(scores.tolist()) == {1, 3} and 40 < (scores == 1).sum() < 80
+    kept = ~np.isnan(sparse.Y)
+    np.testing.assert_array_equal(sparse.Y[kept], table.Y[kept])  # the kept scores are the measured ones
+    assert not np.isnan(table.Y).any()  # the table itself is untouched
+    perm = np.random.default_rng(1).permutation(len(table.prompts))
+    train, test = _part(table, perm[36:]), _part(table, perm[:36])
+    curve = learning_curve.run(train, test, (-1,), 2, ["knn", "auto"], seed=0, one_score=1.0)
+    full = curve.apgr[-1]["auto"]
+    assert full[0] != full[1]  # a new draw of the kept scores in every repeat
+    assert np.mean(full) > 0.3  # one score a prompt still finds where the dear generator pays off

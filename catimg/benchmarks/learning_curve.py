@@ -1,7 +1,7 @@
 """Learning curve: how held-out routing quality grows with the number of measured training prompts.
 
     python -m catimg.benchmarks.learning_curve [--data ../shared/data] [--sizes 750,1500,3000,4500,-1]
-        [--repeats 3] [--predictors knn,auto] [--seed 0]
+        [--repeats 3] [--predictors knn,auto] [--one-score 0] [--seed 0]
 
 Where :mod:`catimg.benchmarks.fewshot` takes measurements away from one generator, this takes whole prompts
 away: on PQPP (the one set here large enough for a curve), each repeat fits every predictor on a random
@@ -10,6 +10,10 @@ repeat, that no fit sees. The predictors are fitted as ``catimg train`` fits the
 choose their KNN share by cross-validation inside the n prompts; ``auto`` is ``catimg train``'s default).
 Costs as in :mod:`catimg.benchmarks.routing` (GLIDE assumed at a tenth of SDXL's: with two generators APGR
 does not depend on that ratio).
+
+``--one-score S`` makes the training design sparse: a share S of the n prompts keep one of their two scores
+(the generator drawn at random), as measurements collected in use are (``gen --score`` scores the one image it
+made) and as some public sets are; the validation prompts keep both.
 
 Printed per n: each predictor's APGR (the share of the oracle's gain over random mixing that it recovers, see
 :mod:`catimg.training.evaluate`), mean ± standard error over the repeats, and each one's paired difference to
@@ -46,6 +50,7 @@ class Curve:
     apgr: dict[int, dict[str, list[float]]]
     n_train: int  # training prompts the subsets are drawn from (a size of -1 means all of them)
     n_test: int
+    one_score: float = 0.0  # share of the training prompts keeping one score (a new draw every repeat)
 
 
 def _split(table: Table, idx: np.ndarray) -> Table:
@@ -61,9 +66,16 @@ def _features(table: Table, E: np.ndarray) -> Features:
 
 
 def run(
-    train: Table, test: Table, sizes: tuple[int, ...], repeats: int, predictors: list[str], seed: int = 0
+    train: Table,
+    test: Table,
+    sizes: tuple[int, ...],
+    repeats: int,
+    predictors: list[str],
+    seed: int = 0,
+    one_score: float = 0.0,
 ) -> Curve:
-    """The curve (see the module docstring): subsets of ``train``, scored on ``test``."""
+    """The curve (see the module docstring): subsets of ``train`` (a share ``one_score`` of their prompts
+    keeping one score), scored on ``test``."""
     from catimg.routing.encoder import default_encoder
     from catimg.training.train import metric_scale
 
@@ -75,16 +87,28 @@ def run(
     out: dict[int, dict[str, list[float]]] = {s: {p: [] for p in predictors} for s in sizes}
     for _ in range(repeats):
         perm = rng.permutation(len(train.prompts))
+        drawn = _one_score(train, one_score, rng) if one_score > 0 else train
         for size in sizes:
             done = out[size]
-            if size < 0 and done[predictors[0]]:  # all prompts: the same fit in every repeat
+            if size < 0 and not one_score and done[predictors[0]]:  # all prompts: the same fit every repeat
                 for name in predictors:
                     done[name].append(done[name][0])
                 continue
             rows = perm if size < 0 else perm[: min(size, len(perm))]
-            for name, value in _scores(train, E, rows, test, Xte, predictors, scale, seed).items():
+            for name, value in _scores(drawn, E, rows, test, Xte, predictors, scale, seed).items():
                 done[name].append(value)
-    return Curve(list(sizes), list(predictors), out, len(train.prompts), len(test.prompts))
+    return Curve(list(sizes), list(predictors), out, len(train.prompts), len(test.prompts), one_score)
+
+
+def _one_score(table: Table, share: float, rng: np.random.Generator) -> Table:
+    """``table`` with a random share of its prompts keeping the score of one random measured generator."""
+    from catimg.benchmarks.routing import Table
+
+    Y = table.Y.copy()
+    for i in np.flatnonzero(rng.random(len(Y)) < share):
+        measured = np.flatnonzero(~np.isnan(Y[i]))
+        Y[i, np.setdiff1d(measured, [rng.choice(measured)])] = np.nan
+    return Table(table.prompts, Y, table.generators, table.costs, table.metric)
 
 
 def _scores(
@@ -131,7 +155,7 @@ def render(curve: Curve, title: str) -> str:
     for size in curve.sizes:
         res = curve.apgr[size]
         n = curve.n_train if size < 0 else min(size, curve.n_train)
-        spread = size >= 0  # all prompts: one fit, no spread over subsets
+        spread = size >= 0 or curve.one_score > 0  # all prompts, all scores: one fit, no spread
         cells = [f"{_mean_se(res[p], spread):>16}" for p in curve.predictors]
         cells += [
             f"{_mean_se(list(np.subtract(res[p], res[ref])), spread):>18}" for p in curve.predictors[1:]
@@ -154,14 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default=None, help="training prompts, comma-separated; -1 = all")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--predictors", default="knn,auto", help="comma-separated; the first is the reference")
+    ap.add_argument(
+        "--one-score", type=float, default=0.0, help="share of training prompts keeping one score (0-1)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     data = a.data or default_data_dir()
     if not data.is_dir():
         print(f"error: {data}: shared data folder not found; pass --data", file=sys.stderr)
         return 2
-    if a.repeats < 1:
-        print("error: --repeats must be at least 1", file=sys.stderr)
+    if a.repeats < 1 or not 0.0 <= a.one_score <= 1.0:
+        print("error: --repeats must be at least 1 and --one-score between 0 and 1", file=sys.stderr)
         return 2
     try:
         sizes = tuple(int(s) for s in a.sizes.split(",")) if a.sizes else DEFAULT_SIZES
@@ -187,10 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         load_set(SETS["pqpp"], data, split="train"),
         load_set(SETS["pqpp"], data, split="validation"),
     )
-    curve = run(train, test, sizes, a.repeats, predictors, a.seed)
+    curve = run(train, test, sizes, a.repeats, predictors, a.seed, a.one_score)
     title = (
         f"learning curve on pqpp: {a.repeats} repeats, subsets of {curve.n_train} training prompts, "
         f"{curve.n_test} test prompts, generators {', '.join(train.generators)}, seed {a.seed}"
+        + (f", {a.one_score:.0%} of the training prompts keeping one score" if a.one_score else "")
     )
     print(render(curve, title))
     print(f"\n({time.perf_counter() - t0:.1f} s)")

@@ -196,25 +196,45 @@ def split_anchor(Y: np.ndarray, iters: int = 30) -> tuple[np.ndarray, np.ndarray
     """(anchor a (n,), deviations R (n, g)) of the additive model y_ig = a_i + b_g fitted by alternating
     means.
 
-    ``R = Y - a`` (NaN where Y is); the b_g end up in the deviations' means. Rows with no score get a NaN
-    anchor.
+    ``R = Y - a`` (NaN where Y is); the b_g end up in the deviations' means. Only prompts scored by at least
+    two generators inform the b_g: a prompt with one score fits it exactly whatever b is, so it gets
+    a_i = y_ig - b_g afterwards (and r_ig = b_g, which says nothing about the prompt: see
+    :func:`one_score_deviations`). Rows with no score get a NaN anchor; without any prompt scored twice the
+    b_g are 0.
     """
     M = ~np.isnan(Y)
-    Z = np.where(M, Y, 0.0)
-    cnt_row = M.sum(1)
-    cnt_col = np.maximum(M.sum(0), 1)
+    multi = M.sum(1) >= 2
+    Mm, Zm = M[multi], np.where(M[multi], Y[multi], 0.0)
+    cnt_row, cnt_col = Mm.sum(1), np.maximum(Mm.sum(0), 1)
     b = np.zeros(Y.shape[1])
-    a = np.zeros(Y.shape[0])
-    for _ in range(iters):
-        a = np.where(cnt_row > 0, ((Z - b[None, :]) * M).sum(1) / np.maximum(cnt_row, 1), np.nan)
-        a0 = np.where(cnt_row > 0, a, 0.0)
-        b_new = ((Z - a0[:, None]) * M).sum(0) / cnt_col
+    for _ in range(iters if multi.any() else 0):
+        a = ((Zm - b[None, :]) * Mm).sum(1) / cnt_row
+        b_new = ((Zm - a[:, None]) * Mm).sum(0) / cnt_col
         b_new -= b_new.mean()  # identifiability: the generator effects average to zero
         if np.max(np.abs(b_new - b)) < 1e-10:
             b = b_new
             break
         b = b_new
+    cnt = M.sum(1)
+    a = np.where(cnt > 0, (np.where(M, Y - b[None, :], 0.0)).sum(1) / np.maximum(cnt, 1), np.nan)
     return a, Y - a[:, None]
+
+
+def one_score_deviations(Y: np.ndarray, R: np.ndarray, anchor_mean: np.ndarray) -> np.ndarray:
+    """``R`` with the deviations of prompts scored by one generator taken against the anchor *model*
+    (``anchor_mean``: its prediction at every prompt) instead of the prompt's own anchor.
+
+    A one-score prompt's own anchor absorbs its score (r_ig = b_g), so it would teach the deviation models
+    nothing and pull them towards "no difference" where such prompts are many; y_ig - â(x_i) keeps what the
+    score says about generator g there, with the anchor model's error as extra noise. This is what lets a
+    router learn from measurements that score each prompt on one generator (``gen --score`` in use, sparse
+    public sets); ``python -m catimg.benchmarks.learning_curve --one-score S`` measures it."""
+    single = (~np.isnan(Y)).sum(1) == 1
+    if not single.any():
+        return R
+    out = R.copy()
+    out[single] = Y[single] - anchor_mean[single, None]
+    return out
 
 
 class BayesLinear:
@@ -340,17 +360,18 @@ class RidgePredictor:
         self.devs: list[BayesLinear] = []
 
     def fit(self, X: Inputs, Y: np.ndarray) -> RidgePredictor:
+        self.fit_targets(X, Y)
+        return self
+
+    def fit_targets(self, X: Inputs, Y: np.ndarray) -> np.ndarray:
+        """Fit; return the deviation targets (n, g) the deviation models were fitted to (NaN where not
+        measured), which ``blend``'s neighbours and ``lexical``'s n-gram ridge learn from too."""
         X, Y = _check_fit(X, Y)
         a, R = split_anchor(Y)
         has = ~np.isnan(a)
         self.anchor = BayesLinear().fit(X[has], a[has])
-        multi = (~np.isnan(Y)).sum(
-            1
-        ) >= 2  # a deviation from a one-score anchor is the generator offset alone
-        sets = []
-        for j in range(Y.shape[1]):
-            rows = np.flatnonzero(~np.isnan(R[:, j]) & multi)
-            sets.append(rows if len(rows) else np.flatnonzero(~np.isnan(R[:, j])))
+        R = one_score_deviations(Y, R, self.anchor.mean(X))
+        sets = [np.flatnonzero(~np.isnan(R[:, j])) for j in range(Y.shape[1])]
         own = [j for j, r in enumerate(sets) if len(r) >= MIN_OWN_HYPER]
         self.devs = [BayesLinear() for _ in sets]
         for j in own:
@@ -364,7 +385,7 @@ class RidgePredictor:
         for j, rows in enumerate(sets):
             if j not in own:  # the others' prior shape; the noise pooled from its own spread and theirs
                 self.devs[j].fit(X[rows], R[rows, j], rho=rho, noise_prior=(noise, NOISE_PRIOR_DOF))
-        return self
+        return R
 
     def predict_parts(self, X: Inputs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(anchor mean, anchor var, deviation means (m, g), deviation vars (m, g))."""
@@ -429,8 +450,7 @@ class BlendPredictor:
 
     def fit(self, X: Inputs, Y: np.ndarray) -> BlendPredictor:
         emb, Y = _check_fit(X, Y)
-        self.ridge.fit(emb, Y)
-        self._keep_neighbours(emb, split_anchor(Y)[1])
+        self._keep_neighbours(emb, self.ridge.fit_targets(emb, Y))
         return self
 
     def _keep_neighbours(self, emb: np.ndarray, R: np.ndarray) -> None:
@@ -524,8 +544,7 @@ class LexicalPredictor(BlendPredictor):
     def fit(self, X: Inputs, Y: np.ndarray) -> LexicalPredictor:
         texts = texts_of(X)
         emb, Y = _check_fit(X, Y)
-        self.ridge.fit(emb, Y)
-        R = split_anchor(Y)[1]
+        R = self.ridge.fit_targets(emb, Y)
         dm = self.ridge.deviation_means(emb)
         self.vocab, S = NgramVocab.fit_transform(texts)
         self.W = masked_ridge(S, R - dm, self.lam)
