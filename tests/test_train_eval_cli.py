@@ -89,6 +89,34 @@ def test_train_json_and_knn(case: Path, tmp_path: Path) -> None:
     assert doc["budget"]["levels"]["max"] == 0.0
 
 
+def test_train_costs_from_explicit_seconds_or_a_clear_error(tmp_path: Path) -> None:
+    """Without a seconds column: every generator's cost_seconds from models.toml (what explain routes by),
+    even for a source with no FLOP estimate; one such source without it is an error before any embedding."""
+    models, m = write_case(tmp_path, seconds=False)
+    unknown = models.read_text(encoding="utf-8").replace("stabilityai/sdxl-turbo", "someone/own-model")
+    models.write_text(
+        unknown.replace("[generators.dear]", "cost_seconds = 2.0\n\n[generators.dear]")
+        + "cost_seconds = 10.0\n",
+        encoding="utf-8",
+    )
+    code, out = run("train", "-M", str(m), "--models", str(models), "--out", str(tmp_path / "r"), "--json")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["cost_unit"] == "seconds"
+    assert [(g["cost"], g["cost_kind"]) for g in doc["generators"]] == [
+        (2.0, "explicit seconds"),
+        (10.0, "explicit seconds"),
+    ]
+    # the unknown source's cost_seconds alone: the dear generator is in TFLOPs, the cheap one has none
+    models.write_text(
+        unknown.replace("[generators.dear]", "cost_seconds = 2.0\n\n[generators.dear]"), "utf-8"
+    )
+    code, out = run("train", "-M", str(m), "--models", str(models), "--out", str(tmp_path / "r2"))
+    assert code == 2 and "Traceback" not in out
+    assert "[generators.cheap]: no FLOP estimate" in out and "cost_tflops" in out
+    assert "embedding" not in out and not (tmp_path / "r2").exists()
+
+
 def test_train_knn_share_and_seed(tmp_path: Path) -> None:
     """--knn-share fixes lexical's share instead of fitting it; --seed makes runs repeatable; bad values are
     one-line errors (exit 2)."""

@@ -61,15 +61,20 @@ def metric_scale(metric: str, Y: np.ndarray) -> tuple[float, float]:
 def generator_costs(table: MeasurementTable, catalog: Catalog) -> tuple[str, dict[str, dict[str, Any]]]:
     """(cost unit, per generator {cost, cost_seconds, cost_tflops, cost_kind}).
 
-    Seconds are used when the measurements give them for every generator; otherwise TFLOPs from the catalog's
-    cost model (device independent), so that training on one machine does not bake in its speed.
+    Seconds when the measurements give them for every generator, or else when ``models.toml`` gives every
+    generator an explicit ``cost_seconds`` (what explain and gen will route by); otherwise TFLOPs from the
+    catalog's cost model (device independent), so that training on one machine does not bake in its speed.
+    A generator with neither a FLOP estimate nor a cost in seconds is a ConfigError: a cost of 0 would make
+    it free.
     """
     from catimg.costs.model import generator_cost
     from catimg.device import cpu_device
 
     dev = cpu_device()
+    measured = all(table.seconds.get(g) is not None for g in table.generators)
+    explicit = all(catalog.get(g).cost_seconds is not None for g in table.generators)
+    unit = "seconds" if measured or explicit else "tflops"
     info: dict[str, dict[str, Any]] = {}
-    unit = "seconds" if all(table.seconds.get(g) is not None for g in table.generators) else "tflops"
     for g in table.generators:
         gen = catalog.get(g)
         try:
@@ -77,20 +82,30 @@ def generator_costs(table: MeasurementTable, catalog: Catalog) -> tuple[str, dic
             tflops: float | None = (
                 float(gen.cost_tflops)
                 if gen.cost_tflops is not None
-                else float(generator_cost(gen, dev, use_measured=False).tflops)
+                else float(generator_cost(gen, dev, use_measured=False).tflops) or None  # 0: no estimate
             )
         except ConfigError as exc:
             if unit == "tflops":
                 raise ConfigError(f"{exc}; or give a seconds column in the measurements") from exc
-            tflops = float(gen.cost_tflops) if gen.cost_tflops is not None else None  # seconds are enough
+            tflops = None  # seconds are enough
+        if unit == "seconds":
+            cost, kind = (
+                (table.seconds[g], "measured seconds") if measured else (gen.cost_seconds, "explicit seconds")
+            )
+        elif tflops is None:
+            raise ConfigError(
+                f"{catalog.path}: [generators.{g}]: no FLOP estimate for source {gen.source!r} to train on; "
+                "give it cost_tflops, or every generator cost_seconds, or the measurements a seconds column"
+            )
+        else:
+            cost, kind = tflops, f"{'explicit' if gen.cost_tflops is not None else 'estimated'} TFLOPs"
         info[g] = {
             "cost_seconds": table.seconds.get(g),
             "cost_tflops": tflops,
             "cost_tflops_kind": "explicit" if gen.cost_tflops is not None else "estimated",
+            "cost": float(cost),  # type: ignore[arg-type]
+            "cost_kind": kind,
         }
-    for d in info.values():
-        d["cost"] = float(d["cost_seconds"] if unit == "seconds" else d["cost_tflops"])
-        d["cost_kind"] = "measured seconds" if unit == "seconds" else f"{d['cost_tflops_kind']} TFLOPs"
     return unit, info
 
 
@@ -429,6 +444,7 @@ def train_router(
     name = _predictor_name(predictor)
     warnings = check_table(table, catalog)
     metric = table.metric if joint is not None else (metric or table.metric)
+    unit, cinfo = generator_costs(table, catalog)  # a cost error before minutes of embedding, not after
     enc = encoder or default_encoder()
     t0 = time.perf_counter()
     say(f"embedding {table.n_prompts} prompts")
@@ -436,7 +452,6 @@ def train_router(
     t_embed = time.perf_counter() - t0
     Y = table.Y
     scale = metric_scale(metric, Y) if joint is None else joint_scale()
-    unit, cinfo = generator_costs(table, catalog)
     costs = np.array([cinfo[g]["cost"] for g in table.generators])
 
     say(f"fitting {name} on {table.n_prompts} prompts x {len(table.generators)} generators")
