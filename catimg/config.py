@@ -230,7 +230,11 @@ def parse_catalog(text: str, path: Path, origin: str = "--models") -> Catalog:
                 f'{path}: {where} must be a table, e.g. [generators.{model}] with source = "org/name"'
             )
         if not model or any(c in model for c in "@/\\ "):
-            raise ConfigError(f"{path}: {where}: a generator name may not contain '@', '/', '\\' or spaces")
+            fixed = "".join("-" if c in "@/\\ " else c for c in model) or "my-generator"
+            raise ConfigError(
+                f"{path}: {where}: a generator name may not contain '@', '/', '\\' or spaces; rename it, "
+                f"e.g. [generators.{fixed}], and use that name in measurements files too"
+            )
         merged = {**defaults, **table}
         _check_keys(path, where, merged)
         for g in _expand(path, where, model, merged):

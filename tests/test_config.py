@@ -119,6 +119,7 @@ def test_packaged_default_matches_repository_catalog() -> None:
             '[generators.a]\nsource = "x/y"\nsteps = [10, 20]\n[generators."a@10"]\nsource = "x/y"\n',
             "may not contain '@'",
         ),
+        ('[generators."sd 1.5"]\nsource = "x/y"\n', "rename it, e.g. [generators.sd-1.5]"),
         ('[generators.a]\nsource = "x/y"\nenabled = false\n', "nothing can be routed"),
         ("", "no [generators.<name>] tables"),
         (
