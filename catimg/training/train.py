@@ -226,7 +226,11 @@ def held_out_numbers(
     if len(full) < MIN_HOLDOUT or len(table.generators) < 2:
         return (
             ref,
-            {"note": f"too few prompts measured on every generator (< {MIN_HOLDOUT}) for held-out numbers"},
+            {
+                "note": f"too few prompts measured on every generator ({len(full)} < {MIN_HOLDOUT}) for "
+                "held-out numbers: the router learns from the others too, but only a prompt scored by every "
+                "generator shows which one wins"
+            },
             [],
         )
     rep = evaluate_predictions(
