@@ -42,6 +42,9 @@ def test_new_generator_uncertainty_shrinks_and_unmeasured_is_never_routed() -> N
     assert [r["measured"] for r in res[-1]] == [84.0, 84.0]
     # not measured: never chosen, no uncertainty to report
     assert all(r["share"] == 0.0 and np.isnan(r["own"]) for r in res[0])
+    # the own std is held against an error: the deviation's distance to the all-prompt fit (none at all)
+    assert all(np.isnan(r["own_err"]) for r in res[-1] + res[0])
+    assert all(r["own_err"] > 0 for r in res[10])
     own10 = np.mean([r["own"] for r in res[10]])
     own_all = np.mean([r["own"] for r in res[-1]])
     assert own10 > 1.2 * own_all > 0  # 1.3-1.5 times over seeds 0-2; below it before the pooled noise

@@ -184,6 +184,31 @@ def test_one_score_deviations_are_taken_against_the_anchor_model() -> None:
     assert one_score_deviations(full, R_full, np.zeros(2)) is R_full
 
 
+def test_a_few_shot_generator_borrows_its_prior_from_prompts_scored_twice() -> None:
+    """Generator 1 is measured on 10 prompts; generator 0 on all 400, 390 of them one-score. The prior
+    generator 1 borrows comes from generator 0's prompts scored twice (none to speak of here: the anchor's),
+    not from its one-score ones, whose targets carry the anchor model's error."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(400, 12))
+    level, gap = X @ rng.normal(size=12), X @ rng.normal(0, 0.3, size=12)
+    Y = np.c_[level + gap, level - gap] + rng.normal(0, 0.3, (400, 2))
+    Y[10:, 1] = np.nan
+    p = RidgePredictor().fit(X, Y)
+    assert p.devs[0].n == 400  # generator 0 learns from every prompt, one-score ones included
+    assert p.devs[1].rho == pytest.approx(p.anchor.rho)  # 10 prompts scored twice: no donor
+    Y2 = Y.copy()
+    Y2[:60, 1] = (level - gap)[:60]  # now 60 prompts scored twice: a donor, fitted on them alone
+    Y2[np.r_[10:25], 1] = np.nan  # (generator 1 keeps 45 of them: its own hyperparameters)
+    Y3 = Y2.copy()
+    Y3[25:60, 1] = np.nan  # a third generator, measured on the first 10 prompts only
+    q = RidgePredictor().fit(X, np.c_[Y2, Y3[:, 1]])
+    multi = np.flatnonzero(~np.isnan(Y2[:, 1]))
+    a, R = split_anchor(np.c_[Y2, Y3[:, 1]])
+    donor = BayesLinear().fit(X[multi], R[multi, 0])
+    # it borrows from generator 0 fitted on its 45 twice-scored prompts and from generator 1 (all 45 twice)
+    assert q.devs[2].n == 10 and q.devs[2].rho == pytest.approx(float(np.median([donor.rho, q.devs[1].rho])))
+
+
 @pytest.mark.parametrize("name", ["ridge", "lexical"])
 def test_predictors_learn_from_prompts_scored_on_one_generator(
     data: tuple[np.ndarray, np.ndarray], name: str

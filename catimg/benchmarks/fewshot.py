@@ -21,7 +21,9 @@ best single generator (% of that cost; "-" when it never does), the share of tes
 few-shot generator at the medium-like λ of equal cost, the mean predicted uncertainty (std) of that
 generator's expected quality on the test prompts, and (ridge) its *own* part: the std of its deviation from
 the per-prompt anchor, the uncertainty that decides how it compares with the others (the anchor's is shared by
-every generator), which shrinks as it is measured on more prompts. Costs are the catalog's
+every generator), which shrinks as it is measured on more prompts. "own err" holds that std against an error:
+the RMS of its deviation mean against the one fitted with all training prompts in the same repeat (a stand-in
+for the expected deviation; an honest own std is not much below it). Costs are the catalog's
 analytic TFLOPs per image.
 """
 
@@ -115,10 +117,14 @@ def run(
         perm = rng.permutation(n)
         test, train = perm[:n_test], perm[n_test:]
         order = rng.permutation(len(train))  # which training prompts the few-shot generator is measured on
+        own_means = {}
         for size in sizes:
             k = len(train) if size < 0 else min(size, len(train))
-            row, rep = _one(table, X, j, train, test, order[k:] if k else None, predictor, scale, seed)
+            row, rep, own_means[size] = _one(
+                table, X, j, train, test, order[k:] if k else None, predictor, scale, seed
+            )
             results[size].append(row)
+        _own_errors({s: r[-1] for s, r in results.items()}, own_means)
     oracle = rep.summaries[1]
     return {
         "gens": gens,
@@ -132,6 +138,19 @@ def run(
     }
 
 
+def _own_errors(rows: dict[int, dict[str, float]], own_means: dict[int, np.ndarray | None]) -> None:
+    """Per size, ``rows[size]["own_err"]``: the RMS over the test prompts of the few-shot generator's own
+    deviation mean against the one fitted with all training prompts (-1 in the sizes), a stand-in for its
+    expected deviation to hold the "own std" against (NaN without that fit or without an own part)."""
+    ref = own_means.get(-1)
+    for size, row in rows.items():
+        mean = own_means[size]
+        if ref is None or mean is None or size == -1:
+            row["own_err"] = np.nan
+        else:
+            row["own_err"] = float(np.sqrt(np.mean((mean - ref) ** 2)))
+
+
 def _one(
     table: Table,
     X: Any,
@@ -142,9 +161,10 @@ def _one(
     predictor: str,
     scale: tuple[float, float],
     seed: int,
-) -> tuple[dict[str, float], Any]:
+) -> tuple[dict[str, float], Any, np.ndarray | None]:
     """One repeat at one size: generator ``j`` keeps its scores on the training prompts but ``hidden`` (None:
-    it is not measured at all, so not routed); the fitted router evaluated on the test prompts."""
+    it is not measured at all, so not routed); the fitted router evaluated on the test prompts, and the
+    generator's own deviation means there (None without them)."""
     from catimg.training.crossval import fit_predictor
     from catimg.training.evaluate import choose, evaluate_predictions
 
@@ -160,9 +180,10 @@ def _one(
     # the few-shot generator's own epistemic uncertainty: ridge's deviation part (the anchor part is shared by
     # every generator and cancels when generators are compared); blend and lexical report their ridge's
     ridge = getattr(model, "ridge", model)
-    own = None
+    own = own_mean = None
     if hidden is not None and hasattr(ridge, "predict_parts"):
-        own = np.sqrt(ridge.predict_parts(X[test])[3][:, j])
+        parts = ridge.predict_parts(X[test])
+        own, own_mean = np.sqrt(parts[3][:, j]), parts[2][:, j]
     if hidden is None:
         mean = np.insert(mean, j, -1e9, axis=1)
         std = np.insert(std, j, np.nan, axis=1)
@@ -182,7 +203,7 @@ def _one(
         "own": float(np.mean(own)) if own is not None else np.nan,
         "measured": float(len(train) - (len(train) if hidden is None else len(hidden))),
     }
-    return row, rep
+    return row, rep, own_mean
 
 
 def _fmt(vals: list[float], digits: int = 3) -> str:
@@ -233,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     head = (
         f"{'measured':>9}  {'AUC':>16}  {'quality@best cost':>18}  {'cost to match %':>22}  "
-        f"{'share':>15}  {'pred. std':>15}  {'own std':>15}"
+        f"{'share':>15}  {'pred. std':>15}  {'own std':>15}  {'own err':>15}"
     )
     print(head)
     for size, rows in out["results"].items():
@@ -241,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{label:>9}  {_fmt([r['auc'] for r in rows]):>16}  {_fmt([r['q_at_best'] for r in rows]):>18}  "
             f"{_fmt([r['ctm_pct'] for r in rows], 1):>22}  {_fmt([r['share'] for r in rows], 2):>15}  "
-            f"{_fmt([r['std'] for r in rows]):>15}  {_fmt([r['own'] for r in rows]):>15}"
+            f"{_fmt([r['std'] for r in rows]):>15}  {_fmt([r['own'] for r in rows]):>15}  "
+            f"{_fmt([r['own_err'] for r in rows]):>15}"
         )
     print(f"\n({time.perf_counter() - t0:.1f} s)")
     return 0
