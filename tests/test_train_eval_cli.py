@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -115,6 +116,22 @@ def test_train_costs_from_explicit_seconds_or_a_clear_error(tmp_path: Path) -> N
     assert code == 2 and "Traceback" not in out
     assert "[generators.cheap]: no FLOP estimate" in out and "cost_tflops" in out
     assert "embedding" not in out and not (tmp_path / "r2").exists()
+
+
+def test_train_on_prompts_scored_by_one_generator_each(tmp_path: Path) -> None:
+    """Measurements as gen --score collects them: the router trains and its data card says why there are no
+    held-out numbers."""
+    models, m = write_case(tmp_path)
+    with m.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    prompts = list(dict.fromkeys(r[0] for r in rows[1:]))
+    keep = {p: ("cheap", "dear")[i % 2] for i, p in enumerate(prompts)}  # alternate prompts, one score each
+    with m.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([rows[0], *(r for r in rows[1:] if keep[r[0]] == r[1])])
+    code, out = run("train", "-M", str(m), "--models", str(models), "--out", str(tmp_path / "r"), "--json")
+    assert code == 0, out
+    note = json.loads(out)["data_card"]["held_out"]["note"]
+    assert "(0 < 20)" in note and "the KNN share is 0.40" in note
 
 
 def test_train_knn_share_and_seed(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from catimg import __version__
 from catimg.config import Catalog
 from catimg.errors import ConfigError, MeasurementsError, did_you_mean
 from catimg.measurements import MeasurementTable
-from catimg.routing.predictor import AUTO, PREDICTORS, Features, Inputs
+from catimg.routing.predictor import AUTO, PREDICTORS, BlendPredictor, Features, Inputs
 from catimg.routing.router import (
     FORMAT,
     FORMAT_VERSION,
@@ -230,6 +230,11 @@ def held_out_numbers(
                 "note": f"too few prompts measured on every generator ({len(full)} < {MIN_HOLDOUT}) for "
                 "held-out numbers: the router learns from the others too, but only a prompt scored by every "
                 "generator shows which one wins"
+                + (
+                    f"; the KNN share is {fitted.predictor.weight:.2f} (fitting it needs such prompts too)"
+                    if isinstance(fitted.predictor, BlendPredictor) and fitted.share is None
+                    else ""
+                )
             },
             [],
         )
