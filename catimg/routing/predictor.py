@@ -17,7 +17,9 @@ image's score.
            *differences* between generators on a prompt, while most of the variance of measured quality is how
            hard the prompt is for every generator. So the table is split into a per-prompt *anchor* a_i (the
            prompt's quality level, from the additive model y_ig = a_i + b_g by alternating means, which
-           handles missing cells) and per-generator *deviations* r_ig = y_ig - a_i. The anchor and each
+           handles missing cells) and per-generator *deviations* r_ig = y_ig - a_i (for a prompt scored by
+           one generator only, y_ig minus the anchor model's prediction: :func:`one_score_deviations`; those
+           prompts teach the deviations too, as ``gen --score`` collects them). The anchor and each
            deviation get a Bayesian linear regression on the unit embedding (unpenalised mean, Gaussian prior
            on the weights); the prior-to-noise ratio and the noise are chosen per model by maximising the
            marginal likelihood on the training data (closed form through one d x d eigendecomposition).
