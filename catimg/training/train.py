@@ -1,8 +1,9 @@
 """Train a router artifact from measurements: embeddings, predictor, costs, budget levels, data card.
 
 Training never needs generator weights: prompts are embedded with the fixed encoder, costs come from the
-measurements' ``seconds`` column (when every generator has it) or else from the catalog's cost model in TFLOPs
-(explicit ``cost_tflops`` or the analytic estimate from the generator's family, steps and size).
+measurements' ``seconds`` column (when every generator has it), else from every generator's explicit
+``cost_seconds`` in the catalog, else from the catalog's cost model in TFLOPs (explicit ``cost_tflops`` or the
+analytic estimate from the generator's family, steps and size); see :func:`generator_costs`.
 """
 
 from __future__ import annotations
