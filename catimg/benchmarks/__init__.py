@@ -1,7 +1,8 @@
 """Benchmarks and data scripts: commands that print numbers, run with ``python -m catimg.benchmarks.<name>``.
 
 ``routing`` (held-out routing quality per data set), ``train_scale`` (training at 100,000 prompts),
-``fewshot`` (a new generator after a short calibration), ``costs`` (estimated against measured seconds),
+``fewshot`` (a new generator after a short calibration), ``learning_curve`` (routing against the number of
+training prompts, and with prompts scored on one generator), ``costs`` (estimated against measured seconds),
 ``overhead`` (gen against a plain diffusers script), ``cli_speed`` (start-up times), ``cluster_plan`` and
 ``ray_throughput`` (the Ray engine), and ``datasets``: the converters from the public data sets in
 ``../shared/data`` to long-format measurements, which the benchmarks and the bundled router's rebuild use.
