@@ -12,6 +12,10 @@ from test_router import SUBJECTS, write_case
 from typer.testing import CliRunner
 
 from catimg.cli import app
+from catimg.config import load_catalog
+from catimg.errors import ConfigError
+from catimg.measurements import read_measurements
+from catimg.training.train import train_router
 
 runner = CliRunner()
 
@@ -115,7 +119,15 @@ def test_train_costs_from_explicit_seconds_or_a_clear_error(tmp_path: Path) -> N
     code, out = run("train", "-M", str(m), "--models", str(models), "--out", str(tmp_path / "r2"))
     assert code == 2 and "Traceback" not in out
     assert "[generators.cheap]: no FLOP estimate" in out and "cost_tflops" in out
-    assert "embedding" not in out and not (tmp_path / "r2").exists()
+    assert not (tmp_path / "r2").exists()
+    # and before the prompts are embedded: no training stage has begun
+    cat = load_catalog(models)
+    stages: list[str] = []
+    with pytest.raises(ConfigError, match="no FLOP estimate"):
+        train_router(
+            read_measurements(m, known_generators=cat.names), cat, tmp_path / "r3", progress=stages.append
+        )
+    assert stages == []
 
 
 def test_train_on_prompts_scored_by_one_generator_each(tmp_path: Path) -> None:

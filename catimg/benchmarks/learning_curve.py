@@ -59,12 +59,6 @@ def _split(table: Table, idx: np.ndarray) -> Table:
     return Table([table.prompts[i] for i in idx], table.Y[idx], table.generators, table.costs, table.metric)
 
 
-def _features(table: Table, E: np.ndarray) -> Features:
-    from catimg.routing.predictor import Features
-
-    return Features.of(E, table.prompts)
-
-
 def run(
     train: Table,
     test: Table,
@@ -77,11 +71,12 @@ def run(
     """The curve (see the module docstring): subsets of ``train`` (a share ``one_score`` of their prompts
     keeping one score), scored on ``test``."""
     from catimg.routing.encoder import default_encoder
+    from catimg.routing.predictor import Features
     from catimg.training.train import metric_scale
 
     enc = default_encoder()
     E = enc.encode(train.prompts).astype(np.float64)
-    Xte = _features(test, enc.encode(test.prompts).astype(np.float64))
+    Xte = Features.of(enc.encode(test.prompts).astype(np.float64), test.prompts)
     scale = metric_scale(train.metric, np.vstack([train.Y, test.Y]))
     rng = np.random.default_rng(seed)
     out: dict[int, dict[str, list[float]]] = {s: {p: [] for p in predictors} for s in sizes}
@@ -124,11 +119,12 @@ def _scores(
     """Each predictor fitted on the training prompts ``rows`` and its APGR on ``test`` (NaN where the oracle
     gains nothing there)."""
     from catimg.benchmarks.routing import summaries_of
+    from catimg.routing.predictor import Features
     from catimg.training.crossval import fit_predictor
 
     rows = np.sort(rows)
     sub = _split(train, rows)
-    X = _features(sub, E[rows])
+    X = Features.of(E[rows], sub.prompts)
     preds = {
         name: fit_predictor(name, X, sub.Y, seed=seed, cross_validate=False).predictor.predict(Xte)[0]
         for name in predictors

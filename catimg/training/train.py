@@ -89,22 +89,23 @@ def generator_costs(table: MeasurementTable, catalog: Catalog) -> tuple[str, dic
             if unit == "tflops":
                 raise ConfigError(f"{exc}; or give a seconds column in the measurements") from exc
             tflops = None  # seconds are enough
+        tflops_kind = "explicit" if gen.cost_tflops is not None else "estimated"
         if unit == "seconds":
-            cost, kind = (
-                (table.seconds[g], "measured seconds") if measured else (gen.cost_seconds, "explicit seconds")
-            )
+            seconds = table.seconds.get(g) if measured else gen.cost_seconds
+            assert seconds is not None  # the unit is seconds only when every generator has them
+            cost, kind = float(seconds), "measured seconds" if measured else "explicit seconds"
         elif tflops is None:
             raise ConfigError(
                 f"{catalog.path}: [generators.{g}]: no FLOP estimate for source {gen.source!r} to train on; "
                 "give it cost_tflops, or every generator cost_seconds, or the measurements a seconds column"
             )
         else:
-            cost, kind = tflops, f"{'explicit' if gen.cost_tflops is not None else 'estimated'} TFLOPs"
+            cost, kind = tflops, f"{tflops_kind} TFLOPs"
         info[g] = {
             "cost_seconds": table.seconds.get(g),
             "cost_tflops": tflops,
-            "cost_tflops_kind": "explicit" if gen.cost_tflops is not None else "estimated",
-            "cost": float(cost),  # type: ignore[arg-type]
+            "cost_tflops_kind": tflops_kind,
+            "cost": cost,
             "cost_kind": kind,
         }
     return unit, info
