@@ -1,5 +1,5 @@
 """The routing rule (catimg.routing.rule): normalisation, argmax with deterministic ties, switch points and
-breakpoints."""
+the exact path of a λ sweep."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from catimg.routing.rule import (
-    breakpoints,
     choose,
     choose_metric,
     cost_scale,
@@ -15,6 +14,7 @@ from catimg.routing.rule import (
     normalise_cost,
     normalise_quality,
     runner_up,
+    sweep_path,
     switch_points,
     values,
 )
@@ -66,7 +66,7 @@ def test_normalise_zero_quality_span_divides_by_one() -> None:
     assert normalise_quality(q, (1.0, 5.0)).tolist() == [[0.25, 0.375], [0.125, 0.25]]
     assert choose_metric(q, np.array([1.0, 4.0]), 0.0, (2.0, 2.0)).tolist() == [1, 1]
     assert choose_metric(q, np.array([1.0, 4.0]), 1.0, (2.0, 2.0)).tolist() == [0, 0]  # 0.5 - 1 < 0 - 0.25
-    assert np.isfinite(breakpoints(q, np.array([1.0, 4.0]), (2.0, 2.0))).all()
+    assert np.isfinite(sweep_path(*normalise(q, np.array([1.0, 4.0]), (2.0, 2.0))).state_lambdas()).all()
 
 
 def test_cost_scale_is_the_max_over_the_reference_columns() -> None:
@@ -142,16 +142,45 @@ def test_runner_up_is_the_best_other_allowed_column() -> None:
     assert runner_up(qn[0], CN, lam, 1, np.array([False, True, False, False, False])) is None
 
 
-def test_breakpoints_visit_every_choice_of_a_dense_sweep() -> None:
-    rng = np.random.default_rng(5)
-    q = 1.0 + 4.0 * rng.random((12, 4))
-    cost = np.array([0.5, 2.0, 4.0, 12.0])
-    lams = breakpoints(q, cost, (1.0, 5.0))
+def _tied_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised predictions full of ties (coarse values, a duplicated prompt, equally dear generators, NaN)
+    and their costs."""
+    rng = np.random.default_rng(seed)
+    q = np.round(4.0 * rng.random((20, 5)), 1)
+    q[1] = q[0]
+    q[3, 2] = np.nan
+    cost = np.array([0.5, 2.0, 2.0, 4.0, 12.0])
+    return normalise(q, cost, (0.0, 4.0))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_sweep_path_states_are_what_choose_does_and_miss_nothing(seed: int) -> None:
+    qn, cn = _tied_case(seed)
+    path = sweep_path(qn, cn)
+    lams = path.state_lambdas()
     assert lams[0] == 0.0 and (np.diff(lams) > 0).all()
-    at_breakpoints = {tuple(choose_metric(q, cost, float(lam), (1.0, 5.0))) for lam in lams}
-    dense = {
-        tuple(choose_metric(q, cost, float(lam), (1.0, 5.0))) for lam in np.linspace(0.0, lams[-1] * 2, 4001)
-    }
-    assert dense <= at_breakpoints
-    # past the last breakpoint every prompt goes to the cheapest generator
-    assert choose_metric(q, cost, float(lams[-1]), (1.0, 5.0)).tolist() == [0] * 12
+    states = [path.choice(k) for k in range(len(lams))]
+    for k, lam in enumerate(lams):  # each state is the choice of the rule at its λ
+        assert states[k].tolist() == choose(qn, cn, float(lam)).tolist()
+    dense = {tuple(choose(qn, cn, float(lam))) for lam in np.linspace(0.0, lams[-1] * 2, 4001)}
+    assert dense <= {tuple(s) for s in states}  # and no choice of a dense sweep is missing
+    # past the last state every prompt is at the cheapest generator (the NaN never wins)
+    assert states[-1].tolist() == [0] * 20
+    # every switch goes to a cheaper generator, so a prompt switches at most g - 1 times
+    assert (cn[path.dst] < cn[path.src]).all()
+    assert np.bincount(path.row, minlength=20).max() <= 4
+
+
+def test_sweep_path_sums_match_routing_at_every_state() -> None:
+    qn, cn = _tied_case(7)
+    V = np.random.default_rng(8).random(qn.shape)
+    path = sweep_path(qn, cn)
+    expect = [V[np.arange(len(V)), choose(qn, cn, float(lam))].sum() for lam in path.state_lambdas()]
+    np.testing.assert_allclose(path.sums(V), expect, rtol=1e-12)
+
+
+def test_sweep_path_of_one_generator_or_no_prompt_has_one_state() -> None:
+    path = sweep_path(np.array([[0.3], [0.9]]), np.array([1.0]))
+    assert path.state_lambdas().tolist() == [0.0] and path.choice(0).tolist() == [0, 0]
+    empty = sweep_path(np.zeros((0, 3)), np.array([0.1, 0.5, 1.0]))
+    assert empty.sums(np.zeros((0, 3))).tolist() == [0.0]

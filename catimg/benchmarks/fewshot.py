@@ -165,8 +165,9 @@ def _one(
     """One repeat at one size: generator ``j`` keeps its scores on the training prompts but ``hidden`` (None:
     it is not measured at all, so not routed); the fitted router evaluated on the test prompts, and the
     generator's own deviation means there (None without them)."""
+    from catimg.routing.rule import normalise, sweep_path
     from catimg.training.crossval import fit_predictor
-    from catimg.training.evaluate import choose, evaluate_predictions
+    from catimg.training.evaluate import evaluate_predictions
 
     Y, gens, costs = table.Y, table.generators, np.asarray(table.costs, float)
     Ytr = Y[train].copy()
@@ -191,9 +192,9 @@ def _one(
     s = rep.summaries[0]
     # share routed to the target at the λ whose mean cost is closest to the best single generator's
     best = int(np.argmax(Y[test].mean(0)))
-    lams = np.geomspace(1e-6, 10.0, 200) / max(costs.max(), 1e-9)
-    picks = [choose(mean, costs, lam, scale) for lam in lams]
-    at = min(picks, key=lambda ch: abs(costs[ch].mean() - costs[best]))
+    path = sweep_path(*normalise(mean, costs, scale))
+    mean_cost = path.sums(np.broadcast_to(costs, mean.shape)) / len(mean)
+    at = path.choice(int(np.argmin(np.abs(mean_cost - costs[best]))))
     row = {
         "auc": s.auc,
         "q_at_best": s.quality_at_best_cost,

@@ -7,8 +7,10 @@ every generator was measured):
   argmax_g  q_norm(g, i) - lambda * c_norm(g) with q_norm = (q - lo) / (hi - lo) on the metric scale and
   c_norm = cost / the max cost of the generators evaluated; ties go to the cheaper generator.
 - **Curve**: sweeping lambda from 0 to "always the cheapest" gives points (mean cost, mean *measured*
-  quality). Between two points the curve is linear (randomising between the two policies reaches any cost in
-  between); beyond the last point it stays flat.
+  quality), one per distinct policy of the sweep (every prompt's every switch, exactly:
+  :func:`~catimg.routing.rule.sweep_path`). Between two points the curve is linear (randomising between the
+  two policies reaches any cost in between); beyond the last point it stays flat. AUC and APGR integrate
+  this piecewise-linear curve exactly.
 - **AUC** (``auc``): the mean height of the curve over the cost range of the single generators,
   1/(c_max - c_min) * integral from c_min to c_max of Q(c) dc, in metric units (higher is better).
 - **Quality at the best single generator's cost** (``quality_at_best_cost``): Q(c_best) where the best single
@@ -32,10 +34,9 @@ from typing import Any
 
 import numpy as np
 
-# The routing rule lives in catimg.routing.rule; ``choose`` and ``breakpoints`` take qualities in metric units
-# and raw costs (also used by training's level calibration and the benchmarks).
-from catimg.routing.rule import breakpoints as breakpoints
-from catimg.routing.rule import choose_metric
+# The routing rule lives in catimg.routing.rule; ``choose`` takes qualities in metric units and raw costs
+# (also used by training's level calibration and the benchmarks).
+from catimg.routing.rule import choose_metric, normalise, sweep_path
 
 choose = choose_metric  # an assignment, not `import ... as choose`: mypy --strict treats it as exported
 
@@ -55,22 +56,17 @@ class Curve:
         return float(np.interp(c, x, y))
 
 
-def sweep(
-    q_pred: np.ndarray,
-    q_true: np.ndarray,
-    costs: np.ndarray,
-    scale: tuple[float, float],
-    lambdas: np.ndarray | None = None,
-) -> Curve:
+def sweep(q_pred: np.ndarray, q_true: np.ndarray, costs: np.ndarray, scale: tuple[float, float]) -> Curve:
+    """The curve of a λ sweep of predictions ``q_pred`` scored with measured ``q_true`` (both (n, g), metric
+    units): every distinct policy of the sweep (:func:`~catimg.routing.rule.sweep_path`), none skipped."""
     costs = np.asarray(costs, float)
-    lams = breakpoints(q_pred, costs, scale) if lambdas is None else np.asarray(lambdas, float)
-    n = len(q_true)
-    cs, qs = [], []
-    for lam in lams:
-        ch = choose(q_pred, costs, float(lam), scale)
-        cs.append(costs[ch].mean())
-        qs.append(q_true[np.arange(n), ch].mean())
-    return Curve(lams, np.array(cs), np.array(qs))
+    path = sweep_path(*normalise(q_pred, costs, scale))
+    n = max(len(q_true), 1)
+    return Curve(
+        path.state_lambdas(),
+        path.sums(np.broadcast_to(costs, q_true.shape)) / n,
+        path.sums(q_true) / n,
+    )
 
 
 def hull_curve(single_costs: np.ndarray, single_q: np.ndarray) -> Curve:
@@ -93,14 +89,21 @@ def hull_curve(single_costs: np.ndarray, single_q: np.ndarray) -> Curve:
     return Curve(np.full(len(xs), np.nan), xs, ys)
 
 
-def auc(curve: Curve, c_min: float, c_max: float, n: int = 2001) -> float:
-    """Mean height of the curve over [c_min, c_max] (metric units)."""
+def integral(curve: Curve, a: float, b: float) -> float:
+    """The exact integral of the curve (linear between its points, flat beyond them) from cost a to b > a.
+    (A sweep's states all differ in cost: every switch is to a cheaper generator.)"""
+    x, y = curve.sorted()
+    inside = (x > a) & (x < b)
+    xs = np.concatenate([[a], x[inside], [b]])
+    ys = np.concatenate([[curve.at(a)], y[inside], [curve.at(b)]])
+    return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1])) / 2)
+
+
+def auc(curve: Curve, c_min: float, c_max: float) -> float:
+    """Mean height of the curve over [c_min, c_max] (metric units), integrated exactly."""
     if c_max <= c_min:
         return curve.at(c_min)
-    x, y = curve.sorted()
-    grid = np.linspace(c_min, c_max, n)
-    vals = np.interp(grid, x, y)
-    return float(np.sum((vals[1:] + vals[:-1]) / 2 * np.diff(grid)) / (c_max - c_min))
+    return integral(curve, c_min, c_max) / (c_max - c_min)
 
 
 def cost_to_match(curve: Curve, target: float) -> float | None:
@@ -142,9 +145,9 @@ def summarise(name: str, curve: Curve, single_costs: np.ndarray, single_q: np.nd
     )
 
 
-def mean_gain(curve: Curve, single_costs: np.ndarray, single_q: np.ndarray, n: int = 401) -> float:
+def mean_gain(curve: Curve, single_costs: np.ndarray, single_q: np.ndarray) -> float:
     """Mean of curve - (the line from the cheapest to the best single generator) over the cost range between
-    them."""
+    them, integrated exactly."""
     # the cheapest generator; among equally cheap ones the best (a worse twin at the same cost is no baseline)
     cheap = int(np.lexsort((-np.asarray(single_q, float), np.asarray(single_costs, float)))[0])
     best = int(np.argmax(single_q))
@@ -152,9 +155,7 @@ def mean_gain(curve: Curve, single_costs: np.ndarray, single_q: np.ndarray, n: i
     q0, q1 = float(single_q[cheap]), float(single_q[best])
     if c1 <= c0:  # the cheapest generator is the best: nothing to gain
         return 0.0
-    grid = np.linspace(c0, c1, n)
-    x, y = curve.sorted()
-    return float(np.mean(np.interp(grid, x, y) - (q0 + (grid - c0) / (c1 - c0) * (q1 - q0))))
+    return integral(curve, c0, c1) / (c1 - c0) - (q0 + q1) / 2
 
 
 def apgr(curve: Curve, oracle: Curve, single_costs: np.ndarray, single_q: np.ndarray) -> float | None:

@@ -30,6 +30,7 @@ from catimg.routing.router import (
     neighbour_index,
     save_router,
 )
+from catimg.routing.rule import normalise, sweep_path
 from catimg.training.crossval import (
     MAX_CV_PROMPTS,
     OOF_FOLDS,
@@ -38,7 +39,7 @@ from catimg.training.crossval import (
     cross_predict,
     fit_predictor,
 )
-from catimg.training.evaluate import breakpoints, choose, evaluate_predictions
+from catimg.training.evaluate import choose, evaluate_predictions
 
 #: Where the named levels put the mean routed cost: this share of the way from the cheapest generator's cost
 #: to the mean cost of the max level (lambda = 0, the best predicted quality per prompt).
@@ -117,8 +118,9 @@ def calibrate_levels(
     """Lambdas for the named levels on reference predictions; returns (levels, mean routed cost per level)."""
     targets = targets or LEVEL_TARGETS
     costs = np.asarray(costs, float)
-    lams = breakpoints(q_pred, costs, scale)
-    mean_cost = np.array([costs[choose(q_pred, costs, float(lam), scale)].mean() for lam in lams])
+    path = sweep_path(*normalise(q_pred, costs, scale))
+    lams = path.state_lambdas()
+    mean_cost = path.sums(np.broadcast_to(costs, q_pred.shape)) / len(q_pred)
     c_lo = float(costs.min())
     c_hi = float(costs[choose(q_pred, costs, 0.0, scale)].mean())  # the max level (lambda = 0)
     levels: dict[str, float] = {}
