@@ -82,3 +82,18 @@ def test_cost_to_match_sees_a_prompt_that_ties_late_in_the_sweep() -> None:
     assert router.cost_to_match is not None
     assert abs(router.cost_to_match - (10.0 - 9.0 * 4 / n)) < 1e-9
     assert cost_to_match(Curve(np.zeros(2), np.array([1.0, 2.0]), np.array([0.1, 0.2])), 0.3) is None
+
+
+def test_eval_report_shows_a_thinned_curve_but_computes_on_every_point() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.random((3000, 3)) + np.array([0.0, 0.2, 0.4])
+    pred = y + rng.normal(0, 0.3, y.shape)
+    cost = np.array([1.0, 3.0, 10.0])
+    full = sweep(pred, y, cost, SCALE)
+    assert len(full.costs) > 2000
+    rep = evaluate_predictions(pred, y, cost, SCALE, ["a", "b", "c"])
+    shown = rep.curves["router"]
+    assert len(shown["cost"]) == 601
+    x, q = full.sorted()
+    assert shown["cost"][0] == x[0] and shown["cost"][-1] == x[-1] and shown["quality"][-1] == q[-1]
+    assert rep.summaries[0].auc == auc(full, 1.0, 10.0)

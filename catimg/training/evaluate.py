@@ -41,6 +41,10 @@ from catimg.routing.rule import choose_metric, normalise, sweep_path
 choose = choose_metric  # an assignment, not `import ... as choose`: mypy --strict treats it as exported
 
 
+#: Points per curve in ``eval --json`` and its plot (see :meth:`Curve.thinned`).
+MAX_SHOWN_POINTS = 601
+
+
 @dataclass
 class Curve:
     lambdas: np.ndarray
@@ -54,6 +58,14 @@ class Curve:
     def at(self, c: float) -> float:
         x, y = self.sorted()
         return float(np.interp(c, x, y))
+
+    def thinned(self, max_points: int = MAX_SHOWN_POINTS) -> tuple[list[float], list[float]]:
+        """(costs, qualities) of at most ``max_points`` of its points, evenly spread along the curve by cost
+        rank, both ends kept: what ``eval --json`` and ``--plot`` show (a sweep over thousands of prompts has
+        a point per switch; the numbers use them all)."""
+        x, y = self.sorted()
+        keep = np.unique(np.linspace(0, len(x) - 1, min(len(x), max_points)).round().astype(int))
+        return x[keep].tolist(), y[keep].tolist()
 
 
 def sweep(q_pred: np.ndarray, q_true: np.ndarray, costs: np.ndarray, scale: tuple[float, float]) -> Curve:
@@ -228,7 +240,7 @@ def evaluate_predictions(
             }
         )
     curves = {
-        k: {"cost": cv.costs.tolist(), "quality": cv.qualities.tolist()}
+        k: dict(zip(("cost", "quality"), cv.thinned(), strict=True))
         for k, cv in ((name, router), ("oracle", oracle), ("random", random))
     }
     return EvalReport(
