@@ -18,7 +18,8 @@ n = 0 means the generator is not routed at all (what a user gets before calibrat
 Printed per n, averaged over the repeats (± standard error): the router's AUC (mean quality over the cost
 range), the quality it reaches at the best single generator's cost, the cost at which it first matches the
 best single generator (% of that cost; "-" when it never does), the share of test prompts routed to the
-few-shot generator at the medium-like λ of equal cost, the mean predicted uncertainty (std) of that
+few-shot generator by the policy of the λ sweep whose mean cost is closest to that generator's own (λ = 0 when
+it is the dearest: how far the router trusts it), the mean predicted uncertainty (std) of that
 generator's expected quality on the test prompts, and (ridge) its *own* part: the std of its deviation from
 the per-prompt anchor, the uncertainty that decides how it compares with the others (the anchor's is shared by
 every generator), which shrinks as it is measured on more prompts. "own err" holds that std against an error:
@@ -190,11 +191,11 @@ def _one(
         std = np.insert(std, j, np.nan, axis=1)
     rep = evaluate_predictions(mean, Y[test], costs.tolist(), scale, gens, name=predictor)
     s = rep.summaries[0]
-    # share routed to the target at the λ whose mean cost is closest to the best single generator's
-    best = int(np.argmax(Y[test].mean(0)))
+    # share routed to the target by the sweep's policy whose mean cost is closest to the target's own
+    # cost (for the dearest generator: λ = 0, the router's unpriced choice)
     path = sweep_path(*normalise(mean, costs, scale))
     mean_cost = path.sums(np.broadcast_to(costs, mean.shape)) / len(mean)
-    at = path.choice(int(np.argmin(np.abs(mean_cost - costs[best]))))
+    at = path.choice(int(np.argmin(np.abs(mean_cost - costs[j]))))
     row = {
         "auc": s.auc,
         "q_at_best": s.quality_at_best_cost,
