@@ -13,6 +13,7 @@ from catimg.training.evaluate import (
     evaluate_predictions,
     hull_curve,
     mean_gain,
+    sparse_check,
     sweep,
 )
 
@@ -97,3 +98,19 @@ def test_eval_report_shows_a_thinned_curve_but_computes_on_every_point() -> None
     x, q = full.sorted()
     assert shown["cost"][0] == x[0] and shown["cost"][-1] == x[-1] and shown["quality"][-1] == q[-1]
     assert rep.summaries[0].auc == auc(full, 1.0, 10.0)
+
+
+def test_sparse_check_orders_pairs_and_compares_with_the_column_means() -> None:
+    rng = np.random.default_rng(4)
+    y = rng.random((60, 3)) + np.array([0.0, 0.3, 0.6])
+    y[rng.random(y.shape) < 0.4] = np.nan  # scored in use: no prompt needs every generator
+    good = sparse_check(np.nan_to_num(y), y)  # the scores themselves
+    assert good.order == 1.0 and good.rmse == 0.0 and not good.worse
+    assert good.n_scores == int((~np.isnan(y)).sum()) and good.n_pairs > 10
+    assert good.order_means is not None and 0.5 < good.order_means < 1.0
+    bad = sparse_check(-np.nan_to_num(y), y)  # every difference the wrong way round
+    assert bad.order == 0.0 and bad.worse
+    one = y.copy()
+    one[:, 1:] = np.nan  # one score per prompt: no pairs, only the error
+    only = sparse_check(np.full(one.shape, 5.0), one)
+    assert only.order is None and only.n_pairs == 0 and only.worse

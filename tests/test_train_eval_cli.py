@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from harness import run_cli
 from test_router import SUBJECTS, write_case
@@ -140,10 +141,58 @@ def test_train_on_prompts_scored_by_one_generator_each(tmp_path: Path) -> None:
     keep = {p: ("cheap", "dear")[i % 2] for i, p in enumerate(prompts)}  # alternate prompts, one score each
     with m.open("w", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerows([rows[0], *(r for r in rows[1:] if keep[r[0]] == r[1])])
-    code, out = run("train", "-M", str(m), "--models", str(models), "--out", str(tmp_path / "r"), "--json")
+    code, out, err = run_cli(
+        "train", "-M", str(m), "--models", str(models), "--out", str(tmp_path / "r"), "--json"
+    )
+    assert code == 0, out + err
+    card = json.loads(out)["data_card"]
+    held_out = card["held_out"]
+    assert "(0 < 20)" in held_out["note"] and "the KNN share is 0.40" in held_out["note"]
+    # what can be checked without a prompt scored twice: the out-of-fold error on every score, no pairs; a
+    # router that clearly misses the scores by more than the generators' mean scores says so (stderr, card)
+    check = held_out["sparse_check"]
+    assert check["n_scores"] == len(prompts) and check["n_pairs"] == 0 and check["order"] is None
+    assert check["rmse"] > 0 and check["rmse_means"] > 0
+    warned = [w for w in card["warnings"] if "has not learned from these prompts yet" in w]
+    assert len(warned) == int(check["worse"])
+    assert all(w in err for w in warned)
+
+
+def test_train_with_few_complete_prompts_checks_pairs_out_of_fold(tmp_path: Path) -> None:
+    """12 prompts scored on both generators (too few for routing numbers), the rest on one: the data card
+    and the output say how the router orders the pairs it can check, against the generators' mean scores."""
+    models, m = write_case(tmp_path)
+    with m.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    prompts = list(dict.fromkeys(r[0] for r in rows[1:]))
+    keep = {p: ("cheap", "dear", "both")[2 if i < 12 else i % 2] for i, p in enumerate(prompts)}
+    with m.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([rows[0], *(r for r in rows[1:] if keep[r[0]] in (r[1], "both"))])
+    code, out = run("train", "-M", str(m), "--models", str(models), "--out", str(tmp_path / "r"))
     assert code == 0, out
-    note = json.loads(out)["data_card"]["held_out"]["note"]
-    assert "(0 < 20)" in note and "the KNN share is 0.40" in note
+    assert "(12 < 20)" in out and "pairs of generators on a prompt ordered as measured" in out
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    check = cfg["data_card"]["held_out"]["sparse_check"]
+    assert check["n_scores"] == len(prompts) + 12 and 0 < check["n_pairs"] <= 12
+    assert 0.0 <= check["order"] <= 1.0 and 0.0 <= check["order_means"] <= 1.0
+
+
+def test_sparse_held_out_warns_when_the_router_orders_worse_than_the_means() -> None:
+    from catimg.routing.predictor import KNNPredictor
+    from catimg.training.crossval import Fitted
+    from catimg.training.train import _sparse_held_out
+
+    y = np.array([[0.2, 0.8], [0.1, 0.9], [0.3, np.nan], [np.nan, 0.7]])
+    fitted = Fitted(KNNPredictor(), None, 0.0)
+    section, warnings = _sparse_held_out(fitted, np.nan_to_num(y[:, ::-1]), y, 2)
+    assert section["sparse_check"]["order"] == 0.0 and section["sparse_check"]["order_means"] == 1.0
+    assert len(warnings) == 1 and "orders 0 % of 2 pairs" in warnings[0]
+    assert "mean scores 100 %" in warnings[0] and "route worse than ignoring the prompt" in warnings[0]
+    assert sparse_ok(_sparse_held_out(fitted, np.nan_to_num(y), y, 2)[1])
+
+
+def sparse_ok(warnings: list[str]) -> bool:
+    return warnings == []
 
 
 def test_train_knn_share_and_seed(tmp_path: Path) -> None:

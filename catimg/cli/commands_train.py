@@ -370,6 +370,8 @@ def _render_train(router: Any) -> None:
         )
     elif "held_out_by_set" not in card:
         con.print(f"held-out: {ho.get('note', 'not computed')}")
+        if "sparse_check" in ho:
+            con.print(_sparse_line(ho["sparse_check"]))
     for set_name, sh in card.get("held_out_by_set", {}).items():
         if "summaries" not in sh:
             con.print(f"held-out on {set_name}: {sh['note']}")
@@ -419,6 +421,20 @@ def _progress_line(quiet: bool) -> Any:
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
+
+
+def _sparse_line(c: dict[str, Any]) -> str:
+    """One line: the data card's out-of-fold check where routing numbers are missing (SparseCheck)."""
+    line = (
+        f"out of fold on {c['n_scores']} scores: RMS error {c['rmse']:.3g} "
+        f"(the generators' mean scores: {c['rmse_means']:.3g})"
+    )
+    if c["order"] is not None:
+        line += (
+            f"; {100 * c['order']:.0f} % of {c['n_pairs']} pairs of generators on a prompt ordered as "
+            f"measured (mean scores: {100 * c['order_means']:.0f} %)"
+        )
+    return line
 
 
 def _summary_table(

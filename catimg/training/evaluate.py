@@ -177,6 +177,64 @@ def apgr(curve: Curve, oracle: Curve, single_costs: np.ndarray, single_q: np.nda
     return mean_gain(curve, single_costs, single_q) / top if top > 1e-12 else None
 
 
+@dataclass(frozen=True)
+class SparseCheck:
+    """Held-out checks that need no prompt scored by every generator (measurements collected in use, where
+    routing numbers cannot be computed): out-of-fold predictions against the generators' mean scores (the
+    "column means", a router that ignores the prompt), on the same measured scores. With pairs (two
+    generators scored differently on one prompt) the check is how many the predictions order as measured;
+    without, how far they miss the scores. ``worse``: worse than the column means by more than
+    WORSE_SE standard errors of the paired difference (a small sample is not a verdict)."""
+
+    n_scores: int  # measured scores of the held-out prompts
+    rmse: float  # of the out-of-fold predictions on them
+    rmse_means: float  # of the column means on them
+    n_pairs: int
+    order: float | None  # share of the pairs the predictions order as measured (None without pairs)
+    order_means: float | None  # the same for the column means
+    worse: bool
+
+
+#: How many standard errors worse than the column means a :class:`SparseCheck` must be to count as worse.
+WORSE_SE = 2.0
+
+
+def _clearly_positive(d: np.ndarray) -> bool:
+    """Whether the mean of paired differences ``d`` is above WORSE_SE standard errors (and above 0)."""
+    if d.size < 2:
+        return False
+    mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size))
+    return mean > WORSE_SE * se and mean > 0
+
+
+def sparse_check(q_pred: np.ndarray, q_true: np.ndarray) -> SparseCheck:
+    """:class:`SparseCheck` of predictions ``q_pred`` against scores ``q_true`` (both (n, g); NaN: not
+    measured). The column means come from ``q_true`` itself, in-sample, which favours them."""
+    M = ~np.isnan(q_true)
+    means = np.array([q_true[M[:, j], j].mean() if M[:, j].any() else np.nan for j in range(q_true.shape[1])])
+    err, err_means = (q_pred - q_true)[M], (means[None, :] - q_true)[M]
+    a, b = np.triu_indices(q_true.shape[1], 1)
+    both = M[:, a] & M[:, b]
+    dy = np.where(both, q_true[:, a] - q_true[:, b], 0.0)
+    pairs = both & (dy != 0)
+    sign = np.sign(dy[pairs])
+    right = np.sign((q_pred[:, a] - q_pred[:, b])[pairs]) == sign
+    right_means = np.sign(np.broadcast_to(means[a] - means[b], dy.shape)[pairs]) == sign
+    if pairs.any():
+        worse = _clearly_positive(right_means.astype(float) - right)
+    else:
+        worse = _clearly_positive(err**2 - err_means**2)
+    return SparseCheck(
+        n_scores=int(M.sum()),
+        rmse=float(np.sqrt(np.mean(err**2))) if err.size else float("nan"),
+        rmse_means=float(np.sqrt(np.mean(err_means**2))) if err.size else float("nan"),
+        n_pairs=int(pairs.sum()),
+        order=float(right.mean()) if pairs.any() else None,
+        order_means=float(right_means.mean()) if pairs.any() else None,
+        worse=worse,
+    )
+
+
 @dataclass
 class EvalReport:
     """Everything ``catimg eval`` shows."""

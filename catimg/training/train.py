@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from catimg.training.crossval import (
     cross_predict,
     fit_predictor,
 )
-from catimg.training.evaluate import choose, evaluate_predictions
+from catimg.training.evaluate import choose, evaluate_predictions, sparse_check
 
 #: Where the named levels put the mean routed cost: this share of the way from the cheapest generator's cost
 #: to the mean cost of the max level (lambda = 0, the best predicted quality per prompt).
@@ -203,6 +204,42 @@ def check_table(table: MeasurementTable, catalog: Catalog) -> list[str]:
     return warnings
 
 
+def _sparse_held_out(
+    fitted: Fitted, ref: np.ndarray, Yc: np.ndarray, n_full: int
+) -> tuple[dict[str, Any], list[str]]:
+    """The data card's held-out section and warnings when too few prompts are scored by every generator for
+    routing numbers: why, and the out-of-fold :func:`~catimg.training.evaluate.sparse_check` against the
+    generators' mean scores."""
+    share = (
+        f"; the KNN share is {fitted.predictor.weight:.2f} (fitting it needs such prompts too)"
+        if isinstance(fitted.predictor, BlendPredictor) and fitted.share is None
+        else ""
+    )
+    check = sparse_check(ref, Yc)
+    section = {
+        "note": f"too few prompts measured on every generator ({n_full} < {MIN_HOLDOUT}) for held-out "
+        "numbers: the router learns from the others too, but only a prompt scored by every generator shows "
+        f"which one wins{share}",
+        "sparse_check": asdict(check),
+    }
+    warnings = []
+    if check.worse and check.order is not None:
+        warnings.append(
+            f"out of fold, the router orders {100 * check.order:.0f} % of {check.n_pairs} pairs of scores on "
+            f"a prompt as measured, the generators' mean scores {100 * (check.order_means or 0.0):.0f} %: "
+            "on these measurements it would route worse than ignoring the prompt; measure more prompts on "
+            "several generators (catimg calibrate) before relying on it"
+        )
+    elif check.worse:
+        warnings.append(
+            f"out of fold, the router's predicted scores miss the {check.n_scores} measured ones by "
+            f"{check.rmse:.3g} (RMS), the generators' mean scores by {check.rmse_means:.3g}: it has not "
+            "learned from these prompts yet, and with no prompt scored twice nothing shows how it routes; "
+            "measure more prompts on several generators (catimg calibrate)"
+        )
+    return section, warnings
+
+
 def held_out_numbers(
     name: str,
     fitted: Fitted,
@@ -228,20 +265,7 @@ def held_out_numbers(
     folds = min(OOF_FOLDS, len(rows))
     full = np.flatnonzero(~np.any(np.isnan(Yc), axis=1))
     if len(full) < MIN_HOLDOUT or len(table.generators) < 2:
-        return (
-            ref,
-            {
-                "note": f"too few prompts measured on every generator ({len(full)} < {MIN_HOLDOUT}) for "
-                "held-out numbers: the router learns from the others too, but only a prompt scored by every "
-                "generator shows which one wins"
-                + (
-                    f"; the KNN share is {fitted.predictor.weight:.2f} (fitting it needs such prompts too)"
-                    if isinstance(fitted.predictor, BlendPredictor) and fitted.share is None
-                    else ""
-                )
-            },
-            [],
-        )
+        return ref, *_sparse_held_out(fitted, ref, Yc, len(full))
     rep = evaluate_predictions(
         ref[full], Yc[full], costs, scale, table.generators, metric=metric, cost_unit=unit, name=name
     )
