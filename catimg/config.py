@@ -186,6 +186,35 @@ def find_catalog(explicit: str | Path | None = None) -> tuple[Path, str]:
     return PACKAGED_MODELS, "packaged default"
 
 
+#: Characters a generator name may not contain: '@' marks a steps value (sdxl@20), ',' separates names in
+#: options (--generators a,b). Spaces, '/' and the like are fine (public sets name generators "SD 1.5" or by
+#: their Hub id); image file names take a sanitised form (catimg.generation.output.safe_name).
+NAME_RESERVED = "@,"
+
+
+def bad_name(name: str) -> bool:
+    """Whether ``name`` cannot be a generator name (see NAME_RESERVED)."""
+    return (
+        not name.strip()
+        or name != name.strip()
+        or any(c in NAME_RESERVED or not c.isprintable() for c in name)
+    )
+
+
+def _check_file_names(path: Path, gens: list[Generator]) -> None:
+    """ConfigError when two generator names give the same image file name ("SD 1.5" and "SD_1.5")."""
+    from catimg.generation.output import safe_name
+
+    seen: dict[str, str] = {}
+    for g in gens:
+        other = seen.setdefault(safe_name(g.name), g.name)
+        if other != g.name:
+            raise ConfigError(
+                f'{path}: generators "{other}" and "{g.name}" would name their image files alike '
+                f'("{safe_name(g.name)}"); rename one of them'
+            )
+
+
 def load_catalog(explicit: str | Path | None = None) -> Catalog:
     """Find, read and validate the catalog (see :func:`find_catalog` for the lookup order)."""
     path, origin = find_catalog(explicit)
@@ -229,11 +258,13 @@ def parse_catalog(text: str, path: Path, origin: str = "--models") -> Catalog:
             raise ConfigError(
                 f'{path}: {where} must be a table, e.g. [generators.{model}] with source = "org/name"'
             )
-        if not model or any(c in model for c in "@/\\ "):
-            fixed = "".join("-" if c in "@/\\ " else c for c in model) or "my-generator"
+        if bad_name(model):
+            fixed = "".join("-" if c in NAME_RESERVED or not c.isprintable() else c for c in model.strip())
             raise ConfigError(
-                f"{path}: {where}: a generator name may not contain '@', '/', '\\' or spaces; rename it, "
-                f"e.g. [generators.{fixed}], and use that name in measurements files too"
+                f"{path}: {where}: a generator name may not be empty, start or end with spaces, or contain "
+                f"'@' (it marks steps: sdxl@20), ',' (it separates names in options) or control characters; "
+                f'rename it, e.g. [generators."{fixed or "my-generator"}"], and use that name in '
+                "measurements files too"
             )
         merged = {**defaults, **table}
         _check_keys(path, where, merged)
@@ -244,6 +275,7 @@ def parse_catalog(text: str, path: Path, origin: str = "--models") -> Catalog:
                 )
             seen[g.name] = where
             gens.append(g)
+    _check_file_names(path, gens)
     if not any(g.enabled for g in gens):
         raise ConfigError(
             f"{path}: every generator has enabled = false, so nothing can be routed; enable at least one"

@@ -117,9 +117,14 @@ def test_packaged_default_matches_repository_catalog() -> None:
         ('[generators.a]\nsource = "x/y"\nsteps = [10, 10]\n', "repeats a value"),
         (
             '[generators.a]\nsource = "x/y"\nsteps = [10, 20]\n[generators."a@10"]\nsource = "x/y"\n',
-            "may not contain '@'",
+            "contain '@' (it marks steps: sdxl@20)",
         ),
-        ('[generators."sd 1.5"]\nsource = "x/y"\n', "rename it, e.g. [generators.sd-1.5]"),
+        ('[generators."sd,15"]\nsource = "x/y"\n', 'rename it, e.g. [generators."sd-15"]'),
+        ('[generators." sd"]\nsource = "x/y"\n', "may not be empty, start or end with spaces"),
+        (
+            '[generators."SD 1.5"]\nsource = "x/y"\n[generators."SD_1.5"]\nsource = "x/z"\n',
+            'generators "SD 1.5" and "SD_1.5" would name their image files alike ("SD_1.5")',
+        ),
         ('[generators.a]\nsource = "x/y"\nenabled = false\n', "nothing can be routed"),
         ("", "no [generators.<name>] tables"),
         (

@@ -392,3 +392,29 @@ def test_main_prints_one_line_without_traceback(tmp_path: Path) -> None:
     assert p.returncode == 4
     assert p.stderr.strip() == f"error: {bad}: line 2, column score: 'x' is not a number"
     assert "Traceback" not in p.stderr
+
+
+def test_generator_names_with_spaces_and_slashes_train_and_route(tmp_path: Path) -> None:
+    """Public sets name generators "SD 1.5" or by their Hub id: such names work from models.toml through the
+    measurements file to explain, and image files get a safe form of them."""
+    from catimg.generation.output import image_filename
+
+    models, m = write_case(tmp_path)
+    names = {"cheap": "Cheap SD 1.5", "dear": "stabilityai/dear"}
+    text = models.read_text(encoding="utf-8")
+    for old, new in names.items():
+        text = text.replace(f"[generators.{old}]", f'[generators."{new}"]')
+    models.write_text(text, encoding="utf-8")
+    with m.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    with m.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([rows[0], *([r[0], names[r[1]], *r[2:]] for r in rows[1:])])
+    code, out = run("train", "-M", str(m), "--models", str(models), "--out", str(tmp_path / "r"))
+    assert code == 0, out
+    code, out, err = run_cli(
+        "explain", "a cat on a bicycle", "--router", str(tmp_path / "r"), "--models", str(models), "--json"
+    )
+    assert code == 0, err
+    got = json.loads(out)["prompts"][0]
+    assert got["choice"] in names.values() and {g["name"] for g in got["generators"]} == set(names.values())
+    assert image_filename(0, "a cat", "stabilityai/dear", 7) == "0000-a-cat-stabilityai_dear-7.png"
