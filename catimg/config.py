@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -192,6 +193,12 @@ def find_catalog(explicit: str | Path | None = None) -> tuple[Path, str]:
 NAME_RESERVED = "@,"
 
 
+def safe_name(name: str) -> str:
+    """The form of a generator name that image file names use: runs of anything but letters, digits and
+    ``@._+-`` become one ``_``."""
+    return re.sub(r"[^A-Za-z0-9@._+-]+", "_", name)
+
+
 def bad_name(name: str) -> bool:
     """Whether ``name`` cannot be a generator name (see NAME_RESERVED)."""
     return (
@@ -203,8 +210,6 @@ def bad_name(name: str) -> bool:
 
 def _check_file_names(path: Path, gens: list[Generator]) -> None:
     """ConfigError when two generator names give the same image file name ("SD 1.5" and "SD_1.5")."""
-    from catimg.generation.output import safe_name
-
     seen: dict[str, str] = {}
     for g in gens:
         other = seen.setdefault(safe_name(g.name), g.name)

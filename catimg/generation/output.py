@@ -35,6 +35,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from catimg.config import safe_name
 from catimg.errors import GenerationError, InputError
 
 MANIFEST = "manifest.jsonl"
@@ -54,10 +55,6 @@ def slugify(text: str, max_len: int = _SLUG_LEN) -> str:
     if len(t) > max_len:
         t = t[:max_len].rsplit("-", 1)[0] if "-" in t[:max_len] else t[:max_len]
     return t or "prompt"
-
-
-def safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9@._+-]+", "_", name)
 
 
 def image_filename(index: int, prompt: str, generator: str, seed: int) -> str:
