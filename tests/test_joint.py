@@ -185,6 +185,31 @@ def test_train_on_two_sets_then_explain(tmp_path: Path) -> None:
     )
 
 
+def test_a_set_without_complete_prompts_gets_the_out_of_fold_check(tmp_path: Path) -> None:
+    """One set scored on both generators, the other on one generator a prompt (as gen --score collects): the
+    second has no routing numbers, but its held-out section checks the router against the mean scores."""
+    models = tmp_path / "models.toml"
+    models.write_text(MODELS_TOML, encoding="utf-8")
+    a = _write(tmp_path / "a.csv", "genai_bench_alignment", 1, 5, False, "genai_bench")
+    b = _write(tmp_path / "b.csv", "tifa_faithfulness", 1, 5, False, "tifa")
+    with b.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    prompts = list(dict.fromkeys(r[0] for r in rows[1:]))
+    one = {p: ("cheap", "dear")[i // 2 % 2] for i, p in enumerate(prompts)}  # each on both kinds of prompt
+    with b.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([rows[0], *(r for r in rows[1:] if one[r[0]] == r[1])])
+    code, out, err = run_cli("train", "-M", a, "-M", b, "--models", models, "--out", tmp_path / "r")
+    assert code == 0, err
+    assert "held-out on tifa: too few prompts measured on all of its generators" in out
+    assert f"out of fold on {len(prompts)} scores: RMS error" in out
+    card = json.loads((tmp_path / "r" / "config.json").read_text())["data_card"]
+    check = card["held_out_by_set"]["tifa"]["sparse_check"]
+    assert check["n_scores"] == len(prompts) and check["n_pairs"] == 0 and check["order"] is None
+    assert 0 < check["rmse"] < 4 and 0 < check["rmse_means"] < 4  # in tifa's own units (1-5)
+    assert ("on tifa, out of fold, the router is worse" in err) == check["worse"]
+    assert "summaries" in card["held_out_by_set"]["genai_bench"]
+
+
 def test_train_warns_when_sets_disagree_and_errors_name_the_file(tmp_path: Path) -> None:
     models = tmp_path / "models.toml"
     models.write_text(MODELS_TOML, encoding="utf-8")

@@ -375,6 +375,8 @@ def _render_train(router: Any) -> None:
     for set_name, sh in card.get("held_out_by_set", {}).items():
         if "summaries" not in sh:
             con.print(f"held-out on {set_name}: {sh['note']}")
+            if "sparse_check" in sh:
+                con.print(f"  {_sparse_line(sh['sparse_check'])}")
             continue
         con.print(
             _summary_table(

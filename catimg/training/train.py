@@ -334,7 +334,14 @@ def held_out_by_set(
         cols = [t.generators.index(g) for g in gens]
         mine = (joint.row_set[rows] == k) & ~np.any(np.isnan(t.Y[np.ix_(rows, cols)]), axis=1)
         if mine.sum() < MIN_HOLDOUT:
-            out[cal.name] = {"note": f"too few prompts measured on all of its generators (< {MIN_HOLDOUT})"}
+            own = joint.row_set[rows] == k
+            check = sparse_check(
+                cal.from_joint(pred[np.ix_(own, cols)]), cal.from_joint(t.Y[np.ix_(rows[own], cols)])
+            )
+            out[cal.name] = {
+                "note": f"too few prompts measured on all of its generators (< {MIN_HOLDOUT})",
+                "sparse_check": asdict(check),
+            }
             continue
         rep = evaluate_predictions(
             cal.from_joint(pred[np.ix_(mine, cols)]),
@@ -394,10 +401,15 @@ def _joint_card(
         }
         for c, r in zip(joint.sets, rows, strict=True)
     ]
-    card["held_out_by_set"] = held_out_by_set(name, joint, costs, unit, seed, fitted)
+    card["held_out_by_set"] = by_set = held_out_by_set(name, joint, costs, unit, seed, fitted)
     pairs = compare_sets(joint)
     card["set_comparisons"] = [p.to_json() for p in pairs]
-    return [f"the sets disagree on how two generators compare: {p.line()}" for p in pairs if p.disagree]
+    return [
+        f"on {set_name}, out of fold, the router is worse than the generators' mean scores "
+        "(see its sparse_check in the data card); measure more of its prompts on several generators"
+        for set_name, section in by_set.items()
+        if section.get("sparse_check", {}).get("worse")
+    ] + [f"the sets disagree on how two generators compare: {p.line()}" for p in pairs if p.disagree]
 
 
 def _generator_entries(
