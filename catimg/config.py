@@ -189,7 +189,7 @@ def find_catalog(explicit: str | Path | None = None) -> tuple[Path, str]:
 
 #: Characters a generator name may not contain: '@' marks a steps value (sdxl@20), ',' separates names in
 #: options (--generators a,b). Spaces, '/' and the like are fine (public sets name generators "SD 1.5" or by
-#: their Hub id); image file names take a sanitised form (catimg.generation.output.safe_name).
+#: their Hub id); image file names take a sanitised form (:func:`safe_name`).
 NAME_RESERVED = "@,"
 
 

@@ -188,11 +188,7 @@ def test_sparse_held_out_warns_when_the_router_orders_worse_than_the_means() -> 
     assert section["sparse_check"]["order"] == 0.0 and section["sparse_check"]["order_means"] == 1.0
     assert len(warnings) == 1 and "orders 0 % of 2 pairs" in warnings[0]
     assert "mean scores 100 %" in warnings[0] and "route worse than ignoring the prompt" in warnings[0]
-    assert sparse_ok(_sparse_held_out(fitted, np.nan_to_num(y), y, 2)[1])
-
-
-def sparse_ok(warnings: list[str]) -> bool:
-    return warnings == []
+    assert _sparse_held_out(fitted, np.nan_to_num(y), y, 2)[1] == []
 
 
 def test_train_knn_share_and_seed(tmp_path: Path) -> None:

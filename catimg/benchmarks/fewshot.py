@@ -194,8 +194,7 @@ def _one(
     # share routed to the target by the sweep's policy whose mean cost is closest to the target's own
     # cost (for the dearest generator: λ = 0, the router's unpriced choice)
     path = sweep_path(*normalise(mean, costs, scale))
-    mean_cost = path.sums(np.broadcast_to(costs, mean.shape)) / len(mean)
-    at = path.choice(int(np.argmin(np.abs(mean_cost - costs[j]))))
+    at = path.choice(int(np.argmin(np.abs(path.mean_costs(costs) - costs[j]))))
     row = {
         "auc": s.auc,
         "q_at_best": s.quality_at_best_cost,

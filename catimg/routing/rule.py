@@ -207,6 +207,12 @@ class SweepPath:
         out: np.ndarray = first + steps[self.ends()]
         return out
 
+    def mean_costs(self, cost: np.ndarray) -> np.ndarray:
+        """(s,) the mean cost per prompt of each state, for per-generator costs ``cost`` (g,)."""
+        n = len(self.start)
+        out: np.ndarray = self.sums(np.broadcast_to(np.asarray(cost, float), (n, len(cost)))) / max(n, 1)
+        return out
+
     def choice(self, state: int) -> np.ndarray:
         """(n,) the choice of every prompt in state ``state`` (an index into :meth:`ends`)."""
         k = int(self.ends()[state])

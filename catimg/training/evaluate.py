@@ -74,11 +74,7 @@ def sweep(q_pred: np.ndarray, q_true: np.ndarray, costs: np.ndarray, scale: tupl
     costs = np.asarray(costs, float)
     path = sweep_path(*normalise(q_pred, costs, scale))
     n = max(len(q_true), 1)
-    return Curve(
-        path.state_lambdas(),
-        path.sums(np.broadcast_to(costs, q_true.shape)) / n,
-        path.sums(q_true) / n,
-    )
+    return Curve(path.state_lambdas(), path.mean_costs(costs), path.sums(q_true) / n)
 
 
 def hull_curve(single_costs: np.ndarray, single_q: np.ndarray) -> Curve:

@@ -121,9 +121,9 @@ def calibrate_levels(
     costs = np.asarray(costs, float)
     path = sweep_path(*normalise(q_pred, costs, scale))
     lams = path.state_lambdas()
-    mean_cost = path.sums(np.broadcast_to(costs, q_pred.shape)) / len(q_pred)
+    mean_cost = path.mean_costs(costs)
     c_lo = float(costs.min())
-    c_hi = float(costs[choose(q_pred, costs, 0.0, scale)].mean())  # the max level (lambda = 0)
+    c_hi = float(mean_cost[0])  # the max level (lambda = 0, the path's first state)
     levels: dict[str, float] = {}
     for name, f in sorted(targets.items(), key=lambda kv: kv[1]):
         goal = c_lo + f * (c_hi - c_lo)
@@ -222,22 +222,23 @@ def _sparse_held_out(
         f"which one wins{share}",
         "sparse_check": asdict(check),
     }
-    warnings = []
-    if check.worse and check.order is not None:
-        warnings.append(
+    if not check.worse:
+        return section, []
+    if check.order is not None:
+        why = (
             f"out of fold, the router orders {100 * check.order:.0f} % of {check.n_pairs} pairs of scores on "
             f"a prompt as measured, the generators' mean scores {100 * (check.order_means or 0.0):.0f} %: "
             "on these measurements it would route worse than ignoring the prompt; measure more prompts on "
             "several generators (catimg calibrate) before relying on it"
         )
-    elif check.worse:
-        warnings.append(
+    else:
+        why = (
             f"out of fold, the router's predicted scores miss the {check.n_scores} measured ones by "
             f"{check.rmse:.3g} (RMS), the generators' mean scores by {check.rmse_means:.3g}: it has not "
             "learned from these prompts yet, and with no prompt scored twice nothing shows how it routes; "
             "measure more prompts on several generators (catimg calibrate)"
         )
-    return section, warnings
+    return section, [why]
 
 
 def held_out_numbers(
